@@ -2,8 +2,8 @@
 
 ``attnref info``
     The version, whether the C kernel is compiled (and why not), its code
-    path and threads, and a quick self-check of the kernel against the
-    float64 NumPy reference under the equivalence rule.
+    path and threads, and a quick self-check of the kernel against a
+    wider-precision NumPy reference under the equivalence rule.
 ``attnref check IMPLEMENTATION [--suite ...] [--dtype ...] [--semantics ...]``
     Runs the conformance suite (:func:`attnref.testing.check`) on a named
     adapter (``torch``, ``torch-mha``, ``jax``, ``attnref-numpy``,

@@ -1,0 +1,38 @@
+"""What a model's ``encode(text)`` returns: the same record for every model."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+import numpy as np
+
+from ..nn.trace import Trace
+
+__all__ = ["ModelOutput"]
+
+
+@dataclass
+class ModelOutput:
+    """One text run through a model.
+
+    tokens : list of str, length T
+    ids : (T,) int64 token ids
+    hidden_states : (layers + 1, T, D) the residual stream entering the first
+        layer and leaving each layer (``output_hidden_states`` in transformers);
+        ``(1, T, D)``, the last layer's output only, when run without a trace
+    trace : :class:`attnref.nn.Trace` or None
+    model : str, the model's name
+    """
+    tokens: List[str]
+    ids: np.ndarray
+    hidden_states: np.ndarray
+    trace: Optional[Trace]
+    model: str
+
+    @property
+    def attention_weights(self):
+        """(layers, H, T, T) self-attention weights; needs the trace."""
+        if self.trace is None:
+            raise ValueError("this output was computed with trace=False; encode with trace=True "
+                             "to get attention weights")
+        return self.trace.attention_weights()

@@ -1,0 +1,239 @@
+"""The pieces around attention: projections, embeddings, positions, LayerNorm,
+activations and the feed-forward block (pure NumPy).
+
+Parameters follow PyTorch's layout (``Linear.weight`` is ``(out, in)``), so a
+checkpoint's tensors drop in unchanged. Every layer computes in the dtype of
+its input; a layer's parameters must have that dtype too (float32 or float64).
+
+Shape letters: ``D`` model width (``d_model``), ``F`` feed-forward width,
+``V`` vocabulary size, ``T`` sequence length; leading dims ``...`` broadcast.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+__all__ = [
+    "Linear",
+    "Embedding",
+    "LearnedPositions",
+    "LayerNorm",
+    "FeedForward",
+    "ACTIVATIONS",
+    "gelu",
+    "gelu_tanh",
+    "relu",
+    "sinusoidal_positions",
+    "check_parameter",
+]
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_parameter(name, value, ndim):
+    """Return ``value`` as a float32/float64 array of rank ``ndim`` or raise."""
+    array = np.asarray(value)
+    if array.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got dtype {array.dtype}")
+    if array.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dims, got shape {array.shape}")
+    return array
+
+
+def _check_input(name, x, width, dtype):
+    x = np.asarray(x)
+    if x.dtype != dtype:
+        raise TypeError(f"{name} input must have the parameters' dtype {dtype}, got {x.dtype}")
+    if x.ndim < 1 or x.shape[-1] != width:
+        raise ValueError(f"{name} input must have shape (..., {width}), got {x.shape}")
+    return x
+
+
+def _uniform(rng, bound, shape, dtype):
+    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+class Linear:
+    """Affine map ``y = x W^T + b``, ``W`` of shape ``(out, in)`` (Vaswani et
+    al. 2017, the projections W^Q, W^K, W^V, W^O and the FFN)."""
+
+    def __init__(self, weight, bias=None):
+        self.weight = check_parameter("Linear weight", weight, 2)  # (out, in)
+        self.bias = None if bias is None else check_parameter("Linear bias", bias, 1)
+        if self.bias is not None and (self.bias.shape[0] != self.weight.shape[0]
+                                      or self.bias.dtype != self.weight.dtype):
+            raise ValueError(f"Linear bias must have shape ({self.weight.shape[0]},) and dtype "
+                             f"{self.weight.dtype}, got {self.bias.shape} {self.bias.dtype}")
+
+    @classmethod
+    def init(cls, in_features, out_features, *, rng, bias=True, dtype=np.float32):
+        """PyTorch's default initialisation: U(-1/sqrt(in), 1/sqrt(in))."""
+        bound = 1.0 / math.sqrt(in_features)
+        return cls(_uniform(rng, bound, (out_features, in_features), dtype),
+                   _uniform(rng, bound, (out_features,), dtype) if bias else None)
+
+    @property
+    def in_features(self):
+        return self.weight.shape[1]
+
+    @property
+    def out_features(self):
+        return self.weight.shape[0]
+
+    def __call__(self, x):
+        """(..., in) -> (..., out)."""
+        x = _check_input("Linear", x, self.in_features, self.weight.dtype)
+        y = x @ self.weight.T
+        return y if self.bias is None else y + self.bias
+
+
+class Embedding:
+    """Lookup table ``ids -> weight[ids]``, ``weight`` of shape ``(V, D)``
+    (seed note *transformer-architecture*, "Embedding")."""
+
+    def __init__(self, weight):
+        self.weight = check_parameter("Embedding weight", weight, 2)  # (V, D)
+
+    @classmethod
+    def init(cls, num_embeddings, dim, *, rng, dtype=np.float32):
+        """N(0, 1) entries, as ``torch.nn.Embedding``."""
+        return cls(rng.standard_normal((num_embeddings, dim)).astype(dtype))
+
+    def __call__(self, ids):
+        """(...) integer ids -> (..., D)."""
+        ids = np.asarray(ids)
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise TypeError(f"Embedding ids must be integers, got dtype {ids.dtype}")
+        V = self.weight.shape[0]
+        if ids.size and (ids.min() < 0 or ids.max() >= V):
+            raise ValueError(f"Embedding ids must lie in [0, {V}), got range "
+                             f"[{ids.min()}, {ids.max()}]")
+        return self.weight[ids]
+
+
+class LearnedPositions:
+    """Learned absolute position embeddings: rows ``offset .. offset+T-1`` of a
+    ``(max_positions, D)`` table (BERT, GPT-2), added to the token embeddings."""
+
+    def __init__(self, weight):
+        self.weight = check_parameter("LearnedPositions weight", weight, 2)  # (P, D)
+
+    @classmethod
+    def init(cls, max_positions, dim, *, rng, dtype=np.float32):
+        """N(0, 0.02^2) entries, as BERT's initializer_range."""
+        return cls((0.02 * rng.standard_normal((max_positions, dim))).astype(dtype))
+
+    def __call__(self, length, offset=0):
+        """-> (T, D) for positions ``offset .. offset + length - 1``."""
+        P = self.weight.shape[0]
+        if offset < 0 or length < 0 or offset + length > P:
+            raise ValueError(f"positions [{offset}, {offset + length}) do not fit the table of "
+                             f"{P} learned positions")
+        return self.weight[offset:offset + length]
+
+
+class LayerNorm:
+    r"""Layer normalisation over the last dim (Ba et al. 2016):
+    :math:`y = (x - \mu) / \sqrt{\sigma^2 + \epsilon} \cdot \gamma + \beta` with
+    the biased variance, as PyTorch and BERT."""
+
+    def __init__(self, weight, bias, eps=1e-5):
+        self.weight = check_parameter("LayerNorm weight", weight, 1)  # (D,)
+        self.bias = check_parameter("LayerNorm bias", bias, 1)        # (D,)
+        if self.bias.shape != self.weight.shape:
+            raise ValueError(f"LayerNorm bias must have shape {self.weight.shape}, "
+                             f"got {self.bias.shape}")
+        if (isinstance(eps, bool) or not isinstance(eps, numbers.Real)
+                or not (math.isfinite(eps) and eps > 0)):
+            raise ValueError(f"LayerNorm eps must be a positive finite number, got {eps!r}")
+        self.eps = float(eps)
+
+    @classmethod
+    def init(cls, dim, *, eps=1e-5, dtype=np.float32):
+        """gamma = 1, beta = 0."""
+        return cls(np.ones(dim, dtype), np.zeros(dim, dtype), eps)
+
+    def __call__(self, x):
+        """(..., D) -> (..., D)."""
+        x = _check_input("LayerNorm", x, self.weight.shape[0], self.weight.dtype)
+        centred = x - x.mean(axis=-1, keepdims=True)
+        variance = np.mean(centred * centred, axis=-1, keepdims=True)
+        return centred / np.sqrt(variance + x.dtype.type(self.eps)) * self.weight + self.bias
+
+
+_erf = np.frompyfunc(math.erf, 1, 1)
+
+
+def gelu(x):
+    r"""Exact GELU (Hendrycks & Gimpel 2016): :math:`x \Phi(x) = \tfrac12 x (1 + \mathrm{erf}(x/\sqrt2))`.
+
+    NumPy has no ``erf``; this evaluates the C library's ``erf`` (through
+    :func:`math.erf`) element by element in float64, so it is exact to the
+    input dtype at the price of speed (about 0.1 s per million elements).
+    BERT's ``hidden_act="gelu"``.
+    """
+    x = np.asarray(x)
+    # np.asarray, not .astype: on a 0-d input the ufunc returns a Python float
+    phi = 0.5 * (1.0 + np.asarray(_erf(x.astype(np.float64) / math.sqrt(2.0)), np.float64))
+    return (x * phi).astype(x.dtype)
+
+
+def gelu_tanh(x):
+    r"""Tanh approximation of GELU (Hendrycks & Gimpel 2016; GPT-2, ``gelu_new``):
+    :math:`\tfrac12 x (1 + \tanh(\sqrt{2/\pi}(x + 0.044715 x^3)))`."""
+    x = np.asarray(x)
+    inner = x.dtype.type(math.sqrt(2.0 / math.pi)) * (x + x.dtype.type(0.044715) * x * x * x)
+    return x.dtype.type(0.5) * x * (1 + np.tanh(inner))
+
+
+def relu(x):
+    """:math:`\\max(x, 0)` (the original Transformer's FFN, Vaswani et al. 2017 eq. 2)."""
+    x = np.asarray(x)
+    return np.maximum(x, x.dtype.type(0))
+
+
+ACTIVATIONS = {"gelu": gelu, "gelu_tanh": gelu_tanh, "gelu_new": gelu_tanh, "relu": relu}
+
+
+class FeedForward:
+    r"""Position-wise feed-forward block :math:`\mathrm{FFN}(x) = f(x W_1^T + b_1) W_2^T + b_2`
+    (Vaswani et al. 2017, eq. 2; seed note *transformer-architecture*: "INPUT
+    Tokens → Embedding → Atenção → Feed Forward → Saída")."""
+
+    def __init__(self, up, down, activation="gelu"):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        if up.out_features != down.in_features:
+            raise ValueError(f"FeedForward up projection gives {up.out_features} features but "
+                             f"the down projection takes {down.in_features}")
+        self.up, self.down, self.activation = up, down, activation  # (F, D), (D, F)
+
+    @classmethod
+    def init(cls, dim, hidden, *, rng, activation="gelu", dtype=np.float32):
+        return cls(Linear.init(dim, hidden, rng=rng, dtype=dtype),
+                   Linear.init(hidden, dim, rng=rng, dtype=dtype), activation)
+
+    def __call__(self, x):
+        """(..., D) -> (..., D)."""
+        return self.down(ACTIVATIONS[self.activation](self.up(x)))
+
+
+def sinusoidal_positions(length, dim, *, base=10000.0, dtype=np.float32):
+    r"""Sinusoidal position encodings, shape ``(T, D)`` (Vaswani et al. 2017, §3.5):
+
+    .. math:: PE_{t, 2i} = \sin(t / \text{base}^{2i/D}), \quad PE_{t, 2i+1} = \cos(t / \text{base}^{2i/D})
+
+    For odd ``D`` the last column is a sine. Computed in float64, returned in ``dtype``.
+    """
+    for name, value in (("length", length), ("dim", dim)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    positions = np.arange(length, dtype=np.float64)[:, None]           # (T, 1)
+    frequencies = base ** (-np.arange(0, dim, 2, dtype=np.float64) / dim)  # (ceil(D/2),)
+    angles = positions * frequencies                                    # (T, ceil(D/2))
+    encoding = np.empty((length, dim), np.float64)
+    encoding[:, 0::2] = np.sin(angles)
+    encoding[:, 1::2] = np.cos(angles[:, : dim // 2])
+    return encoding.astype(dtype)

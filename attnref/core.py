@@ -19,9 +19,12 @@ Numerical policy (the single statement of it; tests in ``tests/test_core.py``):
    *fully masked row*: its weights and output are 0 and its lse is ``-inf``
    under ``masked_rows="zero"``; weights and output are NaN (lse ``-inf``)
    under ``masked_rows="nan"``, as in PyTorch's math backend before 2.5.
-3. A masked key contributes nothing: it gets weight exactly 0, and its key
-   and value entries are never read, so NaN or 1e30 behind a mask cannot
-   leak. Keys of weight 0 contribute nothing to the output either.
+3. A masked key contributes nothing: it gets weight exactly 0. A key hidden
+   by a bool mask, ``is_causal`` or ``window`` is never read, so NaN or 1e30
+   behind it cannot leak. Behind a ``-inf`` float mask a finite key or value
+   (1e30 included) cannot leak either, but a NaN *key* gives a NaN score
+   (NaN + -inf is NaN) and so a NaN row, as in PyTorch. Keys of weight 0
+   contribute nothing to the output.
 4. NaN in a visible query, key, value or float-mask entry propagates to the
    affected outputs.
 5. float16 and bfloat16 inputs are computed in float32 and returned in their

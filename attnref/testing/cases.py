@@ -35,7 +35,7 @@ from .. import masks
 CAPABILITIES = frozenset({
     "l_ne_s", "e_ne_ev", "gqa", "bool_mask", "float_mask", "causal", "mask_with_causal",
     "fully_masked_rows", "empty", "scale"})
-MASK_KINDS = ("none", "bool", "float", "float_neg_inf", "padding", "window",
+MASK_KINDS = ("none", "bool", "float", "float_neg_inf", "padding", "per_head", "window",
               "fully_masked_rows", "fully_masked_neg_inf", "finfo_min_rows")
 CONTENTS = ("normal", "huge_scores", "near_ties", "nan_behind_mask", "big_behind_mask")
 
@@ -43,7 +43,8 @@ CONTENTS = ("normal", "huge_scores", "near_ties", "nan_behind_mask", "big_behind
 @dataclass(frozen=True)
 class Case:
     """One conformance case. Shapes: query (B, Hq, L, E), key (B, Hkv, S, E),
-    value (B, Hkv, S, Ev); the mask is (L, S) or, for padding, (B, 1, 1, S)."""
+    value (B, Hkv, S, Ev); the mask is (L, S), for padding (B, 1, 1, S) and
+    for per_head (B, Hq, L, S)."""
     name: str
     L: int = 32
     S: int = 32
@@ -74,7 +75,7 @@ class Case:
         implied |= {"empty"} if 0 in (self.L, self.S) else set()
         implied |= {"causal"} if self.is_causal else set()
         implied |= {"scale"} if self.scale is not None else set()
-        if self.mask in ("bool", "padding", "window", "fully_masked_rows"):
+        if self.mask in ("bool", "padding", "per_head", "window", "fully_masked_rows"):
             implied.add("bool_mask")
         if self.mask in ("float", "float_neg_inf", "fully_masked_neg_inf", "finfo_min_rows"):
             implied.add("float_mask")
@@ -132,6 +133,10 @@ class Case:
         if self.mask == "bool":
             allowed = rng.random((L, S)) < 0.7
             allowed[:, :1] = True                       # no fully masked row here
+            return allowed
+        if self.mask == "per_head":
+            allowed = rng.random((self.B, self.Hq, L, S)) < 0.7
+            allowed[..., :1] = True                     # no fully masked row here
             return allowed
         if self.mask == "window":
             return masks.sliding_window_mask(L, S, (7, 3))
@@ -202,6 +207,8 @@ _STANDARD = _QUICK + (
     Case("gqa_causal", L=24, S=24, Hq=6, Hkv=3, is_causal=True, description="GQA, causal"),
     Case("padding_mask", L=16, S=40, B=3, mask="padding",
          description="per-sequence key padding, mask (B, 1, 1, S)"),
+    Case("per_head_mask", L=20, S=30, B=2, Hq=3, mask="per_head",
+         description="a bool mask per batch entry and head, (B, Hq, L, S)"),
     Case("window_mask", L=40, S=40, mask="window", description="sliding window (7, 3) as a bool mask"),
     Case("float_mask_neg_inf", L=20, S=30, mask="float_neg_inf",
          description="float mask with -inf entries"),
@@ -221,6 +228,8 @@ _STANDARD = _QUICK + (
          description="scale = 1 on large scores"),
     Case("long_rows", L=8, S=8192, E=64, Hq=1,
          description="S = 8192: float32 accumulation order matters"),
+    Case("long_rows_huge_scores", L=8, S=8192, E=64, Hq=1, content="huge_scores",
+         description="S = 8192, scores in the thousands: a running max must keep up"),
     Case("empty_queries", L=0, S=16, description="L = 0"),
     Case("empty_keys", L=8, S=0, description="S = 0: every row fully masked"),
     Case("batch", L=16, S=16, B=3, Hq=4, description="B = 3, H = 4"),

@@ -20,9 +20,10 @@ jax         may attend     top-left         mean of the masked keys' values
                                             every key is visible)
 flash       may attend     bottom-right     0
 onnx        may attend     bottom-right     0 (Attention, opset 23/24 after
-                                            the 2025 errata: onnx#7297 aligns
+                                            the errata: onnx#7297, 2025, aligns
                                             the causal frontier past the KV
-                                            cache, onnx#8068 zeroes masked rows)
+                                            cache, onnx#8068, 2026, zeroes
+                                            masked rows)
 =========== ============== ================ ==================================
 
 Every profile adds a float mask to the scaled scores and uses
@@ -117,7 +118,7 @@ PROFILES = {profile.name: profile for profile in (
     Semantics("flash", "attend", "bottom_right", "zero",
               "FlashAttention 2.1+: causal aligned bottom-right"),
     Semantics("onnx", "attend", "bottom_right", "zero",
-              "ONNX Attention (opset 23/24 with the 2025 errata)"),
+              "ONNX Attention (opset 23/24 with the 2025-2026 errata)"),
 )}
 
 

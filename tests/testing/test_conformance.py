@@ -44,13 +44,17 @@ def plain_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=
         if is_causal:
             visible = np.tri(L, S, k=1 if bug == "causal_off_by_one" else 0, dtype=bool)
         bias = np.zeros((), dtype)
+        if attn_mask is not None and attn_mask.ndim == 4 and bug == "mask_of_head_0":
+            attn_mask = attn_mask[:, :1]                    # every head reads head 0's mask
         if attn_mask is not None and attn_mask.dtype == bool:
             visible = visible & (~attn_mask if bug == "inverted_mask" else attn_mask)
         elif attn_mask is not None:
             bias = attn_mask.astype(dtype)
         scores = query @ np.swapaxes(key, -1, -2) * dtype.type(scale) + bias   # (B, Hq, L, S)
         scores = np.where(visible, scores, -np.inf)
-        row_max = np.max(scores, axis=-1, keepdims=True, initial=-np.inf)
+        # an online softmax that never updates the running max of its first 128-key block
+        seen = scores[..., :128] if bug == "first_block_max" else scores
+        row_max = np.max(seen, axis=-1, keepdims=True, initial=-np.inf)
         shift = 0.0 if bug == "no_max_shift" else np.where(np.isfinite(row_max), row_max, 0)
         exponentials = np.exp(scores - shift)
         total = exponentials.sum(axis=-1, keepdims=True)
@@ -72,6 +76,8 @@ BUGS = {  # the mistake -> standard cases that must catch it (others may too)
                       "causal_with_mask", "nan_behind_mask"},
     "no_max_shift": {"huge_scores", "scale_one"},
     "gqa_modulo": {"gqa", "gqa_causal"},
+    "mask_of_head_0": {"per_head_mask"},
+    "first_block_max": {"long_rows_huge_scores"},
     "nan_masked_rows": {"fully_masked_rows", "fully_masked_neg_inf"},
     "float16_accumulation": STANDARD_CASES - {"empty_queries", "empty_keys"},
 }

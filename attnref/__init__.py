@@ -4,7 +4,7 @@ The NumPy reference (:mod:`attnref.core`, :mod:`attnref.masks`), the fused C
 kernel behind the same call (:mod:`attnref.kernel`), and the tolerance rule
 that relates them (:mod:`attnref.testing.tolerance`).
 """
-from . import analysis, kernel, masks, numerics
+from . import analysis, kernel, masks, numerics, variants
 from .core import (AttentionResult, attention_scores, attention_weights,
                    log_softmax, logsumexp, scaled_dot_product_attention, softmax)
 
@@ -22,4 +22,5 @@ __all__ = [
     "numerics",
     "scaled_dot_product_attention",
     "softmax",
+    "variants",
 ]

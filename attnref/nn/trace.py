@@ -84,7 +84,8 @@ class Trace:
         if not layers:
             raise ValueError(f"the trace has no layer named {prefix!r}...; it has "
                              f"{[layer.name for layer in self.layers]}")
-        return np.stack([layers[0].residual_in] + [layer.residual_out for layer in layers])
+        return _stacked([layers[0].residual_in] + [layer.residual_out for layer in layers],
+                        prefix)
 
     def _stack(self, prefix, cross, field_name):
         records = [layer.cross_attention if cross else layer.self_attention
@@ -94,4 +95,12 @@ class Trace:
             kind = "cross" if cross else "self"
             raise ValueError(f"the trace has no {kind}-attention record under {prefix!r}; "
                              f"layers: {[layer.name for layer in self.layers]}")
-        return np.stack([getattr(record, field_name) for record in records])
+        return _stacked([getattr(record, field_name) for record in records], prefix)
+
+
+def _stacked(arrays, prefix):
+    shapes = {array.shape for array in arrays}
+    if len(shapes) > 1:
+        raise ValueError(f"layers under {prefix!r} have different shapes {sorted(shapes)} and "
+                         f"cannot be stacked; select 'encoder' or 'decoder'")
+    return np.stack(arrays)

@@ -63,13 +63,14 @@ class Report(Record):
                          f"{row['mean_distance']:>8.2f} {row['locality']:>8.2f} "
                          f"{_pct(row['sink_share']):>6}")
         lines += [self.layer_trend, "", "== per head",
-                  f"{'L':>2} {'H':>3} {'type':<24} {'prev':>5} {'dup':>5} {'ind':>5} "
-                  f"{'conf':>5} {'entropy':>7} {'importance':>10} {'rank':>4}"]
+                  f"{'L':>2} {'H':>3} {'type':<28} {'prev':>5} {'dup':>5} {'ind':>5} "
+                  f"{'sink':>5} {'conf':>5} {'entropy':>7} {'importance':>10} {'rank':>4}"]
         for row in self.head_level:
             lines.append(
-                f"{row['layer']:>2} {row['head']:>3} {row['type']:<24} "
+                f"{row['layer']:>2} {row['head']:>3} {row['type']:<28} "
                 f"{row['previous_token']:>5.2f} {row['duplicate_token']:>5.2f} "
-                f"{row['induction']:>5.2f} {row['confidence']:>5.2f} {row['entropy']:>7.2f} "
+                f"{row['induction']:>5.2f} {row['sink']:>5.2f} {row['confidence']:>5.2f} "
+                f"{row['entropy']:>7.2f} "
                 f"{row['importance']:>10.3g} {row['importance_rank']:>4}")
         lines += ["", "== misallocation"]
         lines += [f"layer {f['layer']} head {f['head']} {f['kind']}: {f['explanation']}"
@@ -201,6 +202,7 @@ def _head_level(trace, weights, tokens, only_layer):
     Kobayashi et al. 2020 norms as importance."""
     kinds = analysis.classify_head(weights, mode="rows").pattern      # (layers, H)
     detected = {name: analysis.detect_head(weights, name, tokens) for name in _DETECTORS}
+    sink = analysis.sink_score(weights)                                # (layers, H)
     confidence = analysis.confidence(weights)
     entropy = analysis.mean_entropy(weights)
     records = [layer.self_attention for layer in trace.layers]
@@ -217,9 +219,10 @@ def _head_level(trace, weights, tokens, only_layer):
             continue
         for head in range(weights.shape[1]):
             scores = {name: _number(detected[name][layer, head]) for name in _DETECTORS}
-            rows.append({"layer": layer, "head": head, "type": _head_type(kinds[layer, head],
-                                                                            scores),
-                         "pattern": str(kinds[layer, head]), **scores,
+            sink_share = _number(sink[layer, head])
+            rows.append({"layer": layer, "head": head,
+                         "type": _head_type(kinds[layer, head], scores, sink_share),
+                         "pattern": str(kinds[layer, head]), **scores, "sink": sink_share,
                          "confidence": _number(confidence[layer, head]),
                          "entropy": _number(entropy[layer, head]),
                          "importance": _number(importance[layer, head]),
@@ -227,12 +230,16 @@ def _head_level(trace, weights, tokens, only_layer):
     return rows
 
 
-def _head_type(pattern, detector_scores, threshold=0.5):
+def _head_type(pattern, detector_scores, sink_share, threshold=0.5):
     """The seed's pattern, sharpened by a TransformerLens detector scoring
-    above ``threshold`` (``"local_attention (previous_token)"``)."""
+    above ``threshold`` (``"local (previous_token)"``), or else by a share of
+    attention on the first token above it (``"focused (first-token sink)"``,
+    Xiao et al. 2023)."""
     best = max(detector_scores, key=lambda name: detector_scores[name] or 0.0)
     if (detector_scores[best] or 0.0) > threshold:
         return f"{pattern.replace('_attention', '')} ({best})"
+    if (sink_share or 0.0) > threshold:
+        return f"{pattern.replace('_attention', '')} (first-token sink)"
     return str(pattern)
 
 

@@ -160,3 +160,43 @@ def test_vectors_verify_of_a_directory_without_a_manifest_fails(capsys, tmp_path
     status, out, err = run(capsys, "vectors", "verify", str(tmp_path))
     assert status == 1 and out == ""
     assert "manifest.json not found" in err
+
+
+def test_report_on_the_demo_model_prints_the_three_levels(capsys):
+    status, out, err = run(capsys, "report", "The cat chased the mouse because it was hungry.",
+                           "--model", "demo")
+    assert status == 0 and "running attnref demo (constructed heads)" in err
+    for heading in ("== per token (layer 1, mean over heads)", "== per layer", "== per head",
+                    "== misallocation", "== attention rollout"):
+        assert heading in out
+    assert "layer 1 head 0 collapse" in out
+
+
+def test_report_json_parses_and_follows_layer_and_head(capsys):
+    status, out, _ = run(capsys, "report", "the cat sat", "--model", "demo", "--json",
+                         "--layer", "0", "--head", "1", "--top-k", "1")
+    data = json.loads(out)
+    assert status == 0 and data["token_map"] == "layer 0, head 1"
+    # L0 H1 is the constructed self head: every token attends to itself
+    assert [row["attends_to"][0][0] for row in data["token_level"]] == list(range(5))
+    assert {row["layer"] for row in data["head_level"]} == {0}
+
+
+def test_report_default_model_falls_back_to_demo_or_runs_minilm(capsys):
+    from attnref.models import find_minilm
+    status, out, err = run(capsys, "report", "Ação e coração.", "--lang", "pt")
+    assert status == 0
+    try:
+        find_minilm()
+    except ModuleNotFoundError:
+        assert "using the embedded demo model" in err and "attnref demo" in out
+    else:
+        assert out.startswith("attnref report -- all-MiniLM-L6-v2")
+        # uncased BERT lower-cases and strips accents
+        assert "cora ##cao" in out.splitlines()[2]
+
+
+def test_report_refuses_an_unknown_model(capsys):
+    with pytest.raises(ValueError, match="model must be 'minilm', 'demo' or a checkpoint "
+                                         "directory, got 'nope'"):
+        cli.main(["report", "text", "--model", "nope"])

@@ -47,6 +47,7 @@ def test_head_level_names_the_constructed_types(output):
     assert rows[1, 2]["type"] == "local (previous_token)"
     assert rows[0, 1]["type"] == "self_attention_dominant"
     assert rows[1, 0]["confidence"] == pytest.approx(1.0)
+    assert rows[1, 0]["type"] == "focused (first-token sink)" and rows[1, 0]["sink"] > 0.999
     ranks = sorted(row["importance_rank"] for row in rows.values())
     assert ranks == list(range(1, len(rows) + 1))
     # the self head moves nothing between positions: it ranks last

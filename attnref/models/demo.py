@@ -150,7 +150,6 @@ class DemoModel:
                              f"{self.max_positions}")
         x = self.token_embedding(ids) + self.positions(len(tokens))   # (T, D)
         record = Trace() if trace else None
-        output = self.encoder(x, trace=record, backend=backend)
-        hidden_states = record.residual_stream() if trace else output[None]
+        hidden_states = self.encoder.states(x, trace=record, backend=backend)  # (3, T, D)
         return ModelOutput(tokens=tokens, ids=ids, hidden_states=hidden_states, trace=record,
                         model=self.name)

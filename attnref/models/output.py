@@ -18,8 +18,7 @@ class ModelOutput:
     tokens : list of str, length T
     ids : (T,) int64 token ids
     hidden_states : (layers + 1, T, D) the residual stream entering the first
-        layer and leaving each layer (``output_hidden_states`` in transformers);
-        ``(1, T, D)``, the last layer's output only, when run without a trace
+        layer and leaving each layer (``output_hidden_states`` in transformers)
     trace : :class:`attnref.nn.Trace` or None
     model : str, the model's name
     """

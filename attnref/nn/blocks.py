@@ -147,10 +147,19 @@ class Encoder:
 
     def __call__(self, x, *, attn_mask=None, is_causal=False, trace=None, backend="auto"):
         """(..., T, D) -> (..., T, D)."""
-        for index, block in enumerate(self.blocks):
-            x = block(x, attn_mask=attn_mask, is_causal=is_causal, trace=trace,
-                      backend=backend, name=f"encoder.{index}")
+        x = self.states(x, attn_mask=attn_mask, is_causal=is_causal, trace=trace,
+                        backend=backend)[-1]
         return x if self.final_norm is None else self.final_norm(x)
+
+    def states(self, x, *, attn_mask=None, is_causal=False, trace=None, backend="auto"):
+        """The residual stream entering the first block and leaving each block,
+        ``(blocks + 1, ..., T, D)`` (``output_hidden_states`` in transformers;
+        without the final LayerNorm)."""
+        states = [x]
+        for index, block in enumerate(self.blocks):
+            states.append(block(states[-1], attn_mask=attn_mask, is_causal=is_causal,
+                                trace=trace, backend=backend, name=f"encoder.{index}"))
+        return np.stack(states)
 
 
 class Decoder:

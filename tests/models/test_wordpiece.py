@@ -1,0 +1,151 @@
+"""attnref.models.wordpiece on a hand-made vocabulary: each rule of BERT's
+basic tokenizer and of WordPiece, with expected outputs worked out by hand
+from google-research/bert ``tokenization.py``. The comparison with the
+``transformers`` tokenizer on the real MiniLM vocabulary lives in
+``test_bert_vs_transformers.py``."""
+import json
+
+import pytest
+from hypothesis import given, strategies as st
+
+from attnref.models.wordpiece import (SPECIAL_TOKENS, BasicTokenizer, BertTokenizer,
+                                      WordpieceTokenizer, is_cjk, is_punctuation, load_vocab)
+
+WORDS = ["un", "##aff", "##able", "##a", "a", "b", "##b", "acao", "cora", "##cao", "e",
+         "orgaos", "123", ",", "45", "reais", "!", "the", "cat", "中", "文", "hello",
+         "world", ".", "'", "s", "don", "t", "$", "100"]
+VOCAB = {token: index for index, token in enumerate(list(SPECIAL_TOKENS) + WORDS)}
+
+
+def tokenizer(**options):
+    return BertTokenizer(VOCAB, **options)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("Hello  WORLD", ["hello", "world"]),
+    ("Ação, coração e órgãos: 123,45 reais!",
+     ["acao", ",", "coracao", "e", "orgaos", ":", "123", ",", "45", "reais", "!"]),
+    ("naïve Zoë Ångström", ["naive", "zoe", "angstrom"]),
+    ("a\x00b\ufffdc\x07d\u200be", ["abcde"]),              # NUL, U+FFFD, Cc, Cf dropped
+    ("a\tb\nc\r\nd\u00a0e\u3000f\u2028g", list("abcdefg")),  # every whitespace splits
+    ("$100 ^x `y` a+b=c ~|", ["$", "100", "^", "x", "`", "y", "`", "a", "+", "b", "=", "c",
+                              "~", "|"]),                  # ASCII non-alphanumerics
+    ("«Olá» ¿Qué? don't", ["«", "ola", "»", "¿", "que", "?", "don", "'", "t"]),
+    ("中文abc日本", ["中", "文", "abc", "日", "本"]),
+    ("한국", ["\u1112\u1161\u11ab\u1100\u116e\u11a8"]),  # not CJK; NFD splits it into jamo
+    ("😀👍🏽 ½²", ["😀👍🏽", "½²"]),          # symbols (S*, N*) do not split
+    ("ΟΔΟΣ", ["οδοσ"]),                                     # per-character lower-casing
+    ("İ", ["i"]),
+    ("", []),
+    ("  \t ", []),
+])
+def test_basic_tokenizer_uncased(text, words):
+    assert BasicTokenizer().tokenize(text) == words
+
+
+def test_basic_tokenizer_options():
+    text = "Ação [MASK] 中文"
+    assert BasicTokenizer(do_lower_case=False).tokenize(text) == \
+        ["Ação", "[", "MASK", "]", "中", "文"]
+    assert BasicTokenizer(do_lower_case=False, strip_accents=True).tokenize(text)[0] == "Acao"
+    assert BasicTokenizer(strip_accents=False).tokenize(text)[0] == "ação"
+    assert BasicTokenizer(tokenize_chinese_chars=False).tokenize(text)[-1] == "中文"
+    assert BasicTokenizer(never_split=["[MASK]"]).tokenize(text) == \
+        ["acao", "[MASK]", "中", "文"]
+    with pytest.raises(TypeError, match="text must be a str"):
+        BasicTokenizer().tokenize(b"bytes")
+
+
+def test_character_classes():
+    assert all(is_punctuation(char) for char in "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+    assert all(is_punctuation(char) for char in "«»¿¡“”—…、。")
+    assert not any(is_punctuation(char) for char in "aZ09 é½😀€")  # € is Sc, not ASCII
+    assert is_cjk("中") and is_cjk("\U00020000") and is_cjk("\U0002B920")
+    assert not is_cjk("あ") and not is_cjk("한") and not is_cjk("\U0002B820")
+
+
+def test_wordpiece_greedy_longest_match_first():
+    pieces = WordpieceTokenizer(VOCAB)
+    assert pieces.tokenize("unaffable") == ["un", "##aff", "##able"]
+    assert pieces.tokenize("ab") == ["a", "##b"]
+    assert pieces.tokenize("aaa") == ["a", "##a", "##a"]
+    assert pieces.tokenize("coracao") == ["cora", "##cao"]
+    assert pieces.tokenize("unx") == ["[UNK]"]          # one uncovered char spoils the word
+    assert pieces.tokenize("a" * 100) == ["a"] + ["##a"] * 99
+    assert pieces.tokenize("a" * 101) == ["[UNK]"]       # max_input_chars_per_word
+    assert WordpieceTokenizer(VOCAB, max_input_chars_per_word=2).tokenize("aaa") == ["[UNK]"]
+    with pytest.raises(ValueError, match="unk_token"):
+        WordpieceTokenizer({"a": 0})
+
+
+def test_encode_adds_cls_sep_and_truncates():
+    encoding = tokenizer().encode("The cat's unaffable!")
+    assert encoding.tokens == ["[CLS]", "the", "cat", "'", "s", "un", "##aff", "##able", "!",
+                               "[SEP]"]
+    assert encoding.ids == [VOCAB[token] for token in encoding.tokens]
+    tokens, ids = tokenizer().encode("a b a b a b", max_length=4)
+    assert tokens == ["[CLS]", "a", "b", "[SEP]"] and len(ids) == 4
+    assert tokenizer(max_length=3).encode("a b").tokens == ["[CLS]", "a", "[SEP]"]
+    assert tokenizer().encode("").tokens == ["[CLS]", "[SEP]"]
+    with pytest.raises(ValueError, match="max_length must be >= 2"):
+        tokenizer().encode("a", max_length=1)
+    with pytest.raises(TypeError, match="max_length must be an int"):
+        tokenizer().encode("a", max_length=3.0)
+
+
+def test_special_tokens_are_cut_from_the_raw_text():
+    tokens = tokenizer().tokenize("hello[MASK]world [SEP] [mask] [CLS]x")
+    assert tokens == ["hello", "[MASK]", "world", "[SEP]", "[UNK]", "[UNK]", "[UNK]", "[CLS]",
+                      "[UNK]"]                            # "[", "mask", "]" are not in VOCAB
+
+
+def test_ids_and_tokens_convert_both_ways():
+    bert = tokenizer()
+    assert bert.convert_tokens_to_ids(["the", "zebra"]) == [VOCAB["the"], VOCAB["[UNK]"]]
+    assert bert.convert_ids_to_tokens([VOCAB["cat"]]) == ["cat"]
+    with pytest.raises(ValueError, match=r"ids \[9999\]"):
+        bert.convert_ids_to_tokens([9999])
+    with pytest.raises(ValueError, match="lacks the special tokens"):
+        BertTokenizer({"a": 0})
+
+
+def test_load_vocab_and_from_pretrained(tmp_path):
+    lines = list(SPECIAL_TOKENS) + ["Ação", "a", "##b", "a"]
+    (tmp_path / "vocab.txt").write_bytes("\r\n".join(lines).encode() + b"\n")
+    vocab = load_vocab(tmp_path / "vocab.txt")
+    assert vocab["Ação"] == 5 and vocab["##b"] == 7
+    assert vocab["a"] == 8                                # a repeated token keeps its last id
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+        {"do_lower_case": False, "model_max_length": 1000000000000000019884624838656}))
+    cased = BertTokenizer.from_pretrained(tmp_path)
+    assert cased.max_length == 512
+    assert cased.encode("Ação ab").tokens == ["[CLS]", "Ação", "a", "##b", "[SEP]"]
+    assert BertTokenizer.from_pretrained(tmp_path / "vocab.txt").vocab == cased.vocab
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+        {"unk_token": {"content": "[UNK]", "lstrip": False}, "cls_token": "<s>"}))
+    with pytest.raises(ValueError, match="cls_token is '<s>'"):
+        BertTokenizer.from_pretrained(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"do_basic_tokenize": False}))
+    with pytest.raises(ValueError, match="do_basic_tokenize"):
+        BertTokenizer.from_pretrained(tmp_path)
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match="empty vocabulary"):
+        load_vocab(tmp_path / "empty.txt")
+    with pytest.raises(FileNotFoundError, match="vocab.txt"):
+        BertTokenizer.from_pretrained(tmp_path / "nowhere")
+
+
+@given(st.text(max_size=40))
+def test_any_text_gives_vocabulary_tokens(text):
+    encoding = tokenizer().encode(text)
+    assert encoding.tokens[0] == "[CLS]" and encoding.tokens[-1] == "[SEP]"
+    assert all(token in VOCAB for token in encoding.tokens)
+    assert encoding.ids == [VOCAB[token] for token in encoding.tokens]
+
+
+@given(st.sampled_from(["a", "b", "un"]),
+       st.lists(st.sampled_from(["a", "b", "aff", "able"]), max_size=6))
+def test_pieces_spell_the_word(first, rest):
+    word = first + "".join(rest)
+    pieces = WordpieceTokenizer(VOCAB).tokenize(word)
+    assert "".join(piece.removeprefix("##") for piece in pieces) == word

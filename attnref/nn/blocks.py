@@ -129,6 +129,16 @@ class DecoderBlock:
         return out
 
 
+def _init_stack(block_class, num_layers, dim, num_heads, hidden, *, seed, norm_first,
+                num_kv_heads, activation, dtype):
+    """(blocks, final_norm) of a seeded stack; pre-LN stacks end with a LayerNorm."""
+    rng = np.random.default_rng(seed)
+    blocks = [block_class.init(dim, num_heads, hidden, rng=rng, num_kv_heads=num_kv_heads,
+                               norm_first=norm_first, activation=activation, dtype=dtype)
+              for _ in range(num_layers)]
+    return blocks, LayerNorm.init(dim, dtype=dtype) if norm_first else None
+
+
 class Encoder:
     """A stack of :class:`EncoderBlock` and an optional final LayerNorm (pre-LN stacks)."""
 
@@ -139,11 +149,9 @@ class Encoder:
     def init(cls, num_layers, dim, num_heads, hidden, *, seed=0, norm_first=False,
              num_kv_heads=None, activation="gelu", dtype=np.float32):
         """Seeded random initialisation (PyTorch's defaults)."""
-        rng = np.random.default_rng(seed)
-        blocks = [EncoderBlock.init(dim, num_heads, hidden, rng=rng, num_kv_heads=num_kv_heads,
-                                    norm_first=norm_first, activation=activation, dtype=dtype)
-                  for _ in range(num_layers)]
-        return cls(blocks, LayerNorm.init(dim, dtype=dtype) if norm_first else None)
+        return cls(*_init_stack(EncoderBlock, num_layers, dim, num_heads, hidden, seed=seed,
+                                norm_first=norm_first, num_kv_heads=num_kv_heads,
+                                activation=activation, dtype=dtype))
 
     def __call__(self, x, *, attn_mask=None, is_causal=False, trace=None, backend="auto"):
         """(..., T, D) -> (..., T, D)."""
@@ -172,11 +180,9 @@ class Decoder:
     def init(cls, num_layers, dim, num_heads, hidden, *, seed=0, norm_first=False,
              num_kv_heads=None, activation="gelu", dtype=np.float32):
         """Seeded random initialisation (PyTorch's defaults)."""
-        rng = np.random.default_rng(seed)
-        blocks = [DecoderBlock.init(dim, num_heads, hidden, rng=rng, num_kv_heads=num_kv_heads,
-                                    norm_first=norm_first, activation=activation, dtype=dtype)
-                  for _ in range(num_layers)]
-        return cls(blocks, LayerNorm.init(dim, dtype=dtype) if norm_first else None)
+        return cls(*_init_stack(DecoderBlock, num_layers, dim, num_heads, hidden, seed=seed,
+                                norm_first=norm_first, num_kv_heads=num_kv_heads,
+                                activation=activation, dtype=dtype))
 
     def __call__(self, x, memory, *, attn_mask=None, memory_mask=None, trace=None,
                  backend="auto"):

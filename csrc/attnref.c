@@ -2,9 +2,14 @@
  * attnref.c -- the fused attention kernel declared in attnref.h.
  *
  * This file holds what does not depend on the float type: argument checks,
- * the visible key range of a row, and the split of rows over threads. The
- * per-row algorithm is written once, in sdpa_impl.h, and instantiated below
- * for float and for double.
+ * the visible key range of a row, the split of work over threads, and the
+ * choice of code path. Two algorithms compute the same contract:
+ *   sdpa_impl.h   portable: one row at a time, scalar C99 (any compiler);
+ *   tiled_impl.h  tiled: register-blocked SIMD micro-kernels, compiled for
+ *                 AVX-512 and for AVX2+FMA with GCC target pragmas (never
+ *                 -march=native) and chosen at run time from the CPU's
+ *                 features; GCC on x86-64 only.
+ * Each is written once and instantiated below for float and for double.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -15,22 +20,25 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
-/* Keys per online-softmax block: scratch per thread is O(KEY_BLOCK + Ev). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define ATTNREF_TILED 1
+#include <immintrin.h>
+#else
+#define ATTNREF_TILED 0
+#endif
+
+/* Keys per online-softmax block of the portable path: scratch per thread is
+   O(KEY_BLOCK + Ev). */
 #define KEY_BLOCK 64
+/* Tiled path: query rows per unit and keys per tile; scratch per thread is
+   O(TILE_ROWS (E + Ev + TILE_KEYS) + TILE_KEYS (E + Ev)). */
+#define TILE_ROWS 64
+#define TILE_KEYS 64
 /* Independent partial sums in a dot product: the compiler can vectorise them
    without reassociating (no -ffast-math). */
 #define DOT_LANES 16
-
-const char *attnref_kernel_path(void)
-{
-    return "portable-c99 (scalar, compiler auto-vectorised)";
-}
-
-int64_t attnref_band_unbounded(void)
-{
-    return ATTNREF_BAND_UNBOUNDED;
-}
 
 /* ------------------------------------------------------------------------ */
 /* int64 arithmetic that cannot overflow                                     */
@@ -145,14 +153,19 @@ static int check_call(const attnref_params *p, const void *out, const void *lse,
 /* ------------------------------------------------------------------------ */
 /* rows over threads                                                         */
 
-/* One contiguous range of flattened (b, h, i) rows and everything needed to
-   compute it; `rows` is the float or double row kernel from sdpa_impl.h. */
+/* The work of one call, or a thread's share of it. The portable path takes
+   the contiguous range [row_begin, row_end) of flattened (b, h, i) rows;
+   the tiled path takes units (see tiled_impl.h) from the shared counter
+   *next until it reaches row_end, the number of units. `rows` is the float
+   or double worker of the path. */
 typedef struct sdpa_job {
     int (*rows)(const struct sdpa_job *job);
     const attnref_params *params;
     void *out, *lse;
     const void *q, *k, *v, *mask;
     int64_t row_begin, row_end;
+    int64_t block, blocks, head_chunk;   /* tiled: positions per unit, ... */
+    int64_t *next;                       /* tiled: next unit to take */
     int status;
 } sdpa_job;
 
@@ -163,42 +176,18 @@ static void *run_job(void *arg)
     return NULL;
 }
 
-/* Splits the rows of `whole` into `threads` contiguous ranges and computes
-   them. Each row is computed by one thread in a fixed order of operations,
-   so the result is bit-identical for any thread count. Range 0 runs on the
-   calling thread. A worker that cannot be started has its range run on the
-   calling thread as well: same rows, same operations, only slower; so
-   ATTNREF_ERR_THREAD is never returned. */
-static int run_rows(const sdpa_job *whole, int64_t rows)
+/* Runs jobs[0] on the calling thread and jobs[1..threads) on new threads. A
+   worker that cannot be started has its job run on the calling thread: same
+   work, only slower; so ATTNREF_ERR_THREAD is never returned. */
+static int run_threads(sdpa_job *jobs, int64_t threads)
 {
-    int64_t threads = whole->params->threads < rows ? whole->params->threads : rows;
-    sdpa_job *jobs;
-    pthread_t *tids;
-    int *started;
+    pthread_t *tids = malloc((size_t)threads * sizeof *tids);
+    int *started = calloc((size_t)threads, sizeof *started);
     int status = ATTNREF_OK;
-
-    if (threads <= 1) {
-        sdpa_job job = *whole;
-        job.row_begin = 0;
-        job.row_end = rows;
-        return rows == 0 ? ATTNREF_OK : job.rows(&job);
-    }
-
-    jobs = malloc((size_t)threads * sizeof *jobs);
-    tids = malloc((size_t)threads * sizeof *tids);
-    started = calloc((size_t)threads, sizeof *started);
-    if (jobs == NULL || tids == NULL || started == NULL) {
-        free(jobs);
+    if (tids == NULL || started == NULL) {
         free(tids);
         free(started);
         return ATTNREF_ERR_NOMEM;
-    }
-    for (int64_t t = 0; t < threads; t++) {
-        /* rows / threads each, the first rows % threads one more */
-        int64_t base = rows / threads, extra = rows % threads;
-        jobs[t] = *whole;
-        jobs[t].row_begin = t * base + (t < extra ? t : extra);
-        jobs[t].row_end = jobs[t].row_begin + base + (t < extra ? 1 : 0);
     }
     for (int64_t t = 1; t < threads; t++) {
         started[t] = pthread_create(&tids[t], NULL, run_job, &jobs[t]) == 0;
@@ -209,10 +198,31 @@ static int run_rows(const sdpa_job *whole, int64_t rows)
         if (started[t]) pthread_join(tids[t], NULL);
     for (int64_t t = 0; t < threads && status == ATTNREF_OK; t++)
         status = jobs[t].status;
-
-    free(jobs);
     free(tids);
     free(started);
+    return status;
+}
+
+/* Splits `rows` rows into `threads` contiguous ranges and computes them.
+   Each row is computed by one thread in a fixed order of operations, so the
+   result is bit-identical for any thread count. */
+static int run_rows(const sdpa_job *whole, int64_t rows)
+{
+    const int64_t threads = whole->params->threads < rows ? whole->params->threads : rows;
+    sdpa_job *jobs;
+    int status;
+    if (rows == 0) return ATTNREF_OK;
+    jobs = malloc((size_t)threads * sizeof *jobs);
+    if (jobs == NULL) return ATTNREF_ERR_NOMEM;
+    for (int64_t t = 0; t < threads; t++) {
+        /* rows / threads each, the first rows % threads one more */
+        const int64_t base = rows / threads, extra = rows % threads;
+        jobs[t] = *whole;
+        jobs[t].row_begin = t * base + (t < extra ? t : extra);
+        jobs[t].row_end = jobs[t].row_begin + base + (t < extra ? 1 : 0);
+    }
+    status = run_threads(jobs, threads);
+    free(jobs);
     return status;
 }
 
@@ -295,7 +305,7 @@ static double dot_f64(const double *a, const double *b, int64_t n)
 }
 
 /* ------------------------------------------------------------------------ */
-/* the kernel, once per float type                                           */
+/* the portable path, once per float type                                    */
 
 #define REAL float
 #define EXP expf
@@ -303,7 +313,6 @@ static double dot_f64(const double *a, const double *b, int64_t n)
 #define DOT dot_f32
 #define AXPY axpy_f32
 #define SDPA_ROWS sdpa_rows_f32
-#define SDPA attnref_sdpa_f32
 #include "sdpa_impl.h"
 
 #define REAL double
@@ -312,5 +321,276 @@ static double dot_f64(const double *a, const double *b, int64_t n)
 #define DOT dot_f64
 #define AXPY axpy_f64
 #define SDPA_ROWS sdpa_rows_f64
-#define SDPA attnref_sdpa_f64
 #include "sdpa_impl.h"
+
+/* ------------------------------------------------------------------------ */
+/* the tiled path, once per instruction set and float type                   */
+
+#if ATTNREF_TILED
+
+static int64_t next_unit(const sdpa_job *job)
+{
+    return __atomic_fetch_add(job->next, 1, __ATOMIC_RELAXED);
+}
+
+/* Byte offsets of a tiled thread's scratch buffers (see tiled_impl.h), each
+   64-byte aligned; offset[6] is the total, the last `rows_size` bytes of which
+   hold the unit's row table. Returns 0 when the sizes overflow. */
+static int tiled_scratch_layout(int64_t E, int64_t Evp, size_t real, size_t rows_size,
+                                size_t offset[7])
+{
+    const uint64_t limit = (uint64_t)1 << 56;
+    const uint64_t sizes[6] = {
+        (uint64_t)TILE_ROWS * E * sizeof(double), (uint64_t)E * TILE_KEYS * sizeof(double),
+        (uint64_t)TILE_KEYS * Evp * real, (uint64_t)TILE_ROWS * TILE_KEYS * sizeof(double),
+        (uint64_t)TILE_ROWS * TILE_KEYS * real, (uint64_t)TILE_ROWS * Evp * real};
+    uint64_t total = 0;
+    if ((uint64_t)E > limit / (TILE_ROWS * sizeof(double))
+        || (uint64_t)Evp > limit / (TILE_ROWS * sizeof(double)))
+        return 0;
+    for (int u = 0; u < 6; u++) {
+        offset[u] = (size_t)total;
+        total += (sizes[u] + 63) / 64 * 64;
+    }
+    if (total + rows_size > SIZE_MAX) return 0;
+    offset[6] = (size_t)(total + rows_size);
+    return 1;
+}
+
+static void *aligned_scratch(size_t bytes)
+{
+    void *memory = NULL;
+    return posix_memalign(&memory, 64, bytes) == 0 ? memory : NULL;
+}
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512dq,fma")
+#define SIMD_AVX512 1
+#define VALUE_MR 4
+#define VALUE_NV 4
+
+#define REAL float
+#define REAL_IS_DOUBLE 0
+#define EXP expf
+#define LOG logf
+#define TILED(name) tiled_##name##_avx512_f32
+#define SCORE_MR 4      /* 4 rows x 4 x 8 keys: 16 accumulators of 32 */
+#define SCORE_NV 4
+#include "simd.h"
+#include "tiled_impl.h"
+#undef SCORE_MR
+#undef SCORE_NV
+
+#define REAL double
+#define REAL_IS_DOUBLE 1
+#define EXP exp
+#define LOG log
+#define TILED(name) tiled_##name##_avx512_f64
+#define SCORE_MR 4      /* Dot2: a sum and an error per lane, 16 of 32 */
+#define SCORE_NV 2
+#include "simd.h"
+#include "tiled_impl.h"
+#undef SCORE_MR
+#undef SCORE_NV
+
+#undef SIMD_AVX512
+#undef VALUE_MR
+#undef VALUE_NV
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define SIMD_AVX2 1
+#define VALUE_MR 4      /* 4 rows x 2 x 8 dims: 8 accumulators of 16 */
+#define VALUE_NV 2
+
+#define REAL float
+#define REAL_IS_DOUBLE 0
+#define EXP expf
+#define LOG logf
+#define TILED(name) tiled_##name##_avx2_f32
+#define SCORE_MR 4      /* 4 rows x 2 x 4 keys: 8 accumulators of 16 */
+#define SCORE_NV 2
+#include "simd.h"
+#include "tiled_impl.h"
+#undef SCORE_MR
+#undef SCORE_NV
+
+#define REAL double
+#define REAL_IS_DOUBLE 1
+#define EXP exp
+#define LOG log
+#define TILED(name) tiled_##name##_avx2_f64
+#define SCORE_MR 2      /* Dot2: a sum and an error per lane, 8 of 16 */
+#define SCORE_NV 2
+#include "simd.h"
+#include "tiled_impl.h"
+#undef SCORE_MR
+#undef SCORE_NV
+
+#undef SIMD_AVX2
+#undef VALUE_MR
+#undef VALUE_NV
+#pragma GCC pop_options
+
+#endif /* ATTNREF_TILED */
+
+/* ------------------------------------------------------------------------ */
+/* code paths and the public entries                                         */
+
+typedef int (*rows_fn)(const sdpa_job *job);
+
+typedef struct {
+    const char *name;
+    rows_fn f32, f64;
+} code_path;
+
+static const code_path PATHS[] = {
+    [ATTNREF_PATH_PORTABLE] = {"portable (scalar C99, one row at a time)",
+                               sdpa_rows_f32, sdpa_rows_f64},
+#if ATTNREF_TILED
+    [ATTNREF_PATH_AVX2] = {"avx2 (tiled, AVX2 + FMA)",
+                           tiled_rows_avx2_f32, tiled_rows_avx2_f64},
+    [ATTNREF_PATH_AVX512] = {"avx512 (tiled, AVX-512F)",
+                             tiled_rows_avx512_f32, tiled_rows_avx512_f64},
+#endif
+};
+
+static int path_supported(int path)
+{
+    switch (path) {
+    case ATTNREF_PATH_PORTABLE: return 1;
+#if ATTNREF_TILED
+    case ATTNREF_PATH_AVX2:
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case ATTNREF_PATH_AVX512:
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+#endif
+    default: return 0;
+    }
+}
+
+static int best_path(void)
+{
+    for (int path = ATTNREF_PATH_AVX512; path > ATTNREF_PATH_PORTABLE; path--)
+        if (path_supported(path)) return path;
+    return ATTNREF_PATH_PORTABLE;
+}
+
+/* 0 until the first call picks the best path; then the path in use */
+static int current_path = ATTNREF_PATH_AUTO;
+
+static int path_in_use(void)
+{
+    if (current_path == ATTNREF_PATH_AUTO) current_path = best_path();
+    return current_path;
+}
+
+int attnref_select_path(int path)
+{
+    if (path == ATTNREF_PATH_AUTO) path = best_path();
+    if (!path_supported(path)) return ATTNREF_ERR_OPTION;
+    current_path = path;
+    return ATTNREF_OK;
+}
+
+int attnref_path_supported(int path)
+{
+    return path == ATTNREF_PATH_AUTO || path_supported(path);
+}
+
+const char *attnref_kernel_path(void)
+{
+    return PATHS[path_in_use()].name;
+}
+
+int64_t attnref_band_unbounded(void)
+{
+    return ATTNREF_BAND_UNBOUNDED;
+}
+
+static int sdpa(const attnref_params *params, int is_double, void *out, void *lse,
+                const void *q, const void *k, const void *v, const void *mask)
+{
+    const int status = check_call(params, out, lse, q, k, v, mask);
+    const code_path *path = &PATHS[path_in_use()];
+    sdpa_job job;
+    if (status != ATTNREF_OK) return status;
+    memset(&job, 0, sizeof job);
+    job.rows = is_double ? path->f64 : path->f32;
+    job.params = params;
+    job.out = out;
+    job.lse = lse;
+    job.q = q;
+    job.k = k;
+    job.v = v;
+    job.mask = mask;
+    if (path_in_use() == ATTNREF_PATH_PORTABLE)
+        return run_rows(&job, params->B * params->H * params->L);
+#if ATTNREF_TILED
+    {
+        /* a unit: the query heads of one kv head (or one head, when a group
+           is larger than a unit) x a block of positions */
+        int64_t next = 0, units, threads;
+        sdpa_job *jobs;
+        int result;
+        if (params->B * params->H * params->L == 0) return ATTNREF_OK;
+        job.head_chunk = params->kv_group <= TILE_ROWS ? params->kv_group : 1;
+        job.block = TILE_ROWS / job.head_chunk;
+        job.blocks = (params->L - 1) / job.block + 1;
+        units = params->B * ((params->H - 1) / job.head_chunk + 1) * job.blocks;
+        job.row_end = units;
+        job.next = &next;
+        threads = params->threads < units ? params->threads : units;
+        jobs = malloc((size_t)threads * sizeof *jobs);
+        if (jobs == NULL) return ATTNREF_ERR_NOMEM;
+        for (int64_t t = 0; t < threads; t++) jobs[t] = job;
+        result = run_threads(jobs, threads);
+        free(jobs);
+        return result;
+    }
+#else
+    return ATTNREF_ERR_OPTION;
+#endif
+}
+
+int attnref_sdpa_f32(const attnref_params *params, float *out, float *lse,
+                     const float *q, const float *k, const float *v, const void *mask)
+{
+    return sdpa(params, 0, out, lse, q, k, v, mask);
+}
+
+int attnref_sdpa_f64(const attnref_params *params, double *out, double *lse,
+                     const double *q, const double *k, const double *v, const void *mask)
+{
+    return sdpa(params, 1, out, lse, q, k, v, mask);
+}
+
+/* out[i] = exp(x[i]) by the path in use (tests measure its error) */
+int attnref_exp_f32(float *out, const float *x, int64_t n)
+{
+    if (n < 0 || (n > 0 && (out == NULL || x == NULL))) return ATTNREF_ERR_SIZE;
+    switch (path_in_use()) {
+#if ATTNREF_TILED
+    case ATTNREF_PATH_AVX512: return tiled_exp_array_avx512_f32(out, x, n);
+    case ATTNREF_PATH_AVX2: return tiled_exp_array_avx2_f32(out, x, n);
+#endif
+    default:
+        for (int64_t i = 0; i < n; i++) out[i] = expf(x[i]);
+        return ATTNREF_OK;
+    }
+}
+
+int attnref_exp_f64(double *out, const double *x, int64_t n)
+{
+    if (n < 0 || (n > 0 && (out == NULL || x == NULL))) return ATTNREF_ERR_SIZE;
+    switch (path_in_use()) {
+#if ATTNREF_TILED
+    case ATTNREF_PATH_AVX512: return tiled_exp_array_avx512_f64(out, x, n);
+    case ATTNREF_PATH_AVX2: return tiled_exp_array_avx2_f64(out, x, n);
+#endif
+    default:
+        for (int64_t i = 0; i < n; i++) out[i] = exp(x[i]);
+        return ATTNREF_OK;
+    }
+}

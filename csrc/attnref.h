@@ -50,6 +50,13 @@ enum {
     ATTNREF_ROWS_NAN = 1
 };
 
+enum {
+    ATTNREF_PATH_AUTO = 0,      /* the fastest the CPU supports */
+    ATTNREF_PATH_PORTABLE = 1,  /* scalar C99, one row at a time */
+    ATTNREF_PATH_AVX2 = 2,      /* tiled, AVX2 + FMA */
+    ATTNREF_PATH_AVX512 = 3     /* tiled, AVX-512F */
+};
+
 typedef struct {
     /* sizes */
     int64_t B, H, L, S, E, Ev;
@@ -81,6 +88,10 @@ int attnref_sdpa_f64(const attnref_params *params, double *out, double *lse,
                      const void *mask);
 
 const char *attnref_kernel_path(void);   /* name of the code path in use */
+int attnref_select_path(int path);       /* ATTNREF_PATH_*; ERR_OPTION if the CPU lacks it */
+int attnref_path_supported(int path);    /* 1 when this build and CPU can run it */
+int attnref_exp_f32(float *out, const float *x, int64_t n);    /* the path's exp */
+int attnref_exp_f64(double *out, const double *x, int64_t n);
 int64_t attnref_band_unbounded(void);    /* value of ATTNREF_BAND_UNBOUNDED */
 /* CFFI_END */
 

@@ -33,7 +33,7 @@ ffibuilder.set_source(
     sources=[os.path.relpath(os.path.join(CSRC, "attnref.c"))],
     include_dirs=[os.path.relpath(CSRC)],
     depends=[os.path.relpath(os.path.join(CSRC, name))
-             for name in ("attnref.h", "sdpa_impl.h")],
+             for name in ("attnref.h", "sdpa_impl.h", "simd.h", "tiled_impl.h")],
     # no FP contraction: the exact-product and exact-sum steps of the score
     # dot product rely on every operation being rounded on its own
     extra_compile_args=[] if sys.platform == "win32" else ["-O3", "-std=c99", "-ffp-contract=off"],

@@ -7,8 +7,9 @@
  *                        (in attnref.c: computed more precisely than REAL,
  *                        differently per type)
  *   AXPY, SDPA_ROWS      names of this file's helpers for REAL
- *   SDPA                 the public entry point (attnref_sdpa_f32 / _f64)
- * and this file undefines them at its end. No include guard: that is the point.
+ * and this file undefines them at its end. SDPA_ROWS is the portable code
+ * path: scalar C99 that any compiler builds, and the plain twin the tiled
+ * paths (tiled_impl.h) are tested against. No include guard: that is the point.
  */
 
 /* acc[c] += p * x[c] */
@@ -138,28 +139,9 @@ static int SDPA_ROWS(const sdpa_job *job)
     return ATTNREF_OK;
 }
 
-int SDPA(const attnref_params *params, REAL *out, REAL *lse,
-         const REAL *q, const REAL *k, const REAL *v, const void *mask)
-{
-    const int status = check_call(params, out, lse, q, k, v, mask);
-    sdpa_job job;
-    if (status != ATTNREF_OK) return status;
-    job.rows = SDPA_ROWS;
-    job.params = params;
-    job.out = out;
-    job.lse = lse;
-    job.q = q;
-    job.k = k;
-    job.v = v;
-    job.mask = mask;
-    job.status = ATTNREF_OK;
-    return run_rows(&job, params->B * params->H * params->L);
-}
-
 #undef REAL
 #undef EXP
 #undef LOG
 #undef DOT
 #undef AXPY
 #undef SDPA_ROWS
-#undef SDPA

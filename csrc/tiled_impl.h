@@ -1,0 +1,432 @@
+/*
+ * tiled_impl.h -- the fast kernel: register-blocked tiles, one instruction
+ * set and one float type per inclusion (see simd.h for what the includer
+ * defines). It computes exactly what sdpa_impl.h computes (the contract in
+ * attnref.h), with the same policy for masked keys, masked rows and NaN,
+ * only blocked for the machine:
+ *
+ *   unit      = one batch entry b, one kv head, a block of up to TILE_ROWS
+ *               query rows: the kv group's query heads x a run of positions i
+ *               (GQA heads that share K/V share their packing)
+ *   key tile  = TILE_KEYS keys, packed once per unit: K transposed to
+ *               (E, TILE_KEYS) in double, V to (TILE_KEYS, Evp) in REAL
+ *   pass 1    scores of MR rows x (NV * DW) keys per micro-kernel, summed in
+ *             double (float products are exact in double: a float score is
+ *             rounded once, as in the portable kernel)
+ *   pass 2    softcap, bias, band and bool mask, NaN check
+ *   pass 3    online softmax: running max m, rescale, p = exp(s - m), sum l
+ *   pass 4    acc += p V, MR rows x (NV * RW) value dims per micro-kernel
+ *   pass 5    out = acc / l, lse = m + log l
+ *
+ * Tiles whose keys are all outside every row's band are never visited
+ * (causal and window block skipping). Each row is computed by one unit in
+ * a fixed order of tiles, so results do not depend on the thread count.
+ */
+
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+#if !REAL_IS_DOUBLE
+/* pass 1 micro-kernel: sd[r][c] = scale * sum_d qd[r][d] kt[d][c] for
+   r < mr (<= SCORE_MR), c < SCORE_NV * DW. Float products are exact in
+   double and the sum is carried in double, so the float score is rounded
+   once (as the portable path's dot_f32).
+   qd (mr, E) rows E apart; kt (E, TILE_KEYS); sd (mr, TILE_KEYS). */
+ALWAYS_INLINE void TILED(score_block)(double *sd, const double *qd, const double *kt,
+                                      int64_t E, double scale, int mr)
+{
+    DVEC acc[SCORE_MR][SCORE_NV];
+    for (int r = 0; r < mr; r++)
+        for (int v = 0; v < SCORE_NV; v++) acc[r][v] = DV_ZERO();
+    for (int64_t d = 0; d < E; d++) {
+        DVEC key[SCORE_NV];
+        for (int v = 0; v < SCORE_NV; v++) key[v] = DV_LOAD(kt + d * TILE_KEYS + v * DW);
+        for (int r = 0; r < mr; r++) {
+            const DVEC query = DV_SET1(qd[r * E + d]);
+            for (int v = 0; v < SCORE_NV; v++) acc[r][v] = DV_FMA(query, key[v], acc[r][v]);
+        }
+    }
+    for (int r = 0; r < mr; r++)
+        for (int v = 0; v < SCORE_NV; v++)
+            DV_STORE(sd + r * TILE_KEYS + v * DW, DV_MUL(acc[r][v], DV_SET1(scale)));
+}
+#else
+/* pass 1 micro-kernel for double: as above, but each lane is Ogita, Rump &
+   Oishi's Dot2 (SIAM J. Sci. Comput. 26(6), 2005, Alg. 5.3, with the FMA
+   TwoProduct): the rounding error of every product and every sum is kept
+   and added back once, as if summed in twice the precision (as the portable
+   path's dot_f64). Where an error term is not finite (a product beyond
+   DBL_MAX) the plain sum is kept. */
+ALWAYS_INLINE void TILED(score_block)(double *sd, const double *qd, const double *kt,
+                                      int64_t E, double scale, int mr)
+{
+    DVEC sum[SCORE_MR][SCORE_NV], error[SCORE_MR][SCORE_NV];
+    for (int r = 0; r < mr; r++)
+        for (int v = 0; v < SCORE_NV; v++) sum[r][v] = error[r][v] = DV_ZERO();
+    for (int64_t d = 0; d < E; d++) {
+        DVEC key[SCORE_NV];
+        for (int v = 0; v < SCORE_NV; v++) key[v] = DV_LOAD(kt + d * TILE_KEYS + v * DW);
+        for (int r = 0; r < mr; r++) {
+            const DVEC query = DV_SET1(qd[r * E + d]);
+            for (int v = 0; v < SCORE_NV; v++) {
+                const DVEC product = DV_MUL(query, key[v]);
+                const DVEC product_error = DV_FMSUB(query, key[v], product);
+                const DVEC total = DV_ADD(sum[r][v], product);
+                const DVEC z = DV_SUB(total, sum[r][v]);
+                const DVEC sum_error = DV_ADD(DV_SUB(sum[r][v], DV_SUB(total, z)),
+                                              DV_SUB(product, z));
+                error[r][v] = DV_ADD(error[r][v], DV_ADD(product_error, sum_error));
+                sum[r][v] = total;
+            }
+        }
+    }
+    for (int r = 0; r < mr; r++)
+        for (int v = 0; v < SCORE_NV; v++) {
+            const DVEC corrected = DV_KEEP_FINITE(DV_ADD(sum[r][v], error[r][v]),
+                                                  sum[r][v], error[r][v]);
+            DV_STORE(sd + r * TILE_KEYS + v * DW, DV_MUL(corrected, DV_SET1(scale)));
+        }
+}
+#endif
+
+/* pass 4 micro-kernel: acc[r][c] += sum_{j < n} p[r][j] vt[j][c] for
+   r < mr (<= VALUE_MR), c < nv * RW (nv <= VALUE_NV).
+   p (mr, TILE_KEYS); vt (n, Evp); acc (mr, Evp). */
+ALWAYS_INLINE void TILED(value_block)(REAL *acc, const REAL *p, const REAL *vt,
+                                      int64_t Evp, int n, int mr, int nv)
+{
+    RVEC sum[VALUE_MR][VALUE_NV];
+    for (int r = 0; r < mr; r++)
+        for (int v = 0; v < nv; v++) sum[r][v] = RV_LOAD(acc + r * Evp + v * RW);
+    for (int j = 0; j < n; j++) {
+        RVEC value[VALUE_NV];
+        for (int v = 0; v < nv; v++) value[v] = RV_LOAD(vt + j * Evp + v * RW);
+        for (int r = 0; r < mr; r++) {
+            const RVEC weight = RV_SET1(p[r * TILE_KEYS + j]);
+            for (int v = 0; v < nv; v++) sum[r][v] = RV_FMA(weight, value[v], sum[r][v]);
+        }
+    }
+    for (int r = 0; r < mr; r++)
+        for (int v = 0; v < nv; v++) RV_STORE(acc + r * Evp + v * RW, sum[r][v]);
+}
+
+/* pass 1 for `rows` rows and the whole tile */
+static void TILED(scores)(double *sd, const double *qd, const double *kt, int64_t E,
+                          double scale, int rows)
+{
+    for (int c = 0; c < TILE_KEYS; c += SCORE_NV * DW) {
+        int r = 0;
+        for (; r + SCORE_MR <= rows; r += SCORE_MR)
+            TILED(score_block)(sd + r * TILE_KEYS + c, qd + r * E, kt + c, E, scale, SCORE_MR);
+        for (; r < rows; r++)
+            TILED(score_block)(sd + r * TILE_KEYS + c, qd + r * E, kt + c, E, scale, 1);
+    }
+}
+
+/* pass 4 for `rows` rows, n keys, all Evp value dims */
+static void TILED(values)(REAL *acc, const REAL *p, const REAL *vt, int64_t Evp, int n,
+                          int rows)
+{
+    int64_t c = 0;
+    for (; c + VALUE_NV * RW <= Evp; c += VALUE_NV * RW) {
+        int r = 0;
+        for (; r + VALUE_MR <= rows; r += VALUE_MR)
+            TILED(value_block)(acc + r * Evp + c, p + r * TILE_KEYS, vt + c, Evp, n,
+                               VALUE_MR, VALUE_NV);
+        for (; r < rows; r++)
+            TILED(value_block)(acc + r * Evp + c, p + r * TILE_KEYS, vt + c, Evp, n, 1,
+                               VALUE_NV);
+    }
+    for (; c < Evp; c += RW) {
+        int r = 0;
+        for (; r + VALUE_MR <= rows; r += VALUE_MR)
+            TILED(value_block)(acc + r * Evp + c, p + r * TILE_KEYS, vt + c, Evp, n,
+                               VALUE_MR, 1);
+        for (; r < rows; r++)
+            TILED(value_block)(acc + r * Evp + c, p + r * TILE_KEYS, vt + c, Evp, n, 1, 1);
+    }
+}
+
+/* The rows of one unit and everything a row needs. */
+typedef struct {
+    const REAL *q[TILE_ROWS];
+    REAL *out[TILE_ROWS];
+    REAL *lse[TILE_ROWS];          /* NULL without lse */
+    const void *mask[TILE_ROWS];   /* (S,) row of the mask or bias, or NULL */
+    int64_t j_begin[TILE_ROWS], j_end[TILE_ROWS];
+    REAL m[TILE_ROWS], l[TILE_ROWS];
+    int nan[TILE_ROWS];
+    int rows;
+} TILED(unit_rows);
+
+/* Scratch of one thread; sizes in tiled_scratch_sizes (attnref.c). */
+typedef struct {
+    double *qd;    /* (TILE_ROWS, E) queries in double */
+    double *kt;    /* (E, TILE_KEYS) keys of the tile, transposed, in double */
+    REAL *vt;      /* (TILE_KEYS, Evp) values of the tile, zero-padded */
+    double *sd;    /* (TILE_ROWS, TILE_KEYS) scaled scores in double */
+    REAL *p;       /* (TILE_ROWS, TILE_KEYS) scores, then weights */
+    REAL *acc;     /* (TILE_ROWS, Evp) weighted sums of values */
+    TILED(unit_rows) *rows;
+} TILED(scratch);
+
+/* Rows of unit u: batch entry b, a chunk of query heads that share one kv
+   head (job->head_chunk of them), then a block of positions i (blocks of
+   later positions first: under a causal band they are the longest). Sets
+   *kv_h and *b. */
+static void TILED(gather_rows)(const attnref_params *p, const sdpa_job *job, int64_t u,
+                               TILED(unit_rows) *rows, int64_t *kv_h, int64_t *b)
+{
+    const int64_t chunks = (p->H - 1) / job->head_chunk + 1;
+    const int64_t ib = job->blocks - 1 - u % job->blocks;
+    const int64_t h0 = (u / job->blocks) % chunks * job->head_chunk;
+    const int64_t h1 = h0 + job->head_chunk < p->H ? h0 + job->head_chunk : p->H;
+    const int64_t i0 = ib * job->block, i1 = i0 + job->block < p->L ? i0 + job->block : p->L;
+    const int64_t *qs = p->q_stride, *os = p->out_stride, *ls = p->lse_stride;
+    const int64_t *ms = p->mask_stride;
+    const size_t mask_size = p->mask_kind == ATTNREF_MASK_BIAS ? sizeof(REAL) : 1;
+    int n = 0;
+    *b = u / job->blocks / chunks;
+    *kv_h = h0 / p->kv_group;
+    for (int64_t h = h0; h < h1; h++)
+        for (int64_t i = i0; i < i1; i++, n++) {
+            const int64_t bhi = *b * qs[0] + h * qs[1] + i * qs[2];
+            rows->q[n] = (const REAL *)job->q + bhi;
+            rows->out[n] = (REAL *)job->out + (*b * os[0] + h * os[1] + i * os[2]);
+            rows->lse[n] = job->lse == NULL ? NULL
+                : (REAL *)job->lse + (*b * ls[0] + h * ls[1] + i * ls[2]);
+            rows->mask[n] = p->mask_kind == ATTNREF_MASK_NONE ? NULL
+                : (const char *)job->mask + (*b * ms[0] + h * ms[1] + i * ms[2]) * mask_size;
+            band_keys(p, i, &rows->j_begin[n], &rows->j_end[n]);
+            rows->m[n] = -INFINITY;
+            rows->l[n] = 0;
+            rows->nan[n] = 0;
+        }
+    rows->rows = n;
+}
+
+/* pass 2 for row r over the tile [j0, j0 + n): softcap, bias, band and mask;
+   invisible keys get -inf. Returns the tile's max score (NaN when a visible
+   score is NaN). */
+static REAL TILED(finish_scores)(const attnref_params *p, const TILED(unit_rows) *rows,
+                                 int r, int64_t j0, int n, const double *sd, REAL *s)
+{
+    const int64_t lo = rows->j_begin[r] - j0, hi = rows->j_end[r] - j0;
+    const int64_t ms3 = p->mask_stride[3];
+    RVEC max = RV_SET1(-INFINITY);
+    int nan = 0;
+    if (p->softcap > 0)
+        for (int t = 0; t < TILE_KEYS; t++)
+            s[t] = (REAL)(p->softcap * tanh(sd[t] / p->softcap));
+    else
+        for (int t = 0; t < TILE_KEYS; t++) s[t] = (REAL)sd[t];
+    if (p->mask_kind == ATTNREF_MASK_BIAS) {
+        const REAL *bias = (const REAL *)rows->mask[r] + j0 * ms3;
+        for (int t = 0; t < n; t++) s[t] += bias[t * ms3];
+    } else if (p->mask_kind == ATTNREF_MASK_BOOL) {
+        const uint8_t *allowed = (const uint8_t *)rows->mask[r] + j0 * ms3;
+        for (int t = 0; t < n; t++)
+            if (allowed[t * ms3] == 0) s[t] = -INFINITY;
+    }
+    for (int t = 0; t < TILE_KEYS; t++)
+        if (t < lo || t >= hi || t >= n) s[t] = -INFINITY;
+    for (int t = 0; t < TILE_KEYS; t += RW) {
+        const RVEC x = RV_LOAD(s + t);
+        max = RV_MAX(x, max);
+        for (int u = 0; u < RW; u++) nan |= s[t + u] != s[t + u];
+    }
+    return nan ? (REAL)NAN : TILED(hmax)(max);
+}
+
+/* pass 3 for row r: weights p = exp(s - m_new) in place, l and acc rescaled */
+static void TILED(softmax_step)(TILED(unit_rows) *rows, int r, REAL tile_max, REAL *s,
+                                REAL *acc, int64_t Evp)
+{
+    const REAL m = rows->m[r], m_new = tile_max > m ? tile_max : m;
+    /* 1 while the max holds; 0 on the first visible tile (m = -inf) */
+    const REAL rescale = m_new > m ? EXP(m - m_new) : 1;
+    const RVEC shift = RV_SET1(m_new);
+    RVEC sum = RV_SET1(0);
+    for (int t = 0; t < TILE_KEYS; t += RW) {
+        const RVEC weight = TILED(vexp)(RV_SUB(RV_LOAD(s + t), shift));
+        RV_STORE(s + t, weight);
+        sum = RV_ADD(sum, weight);
+    }
+    if (rescale != 1)
+        for (int64_t c = 0; c < Evp; c++)
+            /* rescale 0: the keys so far now weigh 0, and multiplying would
+               turn an inf or NaN value of theirs into NaN */
+            acc[c] = rescale > 0 ? acc[c] * rescale : 0;
+    rows->l[r] = rows->l[r] * rescale + TILED(hsum)(sum);
+    rows->m[r] = m_new;
+}
+
+/* One unit: all its rows against all the key tiles any of them sees. */
+static void TILED(unit)(const sdpa_job *job, TILED(scratch) *w, int64_t u)
+{
+    const attnref_params *p = job->params;
+    const int64_t E = p->E, Ev = p->Ev, Evp = (Ev + RW - 1) / RW * RW;
+    const int64_t *ks = p->k_stride, *vs = p->v_stride;
+    const REAL masked_row_value = p->masked_rows == ATTNREF_ROWS_NAN ? (REAL)NAN : 0;
+    TILED(unit_rows) *rows = w->rows;
+    int64_t j_lo = INT64_MAX, j_hi = 0, kv_h, b;
+    const REAL *k_bh, *v_bh;
+
+    TILED(gather_rows)(p, job, u, rows, &kv_h, &b);
+    k_bh = (const REAL *)job->k + (b * ks[0] + kv_h * ks[1]);
+    v_bh = (const REAL *)job->v + (b * vs[0] + kv_h * vs[1]);
+    for (int r = 0; r < rows->rows; r++) {
+        if (rows->j_end[r] > rows->j_begin[r]) {
+            if (rows->j_begin[r] < j_lo) j_lo = rows->j_begin[r];
+            if (rows->j_end[r] > j_hi) j_hi = rows->j_end[r];
+        }
+        for (int64_t d = 0; d < E; d++) w->qd[r * E + d] = rows->q[r][d];
+        for (int64_t c = 0; c < Evp; c++) w->acc[r * Evp + c] = 0;
+    }
+
+    for (int64_t j0 = j_lo; j0 < j_hi; j0 += TILE_KEYS) {
+        const int n = (int)(j_hi - j0 < TILE_KEYS ? j_hi - j0 : TILE_KEYS);
+        REAL inf_check = 0;   /* stays 0 unless a value of the tile is inf or NaN */
+
+        /* pack: K^T in double, V zero-padded to Evp */
+        for (int t = 0; t < TILE_KEYS; t++) {
+            const REAL *key = k_bh + (j0 + t) * ks[2];
+            if (t < n)
+                for (int64_t d = 0; d < E; d++) w->kt[d * TILE_KEYS + t] = key[d];
+            else
+                for (int64_t d = 0; d < E; d++) w->kt[d * TILE_KEYS + t] = 0;
+        }
+        for (int t = 0; t < n; t++) {
+            const REAL *value = v_bh + (j0 + t) * vs[2];
+            REAL *packed = w->vt + t * Evp;
+            for (int64_t c = 0; c < Ev; c++) {
+                packed[c] = value[c];
+                inf_check += value[c] * 0;
+            }
+            for (int64_t c = Ev; c < Evp; c++) packed[c] = 0;
+        }
+
+        /* pass 1: scores */
+        TILED(scores)(w->sd, w->qd, w->kt, E, p->scale, rows->rows);
+
+        /* passes 2 and 3, row by row */
+        for (int r = 0; r < rows->rows; r++) {
+            REAL *s = w->p + r * TILE_KEYS;
+            REAL tile_max;
+            if (rows->nan[r] || j0 >= rows->j_end[r] || j0 + n <= rows->j_begin[r]) {
+                for (int t = 0; t < TILE_KEYS; t++) s[t] = 0;
+                continue;
+            }
+            tile_max = TILED(finish_scores)(p, rows, r, j0, n, w->sd + r * TILE_KEYS, s);
+            if (tile_max != tile_max) {
+                rows->nan[r] = 1;
+                for (int t = 0; t < TILE_KEYS; t++) s[t] = 0;
+            } else if (tile_max == -INFINITY) {
+                /* no visible key of this tile scores above -inf: it adds nothing */
+                for (int t = 0; t < TILE_KEYS; t++) s[t] = 0;
+            } else {
+                TILED(softmax_step)(rows, r, tile_max, s, w->acc + r * Evp, Evp);
+            }
+        }
+
+        /* pass 4: weighted values */
+        if (inf_check == 0) {
+            TILED(values)(w->acc, w->p, w->vt, Evp, n, rows->rows);
+        } else {
+            /* an inf or NaN value: keys of weight 0 must contribute nothing,
+               not 0 * inf = NaN. The same fused multiply-adds in the same
+               order as value_block, so visible keys give the same bits. */
+            for (int r = 0; r < rows->rows; r++)
+                for (int t = 0; t < n; t++) {
+                    const RVEC weight = RV_SET1(w->p[r * TILE_KEYS + t]);
+                    if (w->p[r * TILE_KEYS + t] == 0) continue;
+                    for (int64_t c = 0; c < Evp; c += RW)
+                        RV_STORE(w->acc + r * Evp + c, RV_FMA(weight, RV_LOAD(w->vt + t * Evp + c),
+                                                            RV_LOAD(w->acc + r * Evp + c)));
+                }
+        }
+    }
+
+    /* pass 5: normalise (by division, as the NumPy reference) and the lse */
+    for (int r = 0; r < rows->rows; r++) {
+        const REAL *acc = w->acc + r * Evp;
+        const REAL m = rows->m[r], l = rows->l[r];
+        REAL *out = rows->out[r];
+        if (rows->nan[r])
+            for (int64_t c = 0; c < Ev; c++) out[c] = (REAL)NAN;
+        else if (m == -INFINITY)
+            for (int64_t c = 0; c < Ev; c++) out[c] = masked_row_value;
+        else
+            for (int64_t c = 0; c < Ev; c++) out[c] = acc[c] / l;
+        if (rows->lse[r] != NULL)
+            *rows->lse[r] = rows->nan[r] ? (REAL)NAN : m == -INFINITY ? -INFINITY : m + LOG(l);
+    }
+}
+
+/* A thread's share: units taken one at a time from the shared counter. */
+static int TILED(rows)(const sdpa_job *job)
+{
+    const attnref_params *p = job->params;
+    const int64_t Evp = (p->Ev + RW - 1) / RW * RW;
+    TILED(scratch) w;
+    void *memory;
+    size_t offset[7];
+    int64_t u;
+    if (!tiled_scratch_layout(p->E, Evp, sizeof(REAL), sizeof(TILED(unit_rows)), offset))
+        return ATTNREF_ERR_NOMEM;
+    memory = aligned_scratch(offset[6]);
+    if (memory == NULL) return ATTNREF_ERR_NOMEM;
+    w.qd = (double *)((char *)memory + offset[0]);
+    w.kt = (double *)((char *)memory + offset[1]);
+    w.vt = (REAL *)((char *)memory + offset[2]);
+    w.sd = (double *)((char *)memory + offset[3]);
+    w.p = (REAL *)((char *)memory + offset[4]);
+    w.acc = (REAL *)((char *)memory + offset[5]);
+    w.rows = (TILED(unit_rows) *)((char *)memory + offset[6] - sizeof(TILED(unit_rows)));
+    while ((u = next_unit(job)) < job->row_end)
+        TILED(unit)(job, &w, u);
+    free(memory);
+    return ATTNREF_OK;
+}
+
+/* out[i] = exp(x[i]) with this instance's vector exp (attnref_exp_*) */
+static int TILED(exp_array)(REAL *out, const REAL *x, int64_t n)
+{
+    int64_t i = 0;
+    REAL tail[RW];
+    for (; i + RW <= n; i += RW) RV_STORE(out + i, TILED(vexp)(RV_LOAD(x + i)));
+    if (i < n) {
+        for (int u = 0; u < RW; u++) tail[u] = i + u < n ? x[i + u] : 0;
+        RV_STORE(tail, TILED(vexp)(RV_LOAD(tail)));
+        for (int u = 0; i + u < n; u++) out[i + u] = tail[u];
+    }
+    return ATTNREF_OK;
+}
+
+#undef ALWAYS_INLINE
+#undef DVEC
+#undef DW
+#undef DV_LOAD
+#undef DV_STORE
+#undef DV_SET1
+#undef DV_ZERO
+#undef DV_FMA
+#undef DV_MUL
+#undef DV_ADD
+#undef DV_SUB
+#undef DV_FMSUB
+#undef DV_KEEP_FINITE
+#undef RVEC
+#undef RW
+#undef RV_LOAD
+#undef RV_STORE
+#undef RV_SET1
+#undef RV_FMA
+#undef RV_MUL
+#undef RV_ADD
+#undef RV_SUB
+#undef RV_MAX
+#undef REAL
+#undef REAL_IS_DOUBLE
+#undef EXP
+#undef LOG
+#undef TILED

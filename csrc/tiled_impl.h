@@ -8,8 +8,12 @@
  *   unit      = one batch entry b, one kv head, a block of up to TILE_ROWS
  *               query rows: the kv group's query heads x a run of positions i
  *               (GQA heads that share K/V share their packing)
- *   key tile  = TILE_KEYS keys, packed once per unit: K transposed to
- *               (E, TILE_KEYS) in double, V to (TILE_KEYS, Evp) in REAL
+ *   key tile  = TILE_KEYS keys, packed once per unit into panels that the
+ *               micro-kernels stream through: K transposed, in double, as
+ *               (TILE_KEYS / KEY_PANEL, E, KEY_PANEL); V zero-padded to Evp
+ *               (a multiple of VALUE_PANEL) as (Evp / VALUE_PANEL, TILE_KEYS,
+ *               VALUE_PANEL). Rows of a panel are contiguous: no cache-set
+ *               conflicts between them, whatever E or Ev
  *   pass 1    scores of MR rows x (NV * DW) keys per micro-kernel, summed in
  *             double (float products are exact in double: a float score is
  *             rounded once, as in the portable kernel)
@@ -24,13 +28,16 @@
  */
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
+#define KEY_PANEL (SCORE_NV * DW)
+#define VALUE_PANEL (VALUE_NV * RW)
+#define VALUE_PAD(Ev) (((Ev) + VALUE_PANEL - 1) / VALUE_PANEL * VALUE_PANEL)
 
 #if !REAL_IS_DOUBLE
 /* pass 1 micro-kernel: sd[r][c] = scale * sum_d qd[r][d] kt[d][c] for
    r < mr (<= SCORE_MR), c < SCORE_NV * DW. Float products are exact in
    double and the sum is carried in double, so the float score is rounded
    once (as the portable path's dot_f32).
-   qd (mr, E) rows E apart; kt (E, TILE_KEYS); sd (mr, TILE_KEYS). */
+   qd (mr, E) rows E apart; kt one key panel (E, KEY_PANEL); sd (mr, TILE_KEYS). */
 ALWAYS_INLINE void TILED(score_block)(double *sd, const double *qd, const double *kt,
                                       int64_t E, double scale, int mr)
 {
@@ -39,7 +46,7 @@ ALWAYS_INLINE void TILED(score_block)(double *sd, const double *qd, const double
         for (int v = 0; v < SCORE_NV; v++) acc[r][v] = DV_ZERO();
     for (int64_t d = 0; d < E; d++) {
         DVEC key[SCORE_NV];
-        for (int v = 0; v < SCORE_NV; v++) key[v] = DV_LOAD(kt + d * TILE_KEYS + v * DW);
+        for (int v = 0; v < SCORE_NV; v++) key[v] = DV_LOAD(kt + d * KEY_PANEL + v * DW);
         for (int r = 0; r < mr; r++) {
             const DVEC query = DV_SET1(qd[r * E + d]);
             for (int v = 0; v < SCORE_NV; v++) acc[r][v] = DV_FMA(query, key[v], acc[r][v]);
@@ -64,7 +71,7 @@ ALWAYS_INLINE void TILED(score_block)(double *sd, const double *qd, const double
         for (int v = 0; v < SCORE_NV; v++) sum[r][v] = error[r][v] = DV_ZERO();
     for (int64_t d = 0; d < E; d++) {
         DVEC key[SCORE_NV];
-        for (int v = 0; v < SCORE_NV; v++) key[v] = DV_LOAD(kt + d * TILE_KEYS + v * DW);
+        for (int v = 0; v < SCORE_NV; v++) key[v] = DV_LOAD(kt + d * KEY_PANEL + v * DW);
         for (int r = 0; r < mr; r++) {
             const DVEC query = DV_SET1(qd[r * E + d]);
             for (int v = 0; v < SCORE_NV; v++) {
@@ -89,36 +96,37 @@ ALWAYS_INLINE void TILED(score_block)(double *sd, const double *qd, const double
 #endif
 
 /* pass 4 micro-kernel: acc[r][c] += sum_{j < n} p[r][j] vt[j][c] for
-   r < mr (<= VALUE_MR), c < nv * RW (nv <= VALUE_NV).
-   p (mr, TILE_KEYS); vt (n, Evp); acc (mr, Evp). */
+   r < mr (<= VALUE_MR), c < VALUE_PANEL.
+   p (mr, TILE_KEYS); vt one value panel (TILE_KEYS, VALUE_PANEL); acc (mr, Evp). */
 ALWAYS_INLINE void TILED(value_block)(REAL *acc, const REAL *p, const REAL *vt,
-                                      int64_t Evp, int n, int mr, int nv)
+                                      int64_t Evp, int n, int mr)
 {
     RVEC sum[VALUE_MR][VALUE_NV];
     for (int r = 0; r < mr; r++)
-        for (int v = 0; v < nv; v++) sum[r][v] = RV_LOAD(acc + r * Evp + v * RW);
+        for (int v = 0; v < VALUE_NV; v++) sum[r][v] = RV_LOAD(acc + r * Evp + v * RW);
     for (int j = 0; j < n; j++) {
         RVEC value[VALUE_NV];
-        for (int v = 0; v < nv; v++) value[v] = RV_LOAD(vt + j * Evp + v * RW);
+        for (int v = 0; v < VALUE_NV; v++) value[v] = RV_LOAD(vt + j * VALUE_PANEL + v * RW);
         for (int r = 0; r < mr; r++) {
             const RVEC weight = RV_SET1(p[r * TILE_KEYS + j]);
-            for (int v = 0; v < nv; v++) sum[r][v] = RV_FMA(weight, value[v], sum[r][v]);
+            for (int v = 0; v < VALUE_NV; v++) sum[r][v] = RV_FMA(weight, value[v], sum[r][v]);
         }
     }
     for (int r = 0; r < mr; r++)
-        for (int v = 0; v < nv; v++) RV_STORE(acc + r * Evp + v * RW, sum[r][v]);
+        for (int v = 0; v < VALUE_NV; v++) RV_STORE(acc + r * Evp + v * RW, sum[r][v]);
 }
 
 /* pass 1 for `rows` rows and the whole tile */
 static void TILED(scores)(double *sd, const double *qd, const double *kt, int64_t E,
                           double scale, int rows)
 {
-    for (int c = 0; c < TILE_KEYS; c += SCORE_NV * DW) {
+    for (int c = 0; c < TILE_KEYS; c += KEY_PANEL) {
+        const double *panel = kt + c * E;
         int r = 0;
         for (; r + SCORE_MR <= rows; r += SCORE_MR)
-            TILED(score_block)(sd + r * TILE_KEYS + c, qd + r * E, kt + c, E, scale, SCORE_MR);
+            TILED(score_block)(sd + r * TILE_KEYS + c, qd + r * E, panel, E, scale, SCORE_MR);
         for (; r < rows; r++)
-            TILED(score_block)(sd + r * TILE_KEYS + c, qd + r * E, kt + c, E, scale, 1);
+            TILED(score_block)(sd + r * TILE_KEYS + c, qd + r * E, panel, E, scale, 1);
     }
 }
 
@@ -126,23 +134,13 @@ static void TILED(scores)(double *sd, const double *qd, const double *kt, int64_
 static void TILED(values)(REAL *acc, const REAL *p, const REAL *vt, int64_t Evp, int n,
                           int rows)
 {
-    int64_t c = 0;
-    for (; c + VALUE_NV * RW <= Evp; c += VALUE_NV * RW) {
+    for (int64_t c = 0; c < Evp; c += VALUE_PANEL) {
+        const REAL *panel = vt + c * TILE_KEYS;
         int r = 0;
         for (; r + VALUE_MR <= rows; r += VALUE_MR)
-            TILED(value_block)(acc + r * Evp + c, p + r * TILE_KEYS, vt + c, Evp, n,
-                               VALUE_MR, VALUE_NV);
+            TILED(value_block)(acc + r * Evp + c, p + r * TILE_KEYS, panel, Evp, n, VALUE_MR);
         for (; r < rows; r++)
-            TILED(value_block)(acc + r * Evp + c, p + r * TILE_KEYS, vt + c, Evp, n, 1,
-                               VALUE_NV);
-    }
-    for (; c < Evp; c += RW) {
-        int r = 0;
-        for (; r + VALUE_MR <= rows; r += VALUE_MR)
-            TILED(value_block)(acc + r * Evp + c, p + r * TILE_KEYS, vt + c, Evp, n,
-                               VALUE_MR, 1);
-        for (; r < rows; r++)
-            TILED(value_block)(acc + r * Evp + c, p + r * TILE_KEYS, vt + c, Evp, n, 1, 1);
+            TILED(value_block)(acc + r * Evp + c, p + r * TILE_KEYS, panel, Evp, n, 1);
     }
 }
 
@@ -161,8 +159,8 @@ typedef struct {
 /* Scratch of one thread; sizes in tiled_scratch_sizes (attnref.c). */
 typedef struct {
     double *qd;    /* (TILE_ROWS, E) queries in double */
-    double *kt;    /* (E, TILE_KEYS) keys of the tile, transposed, in double */
-    REAL *vt;      /* (TILE_KEYS, Evp) values of the tile, zero-padded */
+    double *kt;    /* (TILE_KEYS / KEY_PANEL, E, KEY_PANEL) keys of the tile, in double */
+    REAL *vt;      /* (Evp / VALUE_PANEL, TILE_KEYS, VALUE_PANEL) values, zero-padded */
     double *sd;    /* (TILE_ROWS, TILE_KEYS) scaled scores in double */
     REAL *p;       /* (TILE_ROWS, TILE_KEYS) scores, then weights */
     REAL *acc;     /* (TILE_ROWS, Evp) weighted sums of values */
@@ -264,7 +262,7 @@ static void TILED(softmax_step)(TILED(unit_rows) *rows, int r, REAL tile_max, RE
 static void TILED(unit)(const sdpa_job *job, TILED(scratch) *w, int64_t u)
 {
     const attnref_params *p = job->params;
-    const int64_t E = p->E, Ev = p->Ev, Evp = (Ev + RW - 1) / RW * RW;
+    const int64_t E = p->E, Ev = p->Ev, Evp = VALUE_PAD(Ev);
     const int64_t *ks = p->k_stride, *vs = p->v_stride;
     const REAL masked_row_value = p->masked_rows == ATTNREF_ROWS_NAN ? (REAL)NAN : 0;
     TILED(unit_rows) *rows = w->rows;
@@ -287,22 +285,25 @@ static void TILED(unit)(const sdpa_job *job, TILED(scratch) *w, int64_t u)
         const int n = (int)(j_hi - j0 < TILE_KEYS ? j_hi - j0 : TILE_KEYS);
         REAL inf_check = 0;   /* stays 0 unless a value of the tile is inf or NaN */
 
-        /* pack: K^T in double, V zero-padded to Evp */
+        /* pack: K^T in double, V zero-padded to Evp, both into panels */
         for (int t = 0; t < TILE_KEYS; t++) {
             const REAL *key = k_bh + (j0 + t) * ks[2];
+            double *packed = w->kt + t / KEY_PANEL * E * KEY_PANEL + t % KEY_PANEL;
             if (t < n)
-                for (int64_t d = 0; d < E; d++) w->kt[d * TILE_KEYS + t] = key[d];
+                for (int64_t d = 0; d < E; d++) packed[d * KEY_PANEL] = key[d];
             else
-                for (int64_t d = 0; d < E; d++) w->kt[d * TILE_KEYS + t] = 0;
+                for (int64_t d = 0; d < E; d++) packed[d * KEY_PANEL] = 0;
         }
         for (int t = 0; t < n; t++) {
             const REAL *value = v_bh + (j0 + t) * vs[2];
-            REAL *packed = w->vt + t * Evp;
-            for (int64_t c = 0; c < Ev; c++) {
-                packed[c] = value[c];
-                inf_check += value[c] * 0;
+            for (int64_t c0 = 0; c0 < Evp; c0 += VALUE_PANEL) {
+                REAL *packed = w->vt + c0 * TILE_KEYS + t * VALUE_PANEL;
+                for (int c = 0; c < VALUE_PANEL; c++) {
+                    const REAL x = c0 + c < Ev ? value[c0 + c] : 0;
+                    packed[c] = x;
+                    inf_check += x * 0;
+                }
             }
-            for (int64_t c = Ev; c < Evp; c++) packed[c] = 0;
         }
 
         /* pass 1: scores */
@@ -339,9 +340,12 @@ static void TILED(unit)(const sdpa_job *job, TILED(scratch) *w, int64_t u)
                 for (int t = 0; t < n; t++) {
                     const RVEC weight = RV_SET1(w->p[r * TILE_KEYS + t]);
                     if (w->p[r * TILE_KEYS + t] == 0) continue;
-                    for (int64_t c = 0; c < Evp; c += RW)
-                        RV_STORE(w->acc + r * Evp + c, RV_FMA(weight, RV_LOAD(w->vt + t * Evp + c),
+                    for (int64_t c = 0; c < Evp; c += RW) {
+                        const REAL *value = w->vt + c / VALUE_PANEL * TILE_KEYS * VALUE_PANEL
+                                            + t * VALUE_PANEL + c % VALUE_PANEL;
+                        RV_STORE(w->acc + r * Evp + c, RV_FMA(weight, RV_LOAD(value),
                                                             RV_LOAD(w->acc + r * Evp + c)));
+                    }
                 }
         }
     }
@@ -366,7 +370,7 @@ static void TILED(unit)(const sdpa_job *job, TILED(scratch) *w, int64_t u)
 static int TILED(rows)(const sdpa_job *job)
 {
     const attnref_params *p = job->params;
-    const int64_t Evp = (p->Ev + RW - 1) / RW * RW;
+    const int64_t Evp = VALUE_PAD(p->Ev);
     TILED(scratch) w;
     void *memory;
     size_t offset[7];
@@ -403,6 +407,9 @@ static int TILED(exp_array)(REAL *out, const REAL *x, int64_t n)
 }
 
 #undef ALWAYS_INLINE
+#undef KEY_PANEL
+#undef VALUE_PANEL
+#undef VALUE_PAD
 #undef DVEC
 #undef DW
 #undef DV_LOAD

@@ -8,6 +8,8 @@
  *   TILED(name)                name##_<isa>_<type>: this instance's names
  * and gets:
  *   DVEC, DW, DV_*             double vectors (scores are summed in double)
+ *   DV_FROM_REAL(p)            DW REALs from p as a double vector
+ *   TILED(transpose)(rows)     DW x DW transpose of double vectors, in place
  *   RVEC, RW, RV_*             REAL vectors (softmax and weighted values)
  *   TILED(vexp)(x)             exp of a REAL vector (max error below)
  *   TILED(hmax), TILED(hsum)   horizontal max / sum of a REAL vector
@@ -43,7 +45,32 @@
     plain, _mm512_cmp_pd_mask(_mm512_sub_pd(error, error), _mm512_setzero_pd(), _CMP_EQ_OQ), \
     corrected)
 
+/* rows[u][c] <-> rows[c][u]: an 8 x 8 transpose in three rounds of shuffles */
+static inline void TILED(transpose)(__m512d rows[8])
+{
+    const __m512i pairs_lo = _mm512_set_epi64(13, 12, 5, 4, 9, 8, 1, 0);
+    const __m512i pairs_hi = _mm512_set_epi64(15, 14, 7, 6, 11, 10, 3, 2);
+    const __m512i halves_lo = _mm512_set_epi64(11, 10, 9, 8, 3, 2, 1, 0);
+    const __m512i halves_hi = _mm512_set_epi64(15, 14, 13, 12, 7, 6, 5, 4);
+    __m512d t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm512_unpacklo_pd(rows[i], rows[i + 1]);
+        t[i + 1] = _mm512_unpackhi_pd(rows[i], rows[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4)
+        for (int odd = 0; odd < 2; odd++) {
+            u[i + odd] = _mm512_permutex2var_pd(t[i + odd], pairs_lo, t[i + 2 + odd]);
+            u[i + 2 + odd] = _mm512_permutex2var_pd(t[i + odd], pairs_hi, t[i + 2 + odd]);
+        }
+    /* u[0]: columns 0 and 4 of rows 0-3, u[1]: 1 and 5, u[2]: 2 and 6, u[3]: 3 and 7 */
+    for (int c = 0; c < 4; c++) {
+        rows[c] = _mm512_permutex2var_pd(u[c], halves_lo, u[4 + c]);
+        rows[c + 4] = _mm512_permutex2var_pd(u[c], halves_hi, u[4 + c]);
+    }
+}
+
 #if REAL_IS_DOUBLE
+#define DV_FROM_REAL(p) _mm512_loadu_pd(p)
 #define RVEC __m512d
 #define RW 8
 #define RV_LOAD _mm512_loadu_pd
@@ -90,6 +117,7 @@ static inline __m512d TILED(vexp)(__m512d x)
 }
 
 #else /* float */
+#define DV_FROM_REAL(p) _mm512_cvtps_pd(_mm256_loadu_ps(p))
 #define RVEC __m512
 #define RW 16
 #define RV_LOAD _mm512_loadu_ps
@@ -146,7 +174,21 @@ static inline __m512 TILED(vexp)(__m512 x)
 #define DV_KEEP_FINITE(corrected, plain, error) _mm256_blendv_pd( \
     plain, corrected, _mm256_cmp_pd(_mm256_sub_pd(error, error), _mm256_setzero_pd(), _CMP_EQ_OQ))
 
+/* rows[u][c] <-> rows[c][u]: a 4 x 4 transpose */
+static inline void TILED(transpose)(__m256d rows[4])
+{
+    const __m256d t0 = _mm256_unpacklo_pd(rows[0], rows[1]);
+    const __m256d t1 = _mm256_unpackhi_pd(rows[0], rows[1]);
+    const __m256d t2 = _mm256_unpacklo_pd(rows[2], rows[3]);
+    const __m256d t3 = _mm256_unpackhi_pd(rows[2], rows[3]);
+    rows[0] = _mm256_permute2f128_pd(t0, t2, 0x20);
+    rows[1] = _mm256_permute2f128_pd(t1, t3, 0x20);
+    rows[2] = _mm256_permute2f128_pd(t0, t2, 0x31);
+    rows[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
+}
+
 #if REAL_IS_DOUBLE
+#define DV_FROM_REAL(p) _mm256_loadu_pd(p)
 #define RVEC __m256d
 #define RW 4
 #define RV_LOAD _mm256_loadu_pd
@@ -216,6 +258,7 @@ static inline __m256d TILED(vexp)(__m256d x)
 }
 
 #else /* float */
+#define DV_FROM_REAL(p) _mm256_cvtps_pd(_mm_loadu_ps(p))
 #define RVEC __m256
 #define RW 8
 #define RV_LOAD _mm256_loadu_ps

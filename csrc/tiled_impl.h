@@ -144,6 +144,27 @@ static void TILED(values)(REAL *acc, const REAL *p, const REAL *vt, int64_t Evp,
     }
 }
 
+/* kt (TILE_KEYS / KEY_PANEL, E, KEY_PANEL) <- keys 0 .. n-1 of k (rows ks2
+   apart), transposed to double; keys n .. TILE_KEYS-1 are 0. DW x DW blocks
+   go through registers. */
+static void TILED(pack_keys)(double *kt, const REAL *k, int64_t ks2, int n, int64_t E)
+{
+    for (int t0 = 0; t0 < TILE_KEYS; t0 += DW) {
+        double *panel = kt + t0 / KEY_PANEL * E * KEY_PANEL + t0 % KEY_PANEL;
+        int64_t d = 0;
+        if (t0 + DW <= n)
+            for (; d + DW <= E; d += DW) {
+                DVEC block[DW];
+                for (int u = 0; u < DW; u++) block[u] = DV_FROM_REAL(k + (t0 + u) * ks2 + d);
+                TILED(transpose)(block);
+                for (int u = 0; u < DW; u++) DV_STORE(panel + (d + u) * KEY_PANEL, block[u]);
+            }
+        for (; d < E; d++)
+            for (int u = 0; u < DW; u++)
+                panel[d * KEY_PANEL + u] = t0 + u < n ? k[(t0 + u) * ks2 + d] : 0;
+    }
+}
+
 /* The rows of one unit and everything a row needs. */
 typedef struct {
     const REAL *q[TILE_ROWS];
@@ -283,28 +304,30 @@ static void TILED(unit)(const sdpa_job *job, TILED(scratch) *w, int64_t u)
 
     for (int64_t j0 = j_lo; j0 < j_hi; j0 += TILE_KEYS) {
         const int n = (int)(j_hi - j0 < TILE_KEYS ? j_hi - j0 : TILE_KEYS);
-        REAL inf_check = 0;   /* stays 0 unless a value of the tile is inf or NaN */
+        /* x * 0 is 0 for finite x and NaN for inf or NaN: these stay 0
+           unless a value of the tile is inf or NaN */
+        REAL inf_check = 0;
+        RVEC finite = RV_SET1(0);
 
         /* pack: K^T in double, V zero-padded to Evp, both into panels */
-        for (int t = 0; t < TILE_KEYS; t++) {
-            const REAL *key = k_bh + (j0 + t) * ks[2];
-            double *packed = w->kt + t / KEY_PANEL * E * KEY_PANEL + t % KEY_PANEL;
-            if (t < n)
-                for (int64_t d = 0; d < E; d++) packed[d * KEY_PANEL] = key[d];
-            else
-                for (int64_t d = 0; d < E; d++) packed[d * KEY_PANEL] = 0;
-        }
+        TILED(pack_keys)(w->kt, k_bh + j0 * ks[2], ks[2], n, E);
         for (int t = 0; t < n; t++) {
             const REAL *value = v_bh + (j0 + t) * vs[2];
-            for (int64_t c0 = 0; c0 < Evp; c0 += VALUE_PANEL) {
-                REAL *packed = w->vt + c0 * TILE_KEYS + t * VALUE_PANEL;
-                for (int c = 0; c < VALUE_PANEL; c++) {
-                    const REAL x = c0 + c < Ev ? value[c0 + c] : 0;
-                    packed[c] = x;
-                    inf_check += x * 0;
-                }
+            int64_t c = 0;
+            for (; c + RW <= Ev; c += RW) {
+                const RVEC x = RV_LOAD(value + c);
+                RV_STORE(w->vt + c / VALUE_PANEL * TILE_KEYS * VALUE_PANEL + t * VALUE_PANEL
+                         + c % VALUE_PANEL, x);
+                finite = RV_ADD(finite, RV_MUL(x, RV_SET1(0)));
+            }
+            for (; c < Evp; c++) {
+                const REAL x = c < Ev ? value[c] : 0;
+                w->vt[c / VALUE_PANEL * TILE_KEYS * VALUE_PANEL + t * VALUE_PANEL
+                      + c % VALUE_PANEL] = x;
+                inf_check += x * 0;
             }
         }
+        inf_check += TILED(hsum)(finite);
 
         /* pass 1: scores */
         TILED(scores)(w->sd, w->qd, w->kt, E, p->scale, rows->rows);
@@ -422,6 +445,7 @@ static int TILED(exp_array)(REAL *out, const REAL *x, int64_t n)
 #undef DV_SUB
 #undef DV_FMSUB
 #undef DV_KEEP_FINITE
+#undef DV_FROM_REAL
 #undef RVEC
 #undef RW
 #undef RV_LOAD

@@ -13,6 +13,9 @@
  *   RVEC, RW, RV_*             REAL vectors (softmax and weighted values)
  *   TILED(vexp)(x)             exp of a REAL vector (max error below)
  *   TILED(hmax), TILED(hsum)   horizontal max / sum of a REAL vector
+ *   TILED(from_scores)(sd)     RW double scores as a REAL vector
+ *   TILED(any_nan)(x)          whether a lane of x is NaN
+ *   TILED(keep_range)(x, t0, lo, hi)  lanes t0 + u in [lo, hi) of x, -inf elsewhere
  * tiled_impl.h undefines all of it at its end.
  *
  * exp, for x in [ln(min normal), ln(max)]: n = round(x / ln 2) and
@@ -83,6 +86,17 @@ static inline void TILED(transpose)(__m512d rows[8])
 #define RV_MAX _mm512_max_pd
 
 static inline double TILED(hmax)(__m512d x) { return _mm512_reduce_max_pd(x); }
+static inline __m512d TILED(from_scores)(const double *sd) { return _mm512_loadu_pd(sd); }
+static inline int TILED(any_nan)(__m512d x) { return _mm512_cmp_pd_mask(x, x, _CMP_UNORD_Q) != 0; }
+/* x where t0 + lane is in [lo, hi), else -inf */
+static inline __m512d TILED(keep_range)(__m512d x, int t0, int lo, int hi)
+{
+    const __m512i lane = _mm512_add_epi64(_mm512_set1_epi64(t0),
+                                          _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0));
+    const __mmask8 keep = _mm512_cmp_epi64_mask(lane, _mm512_set1_epi64(lo), _MM_CMPINT_NLT)
+                          & _mm512_cmp_epi64_mask(lane, _mm512_set1_epi64(hi), _MM_CMPINT_LT);
+    return _mm512_mask_mov_pd(_mm512_set1_pd(-INFINITY), keep, x);
+}
 static inline double TILED(hsum)(__m512d x) { return _mm512_reduce_add_pd(x); }
 
 static inline __m512d TILED(vexp)(__m512d x)
@@ -130,6 +144,22 @@ static inline __m512d TILED(vexp)(__m512d x)
 #define RV_MAX _mm512_max_ps
 
 static inline float TILED(hmax)(__m512 x) { return _mm512_reduce_max_ps(x); }
+/* 16 double scores rounded to float */
+static inline __m512 TILED(from_scores)(const double *sd)
+{
+    const __m256 lo = _mm512_cvtpd_ps(_mm512_loadu_pd(sd));
+    const __m256 hi = _mm512_cvtpd_ps(_mm512_loadu_pd(sd + 8));
+    return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
+}
+static inline int TILED(any_nan)(__m512 x) { return _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q) != 0; }
+static inline __m512 TILED(keep_range)(__m512 x, int t0, int lo, int hi)
+{
+    const __m512i lane = _mm512_add_epi32(_mm512_set1_epi32(t0), _mm512_set_epi32(
+        15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0));
+    const __mmask16 keep = _mm512_cmp_epi32_mask(lane, _mm512_set1_epi32(lo), _MM_CMPINT_NLT)
+                           & _mm512_cmp_epi32_mask(lane, _mm512_set1_epi32(hi), _MM_CMPINT_LT);
+    return _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), keep, x);
+}
 static inline float TILED(hsum)(__m512 x) { return _mm512_reduce_add_ps(x); }
 
 static inline __m512 TILED(vexp)(__m512 x)
@@ -206,6 +236,19 @@ static inline double TILED(hmax)(__m256d x)
     return _mm_cvtsd_f64(_mm_max_sd(m, _mm_unpackhi_pd(m, m)));
 }
 
+static inline __m256d TILED(from_scores)(const double *sd) { return _mm256_loadu_pd(sd); }
+static inline int TILED(any_nan)(__m256d x)
+{
+    return _mm256_movemask_pd(_mm256_cmp_pd(x, x, _CMP_UNORD_Q)) != 0;
+}
+static inline __m256d TILED(keep_range)(__m256d x, int t0, int lo, int hi)
+{
+    const __m256d lane = _mm256_add_pd(_mm256_set1_pd(t0), _mm256_set_pd(3, 2, 1, 0));
+    const __m256d keep = _mm256_and_pd(_mm256_cmp_pd(lane, _mm256_set1_pd(lo), _CMP_GE_OQ),
+                                       _mm256_cmp_pd(lane, _mm256_set1_pd(hi), _CMP_LT_OQ));
+    return _mm256_blendv_pd(_mm256_set1_pd(-INFINITY), x, keep);
+}
+
 static inline double TILED(hsum)(__m256d x)
 {
     __m128d s = _mm_add_pd(_mm256_castpd256_pd128(x), _mm256_extractf128_pd(x, 1));
@@ -275,6 +318,25 @@ static inline float TILED(hmax)(__m256 x)
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
     m = _mm_max_ps(m, _mm_movehl_ps(m, m));
     return _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
+}
+
+/* 8 double scores rounded to float */
+static inline __m256 TILED(from_scores)(const double *sd)
+{
+    return _mm256_set_m128(_mm256_cvtpd_ps(_mm256_loadu_pd(sd + 4)),
+                           _mm256_cvtpd_ps(_mm256_loadu_pd(sd)));
+}
+static inline int TILED(any_nan)(__m256 x)
+{
+    return _mm256_movemask_ps(_mm256_cmp_ps(x, x, _CMP_UNORD_Q)) != 0;
+}
+static inline __m256 TILED(keep_range)(__m256 x, int t0, int lo, int hi)
+{
+    const __m256 lane = _mm256_add_ps(_mm256_set1_ps((float)t0),
+                                      _mm256_set_ps(7, 6, 5, 4, 3, 2, 1, 0));
+    const __m256 keep = _mm256_and_ps(_mm256_cmp_ps(lane, _mm256_set1_ps((float)lo), _CMP_GE_OQ),
+                                      _mm256_cmp_ps(lane, _mm256_set1_ps((float)hi), _CMP_LT_OQ));
+    return _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), x, keep);
 }
 
 static inline float TILED(hsum)(__m256 x)

@@ -229,29 +229,34 @@ static void TILED(gather_rows)(const attnref_params *p, const sdpa_job *job, int
 static REAL TILED(finish_scores)(const attnref_params *p, const TILED(unit_rows) *rows,
                                  int r, int64_t j0, int n, const double *sd, REAL *s)
 {
-    const int64_t lo = rows->j_begin[r] - j0, hi = rows->j_end[r] - j0;
+    /* the visible band within the tile, as tile offsets in [0, n] */
+    const int lo = (int)(rows->j_begin[r] - j0 < 0 ? 0 : rows->j_begin[r] - j0);
+    const int hi = (int)(rows->j_end[r] - j0 < n ? rows->j_end[r] - j0 : n);
     const int64_t ms3 = p->mask_stride[3];
+    const int direct = p->softcap == 0 && p->mask_kind == ATTNREF_MASK_NONE;
     RVEC max = RV_SET1(-INFINITY);
     int nan = 0;
-    if (p->softcap > 0)
-        for (int t = 0; t < TILE_KEYS; t++)
-            s[t] = (REAL)(p->softcap * tanh(sd[t] / p->softcap));
-    else
-        for (int t = 0; t < TILE_KEYS; t++) s[t] = (REAL)sd[t];
-    if (p->mask_kind == ATTNREF_MASK_BIAS) {
-        const REAL *bias = (const REAL *)rows->mask[r] + j0 * ms3;
-        for (int t = 0; t < n; t++) s[t] += bias[t * ms3];
-    } else if (p->mask_kind == ATTNREF_MASK_BOOL) {
-        const uint8_t *allowed = (const uint8_t *)rows->mask[r] + j0 * ms3;
-        for (int t = 0; t < n; t++)
-            if (allowed[t * ms3] == 0) s[t] = -INFINITY;
+    if (!direct) {
+        if (p->softcap > 0)
+            for (int t = 0; t < TILE_KEYS; t++)
+                s[t] = (REAL)(p->softcap * tanh(sd[t] / p->softcap));
+        else
+            for (int t = 0; t < TILE_KEYS; t++) s[t] = (REAL)sd[t];
+        if (p->mask_kind == ATTNREF_MASK_BIAS) {
+            const REAL *bias = (const REAL *)rows->mask[r] + j0 * ms3;
+            for (int t = 0; t < n; t++) s[t] += bias[t * ms3];
+        } else if (p->mask_kind == ATTNREF_MASK_BOOL) {
+            const uint8_t *allowed = (const uint8_t *)rows->mask[r] + j0 * ms3;
+            for (int t = 0; t < n; t++)
+                if (allowed[t * ms3] == 0) s[t] = -INFINITY;
+        }
     }
-    for (int t = 0; t < TILE_KEYS; t++)
-        if (t < lo || t >= hi || t >= n) s[t] = -INFINITY;
     for (int t = 0; t < TILE_KEYS; t += RW) {
-        const RVEC x = RV_LOAD(s + t);
+        RVEC x = direct ? TILED(from_scores)(sd + t) : RV_LOAD(s + t);
+        x = TILED(keep_range)(x, t, lo, hi);
+        RV_STORE(s + t, x);
         max = RV_MAX(x, max);
-        for (int u = 0; u < RW; u++) nan |= s[t + u] != s[t + u];
+        nan |= TILED(any_nan)(x);
     }
     return nan ? (REAL)NAN : TILED(hmax)(max);
 }

@@ -84,7 +84,8 @@ def _info(_arguments):
         print("backend='auto' uses the NumPy reference.")
         return 0
     print(f"C kernel: available ({details['module']})")
-    print(f"code path: {details['path']}")
+    print(f"code path: {details['path']} (this CPU: {', '.join(details['supported'])}; "
+          f"ATTNREF_KERNEL_PATH chooses)")
     print(f"threads: {details['threads']}")
     print("self-check, kernel vs a wider-precision reference (rule: error <= 2 x "
           "same-dtype reference error + floor):")

@@ -13,6 +13,8 @@ any that cannot be merged are looped over here, one C call each.
 Environment:
 ``ATTNREF_NUM_THREADS``: default thread count (else ``os.cpu_count()``).
 ``ATTNREF_DISABLE_KERNEL=1``: behave as if the extension were not built.
+``ATTNREF_KERNEL_PATH``: the code path, one of :data:`CODE_PATHS` (default
+``auto``, the fastest the CPU supports; see :func:`set_code_path`).
 """
 from __future__ import annotations
 
@@ -24,7 +26,15 @@ import sys
 import numpy as np
 
 __all__ = ["available", "info", "unsupported_reason", "attention",
-           "get_num_threads", "set_num_threads"]
+           "get_num_threads", "set_num_threads", "CODE_PATHS", "supported_code_paths",
+           "get_code_path", "set_code_path"]
+
+#: The kernel's code paths, as named by :func:`set_code_path`: ``portable``
+#: (scalar C99, one row at a time: the plain twin), ``avx2`` (tiled, AVX2 +
+#: FMA) and ``avx512`` (tiled, AVX-512F); ``auto`` picks the fastest the CPU
+#: supports. Every path computes the same contract; results are bit-identical
+#: across thread counts within a path, not across paths.
+CODE_PATHS = ("auto", "portable", "avx2", "avx512")
 
 
 def _load():
@@ -96,13 +106,57 @@ def set_num_threads(threads):
     _threads = _check_threads(threads)
 
 
+def _path_code(name):
+    if name not in CODE_PATHS:
+        raise ValueError(f"code path must be one of {CODE_PATHS}, got {name!r}")
+    return CODE_PATHS.index(name)
+
+
+def supported_code_paths():
+    """The code paths this build and CPU can run (besides ``auto``)."""
+    if not available():
+        return ()
+    return tuple(name for name in CODE_PATHS[1:]
+                 if _lib.attnref_path_supported(_path_code(name)))
+
+
+def get_code_path():
+    """The name of the code path in use (``portable``, ``avx2`` or ``avx512``)."""
+    if not available():
+        raise RuntimeError(f"the C kernel is unavailable: {_unavailable_reason}")
+    return _ffi.string(_lib.attnref_kernel_path()).decode().split(" ")[0]
+
+
+def set_code_path(name):
+    """Use code path ``name`` (one of :data:`CODE_PATHS`) from now on.
+
+    Raises ValueError for an unknown name or a path this CPU (or build)
+    cannot run, RuntimeError when the kernel is unavailable.
+    """
+    code = _path_code(name)
+    if not available():
+        raise RuntimeError(f"the C kernel is unavailable: {_unavailable_reason}")
+    if _lib.attnref_select_path(code) != _lib.ATTNREF_OK:
+        raise ValueError(f"code path {name!r} is not supported here; supported: "
+                         f"{supported_code_paths()}")
+
+
+if available():
+    try:
+        set_code_path(os.environ.get("ATTNREF_KERNEL_PATH", "") or "auto")
+    except ValueError as error:
+        raise ValueError(f"ATTNREF_KERNEL_PATH: {error}") from None
+
+
 def info():
     """What the kernel is: a dict with ``available``, ``reason`` (why not),
-    ``path`` (the code path the C library runs), ``threads`` and ``module``."""
+    ``path`` (the code path the C library runs), ``supported`` (the paths
+    this CPU can run), ``threads`` and ``module``."""
     return {
         "available": available(),
         "reason": _unavailable_reason,
         "path": _ffi.string(_lib.attnref_kernel_path()).decode() if available() else None,
+        "supported": supported_code_paths(),
         "threads": _threads,
         "module": getattr(sys.modules.get(__package__ + "._kernel"), "__file__", None),
     }

@@ -28,7 +28,7 @@ def test_native_build_is_present_when_required():
 
 @needs_kernel
 @given(attention_cases(), st.sampled_from([np.float32, np.float64]))
-def test_kernel_matches_reference_under_the_flash_rule(case, dtype):
+def test_kernel_matches_reference_under_the_flash_rule(code_path, case, dtype):
     low = case.astype(dtype)
     wide = low.astype(reference_dtype(dtype))  # the exact answer for the inputs given
     reference = sdpa(wide.query, wide.key, wide.value, backend="numpy", return_lse=True,
@@ -51,7 +51,7 @@ def test_kernel_matches_reference_under_the_flash_rule(case, dtype):
 @needs_kernel
 @given(attention_cases(lengths=(0, 1, 2, 17, 97, 129), head_dims=(1, 59, 64)),
        st.sampled_from([np.float32, np.float64]))
-def test_results_are_bit_identical_across_thread_counts_and_runs(case, dtype):
+def test_results_are_bit_identical_across_thread_counts_and_runs(code_path, case, dtype):
     low = case.astype(dtype)
     call = sdpa_call(low.query, low.key, low.value, return_lse=True, **low.options)
     first, first_lse = kernel.attention(call, threads=1)
@@ -62,7 +62,7 @@ def test_results_are_bit_identical_across_thread_counts_and_runs(case, dtype):
 
 
 @needs_kernel
-def test_non_contiguous_and_broadcast_operands(rng):
+def test_non_contiguous_and_broadcast_operands(code_path, rng):
     query = rng.standard_normal((3, 2, 9, 16)).transpose(1, 0, 2, 3)    # (2, 3, 9, 16)
     key = rng.standard_normal((16, 11))[None, None].swapaxes(-1, -2)   # (1, 1, 11, 16)
     value = rng.standard_normal((2, 1, 11, 5))[:, :, :, ::-1]           # negative strides
@@ -73,7 +73,7 @@ def test_non_contiguous_and_broadcast_operands(rng):
 
 
 @needs_kernel
-def test_batch_dims_that_cannot_merge_are_looped(rng):
+def test_batch_dims_that_cannot_merge_are_looped(code_path, rng):
     query = rng.standard_normal((2, 3, 4, 5, 8))
     key = rng.standard_normal((2, 1, 4, 6, 8))        # broadcast in the middle dim only
     value = rng.standard_normal((1, 3, 1, 6, 2))
@@ -82,7 +82,7 @@ def test_batch_dims_that_cannot_merge_are_looped(rng):
 
 
 @needs_kernel
-def test_caller_buffers(rng):
+def test_caller_buffers(code_path, rng):
     query, key, value = (rng.standard_normal((2, 5, 4)) for _ in range(3))
     call = sdpa_call(query, key, value)
     out, lse = np.empty((2, 5, 4)), np.empty((2, 5))

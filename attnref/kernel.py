@@ -27,7 +27,7 @@ import numpy as np
 
 __all__ = ["available", "info", "unsupported_reason", "attention",
            "get_num_threads", "set_num_threads", "CODE_PATHS", "supported_code_paths",
-           "get_code_path", "set_code_path"]
+           "get_code_path", "set_code_path", "exp"]
 
 #: The kernel's code paths, as named by :func:`set_code_path`: ``portable``
 #: (scalar C99, one row at a time: the plain twin), ``avx2`` (tiled, AVX2 +
@@ -146,6 +146,26 @@ if available():
         set_code_path(os.environ.get("ATTNREF_KERNEL_PATH", "") or "auto")
     except ValueError as error:
         raise ValueError(f"ATTNREF_KERNEL_PATH: {error}") from None
+
+
+def exp(x):
+    """``exp`` of a float32 or float64 array by the code path in use: the
+    vectorised exponential its softmax uses (libm's on the portable path).
+
+    Exposed so that its accuracy can be measured; ``csrc/simd.h`` states it.
+    """
+    x = np.asarray(x)
+    if x.dtype not in _ENTRIES:
+        raise TypeError(f"x must be float32 or float64, got dtype {x.dtype}")
+    if not available():
+        raise RuntimeError(f"the C kernel is unavailable: {_unavailable_reason}")
+    x = np.ascontiguousarray(x)
+    out = np.empty_like(x)
+    c_type = _ENTRIES[x.dtype][0]
+    entry = _lib.attnref_exp_f32 if x.dtype == np.float32 else _lib.attnref_exp_f64
+    entry(_ffi.cast(c_type + " *", _ffi.from_buffer(out, require_writable=True)),
+          _ffi.cast(c_type + " *", _ffi.from_buffer(x)), x.size)
+    return out
 
 
 def info():

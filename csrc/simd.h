@@ -255,9 +255,9 @@ static inline double TILED(hsum)(__m256d x)
     return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
 }
 
-/* 2^n for integral n in [-1022, 1024], as 2^(n/2) 2^(n - n/2): each factor's
-   exponent field stays in range */
-static inline __m256d TILED(pow2)(__m256d n)
+/* x 2^n for integral n in [-1022, 1024], as (x 2^(n/2)) 2^(n - n/2): each
+   factor's exponent field stays in range, and so does the first product */
+static inline __m256d TILED(scale2)(__m256d x, __m256d n)
 {
     const __m128i whole = _mm256_cvtpd_epi32(n);
     const __m128i half = _mm_srai_epi32(whole, 1), rest = _mm_sub_epi32(whole, half);
@@ -266,7 +266,7 @@ static inline __m256d TILED(pow2)(__m256d n)
         _mm256_add_epi64(_mm256_cvtepi32_epi64(half), bias), 52));
     const __m256d b = _mm256_castsi256_pd(_mm256_slli_epi64(
         _mm256_add_epi64(_mm256_cvtepi32_epi64(rest), bias), 52));
-    return _mm256_mul_pd(a, b);
+    return _mm256_mul_pd(_mm256_mul_pd(x, a), b);
 }
 
 static inline __m256d TILED(vexp)(__m256d x)
@@ -294,7 +294,7 @@ static inline __m256d TILED(vexp)(__m256d x)
     p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0.5));
     p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0));
     p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0));
-    p = _mm256_mul_pd(p, TILED(pow2)(n));
+    p = TILED(scale2)(p, n);
     p = _mm256_blendv_pd(p, _mm256_setzero_pd(), under);
     p = _mm256_blendv_pd(p, _mm256_set1_pd(INFINITY), over);
     return _mm256_blendv_pd(p, x, nan);
@@ -346,15 +346,15 @@ static inline float TILED(hsum)(__m256 x)
     return _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
 }
 
-/* 2^n for integral n in [-126, 128], as 2^(n/2) 2^(n - n/2) */
-static inline __m256 TILED(pow2)(__m256 n)
+/* x 2^n for integral n in [-126, 128], as (x 2^(n/2)) 2^(n - n/2) */
+static inline __m256 TILED(scale2)(__m256 x, __m256 n)
 {
     const __m256i whole = _mm256_cvtps_epi32(n);
     const __m256i half = _mm256_srai_epi32(whole, 1), rest = _mm256_sub_epi32(whole, half);
     const __m256i bias = _mm256_set1_epi32(127);
     const __m256 a = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(half, bias), 23));
     const __m256 b = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(rest, bias), 23));
-    return _mm256_mul_ps(a, b);
+    return _mm256_mul_ps(_mm256_mul_ps(x, a), b);
 }
 
 static inline __m256 TILED(vexp)(__m256 x)
@@ -376,7 +376,7 @@ static inline __m256 TILED(vexp)(__m256 x)
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    p = _mm256_mul_ps(p, TILED(pow2)(n));
+    p = TILED(scale2)(p, n);
     p = _mm256_blendv_ps(p, _mm256_setzero_ps(), under);
     p = _mm256_blendv_ps(p, _mm256_set1_ps(INFINITY), over);
     return _mm256_blendv_ps(p, x, nan);

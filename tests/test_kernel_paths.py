@@ -1,0 +1,82 @@
+"""attnref.kernel's code paths: selection, and the vector exp their softmax
+uses (its error bound is stated in csrc/simd.h)."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from attnref import kernel
+
+needs_kernel = pytest.mark.skipif(not kernel.available(), reason="C kernel not compiled")
+
+# csrc/simd.h: "tests/test_kernel_paths.py states and checks the bound, 2 ulp"
+MAX_ULP = 2.0
+FLOAT_LIMITS = {np.float32: (-87.33654, 88.72283), np.float64: (-708.3964, 709.7827)}
+
+
+def ulp_errors(x):
+    """|exp_kernel(x) - exp(x)| in units of the last place of the correct
+    result; the correct result is computed in a wider type (float64 for
+    float32, long double for float64)."""
+    wide = np.float64 if x.dtype == np.float32 else np.longdouble
+    exact = np.exp(x.astype(wide))
+    spacing = np.spacing(exact.astype(x.dtype)).astype(wide)
+    return np.abs(kernel.exp(x).astype(wide) - exact) / spacing
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exp_is_within_its_stated_ulp_bound(code_path, dtype):
+    lo, hi = FLOAT_LIMITS[dtype]
+    rng = np.random.default_rng(7)
+    x = np.concatenate([rng.uniform(lo, hi, 400_000), rng.uniform(-1, 1, 100_000),
+                        np.linspace(lo, 0, 100_000)]).astype(dtype)  # softmax's range: x <= 0
+    errors = ulp_errors(x)
+    assert errors.max() <= MAX_ULP, (code_path, float(errors.max()), x[np.argmax(errors)])
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exp_special_values(code_path, dtype):
+    lo, hi = FLOAT_LIMITS[dtype]
+    x = np.array([0.0, -0.0, -np.inf, np.inf, np.nan, 2 * lo, 2 * hi], dtype)
+    y = kernel.exp(x)
+    assert y[0] == y[1] == 1.0                # exp(0) = 1 exactly: a row's max weighs 1
+    assert y[2] == 0.0                        # masked scores weigh exactly 0
+    assert y[3] == np.inf and np.isnan(y[4])  # NaN propagates
+    assert y[5] == 0.0 and y[6] == np.inf
+    # below the smallest normal result the vector paths flush to 0 (stated in simd.h)
+    tiny = kernel.exp(np.array([lo - 0.5], dtype))[0]
+    assert tiny == 0.0 or (code_path == "portable" and 0 < tiny < np.finfo(dtype).tiny)
+
+
+@needs_kernel
+def test_exp_refuses_other_dtypes():
+    with pytest.raises(TypeError, match="x must be float32 or float64, got dtype int64"):
+        kernel.exp(np.arange(3))
+
+
+@needs_kernel
+def test_code_path_selection():
+    supported = kernel.supported_code_paths()
+    assert "portable" in supported and set(supported) <= set(kernel.CODE_PATHS[1:])
+    try:
+        for path in supported:
+            kernel.set_code_path(path)
+            assert kernel.get_code_path() == path and kernel.info()["path"].startswith(path)
+        kernel.set_code_path("auto")
+        assert kernel.get_code_path() == supported[-1]   # the fastest the CPU has
+        with pytest.raises(ValueError, match="code path must be one of .* got 'sse'"):
+            kernel.set_code_path("sse")
+    finally:
+        kernel.set_code_path("auto")
+
+
+@needs_kernel
+def test_unknown_path_in_the_environment_is_refused(tmp_path):
+    # run outside the checkout, so that the installed package (with its kernel) is imported
+    run = subprocess.run([sys.executable, "-c", "import attnref"], capture_output=True,
+                         text=True, cwd=tmp_path, env={"ATTNREF_KERNEL_PATH": "sse"})
+    assert run.returncode != 0
+    assert "ATTNREF_KERNEL_PATH: code path must be one of" in run.stderr

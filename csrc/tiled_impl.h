@@ -66,6 +66,7 @@ ALWAYS_INLINE void TILED(score_block)(double *sd, const double *qd, const double
 ALWAYS_INLINE void TILED(score_block)(double *sd, const double *qd, const double *kt,
                                       int64_t E, double scale, int mr)
 {
+    const DVEC one = DV_SET1(1.0);
     DVEC sum[SCORE_MR][SCORE_NV], error[SCORE_MR][SCORE_NV];
     for (int r = 0; r < mr; r++)
         for (int v = 0; v < SCORE_NV; v++) sum[r][v] = error[r][v] = DV_ZERO();
@@ -75,13 +76,16 @@ ALWAYS_INLINE void TILED(score_block)(double *sd, const double *qd, const double
         for (int r = 0; r < mr; r++) {
             const DVEC query = DV_SET1(qd[r * E + d]);
             for (int v = 0; v < SCORE_NV; v++) {
+                /* TwoProduct and TwoSum. Half the additions are written as
+                   a * 1 + b (exactly a + b, the same rounding) so that they
+                   run on the multiply-add units beside the adders. */
                 const DVEC product = DV_MUL(query, key[v]);
                 const DVEC product_error = DV_FMSUB(query, key[v], product);
-                const DVEC total = DV_ADD(sum[r][v], product);
+                const DVEC total = DV_FMA(sum[r][v], one, product);
                 const DVEC z = DV_SUB(total, sum[r][v]);
                 const DVEC sum_error = DV_ADD(DV_SUB(sum[r][v], DV_SUB(total, z)),
-                                              DV_SUB(product, z));
-                error[r][v] = DV_ADD(error[r][v], DV_ADD(product_error, sum_error));
+                                              DV_FMSUB(product, one, z));
+                error[r][v] = DV_FMA(error[r][v], one, DV_ADD(product_error, sum_error));
                 sum[r][v] = total;
             }
         }

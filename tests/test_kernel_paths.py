@@ -80,3 +80,15 @@ def test_unknown_path_in_the_environment_is_refused(tmp_path):
                          text=True, cwd=tmp_path, env={"ATTNREF_KERNEL_PATH": "sse"})
     assert run.returncode != 0
     assert "ATTNREF_KERNEL_PATH: code path must be one of" in run.stderr
+
+
+@needs_kernel
+@pytest.mark.parametrize("path", ["portable", "avx2", "avx512"])
+def test_environment_variable_forces_the_path(tmp_path, path):
+    if path not in kernel.supported_code_paths():
+        pytest.skip(f"code path {path} is not supported on this CPU")
+    run = subprocess.run(
+        [sys.executable, "-c", "from attnref import kernel; print(kernel.get_code_path())"],
+        capture_output=True, text=True, cwd=tmp_path, env={"ATTNREF_KERNEL_PATH": path})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == path

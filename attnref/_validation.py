@@ -63,8 +63,13 @@ class SdpaCall:
         return self.batch_shape + (self.L,)
 
 
+_NATIVE_FLOATS = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64))
+
+
 def float_array(name, value):
     """``value`` as a floating ndarray; a TypeError names ``name`` otherwise."""
+    if isinstance(value, np.ndarray) and value.dtype in _NATIVE_FLOATS:
+        return value  # the common case, checked cheaply: small calls are wrapper-bound
     array = np.asarray(value)
     if not np.issubdtype(array.dtype, np.floating) and array.dtype.name != "bfloat16":
         raise TypeError(
@@ -107,6 +112,9 @@ def _flag(name, value):
 
 def _broadcast_batch(shapes_by_name, hint=""):
     """Broadcast leading (batch) shapes, naming the operands that disagree."""
+    shapes = set(shapes_by_name.values())
+    if len(shapes) == 1:
+        return shapes.pop()
     try:
         return np.broadcast_shapes(*shapes_by_name.values())
     except ValueError:

@@ -55,6 +55,7 @@ def _load():
 
 
 _ffi, _lib, _unavailable_reason = _load()
+_UNBOUNDED = _lib.attnref_band_unbounded() if _lib is not None else None
 
 _ERRORS = {
     1: "a required pointer was NULL",
@@ -219,18 +220,51 @@ def attention(call, *, threads=None, out=None, lse_out=None):
     threads = _threads if threads is None else _check_threads(threads)
     dtype = call.compute_dtype
     c_type, entry = _ENTRIES[dtype]
-    arrays = {name: np.require(array, dtype, ["C", "A"]) for name, array in
-              (("q", call.query), ("k", call.key), ("v", call.value))}
+    arrays = {"q": _exact(call.query, dtype), "k": _exact(call.key, dtype),
+              "v": _exact(call.value, dtype)}
     if call.mask is not None:
-        arrays["mask"] = (np.require(call.mask, np.bool_, ["C", "A"]).view(np.uint8)
-                          if call.mask.dtype == bool else
-                          np.require(call.mask, dtype, ["C", "A"]))
+        arrays["mask"] = (_exact(call.mask, np.bool_).view(np.uint8)
+                          if call.mask.dtype == bool else _exact(call.mask, dtype))
     inputs = list(arrays.values())
     arrays["out"] = _output("out", out, call.output_shape, dtype, inputs)
     if lse_out is not None or call.return_lse:
         arrays["lse"] = _output("lse_out", lse_out, call.lse_shape, dtype,
                                 inputs + [arrays["out"]])
 
+    params, loops = _plan(call, arrays, threads)
+    bases = {name: _ffi.from_buffer(("uint8_t" if array.dtype == np.uint8 else c_type) + "[]",
+                                    array, require_writable=name in ("out", "lse"))
+             for name, array in arrays.items()}
+    run = getattr(_lib, entry)
+    if not loops:
+        status = run(params, bases["out"], bases.get("lse", _ffi.NULL), bases["q"],
+                     bases["k"], bases["v"], bases.get("mask", _ffi.NULL))
+        _raise_for(status)
+        return arrays["out"], arrays.get("lse")
+    for index in itertools.product(*(range(size) for size, _ in loops)):
+        at = {name: base + sum(i * step[name] for i, (_, step) in zip(index, loops))
+              for name, base in bases.items()}
+        status = run(params, at["out"], at.get("lse", _ffi.NULL),
+                     at["q"], at["k"], at["v"], at.get("mask", _ffi.NULL))
+        _raise_for(status)
+    return arrays["out"], arrays.get("lse")
+
+
+_PLANS = {}          # (call's sizes and options, operands' layouts, threads) -> (params, loops)
+_PLANS_LIMIT = 256   # small calls repeat the same few shapes; a plan is ~200 bytes
+
+
+def _plan(call, arrays, threads):
+    """The C parameter struct and the batch loops of a call, cached by
+    everything they depend on: the plan for repeated calls of one shape is
+    built once (the wrapper's cost matters for small calls)."""
+    key = (call.L, call.S, call.E, call.Ev, call.kv_group, call.batch_shape, call.masked_rows,
+           call.scale, call.softcap, call.diag_offset, call.band_lower, call.band_upper,
+           threads, tuple((name, array.dtype.char, array.shape, array.strides)
+                          for name, array in arrays.items()))
+    plan = _PLANS.get(key)
+    if plan is not None:
+        return plan
     loops, (B, H), strides = _layout(call, arrays)
     params = _ffi.new("attnref_params *")
     params.B, params.H, params.L, params.S = B, H, call.L, call.S
@@ -243,29 +277,30 @@ def attention(call, *, threads=None, out=None, lse_out=None):
                           else _lib.ATTNREF_ROWS_NAN)
     params.scale = call.scale
     params.softcap = call.softcap or 0.0
-    unbounded = _lib.attnref_band_unbounded()
     params.diag_offset = call.diag_offset
-    params.band_lower = -unbounded if call.band_lower is None else call.band_lower
-    params.band_upper = unbounded if call.band_upper is None else call.band_upper
+    params.band_lower = -_UNBOUNDED if call.band_lower is None else call.band_lower
+    params.band_upper = _UNBOUNDED if call.band_upper is None else call.band_upper
     params.threads = threads
     for name in strides:
-        setattr(params, f"{name}_stride", list(strides[name]))
+        setattr(params, f"{name}_stride", strides[name])
+    if len(_PLANS) >= _PLANS_LIMIT:
+        _PLANS.clear()
+    _PLANS[key] = params, loops
+    return params, loops
 
-    buffers = {name: _ffi.from_buffer(array, require_writable=name in ("out", "lse"))
-               for name, array in arrays.items()}
-    bases = {name: _ffi.cast(("uint8_t" if array.dtype == np.uint8 else c_type) + " *",
-                             buffers[name]) for name, array in arrays.items()}
-    run = getattr(_lib, entry)
-    for index in itertools.product(*(range(size) for size, _ in loops)):
-        at = {name: base + sum(i * step[name] for i, (_, step) in zip(index, loops))
-              for name, base in bases.items()}
-        status = run(params, at["out"], at.get("lse", _ffi.NULL),
-                     at["q"], at["k"], at["v"], at.get("mask", _ffi.NULL))
-        if status != _lib.ATTNREF_OK:
-            raise RuntimeError(
-                f"attnref C kernel failed (code {status}): "
-                f"{_ERRORS.get(status, 'unknown error')}")
-    return arrays["out"], arrays.get("lse")
+
+def _raise_for(status):
+    if status != _lib.ATTNREF_OK:
+        raise RuntimeError(f"attnref C kernel failed (code {status}): "
+                           f"{_ERRORS.get(status, 'unknown error')}")
+
+
+def _exact(array, dtype):
+    """``array`` as C-contiguous, aligned, of exactly ``dtype`` (copied only
+    when it is not already; a wrong dtype is converted, never reinterpreted)."""
+    if array.dtype == dtype and array.flags.c_contiguous and array.flags.aligned:
+        return array
+    return np.require(array, dtype, ["C", "A"])
 
 
 def _output(name, array, shape, dtype, inputs):
@@ -288,10 +323,11 @@ def _output(name, array, shape, dtype, inputs):
 
 def _batch_strides(array, batch, trailing):
     """Element strides of ``array`` seen as ``batch + its last `trailing` dims``,
-    with 0 where a batch dim is broadcast."""
-    shape = (1,) * (len(batch) + trailing - array.ndim) + array.shape
-    view = np.broadcast_to(array.reshape(shape), tuple(batch) + shape[len(batch):])
-    return [step // array.itemsize for step in view.strides]
+    with 0 where a dim has size 1 (broadcast, or never stepped over). The
+    validation has checked that the shapes broadcast."""
+    missing = len(batch) + trailing - array.ndim
+    return [0] * missing + [0 if size == 1 else step // array.itemsize
+                            for size, step in zip(array.shape, array.strides)]
 
 
 def _layout(call, arrays):

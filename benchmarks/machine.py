@@ -14,18 +14,54 @@ from pathlib import Path
 import numpy as np
 
 BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
+# Set on some machines to work around old OpenBLAS bugs; they also pick a slower
+# OpenBLAS kernel, so a NumPy timing must say whether they were set.
+OPENBLAS_CORE_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+SIMD_FLAGS = ("avx512f", "avx512vl", "avx512bw", "avx512_bf16", "avx2", "fma")
 
 
-def cpu_model():
-    """The CPU's marketing name from /proc/cpuinfo, else what platform knows."""
+def cpuinfo_field(name):
+    """The first value of ``name`` in /proc/cpuinfo, or None (not Linux)."""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
-                if line.startswith("model name"):
+                if line.split(":", 1)[0].strip() == name:
                     return line.split(":", 1)[1].strip()
-    except OSError:  # not Linux
+    except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model():
+    """The CPU's marketing name, family and model from /proc/cpuinfo, else what
+    platform knows."""
+    model = cpuinfo_field("model name")
+    if model is None:
+        return platform.processor() or platform.machine()
+    return f"{model} (family {cpuinfo_field('cpu family')}, model {cpuinfo_field('model')})"
+
+
+def cpu_simd():
+    """Which of SIMD_FLAGS the CPU reports, and its clock as /proc/cpuinfo gives
+    it (under a hypervisor often the nominal or TSC rate, not the boost clock)."""
+    flags = set((cpuinfo_field("flags") or "").split())
+    present = [flag for flag in SIMD_FLAGS if flag in flags]
+    clock = cpuinfo_field("cpu MHz")
+    return ((" ".join(present) if present else "none of " + " ".join(SIMD_FLAGS))
+            + (f"; cpu MHz {float(clock):.0f}" if clock else ""))
+
+
+def caches():
+    """Cache sizes of CPU 0 from sysfs, e.g. ``L1d 48K, L1i 32K, L2 1024K, L3 32768K``."""
+    found = []
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level, kind, size = ((index / name).read_text().strip()
+                                 for name in ("level", "type", "size"))
+        except OSError:
+            continue
+        found.append(f"L{level}{dict(Data='d', Instruction='i').get(kind, '')} {size}")
+    return ", ".join(found) or "unknown"
 
 
 def usable_cores():
@@ -48,12 +84,23 @@ def blas_threads():
 
 
 def blas_library():
-    """Name and version of the BLAS NumPy was built against."""
+    """Name and version of the BLAS NumPy was built against, the kernel it runs
+    (when threadpoolctl is installed) and the OPENBLAS_CORE_VARIABLES set."""
     try:
         blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        text = f"{blas.get('name', 'unknown')} {blas.get('version', '')}".strip()
     except (TypeError, KeyError):  # NumPy < 1.26 only prints its config
-        return "unknown (NumPy < 1.26 does not report it)"
-    return f"{blas.get('name', 'unknown')} {blas.get('version', '')}".strip()
+        text = "unknown (NumPy < 1.26 does not report it)"
+    try:
+        import threadpoolctl
+    except ImportError:
+        text += ", kernel unknown (install threadpoolctl to see it)"
+    else:
+        kernels = [pool.get("architecture") for pool in threadpoolctl.threadpool_info()
+                   if pool.get("user_api") == "blas" and pool.get("architecture")]
+        text += f", kernel {'/'.join(kernels) or 'unknown'}"
+    core = [f"{name}={os.environ[name]}" for name in OPENBLAS_CORE_VARIABLES if name in os.environ]
+    return text + (f" ({' '.join(core)})" if core else f" ({'/'.join(OPENBLAS_CORE_VARIABLES)} unset)")
 
 
 def source_revision(path):
@@ -72,12 +119,16 @@ def details(attnref, torch=None):
     """Machine and software details as an ordered ``{label: text}`` dict.
 
     ``attnref`` is the imported package; ``torch`` the imported module or None.
+    The revision is that of the checkout holding this file, the one an
+    installed attnref was built from when the benchmark runs from it.
     """
     kernel = attnref.kernel.info()
     blas_setting = blas_threads()
     rows = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu_model(),
+        "cpu flags": cpu_simd(),
+        "caches": caches(),
         "cores": f"{usable_cores()} usable ({os.cpu_count()} online)",
         "os": f"{platform.system()} {platform.release()} ({platform.machine()})",
         "python": platform.python_version(),
@@ -87,7 +138,7 @@ def details(attnref, torch=None):
         "torch": (f"{torch.__version__}, threads: {torch.get_num_threads()}"
                   if torch is not None else "not installed"),
         "attnref": f"{attnref.__version__} from {Path(attnref.__file__).parent}",
-        "attnref revision": source_revision(attnref.__file__) or "not a git checkout",
+        "revision": source_revision(__file__) or "not a git checkout",
     }
     if kernel["available"]:
         rows["attnref kernel"] = (f"{kernel['path']}, threads: {kernel['threads']} "

@@ -567,30 +567,33 @@ int attnref_sdpa_f64(const attnref_params *params, double *out, double *lse,
 }
 
 /* out[i] = exp(x[i]) by the path in use (tests measure its error) */
-int attnref_exp_f32(float *out, const float *x, int64_t n)
+static int exp_array(int is_double, void *out, const void *x, int64_t n)
 {
     if (n < 0 || (n > 0 && (out == NULL || x == NULL))) return ATTNREF_ERR_SIZE;
     switch (path_in_use()) {
 #if ATTNREF_TILED
-    case ATTNREF_PATH_AVX512: return tiled_exp_array_avx512_f32(out, x, n);
-    case ATTNREF_PATH_AVX2: return tiled_exp_array_avx2_f32(out, x, n);
+    case ATTNREF_PATH_AVX512:
+        return is_double ? tiled_exp_array_avx512_f64(out, x, n)
+                         : tiled_exp_array_avx512_f32(out, x, n);
+    case ATTNREF_PATH_AVX2:
+        return is_double ? tiled_exp_array_avx2_f64(out, x, n)
+                         : tiled_exp_array_avx2_f32(out, x, n);
 #endif
     default:
-        for (int64_t i = 0; i < n; i++) out[i] = expf(x[i]);
+        for (int64_t i = 0; i < n; i++) {
+            if (is_double) ((double *)out)[i] = exp(((const double *)x)[i]);
+            else ((float *)out)[i] = expf(((const float *)x)[i]);
+        }
         return ATTNREF_OK;
     }
 }
 
+int attnref_exp_f32(float *out, const float *x, int64_t n)
+{
+    return exp_array(0, out, x, n);
+}
+
 int attnref_exp_f64(double *out, const double *x, int64_t n)
 {
-    if (n < 0 || (n > 0 && (out == NULL || x == NULL))) return ATTNREF_ERR_SIZE;
-    switch (path_in_use()) {
-#if ATTNREF_TILED
-    case ATTNREF_PATH_AVX512: return tiled_exp_array_avx512_f64(out, x, n);
-    case ATTNREF_PATH_AVX2: return tiled_exp_array_avx2_f64(out, x, n);
-#endif
-    default:
-        for (int64_t i = 0; i < n; i++) out[i] = exp(x[i]);
-        return ATTNREF_OK;
-    }
+    return exp_array(1, out, x, n);
 }

@@ -24,7 +24,10 @@ script
 4. for each thread count sets the C kernel's, torch's and, through
    threadpoolctl when installed, NumPy's BLAS threads; calls each
    implementation once to warm up, then runs ``--repeats`` rounds that call
-   each once in turn, so that machine noise falls on all alike;
+   each once in turn, so that machine noise falls on all alike. Every call
+   starts after a pause of SETTLE_SECONDS: OpenBLAS's idle threads spin for
+   about 2^28 cycles after a call and torch's OpenMP threads for a while too,
+   and without the pause they would take the cores from the next contender;
 5. reports median times, GFLOP/s = 4·B·H·N²·D / median (half that for causal,
    which skips the upper triangle), the percentage of the probe's peak, and
    the ratios of the C kernel to the others, all from the medians of this run.
@@ -103,6 +106,7 @@ MEMORY_N, MEMORY_D = 16384, 64
 MEMORY_LIMIT = 64 * 2**20  # issue 6: the C kernel beyond inputs and output
 
 PLOT_DTYPE = "float32"
+SETTLE_SECONDS = 0.1  # > OpenBLAS's 2^28-cycle spin at 2.5 GHz and up
 
 
 class Implementation(NamedTuple):
@@ -213,8 +217,8 @@ def drop_wrong(label, calls, outcomes, errors):
 
 def time_round_robin(calls, repeats, before=None):
     """``{name: [ms per call]}``: one warm-up call each, then ``repeats`` rounds
-    that call each once in turn; ``before()``, when given, runs untimed before
-    every call."""
+    that call each once in turn, each after SETTLE_SECONDS of quiet and after
+    ``before()`` when given."""
     for call in calls.values():
         call()
     times = {name: [] for name in calls}
@@ -222,6 +226,7 @@ def time_round_robin(calls, repeats, before=None):
         for name, call in calls.items():
             if before is not None:
                 before()
+            time.sleep(SETTLE_SECONDS)
             start = time.perf_counter()
             output = call()
             elapsed = time.perf_counter() - start
@@ -691,6 +696,7 @@ def main(argv=None):
     if blas_thread_note():
         notes.append(blas_thread_note())
         progress(f"note: {blas_thread_note()}")
+    load = machine.OtherLoad()
     limits = probe.measure(arguments.threads, progress)
 
     shapes = [Shape(dtype, D, causal, N) for dtype in arguments.dtypes
@@ -722,6 +728,10 @@ def main(argv=None):
     }
     notes += [f"{name}: {result['skipped']}" for row in run["decode"]
               for name, result in row["results"].items() if result["skipped"]]
+    other = load.share()
+    if other is not None:
+        notes.append(f"other processes used {100 * other:.0f}% of the machine's CPU time "
+                     "during this run")
     run["notes"] = list(dict.fromkeys(notes))  # a skip repeats for every D and causal
 
     print(report(run, names, markdown=False))

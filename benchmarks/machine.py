@@ -8,7 +8,9 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import resource
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +115,38 @@ def source_revision(path):
     except (OSError, subprocess.CalledProcessError):
         return None
     return described.stdout.strip()
+
+
+class OtherLoad:
+    """CPU time that other processes took while a benchmark ran, as a share of
+    all cores: noise that interleaving spreads over every implementation but
+    cannot remove. Start it with the run; :meth:`share` reads it."""
+
+    def __init__(self):
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample():
+        """(busy CPU seconds of the machine, of this process and its waited-for
+        children, wall seconds), or None without /proc/stat."""
+        try:
+            with open("/proc/stat") as stat:
+                ticks = [int(value) for value in stat.readline().split()[1:]]
+        except OSError:
+            return None
+        busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # less idle, iowait
+        own = sum(usage.ru_utime + usage.ru_stime for usage in
+                  (resource.getrusage(resource.RUSAGE_SELF),
+                   resource.getrusage(resource.RUSAGE_CHILDREN)))
+        return busy, own, time.monotonic()
+
+    def share(self):
+        """Other processes' CPU time since the start over cores x wall time, or None."""
+        end = self._sample()
+        if self.start is None or end is None:
+            return None
+        (busy0, own0, wall0), (busy1, own1, wall1) = self.start, end
+        return max(0.0, (busy1 - busy0) - (own1 - own0)) / ((wall1 - wall0) * (os.cpu_count() or 1))
 
 
 def details(attnref, torch=None):

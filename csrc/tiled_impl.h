@@ -181,7 +181,7 @@ typedef struct {
     int rows;
 } TILED(unit_rows);
 
-/* Scratch of one thread; sizes in tiled_scratch_sizes (attnref.c). */
+/* Scratch of one thread, laid out by tiled_scratch_layout (attnref.c). */
 typedef struct {
     double *qd;    /* (TILE_ROWS, E) queries in double */
     double *kt;    /* (TILE_KEYS / KEY_PANEL, E, KEY_PANEL) keys of the tile, in double */

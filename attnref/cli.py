@@ -10,11 +10,13 @@
     ``attnref-c``; see :mod:`attnref.testing.adapters`) or on
     ``package.module:function``, prints the table and exits 1 when a case
     fails. Progress goes to stderr.
-``attnref report TEXT [--model minilm|demo|PATH] [--layer N] [--head N] [--json]``
+``attnref report TEXT [--model minilm|demo|PATH] [--layer N] [--head N] [--json] [--html PATH]``
     Runs a model on TEXT with a Trace and prints how it allocates attention
     per token, per layer and per head, the misallocation findings and the
     attention rollout (:mod:`attnref.report`). The default model is MiniLM
-    when its package is installed, else the embedded demo model.
+    when its package is installed, else the embedded demo model. ``--html``
+    also writes the self-contained attention explorer
+    (:mod:`attnref.html_report`).
 ``attnref vectors export DIR`` / ``attnref vectors verify DIR``
     Writes golden vectors, or re-checks a directory of them
     (:mod:`attnref.testing.vectors`); verify exits 1 when a case does not
@@ -213,6 +215,12 @@ def _report(arguments):
     output = model.encode(arguments.text)
     report = build_report(output, layer=arguments.layer, head=arguments.head,
                           top_k=arguments.top_k, lang=arguments.lang, text=arguments.text)
+    if arguments.html:
+        from .html_report import render_html
+        page = render_html(output, report)
+        Path(arguments.html).write_text(page, encoding="utf-8")
+        print(f"attnref: wrote the explorer ({len(page.encode('utf-8')) / 1e6:.2f} MB) to "
+              f"{arguments.html}", file=sys.stderr)
     if arguments.json:
         print(json.dumps(_finite_json(report.to_dict()), indent=1, allow_nan=False))
     else:
@@ -275,6 +283,10 @@ def main(argv=None):
     report_parser.add_argument("--lang", choices=("en", "pt"), default="en",
                                help="function-word list (default en)")
     report_parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    report_parser.add_argument(
+        "--html", metavar="PATH",
+        help="also write a self-contained HTML attention explorer (head view, model view, "
+             "rollout map and the tables) to PATH")
     report_parser.set_defaults(run=_report)
 
     vectors_parser = commands.add_parser("vectors", help="golden vectors for any language")

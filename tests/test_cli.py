@@ -200,3 +200,24 @@ def test_report_refuses_an_unknown_model(capsys):
     with pytest.raises(ValueError, match="model must be 'minilm', 'demo' or a checkpoint "
                                          "directory, got 'nope'"):
         cli.main(["report", "text", "--model", "nope"])
+
+
+def test_report_html_writes_the_explorer_and_still_prints_the_text(capsys, tmp_path):
+    path = tmp_path / "out.html"
+    status, out, err = run(capsys, "report", "The cat chased the mouse.", "--model", "demo",
+                           "--html", str(path))
+    page = path.read_text(encoding="utf-8")
+    assert status == 0 and page.startswith("<!DOCTYPE html>") and 'id="attnref-data"' in page
+    assert out.startswith("attnref report -- attnref demo")
+    assert "wrote the explorer" in err and str(path) in err
+
+
+def test_report_html_with_json_prints_only_json(capsys, tmp_path):
+    path = tmp_path / "out.html"
+    status, out, _ = run(capsys, "report", "the cat sat", "--model", "demo", "--json",
+                         "--layer", "0", "--html", str(path))
+    assert status == 0 and json.loads(out)["token_map"] == "layer 0, mean over heads"
+    page = path.read_text(encoding="utf-8")
+    # the page shows the same report: the token section and head table of layer 0
+    assert "(layer 0, mean over heads)" in page
+    assert 'data-layer="0"' in page and 'data-layer="1"' not in page

@@ -1,0 +1,224 @@
+"""attnref.html_report: the self-contained explorer page, on the demo model
+(MiniLM only for the size of a real 128-token page)."""
+import base64
+import dataclasses
+import json
+import re
+import zlib
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+
+from attnref import analysis
+from attnref.html_report import QUANTISATION_STEP, render_html
+from attnref.models import DemoModel
+from attnref.report import build_report
+
+ATTACK = "<script>alert(1)</script>"
+TEXT = "The cat chased the mouse because it was hungry. " + ATTACK
+LONG_TEXT = ("Attention lets every token in a sentence look at every other token and decide "
+             "how much each one matters. In a trained encoder some heads learn to follow the "
+             "previous word, others gather at the separator, and a few track syntax across "
+             "long distances. When the model reads that the cat chased the mouse because it "
+             "was hungry, one head links the pronoun to the animal it refers to, while another "
+             "spreads its weight almost evenly and carries little information. Looking at "
+             "these patterns layer by layer shows where the model is local, where it becomes "
+             "global, and where attention is wasted on punctuation.")
+#: the page's own <script> elements: the error collector, the JSON data, the drawing script
+PAGE_SCRIPTS = 3
+
+
+class Page(HTMLParser):
+    """A parsed page: every start tag, the scripts' text, and the tables as
+    rows of ``{data-key: cell}`` (a cell: its text, ``data-value`` and the
+    ``(data-position, data-value)`` of its spans)."""
+
+    def __init__(self, text):
+        super().__init__(convert_charrefs=True)
+        self.tags, self.scripts, self.tables, self.findings = [], [], {}, []
+        self._table = self._cell = self._script = None
+        self.feed(text)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append((tag, attrs))
+        if tag == "script":
+            self._script = [attrs, ""]
+            self.scripts.append(self._script)
+        elif tag == "table":
+            self._table = self.tables.setdefault(attrs["id"], [])
+        elif tag == "tr" and self._table is not None:
+            self._table.append({})
+        elif tag == "td" and "data-key" in attrs:
+            self._cell = {"text": "", "value": attrs.get("data-value"), "pairs": []}
+            self._table[-1][attrs["data-key"]] = self._cell
+        elif tag == "span" and self._cell is not None and "data-position" in attrs:
+            self._cell["pairs"].append((int(attrs["data-position"]),
+                                        float(attrs["data-value"])))
+        elif tag == "li" and "data-kind" in attrs:
+            self.findings.append(attrs)
+
+    def handle_endtag(self, tag):
+        if tag == "script":
+            self._script = None
+        elif tag == "td":
+            self._cell = None
+        elif tag == "table":
+            self._table[:] = [row for row in self._table if row]    # drop the heading row
+            self._table = None
+
+    def handle_data(self, data):
+        if self._script is not None:
+            self._script[1] += data
+        if self._cell is not None:
+            self._cell["text"] += data
+
+    def data(self):
+        """The JSON data block."""
+        blocks = [text for attrs, text in self.scripts if attrs.get("id") == "attnref-data"]
+        assert len(blocks) == 1
+        return json.loads(blocks[0])
+
+
+def unpack(text, shape):
+    """What the page's script does: base64, inflate, uint8 levels q, w = (q / 255)^2."""
+    levels = np.frombuffer(zlib.decompress(base64.b64decode(text)), np.uint8)
+    return (levels.astype(np.float64) / 255).reshape(shape) ** 2
+
+
+@pytest.fixture(scope="module")
+def output():
+    return DemoModel().encode(TEXT)
+
+
+@pytest.fixture(scope="module")
+def report(output):
+    return build_report(output, text=TEXT)
+
+
+@pytest.fixture(scope="module")
+def page(output, report):
+    return render_html(output, report)
+
+
+def test_page_is_one_document_with_no_external_reference(page):
+    assert page.startswith("<!DOCTYPE html>") and page.count("<html") == 1
+    assert page.rstrip().endswith("</html>") and page.count("</html>") == 1
+    for reference in ("http:", "https:", "//cdn", "<link", "@import", "url(", "fetch(",
+                      "XMLHttpRequest", "<iframe", "<img"):
+        assert reference not in page
+    sources = re.findall(r"""\b(?:src|href)\s*=\s*["']?([^"'\s>]*)""", page)
+    assert all(source.startswith("data:") for source in sources)
+    parsed = Page(page)
+    assert all("src" not in attrs and "href" not in attrs for _, attrs in parsed.tags)
+    assert len(parsed.scripts) == PAGE_SCRIPTS
+
+
+def test_the_text_and_every_token_are_escaped(output):
+    tokens = list(output.tokens)
+    tokens[2] = ATTACK                     # a token as a hostile tokenizer could make it
+    hostile = dataclasses.replace(output, tokens=tokens)
+    page = render_html(hostile, build_report(hostile, text=TEXT))
+    parsed = Page(page)
+    # no new element: the markup stays text
+    assert len(parsed.scripts) == PAGE_SCRIPTS and page.count("</script") == PAGE_SCRIPTS
+    assert ATTACK not in page and "<script>alert" not in page
+    assert html_escaped(ATTACK) in page
+    cells = [row["token"]["text"] for row in parsed.tables["token-table"]]
+    assert cells == tokens
+    assert parsed.data()["tokens"] == tokens
+    assert f"<q>{html_escaped(TEXT)}</q>" in page
+
+
+def html_escaped(text):
+    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace('"', "&quot;").replace("'", "&#x27;"))
+
+
+def test_embedded_weights_decode_within_a_quantisation_step(output, page):
+    data = Page(page).data()
+    weights = output.attention_weights                                 # (layers, H, T, T)
+    assert (data["layers"], data["heads"], len(data["tokens"])) == weights.shape[:3]
+    decoded = unpack(data["weights"], weights.shape)
+    assert np.abs(decoded - weights).max() <= QUANTISATION_STEP
+    # the square root is what is rounded: within half a step, which is what
+    # keeps small weights apart
+    assert np.abs(np.sqrt(decoded) - np.sqrt(weights)).max() <= QUANTISATION_STEP / 2 + 1e-9
+    rollout = analysis.attention_rollout(weights)[-1]
+    assert np.abs(unpack(data["rollout"], rollout.shape) - rollout).max() <= QUANTISATION_STEP
+
+
+def test_a_given_rollout_is_the_one_drawn(output, report):
+    T = len(output.tokens)
+    data = Page(render_html(output, report, rollout=np.eye(T), title="mine")).data()
+    assert np.array_equal(unpack(data["rollout"], (T, T)), np.eye(T))
+
+
+def test_tables_and_findings_carry_the_report_numbers(report, page):
+    expected, parsed = report.to_dict(), Page(page)
+
+    def number(cell):
+        return None if cell["value"] is None else float(cell["value"])
+
+    tokens = parsed.tables["token-table"]
+    assert len(tokens) == len(expected["token_level"]) == len(expected["rollout"])
+    for row, want, flow in zip(tokens, expected["token_level"], expected["rollout"]):
+        assert int(row["position"]["value"]) == want["position"]
+        assert row["token"]["text"] == want["token"]
+        assert number(row["entropy"]) == want["entropy"]
+        assert number(row["received"]) == want["received"]
+        assert row["attends_to"]["pairs"] == [(j, w) for j, _, w in want["attends_to"]]
+        assert row["sources"]["pairs"] == [(j, share) for j, _, share in flow["sources"]]
+    layers = parsed.tables["layer-table"]
+    assert [{key: number(cell) for key, cell in row.items()} for row in layers] == \
+        expected["layer_level"]
+    heads = parsed.tables["head-table"]
+    assert len(heads) == len(expected["head_level"])
+    for row, want in zip(heads, expected["head_level"]):
+        assert row["type"]["text"] == want["type"]
+        for key, cell in row.items():
+            if key != "type":
+                assert number(cell) == want[key], key
+    assert [(int(f["data-layer"]), int(f["data-head"]), f["data-kind"],
+             number({"value": f.get("data-value")})) for f in parsed.findings] == \
+        [(f["layer"], f["head"], f["kind"], f["evidence"]) for f in expected["findings"]]
+    assert html_escaped(report.layer_trend) in page
+
+
+def test_a_one_layer_report_leaves_the_other_layers_untyped(output):
+    report = build_report(output, layer=0, text=TEXT)
+    data = Page(render_html(output, report)).data()
+    assert all(kind is not None for kind in data["head_types"][0])
+    assert data["head_types"][1] == [None] * output.attention_weights.shape[1]
+    assert all(layer == 0 for layer, _ in data["flagged"])
+
+
+def test_mismatched_inputs_are_refused(output, report):
+    other = DemoModel().encode("a different text")
+    with pytest.raises(ValueError, match="report was built from other tokens"):
+        render_html(other, report)
+    with pytest.raises(ValueError, match=r"rollout must be \(T, T\) = \(23, 23\), got "
+                                         r"shape \(3, 3\)"):
+        render_html(output, report, rollout=np.eye(3))
+
+
+def test_a_128_token_page_stays_small():
+    output = DemoModel().encode(LONG_TEXT)
+    page = render_html(output, build_report(output, text=LONG_TEXT))
+    # the demo's one-hot maps compress far below the one byte per weight a
+    # page may spend at most
+    assert len(page.encode("utf-8")) < 200_000
+
+
+def test_minilm_on_128_tokens_stays_under_two_megabytes():
+    from attnref.models import find_minilm, load_minilm
+    try:
+        find_minilm()
+    except (ModuleNotFoundError, FileNotFoundError) as missing:
+        pytest.skip(f"MiniLM is not installed: {missing}")
+    output = load_minilm().encode(LONG_TEXT)
+    assert len(output.tokens) >= 120
+    page = render_html(output, build_report(output, text=LONG_TEXT))
+    assert len(page.encode("utf-8")) < 2_000_000

@@ -20,7 +20,7 @@ import numpy as np
 from . import analysis
 from .analysis._common import Record
 
-__all__ = ["Report", "build_report"]
+__all__ = ["Report", "build_report", "head_type"]
 
 _DETECTORS = ("previous_token", "duplicate_token", "induction")
 _SPECIALS = frozenset({"[CLS]", "[SEP]", "[PAD]", "[MASK]", "[UNK]", "<s>", "</s>"})
@@ -221,7 +221,7 @@ def _head_level(trace, weights, tokens, only_layer):
             scores = {name: _number(detected[name][layer, head]) for name in _DETECTORS}
             sink_share = _number(sink[layer, head])
             rows.append({"layer": layer, "head": head,
-                         "type": _head_type(kinds[layer, head], scores, sink_share),
+                         "type": head_type(kinds[layer, head], scores, sink_share),
                          "pattern": str(kinds[layer, head]), **scores, "sink": sink_share,
                          "confidence": _number(confidence[layer, head]),
                          "entropy": _number(entropy[layer, head]),
@@ -230,7 +230,7 @@ def _head_level(trace, weights, tokens, only_layer):
     return rows
 
 
-def _head_type(pattern, detector_scores, sink_share, threshold=0.5):
+def head_type(pattern, detector_scores, sink_share, threshold=0.5):
     """The seed's pattern, sharpened by a TransformerLens detector scoring
     above ``threshold`` (``"local (previous_token)"``), or else by a share of
     attention on the first token above it (``"focused (first-token sink)"``,

@@ -23,11 +23,14 @@ script
    on the largest thread count (:mod:`memory` says how);
 4. for each thread count sets the C kernel's, torch's and, through
    threadpoolctl when installed, NumPy's BLAS threads; calls each
-   implementation once to warm up, then runs ``--repeats`` rounds that call
-   each once in turn, so that machine noise falls on all alike. Every call
-   starts after a pause of SETTLE_SECONDS: OpenBLAS's idle threads spin for
-   about 2^28 cycles after a call and torch's OpenMP threads for a while too,
-   and without the pause they would take the cores from the next contender;
+   runs ``--repeats`` rounds that time each implementation once in turn, so
+   that machine noise falls on all alike. Before its timed call, an
+   implementation runs untimed for at least LEAD_IN_SECONDS (one call or
+   more): OpenBLAS's idle threads spin for 2^28 TSC ticks after a call, and
+   torch's OpenMP threads for a while, so the lead-in keeps the previous
+   contender's spinning threads off the cores, and the timed call finds its
+   own thread pool awake, as in a loop of calls (on this VM a pool that slept
+   for 50 ms costs torch several ms to wake);
 5. reports median times, GFLOP/s = 4·B·H·N²·D / median (half that for causal,
    which skips the upper triangle), the percentage of the probe's peak, and
    the ratios of the C kernel to the others, all from the medians of this run.
@@ -106,7 +109,7 @@ MEMORY_N, MEMORY_D = 16384, 64
 MEMORY_LIMIT = 64 * 2**20  # issue 6: the C kernel beyond inputs and output
 
 PLOT_DTYPE = "float32"
-SETTLE_SECONDS = 0.1  # > OpenBLAS's 2^28-cycle spin at 2.5 GHz and up
+LEAD_IN_SECONDS = 0.12  # OpenBLAS spins 2^28 TSC ticks: 0.1 s at 2.6 GHz
 
 
 class Implementation(NamedTuple):
@@ -215,18 +218,25 @@ def drop_wrong(label, calls, outcomes, errors):
             del calls[name]
 
 
-def time_round_robin(calls, repeats, before=None):
-    """``{name: [ms per call]}``: one warm-up call each, then ``repeats`` rounds
-    that call each once in turn, each after SETTLE_SECONDS of quiet and after
-    ``before()`` when given."""
-    for call in calls.values():
+def lead_in(call):
+    """Call ``call`` untimed until LEAD_IN_SECONDS have passed, at least once."""
+    start = time.perf_counter()
+    while True:
         call()
+        if time.perf_counter() - start >= LEAD_IN_SECONDS:
+            return
+
+
+def time_round_robin(calls, repeats, before=None):
+    """``{name: [ms per call]}`` over ``repeats`` rounds that time each call
+    once in turn, each after its :func:`lead_in` and then ``before()`` when
+    given."""
     times = {name: [] for name in calls}
     for _ in range(repeats):
         for name, call in calls.items():
+            lead_in(call)
             if before is not None:
                 before()
-            time.sleep(SETTLE_SECONDS)
             start = time.perf_counter()
             output = call()
             elapsed = time.perf_counter() - start
@@ -546,15 +556,19 @@ def report(run, names, markdown):
                  f"of {DECODE_REPEATS}. GB/s: 2*B*Hkv*S*D*4 bytes of K and V / median, "
                  "against the probe's streaming read on the same threads."]
     cost = run["overhead"]
-    sections += [heading(f"Small-call overhead: B={B}, H={H}, N={OVERHEAD_N}, D={OVERHEAD_D}, "
-                         f"float32, {cost['threads']} threads"),
-                 render(["depth", "us per call"],
-                        [[name, f"{us:.1f}"] for name, us in cost["per_call_us"].items()],
-                        markdown),
-                 f"Wrapper share (public - cffi call) / public: {100 * cost['wrapper_share']:.1f}%; "
-                 f"of which validation (public - kernel.attention): "
-                 f"{100 * cost['validation_share']:.1f}%. Median over samples of "
-                 f"{OVERHEAD_CALLS} calls each, the three depths interleaved."]
+    sections.append(heading(f"Small-call overhead: B={B}, H={H}, N={OVERHEAD_N}, "
+                            f"D={OVERHEAD_D}, float32"
+                            + (f", {cost['threads']} threads" if cost else "")))
+    if cost is None:
+        sections.append("not measured: the C kernel is unavailable")
+    else:
+        sections += [
+            render(["depth", "us per call"],
+                   [[name, f"{us:.1f}"] for name, us in cost["per_call_us"].items()], markdown),
+            f"Wrapper share (public - cffi call) / public: {100 * cost['wrapper_share']:.1f}%; "
+            f"of which validation (public - kernel.attention): "
+            f"{100 * cost['validation_share']:.1f}%. Median over samples of "
+            f"{OVERHEAD_CALLS} calls each, the three depths interleaved."]
     at_scale = run["memory_at_scale"]
     sections += [heading(f"Memory at N={at_scale['N']}, D={at_scale['D']}, H={H}, float32, "
                          f"non-causal, {at_scale['threads']} threads"),
@@ -620,11 +634,12 @@ def plot(run, names, path):
         if peak:
             axis.axhline(peak, linestyle="--", color="grey", label="FMA peak (probe)")
         axis.set_xscale("log", base=2)
+        axis.set_ylim(bottom=0)
         axis.set_title(f"D={D}, {'causal' if causal else 'non-causal'}")
         axis.set_xlabel("N")
         axis.grid(True, alpha=0.3)
     axes[0][0].set_ylabel(f"GFLOP/s ({PLOT_DTYPE}, {threads} threads)")
-    axes[0][0].legend()
+    axes[0][0].legend(loc="lower right")
     figure.suptitle(f"scaled dot-product attention, B={B}, H={H}: {run['machine']['cpu']}")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -693,9 +708,10 @@ def main(argv=None):
     names = [contender.name for contender in contenders]
     notes = [f"{contender.name}: unavailable: {contender.unavailable}"
              for contender in contenders if contender.unavailable]
-    if blas_thread_note():
-        notes.append(blas_thread_note())
-        progress(f"note: {blas_thread_note()}")
+    blas_note = blas_thread_note()
+    if blas_note:
+        notes.append(blas_note)
+        progress(f"note: {blas_note}")
     load = machine.OtherLoad()
     limits = probe.measure(arguments.threads, progress)
 
@@ -723,7 +739,8 @@ def main(argv=None):
         "decode": decode(contenders, arguments.threads,
                          QUICK_DECODE_LENGTHS if quick else DECODE_LENGTHS, limits),
         "overhead": overhead(max(arguments.threads),
-                             QUICK_OVERHEAD_SAMPLES if quick else OVERHEAD_SAMPLES),
+                             QUICK_OVERHEAD_SAMPLES if quick else OVERHEAD_SAMPLES)
+                    if attnref.kernel.available() else None,
         "memory_at_scale": memory_at_scale(contenders, max(arguments.threads)),
     }
     notes += [f"{name}: {result['skipped']}" for row in run["decode"]

@@ -1,5 +1,7 @@
 """attnref.kernel's code paths: selection, and the vector exp their softmax
 uses (its error bound is stated in csrc/simd.h)."""
+import concurrent.futures
+import multiprocessing
 import subprocess
 import sys
 
@@ -7,8 +9,10 @@ import numpy as np
 import pytest
 
 from attnref import kernel
+from attnref import scaled_dot_product_attention as sdpa
 
 needs_kernel = pytest.mark.skipif(not kernel.available(), reason="C kernel not compiled")
+DEFAULT_THREADS = kernel.get_num_threads()
 
 # csrc/simd.h: "tests/test_kernel_paths.py states and checks the bound, 2 ulp"
 MAX_ULP = 2.0
@@ -92,3 +96,42 @@ def test_environment_variable_forces_the_path(tmp_path, path):
         capture_output=True, text=True, cwd=tmp_path, env={"ATTNREF_KERNEL_PATH": path})
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == path
+
+
+@needs_kernel
+def test_threads_large_call_bit_identical_for_any_thread_count(code_path):
+    """Large enough that every thread count is used (small calls run on
+    fewer threads than asked: waking one costs more than it saves)."""
+    rng = np.random.default_rng(3)
+    query, key, value = (rng.standard_normal((1, 4, 300, 64)).astype(np.float32)
+                         for _ in range(3))
+    results = []
+    try:
+        for threads in (1, 2, 3, 8):
+            kernel.set_num_threads(threads)
+            results.append(sdpa(query, key, value, is_causal=True, backend="c"))
+    finally:
+        kernel.set_num_threads(DEFAULT_THREADS)
+    for result in results[1:]:
+        assert np.array_equal(result, results[0])
+
+
+@needs_kernel
+def test_concurrent_callers_and_forked_children_get_the_same_answer():
+    """Python threads calling at once (the GIL is released: one call uses the
+    worker pool, the others start their own threads) and a forked child
+    (which has none of the parent's workers) all compute the same bits."""
+    rng = np.random.default_rng(4)
+    query, key, value = (rng.standard_normal((2, 4, 200, 32)) for _ in range(3))
+    expected = sdpa(query, key, value, backend="c")
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        outputs = list(pool.map(lambda _: sdpa(query, key, value, backend="c"), range(16)))
+    assert all(np.array_equal(output, expected) for output in outputs)
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as children:
+        child_output = children.apply(_attention_in_child, (query, key, value))
+    assert np.array_equal(child_output, expected)
+
+
+def _attention_in_child(query, key, value):
+    return sdpa(query, key, value, backend="c")

@@ -326,23 +326,28 @@ static int64_t useful_threads(const attnref_params *p, int64_t pieces)
     return threads < pieces ? threads : pieces;
 }
 
-/* Splits `rows` rows into `threads` contiguous ranges and computes them.
+/* Runs `whole` on as many threads as its `count` rows (portable path) or
+   units (tiled path) can use. Portable: thread t computes the t-th of
+   contiguous ranges of rows. Tiled (whole->next set): every thread takes
+   units from the shared counter until it reaches whole->row_end = count.
    Each row is computed by one thread in a fixed order of operations, so the
    result is bit-identical for any thread count. */
-static int run_rows(const sdpa_job *whole, int64_t rows)
+static int run_shares(const sdpa_job *whole, int64_t count)
 {
-    const int64_t threads = useful_threads(whole->params, rows);
+    const int64_t threads = useful_threads(whole->params, count);
     sdpa_job *jobs;
     int status;
-    if (rows == 0) return ATTNREF_OK;
+    if (count == 0) return ATTNREF_OK;
     jobs = malloc((size_t)threads * sizeof *jobs);
     if (jobs == NULL) return ATTNREF_ERR_NOMEM;
     for (int64_t t = 0; t < threads; t++) {
-        /* rows / threads each, the first rows % threads one more */
-        const int64_t base = rows / threads, extra = rows % threads;
+        /* count / threads each, the first count % threads one more */
+        const int64_t base = count / threads, extra = count % threads;
         jobs[t] = *whole;
-        jobs[t].row_begin = t * base + (t < extra ? t : extra);
-        jobs[t].row_end = jobs[t].row_begin + base + (t < extra ? 1 : 0);
+        if (whole->next == NULL) {
+            jobs[t].row_begin = t * base + (t < extra ? t : extra);
+            jobs[t].row_end = jobs[t].row_begin + base + (t < extra ? 1 : 0);
+        }
     }
     status = run_threads(jobs, threads);
     free(jobs);
@@ -636,11 +641,12 @@ static int sdpa(const attnref_params *params, int is_double, void *out, void *ls
                 const void *q, const void *k, const void *v, const void *mask)
 {
     const int status = check_call(params, out, lse, q, k, v, mask);
-    const code_path *path = &PATHS[path_in_use()];
-    sdpa_job job;
     if (status != ATTNREF_OK) return status;
+    const int path = path_in_use();
+    const int64_t rows = params->B * params->H * params->L;
+    sdpa_job job;
     memset(&job, 0, sizeof job);
-    job.rows = is_double ? path->f64 : path->f32;
+    job.rows = is_double ? PATHS[path].f64 : PATHS[path].f32;
     job.params = params;
     job.out = out;
     job.lse = lse;
@@ -648,33 +654,18 @@ static int sdpa(const attnref_params *params, int is_double, void *out, void *ls
     job.k = k;
     job.v = v;
     job.mask = mask;
-    if (path_in_use() == ATTNREF_PATH_PORTABLE)
-        return run_rows(&job, params->B * params->H * params->L);
-#if ATTNREF_TILED
+    if (path == ATTNREF_PATH_PORTABLE || rows == 0) return run_shares(&job, rows);
     {
         /* a unit: the query heads of one kv head (or one head, when a group
            is larger than a unit) x a block of positions */
-        int64_t next = 0, units, threads;
-        sdpa_job *jobs;
-        int result;
-        if (params->B * params->H * params->L == 0) return ATTNREF_OK;
+        int64_t next = 0;
         job.head_chunk = params->kv_group <= TILE_ROWS ? params->kv_group : 1;
         job.block = TILE_ROWS / job.head_chunk;
         job.blocks = (params->L - 1) / job.block + 1;
-        units = params->B * ((params->H - 1) / job.head_chunk + 1) * job.blocks;
-        job.row_end = units;
+        job.row_end = params->B * ((params->H - 1) / job.head_chunk + 1) * job.blocks;
         job.next = &next;
-        threads = useful_threads(params, units);
-        jobs = malloc((size_t)threads * sizeof *jobs);
-        if (jobs == NULL) return ATTNREF_ERR_NOMEM;
-        for (int64_t t = 0; t < threads; t++) jobs[t] = job;
-        result = run_threads(jobs, threads);
-        free(jobs);
-        return result;
+        return run_shares(&job, job.row_end);
     }
-#else
-    return ATTNREF_ERR_OPTION;
-#endif
 }
 
 int attnref_sdpa_f32(const attnref_params *params, float *out, float *lse,

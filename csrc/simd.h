@@ -11,23 +11,13 @@
  *   DV_FROM_REAL(p)            DW REALs from p as a double vector
  *   TILED(transpose)(rows)     DW x DW transpose of double vectors, in place
  *   RVEC, RW, RV_*             REAL vectors (softmax and weighted values)
- *   TILED(vexp)(x)             exp of a REAL vector (max error below)
+ *   RV_MIN, RV_FNMADD, RV_ROUND, TILED(scale2), TILED(exp_special)
+ *                              the pieces of tiled_impl.h's vector exp
  *   TILED(hmax), TILED(hsum)   horizontal max / sum of a REAL vector
  *   TILED(from_scores)(sd)     RW double scores as a REAL vector
  *   TILED(any_nan)(x)          whether a lane of x is NaN
  *   TILED(keep_range)(x, t0, lo, hi)  lanes t0 + u in [lo, hi) of x, -inf elsewhere
  * tiled_impl.h undefines all of it at its end.
- *
- * exp, for x in [ln(min normal), ln(max)]: n = round(x / ln 2) and
- * r = x - n ln 2 (Cody & Waite's two-constant split, exact to r's
- * rounding), exp(r) by its Taylor polynomial of degree 7 (float) or 13
- * (double) in Horner form (truncation below 0.1 ulp on |r| <= ln2 / 2),
- * scaled by 2^n. Below ln(min normal) the result is 0 (subnormal results
- * are flushed: they are below any weight that can change a float sum of
- * weights >= 1), above ln(max) it is +inf, and NaN stays NaN. Measured
- * against the correctly rounded exp over [-104, 89] (float, every float
- * in the range) and on 10^7 points of [-745, 710] (double):
- * tests/test_kernel_paths.py states and checks the bound, 2 ulp.
  */
 
 #if defined(SIMD_AVX512)
@@ -99,37 +89,23 @@ static inline __m512d TILED(keep_range)(__m512d x, int t0, int lo, int hi)
 }
 static inline double TILED(hsum)(__m512d x) { return _mm512_reduce_add_pd(x); }
 
-static inline __m512d TILED(vexp)(__m512d x)
-{
-    const __m512d lo = _mm512_set1_pd(-708.39641853226408), hi = _mm512_set1_pd(709.78271289338397);
-    const __mmask8 nan = _mm512_cmp_pd_mask(x, x, _CMP_UNORD_Q);
-    const __mmask8 under = _mm512_cmp_pd_mask(x, lo, _CMP_LT_OQ);
-    const __mmask8 over = _mm512_cmp_pd_mask(x, hi, _CMP_GT_OQ);
-    const __m512d xc = _mm512_min_pd(_mm512_max_pd(x, lo), hi);
-    const __m512d n = _mm512_roundscale_pd(_mm512_mul_pd(xc, _mm512_set1_pd(1.4426950408889634)),
-                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512d r = _mm512_fnmadd_pd(n, _mm512_set1_pd(6.93147180369123816490e-01), xc);
-    __m512d p = _mm512_set1_pd(1.0 / 6227020800.0);                    /* 1/13! */
-    r = _mm512_fnmadd_pd(n, _mm512_set1_pd(1.90821492927058770002e-10), r);
-    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 479001600.0));
-    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 39916800.0));
-    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 3628800.0));
-    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 362880.0));
-    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 40320.0));
-    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 5040.0));
-    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 720.0));
-    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 120.0));
-    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 24.0));
-    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 6.0));
-    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0.5));
-    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0));
-    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0));
-    p = _mm512_scalef_pd(p, n);
-    p = _mm512_mask_mov_pd(p, under, _mm512_setzero_pd());
-    p = _mm512_mask_mov_pd(p, over, _mm512_set1_pd(INFINITY));
-    return _mm512_mask_mov_pd(p, nan, x);
-}
+/* the exp kernel's pieces (TILED(vexp) in tiled_impl.h puts them together) */
+#define RV_MIN _mm512_min_pd
+#define RV_FNMADD _mm512_fnmadd_pd
+#define RV_ROUND(x) _mm512_roundscale_pd(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 
+/* p 2^n for integral n (overflow to inf, underflow to 0) */
+static inline __m512d TILED(scale2)(__m512d p, __m512d n) { return _mm512_scalef_pd(p, n); }
+
+/* y where lo <= x <= hi; 0 below, +inf above, x where x is NaN */
+static inline __m512d TILED(exp_special)(__m512d y, __m512d x, double lo, double hi)
+{
+    y = _mm512_mask_mov_pd(y, _mm512_cmp_pd_mask(x, _mm512_set1_pd(lo), _CMP_LT_OQ),
+                           _mm512_setzero_pd());
+    y = _mm512_mask_mov_pd(y, _mm512_cmp_pd_mask(x, _mm512_set1_pd(hi), _CMP_GT_OQ),
+                           _mm512_set1_pd(INFINITY));
+    return _mm512_mask_mov_pd(y, _mm512_cmp_pd_mask(x, x, _CMP_UNORD_Q), x);
+}
 #else /* float */
 #define DV_FROM_REAL(p) _mm512_cvtps_pd(_mm256_loadu_ps(p))
 #define RVEC __m512
@@ -162,29 +138,19 @@ static inline __m512 TILED(keep_range)(__m512 x, int t0, int lo, int hi)
 }
 static inline float TILED(hsum)(__m512 x) { return _mm512_reduce_add_ps(x); }
 
-static inline __m512 TILED(vexp)(__m512 x)
+#define RV_MIN _mm512_min_ps
+#define RV_FNMADD _mm512_fnmadd_ps
+#define RV_ROUND(x) _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+
+static inline __m512 TILED(scale2)(__m512 p, __m512 n) { return _mm512_scalef_ps(p, n); }
+
+static inline __m512 TILED(exp_special)(__m512 y, __m512 x, float lo, float hi)
 {
-    const __m512 lo = _mm512_set1_ps(-87.33654475f), hi = _mm512_set1_ps(88.72283905f);
-    const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
-    const __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
-    const __mmask16 over = _mm512_cmp_ps_mask(x, hi, _CMP_GT_OQ);
-    const __m512 xc = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
-    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);                         /* 1/7! */
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_scalef_ps(p, n);
-    p = _mm512_mask_mov_ps(p, under, _mm512_setzero_ps());
-    p = _mm512_mask_mov_ps(p, over, _mm512_set1_ps(INFINITY));
-    return _mm512_mask_mov_ps(p, nan, x);
+    y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, _mm512_set1_ps(lo), _CMP_LT_OQ),
+                           _mm512_setzero_ps());
+    y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, _mm512_set1_ps(hi), _CMP_GT_OQ),
+                           _mm512_set1_ps(INFINITY));
+    return _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x);
 }
 #endif
 
@@ -269,37 +235,17 @@ static inline __m256d TILED(scale2)(__m256d x, __m256d n)
     return _mm256_mul_pd(_mm256_mul_pd(x, a), b);
 }
 
-static inline __m256d TILED(vexp)(__m256d x)
-{
-    const __m256d lo = _mm256_set1_pd(-708.39641853226408), hi = _mm256_set1_pd(709.78271289338397);
-    const __m256d nan = _mm256_cmp_pd(x, x, _CMP_UNORD_Q);
-    const __m256d under = _mm256_cmp_pd(x, lo, _CMP_LT_OQ);
-    const __m256d over = _mm256_cmp_pd(x, hi, _CMP_GT_OQ);
-    const __m256d xc = _mm256_min_pd(_mm256_max_pd(x, lo), hi);
-    const __m256d n = _mm256_round_pd(_mm256_mul_pd(xc, _mm256_set1_pd(1.4426950408889634)),
-                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256d r = _mm256_fnmadd_pd(n, _mm256_set1_pd(6.93147180369123816490e-01), xc);
-    __m256d p = _mm256_set1_pd(1.0 / 6227020800.0);
-    r = _mm256_fnmadd_pd(n, _mm256_set1_pd(1.90821492927058770002e-10), r);
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 479001600.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 39916800.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 3628800.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 362880.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 40320.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 5040.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 720.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 120.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 24.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 6.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0.5));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0));
-    p = TILED(scale2)(p, n);
-    p = _mm256_blendv_pd(p, _mm256_setzero_pd(), under);
-    p = _mm256_blendv_pd(p, _mm256_set1_pd(INFINITY), over);
-    return _mm256_blendv_pd(p, x, nan);
-}
+#define RV_MIN _mm256_min_pd
+#define RV_FNMADD _mm256_fnmadd_pd
+#define RV_ROUND(x) _mm256_round_pd(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 
+static inline __m256d TILED(exp_special)(__m256d y, __m256d x, double lo, double hi)
+{
+    y = _mm256_blendv_pd(y, _mm256_setzero_pd(), _mm256_cmp_pd(x, _mm256_set1_pd(lo), _CMP_LT_OQ));
+    y = _mm256_blendv_pd(y, _mm256_set1_pd(INFINITY),
+                         _mm256_cmp_pd(x, _mm256_set1_pd(hi), _CMP_GT_OQ));
+    return _mm256_blendv_pd(y, x, _mm256_cmp_pd(x, x, _CMP_UNORD_Q));
+}
 #else /* float */
 #define DV_FROM_REAL(p) _mm256_cvtps_pd(_mm_loadu_ps(p))
 #define RVEC __m256
@@ -357,29 +303,16 @@ static inline __m256 TILED(scale2)(__m256 x, __m256 n)
     return _mm256_mul_ps(_mm256_mul_ps(x, a), b);
 }
 
-static inline __m256 TILED(vexp)(__m256 x)
+#define RV_MIN _mm256_min_ps
+#define RV_FNMADD _mm256_fnmadd_ps
+#define RV_ROUND(x) _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+
+static inline __m256 TILED(exp_special)(__m256 y, __m256 x, float lo, float hi)
 {
-    const __m256 lo = _mm256_set1_ps(-87.33654475f), hi = _mm256_set1_ps(88.72283905f);
-    const __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
-    const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
-    const __m256 over = _mm256_cmp_ps(x, hi, _CMP_GT_OQ);
-    const __m256 xc = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
-    __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    p = TILED(scale2)(p, n);
-    p = _mm256_blendv_ps(p, _mm256_setzero_ps(), under);
-    p = _mm256_blendv_ps(p, _mm256_set1_ps(INFINITY), over);
-    return _mm256_blendv_ps(p, x, nan);
+    y = _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, _mm256_set1_ps(lo), _CMP_LT_OQ));
+    y = _mm256_blendv_ps(y, _mm256_set1_ps(INFINITY),
+                         _mm256_cmp_ps(x, _mm256_set1_ps(hi), _CMP_GT_OQ));
+    return _mm256_blendv_ps(y, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
 }
 #endif
 

@@ -36,19 +36,21 @@ __all__ = [
 ]
 
 
-def _check_length(name, value):
+def check_length(name, value, minimum=0):
+    """Validate an int count ``value >= minimum`` (a length, a size, a stride)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
+        wanted = "an int" if minimum == 0 else f"an int >= {minimum}"
+        raise TypeError(f"{name} must be {wanted}, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
 
 
 def diagonal_offset(L, S, alignment="top_left"):
     """Key index of query 0's diagonal: 0 (``"top_left"``) or ``S - L``
     (``"bottom_right"``)."""
-    L = _check_length("L", L)
-    S = _check_length("S", S)
+    L = check_length("L", L)
+    S = check_length("S", S)
     if alignment == "top_left":
         return 0
     if alignment == "bottom_right":
@@ -162,7 +164,7 @@ def padding_mask(key_lengths, S, *, query_lengths=None, L=None):
         ``query_lengths``; broadcasts against ``(B, H, L, S)``.
     """
     key_lengths = _check_lengths("key_lengths", key_lengths)
-    S = _check_length("S", S)
+    S = check_length("S", S)
     if np.any(key_lengths > S):
         raise ValueError(
             f"key_lengths must be <= S={S}, got {key_lengths.tolist()}")
@@ -173,7 +175,7 @@ def padding_mask(key_lengths, S, *, query_lengths=None, L=None):
     query_lengths = _check_lengths("query_lengths", query_lengths)
     if L is None:
         raise ValueError("padding_mask needs L when query_lengths is given")
-    L = _check_length("L", L)
+    L = check_length("L", L)
     if query_lengths.shape != key_lengths.shape:
         raise ValueError(
             f"query_lengths must have one entry per sequence like key_lengths "

@@ -39,8 +39,8 @@ import math
 import numpy as np
 
 from . import masks
-from ._validation import float_array, sdpa_call
-from .core import scaled_dot_product_attention
+from ._validation import _flag, float_array, sdpa_call
+from .core import _scores, _visible, scaled_dot_product_attention
 
 __all__ = [
     "strided_mask",
@@ -62,24 +62,10 @@ FEATURE_MAPS = ("elu",)
 # ---------------------------------------------------------------------------
 # argument checks shared by the builders below
 
-def _positive_int(name, value):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int >= 1, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
-
-
-def _flag(name, value):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return bool(value)
-
-
 def _lengths(L, S):
     """``L``, ``S`` checked (``S=None`` means ``S = L``)."""
-    L = masks._check_length("L", L)
-    return L, L if S is None else masks._check_length("S", S)
+    L = masks.check_length("L", L)
+    return L, L if S is None else masks.check_length("S", S)
 
 
 def _positions(L, S, alignment, name):
@@ -139,7 +125,7 @@ def strided_mask(L, S=None, *, stride, causal=False, alignment="top_left"):
            [0, 1, 0, 0, 1, 1, 1, 1]])
     """
     L, S = _lengths(L, S)
-    stride = _positive_int("stride", stride)
+    stride = masks.check_length("stride", stride, minimum=1)
     query_at, key_at = _positions(L, S, alignment, "alignment")
     distance = query_at - key_at                                  # (L, S)
     mask = (np.abs(distance) <= stride) | (distance % stride == 0)
@@ -192,7 +178,7 @@ def fixed_mask(L, S=None, *, block, summary=0, causal=False, alignment="top_left
            [0, 0, 1, 1, 1, 1]])
     """
     L, S = _lengths(L, S)
-    block = _positive_int("block", block)
+    block = masks.check_length("block", block, minimum=1)
     if isinstance(summary, (bool, np.bool_)) or not isinstance(summary, (int, np.integer)):
         raise TypeError(f"summary must be an int in [0, block], got {type(summary).__name__}")
     if not 0 <= summary <= block:
@@ -254,10 +240,8 @@ def global_tokens_mask(L, S=None, *, global_tokens, window=(0, 0), causal=False,
             f"{tokens.shape} and dtype {tokens.dtype}")
     if np.any((tokens < 0) | (tokens >= S)):
         raise ValueError(f"global_tokens must be in [0, S={S}), got {tokens.tolist()}")
-    left, right = masks.check_window(window)
+    mask = masks.sliding_window_mask(L, S, window, alignment=alignment)
     query_at, key_at = _positions(L, S, alignment, "alignment")
-    mask = masks.band_mask(L, S, None if left is None else -left, right,
-                           offset=masks.diagonal_offset(L, S, alignment))
     mask |= np.isin(key_at, tokens) | np.isin(query_at, tokens)
     if _flag("causal", causal):
         mask &= key_at <= query_at
@@ -328,21 +312,18 @@ def topk_attention(query, key, value, k, *, attn_mask=None, is_causal=False,
     array([[3., 0.]])
     """
     call = sdpa_call(query, key, value, attn_mask, 0.0, is_causal, scale)
-    k = _positive_int("k", k)
+    k = masks.check_length("k", k, minimum=1)
     _flag("return_weights", return_weights)
     with np.errstate(invalid="ignore", over="ignore"):  # inf/NaN inputs follow IEEE rules
-        scores = np.matmul(call.query, np.swapaxes(call.key, -1, -2)) * call.scale  # (..., L, S)
-        visible = np.ones(scores.shape, dtype=bool)
-        if call.band_upper is not None:
-            visible &= masks.band_mask(call.L, call.S, None, call.band_upper,
-                                      offset=call.diag_offset)
-        if call.mask is not None and call.mask.dtype == bool:
-            visible = visible & call.mask
-        elif call.mask is not None:
+        scores = _scores(call)                                                    # (..., L, S)
+        if call.mask is not None and call.mask.dtype != bool:
             scores = scores + call.mask
-        ranked = np.where(visible, scores, -np.inf)
+        visible = _visible(call, call.mask)
+        ranked = scores if visible is None else np.where(visible, scores, -np.inf)
         threshold = _kth_largest(ranked, min(k, call.S))                          # (..., L, 1)
-        keep = visible & ((ranked >= threshold) | np.isnan(ranked))
+        keep = (ranked >= threshold) | np.isnan(ranked)
+        if visible is not None:
+            keep = visible & keep
     return scaled_dot_product_attention(
         query, key, value, masks.combine_masks(attn_mask, keep), 0.0, is_causal,
         call.scale, return_weights=return_weights, backend="numpy")
@@ -436,12 +417,9 @@ def linear_attention(query, key, value, *, causal=False, feature_map="elu",
     >>> bool(np.allclose(out, linear_attention(q, k, v, causal=True, block_size=5)))
     True
     """
-    call = sdpa_call(query, key, value)
+    call = sdpa_call(query, key, value, causal_alignment=causal_alignment)
     causal = _flag("causal", causal)
-    if causal_alignment not in masks.ALIGNMENTS:
-        raise ValueError(
-            f"causal_alignment must be one of {masks.ALIGNMENTS}, got {causal_alignment!r}")
-    block_size = _positive_int("block_size", block_size)
+    block_size = masks.check_length("block_size", block_size, minimum=1)
     phi = _feature_map(feature_map)
     with np.errstate(invalid="ignore", over="ignore"):  # inf/NaN inputs follow IEEE rules
         phi_q, phi_k = phi(call.query), phi(call.key)
@@ -449,8 +427,7 @@ def linear_attention(query, key, value, *, causal=False, feature_map="elu",
         phi_q = phi_q.astype(call.compute_dtype, copy=False)
         phi_k = phi_k.astype(call.compute_dtype, copy=False)
         if causal:
-            offset = masks.diagonal_offset(call.L, call.S, causal_alignment)
-            output = _causal_linear(phi_q, phi_k, call.value, offset, block_size)
+            output = _causal_linear(phi_q, phi_k, call.value, call.diag_offset, block_size)
         else:
             state = np.matmul(np.swapaxes(phi_k, -1, -2), call.value)  # (..., E, Ev)
             norm = np.sum(phi_k, axis=-2)                              # (..., E)
@@ -578,7 +555,7 @@ def alibi_slopes(num_heads):
     >>> alibi_slopes(4)
     array([0.25      , 0.0625    , 0.015625  , 0.00390625])
     """
-    return np.array(_alibi_slope_list(_positive_int("num_heads", num_heads)))
+    return np.array(_alibi_slope_list(masks.check_length("num_heads", num_heads, minimum=1)))
 
 
 def _alibi_slope_list(n):
@@ -695,8 +672,8 @@ def relative_position_bucket(relative_position, *, bidirectional=True,
         raise TypeError(
             f"relative_position must have an integer dtype, got dtype {relative.dtype}")
     bidirectional = _flag("bidirectional", bidirectional)
-    num_buckets = _positive_int("num_buckets", num_buckets)
-    max_distance = _positive_int("max_distance", max_distance)
+    num_buckets = masks.check_length("num_buckets", num_buckets, minimum=1)
+    max_distance = masks.check_length("max_distance", max_distance, minimum=1)
     if num_buckets < (4 if bidirectional else 2):
         raise ValueError(
             f"num_buckets must be >= {4 if bidirectional else 2} when "
@@ -800,8 +777,8 @@ def clipped_relative_positions(L, S, max_distance, *, causal_alignment="top_left
     >>> np.einsum("ie,ije->ij", q, w_k[clipped_relative_positions(3, 4, 1)]).shape
     (3, 4)
     """
-    L = masks._check_length("L", L)
-    S = masks._check_length("S", S)
-    max_distance = masks._check_length("max_distance", max_distance)
+    L = masks.check_length("L", L)
+    S = masks.check_length("S", S)
+    max_distance = masks.check_length("max_distance", max_distance)
     query_at, key_at = _positions(L, S, causal_alignment, "causal_alignment")
     return np.clip(key_at - query_at, -max_distance, max_distance).astype(np.int64) + max_distance

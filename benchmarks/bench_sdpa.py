@@ -134,6 +134,11 @@ class Shape:
         return full // 2 if self.causal else full
 
     @property
+    def cells(self):
+        """The D, causal and N columns of a table row."""
+        return [str(self.D), "yes" if self.causal else "no", str(self.N)]
+
+    @property
     def label(self):
         return f"{self.dtype} D={self.D} {'causal' if self.causal else 'non-causal'} N={self.N}"
 
@@ -412,7 +417,7 @@ def timing_table(results, names, dtype, threads, limits, markdown):
     for shape, outcomes in results:
         if shape.dtype != dtype:
             continue
-        row = [str(shape.D), "yes" if shape.causal else "no", str(shape.N)]
+        row = shape.cells
         for name in names:
             median = outcomes[name].median_ms(threads)
             if median is None:
@@ -441,7 +446,7 @@ def scaling_table(results, names, thread_counts, markdown):
     header = ["dtype", "D", "causal", "N"] + [f"{name} {high}t/{low}t" for name in timed]
     rows = []
     for shape, outcomes in results:
-        row = [shape.dtype, str(shape.D), "yes" if shape.causal else "no", str(shape.N)]
+        row = [shape.dtype] + shape.cells
         for name in timed:
             slow, fast = outcomes[name].median_ms(low), outcomes[name].median_ms(high)
             row.append(f"{slow / fast:.2f}x" if slow and fast else "-")
@@ -455,7 +460,7 @@ def memory_table(results, names, dtype, markdown):
     for shape, outcomes in results:
         if shape.dtype != dtype:
             continue
-        rows.append([str(shape.D), "yes" if shape.causal else "no", str(shape.N)] + [
+        rows.append(shape.cells + [
             "-" if outcomes[name].memory_bytes is None else
             f"{outcomes[name].memory_bytes / 2**20:.2f}" for name in names])
     return render(header, rows, markdown)
@@ -467,7 +472,7 @@ def error_table(results, names, markdown):
     for shape, outcomes in results:
         if shape.N > CHECK_MAX_N[shape.dtype]:
             continue
-        row = [shape.dtype, str(shape.D), "yes" if shape.causal else "no", str(shape.N)]
+        row = [shape.dtype] + shape.cells
         for name in names:
             outcome = outcomes[name]
             row.append("-" if outcome.error is None else

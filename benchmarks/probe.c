@@ -47,6 +47,15 @@ float probe_fma_avx512(long long iterations)
     return _mm512_reduce_add_ps(acc[0]);
 }
 
+/* The sum of the 8 lanes: AVX2 has no _mm512_reduce_add_ps counterpart. */
+__attribute__((target("avx2,fma")))
+static float reduce_add_256(__m256 v)
+{
+    float lanes[8];
+    _mm256_storeu_ps(lanes, v);
+    return lanes[0] + lanes[1] + lanes[2] + lanes[3] + lanes[4] + lanes[5] + lanes[6] + lanes[7];
+}
+
 __attribute__((target("avx2,fma")))
 float probe_fma_avx2(long long iterations)
 {
@@ -60,9 +69,7 @@ float probe_fma_avx2(long long iterations)
             acc[c] = _mm256_fmadd_ps(acc[c], m, a);
     for (int c = 1; c < FMA_CHAINS_256; c++)
         acc[0] = _mm256_add_ps(acc[0], acc[c]);
-    float lanes[8];
-    _mm256_storeu_ps(lanes, acc[0]);
-    return lanes[0] + lanes[1] + lanes[2] + lanes[3] + lanes[4] + lanes[5] + lanes[6] + lanes[7];
+    return reduce_add_256(acc[0]);
 }
 
 /* n must be a multiple of 64 (four zmm loads per step). */
@@ -90,7 +97,5 @@ float probe_read_avx2(const float *data, size_t n)
         s2 = _mm256_add_ps(s2, _mm256_loadu_ps(data + i + 16));
         s3 = _mm256_add_ps(s3, _mm256_loadu_ps(data + i + 24));
     }
-    float lanes[8];
-    _mm256_storeu_ps(lanes, _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
-    return lanes[0] + lanes[1] + lanes[2] + lanes[3] + lanes[4] + lanes[5] + lanes[6] + lanes[7];
+    return reduce_add_256(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
 }

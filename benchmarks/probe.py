@@ -27,8 +27,7 @@ import machine
 
 SOURCE = Path(__file__).with_name("probe.c")
 ISAS = {2: "avx512", 1: "avx2"}          # probe_isa() -> suffix of the functions
-FMA_FLOPS_PER_ITERATION = {"avx512": 16 * 16 * 2,  # chains x float32 lanes x 2 flops
-                           "avx2": 12 * 8 * 2}
+FLOAT32_LANES = {"avx512": 16, "avx2": 8}
 READ_ALIGN = 64                          # floats per step of the widest read loop
 TARGET_SECONDS = 0.2                     # length of one FMA measurement
 BANDWIDTH_BYTES = 2**30                  # many times any L3 cache
@@ -36,14 +35,17 @@ BANDWIDTH_BYTES = 2**30                  # many times any L3 cache
 
 class Probes:
     """The compiled probes: ``isa`` (``avx512`` or ``avx2``), ``fma(iterations)``
-    and ``read(pointer, n)``, or ``isa`` None and ``reason`` when the CPU has
-    neither instruction set or no C compiler is found."""
+    with its ``fma_flops`` per iteration, and ``read(pointer, n)``; or ``isa``
+    None and ``reason`` when the CPU has neither instruction set or no C
+    compiler is found."""
 
     def __init__(self, isa=None, lib=None, ffi=None, reason=None):
         self.isa, self.reason, self.ffi = isa, reason, ffi
         if isa is not None:
             self.fma = getattr(lib, f"probe_fma_{isa}")
             self.read = getattr(lib, f"probe_read_{isa}")
+            chains = getattr(lib, f"FMA_CHAINS_{isa.removeprefix('avx')}")  # from probe.c
+            self.fma_flops = chains * FLOAT32_LANES[isa] * 2
 
 
 def load():
@@ -52,6 +54,8 @@ def load():
 
     ffi = FFI()
     ffi.cdef("""
+        #define FMA_CHAINS_512 ...
+        #define FMA_CHAINS_256 ...
         int probe_isa(void);
         float probe_fma_avx512(long long iterations);
         float probe_fma_avx2(long long iterations);
@@ -95,14 +99,13 @@ def run_threads(work):
 
 def peak_gflops(probes, threads, repeats=7):
     """Median float32 GFLOP/s of the FMA chains on ``threads`` threads."""
-    flops_per_iteration = FMA_FLOPS_PER_ITERATION[probes.isa]
     calibration = 10**6
     seconds = run_threads([lambda: probes.fma(calibration)])
     iterations = max(calibration, int(calibration * TARGET_SECONDS / seconds))
     rates = []
     for _ in range(repeats):
         seconds = run_threads([lambda: probes.fma(iterations)] * threads)
-        rates.append(threads * iterations * flops_per_iteration / seconds / 1e9)
+        rates.append(threads * iterations * probes.fma_flops / seconds / 1e9)
     return statistics.median(rates)
 
 

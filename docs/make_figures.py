@@ -52,20 +52,21 @@ def main(argv=None):
     head = (int(np.argmin(analysis.sink_score(weights[last]))) if args.head is None
             else args.head)
     args.out.mkdir(parents=True, exist_ok=True)
+    heatmap, grid = args.out / "heatmap.png", args.out / "head_grid.png"
 
-    written = [
-        plot_attention_heatmap(
-            weights[last, head], output.tokens, path=args.out / "heatmap.png",
+    written = {
+        heatmap: plot_attention_heatmap(
+            weights[last, head], output.tokens, path=heatmap,
             title=f"{output.model}, layer {last} head {head}"),
-        plot_head_grid(
-            weights, output.tokens, path=args.out / "head_grid.png",
+        grid: plot_head_grid(
+            weights, output.tokens, path=grid,
             title=f"{output.model}: every head on \u201c{TEXT}\u201d"),
-    ]
+    }
     status = 0
-    for figure, name in zip(written, ("heatmap.png", "head_grid.png")):
-        size = (args.out / name).stat().st_size
+    for path, figure in written.items():
+        size = path.stat().st_size
         width, height = (figure.get_size_inches() * figure.dpi).round().astype(int)
-        print(f"{args.out / name}: {width} x {height} px, {size / 1000:.0f} kB")
+        print(f"{path}: {width} x {height} px, {size / 1000:.0f} kB")
         if size > MAX_BYTES:
             print(f"  larger than {MAX_BYTES / 1000:.0f} kB: too big for the README",
                   file=sys.stderr)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import analysis
+from ..analysis._common import mean_over_rows
 from ._figure import check_path, check_title, new_figure, save, suptitle, weights_array
 
 __all__ = ["plot_layer_profile"]
@@ -54,14 +55,13 @@ def plot_layer_profile(weights, *, path=None, title=None):
     path = check_path(path)
     title = check_title(title)
     n_layers, n_heads = weights.shape[:2]
-    profile = analysis.layer_profile(weights)
-    panels = [
-        ("mean entropy (nats)", profile.mean_entropy, analysis.mean_entropy(weights)),
-        ("mean attention distance (positions)", profile.mean_distance,
-         analysis.mean_attention_distance(weights)),
-        ("sink share (attention on the first key)", profile.sink_share,
-         analysis.sink_score(weights)),
-    ]
+    per_head = {                                                     # each (layers, H)
+        "mean entropy (nats)": analysis.mean_entropy(weights),
+        "mean attention distance (positions)": analysis.mean_attention_distance(weights),
+        "sink share (attention on the first key)": analysis.sink_score(weights),
+    }
+    # the layer means as analysis.layer_profile takes them, without recomputing the heads
+    panels = [(name, mean_over_rows(values), values) for name, values in per_head.items()]
     figure = new_figure(12.0, 3.8)
     axes = figure.subplots(1, len(panels), sharex=True)
     layers = np.arange(n_layers)

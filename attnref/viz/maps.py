@@ -26,7 +26,6 @@ __all__ = ["plot_attention_heatmap", "plot_head_grid", "plot_rollout", "head_typ
 
 _CELL = 0.3          # inches per token while the map is small
 _MAP_MIN, _MAP_MAX = 2.2, 10.0   # inches: the map grows with the tokens, then caps
-_DETECTORS = ("previous_token", "duplicate_token", "induction")
 
 
 def _map_inches(count):
@@ -149,12 +148,12 @@ def head_types(weights, tokens=None):
     patterns = analysis.classify_head(weights, mode="rows").pattern
     sink = analysis.sink_score(weights)
     names = [] if weights.shape[-1] != weights.shape[-2] else (
-        _DETECTORS if tokens is not None else _DETECTORS[:1])
+        analysis.HEAD_PATTERNS if tokens is not None else analysis.HEAD_PATTERNS[:1])
     scores = {name: analysis.detect_head(weights, name, tokens) for name in names}
     types = np.empty(patterns.shape, dtype=object)
     for index in np.ndindex(*patterns.shape):
         detected = {name: _finite(scores[name][index]) if name in scores else None
-                    for name in _DETECTORS}
+                    for name in analysis.HEAD_PATTERNS}
         types[index] = head_type(patterns[index], detected, _finite(sink[index]))
     return types.astype(str)
 
@@ -164,16 +163,14 @@ def _finite(value):
     return value if np.isfinite(value) else None
 
 
-_SHORT_PATTERNS = {"self_attention_dominant": "self", "local_attention": "local",
-                   "distributed_attention": "distributed", "focused_attention": "focused"}
-
-
 def _thumbnail_title(label, layer, head):
     """``"L1 H0 focused\nfirst-token sink"``: a :func:`head_types` label in
     two short lines (the seed's pattern without its ``_attention`` suffix,
     then the detector or sink that sharpened it), so it fits a thumbnail."""
     pattern, _, detail = label.partition(" (")
-    pattern = _SHORT_PATTERNS.get(pattern, pattern.replace("_attention", ""))
+    # head_type already drops "_attention" from a sharpened label
+    pattern = pattern.replace("_attention", "")
+    pattern = "self" if pattern == "self_dominant" else pattern
     return f"L{layer} H{head} {pattern}\n{detail.rstrip(')')}"
 
 
@@ -290,10 +287,11 @@ def plot_rollout(weights, tokens, *, flow=True, max_nodes=MAX_FLOW_NODES, path=N
     labels = token_list(tokens, length, name="tokens")
     path = check_path(path)
     title = check_title(title)
-    maps = [("attention rollout", analysis.attention_rollout(np.nan_to_num(weights))[-1])]
+    weights = np.nan_to_num(weights)  # a fully masked row (NaN) passes nothing on
+    maps = [("attention rollout", analysis.attention_rollout(weights)[-1])]
     if flow:
         try:
-            flows = analysis.attention_max_flow(np.nan_to_num(weights), normalize=True,
+            flows = analysis.attention_max_flow(weights, normalize=True,
                                                 max_nodes=max_nodes)
         except ValueError as too_big:
             raise ValueError(f"{too_big}; or pass flow=False to plot_rollout to draw the "

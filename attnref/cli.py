@@ -210,7 +210,7 @@ def _capabilities(text):
 def _report(arguments):
     from .models import load_model
     from .report import build_report
-    model = load_model(arguments.model, progress=sys.stderr)
+    model = load_model(arguments.model, lang=arguments.lang, progress=sys.stderr)
     print(f"attnref: running {model.name} with a trace", file=sys.stderr)
     output = model.encode(arguments.text)
     report = build_report(output, layer=arguments.layer, head=arguments.head,

@@ -18,11 +18,9 @@ from typing import Optional
 import numpy as np
 
 from . import analysis
-from .analysis._common import Record
+from .analysis._common import Record, as_weights, key_share
 
-__all__ = ["Report", "build_report", "head_type"]
-
-_DETECTORS = ("previous_token", "duplicate_token", "induction")
+__all__ = ["Report", "build_report", "head_type", "head_evidence"]
 _SPECIALS = frozenset({"[CLS]", "[SEP]", "[PAD]", "[MASK]", "[UNK]", "<s>", "</s>"})
 
 
@@ -135,11 +133,12 @@ def build_report(output, *, layer=None, head=None, top_k=3, lang="en",
     token_map = weights[map_layer].mean(axis=0) if head is None else weights[map_layer, head]
     map_name = (f"layer {map_layer}, " +
                 ("mean over heads" if head is None else f"head {head}"))
+    profile = analysis.layer_profile(weights)
     return Report(
         model=output.model, text=text if text is not None else " ".join(tokens), tokens=tokens,
         token_map=map_name, token_level=_token_level(token_map, tokens, top_k),
         content_vs_function=_content_vs_function(weights, tokens, lang),
-        layer_level=_layer_level(weights), layer_trend=_layer_trend(weights),
+        layer_level=_layer_level(profile), layer_trend=_layer_trend(profile),
         head_level=_head_level(output.trace, weights, tokens, layer),
         findings=[_finding(finding) for finding in
                   analysis.diagnose(weights, tokens, lang=lang).findings
@@ -168,41 +167,75 @@ def _content_vs_function(weights, tokens, lang):
                         for token in tokens])
     is_content = is_word & ~is_function
     mean_map = weights.mean(axis=(0, 1))                     # (T, T)
-    return {"content_attention": float(mean_map[:, is_content].sum(-1).mean()),
-            "function_attention": float(mean_map[:, is_function].sum(-1).mean()),
+    return {"content_attention": float(key_share(mean_map, is_content)),
+            "function_attention": float(key_share(mean_map, is_function)),
             "content_tokens": float(is_content.mean()),
             "function_tokens": float(is_function.mean())}
 
 
-def _layer_level(weights):
-    profile = analysis.layer_profile(weights)
+def _layer_level(profile):
     return [{"layer": index, "mean_entropy": _number(profile.mean_entropy[index]),
              "mean_distance": _number(profile.mean_distance[index]),
              "locality": _number(profile.locality[index]),
              "sink_share": _number(profile.sink_share[index])}
-            for index in range(weights.shape[0])]
+            for index in range(profile.mean_distance.shape[0])]
 
 
-def _layer_trend(weights):
+def _layer_trend(profile):
     """One sentence on the notes' claim: early layers local, late layers global."""
-    if weights.shape[0] < 2:
+    n_layers = profile.mean_distance.shape[0]
+    if n_layers < 2:
         return "one layer: no trend across depth"
-    profile = analysis.layer_profile(weights)
     first, last = profile.mean_distance[0], profile.mean_distance[-1]
     trend = ("more global with depth" if last > first else
              "more local with depth" if last < first else "flat with depth")
     return (f"mean attention distance {first:.2f} (layer 0) -> {last:.2f} (layer "
-            f"{weights.shape[0] - 1}): {trend}; sink share {_pct(profile.sink_share[0])} -> "
+            f"{n_layers - 1}): {trend}; sink share {_pct(profile.sink_share[0])} -> "
             f"{_pct(profile.sink_share[-1])}")
+
+
+def head_evidence(weights, tokens=None):
+    """Each head's type and the numbers behind it, as ``attnref report`` names it.
+
+    Parameters
+    ----------
+    weights : array_like, shape (..., L, S)
+    tokens : sequence, length L, optional
+        Needed for the duplicate-token and induction detectors.
+
+    Returns
+    -------
+    dict of ndarray, each shaped (...)
+        ``"pattern"``: the seed's pattern (:func:`attnref.analysis.classify_head`,
+        ``mode="rows"``); ``"sink"``: the first-token share
+        (:func:`attnref.analysis.sink_score`, Xiao et al. 2023); one entry per
+        TransformerLens detector that can run (:func:`attnref.analysis.detect_head`:
+        square maps only, and only ``previous_token`` without tokens);
+        ``"type"``: :func:`head_type` of those.
+    """
+    weights = as_weights(weights)
+    evidence = {"pattern": analysis.classify_head(weights, mode="rows").pattern,
+                "sink": analysis.sink_score(weights)}
+    square = weights.shape[-1] == weights.shape[-2]
+    detectors = (analysis.HEAD_PATTERNS if tokens is not None else
+                 analysis.HEAD_PATTERNS[:1]) if square else ()
+    for name in detectors:
+        evidence[name] = analysis.detect_head(weights, name, tokens)
+    types = np.empty(evidence["pattern"].shape, dtype=object)
+    for index in np.ndindex(*types.shape):
+        scores = {name: _number(evidence[name][index]) if name in evidence else None
+                  for name in analysis.HEAD_PATTERNS}
+        types[index] = head_type(evidence["pattern"][index], scores,
+                                 _number(evidence["sink"][index]))
+    evidence["type"] = types.astype(str)
+    return evidence
 
 
 def _head_level(trace, weights, tokens, only_layer):
     """Seed: ``analyze_head_specialization`` / ``classify_attention_pattern``
     (type), TransformerLens detectors, Voita et al. 2019 confidence,
     Kobayashi et al. 2020 norms as importance."""
-    kinds = analysis.classify_head(weights, mode="rows").pattern      # (layers, H)
-    detected = {name: analysis.detect_head(weights, name, tokens) for name in _DETECTORS}
-    sink = analysis.sink_score(weights)                                # (layers, H)
+    evidence = head_evidence(weights, tokens)                          # (layers, H) each
     confidence = analysis.confidence(weights)
     entropy = analysis.mean_entropy(weights)
     records = [layer.self_attention for layer in trace.layers]
@@ -218,11 +251,12 @@ def _head_level(trace, weights, tokens, only_layer):
         if only_layer is not None and layer != only_layer:
             continue
         for head in range(weights.shape[1]):
-            scores = {name: _number(detected[name][layer, head]) for name in _DETECTORS}
-            sink_share = _number(sink[layer, head])
             rows.append({"layer": layer, "head": head,
-                         "type": head_type(kinds[layer, head], scores, sink_share),
-                         "pattern": str(kinds[layer, head]), **scores, "sink": sink_share,
+                         "type": str(evidence["type"][layer, head]),
+                         "pattern": str(evidence["pattern"][layer, head]),
+                         **{name: _number(evidence[name][layer, head])
+                            for name in analysis.HEAD_PATTERNS},
+                         "sink": _number(evidence["sink"][layer, head]),
                          "confidence": _number(confidence[layer, head]),
                          "entropy": _number(entropy[layer, head]),
                          "importance": _number(importance[layer, head]),

@@ -221,3 +221,16 @@ def test_report_html_with_json_prints_only_json(capsys, tmp_path):
     # the page shows the same report: the token section and head table of layer 0
     assert "(layer 0, mean over heads)" in page
     assert 'data-layer="0"' in page and 'data-layer="1"' not in page
+
+
+def test_report_lang_reaches_the_demo_model(capsys):
+    """Layer 1 head 1 of the demo model attends to content words only: with
+    --lang pt "o" is a function word, so all of it goes to "gato"."""
+    weights = {}
+    for lang in ("en", "pt"):
+        status, out, _ = run(capsys, "report", "o gato", "--model", "demo", "--lang", lang,
+                             "--layer", "1", "--head", "1", "--top-k", "1", "--json")
+        assert status == 0
+        weights[lang] = [row["attends_to"][0][2] for row in json.loads(out)["token_level"]]
+    assert weights["pt"] == pytest.approx([1.0] * 4)
+    assert weights["en"] == pytest.approx([0.5] * 4)

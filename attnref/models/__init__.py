@@ -26,14 +26,14 @@ __all__ = [
 ]
 
 
-def load_model(name=None, *, progress=None):
+def load_model(name=None, *, lang="en", progress=None):
     """The model ``attnref report --model NAME`` runs.
 
     ``"minilm"``: all-MiniLM-L6-v2 (:func:`load_minilm`); ``"demo"``: the
-    embedded :class:`DemoModel`; any other string: a BERT checkpoint
-    directory (:func:`load_bert`); ``None``: MiniLM when its package is
-    installed, else the demo model (saying so on ``progress``, a text
-    stream, when given).
+    embedded :class:`DemoModel`, whose token classes use the function words
+    of ``lang``; any other string: a BERT checkpoint directory
+    (:func:`load_bert`); ``None``: MiniLM when its package is installed, else
+    the demo model (saying so on ``progress``, a text stream, when given).
     """
     if name is None:
         try:
@@ -41,10 +41,10 @@ def load_model(name=None, *, progress=None):
         except (ModuleNotFoundError, FileNotFoundError) as missing:
             if progress is not None:
                 print(f"attnref: {missing}; using the embedded demo model", file=progress)
-            return DemoModel()
+            return DemoModel(lang=lang)
         return load_bert(directory, name=MINILM_NAME)
     if name == "demo":
-        return DemoModel()
+        return DemoModel(lang=lang)
     if name == "minilm":
         return load_minilm()
     if not os.path.isdir(name):

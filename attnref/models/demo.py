@@ -52,7 +52,7 @@ import re
 
 import numpy as np
 
-from ..analysis.tokens import function_word_mask
+from ..analysis.tokens import FUNCTION_WORDS, function_word_mask
 from ..nn import (Embedding, Encoder, EncoderBlock, FeedForward, LayerNorm, LearnedPositions,
                   Linear, MultiHeadAttention, Trace)
 from .output import ModelOutput
@@ -88,10 +88,12 @@ class DemoModel:
 
     name = "attnref demo (constructed heads)"
 
-    def __init__(self, max_positions=256, dtype=np.float32):
+    def __init__(self, max_positions=256, dtype=np.float32, lang="en"):
         if not isinstance(max_positions, int) or max_positions < 2:
             raise ValueError(f"max_positions must be an integer >= 2, got {max_positions!r}")
-        self.max_positions, self.dtype = max_positions, np.dtype(dtype)
+        if lang not in FUNCTION_WORDS:
+            raise ValueError(f"lang must be one of {sorted(FUNCTION_WORDS)}, got {lang!r}")
+        self.max_positions, self.dtype, self.lang = max_positions, np.dtype(dtype), lang
         P, C = max_positions, len(CLASSES)
         self.num_heads = len(HEAD_TYPES[0])
         self.width = 2 * (P + C + sum(map(len, HEAD_TYPES)) * C)      # D
@@ -139,12 +141,13 @@ class DemoModel:
         return EncoderBlock(attention, LayerNorm.init(D, dtype=dtype), zero_ffn,
                             LayerNorm.init(D, dtype=dtype), norm_first=True)
 
-    def encode(self, text, *, trace=True, backend="auto", lang="en"):
+    def encode(self, text, *, trace=True, backend="auto", lang=None):
         """Run the model on ``text``; see :class:`attnref.models.output.ModelOutput`.
 
-        ``lang`` picks the function-word list ("en" or "pt").
+        ``lang`` picks the function-word list ("en" or "pt"); None means the
+        model's own (``DemoModel(lang=...)``).
         """
-        tokens, ids = demo_tokenize(text, lang)
+        tokens, ids = demo_tokenize(text, self.lang if lang is None else lang)
         if len(tokens) > self.max_positions:
             raise ValueError(f"text has {len(tokens)} tokens; the demo model takes at most "
                              f"{self.max_positions}")

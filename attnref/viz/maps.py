@@ -17,7 +17,7 @@ import numpy as np
 from .. import analysis
 from ..analysis._common import as_weights
 from ..analysis.flow import MAX_FLOW_NODES
-from ..report import head_type
+from ..report import head_evidence
 from ._figure import (check_ax, check_path, check_title, cmap, colour_range, label_fontsize,
                       new_figure, save, set_token_ticks, suptitle, tick_positions, token_list,
                       weights_array)
@@ -120,7 +120,7 @@ def plot_attention_heatmap(weights, tokens, *, key_tokens=None, ax=None, path=No
 
 def head_types(weights, tokens=None):
     """Each head's type from the analysis catalogue, as ``attnref report``
-    names it.
+    names it: :func:`attnref.report.head_evidence` ``["type"]``.
 
     Parameters
     ----------
@@ -132,35 +132,11 @@ def head_types(weights, tokens=None):
     Returns
     -------
     ndarray of str, shape (...)
-
-    Notes
-    -----
-    The seed's pattern (:func:`attnref.analysis.classify_head` with
-    ``mode="rows"``), sharpened as in ``attnref report`` by a TransformerLens
-    detector (:func:`attnref.analysis.detect_head`) or the first-token sink
-    share (:func:`attnref.analysis.sink_score`, Xiao et al. 2023) above 0.5.
-    Detectors need square maps; for L != S only the pattern and the sink are
-    read.
     """
     weights = as_weights(weights)
     if tokens is not None:
         tokens = token_list(tokens, weights.shape[-2], name="tokens")
-    patterns = analysis.classify_head(weights, mode="rows").pattern
-    sink = analysis.sink_score(weights)
-    names = [] if weights.shape[-1] != weights.shape[-2] else (
-        analysis.HEAD_PATTERNS if tokens is not None else analysis.HEAD_PATTERNS[:1])
-    scores = {name: analysis.detect_head(weights, name, tokens) for name in names}
-    types = np.empty(patterns.shape, dtype=object)
-    for index in np.ndindex(*patterns.shape):
-        detected = {name: _finite(scores[name][index]) if name in scores else None
-                    for name in analysis.HEAD_PATTERNS}
-        types[index] = head_type(patterns[index], detected, _finite(sink[index]))
-    return types.astype(str)
-
-
-def _finite(value):
-    value = float(value)
-    return value if np.isfinite(value) else None
+    return head_evidence(weights, tokens)["type"]
 
 
 def _thumbnail_title(label, layer, head):

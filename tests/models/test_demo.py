@@ -111,3 +111,13 @@ def test_too_long_text_and_bad_sizes_are_refused():
         DemoModel(max_positions=8).encode("one two three four five six seven")
     with pytest.raises(ValueError, match="max_positions must be an integer >= 2"):
         DemoModel(max_positions=1)
+
+
+def test_the_model_language_picks_the_function_words():
+    portuguese = DemoModel(lang="pt")
+    assert [CLASSES[i] for i in portuguese.encode("o gato").ids[1:3]] == ["function", "content"]
+    assert [CLASSES[i] for i in MODEL.encode("o gato").ids[1:3]] == ["content", "content"]
+    assert [CLASSES[i] for i in MODEL.encode("o gato", lang="pt").ids[1:3]] == [
+        "function", "content"]
+    with pytest.raises(ValueError, match="lang must be one of .*, got 'fr'"):
+        DemoModel(lang="fr")

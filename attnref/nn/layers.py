@@ -26,13 +26,12 @@ __all__ = [
     "gelu_tanh",
     "relu",
     "sinusoidal_positions",
-    "check_parameter",
 ]
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def check_parameter(name, value, ndim):
+def _check_parameter(name, value, ndim):
     """Return ``value`` as a float32/float64 array of rank ``ndim`` or raise."""
     array = np.asarray(value)
     if array.dtype not in FLOAT_DTYPES:
@@ -60,8 +59,8 @@ class Linear:
     al. 2017, the projections W^Q, W^K, W^V, W^O and the FFN)."""
 
     def __init__(self, weight, bias=None):
-        self.weight = check_parameter("Linear weight", weight, 2)  # (out, in)
-        self.bias = None if bias is None else check_parameter("Linear bias", bias, 1)
+        self.weight = _check_parameter("Linear weight", weight, 2)  # (out, in)
+        self.bias = None if bias is None else _check_parameter("Linear bias", bias, 1)
         if self.bias is not None and (self.bias.shape[0] != self.weight.shape[0]
                                       or self.bias.dtype != self.weight.dtype):
             raise ValueError(f"Linear bias must have shape ({self.weight.shape[0]},) and dtype "
@@ -94,7 +93,7 @@ class Embedding:
     (seed note *transformer-architecture*, "Embedding")."""
 
     def __init__(self, weight):
-        self.weight = check_parameter("Embedding weight", weight, 2)  # (V, D)
+        self.weight = _check_parameter("Embedding weight", weight, 2)  # (V, D)
 
     @classmethod
     def init(cls, num_embeddings, dim, *, rng, dtype=np.float32):
@@ -118,7 +117,7 @@ class LearnedPositions:
     ``(max_positions, D)`` table (BERT, GPT-2), added to the token embeddings."""
 
     def __init__(self, weight):
-        self.weight = check_parameter("LearnedPositions weight", weight, 2)  # (P, D)
+        self.weight = _check_parameter("LearnedPositions weight", weight, 2)  # (P, D)
 
     @classmethod
     def init(cls, max_positions, dim, *, rng, dtype=np.float32):
@@ -140,8 +139,8 @@ class LayerNorm:
     the biased variance, as PyTorch and BERT."""
 
     def __init__(self, weight, bias, eps=1e-5):
-        self.weight = check_parameter("LayerNorm weight", weight, 1)  # (D,)
-        self.bias = check_parameter("LayerNorm bias", bias, 1)        # (D,)
+        self.weight = _check_parameter("LayerNorm weight", weight, 1)  # (D,)
+        self.bias = _check_parameter("LayerNorm bias", bias, 1)        # (D,)
         if self.bias.shape != self.weight.shape:
             raise ValueError(f"LayerNorm bias must have shape {self.weight.shape}, "
                              f"got {self.bias.shape}")

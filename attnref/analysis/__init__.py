@@ -6,6 +6,19 @@ so ``(layers, heads, L, S)`` gives per-layer, per-head tables. Conventions
 are in :mod:`attnref.analysis._common`; ``docs/analysis.md`` maps each seed
 function and paper metric to its name here.
 
+Weights must be distributions: every metric (and regulariser) that takes
+``weights`` raises a ValueError naming the first negative (or NaN) entry or
+the first row that sums to neither 1 nor 0 (0 is a fully masked row), within
+a tolerance that scales with the dtype's epsilon and sqrt(S)
+(:func:`~attnref.analysis._common.distribution_tolerance`). Rows of 5.0 or
+raw scores would otherwise give meaningless numbers (an "entropy" of -24,
+or NaN). To compute a formula on something else on purpose (unnormalised
+rows, a subset of the keys), call it inside ``with
+analysis.skip_distribution_check():``::
+
+    with analysis.skip_distribution_check():
+        analysis.sparsity(maps[..., 1:])      # the rows without the first key
+
 Modules: :mod:`~attnref.analysis.tokens` (token-level allocation),
 :mod:`~attnref.analysis.positions` (positional patterns),
 :mod:`~attnref.analysis.heads` (head types, detection, similarity, norms),
@@ -14,6 +27,7 @@ Modules: :mod:`~attnref.analysis.tokens` (token-level allocation),
 :mod:`~attnref.analysis.quality`, :mod:`~attnref.analysis.diagnostics`,
 :mod:`~attnref.analysis.regularizers`.
 """
+from ._common import skip_distribution_check
 from .diagnostics import DEFAULT_THRESHOLDS, Diagnosis, Finding, diagnose
 from .flow import (AttentionFlowTable, LayerProfile, attention_flow_table, attention_max_flow,
                    attention_rollout, layer_profile)
@@ -36,6 +50,8 @@ from .vectors import (SimilarityAttention, VectorComposition, similarity_attenti
                       vector_composition)
 
 __all__ = [
+    # the distribution check
+    "skip_distribution_check",
     # tokens
     "entropy", "mean_entropy", "effective_support", "confidence", "sparsity",
     "self_attention", "received_attention", "sink_score", "top_attended",

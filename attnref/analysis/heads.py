@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._common import Record, as_weights, check_tokens, key_share, mean_over_rows, row_mass, xlogy
+from ._common import (Record, as_array, as_weights, check_tokens, key_share, mean_over_rows,
+                      row_mass, skip_distribution_check, xlogy)
 from .positions import attention_locality, diagonal_score
 from .tokens import FUNCTION_POS, entropy, function_word_mask, mean_entropy
 from .vectors import similarity_attention_correlation
@@ -154,7 +155,8 @@ def classify_head(weights, *, mode="seed", self_threshold=0.5, locality_threshol
     if mode == "seed":
         diagonal_strength = np.diagonal(weights, axis1=-2, axis2=-1).mean(axis=-1)
         flattened = weights.reshape(*weights.shape[:-2], 1, -1)
-        spread = entropy(flattened, seed_epsilon=_SEED_EPSILON)[..., 0]
+        with skip_distribution_check():  # the seed's flattened map sums to L, by design
+            spread = entropy(flattened, seed_epsilon=_SEED_EPSILON)[..., 0]
     elif mode == "rows":
         diagonal_strength = diagonal_score(weights)
         spread = mean_entropy(weights)
@@ -388,7 +390,7 @@ def _detection_pattern(pattern, tokens, length):
     """Float (L, L): the detection pattern named by ``pattern``, or ``pattern``
     itself when it is an array."""
     if not isinstance(pattern, str):
-        detection = as_weights(pattern, name="pattern")
+        detection = as_array(pattern, "pattern")
         if detection.shape != (length, length):
             raise ValueError(
                 f"pattern must be one of {HEAD_PATTERNS} or an array of shape "
@@ -545,7 +547,7 @@ def _head_vectors(weights, values, w_o):
     """(..., H, S, Dv) or (..., H, S, D): f^h(x_j), each head's value vectors
     after its slice of ``w_o`` (or as given when ``w_o`` is None)."""
     heads, _, keys = weights.shape[-3:]
-    values = as_weights(values, name="values", min_ndim=3)
+    values = as_array(values, "values", min_ndim=3)
     if values.shape[-3:-1] != (heads, keys):
         raise ValueError(
             f"values must be (..., H, S, Dv) with H={heads}, S={keys} to match weights "
@@ -553,7 +555,7 @@ def _head_vectors(weights, values, w_o):
     if w_o is None:
         return values
     value_width = values.shape[-1]
-    w_o = as_weights(w_o, name="w_o")
+    w_o = as_array(w_o, "w_o")
     if w_o.ndim == 2 and w_o.shape[0] == heads * value_width:
         w_o = w_o.reshape(heads, value_width, w_o.shape[1])
     if w_o.ndim != 3 or w_o.shape[:2] != (heads, value_width):

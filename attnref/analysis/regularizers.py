@@ -41,7 +41,7 @@ import dataclasses
 import numpy as np
 
 from ..numerics import softmax
-from ._common import Record, as_weights, support
+from ._common import Record, as_array, as_weights, support
 from .tokens import entropy
 
 __all__ = [
@@ -55,11 +55,6 @@ __all__ = [
 SPARSITY_METHODS = ("lp", "entropy", "l1")
 DIVERSITY_METHODS = ("cosine", "overlap")
 CLIP_METHODS = ("renormalize", "project")
-ROW_SUM_TOLERANCE = 1e-3
-"""How far from 1 a non-empty row of ``weights`` may sum. Loose enough for the
-rounding of a float16 or float32 softmax, tight enough to catch scores or
-unnormalised rows passed as weights; accepted rows are renormalised in
-float64."""
 
 
 @dataclasses.dataclass
@@ -98,30 +93,20 @@ def _check_mask(mask, shape, name):
 
 def _softmax_rows(weights, scores, mask):
     """The float64 softmax rows the regularisers work on, from exactly one of
-    ``weights`` (checked, masked, renormalised) or ``scores`` (masked, then
-    softmax). Renormalising ``w * mask`` is the softmax of the masked
+    ``weights`` (checked by :func:`~attnref.analysis._common.as_weights`,
+    masked, renormalised) or ``scores`` (masked, then softmax). Renormalising ``w * mask`` is the softmax of the masked
     ``log w``, so ``mask`` means the same for both inputs."""
     if (weights is None) == (scores is None):
         raise TypeError(
             "pass exactly one of weights (softmax rows) or scores= (pre-softmax), got "
             + ("both" if weights is not None else "neither"))
     if scores is not None:
-        scores = as_weights(scores, name="scores").astype(np.float64)
+        scores = as_array(scores, "scores").astype(np.float64)
         if np.isnan(scores).any() or np.isposinf(scores).any():
             raise ValueError("scores must be finite or -inf (a masked key), got NaN or +inf")
         mask = _check_mask(mask, scores.shape, "scores")
         return softmax(scores if mask is None else np.where(mask, scores, -np.inf))
-    weights = as_weights(weights).astype(np.float64)
-    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
-        raise ValueError("weights must be finite and >= 0 (softmax rows), got NaN, inf or a "
-                         "negative entry. Pass pre-softmax scores as scores=")
-    total = np.sum(weights, axis=-1)
-    off = (total > 0) & (np.abs(total - 1.0) > ROW_SUM_TOLERANCE)
-    if off.any():
-        raise ValueError(
-            f"rows of weights must sum to 1 (softmax rows) or be all 0 (fully masked), within "
-            f"{ROW_SUM_TOLERANCE}; got a row summing to {total[off].flat[0]!r}. Pass "
-            "pre-softmax scores as scores=")
+    weights = as_weights(weights, hint="pass pre-softmax scores as scores=").astype(np.float64)
     mask = _check_mask(mask, weights.shape, "weights")
     if mask is not None:
         weights = np.where(mask, weights, 0.0)
@@ -439,14 +424,11 @@ def head_diversity_regularizer(weights=None, *, scores=None, mask=None, method="
     return LossAndGradient(loss=float(loss), grad=_softmax_vjp(weights, grad_weights))
 
 
-def _check_clip_arguments(weights, min_val, max_val):
+def _check_clip_bounds(min_val, max_val):
     if not 0.0 <= min_val <= max_val or not max_val > 0.0:
         raise ValueError(
             f"need 0 <= min_val <= max_val and max_val > 0, got min_val={min_val!r}, "
             f"max_val={max_val!r}")
-    if np.isnan(weights).any() or (weights < 0).any() or np.isinf(weights).any():
-        raise ValueError("weights must be finite and >= 0 (attention weights), "
-                         "got NaN, inf or a negative entry")
 
 
 def _project_capped_simplex(weights, visible, min_val, max_val):
@@ -526,7 +508,10 @@ def clip_attention_weights(weights, min_val=1e-6, max_val=0.8, method="renormali
     Parameters
     ----------
     weights : array_like, (..., L, S)
-        Non-negative attention weights (rows need not sum to 1 exactly).
+        Attention weights: rows of non-negative entries summing to 1, or 0
+        for a fully masked row (checked). The projection is defined for any
+        non-negative row; pass unnormalised rows inside
+        :func:`attnref.analysis.skip_distribution_check`.
     min_val, max_val : float
         Bounds m and M for visible keys, ``0 <= min_val <= max_val``.
     method : {"renormalize", "project"}
@@ -546,7 +531,7 @@ def clip_attention_weights(weights, min_val=1e-6, max_val=0.8, method="renormali
     if method not in CLIP_METHODS:
         raise ValueError(f"method must be one of {CLIP_METHODS}, got {method!r}")
     weights = as_weights(weights).astype(np.float64)
-    _check_clip_arguments(weights, min_val, max_val)
+    _check_clip_bounds(min_val, max_val)
     visible = support(weights)
     if method == "renormalize":
         clipped = np.where(visible, np.clip(weights, min_val, max_val), 0.0)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._common import Record, as_weights, row_mass, xlogy
+from ._common import Record, as_array, as_weights, row_mass, xlogy
 
 __all__ = [
     "SimilarityAttention",
@@ -31,7 +31,7 @@ _SEED_EPSILON = 1e-10  # compute_composition_entropy's shift, attention-weights-
 
 def _vectors(array, name, length, weights, axis_letter):
     """``array`` (..., length, D) as a floating ndarray, or a ValueError."""
-    array = as_weights(array, name=name)
+    array = as_array(array, name)
     if array.shape[-2] != length:
         raise ValueError(
             f"{name} must be (..., {axis_letter}, D) with {axis_letter}={length} to match weights "

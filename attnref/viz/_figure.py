@@ -15,7 +15,7 @@ import textwrap
 
 import numpy as np
 
-from ..analysis._common import as_weights, check_tokens
+from ..analysis._common import as_array, check_tokens
 
 INSTALL_HINT = 'pip install "attnref[plot]"'
 SAVE_SUFFIXES = (".png", ".svg")
@@ -94,7 +94,7 @@ def weights_array(weights, ndim, shape_text, name="weights"):
     """``weights`` as a float array with exactly ``ndim`` dims, no inf and
     at least one finite value (NaN marks a fully masked row and is drawn
     grey); errors name the argument, the shape wanted and the shape given."""
-    array = as_weights(weights, name=name, min_ndim=1)
+    array = as_array(weights, name, min_ndim=1)
     if array.ndim != ndim:
         raise ValueError(f"{name} must have shape {shape_text}, got shape {array.shape}")
     if 0 in array.shape:

@@ -21,8 +21,8 @@ def test_every_name_the_issue_lists_is_exported():
     assert all(callable(getattr(analysis, name)) for name in ISSUE_NAMES)
 
 
-STANDARD_AND_NUMPY = {"numpy", "__future__", "collections", "dataclasses", "math", "numbers",
-                      "typing", "unicodedata"}
+STANDARD_AND_NUMPY = {"numpy", "__future__", "collections", "contextlib", "contextvars",
+                      "dataclasses", "math", "numbers", "typing", "unicodedata"}
 
 
 def imported_modules(path):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from attnref import analysis
 from attnref.analysis import positions as P
 from attnref.analysis.tokens import self_attention
 from attnref.testing.maps import random_attention_maps
@@ -256,8 +257,9 @@ def test_next_token_is_previous_token_of_the_reversed_map(weights):
     reversed_map = weights[::-1, ::-1]
     np.testing.assert_allclose(P.previous_token_score(reversed_map), P.next_token_score(weights),
                                equal_nan=True)
-    np.testing.assert_allclose(P.previous_token_score(weights.T), P.next_token_score(weights),
-                               equal_nan=True)
+    with analysis.skip_distribution_check():  # the transpose's rows are columns: any sums
+        transposed = P.previous_token_score(weights.T)
+    np.testing.assert_allclose(transposed, P.next_token_score(weights), equal_nan=True)
 
 
 @given(weights=maps())

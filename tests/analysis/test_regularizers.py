@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
+from attnref import analysis
 from attnref.analysis import regularizers as R
 from attnref.numerics import softmax
 
@@ -422,7 +423,8 @@ def test_renormalize_matches_the_seed(seed, min_val, max_val):
 @given(rows_and_bounds())
 def test_projection_is_feasible_idempotent_and_closest(case):
     rows, min_val, max_val = case
-    projected = R.clip_attention_weights(rows, min_val, max_val, method="project")
+    with analysis.skip_distribution_check():  # the projection is defined for any row >= 0
+        projected = R.clip_attention_weights(rows, min_val, max_val, method="project")
     assert np.all(projected >= min_val) and np.all(projected <= max_val)
     np.testing.assert_allclose(projected.sum(axis=-1), 1.0, rtol=0, atol=1e-14)
     again = R.clip_attention_weights(projected, min_val, max_val, method="project")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from attnref import analysis
 from attnref.analysis import tokens as T
 from attnref.testing.maps import random_attention_maps
 
@@ -281,10 +282,11 @@ def test_self_attention_hand_example_and_rectangular_maps():
 @given(weights=maps())
 def test_self_attention_is_equivariant_under_a_joint_permutation(weights):
     size = min(weights.shape)
-    weights = weights[:size, :size]
+    weights = weights[:size, :size]  # the first keys only: rows need not sum to 1
     order = np.random.default_rng(weights.size).permutation(size)
     permuted = weights[order][:, order]
-    np.testing.assert_array_equal(T.self_attention(permuted), T.self_attention(weights)[order])
+    with analysis.skip_distribution_check():
+        np.testing.assert_array_equal(T.self_attention(permuted), T.self_attention(weights)[order])
 
 
 def test_received_attention_hand_example():

@@ -1,5 +1,6 @@
 """attnref.analysis._common: the one check that weights are distributions,
 and that every public function of attnref.analysis taking weights runs it."""
+import doctest
 import inspect
 import threading
 
@@ -7,8 +8,8 @@ import numpy as np
 import pytest
 
 from attnref import analysis
-from attnref.analysis import (diagnostics, flow, heads, positions, quality, regularizers, tokens,
-                              vectors)
+from attnref.analysis import (_common, diagnostics, flow, heads, positions, quality, regularizers,
+                              tokens, vectors)
 from attnref.analysis._common import (as_array, as_weights, check_distribution,
                                       distribution_tolerance)
 from attnref.numerics import softmax
@@ -17,6 +18,11 @@ MODULES = (tokens, positions, heads, flow, vectors, quality, diagnostics, regula
 PUBLIC_MODULES = {module.__name__ for module in MODULES}
 LAYERS, H, T = 2, 3, 4
 TOKENS = ["[CLS]", "the", "cat", "[SEP]"]
+
+
+def test_docstring_examples():
+    failures, tried = doctest.testmod(_common)
+    assert tried > 0 and failures == 0
 
 
 def weight_taking_functions():

@@ -371,19 +371,27 @@ class _Parser(argparse.ArgumentParser):
     ``attnref report: error: argument --top-k: ... (see 'attnref report
     --help')``, instead of argparse's usage block."""
 
+    def __init__(self, *args, **kwargs):
+        self.argument_names = {}  # dest -> the name errors give it: "--top-k", "text"
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs):
+        action = super().add_argument(*args, **kwargs)
+        self.argument_names[action.dest] = (action.option_strings[-1] if action.option_strings
+                                            else action.dest)
+        return action
+
     def error(self, message):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {_one_line(message)} "
                               f"(see '{self.prog} --help')\n")
 
     def fail(self, error):
         """Exit 2 with ``error`` (raised by a command from the user's input)
-        as one line; a leading parameter name becomes its option's name."""
+        as one line; a leading parameter name becomes its argument's name."""
         message = _describe(error)
-        for action in self._actions:
-            if message.startswith(f"{action.dest} ") and action.dest != argparse.SUPPRESS:
-                shown = action.option_strings[-1] if action.option_strings else action.dest
-                message = f"argument {shown}: {message[len(action.dest) + 1:]}"
-                break
+        parameter = message.split(" ", 1)[0]
+        if parameter in self.argument_names:
+            message = f"argument {self.argument_names[parameter]}:{message[len(parameter):]}"
         self.exit(EXIT_USAGE, f"{self.prog}: error: {_one_line(message)}\n")
 
 

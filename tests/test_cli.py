@@ -295,10 +295,10 @@ def test_version(capsys):
     assert exited.value.code == 0 and capsys.readouterr().out == f"attnref {__version__}\n"
 
 
-def python_m_attnref(*argv, **env):
+def python_m_attnref(*argv):
     """``python -m attnref argv...`` in a fresh process, from the repository root."""
     root = Path(__file__).resolve().parents[1]
-    environment = {**os.environ, **env,
+    environment = {**os.environ,
                    "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     environment.pop(cli.TRACEBACK_VARIABLE, None)
     return subprocess.run([sys.executable, "-m", "attnref", *argv], capture_output=True,

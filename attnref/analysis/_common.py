@@ -16,6 +16,8 @@ Conventions (SPEC "Analysis conventions"):
   and raises a ValueError naming the first bad entry or row; inside
   ``with skip_distribution_check():`` it does not, for callers who pass
   something else on purpose (unnormalised rows, a subset of the keys).
+  A metric's weights are checked once per call, however many metrics it
+  hands them on to (see :func:`as_weights`).
   Arrays that are not attention maps (values, W_O, embeddings, scores,
   detection patterns) go through :func:`as_array`, which checks only the
   dtype and the number of dims.
@@ -26,11 +28,13 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import weakref
 
 import numpy as np
 
 _CHECK_DISTRIBUTIONS = contextvars.ContextVar("attnref_analysis_check_distributions",
                                               default=True)
+_CHECKED = weakref.WeakValueDictionary()  # id -> the read-only view as_weights checked
 
 # lambda of the probabilistic bound below: a row sum's rounding error exceeds
 # lambda * sqrt(S) * u with probability below 2 exp(-lambda^2 / 2) (~1e-56)
@@ -63,11 +67,21 @@ def as_weights(weights, name="weights", min_ndim=2, *, hint=None):
     :func:`as_array`, then :func:`check_distribution` unless the caller is
     inside :func:`skip_distribution_check`. ``hint`` ends the message of a
     failed check (e.g. where scores should go instead).
+
+    A checked array is returned as a read-only view that is remembered
+    (weakly, until it is dropped) as checked: a metric that hands it on to
+    other metrics (``diagnose`` calls ``entropy``, ``sink_score``, ...) has
+    it checked once, not once per metric. Nothing can write through the
+    view, so what was checked is what they read.
     """
     array = as_array(weights, name, min_ndim)
-    if _CHECK_DISTRIBUTIONS.get():
-        check_distribution(array, name, hint=hint)
-    return array
+    if not _CHECK_DISTRIBUTIONS.get() or _CHECKED.get(id(array)) is array:
+        return array
+    check_distribution(array, name, hint=hint)
+    checked = array.view()
+    checked.flags.writeable = False
+    _CHECKED[id(checked)] = checked
+    return checked
 
 
 @contextlib.contextmanager

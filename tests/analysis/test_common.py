@@ -81,6 +81,29 @@ def test_accepts_distributions_with_fully_masked_rows(name, rng):
 
 
 @pytest.mark.parametrize("name", sorted(FUNCTIONS))
+def test_results_do_not_hold_the_checked_view(name, rng):
+    """as_weights' read-only views stay inside the call: what a metric
+    returns is the caller's to write, and the registry of checked views
+    empties."""
+    result = call(name, distributions(rng))
+    assert len(_common._CHECKED) == 0, f"{name}'s result keeps a checked view alive"
+    del result
+
+
+def test_a_checked_view_is_checked_once_and_read_only(rng, monkeypatch):
+    checks = []
+    monkeypatch.setattr(_common, "check_distribution", lambda *args, **kwargs: checks.append(1))
+    weights = distributions(rng)
+    checked = as_weights(weights)
+    assert checked.base is weights and not checked.flags.writeable and weights.flags.writeable
+    assert as_weights(checked) is checked and len(checks) == 1
+    analysis.diagnose(checked)                     # every metric inside reads it unchecked
+    assert len(checks) == 1
+    analysis.diagnose(weights)                     # the caller's array: checked at the entrance
+    assert len(checks) == 2
+
+
+@pytest.mark.parametrize("name", sorted(FUNCTIONS))
 def test_refuses_rows_that_do_not_sum_to_1_or_0(name, rng):
     weights = distributions(rng) * 5.0
     with pytest.raises(ValueError, match=r"weights rows must sum to 1 \(or 0 for fully masked "
@@ -195,5 +218,6 @@ def test_as_array_checks_dtype_and_dims_only():
     with pytest.raises(ValueError, match=r"w_o must have at least 2 dims .* got shape \(3,\)"):
         as_array([1.0, 2.0, 3.0], "w_o")
     weights = np.eye(3, dtype=np.float32)
-    assert as_weights(weights) is weights          # no copy
+    assert as_array(weights, "weights") is weights  # no copy
+    assert as_weights(weights).base is weights      # a view, no copy
     assert as_weights(np.zeros((2, 0))).shape == (2, 0)

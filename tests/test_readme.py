@@ -76,7 +76,9 @@ def commands(code):
     """Each command of a bash block as its list of words."""
     found = []
     for line in code.splitlines():
-        words = shlex.split(line, comments=True)
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=True)  # "a;b" -> a ; b
+        lexer.whitespace_split = True
+        words = list(lexer)
         while words:
             end = next((i for i, word in enumerate(words) if word in COMMAND_SEPARATORS),
                        len(words))
@@ -103,3 +105,10 @@ def test_bash_block_names_commands_that_exist(block, capsys):
         else:
             assert name in SHELL_BUILTINS or shutil.which(name), (
                 f"README.md:{line} runs {name!r}, which is not on PATH")
+
+
+def test_commands_splits_a_line_at_separators_and_drops_assignments():
+    assert commands('A=1 attnref report "a b" && pip install x | tee y  # a comment\n'
+                    'cd docs; pytest') == [
+        ["attnref", "report", "a b"], ["pip", "install", "x"], ["tee", "y"], ["cd", "docs"],
+        ["pytest"]]

@@ -218,14 +218,14 @@ def _report(arguments):
     model = load_model(arguments.model, lang=arguments.lang, progress=sys.stderr)
     print(f"attnref: running {model.name} with a trace", file=sys.stderr)
     reports = []
-    for header, output, text in _report_inputs(model, arguments):
+    for number, (header, output, text) in enumerate(_report_inputs(model, arguments), 1):
         report = build_report(output, layer=arguments.layer, head=arguments.head,
                               top_k=arguments.top_k, lang=arguments.lang, text=text)
         if arguments.html:
             from .html_report import render_html
             path = Path(arguments.html)
             if arguments.stride is not None:
-                path = path.with_name(f"{path.stem}-{len(reports) + 1}{path.suffix}")
+                path = path.with_name(f"{path.stem}-{number}{path.suffix}")
             page = render_html(output, report)
             path.write_text(page, encoding="utf-8")
             print(f"attnref: wrote the explorer ({len(page.encode('utf-8')) / 1e6:.2f} MB) to "
@@ -237,7 +237,6 @@ def _report(arguments):
             if header is not None:
                 print(f"== {header['note']}\n")
             print(report.text_report())
-            reports.append(None)
         del output, report  # free this window before the next one is computed
     if arguments.json:
         data = reports if arguments.stride is not None else reports[0]
@@ -253,9 +252,10 @@ def _report_inputs(model, arguments):
     on stderr and a header say so, else the header is None. A header is a
     dict: ``note`` (one line), ``read`` and ``tokens_total`` (tokens read and
     in the whole input, special tokens included) and, for a single text,
-    ``start`` and ``stop`` (the text tokens read, specials not counted). With ``--stride``: every
-    window of :meth:`encode_windows`, each with its header, and a progress
-    line on stderr per window. ``text`` is what the model read.
+    ``start`` and ``stop`` (the text tokens read, specials not counted).
+    With ``--stride``: every window of ``model.encode_windows``, each with its
+    header, and a progress line on stderr per window. ``text`` is what the
+    model read.
 
     Raises
     ------

@@ -15,6 +15,12 @@ with
 * the tables and findings of :class:`attnref.report.Report`, with every
   number as in :meth:`~attnref.report.Report.to_dict`.
 
+The header names the model and shows the text; when the model read only
+part of its input (``output.tokens_total`` set: ``encode(...,
+truncation=True)`` or a window of ``encode_windows``), it says how many
+tokens were read of how many and shows only the text read. In Jupyter,
+:class:`Explorer` shows the page inline, in a sandboxed ``<iframe>``.
+
 Shapes: ``layers`` layers, ``H`` heads, ``T`` tokens; the weights are
 ``(layers, H, T, T)``, queries on rows, keys on columns.
 
@@ -66,6 +72,9 @@ QUANTISATION_STEP = 1.0 / 255
 #: Head-view lines under this weight are not drawn until the slider says so.
 DEFAULT_LINE_THRESHOLD = 0.02
 
+#: Values per float64 block in :func:`pack_weights` (8 MB).
+_PACK_BLOCK = 1 << 20
+
 
 def pack_weights(weights):
     """Weights in ``[0, 1]`` as the page stores them: ``round(255 sqrt(w))``
@@ -98,10 +107,6 @@ def pack_weights(weights):
         block *= 255
         levels[start:start + _PACK_BLOCK] = np.rint(block, out=block)
     return base64.b64encode(zlib.compress(levels.tobytes(), 9)).decode("ascii")
-
-
-#: Values per float64 block in :func:`pack_weights` (8 MB).
-_PACK_BLOCK = 1 << 20
 
 
 def render_html(output, report, *, rollout=None, title=None):

@@ -287,3 +287,9 @@ def test_the_explorer_builds_its_report_and_saves(output, tmp_path):
     for height in (0, 1.5, True):
         with pytest.raises(ValueError, match=f"height must be a positive int .*got {height!r}"):
             Explorer(output, height=height)
+
+
+def test_docstring_examples():
+    import doctest
+    failures, tried = doctest.testmod(html_report)
+    assert failures == 0 and tried > 0

@@ -166,6 +166,8 @@ class DemoModel:
         ``max_positions``): a too-long input is refused unless
         ``truncation=True``, which cuts it and sets ``tokens_total``.
         """
+        if text_pair is not None and not isinstance(text_pair, str):
+            raise TypeError(f"text_pair must be a str or None, got {type(text_pair).__name__}")
         lang = self.lang if lang is None else lang
         specials = 2 if text_pair is None else 3
         limit = check_max_length(max_length, default=self.max_positions, minimum=specials,

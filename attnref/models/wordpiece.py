@@ -397,6 +397,8 @@ class BertTokenizer:
         ValueError
             When the input does not fit and ``truncation`` is False.
         """
+        if text_pair is not None and not isinstance(text_pair, str):
+            raise TypeError(f"text_pair must be a str or None, got {type(text_pair).__name__}")
         specials = 2 if text_pair is None else 3
         limit = check_max_length(max_length, default=self.max_length, minimum=specials)
         segments = [self.tokenize(text)] + ([] if text_pair is None

@@ -148,3 +148,5 @@ def test_a_pair_is_read_with_a_sep_between(model):
     cut = DemoModel(max_positions=8).encode("a b c d e", "f g", truncation=True)
     assert cut.tokens == ["[CLS]", "a", "b", "c", "[SEP]", "f", "g", "[SEP]"]
     assert cut.tokens_total == 10
+    with pytest.raises(TypeError, match="text_pair must be a str or None, got bytes"):
+        model.encode("a", b"b")

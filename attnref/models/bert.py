@@ -283,7 +283,9 @@ class BertModel:
         iterator of attnref.models.output.Window
             ``(index, count, start, stop, output)`` per window, computed one
             at a time as the iterator is read (arguments are checked and the
-            text tokenized at the call).
+            text tokenized at the call). The windows are transformers'
+            overflowing tokens with its ``stride`` (an overlap) set to
+            ``max_length - 2 - stride`` (:meth:`BertTokenizer.encode_windows`).
         """
         limit = check_max_length(max_length, default=self.max_length, minimum=3,
                                  maximum=self.max_length)

@@ -432,6 +432,13 @@ class BertTokenizer:
             text's tokens ``start .. stop - 1`` (counted without specials);
             ``encoding.tokens_total`` is the whole text's length with its two
             special tokens when there is more than one window, else None.
+
+        Notes
+        -----
+        These are the windows of transformers' ``tokenizer(text,
+        truncation=True, max_length=max_length, stride=max_length - 2 -
+        stride, return_overflowing_tokens=True)``: its ``stride`` is the
+        overlap, this one the step between window starts.
         """
         limit = check_max_length(max_length, default=self.max_length, minimum=3)
         tokens = self.tokenize(text)

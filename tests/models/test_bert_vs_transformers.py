@@ -116,6 +116,29 @@ def test_pairs_and_their_truncation_equal_transformers(tokenizers, text, pair, m
     assert encoding.token_type_ids == expected["token_type_ids"]
 
 
+def varied_prose():
+    """About 1,500 WordPiece tokens of real English prose: attnref's module docs."""
+    import attnref.html_report
+    import attnref.models.bert
+    import attnref.report
+    return " ".join(" ".join(module.__doc__.split()) for module in (
+        attnref.report, attnref.html_report, attnref.models.bert))
+
+
+@pytest.mark.parametrize("max_length, stride", [(64, 48), (128, 126), (100, 1), (512, 384)])
+def test_windows_equal_transformers_overflowing_tokens(tokenizers, max_length, stride):
+    """transformers' ``stride`` is the overlap; attnref's the step between starts."""
+    ours, default, _ = tokenizers
+    text = varied_prose()
+    expected = default(text, truncation=True, max_length=max_length,
+                       stride=max_length - 2 - stride,
+                       return_overflowing_tokens=True)["input_ids"]
+    windows = ours.encode_windows(text, stride=stride, max_length=max_length)
+    assert [encoding.ids for _, _, encoding in windows] == expected
+    assert {encoding.tokens_total for _, _, encoding in windows} == {
+        len(default(text)["input_ids"])}
+
+
 @pytest.fixture(scope="module")
 def models(minilm):
     torch = pytest.importorskip("torch")

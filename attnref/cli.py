@@ -10,18 +10,19 @@
     ``attnref-c``; see :mod:`attnref.testing.adapters`) or on
     ``package.module:function``, prints the table and exits 1 when a case
     fails. Progress goes to stderr.
-``attnref report TEXT [--pair TEXT2] [--model minilm|demo|PATH] [--layer N] [--head N] [--max-tokens N] [--stride N] [--json] [--html PATH]``
+``attnref report TEXT [--pair TEXT2] [--model M] [--max-tokens N] [--stride N] [...]``
     Runs a model on TEXT (or the sentence pair TEXT, TEXT2) with a Trace and
     prints how it allocates attention per token, per layer and per head, the
-    misallocation findings and the attention rollout (:mod:`attnref.report`).
-    The default model is MiniLM when its package is installed, else the
-    embedded demo model. ``--html`` also writes the self-contained attention
-    explorer (:mod:`attnref.html_report`). Nothing is cut silently: a text
-    longer than ``--max-tokens`` (default: what the model reads) is reported
-    on its first window, said on stderr and in the report; ``--stride N``
-    reads it whole in overlapping windows, one report each (JSON: a list;
-    ``--html x.html``: ``x-1.html``, ``x-2.html``, ...), with a progress
-    line per window.
+    misallocation findings and the attention rollout (:mod:`attnref.report`;
+    ``--layer N``, ``--head N`` and ``--top-k N`` choose what it lists,
+    ``--json`` prints JSON). The default model is MiniLM when its package is
+    installed, else the embedded demo model. ``--html PATH`` also writes the
+    self-contained attention explorer (:mod:`attnref.html_report`). Nothing
+    is cut silently: a text longer than ``--max-tokens`` (default: what the
+    model reads) is reported on its first window, said on stderr and in the
+    report; ``--stride N`` reads it whole in overlapping windows, one report
+    each (JSON: a list; ``--html x.html``: ``x-1.html``, ``x-2.html``, ...),
+    with a progress line per window.
 ``attnref vectors export DIR`` / ``attnref vectors verify DIR``
     Writes golden vectors, or re-checks a directory of them
     (:mod:`attnref.testing.vectors`); verify exits 1 when a case does not

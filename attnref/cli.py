@@ -261,9 +261,12 @@ def _report_inputs(model, arguments):
     Raises
     ------
     ValueError
-        On a ``--max-tokens`` or ``--stride`` out of range, or ``--stride``
-        with ``--pair``.
+        On a ``--max-tokens`` or ``--stride`` out of range, an empty
+        ``--pair``, or ``--stride`` with ``--pair``.
     """
+    if arguments.pair is not None and not arguments.pair.strip():
+        raise ValueError(f"--pair must be a non-empty second sentence, got {arguments.pair!r}; "
+                         "leave --pair out to read TEXT alone")
     limit = model.max_length
     specials = 2 if arguments.pair is None else 3
     max_tokens = limit if arguments.max_tokens is None else arguments.max_tokens

@@ -313,6 +313,8 @@ def test_report_reads_a_sentence_pair(capsys):
     (["--stride", "9", "--max-tokens", "10"], "--stride must be between 1 and 8 .* got 9"),
     (["--stride", "5", "--pair", "b"], "--stride reads one text in windows; it cannot be "
                                        "combined with --pair"),
+    (["--pair", " \n"], r"--pair must be a non-empty second sentence, got ' \\n'; leave "
+                        "--pair out"),
 ])
 def test_report_window_options_are_checked(options, message):
     """Checked before the model runs, as ValueError (one line, exit 2 in main)."""

@@ -396,6 +396,12 @@ class BertTokenizer:
         ------
         ValueError
             When the input does not fit and ``truncation`` is False.
+
+        Notes
+        -----
+        An empty ``text_pair`` gives an empty second segment, ``[CLS] text
+        [SEP] [SEP]``, as a whitespace-only one does in both libraries;
+        transformers reads ``""`` (a false value) as no pair at all.
         """
         if text_pair is not None and not isinstance(text_pair, str):
             raise TypeError(f"text_pair must be a str or None, got {type(text_pair).__name__}")

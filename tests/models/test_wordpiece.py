@@ -169,6 +169,9 @@ def test_a_pair_is_cls_a_sep_b_sep_with_token_types():
         tokenizer().encode("The cat!", "a b", max_length=7)
     with pytest.raises(ValueError, match="max_length must be >= 3"):
         tokenizer().encode("a", "b", max_length=2, truncation=True)
+    empty = tokenizer().encode("a", "")                  # an empty second segment
+    assert empty.tokens == ["[CLS]", "a", "[SEP]", "[SEP]"]
+    assert empty.token_type_ids == [0, 0, 0, 1]
     with pytest.raises(TypeError, match="text_pair must be a str or None, got list"):
         tokenizer().encode("a", ["b"])
 

@@ -30,8 +30,8 @@ def check_max_length(max_length, *, default, minimum=2, maximum=None, name="max_
     if isinstance(max_length, bool) or not isinstance(max_length, int):
         raise TypeError(f"{name} must be an int, got {type(max_length).__name__}")
     if max_length < minimum:
-        raise ValueError(f"{name} must be >= {minimum} to hold the special tokens "
-                         f"([CLS] and [SEP]) and text, got {max_length}")
+        raise ValueError(f"{name} must be >= {minimum} (the special tokens [CLS] and [SEP] "
+                         f"count), got {max_length}")
     if maximum is not None and max_length > maximum:
         raise ValueError(f"{name} must be at most {maximum}, the tokens the model has "
                          f"positions for, got {max_length}")

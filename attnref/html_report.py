@@ -15,6 +15,12 @@ with
 * the tables and findings of :class:`attnref.report.Report`, with every
   number as in :meth:`~attnref.report.Report.to_dict`.
 
+The header names the model and shows the text; when the model read only
+part of its input (``output.tokens_total`` set: ``encode(...,
+truncation=True)`` or a window of ``encode_windows``), it says how many
+tokens were read of how many and shows only the text read. In Jupyter,
+:class:`Explorer` shows the page inline, in a sandboxed ``<iframe>``.
+
 Shapes: ``layers`` layers, ``H`` heads, ``T`` tokens; the weights are
 ``(layers, H, T, T)``, queries on rows, keys on columns.
 
@@ -57,7 +63,7 @@ import numpy as np
 from . import analysis
 from .report import _pct
 
-__all__ = ["render_html", "pack_weights", "QUANTISATION_STEP"]
+__all__ = ["render_html", "Explorer", "pack_weights", "QUANTISATION_STEP"]
 
 #: The gap between two stored levels, ``sqrt(w)`` in steps of 1/255: a decoded
 #: weight is within this of the true one, its square root within half of it.
@@ -65,6 +71,9 @@ QUANTISATION_STEP = 1.0 / 255
 
 #: Head-view lines under this weight are not drawn until the slider says so.
 DEFAULT_LINE_THRESHOLD = 0.02
+
+#: Values per float64 block in :func:`pack_weights` (8 MB).
+_PACK_BLOCK = 1 << 20
 
 
 def pack_weights(weights):
@@ -82,10 +91,22 @@ def pack_weights(weights):
     str
         ASCII base64 text. ``(np.frombuffer(zlib.decompress(base64.b64decode(s)),
         np.uint8) / 255) ** 2`` gives the values back, within ``QUANTISATION_STEP``.
+
+    Notes
+    -----
+    The levels are computed in float64 blocks of :data:`_PACK_BLOCK` values,
+    so packing ``(layers, H, T, T)`` weights needs one uint8 copy of them,
+    not several float64 ones.
     """
-    array = np.nan_to_num(np.asarray(weights, dtype=np.float64), nan=0.0)
-    levels = np.rint(np.sqrt(np.clip(array, 0.0, 1.0)) * 255).astype(np.uint8)
-    return base64.b64encode(zlib.compress(levels.tobytes(order="C"), 9)).decode("ascii")
+    values = np.ascontiguousarray(weights).reshape(-1)
+    levels = np.empty(values.shape, np.uint8)
+    for start in range(0, values.size, _PACK_BLOCK):
+        block = np.nan_to_num(values[start:start + _PACK_BLOCK].astype(np.float64), nan=0.0)
+        np.clip(block, 0.0, 1.0, out=block)
+        np.sqrt(block, out=block)
+        block *= 255
+        levels[start:start + _PACK_BLOCK] = np.rint(block, out=block)
+    return base64.b64encode(zlib.compress(levels.tobytes(), 9)).decode("ascii")
 
 
 def render_html(output, report, *, rollout=None, title=None):
@@ -136,7 +157,7 @@ def render_html(output, report, *, rollout=None, title=None):
         f"<header><h1>{_e(title)}</h1>",
         f"<p class=\"meta\">model <b>{_e(report.model)}</b> &middot; {T} tokens &middot; "
         f"{n_layers} layers &times; {n_heads} heads</p>",
-        f"<p class=\"meta\">text: <q>{_e(report.text)}</q></p>",
+        _text_line(output, report),
         "<p id=\"status\" class=\"status\">rendering&hellip; (needs JavaScript)</p></header>",
         _VIEWS,
         "<section><h2>Per token <small>(" + _e(report.token_map) + ")</small></h2>",
@@ -156,10 +177,81 @@ def render_html(output, report, *, rollout=None, title=None):
         f"<script>{_SCRIPT}</script>", "</body></html>", ""])
 
 
+class Explorer:
+    """The attention explorer of one encoded text, for notebooks and files.
+
+    In Jupyter (or anything that calls ``_repr_html_``) the explorer shows
+    inline, in an ``<iframe srcdoc>`` sandboxed to run scripts only: the
+    page's CSS and JavaScript stay inside the frame and never touch the
+    notebook.
+
+    Parameters
+    ----------
+    output : :class:`attnref.models.output.ModelOutput`
+        A model's ``encode(text)`` with its trace.
+    report : :class:`attnref.report.Report`, optional
+        None means ``build_report(output)``.
+    rollout, title
+        As in :func:`render_html`.
+    height : int, keyword-only, default 900
+        Height of the inline frame in CSS pixels (it scrolls inside).
+
+    Attributes
+    ----------
+    html : str
+        The self-contained page, :func:`render_html`'s.
+
+    Examples
+    --------
+    >>> from attnref.models import DemoModel
+    >>> explorer = Explorer(DemoModel().encode("The cat sat on the mat."))
+    >>> explorer.html.startswith("<!DOCTYPE html>")
+    True
+    >>> explorer._repr_html_().startswith("<iframe")
+    True
+    """
+
+    def __init__(self, output, report=None, *, rollout=None, title=None, height=900):
+        if isinstance(height, bool) or not isinstance(height, int) or height < 1:
+            raise ValueError(f"height must be a positive int (CSS pixels), got {height!r}")
+        if report is None:
+            from .report import build_report
+            report = build_report(output)
+        self.html = render_html(output, report, rollout=rollout, title=title)
+        self.height = height
+        self.title = f"attnref explorer -- {output.model}" if title is None else str(title)
+
+    def save(self, path):
+        """Write the page to ``path`` (UTF-8); returns the path."""
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(self.html)
+        return path
+
+    def _repr_html_(self):
+        # srcdoc holds the page as an attribute value: html.escape(quote=True)
+        # escapes &, <, >, " and ', so the page cannot end the attribute.
+        return (f"<iframe srcdoc=\"{_e(self.html)}\" sandbox=\"allow-scripts\" "
+                f"title=\"{_e(self.title)}\" style=\"width: 100%; height: {self.height}px; "
+                f"border: 1px solid #dde;\"></iframe>")
+
+
+def _text_line(output, report):
+    """The header's text: the report's text when the model read it all; when
+    the input was cut, only what the model read, and how much that was."""
+    if output.tokens_total is None:
+        return f"<p class=\"meta\">text: <q>{_e(report.text)}</q></p>"
+    return (f"<p class=\"meta\" id=\"read\">the model read <b>{len(output.tokens)} of "
+            f"{output.tokens_total} tokens</b> of the input ([CLS] and [SEP] included); "
+            f"this page shows only those.</p>\n"
+            f"<p class=\"meta\">text read: <q>{_e(output.read_text())}</q></p>")
+
+
 def _check_inputs(output, report, rollout):
     """The weights (layers, H, T, T), the tokens and the rollout (T, T),
     checked against each other."""
-    weights = np.asarray(output.attention_weights, dtype=np.float64)
+    weights = np.asarray(output.attention_weights)
+    if not np.issubdtype(weights.dtype, np.floating):
+        raise ValueError(f"output.attention_weights must be floating point, got {weights.dtype}")
     if weights.ndim != 4 or weights.shape[-1] != weights.shape[-2]:
         raise ValueError(f"output.attention_weights must be (layers, H, T, T), "
                          f"got shape {weights.shape}")

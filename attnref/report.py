@@ -79,6 +79,11 @@ class Report(Record):
             lines.append(f"{row['position']:>4} {_cut(row['token']):<14} {sources}")
         return "\n".join(lines)
 
+    def _repr_html_(self):
+        """The text report in Jupyter, as preformatted text (the tables align)."""
+        import html
+        return f"<pre>{html.escape(self.text_report())}</pre>"
+
 
 def _cut(token, width=14):
     return token if len(token) <= width else token[:width - 1] + "~"

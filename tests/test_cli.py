@@ -450,3 +450,95 @@ def test_report_lang_reaches_the_demo_model(capsys):
         weights[lang] = [row["attends_to"][0][2] for row in json.loads(out)["token_level"]]
     assert weights["pt"] == pytest.approx([1.0] * 4)
     assert weights["en"] == pytest.approx([0.5] * 4)
+
+
+def _prose():
+    """Varied real English prose of about 1,700 demo tokens: attnref's own module docs."""
+    import attnref.html_report
+    import attnref.models.bert
+    import attnref.nn.trace
+    import attnref.report
+    return " ".join(" ".join(module.__doc__.split()) for module in (
+        attnref.report, attnref.html_report, attnref.models.bert, attnref.nn.trace))
+
+
+def test_report_says_loudly_that_it_read_only_the_first_window(capsys):
+    from attnref.models.demo import demo_tokenize
+    prose = _prose()
+    total = len(demo_tokenize(prose)[0])
+    status, out, err = run(capsys, "report", prose, "--model", "demo", "--max-tokens", "40")
+    note = (f"read 40 of the input's {total} tokens ([CLS] and [SEP] included; --max-tokens "
+            f"40): this report covers only those; --stride N reads all of it")
+    assert status == 0 and note in err and out.startswith(f"== attnref demo (constructed heads) "
+                                                          f"{note}")
+    status, out, _ = run(capsys, "report", prose, "--model", "demo", "--max-tokens", "40",
+                         "--json")
+    data = json.loads(out)
+    assert data["text"] == " ".join(demo_tokenize(prose)[0][1:39])     # only what was read
+    window = data["window"]
+    assert (window["read"], window["tokens_total"], window["start"], window["stop"]) == (
+        40, total, 0, 38)
+
+
+def test_report_with_stride_reports_every_window(capsys, tmp_path):
+    from attnref.models.demo import demo_tokenize
+    prose = _prose()
+    words = demo_tokenize(prose)[0][1:-1]
+    status, out, err = run(capsys, "report", prose, "--model", "demo", "--max-tokens", "130",
+                           "--stride", "100", "--json", "--html", str(tmp_path / "x.html"))
+    reports = json.loads(out)
+    spans = [(r["window"]["start"], r["window"]["stop"]) for r in reports]
+    assert status == 0 and spans[0] == (0, 128) and spans[-1][1] == len(words)
+    assert all(b[0] - a[0] == 100 for a, b in zip(spans, spans[1:]))     # overlap 28 tokens
+    for number, (report, (start, stop)) in enumerate(zip(reports, spans), 1):
+        assert report["tokens"] == ["[CLS]"] + words[start:stop] + ["[SEP]"]
+        assert f"read window {number} of {len(spans)}: text tokens {start} to {stop - 1} " \
+               f"of {len(words)}" in err
+        page = (tmp_path / f"x-{number}.html").read_text(encoding="utf-8")
+        assert f"the model read <b>{stop - start + 2} of {len(words) + 2} tokens</b>" in page
+    status, out, _ = run(capsys, "report", prose, "--model", "demo", "--max-tokens", "130",
+                         "--stride", "100")
+    headers = [line for line in out.splitlines() if line.startswith("== window ")]
+    assert status == 0 and headers == [f"== window {number} of {len(spans)}: text tokens "
+                                       f"{start} to {stop - 1} of {len(words)} (--max-tokens "
+                                       f"130, --stride 100)"
+                                       for number, (start, stop) in enumerate(spans, 1)]
+
+
+def test_report_reads_a_sentence_pair(capsys):
+    status, out, _ = run(capsys, "report", "The cat sat.", "--pair", "It was hungry.",
+                         "--model", "demo", "--json")
+    data = json.loads(out)
+    assert status == 0 and "window" not in data
+    assert data["tokens"] == ["[CLS]", "The", "cat", "sat", ".", "[SEP]", "It", "was", "hungry",
+                              ".", "[SEP]"]
+    assert data["text"] == "The cat sat. [SEP] It was hungry."
+    status, out, err = run(capsys, "report", "a b c d e", "--pair", "f g", "--model", "demo",
+                           "--max-tokens", "8", "--json")
+    window = json.loads(out)["window"]
+    assert (window["read"], window["tokens_total"]) == (8, 10) and "start" not in window
+    assert "the pair was cut longest-first" in err
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--max-tokens", "300"], r"--max-tokens must be between 3 and 256 \(attnref demo "
+                              r"\(constructed heads\) reads at most 256 tokens"),
+    (["--max-tokens", "2"], "--max-tokens must be between 3 and 256"),
+    (["--max-tokens", "3", "--pair", "b"], "--max-tokens must be between 4 and 256"),
+    (["--stride", "0"], r"--stride must be between 1 and 254 \(--max-tokens 256 minus"),
+    (["--stride", "9", "--max-tokens", "10"], "--stride must be between 1 and 8 .* got 9"),
+    (["--stride", "5", "--pair", "b"], "--stride reads one text in windows; it cannot be "
+                                       "combined with --pair"),
+    (["--pair", " \n"], r"--pair must be a non-empty second sentence, got ' \\n'; leave "
+                        "--pair out"),
+])
+def test_report_window_options_are_checked(options, message):
+    """Checked before the model runs, as ValueError (one line, exit 2 in main)."""
+    import argparse
+    from attnref.models import DemoModel
+    arguments = argparse.Namespace(text="a", pair=None, max_tokens=None, stride=None)
+    for name, value in zip(options[::2], options[1::2]):
+        setattr(arguments, name[2:].replace("-", "_"),
+                value if name == "--pair" else int(value))
+    with pytest.raises(ValueError, match=message):
+        next(cli._report_inputs(DemoModel(), arguments))

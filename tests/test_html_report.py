@@ -10,9 +10,11 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
+import attnref.html_report as html_report
 from attnref import analysis
-from attnref.html_report import QUANTISATION_STEP, render_html
+from attnref.html_report import QUANTISATION_STEP, Explorer, pack_weights, render_html
 from attnref.models import DemoModel
+from attnref.models.demo import demo_tokenize
 from attnref.report import build_report
 
 ATTACK = "<script>alert(1)</script>"
@@ -222,3 +224,72 @@ def test_minilm_on_128_tokens_stays_under_two_megabytes():
     assert len(output.tokens) >= 120
     page = render_html(output, build_report(output, text=LONG_TEXT))
     assert len(page.encode("utf-8")) < 2_000_000
+
+
+def test_a_cut_input_shows_only_what_the_model_read(page):
+    output = DemoModel(max_positions=16).encode(LONG_TEXT, truncation=True)
+    # a report given the whole text: the header still shows only what was read
+    cut_page = render_html(output, build_report(output, text=LONG_TEXT))
+    read = " ".join(LONG_TEXT.replace(",", " ,").replace(".", " .").split()[:14])
+    total = len(demo_tokenize(LONG_TEXT)[0])
+    assert output.read_text() == read and output.tokens_total == total
+    assert f"the model read <b>16 of {total} tokens</b>" in cut_page
+    assert f"text read: <q>{read}</q>" in cut_page
+    assert "previous word" not in cut_page        # in LONG_TEXT, after the first 14 tokens
+    assert 'id="read"' not in page and "text: <q>The cat chased" in page
+
+
+def test_packing_in_blocks_gives_the_levels_of_the_formula(monkeypatch):
+    weights = np.random.default_rng(3).random((3, 5, 7)).astype(np.float32)
+    weights[0, 0, 0], weights[1, 1, 1], weights[2, 2, 2] = np.nan, 1.5, -0.25
+    expected = np.rint(np.sqrt(np.clip(np.nan_to_num(weights.astype(np.float64)), 0, 1))
+                       * 255).astype(np.uint8)
+    monkeypatch.setattr(html_report, "_PACK_BLOCK", 16)          # 105 values: 7 blocks
+    assert zlib.decompress(base64.b64decode(pack_weights(weights))) == expected.tobytes()
+
+
+class TopLevel(HTMLParser):
+    """The tags at the top level of an HTML fragment, with their attributes."""
+
+    def __init__(self, text):
+        super().__init__(convert_charrefs=True)
+        self.depth, self.top = 0, []
+        self.feed(text)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        if self.depth == 0:
+            self.top.append((tag, dict(attrs)))
+        self.depth += 1
+
+    def handle_endtag(self, tag):
+        self.depth -= 1
+
+
+def test_the_explorer_shows_inline_in_a_sandboxed_frame(output, report):
+    explorer = Explorer(output, report, height=500)
+    assert explorer.html == render_html(output, report)
+    fragment = explorer._repr_html_()
+    parsed = TopLevel(fragment)
+    # one iframe and nothing else: the page's script and CSS stay inside it
+    assert [tag for tag, _ in parsed.top] == ["iframe"] and parsed.depth == 0
+    attributes = parsed.top[0][1]
+    assert attributes["srcdoc"] == explorer.html                  # the page, unescaped
+    assert attributes["sandbox"] == "allow-scripts" and "height: 500px" in attributes["style"]
+    assert ATTACK not in fragment and "<script" not in fragment
+
+
+def test_the_explorer_builds_its_report_and_saves(output, tmp_path):
+    explorer = Explorer(output)
+    assert Page(explorer.html).data()["tokens"] == output.tokens
+    path = explorer.save(tmp_path / "explorer.html")
+    assert path.read_text(encoding="utf-8") == explorer.html
+    for height in (0, 1.5, True):
+        with pytest.raises(ValueError, match=f"height must be a positive int .*got {height!r}"):
+            Explorer(output, height=height)
+
+
+def test_docstring_examples():
+    import doctest
+    failures, tried = doctest.testmod(html_report)
+    assert failures == 0 and tried > 0

@@ -86,3 +86,12 @@ def test_text_and_json_forms(output):
 def test_bad_options(output, options, message):
     with pytest.raises(ValueError, match=message):
         build_report(output, **options)
+
+
+def test_a_report_shows_in_a_notebook_as_its_text(output):
+    import html
+    report = build_report(output, text=TEXT + " <b>&")
+    shown = report._repr_html_()
+    assert shown.startswith("<pre>") and shown.endswith("</pre>")
+    assert html.unescape(shown[len("<pre>"):-len("</pre>")]) == report.text_report()
+    assert "<b>" not in shown

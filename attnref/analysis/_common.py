@@ -185,10 +185,12 @@ def row_mass(weights):
 def xlogy(x, y):
     """``x * log(y)`` elementwise, with ``0 * log(0) = 0`` (the entropy
     convention, so no epsilon has to be added)."""
-    x, y = np.broadcast_arrays(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
+    x, y = np.asarray(x), np.asarray(y)
     result = np.zeros(np.broadcast_shapes(x.shape, y.shape))
-    nonzero = x != 0
-    result[nonzero] = x[nonzero] * np.log(y[nonzero])
+    # float64 loops on buffered casts, in place: one float64 array in memory
+    # (the result), not float64 copies of x and y and of their nonzero entries
+    np.log(y, out=result, where=x != 0, dtype=np.float64)
+    np.multiply(result, x, out=result, dtype=np.float64)
     return result
 
 

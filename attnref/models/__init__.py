@@ -14,13 +14,13 @@ import os
 
 from .bert import MINILM_NAME, BertConfig, BertEmbeddings, BertModel, find_minilm, load_bert, load_minilm
 from .demo import DemoModel
-from .output import ModelOutput
+from .output import ModelOutput, Window
 from .safetensors import SafetensorsFile, load_safetensors, open_safetensors
 from .wordpiece import BasicTokenizer, BertTokenizer, Encoding, WordpieceTokenizer, load_vocab
 
 __all__ = [
     "BertConfig", "BertEmbeddings", "BertModel", "load_bert", "find_minilm", "load_minilm",
-    "DemoModel", "ModelOutput", "load_model",
+    "DemoModel", "ModelOutput", "Window", "load_model",
     "SafetensorsFile", "load_safetensors", "open_safetensors",
     "BasicTokenizer", "WordpieceTokenizer", "BertTokenizer", "Encoding", "load_vocab",
 ]

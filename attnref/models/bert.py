@@ -31,7 +31,8 @@ import numpy as np
 
 from ..nn import (Embedding, Encoder, EncoderBlock, FeedForward, LayerNorm, LearnedPositions,
                   Linear, MultiHeadAttention, Trace)
-from .output import ModelOutput
+from ._limits import check_max_length
+from .output import ModelOutput, Window
 from .safetensors import DTYPES, open_safetensors
 from .wordpiece import BertTokenizer
 
@@ -207,20 +208,38 @@ class BertModel:
         x = self.embeddings(ids, types)                        # (B, T, D)
         return self.encoder.states(x, attn_mask=mask, trace=trace, backend=backend)
 
-    def encode(self, text, *, trace=True, backend="auto", max_length=None):
-        """Tokenize ``text`` and run the encoder on it.
+    @property
+    def max_length(self):
+        """The most tokens :meth:`encode` reads, special tokens included: the
+        tokenizer's limit capped at ``max_position_embeddings``."""
+        return min(self.tokenizer.max_length, self.config.max_position_embeddings)
+
+    def encode(self, text, text_pair=None, *, trace=True, backend="auto", max_length=None,
+               truncation=False):
+        """Tokenize ``text`` (and ``text_pair``) and run the encoder on it.
 
         Parameters
         ----------
         text : str
+        text_pair : str, optional
+            A second sentence: the input is ``[CLS] text [SEP] text_pair
+            [SEP]`` with token type 0 up to the first ``[SEP]`` and 1 after,
+            as ``transformers``' ``tokenizer(text, text_pair)`` and bertviz's
+            sentence pairs.
         trace : bool
             Record a :class:`attnref.nn.Trace` (attention weights and per-head
             quantities of every layer).
         backend : {"auto", "numpy", "c"}
             Attention backend when ``trace=False``.
         max_length : int, optional
-            Token limit, ``[CLS]``/``[SEP]`` included; None means the
-            tokenizer's limit capped at ``max_position_embeddings``.
+            Token limit, special tokens included, at most :attr:`max_length`;
+            None means :attr:`max_length`.
+        truncation : bool
+            An input longer than ``max_length`` raises a ValueError (False,
+            the default) or is cut (True): a text keeps its first tokens, a
+            pair is cut longest-first as in transformers, and the output's
+            ``tokens_total`` says how long the whole input was. To read a long
+            text whole, use :meth:`encode_windows`.
 
         Returns
         -------
@@ -229,16 +248,62 @@ class BertModel:
             last), ``ids`` ``(T,)`` int64, ``hidden_states`` ``(N + 1, T, D)``
             (transformers' ``output_hidden_states``, with or without a trace),
             ``trace`` (attention weights ``(H, T, T)`` and per-head records of
-            every layer, or None), ``model`` (``self.name``).
+            every layer, or None), ``model`` (``self.name``), ``tokens_total``
+            (None unless the input was cut).
+
+        Raises
+        ------
+        ValueError
+            When the input does not fit and ``truncation`` is False, or
+            ``max_length`` is more than the model reads.
         """
-        limit = min(self.tokenizer.max_length, self.config.max_position_embeddings)
-        tokens, ids = self.tokenizer.encode(text, max_length=limit if max_length is None
-                                            else max_length)
-        ids = np.array(ids, dtype=np.int64)
+        limit = check_max_length(max_length, default=self.max_length, maximum=self.max_length)
+        encoding = self.tokenizer.encode(text, text_pair, max_length=limit,
+                                         truncation=truncation)
+        return self._run(encoding, trace, backend)
+
+    def encode_windows(self, text, *, stride, max_length=None, trace=True, backend="auto"):
+        """Read a text of any length whole, in overlapping windows.
+
+        Parameters
+        ----------
+        text : str
+        stride : int
+            Tokens between the starts of two windows, in ``[1, max_length -
+            2]``; consecutive windows share ``max_length - 2 - stride``
+            tokens.
+        max_length : int, optional
+            Tokens per window, special tokens included, in ``[3,``
+            :attr:`max_length` ``]``; None means :attr:`max_length`.
+        trace, backend
+            As in :meth:`encode`.
+
+        Returns
+        -------
+        iterator of attnref.models.output.Window
+            ``(index, count, start, stop, output)`` per window, computed one
+            at a time as the iterator is read (arguments are checked and the
+            text tokenized at the call). The windows are transformers'
+            overflowing tokens with its ``stride`` (an overlap) set to
+            ``max_length - 2 - stride`` (:meth:`BertTokenizer.encode_windows`).
+        """
+        limit = check_max_length(max_length, default=self.max_length, minimum=3,
+                                 maximum=self.max_length)
+        windows = self.tokenizer.encode_windows(text, stride=stride, max_length=limit)
+        return (Window(index, len(windows), start, stop, self._run(encoding, trace, backend))
+                for index, (start, stop, encoding) in enumerate(windows))
+
+    def _run(self, encoding, trace, backend):
+        """The encoder on one :class:`~attnref.models.wordpiece.Encoding`."""
+        ids = np.array(encoding.ids, dtype=np.int64)
+        types = np.array(encoding.token_type_ids, dtype=np.int64)
+        if types.max() >= self.config.type_vocab_size:
+            raise ValueError(f"this model has type_vocab_size = {self.config.type_vocab_size}: "
+                             "it has no token type for a sentence pair's second text")
         record = Trace() if trace else None
-        hidden_states = self(ids, trace=record, backend=backend)
-        return ModelOutput(tokens=tokens, ids=ids, hidden_states=hidden_states, trace=record,
-                           model=self.name)
+        hidden_states = self(ids, token_type_ids=types, trace=record, backend=backend)
+        return ModelOutput(tokens=encoding.tokens, ids=ids, hidden_states=hidden_states,
+                           trace=record, model=self.name, tokens_total=encoding.tokens_total)
 
     def _check_ids(self, name, ids, shape=None):
         ids = np.asarray(ids)

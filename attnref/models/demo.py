@@ -55,7 +55,8 @@ import numpy as np
 from ..analysis.tokens import FUNCTION_WORDS, function_word_mask
 from ..nn import (Embedding, Encoder, EncoderBlock, FeedForward, LayerNorm, LearnedPositions,
                   Linear, MultiHeadAttention, Trace)
-from .output import ModelOutput
+from ._limits import check_max_length, fit_lengths, window_spans
+from .output import ModelOutput, Window
 
 __all__ = ["DemoModel", "CLASSES", "HEAD_TYPES", "demo_tokenize"]
 
@@ -72,14 +73,20 @@ _TARGET_SCORE = 25.0
 
 def demo_tokenize(text, lang="en"):
     """``[CLS]``, word and punctuation tokens, ``[SEP]``; and their class ids."""
+    words, classes = _content(text, lang)
+    return ["[CLS]"] + words + ["[SEP]"], np.array([CLS] + classes + [SEP], dtype=np.int64)
+
+
+def _content(text, lang):
+    """The word and punctuation tokens of ``text`` and their classes, as lists."""
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     words = _TOKEN.findall(text)
     is_function = function_word_mask(words, lang=lang)
-    classes = [CLS] + [PUNCTUATION if not (word[0].isalnum() or word[0] == "_")
-                       else FUNCTION if function else CONTENT
-                       for word, function in zip(words, is_function)] + [SEP]
-    return ["[CLS]"] + words + ["[SEP]"], np.array(classes, dtype=np.int64)
+    classes = [PUNCTUATION if not (word[0].isalnum() or word[0] == "_")
+               else FUNCTION if function else CONTENT
+               for word, function in zip(words, is_function)]
+    return words, classes
 
 
 class DemoModel:
@@ -141,18 +148,61 @@ class DemoModel:
         return EncoderBlock(attention, LayerNorm.init(D, dtype=dtype), zero_ffn,
                             LayerNorm.init(D, dtype=dtype), norm_first=True)
 
-    def encode(self, text, *, trace=True, backend="auto", lang=None):
+    @property
+    def max_length(self):
+        """The most tokens :meth:`encode` reads, special tokens included."""
+        return self.max_positions
+
+    def encode(self, text, text_pair=None, *, trace=True, backend="auto", lang=None,
+               max_length=None, truncation=False):
         """Run the model on ``text``; see :class:`attnref.models.output.ModelOutput`.
 
         ``lang`` picks the function-word list ("en" or "pt"); None means the
-        model's own (``DemoModel(lang=...)``).
+        model's own (``DemoModel(lang=...)``). ``text_pair`` gives ``[CLS]
+        text [SEP] text_pair [SEP]``; the model has no token-type embedding,
+        so the middle ``[SEP]`` alone marks where the pair's second text
+        starts. ``max_length`` and ``truncation`` work as in
+        :meth:`attnref.models.bert.BertModel.encode` (the limit is
+        ``max_positions``): a too-long input is refused unless
+        ``truncation=True``, which cuts it and sets ``tokens_total``.
         """
-        tokens, ids = demo_tokenize(text, self.lang if lang is None else lang)
-        if len(tokens) > self.max_positions:
-            raise ValueError(f"text has {len(tokens)} tokens; the demo model takes at most "
-                             f"{self.max_positions}")
+        if text_pair is not None and not isinstance(text_pair, str):
+            raise TypeError(f"text_pair must be a str or None, got {type(text_pair).__name__}")
+        lang = self.lang if lang is None else lang
+        specials = 2 if text_pair is None else 3
+        limit = check_max_length(max_length, default=self.max_positions, minimum=specials,
+                                 maximum=self.max_positions)
+        segments = [_content(text, lang)] + ([] if text_pair is None
+                                             else [_content(text_pair, lang)])
+        kept, tokens_total = fit_lengths(tuple(len(words) for words, _ in segments), limit,
+                                         specials=specials, truncation=truncation)
+        tokens, classes = ["[CLS]"], [CLS]
+        for (words, word_classes), count in zip(segments, kept):
+            tokens += words[:count] + ["[SEP]"]
+            classes += word_classes[:count] + [SEP]
+        return self._run(tokens, np.array(classes, dtype=np.int64), tokens_total, trace,
+                         backend)
+
+    def encode_windows(self, text, *, stride, max_length=None, trace=True, backend="auto",
+                       lang=None):
+        """Read a text of any length whole, in overlapping windows, as
+        :meth:`attnref.models.bert.BertModel.encode_windows` (the limit is
+        ``max_positions``); ``lang`` as in :meth:`encode`."""
+        limit = check_max_length(max_length, default=self.max_positions, minimum=3,
+                                 maximum=self.max_positions)
+        words, classes = _content(text, self.lang if lang is None else lang)
+        spans = window_spans(len(words), limit - 2, stride)
+        tokens_total = len(words) + 2 if len(spans) > 1 else None
+        return (Window(index, len(spans), start, stop,
+                       self._run(["[CLS]"] + words[start:stop] + ["[SEP]"],
+                                 np.array([CLS] + classes[start:stop] + [SEP], dtype=np.int64),
+                                 tokens_total, trace, backend))
+                for index, (start, stop) in enumerate(spans))
+
+    def _run(self, tokens, ids, tokens_total, trace, backend):
+        """The encoder on tokens and their class ids."""
         x = self.token_embedding(ids) + self.positions(len(tokens))   # (T, D)
         record = Trace() if trace else None
         hidden_states = self.encoder.states(x, trace=record, backend=backend)  # (3, T, D)
         return ModelOutput(tokens=tokens, ids=ids, hidden_states=hidden_states, trace=record,
-                        model=self.name)
+                           model=self.name, tokens_total=tokens_total)

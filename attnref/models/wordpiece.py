@@ -44,7 +44,9 @@ import os
 import re
 import unicodedata
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Optional
+
+from ._limits import check_max_length, fit_lengths, window_spans
 
 __all__ = [
     "SPECIAL_TOKENS",
@@ -254,9 +256,11 @@ class WordpieceTokenizer:
 
 
 class Encoding(NamedTuple):
-    """What :meth:`BertTokenizer.encode` returns."""
-    tokens: list   # [T] str, with [CLS] first and [SEP] last
-    ids: list      # [T] int
+    """What :meth:`BertTokenizer.encode` returns (``T`` tokens)."""
+    tokens: list            # [T] str: [CLS] text [SEP], or [CLS] text [SEP] pair [SEP]
+    ids: list               # [T] int
+    token_type_ids: list    # [T] 0 up to the first [SEP], 1 for the pair and its [SEP]
+    tokens_total: Optional[int] = None  # tokens of the whole input when more than T
 
 
 class BertTokenizer:
@@ -269,9 +273,9 @@ class BertTokenizer:
         Must hold the five :data:`SPECIAL_TOKENS`.
     do_lower_case, strip_accents, tokenize_chinese_chars
         As in :class:`BasicTokenizer`.
-    max_length : int
+    max_length : int, default 512
         Default length limit of :meth:`encode`, special tokens included
-        (``model_max_length``; 512 for BERT).
+        (``model_max_length``; 512 for BERT; None means 512).
     max_input_chars_per_word : int
         As in :class:`WordpieceTokenizer`.
     """
@@ -284,7 +288,7 @@ class BertTokenizer:
             raise ValueError(f"the vocabulary lacks the special tokens {missing}")
         self.vocab = dict(vocab)
         self.id_to_token = {index: token for token, index in self.vocab.items()}
-        self.max_length = _check_max_length(max_length)
+        self.max_length = check_max_length(max_length, default=512)
         self.basic = BasicTokenizer(
             do_lower_case=do_lower_case, strip_accents=strip_accents,
             tokenize_chinese_chars=tokenize_chinese_chars)
@@ -360,25 +364,98 @@ class BertTokenizer:
                 tokens.extend(self.wordpiece.tokenize(word))
         return tokens
 
-    def encode(self, text, *, max_length=None):
-        """``[CLS] tokens [SEP]`` and their ids, truncated to ``max_length``.
+    def encode(self, text, text_pair=None, *, max_length=None, truncation=False):
+        """``[CLS] text [SEP]``, or the pair ``[CLS] text [SEP] text_pair [SEP]``,
+        with ids and token types, as ``transformers``' ``tokenizer(text,
+        text_pair)``.
 
         Parameters
         ----------
         text : str
-        max_length : int >= 2, optional
-            Total length limit, special tokens included; tokens past
-            ``max_length - 2`` are dropped (transformers'
-            ``truncation=True``). None means ``self.max_length``.
+        text_pair : str, optional
+            The second sentence of a pair (BERT's next-sentence and
+            cross-encoder input); its tokens and the last ``[SEP]`` get token
+            type 1.
+        max_length : int, optional
+            Total length limit, special tokens included (at least 2, or 3 for
+            a pair). None means ``self.max_length``.
+        truncation : bool
+            What an input longer than ``max_length`` gives: False (default)
+            a ValueError, True the first tokens that fit (longest-first for a
+            pair, as transformers' ``truncation=True``) with ``tokens_total``
+            set. See :mod:`attnref.models._limits`.
 
         Returns
         -------
         Encoding
-            ``(tokens, ids)``, both of length ``T <= max_length``.
+            ``tokens``, ``ids`` and ``token_type_ids`` of length ``T <=
+            max_length``; ``tokens_total``, the whole input's length with its
+            special tokens, when that is more than ``T`` (else None).
+
+        Raises
+        ------
+        ValueError
+            When the input does not fit and ``truncation`` is False.
+
+        Notes
+        -----
+        An empty ``text_pair`` gives an empty second segment, ``[CLS] text
+        [SEP] [SEP]``, as a whitespace-only one does in both libraries;
+        transformers reads ``""`` (a false value) as no pair at all.
         """
-        limit = self.max_length if max_length is None else _check_max_length(max_length)
-        tokens = ["[CLS]"] + self.tokenize(text)[:limit - 2] + ["[SEP]"]
-        return Encoding(tokens, self.convert_tokens_to_ids(tokens))
+        if text_pair is not None and not isinstance(text_pair, str):
+            raise TypeError(f"text_pair must be a str or None, got {type(text_pair).__name__}")
+        specials = 2 if text_pair is None else 3
+        limit = check_max_length(max_length, default=self.max_length, minimum=specials)
+        segments = [self.tokenize(text)] + ([] if text_pair is None
+                                            else [self.tokenize(text_pair)])
+        kept, tokens_total = fit_lengths(tuple(map(len, segments)), limit, specials=specials,
+                                         truncation=truncation)
+        tokens, types = ["[CLS]"], [0]
+        for segment_type, (segment, count) in enumerate(zip(segments, kept)):
+            tokens += segment[:count] + ["[SEP]"]
+            types += [segment_type] * (count + 1)
+        return Encoding(tokens, self.convert_tokens_to_ids(tokens), types, tokens_total)
+
+    def encode_windows(self, text, *, stride, max_length=None):
+        """``text`` whole, as overlapping windows of at most ``max_length``
+        tokens, each ``[CLS] window [SEP]``.
+
+        Parameters
+        ----------
+        text : str
+        stride : int
+            Tokens between the starts of two windows, in ``[1, max_length -
+            2]``; windows share ``max_length - 2 - stride`` tokens.
+        max_length : int, optional
+            Tokens per window, special tokens included (at least 3). None
+            means ``self.max_length``.
+
+        Returns
+        -------
+        list of (int, int, Encoding)
+            ``(start, stop, encoding)`` per window: the window holds the
+            text's tokens ``start .. stop - 1`` (counted without specials);
+            ``encoding.tokens_total`` is the whole text's length with its two
+            special tokens when there is more than one window, else None.
+
+        Notes
+        -----
+        These are the windows of transformers' ``tokenizer(text,
+        truncation=True, max_length=max_length, stride=max_length - 2 -
+        stride, return_overflowing_tokens=True)``: its ``stride`` is the
+        overlap, this one the step between window starts.
+        """
+        limit = check_max_length(max_length, default=self.max_length, minimum=3)
+        tokens = self.tokenize(text)
+        spans = window_spans(len(tokens), limit - 2, stride)
+        tokens_total = len(tokens) + 2 if len(spans) > 1 else None
+        windows = []
+        for start, stop in spans:
+            window = ["[CLS]"] + tokens[start:stop] + ["[SEP]"]
+            windows.append((start, stop, Encoding(window, self.convert_tokens_to_ids(window),
+                                                  [0] * len(window), tokens_total)))
+        return windows
 
     def convert_tokens_to_ids(self, tokens):
         """Ids of ``tokens``; a token outside the vocabulary gets ``[UNK]``'s."""
@@ -393,11 +470,3 @@ class BertTokenizer:
                 f"ids {unknown} are outside the vocabulary of {len(self.vocab)} tokens")
         return [self.id_to_token[index] for index in ids]
 
-
-def _check_max_length(max_length):
-    if isinstance(max_length, bool) or not isinstance(max_length, int):
-        raise TypeError(f"max_length must be an int, got {type(max_length).__name__}")
-    if max_length < 2:
-        raise ValueError(
-            f"max_length must be >= 2 to hold [CLS] and [SEP], got {max_length}")
-    return max_length

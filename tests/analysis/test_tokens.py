@@ -133,6 +133,25 @@ def test_entropy_hand_example():
     assert T.mean_entropy(weights) == pytest.approx(math.log(2))
 
 
+def test_entropy_of_a_float32_stack_holds_one_float64_map_at_a_time():
+    """Memory stays proportionate (issue 13: 1,506 words took 1.1 GB): the
+    entropy of (layers, H, T, T) float32 weights allocates one float64 array of
+    that shape (x log x) and a bool mask, not float64 copies of the input."""
+    import tracemalloc
+    rng = np.random.default_rng(0)
+    weights = rng.random((2, 4, 128, 128)).astype(np.float32)
+    weights /= weights.sum(-1, keepdims=True)
+    expected = -(weights.astype(np.float64) * np.log(weights.astype(np.float64))).sum(-1)
+    tracemalloc.start()
+    try:
+        entropy = T.entropy(weights)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_allclose(entropy, expected, rtol=1e-12)
+    assert peak < 1.5 * 8 * weights.size          # the float64 map and the mask: 9 bytes/weight
+
+
 def test_entropy_seed_epsilon_matches_the_notes():
     weights = random_attention_maps(1, (7, 9), visible_fraction=0.5)
     expected = [seed_compute_attention_entropy(row) for row in weights]

@@ -131,8 +131,60 @@ def test_token_types_and_input_validation(checkpoint):
         model(np.zeros(11, int))
     with pytest.raises(ValueError, match=r"range \[0, 99\]"):
         model(np.array([0, 99]))
-    assert len(model.encode("a " * 20).tokens) == 10        # capped by the position table
-    assert len(model.encode("a " * 20, max_length=5).tokens) == 5
+    capped = model.encode("a " * 20, truncation=True)        # capped by the position table
+    assert len(capped.tokens) == 10 and capped.tokens_total == 22
+    assert len(model.encode("a " * 20, max_length=5, truncation=True).tokens) == 5
+
+
+def test_a_text_too_long_is_refused_or_cut_loudly(checkpoint):
+    model = load_bert(checkpoint())                  # max_position_embeddings = 10
+    assert model.max_length == 10
+    text = "the cat sat a b the cat sat a b"         # 10 tokens + [CLS] + [SEP]
+    with pytest.raises(ValueError, match=r"the text is 12 tokens .* at most 10 .* "
+                                         r"truncation=True .* encode_windows"):
+        model.encode(text)
+    cut = model.encode(text, truncation=True)
+    assert cut.tokens_total == 12 and len(cut.tokens) == 10 and cut.tokens[-1] == "[SEP]"
+    assert cut.attention_weights.shape[-1] == 10 and cut.hidden_states.shape[1] == 10
+    assert model.encode("the cat").tokens_total is None
+    short = model.encode(text, max_length=5, truncation=True)
+    assert short.tokens == ["[CLS]", "the", "cat", "sat", "[SEP]"] and short.tokens_total == 12
+    with pytest.raises(ValueError, match="max_length must be at most 10, .* got 2000"):
+        model.encode("the cat", max_length=2000)
+
+
+def test_windows_read_the_whole_text(checkpoint):
+    model = load_bert(checkpoint())
+    text = "the cat sat a b the cat sat a b the"   # 11 tokens
+    windows = list(model.encode_windows(text, stride=5))     # 8 text tokens a window
+    assert [(w.index, w.count, w.start, w.stop) for w in windows] == [(0, 2, 0, 8),
+                                                                      (1, 2, 5, 11)]
+    words = model.tokenizer.tokenize(text)
+    for window in windows:
+        assert window.output.tokens == ["[CLS]"] + words[window.start:window.stop] + ["[SEP]"]
+        assert window.output.tokens_total == 13
+        alone = model.encode(" ".join(words[window.start:window.stop]))
+        np.testing.assert_array_equal(window.output.hidden_states, alone.hidden_states)
+    (only,) = model.encode_windows("the cat", stride=1, trace=False)
+    assert only.output.tokens_total is None and only.output.trace is None
+    with pytest.raises(ValueError, match="stride must be an integer between 1 and 3"):
+        model.encode_windows(text, stride=4, max_length=5)      # at the call, not when read
+    with pytest.raises(ValueError, match="max_length must be at most 10"):
+        model.encode_windows(text, stride=1, max_length=11)
+
+
+def test_a_pair_gets_token_type_one_after_the_first_sep(checkpoint, tmp_path):
+    model = load_bert(checkpoint())
+    pair = model.encode("the cat", "sat")
+    assert pair.tokens == ["[CLS]", "the", "cat", "[SEP]", "sat", "[SEP]"]
+    types = np.array([0, 0, 0, 0, 1, 1])
+    np.testing.assert_allclose(pair.hidden_states, model(pair.ids, token_type_ids=types),
+                               rtol=1e-5, atol=1e-5)
+    assert not np.allclose(pair.hidden_states, model(pair.ids))
+    assert pair.read_text() == "the cat [SEP] sat"
+    single = load_bert(checkpoint(dict(CONFIG, type_vocab_size=1)))
+    with pytest.raises(ValueError, match="type_vocab_size = 1: it has no token type"):
+        single.encode("the cat", "sat")
 
 
 def test_bert_prefix_and_pooler_are_accepted(checkpoint):

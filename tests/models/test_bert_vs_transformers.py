@@ -98,7 +98,45 @@ def test_truncation_equals_transformers(tokenizers, max_length):
     ours, default, _ = tokenizers
     text = SENTENCES[1] + " " + SENTENCES[0]
     expected = default(text, truncation=True, max_length=max_length)["input_ids"]
-    assert ours.encode(text, max_length=max_length).ids == expected
+    assert ours.encode(text, max_length=max_length, truncation=True).ids == expected
+
+
+PAIRS = [(SENTENCES[0], SENTENCES[4]), (SENTENCES[1], SENTENCES[3]),
+         ("Is it hungry?", "The cat chased the mouse because it was hungry.")]
+
+
+@pytest.mark.parametrize("text, pair", PAIRS)
+@pytest.mark.parametrize("max_length", [None, 8, 13, 20])
+def test_pairs_and_their_truncation_equal_transformers(tokenizers, text, pair, max_length):
+    ours, default, _ = tokenizers
+    options = {} if max_length is None else {"truncation": True, "max_length": max_length}
+    expected = default(text, pair, **options)
+    encoding = ours.encode(text, pair, **options)
+    assert encoding.ids == expected["input_ids"]
+    assert encoding.token_type_ids == expected["token_type_ids"]
+
+
+def varied_prose():
+    """About 1,500 WordPiece tokens of real English prose: attnref's module docs."""
+    import attnref.html_report
+    import attnref.models.bert
+    import attnref.report
+    return " ".join(" ".join(module.__doc__.split()) for module in (
+        attnref.report, attnref.html_report, attnref.models.bert))
+
+
+@pytest.mark.parametrize("max_length, stride", [(64, 48), (128, 126), (100, 1), (512, 384)])
+def test_windows_equal_transformers_overflowing_tokens(tokenizers, max_length, stride):
+    """transformers' ``stride`` is the overlap; attnref's the step between starts."""
+    ours, default, _ = tokenizers
+    text = varied_prose()
+    expected = default(text, truncation=True, max_length=max_length,
+                       stride=max_length - 2 - stride,
+                       return_overflowing_tokens=True)["input_ids"]
+    windows = ours.encode_windows(text, stride=stride, max_length=max_length)
+    assert [encoding.ids for _, _, encoding in windows] == expected
+    assert {encoding.tokens_total for _, _, encoding in windows} == {
+        len(default(text)["input_ids"])}
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +166,24 @@ def test_hidden_states_and_attention_equal_transformers(models, text):
     hidden, attention = reference_outputs(models, ours.ids[None], np.ones_like(ours.ids)[None])
     assert max_diff(ours.hidden_states, hidden[:, 0]) <= HIDDEN_TOL
     assert max_diff(ours.attention_weights, attention[:, 0]) <= ATTENTION_TOL
+
+
+@pytest.mark.parametrize("text, pair", PAIRS)
+def test_pairs_run_as_in_transformers(models, text, pair):
+    ours = models[0].encode(text, pair)
+    _, reference, torch = models
+    types = [0] * (ours.tokens.index("[SEP]") + 1)
+    types += [1] * (len(ours.tokens) - len(types))
+    with torch.no_grad():
+        out = reference(input_ids=torch.tensor(ours.ids[None]),
+                        token_type_ids=torch.tensor([types]),
+                        output_attentions=True, output_hidden_states=True)
+    assert max_diff(ours.hidden_states, torch.stack(out.hidden_states).numpy()[:, 0]) <= HIDDEN_TOL
+    assert max_diff(ours.attention_weights,
+                    torch.stack(out.attentions).numpy()[:, 0]) <= ATTENTION_TOL
+    # the token types matter: the same ids read as one segment differ
+    flat = models[0](ours.ids)
+    assert max_diff(flat[1:], torch.stack(out.hidden_states).numpy()[1:, 0]) > HIDDEN_TOL
 
 
 @pytest.mark.parametrize("backend", ["numpy", "auto"])

@@ -107,8 +107,10 @@ def test_residual_stream_and_hidden_states(model):
 
 
 def test_too_long_text_and_bad_sizes_are_refused():
-    with pytest.raises(ValueError, match="demo model takes at most 8"):
+    with pytest.raises(ValueError, match=r"the text is 9 tokens .* reads at most 8"):
         DemoModel(max_positions=8).encode("one two three four five six seven")
+    with pytest.raises(ValueError, match="max_length must be at most 8"):
+        DemoModel(max_positions=8).encode("one", max_length=9)
     with pytest.raises(ValueError, match="max_positions must be an integer >= 2"):
         DemoModel(max_positions=1)
 
@@ -121,3 +123,30 @@ def test_the_model_language_picks_the_function_words():
         "function", "content"]
     with pytest.raises(ValueError, match="lang must be one of .*, got 'fr'"):
         DemoModel(lang="fr")
+
+
+def test_a_cut_text_says_so_and_windows_read_it_all():
+    model = DemoModel(max_positions=8)
+    text = "one two three four five six seven"
+    cut = model.encode(text, truncation=True)
+    assert cut.tokens == ["[CLS]", "one", "two", "three", "four", "five", "six", "[SEP]"]
+    assert cut.tokens_total == 9 and cut.read_text() == "one two three four five six"
+    windows = list(model.encode_windows(text, stride=4))
+    assert [(w.start, w.stop, w.output.tokens[1:-1]) for w in windows] == [
+        (0, 6, text.split()[:6]), (4, 7, ["five", "six", "seven"])]
+    for window in windows:
+        alone = model.encode(" ".join(window.output.tokens[1:-1]))
+        np.testing.assert_array_equal(window.output.hidden_states, alone.hidden_states)
+        assert window.output.tokens_total == 9
+
+
+def test_a_pair_is_read_with_a_sep_between(model):
+    pair = model.encode("The cat sat.", "It was hungry.", lang="en")
+    assert pair.tokens == ["[CLS]", "The", "cat", "sat", ".", "[SEP]", "It", "was", "hungry",
+                           ".", "[SEP]"]
+    assert [CLASSES[i] for i in pair.ids[[0, 5, 10]]] == ["[CLS]", "[SEP]", "[SEP]"]
+    cut = DemoModel(max_positions=8).encode("a b c d e", "f g", truncation=True)
+    assert cut.tokens == ["[CLS]", "a", "b", "c", "[SEP]", "f", "g", "[SEP]"]
+    assert cut.tokens_total == 10
+    with pytest.raises(TypeError, match="text_pair must be a str or None, got bytes"):
+        model.encode("a", b"b")

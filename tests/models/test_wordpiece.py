@@ -78,15 +78,24 @@ def test_wordpiece_greedy_longest_match_first():
         WordpieceTokenizer({"a": 0})
 
 
-def test_encode_adds_cls_sep_and_truncates():
+def test_encode_adds_cls_sep_and_truncates_only_when_asked():
     encoding = tokenizer().encode("The cat's unaffable!")
     assert encoding.tokens == ["[CLS]", "the", "cat", "'", "s", "un", "##aff", "##able", "!",
                                "[SEP]"]
     assert encoding.ids == [VOCAB[token] for token in encoding.tokens]
-    tokens, ids = tokenizer().encode("a b a b a b", max_length=4)
-    assert tokens == ["[CLS]", "a", "b", "[SEP]"] and len(ids) == 4
-    assert tokenizer(max_length=3).encode("a b").tokens == ["[CLS]", "a", "[SEP]"]
+    assert encoding.token_type_ids == [0] * 10 and encoding.tokens_total is None
+    cut = tokenizer().encode("a b a b a b", max_length=4, truncation=True)
+    assert cut.tokens == ["[CLS]", "a", "b", "[SEP]"] and len(cut.ids) == 4
+    assert cut.tokens_total == 8                          # 6 tokens + [CLS] + [SEP]
+    assert tokenizer(max_length=3).encode("a b", truncation=True).tokens == [
+        "[CLS]", "a", "[SEP]"]
     assert tokenizer().encode("").tokens == ["[CLS]", "[SEP]"]
+    assert tokenizer().encode("a b", max_length=4).tokens_total is None   # fits exactly
+    with pytest.raises(ValueError, match=r"the text is 8 tokens .* at most 4 \(max_length\): "
+                                         r"pass truncation=True .* encode_windows"):
+        tokenizer().encode("a b a b a b", max_length=4)
+    with pytest.raises(ValueError, match="at most 3"):
+        tokenizer(max_length=3).encode("a b")
     with pytest.raises(ValueError, match="max_length must be >= 2"):
         tokenizer().encode("a", max_length=1)
     with pytest.raises(TypeError, match="max_length must be an int"):
@@ -149,3 +158,52 @@ def test_pieces_spell_the_word(first, rest):
     word = first + "".join(rest)
     pieces = WordpieceTokenizer(VOCAB).tokenize(word)
     assert "".join(piece.removeprefix("##") for piece in pieces) == word
+
+
+def test_a_pair_is_cls_a_sep_b_sep_with_token_types():
+    encoding = tokenizer().encode("The cat!", "a b")
+    assert encoding.tokens == ["[CLS]", "the", "cat", "!", "[SEP]", "a", "b", "[SEP]"]
+    assert encoding.token_type_ids == [0, 0, 0, 0, 0, 1, 1, 1]
+    assert encoding.ids == [VOCAB[token] for token in encoding.tokens]
+    with pytest.raises(ValueError, match="sentence pair is 8 tokens"):
+        tokenizer().encode("The cat!", "a b", max_length=7)
+    with pytest.raises(ValueError, match="max_length must be >= 3"):
+        tokenizer().encode("a", "b", max_length=2, truncation=True)
+    empty = tokenizer().encode("a", "")                  # an empty second segment
+    assert empty.tokens == ["[CLS]", "a", "[SEP]", "[SEP]"]
+    assert empty.token_type_ids == [0, 0, 0, 1]
+    with pytest.raises(TypeError, match="text_pair must be a str or None, got list"):
+        tokenizer().encode("a", ["b"])
+
+
+@pytest.mark.parametrize("first, second, limit, kept", [
+    (6, 2, 7, (2, 2)),    # the short segment fits in half the budget (4): kept whole
+    (2, 6, 7, (2, 2)),
+    (6, 6, 9, (3, 3)),    # neither does: half each, the longer (here the pair) gets the odd one
+    (7, 6, 10, (4, 3)),   # the longer gets the odd token
+    (1, 9, 5, (1, 1)),
+    (3, 3, 6, (1, 2)),
+])
+def test_a_pair_is_cut_longest_first(first, second, limit, kept):
+    """Expected counts worked out from tokenizers' LongestFirst (budget = limit - 3);
+    test_bert_vs_transformers checks the rule against transformers itself."""
+    text, pair = " ".join(["a"] * first), " ".join(["b"] * second)
+    encoding = tokenizer().encode(text, pair, max_length=limit, truncation=True)
+    assert (encoding.tokens.count("a"), encoding.tokens.count("b")) == kept
+    assert encoding.tokens_total == first + second + 3 and len(encoding.tokens) <= limit
+
+
+def test_windows_cover_the_text_and_overlap_by_size_minus_stride():
+    text = " ".join(["a", "b", "the", "cat", "hello", "world", "e", "45", "reais"])
+    words = tokenizer().tokenize(text)                                   # 9 tokens
+    windows = tokenizer().encode_windows(text, stride=3, max_length=6)    # 4 tokens each
+    assert [(start, stop) for start, stop, _ in windows] == [(0, 4), (3, 7), (6, 9)]
+    for start, stop, encoding in windows:
+        assert encoding.tokens == ["[CLS]"] + words[start:stop] + ["[SEP]"]
+        assert encoding.tokens_total == 11 and encoding.token_type_ids == [0] * len(encoding.ids)
+    (only,) = tokenizer().encode_windows("a b", stride=1)
+    assert only[:2] == (0, 2) and only[2].tokens_total is None           # one window: all read
+    with pytest.raises(ValueError, match=r"stride must be an integer between 1 and 4 .* got 5"):
+        tokenizer().encode_windows(text, stride=5, max_length=6)
+    with pytest.raises(ValueError, match="got 0"):
+        tokenizer().encode_windows(text, stride=0, max_length=6)

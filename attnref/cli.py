@@ -10,10 +10,11 @@
     ``attnref-c``; see :mod:`attnref.testing.adapters`) or on
     ``package.module:function``, prints the table and exits 1 when a case
     fails. Progress goes to stderr.
-``attnref report TEXT [--model minilm|demo|PATH] [--layer N] [--head N] [--json] [--html PATH]``
-    Runs a model on TEXT with a Trace and prints how it allocates attention
-    per token, per layer and per head, the misallocation findings and the
-    attention rollout (:mod:`attnref.report`). The default model is MiniLM
+``attnref report TEXT [--model minilm|demo|PATH] [--layer N] [--head N] [--full] [--json] [--html PATH]``
+    Runs a model on TEXT with a Trace and prints a one-screen summary of how
+    it allocates attention (:mod:`attnref.report`); ``--full`` adds the
+    per-token, per-layer and per-head tables, every misallocation finding
+    and the attention rollout. The default model is MiniLM
     when its package is installed, else the embedded demo model. ``--html``
     also writes the self-contained attention explorer
     (:mod:`attnref.html_report`).
@@ -224,7 +225,7 @@ def _report(arguments):
     if arguments.json:
         print(json.dumps(_finite_json(report.to_dict()), indent=1, allow_nan=False))
     else:
-        print(report.text_report())
+        print(report.text_report(full=arguments.full))
     return 0
 
 
@@ -282,7 +283,12 @@ def main(argv=None):
     report_parser.add_argument("--top-k", type=int, default=3, help="keys listed per token")
     report_parser.add_argument("--lang", choices=("en", "pt"), default="en",
                                help="function-word list (default en)")
-    report_parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    report_parser.add_argument(
+        "--full", action="store_true",
+        help="after the summary, print the per-token, per-layer and per-head tables, every "
+             "finding and the rollout")
+    report_parser.add_argument("--json", action="store_true",
+                               help="print everything (summary included) as JSON instead")
     report_parser.add_argument(
         "--html", metavar="PATH",
         help="also write a self-contained HTML attention explorer (head view, model view, "

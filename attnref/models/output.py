@@ -21,12 +21,16 @@ class ModelOutput:
         layer and leaving each layer (``output_hidden_states`` in transformers)
     trace : :class:`attnref.nn.Trace` or None
     model : str, the model's name
+    tokens_total : int or None, the number of tokens the whole input
+        tokenizes to (specials included) before any truncation; None means
+        the model read all of it (``tokens`` is the whole input)
     """
     tokens: List[str]
     ids: np.ndarray
     hidden_states: np.ndarray
     trace: Optional[Trace]
     model: str
+    tokens_total: Optional[int] = None
 
     @property
     def attention_weights(self):

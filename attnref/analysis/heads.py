@@ -323,9 +323,12 @@ def head_taxonomy(weights, tokens=None, *, lang="en", share=0.5,
     5. ``"other"``.
 
     None of the thresholds depends on the length, unlike the 3-nat rule of
-    :func:`classify_head`. Edge cases: with ``L = S = 1`` the one key is the
-    query itself, so the head is ``"self"``; a map with no visible key is
-    ``"other"`` with NaN evidence.
+    :func:`classify_head`. As everywhere in :mod:`attnref.analysis`, a key
+    of weight exactly 0 is masked: a row even over the few keys it can see
+    is uniform, so a constructed map that is even over two keys and exactly
+    0 elsewhere is broad (softmax never gives exact zeros). Edge cases: with
+    ``L = S = 1`` the one key is the query itself, so the head is
+    ``"self"``; a map with no visible key is ``"other"`` with NaN evidence.
 
     Examples
     --------

@@ -49,6 +49,8 @@ _HEAD_COLUMNS = (("score", "score"), ("previous_token", "prev"), ("next_token", 
                  ("self", "self"), ("sink", "sink"), ("uniformity", "unif"),
                  ("content", "cont"), ("local", "local"), ("duplicate_token", "dup"),
                  ("induction", "ind"), ("confidence", "conf"), ("entropy", "entropy"))
+#: Head types whose links the summary does not report as word-to-word links.
+_NOT_LINKS = ("previous-token", "next-token", "self", "sink")
 _KIND_NAMES = {"collapse": "collapse", "uniform": "uniform", "function_words": "function words",
                "sink": "sink"}
 _SCREEN = 100   # characters: a text or token line is cut to this in the summary
@@ -136,7 +138,7 @@ def _summary_lines(report):
                  f"{description}")
     lines.append("head types: " + ", ".join(f"{count} {kind}"
                                             for kind, count in summary["type_counts"].items()))
-    lines.append(report.layer_trend)
+    lines += _wrap(report.layer_trend)
     share = report.content_vs_function
     lines.append(f"words: content words get {_pct(share['content_attention'])} of the attention "
                  f"({_pct(share['content_tokens'])} of the tokens), function words "
@@ -423,8 +425,9 @@ def _pronouns(weights, tokens, layers, types, lang, limit=2):
 
 def _strongest_link(weights, tokens, layers, types, lang):
     """The largest weight from a content word to a content word of another
-    word at least two words away, over the heads of ``layers`` (None
-    without such pairs); tokens are shown as their whole words."""
+    word at least two words away, over the heads of ``layers`` whose type
+    is not positional or a sink (those are named already); None without
+    such pairs or heads. Tokens are shown as their whole words."""
     content = analysis.content_word_mask(tokens, lang=lang)
     word_index, words = _words(tokens)
     apart = np.abs(word_index[None, :] - word_index[:, None]) > 1
@@ -433,9 +436,11 @@ def _strongest_link(weights, tokens, layers, types, lang):
         return None
     best = None
     for layer in layers:                                  # one layer at a time: (H, T, T)
-        linked = np.where(pairs, weights[layer], -np.inf)
+        free = ~np.isin(types[layer], _NOT_LINKS)[:, None, None]                # (H, 1, 1)
+        linked = np.where(pairs & free, weights[layer], -np.inf)
         head, query, key = np.unravel_index(np.argmax(linked), linked.shape)
-        if best is None or linked[head, query, key] > best["weight"]:
+        if np.isfinite(linked[head, query, key]) and (
+                best is None or linked[head, query, key] > best["weight"]):
             best = {"layer": int(layer), "head": int(head), "type": str(types[layer, head]),
                     "query_position": int(query), "query": words[query],
                     "key_position": int(key), "key": words[key],

@@ -191,6 +191,8 @@ def assert_summary_agrees_with_the_tables(report):
         if entry:
             assert rows[entry["layer"], entry["head"]]["type"] == entry.get(
                 "type", rows[entry["layer"], entry["head"]]["type"])
+    link = summary["strongest_link"]                     # positional and sink heads are named
+    assert link is None or link["type"] not in ("previous-token", "next-token", "self", "sink")
     lines = report.text_report().splitlines()
     for line in lines:                       # each type line names exactly that type's heads
         label = line[2:19].strip()

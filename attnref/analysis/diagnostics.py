@@ -153,11 +153,14 @@ def _uniformity(weights):
 
 
 def _sink_share(weights, tokens):
-    """(...): the ``sink`` check's evidence: the share on special tokens and
-    punctuation with tokens, on the first key without."""
+    """(share, parts): the ``sink`` check's evidence (...), the share on
+    special tokens and punctuation with tokens (``parts`` is their
+    :class:`~attnref.analysis.tokens.SpecialTokenAttention`), on the first
+    key without (``parts`` is None)."""
     if tokens is None:
-        return sink_score(weights, k=1)
-    return special_token_attention(weights, tokens).total
+        return sink_score(weights, k=1), None
+    parts = special_token_attention(weights, tokens)
+    return parts.total, parts
 
 
 def _token_text(tokens, keys):
@@ -288,13 +291,10 @@ def diagnose(weights, tokens=None, pos_tags=None, *, lang="en", **thresholds):
         extra["function_word_share"], evidence["function_words"] = _share_and_lift(
             weights, is_function)
 
-    evidence["sink"] = _sink_share(weights, tokens)
-    if tokens is not None:
-        extra["sink_parts"] = special_token_attention(weights, tokens)
-        sink_keys = tuple(key for key, token in enumerate(tokens)
-                          if token in extra["sink_parts"].by_special)
-    else:
-        sink_keys = (0,)
+    evidence["sink"], extra["sink_parts"] = _sink_share(weights, tokens)
+    sink_keys = ((0,) if tokens is None else
+                 tuple(key for key, token in enumerate(tokens)
+                       if token in extra["sink_parts"].by_special))
 
     findings = []
     for check, threshold_name in _CHECKS.items():

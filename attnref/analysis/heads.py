@@ -66,6 +66,8 @@ HEAD_TYPE_DESCRIPTIONS = {
 
 #: The position-specific and sink types, in tie-breaking order (see head_taxonomy).
 _TARGET_TYPES = ("previous-token", "next-token", "self", "sink")
+#: Shares closer than this are tied: float32 rows sum to 1 within about 1e-7 each.
+_TIE = 1e-6
 
 _CLASSIFY_MODES = ("seed", "rows")
 _SEED_EPSILON = 1e-10  # compute_attention_entropy's shift, attention-weights-and-vectors.md
@@ -307,8 +309,9 @@ def head_taxonomy(weights, tokens=None, *, lang="en", share=0.5,
        ``.total``; Clark et al. 2019 read such heads as no-ops) or on the
        first key (without, :func:`attnref.analysis.tokens.sink_score`; Xiao
        et al. 2023). This is diagnose's ``sink`` evidence, and ``share``
-       defaults to its threshold. Ties go to the earlier type in that order
-       (a position is the more specific claim). Above 0.5 two targets can
+       defaults to its threshold. Ties (shares within 1e-6, float rounding)
+       go to the earlier type in that order (a position is the more specific
+       claim). Above 0.5 two targets can
        both qualify only where they overlap (the token before the first
        word is [CLS]).
     3. ``"content-focused"``: ``share(content words) >= share`` and
@@ -350,7 +353,7 @@ def head_taxonomy(weights, tokens=None, *, lang="en", share=0.5,
         tokens = check_tokens(tokens, n_keys)
 
     targets = np.stack([previous_token_score(weights), next_token_score(weights),
-                        diagonal_score(weights), _sink_share(weights, tokens)])  # (4, ...)
+                        diagonal_score(weights), _sink_share(weights, tokens)[0]])  # (4, ...)
     uniformity = _uniformity(weights)
     if tokens is None:
         content = content_lift = np.full(weights.shape[:-2], np.nan)
@@ -360,7 +363,8 @@ def head_taxonomy(weights, tokens=None, *, lang="en", share=0.5,
     local, local_lift = _share_and_lift(weights, np.abs(offsets) <= window)
 
     filled = np.nan_to_num(targets, nan=-np.inf)
-    best = np.argmax(filled, axis=0)                       # first maximum: the tie order
+    # the first type within _TIE of the largest: float32 rounding does not break a tie
+    best = np.argmax(filled >= filled.max(axis=0) - _TIE, axis=0)
     best_share = np.take_along_axis(filled, best[None], axis=0)[0]
     with np.errstate(invalid="ignore"):  # NaN evidence compares False: the rule does not hold
         rules = [uniformity >= uniform_entropy, best_share >= share,

@@ -216,6 +216,10 @@ def test_head_taxonomy_ties_go_to_the_earlier_type():
     # row 1 on [CLS] is both its previous token and the sink
     overlap = head_taxonomy(np.array([[1.0, 0.0], [1.0, 0.0]]))
     assert overlap.previous_token == overlap.sink == 1 and overlap.type == "previous-token"
+    # float32 rounding does not break a tie: the sink share a hair above still loses
+    rounded = np.array([[1.0, 0.0], [1.0 - 1e-7, 1e-7]], dtype=np.float32)
+    result = head_taxonomy(rounded, ["[CLS]", "[SEP]"])
+    assert result.sink > result.previous_token and result.type == "previous-token"
 
 
 def test_head_taxonomy_on_one_to_three_tokens():

@@ -400,19 +400,21 @@ def _pronouns(weights, tokens, layers, types, lang, limit=2):
     """For the first ``limit`` pronouns with earlier content words that are
     not the word just before: which of those words gets the most weight in
     how many heads, and the largest single weight (Clark et al. 2019, Sec. 5:
-    coreference-like heads)."""
+    coreference-like heads). A word split into pieces ("el ##a") is read
+    from its first piece."""
     content = analysis.content_word_mask(tokens, lang=lang)
     word_index, words = _words(tokens)
     layers = list(layers)
     found = []
     for position, token in enumerate(tokens):
         earlier = np.flatnonzero(content & (word_index < word_index[position] - 1))
-        if token.casefold() not in PRONOUNS[lang] or earlier.size == 0:
+        if (token.startswith("##") or words[position].casefold() not in PRONOUNS[lang]
+                or earlier.size == 0):
             continue
         rows = weights[layers][:, :, position][..., earlier]              # (layers, H, K)
         winners = collections.Counter(words[key] for key in earlier[rows.argmax(-1)].ravel())
         layer, head, key = np.unravel_index(np.argmax(rows), rows.shape)
-        found.append({"position": position, "token": token,
+        found.append({"position": position, "token": words[position],
                       "most_weight": winners.most_common(),
                       "layer": layers[layer], "head": int(head),
                       "type": str(types[layers[layer], head]),

@@ -13,11 +13,14 @@ from attnref.report import build_report
 
 TEXT = "The cat chased the mouse because it was hungry."
 PORTUGUESE = "O gato perseguiu o rato porque estava com fome."
+#: (lang, text, the pronouns the summary follows: those with an earlier content word that
+#: is not the word just before; "ela" is split into "el ##a" by MiniLM's WordPiece)
 MORE_TEXTS = [
+    ("pt", PORTUGUESE, []),
     ("en", "The committee said that it would review the proposal after the engineers had "
-           "tested their prototype in the harbour."),
-    ("en", "She gave him the keys, but he left them on the train to Lisbon."),
-    ("pt", "A professora explicou a lição e os alunos fizeram perguntas sobre ela."),
+           "tested their prototype in the harbour.", ["it", "their"]),
+    ("en", "She gave him the keys, but he left them on the train to Lisbon.", ["he", "them"]),
+    ("pt", "A professora explicou a lição e os alunos fizeram perguntas sobre ela.", ["ela"]),
 ]
 SCREEN = 40                          # lines: the summary must fit one screen
 
@@ -255,9 +258,10 @@ def test_minilm_summary_fits_a_screen_and_names_the_positional_heads(minilm):
         assert line.split()[:3] == [str(row["layer"]), str(row["head"]), row["type"]]
 
 
-@pytest.mark.parametrize("lang,text", [("pt", PORTUGUESE)] + MORE_TEXTS)
-def test_minilm_summary_on_other_texts(minilm, lang, text):
+@pytest.mark.parametrize("lang,text,pronouns", MORE_TEXTS)
+def test_minilm_summary_on_other_texts(minilm, lang, text, pronouns):
     report = build_report(minilm.encode(text), text=text, lang=lang)
+    assert [row["token"] for row in report.summary["pronouns"]] == pronouns
     lines = report.text_report().splitlines()
     assert len(lines) <= SCREEN and max(map(len, lines)) <= 100
     assert_summary_agrees_with_the_tables(report)

@@ -10,12 +10,13 @@
     ``attnref-c``; see :mod:`attnref.testing.adapters`) or on
     ``package.module:function``, prints the table and exits 1 when a case
     fails. Progress goes to stderr.
-``attnref report TEXT [--model minilm|demo|PATH] [--layer N] [--head N] [--full] [--json] [--html PATH]``
+``attnref report TEXT [--model M] [--layer N] [--head N] [--full] [--json] [--html PATH]``
     Runs a model on TEXT with a Trace and prints a one-screen summary of how
     it allocates attention (:mod:`attnref.report`); ``--full`` adds the
     per-token, per-layer and per-head tables, every misallocation finding
-    and the attention rollout. The default model is MiniLM
-    when its package is installed, else the embedded demo model. ``--html``
+    and the attention rollout. M is minilm, demo or a checkpoint directory;
+    the default is MiniLM when its package is installed, else the embedded
+    demo model. ``--html``
     also writes the self-contained attention explorer
     (:mod:`attnref.html_report`).
 ``attnref vectors export DIR`` / ``attnref vectors verify DIR``

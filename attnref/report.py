@@ -31,7 +31,7 @@ from .analysis._common import Record, key_share
 __all__ = ["Report", "build_report", "PRONOUNS"]
 
 #: Third-person pronouns whose attention the summary follows to the earlier
-#: words (the coreference-like behaviour Clark et al. 2019, Sec. 5, find in
+#: words (the coreference-like behaviour Clark et al. 2019, Sec. 4.3, find in
 #: some of BERT's heads), by language.
 PRONOUNS = {
     "en": frozenset("it its itself he him his himself she her hers herself they them their "
@@ -399,7 +399,7 @@ def _words(tokens):
 def _pronouns(weights, tokens, layers, types, lang, limit=2):
     """For the first ``limit`` pronouns with earlier content words that are
     not the word just before: which of those words gets the most weight in
-    how many heads, and the largest single weight (Clark et al. 2019, Sec. 5:
+    how many heads, and the largest single weight (Clark et al. 2019, Sec. 4.3:
     coreference-like heads). A word split into pieces ("el ##a") is read
     from its first piece."""
     content = analysis.content_word_mask(tokens, lang=lang)

@@ -297,23 +297,23 @@ def head_taxonomy(weights, tokens=None, *, lang="en", share=0.5,
        keys. This is the evidence and threshold of
        :func:`attnref.analysis.diagnose`'s ``uniform`` check (seed:
        "Atenção Uniforme"), so a head is broad exactly when diagnose calls
-       it uniform; Clark et al. 2019 ("What Does BERT Look At?", Sec. 3)
-       call these heads broad, Voita et al. 2019 read such a head as a bag
-       of words.
+       it uniform. Clark et al. 2019 ("What Does BERT Look At?", Sec. 3.3)
+       call such heads broad: their output is roughly a bag of vectors of
+       the sentence.
     2. The largest of four targets, if it holds at least ``share``:
        ``"previous-token"`` (``mean_i w_{i,i-1}``), ``"next-token"``
        (``mean_i w_{i,i+1}``), ``"self"`` (``mean_i w_ii``), each over the
-       rows that have that key (Clark et al. 2019, Sec. 3, positional
+       rows that have that key (Clark et al. 2019, Sec. 3.1, positional
        heads), and ``"sink"``: the share on [CLS], [SEP] and punctuation
        (with tokens, :func:`attnref.analysis.tokens.special_token_attention`
-       ``.total``; Clark et al. 2019 read such heads as no-ops) or on the
-       first key (without, :func:`attnref.analysis.tokens.sink_score`; Xiao
-       et al. 2023). This is diagnose's ``sink`` evidence, and ``share``
-       defaults to its threshold. Ties (shares within 1e-6, float rounding)
-       go to the earlier type in that order (a position is the more specific
-       claim). Above 0.5 two targets can
-       both qualify only where they overlap (the token before the first
-       word is [CLS]).
+       ``.total``; Clark et al. 2019, Sec. 3.2, read such heads as no-ops)
+       or on the first key (without,
+       :func:`attnref.analysis.tokens.sink_score`; Xiao et al. 2023). This
+       is diagnose's ``sink`` evidence, and ``share`` defaults to its
+       threshold. Ties (shares within 1e-6, float rounding) go to the
+       earlier type in that order (a position is the more specific claim).
+       Above 0.5 two targets can both qualify only where they overlap (the
+       token before the first word is [CLS]).
     3. ``"content-focused"``: ``share(content words) >= share`` and
        ``>= lift`` times the share uniform attention over each row's visible
        keys would give them (the notes' content vs function words,

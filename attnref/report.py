@@ -131,11 +131,12 @@ def _summary_lines(report):
         lines += _wrap(f"  {'strongest link':<16} {link['query']!r} -> {link['key']!r}: "
                        f"{link['weight']:.2f} in {_where(link)} {link['type']}")
     typical = summary["typical"]
-    description = analysis.HEAD_TYPE_DESCRIPTIONS[typical["type"]]
+    description = f": {analysis.HEAD_TYPE_DESCRIPTIONS[typical['type']]}"
     if typical["type"] == "sink":
-        description = "parks on [CLS]/[SEP]/punctuation, a no-op (Clark et al. 2019)"
-    lines.append(f"typical head: {typical['type']} ({typical['count']} of {shape['typed']}): "
-                 f"{description}")
+        description = ", a no-op (Clark et al. 2019): " + ", ".join(
+            f"{key} {_pct(share)}" for key, share in summary["sinks_park_on"].items())
+    lines += _wrap(f"typical head: {typical['type']} ({typical['count']} of {shape['typed']})"
+                   f"{description}")
     lines.append("head types: " + ", ".join(f"{count} {kind}"
                                             for kind, count in summary["type_counts"].items()))
     lines += _wrap(report.layer_trend)
@@ -302,7 +303,9 @@ def build_report(output, *, layer=None, head=None, top_k=3, lang="en",
     Report
         ``summary`` holds ``read`` (tokens read, ``tokens_total``,
         ``unread``), ``shape``, ``layer``, ``window``, ``type_counts``,
-        ``typical`` (the most common type and its count), ``by_type`` (the
+        ``typical`` (the most common type and its count), ``sinks_park_on``
+        (the sink heads' mean share on [CLS], [SEP] and punctuation; None
+        without sink heads), ``by_type`` (the
         heads of each type, best first), ``closest`` (for the previous- and
         next-token types when no head has them: the best candidate),
         ``detectors`` (duplicate-token and induction scores >= 0.5),
@@ -340,7 +343,7 @@ def build_report(output, *, layer=None, head=None, top_k=3, lang="en",
                  "unread": 0 if tokens_total is None else max(int(tokens_total) - T, 0)},
         "shape": {"layers": n_layers, "heads": n_heads, "typed": len(head_level)},
         "layer": layer, "window": taxonomy.thresholds["window"],
-        **_head_overview(head_level),
+        **_head_overview(head_level, weights, tokens),
         "pronouns": _pronouns(weights, tokens, layers, taxonomy.type, lang),
         "strongest_link": _strongest_link(weights, tokens, layers, taxonomy.type, lang),
         "findings": _finding_groups(findings, diagnosis.thresholds),
@@ -354,8 +357,10 @@ def build_report(output, *, layer=None, head=None, top_k=3, lang="en",
         head_level=head_level, findings=findings, rollout=_rollout(weights, tokens, top_k))
 
 
-def _head_overview(head_level):
-    """The summary's head entries, read from the head table so the two agree."""
+def _head_overview(head_level, weights, tokens):
+    """The summary's head entries, read from the head table so the two agree;
+    for sink heads, the mean share they park on each special token and on
+    punctuation (:func:`attnref.analysis.special_token_attention`)."""
     counts = collections.Counter(row["type"] for row in head_level)
     by_type = collections.defaultdict(list)
     for row in sorted(head_level, key=lambda row: -(row["score"] or 0.0)):
@@ -374,8 +379,15 @@ def _head_overview(head_level):
     ranked = sorted((row for row in head_level if row["importance"] is not None),
                     key=lambda row: row["importance_rank"])
     typical, count = counts.most_common(1)[0]
-    return {"type_counts": dict(counts.most_common()), "typical": {"type": typical,
-                                                                   "count": count},
+    sinks = tuple(np.array([(row["layer"], row["head"]) for row in head_level
+                            if row["type"] == "sink"]).reshape(-1, 2).T)   # (layers, heads)
+    parks_on = None
+    if counts["sink"]:
+        parts = analysis.special_token_attention(weights, tokens)
+        parks_on = {key: float(np.mean(share[sinks])) for key, share in
+                    {**parts.by_special, "punctuation": parts.punctuation}.items()}
+    return {"type_counts": dict(counts.most_common()),
+            "typical": {"type": typical, "count": count}, "sinks_park_on": parks_on,
             "by_type": dict(by_type), "closest": closest, "detectors": detectors,
             "most_important": [{"layer": row["layer"], "head": row["head"],
                                 "importance": row["importance"], "type": row["type"]}

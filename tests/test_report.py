@@ -111,6 +111,7 @@ def test_summary_of_the_demo_model(output):
     assert summary["type_counts"] == {"previous-token": 2, "self": 1, "broad": 1, "sink": 1,
                                       "content-focused": 1}
     assert summary["typical"] == {"type": "previous-token", "count": 2}
+    assert summary["sinks_park_on"]["[CLS]"] > 0.999           # the constructed [CLS] sink
     assert [(row["layer"], row["head"]) for row in summary["by_type"]["previous-token"]] == [
         (0, 0), (1, 2)]
     assert summary["closest"]["next-token"]["score"] < 0.5     # no constructed next-token head
@@ -243,8 +244,12 @@ def test_minilm_summary_fits_a_screen_and_names_the_positional_heads(minilm):
     sinks = sum(row["type"] == "sink" for row in rows.values())
     assert sinks > len(rows) / 2
     assert report.summary["typical"] == {"type": "sink", "count": sinks}
-    assert text.count("[CLS]/[SEP]/punctuation, a no-op") == 1
-    assert f"typical head: sink ({sinks} of {len(rows)})" in text
+    assert text.count("no-op") == 1
+    parks_on = report.summary["sinks_park_on"]
+    assert parks_on["[CLS]"] > 0.5 > parks_on["[SEP]"] + parks_on["punctuation"]
+    assert (f"typical head: sink ({sinks} of {len(rows)}), a no-op (Clark et al. 2019): "
+            f"[CLS] {parks_on['[CLS]']:.0%}, [SEP] {parks_on['[SEP]']:.0%}, "
+            f"punctuation {parks_on['punctuation']:.0%}") in text
     assert text.count("sink heads above") == 1
     # what the pronoun looks at, among the earlier content words
     (pronoun,) = report.summary["pronouns"]

@@ -95,9 +95,9 @@ def _summary_lines(report):
     lines = [f"attnref report -- {report.model} ({shape['layers']} layers x "
              f"{shape['heads']} heads)", _fit(f"text: {report.text!r}")]
     if read["unread"]:
-        lines.append(f"read: ONLY THE FIRST {read['tokens']} OF {read['tokens_total']} TOKENS -- "
-                     f"the model did NOT read the other {read['unread']}; everything below is "
-                     "about the part it read")
+        lines += _wrap(f"read: ONLY THE FIRST {read['tokens']} OF {read['tokens_total']} TOKENS "
+                       f"-- the model did NOT read the other {read['unread']}; everything below "
+                       "is about the part it read", indent=4)
     else:
         lines.append(_fit(f"read: all {read['tokens']} tokens: {' '.join(report.tokens)}"))
     if summary["layer"] is not None:
@@ -118,8 +118,10 @@ def _summary_lines(report):
     for row in summary["detectors"]:
         lines.append(f"  {row['detector'].replace('_', '-'):<16} {_where(row)}: detector score "
                      f"{row['score']:.2f} (TransformerLens)")
-    important = ", ".join(f"{_where(row)} {row['type']}" for row in summary["most_important"])
-    lines.append(f"  {'moves the most':<16} {important} (Kobayashi norms)")
+    if summary["most_important"]:
+        important = ", ".join(f"{_where(row)} {row['type']}"
+                              for row in summary["most_important"])
+        lines.append(f"  {'moves the most':<16} {important} (Kobayashi norms)")
     for row in summary["pronouns"]:
         (word, count), *rest = row["most_weight"]
         runner_up = f", {rest[0][0]!r} ({rest[0][1]})" if rest else ""
@@ -136,10 +138,10 @@ def _summary_lines(report):
         description = ", a no-op (Clark et al. 2019): " + ", ".join(
             f"{key} {_pct(share)}" for key, share in summary["sinks_park_on"].items())
     lines += _wrap(f"typical head: {typical['type']} ({typical['count']} of {shape['typed']})"
-                   f"{description}")
+                   f"{description}", indent=4)
     lines.append("head types: " + ", ".join(f"{count} {kind}"
                                             for kind, count in summary["type_counts"].items()))
-    lines += _wrap(report.layer_trend)
+    lines += _wrap(report.layer_trend, indent=4)
     share = report.content_vs_function
     lines.append(f"words: content words get {_pct(share['content_attention'])} of the attention "
                  f"({_pct(share['content_tokens'])} of the tokens), function words "
@@ -210,9 +212,10 @@ def _fit(line, width=_SCREEN):
     return line if len(line) <= width else line[:width - 3] + "..."
 
 
-def _wrap(line, width=_SCREEN):
-    """A summary line, wrapped under its label rather than cut."""
-    return textwrap.wrap(line, width, subsequent_indent=" " * 19, break_on_hyphens=False)
+def _wrap(line, indent=19, width=_SCREEN):
+    """A summary line, wrapped (continuation lines indented by ``indent``:
+    under the label of a head line) rather than cut."""
+    return textwrap.wrap(line, width, subsequent_indent=" " * indent, break_on_hyphens=False)
 
 
 def _table_lines(report):

@@ -1,5 +1,8 @@
 """Per-head metrics: what kind of pattern a head draws, which known head type
 it matches, how alike the heads of a layer are, and how much each one moves.
+:func:`head_taxonomy` gives each head its one type (the one ``attnref
+report`` shows); :func:`classify_head` is the seed notes' rule, kept as
+written.
 
 Shape letters: ``L`` queries, ``S`` keys, ``H`` heads, ``Dv`` the width of one
 head's value vectors, ``D`` the model width. ``weights`` are ``(..., L, S)``

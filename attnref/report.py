@@ -426,7 +426,7 @@ def _pronouns(weights, tokens, layers, types, lang, limit=2):
         if (token.startswith("##") or words[position].casefold() not in PRONOUNS[lang]
                 or earlier.size == 0):
             continue
-        rows = weights[layers][:, :, position][..., earlier]              # (layers, H, K)
+        rows = weights[:, :, position][layers][..., earlier]              # (layers, H, K)
         winners = collections.Counter(words[key] for key in earlier[rows.argmax(-1)].ravel())
         layer, head, key = np.unravel_index(np.argmax(rows), rows.shape)
         found.append({"position": position, "token": words[position],

@@ -18,6 +18,7 @@ candidates).
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +26,8 @@ import numpy as np
 from ._common import Record, as_weights, check_tokens, key_share, mean_over_rows, row_mass, xlogy
 from .diagnostics import DEFAULT_THRESHOLDS, _share_and_lift, _sink_share, _uniformity
 from .positions import attention_locality, diagonal_score, next_token_score, previous_token_score
-from .tokens import FUNCTION_POS, content_word_mask, entropy, function_word_mask, mean_entropy
+from .tokens import (FUNCTION_POS, FUNCTION_WORDS, content_word_mask, entropy, function_word_mask,
+                     mean_entropy)
 from .vectors import similarity_attention_correlation
 
 __all__ = [
@@ -345,11 +347,12 @@ def head_taxonomy(weights, tokens=None, *, lang="en", share=0.5,
     weights = as_weights(weights)
     length, n_keys = weights.shape[-2:]
     for name, value in (("share", share), ("uniform_entropy", uniform_entropy)):
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not (
-                0 < value <= 1):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value <= 1:
             raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
-    if isinstance(lift, bool) or not isinstance(lift, (int, float, np.floating)) or not lift > 0:
+    if isinstance(lift, bool) or not isinstance(lift, numbers.Real) or not lift > 0:
         raise ValueError(f"lift must be a positive number, got {lift!r}")
+    if lang not in FUNCTION_WORDS:
+        raise ValueError(f"lang must be one of {sorted(FUNCTION_WORDS)}, got {lang!r}")
     if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
         raise ValueError(f"window must be an integer >= 1, got {window!r}")
     if tokens is not None:

@@ -280,12 +280,13 @@ def test_head_taxonomy_types_a_short_uniform_head_broad_where_the_seed_rule_cann
 @pytest.mark.parametrize("options,message", [
     ({"share": 0}, r"share must be a number in \(0, 1\], got 0"),
     ({"share": 1.5}, r"share must be a number in \(0, 1\], got 1.5"),
+    ({"share": "0.5"}, r"share must be a number in \(0, 1\], got '0.5'"),
     ({"uniform_entropy": True}, r"uniform_entropy must be a number in \(0, 1\], got True"),
     ({"lift": 0}, "lift must be a positive number, got 0"),
     ({"window": 0}, "window must be an integer >= 1, got 0"),
     ({"window": 1.5}, "window must be an integer >= 1, got 1.5"),
     ({"tokens": ["a", "b"]}, "tokens must have 3 entries"),
-    ({"tokens": ["a", "b", "c"], "lang": "fr"}, "lang must be one of"),
+    ({"lang": "fr"}, r"lang must be one of \['en', 'pt'\], got 'fr'"),
 ])
 def test_head_taxonomy_rejects_bad_arguments(options, message):
     with pytest.raises(ValueError, match=message):

@@ -44,11 +44,13 @@ PRONOUNS = {
 _NAMED_TYPES = {"previous-token": "on the token before", "next-token": "on the token after",
                 "self": "on itself", "local": "within {window} positions",
                 "content-focused": "on content words"}
-#: Evidence columns of the per-head table: (key in a head_level row, heading).
-_HEAD_COLUMNS = (("score", "score"), ("previous_token", "prev"), ("next_token", "next"),
-                 ("self", "self"), ("sink", "sink"), ("uniformity", "unif"),
-                 ("content", "cont"), ("local", "local"), ("duplicate_token", "dup"),
-                 ("induction", "ind"), ("confidence", "conf"), ("entropy", "entropy"))
+#: Evidence columns of the per-head table: (key in a head_level row, heading). The
+#: type's own evidence is among them; "score" repeats it and "entropy" (nats) is in the
+#: JSON only.
+_HEAD_COLUMNS = (("previous_token", "prev"), ("next_token", "next"), ("self", "self"),
+                 ("sink", "sink"), ("uniformity", "unif"), ("content", "cont"),
+                 ("local", "local"), ("duplicate_token", "dup"), ("induction", "ind"),
+                 ("confidence", "conf"))
 #: Head types whose links the summary does not report as word-to-word links.
 _NOT_LINKS = ("previous-token", "next-token", "self", "sink")
 _KIND_NAMES = {"collapse": "collapse", "uniform": "uniform", "function_words": "function words",
@@ -231,7 +233,7 @@ def _table_lines(report):
         lines.append(f"{row['layer']:>5} {_fixed(row['mean_entropy'], 8)} "
                      f"{_fixed(row['mean_distance'], 8)} {_fixed(row['locality'], 8)} "
                      f"{_pct(row['sink_share']):>6}")
-    lines += ["", "== per head (type: attnref.analysis.head_taxonomy; score: its evidence)",
+    lines += ["", "== per head (type: attnref.analysis.head_taxonomy; importance: Kobayashi norm)",
               f"{'L':>2} {'H':>3} {'type':<15} "
               + " ".join(f"{heading:>{max(len(heading), 5)}}" for _, heading in _HEAD_COLUMNS)
               + f" {'importance':>10} {'rank':>4}"]
@@ -240,14 +242,26 @@ def _table_lines(report):
                      + " ".join(_fixed(row[key], max(len(heading), 5))
                                 for key, heading in _HEAD_COLUMNS)
                      + f" {_fixed(row['importance'], 10, '.3g')} {row['importance_rank']:>4}")
-    lines += ["", "== misallocation"]
-    lines += [f"L{f['layer']} H{f['head']} {f['kind']}: {f['explanation']}"
+    lines += ["", "== misallocation (every finding; --json has each one's explanation)",
+              f"{'L':>2} {'H':>3} {'kind':<15} {'evidence':>8} {'threshold':>9}  on"]
+    lines += [f"{f['layer']:>2} {f['head']:>3} {_KIND_NAMES[f['kind']]:<15} "
+              f"{_evidence(f['kind'], f['evidence']):>8} "
+              f"{_evidence(f['kind'], f['threshold']):>9}  "
+              f"{' '.join(f['key_tokens'] or ())}".rstrip()
               for f in report.findings] or ["no problems found"]
     lines += ["", "== attention rollout (last layer): each token draws most from"]
     for row in report.rollout:
         sources = ", ".join(f"{token} {share:.2f}" for _, token, share in row["sources"])
         lines.append(f"{row['position']:>4} {_cut(row['token']):<14} {sources}")
     return lines
+
+
+def _evidence(kind, value):
+    """A finding's evidence or threshold as diagnose states it: a share, a
+    normalised entropy or a lift."""
+    if value is None:
+        return "n/a"
+    return {"uniform": f"{value:.2f}", "function_words": f"{value:.1f}x"}.get(kind, _pct(value))
 
 
 def _fixed(value, width, spec=".2f"):

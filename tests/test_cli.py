@@ -172,7 +172,7 @@ def test_report_on_the_demo_model_prints_the_summary_then_with_full_the_tables(c
     for heading in ("== per token (layer 1, mean over heads)", "== per layer", "== per head",
                     "== misallocation", "== attention rollout"):
         assert heading in full
-    assert "L1 H0 collapse" in full
+    assert " 1   0 collapse            100%       80%  [CLS]" in full.splitlines()
 
 
 def test_report_json_parses_and_follows_layer_and_head(capsys):

@@ -136,6 +136,11 @@ def test_text_json_and_full_forms(output):
     for heading in ("== per token", "== per layer", "== per head", "== misallocation",
                     "== attention rollout"):
         assert heading in full and heading not in short
+    lines = full.splitlines()
+    table = lines[lines.index(next(line for line in lines if line.startswith("== misall"))) + 2:]
+    assert table[:3] == [" 0   2 uniform             1.00      0.90",
+                         " 1   0 collapse            100%       80%  [CLS]",
+                         " 1   0 sink                100%       50%  [CLS] [SEP]"]
     data = json.loads(json.dumps(report.to_dict(), allow_nan=False))
     assert data["tokens"] == output.tokens and data["model"] == output.model
     assert data["summary"]["typical"]["type"] == "previous-token"

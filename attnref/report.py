@@ -158,7 +158,8 @@ def _summary_lines(report):
         lines += _wrap(f"  {name} ({_threshold_text(group)}): {_group_heads(group, summary)}")
     if absent:
         lines.append("  not found: " + ", ".join(absent))
-    lines.append("tables per token, layer and head: --full; everything as JSON: --json")
+    lines.append("tables per token, layer and head: --full (text_report(full=True)); "
+                 "everything: --json (to_dict())")
     return lines
 
 

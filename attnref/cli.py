@@ -10,19 +10,21 @@
     ``attnref-c``; see :mod:`attnref.testing.adapters`) or on
     ``package.module:function``, prints the table and exits 1 when a case
     fails. Progress goes to stderr.
-``attnref report TEXT [--pair TEXT2] [--model M] [--max-tokens N] [--stride N] [...]``
+``attnref report TEXT [--pair TEXT2] [--model M] [--full] [--max-tokens N] [--stride N] [...]``
     Runs a model on TEXT (or the sentence pair TEXT, TEXT2) with a Trace and
-    prints how it allocates attention per token, per layer and per head, the
-    misallocation findings and the attention rollout (:mod:`attnref.report`;
-    ``--layer N``, ``--head N`` and ``--top-k N`` choose what it lists,
-    ``--json`` prints JSON). The default model is MiniLM when its package is
-    installed, else the embedded demo model. ``--html PATH`` also writes the
-    self-contained attention explorer (:mod:`attnref.html_report`). Nothing
-    is cut silently: a text longer than ``--max-tokens`` (default: what the
-    model reads) is reported on its first window, said on stderr and in the
-    report; ``--stride N`` reads it whole in overlapping windows, one report
-    each (JSON: a list; ``--html x.html``: ``x-1.html``, ``x-2.html``, ...),
-    with a progress line per window.
+    prints a one-screen summary of how it allocates attention
+    (:mod:`attnref.report`); ``--full`` adds the per-token, per-layer and
+    per-head tables, every misallocation finding and the attention rollout
+    (``--layer N``, ``--head N`` and ``--top-k N`` choose what they list,
+    ``--json`` prints everything as JSON). M is minilm, demo or a checkpoint
+    directory; the default is MiniLM when its package is installed, else the
+    embedded demo model. ``--html PATH`` also writes the self-contained
+    attention explorer (:mod:`attnref.html_report`). Nothing is cut silently:
+    a text longer than ``--max-tokens`` (default: what the model reads) is
+    reported on its first window, said on stderr and in the report;
+    ``--stride N`` reads it whole in overlapping windows, one report each
+    (JSON: a list; ``--html x.html``: ``x-1.html``, ``x-2.html``, ...), with a
+    progress line per window.
 ``attnref vectors export DIR`` / ``attnref vectors verify DIR``
     Writes golden vectors, or re-checks a directory of them
     (:mod:`attnref.testing.vectors`); verify exits 1 when a case does not
@@ -363,7 +365,7 @@ def _report(arguments):
         else:
             if header is not None:
                 print(f"== {header['note']}\n")
-            print(report.text_report())
+            print(report.text_report(full=arguments.full))
         del output, report  # free this window before the next one is computed
     if arguments.json:
         data = reports if arguments.stride is not None else reports[0]
@@ -556,7 +558,12 @@ def build_parser():
                                help="keys listed per token")
     report_parser.add_argument("--lang", choices=("en", "pt"), default="en",
                                help="function-word list (default en)")
-    report_parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    report_parser.add_argument(
+        "--full", action="store_true",
+        help="after the summary, print the per-token, per-layer and per-head tables, every "
+             "finding and the rollout")
+    report_parser.add_argument("--json", action="store_true",
+                               help="print everything (summary included) as JSON instead")
     report_parser.add_argument(
         "--html", metavar="PATH", type=_output_file,
         help="also write a self-contained HTML attention explorer (head view, model view, "

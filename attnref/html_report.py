@@ -61,7 +61,7 @@ import zlib
 import numpy as np
 
 from . import analysis
-from .report import _pct
+from .report import _HEAD_COLUMNS, _pct
 
 __all__ = ["render_html", "Explorer", "pack_weights", "QUANTISATION_STEP"]
 
@@ -323,11 +323,6 @@ def _layer_table(report):
             for row in report.layer_level]
     return _table("layer-table", ("layer", "entropy", "distance", "locality", "sink share"),
                   rows)
-
-
-_HEAD_COLUMNS = (("previous_token", "prev"), ("duplicate_token", "dup"),
-                 ("induction", "ind"), ("sink", "sink"), ("confidence", "conf"),
-                 ("entropy", "entropy"))
 
 
 def _head_table(report):

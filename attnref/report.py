@@ -7,82 +7,272 @@ Camadas": early layers local, late layers global) and per head
 de Má Alocação": collapse, uniform attention, over-attention to function
 words). :func:`build_report` computes each level from a model's
 :class:`~attnref.nn.trace.Trace` with :mod:`attnref.analysis`, adds the
-attention-rollout summary (Abnar & Zuidema 2020), and :meth:`Report.text`
-prints it; :meth:`Report.to_dict` gives the same as JSON-ready data.
+attention-rollout summary (Abnar & Zuidema 2020) and a short summary on
+top: what the model read, the heads worth a look, what the typical head
+does, the layer trend and the findings grouped by kind.
+:meth:`Report.text_report` prints the summary (and the tables with
+``full=True``); :meth:`Report.to_dict` gives everything as JSON-ready data.
+
+Every head has one type, :func:`attnref.analysis.head_taxonomy`'s, in the
+summary, the head table, the HTML explorer and :mod:`attnref.viz` alike.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
+import textwrap
 from typing import Optional
 
 import numpy as np
 
 from . import analysis
-from .analysis._common import Record, as_weights, key_share
+from .analysis._common import Record, key_share
 
-__all__ = ["Report", "build_report", "head_type", "head_evidence"]
-_SPECIALS = frozenset({"[CLS]", "[SEP]", "[PAD]", "[MASK]", "[UNK]", "<s>", "</s>"})
+__all__ = ["Report", "build_report", "PRONOUNS"]
+
+#: Third-person pronouns whose attention the summary follows to the earlier
+#: words (the coreference-like behaviour Clark et al. 2019, Sec. 4.3, find in
+#: some of BERT's heads), by language.
+PRONOUNS = {
+    "en": frozenset("it its itself he him his himself she her hers herself they them their "
+                    "theirs themselves".split()),
+    "pt": frozenset("ele ela eles elas dele dela deles delas nele nela neles nelas lhe lhes "
+                    "seu sua seus suas".split()),
+}
+
+#: The types the summary names head by head, with what their score measures.
+_NAMED_TYPES = {"previous-token": "on the token before", "next-token": "on the token after",
+                "self": "on itself", "local": "within {window} positions",
+                "content-focused": "on content words"}
+#: Evidence columns of the per-head table: (key in a head_level row, heading). The
+#: type's own evidence is among them; "score" repeats it and "entropy" (nats) is in the
+#: JSON only.
+_HEAD_COLUMNS = (("previous_token", "prev"), ("next_token", "next"), ("self", "self"),
+                 ("sink", "sink"), ("uniformity", "unif"), ("content", "cont"),
+                 ("local", "local"), ("duplicate_token", "dup"), ("induction", "ind"),
+                 ("confidence", "conf"))
+#: Head types whose links the summary does not report as word-to-word links.
+_NOT_LINKS = ("previous-token", "next-token", "self", "sink")
+_KIND_NAMES = {"collapse": "collapse", "uniform": "uniform", "function_words": "function words",
+               "sink": "sink"}
+_SCREEN = 100   # characters: a text or token line is cut to this in the summary
 
 
 @dataclasses.dataclass
 class Report(Record):
-    """Everything ``attnref report`` prints. Each section is a list of plain
-    records (dicts), one per token, layer or head."""
+    """Everything ``attnref report`` prints.
+
+    ``summary`` is the short overview (a dict of plain values, see
+    :func:`build_report`); the sections after it are lists of plain records
+    (dicts), one per token, layer, head or finding. ``tokens_total`` is the
+    number of tokens the whole input has (None: the model read all of it).
+    """
     model: str
     text: str
     tokens: list
+    tokens_total: Optional[int]
+    summary: dict
     token_map: str          # which map the token section reads
     token_level: list       # per query token: top keys, entropy, attention received
     content_vs_function: dict
     layer_level: list       # per layer: entropy, distance, locality, sink share
     layer_trend: str
-    head_level: list        # per (layer, head): type, detectors, confidence, importance
+    head_level: list        # per (layer, head): type, its evidence, detectors, importance
     findings: list          # diagnose(): collapse, uniform, function words, sinks
     rollout: list           # per token: the input tokens it draws most from, last layer
 
-    def text_report(self):
-        """The report as readable text."""
-        lines = [f"attnref report -- {self.model}", f"text: {self.text!r}",
-                 f"{len(self.tokens)} tokens: {' '.join(self.tokens)}", ""]
-        lines += [f"== per token ({self.token_map})",
-                  f"{'pos':>4} {'token':<14} {'entropy':>7} {'received':>8}  attends to"]
-        for row in self.token_level:
-            targets = ", ".join(f"{token} {weight:.2f}" for _, token, weight in row["attends_to"])
-            lines.append(f"{row['position']:>4} {_cut(row['token']):<14} {row['entropy']:>7.2f} "
-                         f"{row['received']:>8.2f}  {targets}")
-        share = self.content_vs_function
-        lines += ["", f"content words get {_pct(share['content_attention'])} of the attention "
-                      f"({_pct(share['content_tokens'])} of the tokens); function words "
-                      f"{_pct(share['function_attention'])} ({_pct(share['function_tokens'])})",
-                  "", "== per layer",
-                  f"{'layer':>5} {'entropy':>8} {'distance':>8} {'locality':>8} {'sink':>6}"]
-        for row in self.layer_level:
-            lines.append(f"{row['layer']:>5} {row['mean_entropy']:>8.2f} "
-                         f"{row['mean_distance']:>8.2f} {row['locality']:>8.2f} "
-                         f"{_pct(row['sink_share']):>6}")
-        lines += [self.layer_trend, "", "== per head",
-                  f"{'L':>2} {'H':>3} {'type':<28} {'prev':>5} {'dup':>5} {'ind':>5} "
-                  f"{'sink':>5} {'conf':>5} {'entropy':>7} {'importance':>10} {'rank':>4}"]
-        for row in self.head_level:
-            lines.append(
-                f"{row['layer']:>2} {row['head']:>3} {row['type']:<28} "
-                f"{row['previous_token']:>5.2f} {row['duplicate_token']:>5.2f} "
-                f"{row['induction']:>5.2f} {row['sink']:>5.2f} {row['confidence']:>5.2f} "
-                f"{row['entropy']:>7.2f} "
-                f"{row['importance']:>10.3g} {row['importance_rank']:>4}")
-        lines += ["", "== misallocation"]
-        lines += [f"layer {f['layer']} head {f['head']} {f['kind']}: {f['explanation']}"
-                  for f in self.findings] or ["no problems found"]
-        lines += ["", "== attention rollout (last layer): each token draws most from"]
-        for row in self.rollout:
-            sources = ", ".join(f"{token} {share:.2f}" for _, token, share in row["sources"])
-            lines.append(f"{row['position']:>4} {_cut(row['token']):<14} {sources}")
+    def text_report(self, full=False):
+        """The report as readable text: the summary, then with ``full`` the
+        per-token, per-layer and per-head tables, every finding and the
+        rollout."""
+        lines = _summary_lines(self)
+        if full:
+            lines += [""] + _table_lines(self)
         return "\n".join(lines)
 
     def _repr_html_(self):
         """The text report in Jupyter, as preformatted text (the tables align)."""
         import html
         return f"<pre>{html.escape(self.text_report())}</pre>"
+
+
+def _summary_lines(report):
+    summary = report.summary
+    shape, read = summary["shape"], summary["read"]
+    lines = [f"attnref report -- {report.model} ({shape['layers']} layers x "
+             f"{shape['heads']} heads)", _fit(f"text: {report.text!r}")]
+    if read["unread"]:
+        lines += _wrap(f"read: ONLY THE FIRST {read['tokens']} OF {read['tokens_total']} TOKENS "
+                       f"-- the model did NOT read the other {read['unread']}; everything below "
+                       "is about the part it read", indent=4)
+    else:
+        lines.append(_fit(f"read: all {read['tokens']} tokens: {' '.join(report.tokens)}"))
+    if summary["layer"] is not None:
+        lines.append(f"heads: layer {summary['layer']} only ({shape['typed']} heads)")
+    lines += ["", "heads worth a look (shares are of each token's attention):"]
+    for kind, phrase in _NAMED_TYPES.items():
+        heads = summary["by_type"].get(kind)
+        phrase = phrase.format(window=summary["window"])
+        if heads:
+            best = heads[0]
+            share = (f"{_pct(best['score'])} {phrase}" if len(heads) == 1 else
+                     f"up to {_pct(best['score'])} {phrase} ({_where(best)})")
+            lines.append(f"  {kind:<16} {_head_list(heads)}: {share}")
+        elif kind in summary["closest"]:
+            best = summary["closest"][kind]
+            lines.append(f"  {kind:<16} none (closest: {_where(best)}, {_pct(best['score'])} "
+                         f"{phrase})")
+    for row in summary["detectors"]:
+        lines.append(f"  {row['detector'].replace('_', '-'):<16} {_where(row)}: detector score "
+                     f"{row['score']:.2f} (TransformerLens)")
+    if summary["most_important"]:
+        important = ", ".join(f"{_where(row)} {row['type']}"
+                              for row in summary["most_important"])
+        lines.append(f"  {'moves the most':<16} {important} (Kobayashi norms)")
+    for row in summary["pronouns"]:
+        (word, count), *rest = row["most_weight"]
+        runner_up = f", {rest[0][0]!r} ({rest[0][1]})" if rest else ""
+        label = f"{row['token']!r} ({row['position']})"
+        lines += _wrap(f"  {label:<16} looks back most at {word!r} ({count} heads){runner_up}; "
+                       f"peak {row['peak_word']!r} {row['peak_weight']:.2f} in {_where(row)}")
+    link = summary["strongest_link"]
+    if link is not None:
+        lines += _wrap(f"  {'strongest link':<16} {link['query']!r} -> {link['key']!r}: "
+                       f"{link['weight']:.2f} in {_where(link)} {link['type']}")
+    typical = summary["typical"]
+    description = f": {analysis.HEAD_TYPE_DESCRIPTIONS[typical['type']]}"
+    if typical["type"] == "sink":
+        description = ", a no-op (Clark et al. 2019): " + ", ".join(
+            f"{key} {_pct(share)}" for key, share in summary["sinks_park_on"].items())
+    lines += _wrap(f"typical head: {typical['type']} ({typical['count']} of {shape['typed']})"
+                   f"{description}", indent=4)
+    lines.append("head types: " + ", ".join(f"{count} {kind}"
+                                            for kind, count in summary["type_counts"].items()))
+    lines += _wrap(report.layer_trend, indent=4)
+    share = report.content_vs_function
+    lines.append(f"words: content words get {_pct(share['content_attention'])} of the attention "
+                 f"({_pct(share['content_tokens'])} of the tokens), function words "
+                 f"{_pct(share['function_attention'])} ({_pct(share['function_tokens'])})")
+    lines.append("misallocation (attnref.analysis.diagnose):")
+    absent = []
+    for group in summary["findings"]:
+        name = _KIND_NAMES[group["kind"]]
+        if not group["heads"]:
+            absent.append(name)
+            continue
+        lines += _wrap(f"  {name} ({_threshold_text(group)}): {_group_heads(group, summary)}")
+    if absent:
+        lines.append("  not found: " + ", ".join(absent))
+    lines.append("tables per token, layer and head: --full (text_report(full=True)); "
+                 "everything: --json (to_dict())")
+    return lines
+
+
+def _threshold_text(group):
+    kind, threshold = group["kind"], group["threshold"]
+    return {"collapse": f">= {_pct(threshold)} of the head's attention on one key",
+            "uniform": f"mean normalised entropy >= {threshold:.2f}",
+            "function_words": f">= {threshold:.1f}x the uniform share on function words",
+            "sink": f">= {_pct(threshold)} on [CLS]/[SEP]/punctuation"}[kind]
+
+
+def _group_heads(group, summary):
+    """The heads of one kind of finding, compactly; a sink group refers to the
+    sink-typed heads instead of listing them again."""
+    heads = [{"layer": layer, "head": head} for layer, head in group["heads"]]
+    if group["kind"] == "sink" and summary["typical"]["type"] == "sink":
+        sinks = {(row["layer"], row["head"]) for row in summary["by_type"].get("sink", [])}
+        others = [row for row in heads if (row["layer"], row["head"]) not in sinks]
+        text = f"the {len(heads) - len(others)} sink heads above"
+        return text + (f", and {_head_list(others)} (typed otherwise: a larger share on one "
+                       "position)" if others else "")
+    text = _head_list(heads)
+    if group["keys"]:
+        text += " onto " + ", ".join(f"{token!r}" + (f" ({count})" if len(group["keys"]) > 1
+                                                     else "")
+                                     for token, count in group["keys"])
+    return text
+
+
+def _where(row):
+    return f"L{row['layer']} H{row['head']}"
+
+
+def _head_list(rows):
+    """``"L0 H1-H5 H7, L2 H0"``: heads grouped by layer, runs as ranges."""
+    by_layer = collections.defaultdict(list)
+    for row in rows:
+        by_layer[row["layer"]].append(row["head"])
+    parts = []
+    for layer in sorted(by_layer):
+        heads = sorted(set(by_layer[layer]))
+        runs, start = [], heads[0]
+        for previous, current in zip(heads, heads[1:] + [None]):
+            if current != previous + 1:
+                runs.append(f"H{start}" if start == previous else f"H{start}-H{previous}")
+                start = current
+        parts.append(f"L{layer} " + " ".join(runs))
+    return ", ".join(parts)
+
+
+def _fit(line, width=_SCREEN):
+    """An echo of the input (text, tokens), cut to one line."""
+    return line if len(line) <= width else line[:width - 3] + "..."
+
+
+def _wrap(line, indent=19, width=_SCREEN):
+    """A summary line, wrapped (continuation lines indented by ``indent``:
+    under the label of a head line) rather than cut."""
+    return textwrap.wrap(line, width, subsequent_indent=" " * indent, break_on_hyphens=False)
+
+
+def _table_lines(report):
+    lines = [f"== per token ({report.token_map})",
+             f"{'pos':>4} {'token':<14} {'entropy':>7} {'received':>8}  attends to"]
+    for row in report.token_level:
+        targets = ", ".join(f"{token} {weight:.2f}" for _, token, weight in row["attends_to"])
+        lines.append(f"{row['position']:>4} {_cut(row['token']):<14} {row['entropy']:>7.2f} "
+                     f"{row['received']:>8.2f}  {targets}")
+    lines += ["", "== per layer",
+              f"{'layer':>5} {'entropy':>8} {'distance':>8} {'locality':>8} {'sink':>6}"]
+    for row in report.layer_level:
+        lines.append(f"{row['layer']:>5} {_fixed(row['mean_entropy'], 8)} "
+                     f"{_fixed(row['mean_distance'], 8)} {_fixed(row['locality'], 8)} "
+                     f"{_pct(row['sink_share']):>6}")
+    lines += ["", "== per head (type: attnref.analysis.head_taxonomy; importance: Kobayashi norm)",
+              f"{'L':>2} {'H':>3} {'type':<15} "
+              + " ".join(f"{heading:>{max(len(heading), 5)}}" for _, heading in _HEAD_COLUMNS)
+              + f" {'importance':>10} {'rank':>4}"]
+    for row in report.head_level:
+        lines.append(f"{row['layer']:>2} {row['head']:>3} {row['type']:<15} "
+                     + " ".join(_fixed(row[key], max(len(heading), 5))
+                                for key, heading in _HEAD_COLUMNS)
+                     + f" {_fixed(row['importance'], 10, '.3g')} {row['importance_rank']:>4}")
+    lines += ["", "== misallocation (every finding; --json has each one's explanation)",
+              f"{'L':>2} {'H':>3} {'kind':<15} {'evidence':>8} {'threshold':>9}  on"]
+    lines += [f"{f['layer']:>2} {f['head']:>3} {_KIND_NAMES[f['kind']]:<15} "
+              f"{_evidence(f['kind'], f['evidence']):>8} "
+              f"{_evidence(f['kind'], f['threshold']):>9}  "
+              f"{' '.join(f['key_tokens'] or ())}".rstrip()
+              for f in report.findings] or ["no problems found"]
+    lines += ["", "== attention rollout (last layer): each token draws most from"]
+    for row in report.rollout:
+        sources = ", ".join(f"{token} {share:.2f}" for _, token, share in row["sources"])
+        lines.append(f"{row['position']:>4} {_cut(row['token']):<14} {sources}")
+    return lines
+
+
+def _evidence(kind, value):
+    """A finding's evidence or threshold as diagnose states it: a share, a
+    normalised entropy or a lift."""
+    if value is None:
+        return "n/a"
+    return {"uniform": f"{value:.2f}", "function_words": f"{value:.1f}x"}.get(kind, _pct(value))
+
+
+def _fixed(value, width, spec=".2f"):
+    return f"{'n/a':>{width}}" if value is None else f"{value:>{width}{spec}}"
+
 
 
 def _cut(token, width=14):
@@ -109,46 +299,206 @@ def _check_index(name, value, size):
 
 def build_report(output, *, layer=None, head=None, top_k=3, lang="en",
                  text: Optional[str] = None):
-    """The three-level allocation report of one encoded text.
+    """The allocation report of one encoded text: a summary, then the token,
+    layer and head levels, the findings and the rollout.
 
     Parameters
     ----------
     output : :class:`attnref.models.output.ModelOutput`
-        A model's ``encode(text)`` with its trace.
+        A model's ``encode(text)`` with its trace. Its ``tokens_total``
+        (when set and larger than the tokens read) is reported as text the
+        model did not read.
     layer, head : int, optional
         Restrict the token section to this layer (default: the last) and this
-        head (default: the mean over the layer's heads), and the head section
-        to this layer. Negative values count from the end.
+        head (default: the mean over the layer's heads), and the head section,
+        the findings and the summary's heads to this layer. Negative values
+        count from the end.
     top_k : int
         Keys listed per token, in the token and rollout sections.
     lang : {"en", "pt"}
-        Function-word list for the content/function split and the diagnosis.
+        Function-word list (content/function split, head types, diagnosis)
+        and pronoun list (:data:`PRONOUNS`).
     text : str, optional
         The text, for the header.
+
+    Returns
+    -------
+    Report
+        ``summary`` holds ``read`` (tokens read, ``tokens_total``,
+        ``unread``), ``shape``, ``layer``, ``window``, ``type_counts``,
+        ``typical`` (the most common type and its count), ``sinks_park_on``
+        (the sink heads' mean share on [CLS], [SEP] and punctuation; None
+        without sink heads), ``by_type`` (the
+        heads of each type, best first), ``closest`` (for the previous- and
+        next-token types when no head has them: the best candidate),
+        ``detectors`` (duplicate-token and induction scores >= 0.5),
+        ``most_important`` (top 3 by Kobayashi norm), ``pronouns`` (what
+        each pronoun of :data:`PRONOUNS` attends to among the earlier
+        content words), ``strongest_link`` (the largest weight between two
+        non-adjacent content words) and ``findings`` (one group per kind of
+        :func:`attnref.analysis.diagnose`, with its heads). Every head's
+        type is :func:`attnref.analysis.head_taxonomy`'s.
     """
     weights = output.attention_weights                     # (layers, H, T, T)
     n_layers, n_heads, T, _ = weights.shape
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+    if lang not in PRONOUNS:
+        raise ValueError(f"lang must be one of {sorted(PRONOUNS)}, got {lang!r}")
     layer = _check_index("layer", layer, n_layers)
     head = _check_index("head", head, n_heads)
     tokens = list(output.tokens)
+    tokens_total = getattr(output, "tokens_total", None)
 
     map_layer = n_layers - 1 if layer is None else layer
     token_map = weights[map_layer].mean(axis=0) if head is None else weights[map_layer, head]
     map_name = (f"layer {map_layer}, " +
                 ("mean over heads" if head is None else f"head {head}"))
     profile = analysis.layer_profile(weights)
+    taxonomy = analysis.head_taxonomy(weights, tokens, lang=lang)
+    head_level = _head_level(output.trace, weights, tokens, taxonomy, layer)
+    diagnosis = analysis.diagnose(weights, tokens, lang=lang)
+    findings = [_finding(finding) for finding in diagnosis.findings
+                if layer is None or finding.layer == layer]
+    layers = range(n_layers) if layer is None else [layer]
+    summary = {
+        "read": {"tokens": T, "tokens_total": T if tokens_total is None else int(tokens_total),
+                 "unread": 0 if tokens_total is None else max(int(tokens_total) - T, 0)},
+        "shape": {"layers": n_layers, "heads": n_heads, "typed": len(head_level)},
+        "layer": layer, "window": taxonomy.thresholds["window"],
+        **_head_overview(head_level, weights, tokens),
+        "pronouns": _pronouns(weights, tokens, layers, taxonomy.type, lang),
+        "strongest_link": _strongest_link(weights, tokens, layers, taxonomy.type, lang),
+        "findings": _finding_groups(findings, diagnosis.thresholds),
+    }
     return Report(
         model=output.model, text=text if text is not None else " ".join(tokens), tokens=tokens,
+        tokens_total=summary["read"]["tokens_total"], summary=summary,
         token_map=map_name, token_level=_token_level(token_map, tokens, top_k),
         content_vs_function=_content_vs_function(weights, tokens, lang),
         layer_level=_layer_level(profile), layer_trend=_layer_trend(profile),
-        head_level=_head_level(output.trace, weights, tokens, layer),
-        findings=[_finding(finding) for finding in
-                  analysis.diagnose(weights, tokens, lang=lang).findings
-                  if layer is None or finding.layer == layer],
-        rollout=_rollout(weights, tokens, top_k))
+        head_level=head_level, findings=findings, rollout=_rollout(weights, tokens, top_k))
+
+
+def _head_overview(head_level, weights, tokens):
+    """The summary's head entries, read from the head table so the two agree;
+    for sink heads, the mean share they park on each special token and on
+    punctuation (:func:`attnref.analysis.special_token_attention`)."""
+    counts = collections.Counter(row["type"] for row in head_level)
+    by_type = collections.defaultdict(list)
+    for row in sorted(head_level, key=lambda row: -(row["score"] or 0.0)):
+        by_type[row["type"]].append({"layer": row["layer"], "head": row["head"],
+                                     "score": row["score"]})
+    closest = {}
+    for kind, key in (("previous-token", "previous_token"), ("next-token", "next_token")):
+        candidates = [row for row in head_level if row[key] is not None]
+        if kind not in by_type and candidates:
+            best = max(candidates, key=lambda row: row[key])
+            closest[kind] = {"layer": best["layer"], "head": best["head"], "score": best[key]}
+    detectors = [{"detector": name, "layer": row["layer"], "head": row["head"],
+                  "score": row[name]}
+                 for name in ("duplicate_token", "induction") for row in head_level
+                 if row[name] is not None and row[name] >= 0.5]
+    ranked = sorted((row for row in head_level if row["importance"] is not None),
+                    key=lambda row: row["importance_rank"])
+    typical, count = counts.most_common(1)[0]
+    sinks = tuple(np.array([(row["layer"], row["head"]) for row in head_level
+                            if row["type"] == "sink"]).reshape(-1, 2).T)   # (layers, heads)
+    parks_on = None
+    if counts["sink"]:
+        parts = analysis.special_token_attention(weights, tokens)
+        parks_on = {key: float(np.mean(share[sinks])) for key, share in
+                    {**parts.by_special, "punctuation": parts.punctuation}.items()}
+    return {"type_counts": dict(counts.most_common()),
+            "typical": {"type": typical, "count": count}, "sinks_park_on": parks_on,
+            "by_type": dict(by_type), "closest": closest, "detectors": detectors,
+            "most_important": [{"layer": row["layer"], "head": row["head"],
+                                "importance": row["importance"], "type": row["type"]}
+                               for row in ranked[:3]]}
+
+
+def _words(tokens):
+    """(word index per token, the whole word per token): a WordPiece
+    continuation ("##ing") belongs to the word before it."""
+    index, starts = [], []
+    for position, token in enumerate(tokens):
+        if not (token.startswith("##") and index):
+            starts.append(position)
+        index.append(len(starts) - 1)
+    ends = starts[1:] + [len(tokens)]
+    text = [tokens[start] + "".join(token[2:] for token in tokens[start + 1:end])
+            for start, end in zip(starts, ends)]
+    return np.array(index), [text[word] for word in index]
+
+
+def _pronouns(weights, tokens, layers, types, lang, limit=2):
+    """For the first ``limit`` pronouns with earlier content words that are
+    not the word just before: which of those words gets the most weight in
+    how many heads, and the largest single weight (Clark et al. 2019, Sec. 4.3:
+    coreference-like heads). A word split into pieces ("el ##a") is read
+    from its first piece."""
+    content = analysis.content_word_mask(tokens, lang=lang)
+    word_index, words = _words(tokens)
+    layers = list(layers)
+    found = []
+    for position, token in enumerate(tokens):
+        earlier = np.flatnonzero(content & (word_index < word_index[position] - 1))
+        if (token.startswith("##") or words[position].casefold() not in PRONOUNS[lang]
+                or earlier.size == 0):
+            continue
+        rows = weights[:, :, position][layers][..., earlier]              # (layers, H, K)
+        winners = collections.Counter(words[key] for key in earlier[rows.argmax(-1)].ravel())
+        layer, head, key = np.unravel_index(np.argmax(rows), rows.shape)
+        found.append({"position": position, "token": words[position],
+                      "most_weight": winners.most_common(),
+                      "layer": layers[layer], "head": int(head),
+                      "type": str(types[layers[layer], head]),
+                      "peak_position": int(earlier[key]), "peak_word": words[earlier[key]],
+                      "peak_weight": float(rows.max())})
+        if len(found) == limit:
+            break
+    return found
+
+
+def _strongest_link(weights, tokens, layers, types, lang):
+    """The largest weight from a content word to a content word of another
+    word at least two words away, over the heads of ``layers`` whose type
+    is not positional or a sink (those are named already); None without
+    such pairs or heads. Tokens are shown as their whole words."""
+    content = analysis.content_word_mask(tokens, lang=lang)
+    word_index, words = _words(tokens)
+    apart = np.abs(word_index[None, :] - word_index[:, None]) > 1
+    pairs = content[:, None] & content[None, :] & apart                    # (T, T)
+    if not pairs.any():
+        return None
+    best = None
+    for layer in layers:                                  # one layer at a time: (H, T, T)
+        free = ~np.isin(types[layer], _NOT_LINKS)[:, None, None]                # (H, 1, 1)
+        linked = np.where(pairs & free, weights[layer], -np.inf)
+        head, query, key = np.unravel_index(np.argmax(linked), linked.shape)
+        if np.isfinite(linked[head, query, key]) and (
+                best is None or linked[head, query, key] > best["weight"]):
+            best = {"layer": int(layer), "head": int(head), "type": str(types[layer, head]),
+                    "query_position": int(query), "query": words[query],
+                    "key_position": int(key), "key": words[key],
+                    "weight": float(linked[head, query, key])}
+    return best
+
+
+def _finding_groups(findings, thresholds):
+    """One group per kind of finding, in diagnose's order: its heads, its
+    threshold and (collapse, sink) the tokens the heads land on."""
+    groups = []
+    for kind, threshold_name in (("collapse", "collapse_share"), ("uniform", "uniform_entropy"),
+                                 ("function_words", "function_word_lift"),
+                                 ("sink", "sink_share")):
+        of_kind = [finding for finding in findings if finding["kind"] == kind]
+        keys = collections.Counter(token for finding in of_kind if kind == "collapse"
+                                   for token in finding["key_tokens"] or ())
+        groups.append({"kind": kind, "threshold": thresholds[threshold_name],
+                       "heads": [[finding["layer"], finding["head"]] for finding in of_kind],
+                       "keys": keys.most_common()})
+    return groups
 
 
 def _token_level(token_map, tokens, top_k):
@@ -168,9 +518,7 @@ def _content_vs_function(weights, tokens, lang):
     de Conteúdo vs. Funcionais"), over every layer and head; specials and
     punctuation are neither."""
     is_function = analysis.function_word_mask(tokens, lang=lang)
-    is_word = np.array([token not in _SPECIALS and any(char.isalnum() for char in token)
-                        for token in tokens])
-    is_content = is_word & ~is_function
+    is_content = analysis.content_word_mask(tokens, lang=lang)
     mean_map = weights.mean(axis=(0, 1))                     # (T, T)
     return {"content_attention": float(key_share(mean_map, is_content)),
             "function_attention": float(key_share(mean_map, is_function)),
@@ -194,55 +542,24 @@ def _layer_trend(profile):
     first, last = profile.mean_distance[0], profile.mean_distance[-1]
     trend = ("more global with depth" if last > first else
              "more local with depth" if last < first else "flat with depth")
-    return (f"mean attention distance {first:.2f} (layer 0) -> {last:.2f} (layer "
-            f"{n_layers - 1}): {trend}; sink share {_pct(profile.sink_share[0])} -> "
+    return (f"layers 0 -> {n_layers - 1}: mean attention distance {first:.2f} -> {last:.2f} "
+            f"({trend}), sink share {_pct(profile.sink_share[0])} -> "
             f"{_pct(profile.sink_share[-1])}")
 
 
-def head_evidence(weights, tokens=None):
-    """Each head's type and the numbers behind it, as ``attnref report`` names it.
-
-    Parameters
-    ----------
-    weights : array_like, shape (..., L, S)
-    tokens : sequence, length L, optional
-        Needed for the duplicate-token and induction detectors.
-
-    Returns
-    -------
-    dict of ndarray, each shaped (...)
-        ``"pattern"``: the seed's pattern (:func:`attnref.analysis.classify_head`,
-        ``mode="rows"``); ``"sink"``: the first-token share
-        (:func:`attnref.analysis.sink_score`, Xiao et al. 2023); one entry per
-        TransformerLens detector that can run (:func:`attnref.analysis.detect_head`:
-        square maps only, and only ``previous_token`` without tokens);
-        ``"type"``: :func:`head_type` of those.
-    """
-    weights = as_weights(weights)
-    evidence = {"pattern": analysis.classify_head(weights, mode="rows").pattern,
-                "sink": analysis.sink_score(weights)}
-    square = weights.shape[-1] == weights.shape[-2]
-    detectors = (analysis.HEAD_PATTERNS if tokens is not None else
-                 analysis.HEAD_PATTERNS[:1]) if square else ()
-    for name in detectors:
-        evidence[name] = analysis.detect_head(weights, name, tokens)
-    types = np.empty(evidence["pattern"].shape, dtype=object)
-    for index in np.ndindex(*types.shape):
-        scores = {name: _number(evidence[name][index]) if name in evidence else None
-                  for name in analysis.HEAD_PATTERNS}
-        types[index] = head_type(evidence["pattern"][index], scores,
-                                 _number(evidence["sink"][index]))
-    evidence["type"] = types.astype(str)
-    return evidence
-
-
-def _head_level(trace, weights, tokens, only_layer):
-    """Seed: ``analyze_head_specialization`` / ``classify_attention_pattern``
-    (type), TransformerLens detectors, Voita et al. 2019 confidence,
-    Kobayashi et al. 2020 norms as importance."""
-    evidence = head_evidence(weights, tokens)                          # (layers, H) each
-    confidence = analysis.confidence(weights)
-    entropy = analysis.mean_entropy(weights)
+def _head_level(trace, weights, tokens, taxonomy, only_layer):
+    """One row per head: its type and evidence
+    (:func:`attnref.analysis.head_taxonomy`), the TransformerLens
+    duplicate-token and induction detectors, Voita et al. 2019 confidence,
+    the mean row entropy and Kobayashi et al. 2020 norms as importance."""
+    detectors = {name: analysis.detect_head(weights, name, tokens)
+                 for name in ("duplicate_token", "induction")}            # (layers, H) each
+    evidence = {"score": taxonomy.score, "previous_token": taxonomy.previous_token,
+                "next_token": taxonomy.next_token, "self": taxonomy.diagonal,
+                "sink": taxonomy.sink, "uniformity": taxonomy.uniformity,
+                "content": taxonomy.content, "local": taxonomy.local, **detectors,
+                "confidence": analysis.confidence(weights),
+                "entropy": analysis.mean_entropy(weights)}
     records = [layer.self_attention for layer in trace.layers]
     importance = np.stack([analysis.head_importance(record.weights, record.values,
                                                     record.w_o).scores
@@ -256,36 +573,20 @@ def _head_level(trace, weights, tokens, only_layer):
         if only_layer is not None and layer != only_layer:
             continue
         for head in range(weights.shape[1]):
-            rows.append({"layer": layer, "head": head,
-                         "type": str(evidence["type"][layer, head]),
-                         "pattern": str(evidence["pattern"][layer, head]),
-                         **{name: _number(evidence[name][layer, head])
-                            for name in analysis.HEAD_PATTERNS},
-                         "sink": _number(evidence["sink"][layer, head]),
-                         "confidence": _number(confidence[layer, head]),
-                         "entropy": _number(entropy[layer, head]),
+            rows.append({"layer": layer, "head": head, "type": str(taxonomy.type[layer, head]),
+                         **{name: _number(values[layer, head])
+                            for name, values in evidence.items()},
                          "importance": _number(importance[layer, head]),
                          "importance_rank": int(rank[layer, head])})
     return rows
 
 
-def head_type(pattern, detector_scores, sink_share, threshold=0.5):
-    """The seed's pattern, sharpened by a TransformerLens detector scoring
-    above ``threshold`` (``"local (previous_token)"``), or else by a share of
-    attention on the first token above it (``"focused (first-token sink)"``,
-    Xiao et al. 2023)."""
-    best = max(detector_scores, key=lambda name: detector_scores[name] or 0.0)
-    if (detector_scores[best] or 0.0) > threshold:
-        return f"{pattern.replace('_attention', '')} ({best})"
-    if (sink_share or 0.0) > threshold:
-        return f"{pattern.replace('_attention', '')} (first-token sink)"
-    return str(pattern)
-
-
 def _finding(finding):
     return {"layer": finding.layer, "head": finding.head, "kind": finding.kind,
             "evidence": _number(finding.evidence), "threshold": float(finding.threshold),
-            "keys": list(finding.keys), "explanation": finding.explanation}
+            "keys": list(finding.keys),
+            "key_tokens": None if finding.key_tokens is None else list(finding.key_tokens),
+            "explanation": finding.explanation}
 
 
 def _rollout(weights, tokens, top_k):

@@ -377,14 +377,17 @@ def test_vectors_verify_of_a_directory_without_a_manifest_fails(capsys, tmp_path
     assert "manifest.json not found" in err
 
 
-def test_report_on_the_demo_model_prints_the_three_levels(capsys):
-    status, out, err = run(capsys, "report", "The cat chased the mouse because it was hungry.",
-                           "--model", "demo")
+def test_report_on_the_demo_model_prints_the_summary_then_with_full_the_tables(capsys):
+    text = "The cat chased the mouse because it was hungry."
+    status, out, err = run(capsys, "report", text, "--model", "demo")
     assert status == 0 and "running attnref demo (constructed heads)" in err
+    assert "typical head: previous-token (2 of 6)" in out and "== per head" not in out
+    status, full, _ = run(capsys, "report", text, "--model", "demo", "--full")
+    assert status == 0 and full.startswith(out)
     for heading in ("== per token (layer 1, mean over heads)", "== per layer", "== per head",
                     "== misallocation", "== attention rollout"):
-        assert heading in out
-    assert "layer 1 head 0 collapse" in out
+        assert heading in full
+    assert " 1   0 collapse            100%       80%  [CLS]" in full.splitlines()
 
 
 def test_report_json_parses_and_follows_layer_and_head(capsys):

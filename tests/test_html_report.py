@@ -189,6 +189,13 @@ def test_tables_and_findings_carry_the_report_numbers(report, page):
     assert html_escaped(report.layer_trend) in page
 
 
+def test_every_head_type_on_the_page_is_the_taxonomys(output, report, page):
+    types = analysis.head_taxonomy(output.attention_weights, output.tokens).type
+    parsed = Page(page)
+    assert parsed.data()["head_types"] == types.tolist()          # the model view's titles
+    assert [row["type"]["text"] for row in parsed.tables["head-table"]] == list(types.ravel())
+
+
 def test_a_one_layer_report_leaves_the_other_layers_untyped(output):
     report = build_report(output, layer=0, text=TEXT)
     data = Page(render_html(output, report)).data()

@@ -1,19 +1,48 @@
-"""attnref.report: the three-level allocation report, on the demo model
-(whose heads' types are known by construction)."""
+"""attnref.report: the summary and the three-level allocation report, on the
+demo model (whose heads' types are known by construction) and on MiniLM."""
+import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
 
+from attnref import analysis
 from attnref.models.demo import HEAD_TYPES, DemoModel
 from attnref.report import build_report
 
 TEXT = "The cat chased the mouse because it was hungry."
+PORTUGUESE = "O gato perseguiu o rato porque estava com fome."
+#: (lang, text, the pronouns the summary follows: those with an earlier content word that
+#: is not the word just before; "ela" is split into "el ##a" by MiniLM's WordPiece)
+MORE_TEXTS = [
+    ("pt", PORTUGUESE, []),
+    ("en", "The committee said that it would review the proposal after the engineers had "
+           "tested their prototype in the harbour.", ["it", "their"]),
+    ("en", "She gave him the keys, but he left them on the train to Lisbon.", ["he", "them"]),
+    ("pt", "A professora explicou a lição e os alunos fizeram perguntas sobre ela.", ["ela"]),
+]
+SCREEN = 40                          # lines: the summary must fit one screen
+
+#: The demo's constructed kinds (attnref.models.demo.HEAD_TYPES) as the
+#: report's taxonomy names them.
+CONSTRUCTED = {"previous_token": "previous-token", "self": "self", "uniform": "broad",
+               "cls_sink": "sink", "content_words": "content-focused"}
 
 
 @pytest.fixture(scope="module")
 def output():
     return DemoModel().encode(TEXT)
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    from attnref.models import find_minilm, load_minilm
+    try:
+        find_minilm()
+    except (ModuleNotFoundError, FileNotFoundError) as missing:
+        pytest.skip(f"MiniLM is not installed: {missing}")
+    return load_minilm()
 
 
 def test_token_level_reads_the_last_layer_mean_by_default(output):
@@ -37,17 +66,24 @@ def test_one_head_and_layer_selection(output):
         [0] + list(range(len(output.tokens) - 1))
     assert {row["layer"] for row in report.head_level} == {0}
     assert all(f["layer"] == 0 for f in report.findings)
+    # the summary speaks of the same layer only
+    assert report.summary["layer"] == 0 and report.summary["shape"]["typed"] == 3
+    assert sum(report.summary["type_counts"].values()) == 3
+    assert "heads: layer 0 only (3 heads)" in report.text_report()
     assert build_report(output, layer=-1).token_map == "layer 1, mean over heads"
 
 
 def test_head_level_names_the_constructed_types(output):
     rows = {(row["layer"], row["head"]): row for row in build_report(output).head_level}
     assert len(rows) == sum(map(len, HEAD_TYPES))
-    assert rows[0, 0]["type"] == "local (previous_token)"
-    assert rows[1, 2]["type"] == "local (previous_token)"
-    assert rows[0, 1]["type"] == "self_attention_dominant"
+    for layer, kinds in enumerate(HEAD_TYPES):
+        for head, kind in enumerate(kinds):
+            assert rows[layer, head]["type"] == CONSTRUCTED[kind], (layer, head, kind)
+    assert rows[0, 0]["previous_token"] == pytest.approx(1.0)
+    assert rows[0, 1]["self"] == pytest.approx(1.0)
+    assert rows[0, 2]["uniformity"] == pytest.approx(1.0)
     assert rows[1, 0]["confidence"] == pytest.approx(1.0)
-    assert rows[1, 0]["type"] == "focused (first-token sink)" and rows[1, 0]["sink"] > 0.999
+    assert rows[1, 0]["sink"] > 0.999 and rows[1, 0]["score"] == rows[1, 0]["sink"]
     ranks = sorted(row["importance_rank"] for row in rows.values())
     assert ranks == list(range(1, len(rows) + 1))
     # the self head moves nothing between positions: it ranks last
@@ -68,20 +104,67 @@ def test_findings_layers_and_rollout(output):
     assert share["function_tokens"] == pytest.approx(5 / 12)    # the the because it was
 
 
-def test_text_and_json_forms(output):
+def test_summary_of_the_demo_model(output):
     report = build_report(output, text=TEXT)
+    summary = report.summary
+    assert summary["read"] == {"tokens": 12, "tokens_total": 12, "unread": 0}
+    assert summary["type_counts"] == {"previous-token": 2, "self": 1, "broad": 1, "sink": 1,
+                                      "content-focused": 1}
+    assert summary["typical"] == {"type": "previous-token", "count": 2}
+    assert summary["sinks_park_on"]["[CLS]"] > 0.999           # the constructed [CLS] sink
+    assert [(row["layer"], row["head"]) for row in summary["by_type"]["previous-token"]] == [
+        (0, 0), (1, 2)]
+    assert summary["closest"]["next-token"]["score"] < 0.5     # no constructed next-token head
+    # "it" looks back at the content words: the content-focused head weighs them equally
+    (pronoun,) = summary["pronouns"]
+    assert pronoun["token"] == "it" and pronoun["position"] == 7
+    assert {word for word, _ in pronoun["most_weight"]} <= {"cat", "chased", "mouse"}
+    groups = {group["kind"]: group for group in summary["findings"]}
+    assert groups["uniform"]["heads"] == [[0, 2]] and groups["collapse"]["keys"] == [("[CLS]", 1)]
     text = report.text_report()
+    assert "  previous-token   L0 H0, L1 H2: up to 100% on the token before (L0 H0)" in text
+    assert "  self             L0 H1: 100% on itself" in text
+    assert "  next-token       none (closest: " in text
+    assert "  uniform (mean normalised entropy >= 0.90): L0 H2" in text
+    assert "== per head" not in text
+
+
+def test_text_json_and_full_forms(output):
+    report = build_report(output, text=TEXT)
+    short, full = report.text_report(), report.text_report(full=True)
+    assert full.startswith(short + "\n")
     for heading in ("== per token", "== per layer", "== per head", "== misallocation",
                     "== attention rollout"):
-        assert heading in text
+        assert heading in full and heading not in short
+    lines = full.splitlines()
+    table = lines[lines.index(next(line for line in lines if line.startswith("== misall"))) + 2:]
+    assert table[:3] == [" 0   2 uniform             1.00      0.90",
+                         " 1   0 collapse            100%       80%  [CLS]",
+                         " 1   0 sink                100%       50%  [CLS] [SEP]"]
     data = json.loads(json.dumps(report.to_dict(), allow_nan=False))
     assert data["tokens"] == output.tokens and data["model"] == output.model
+    assert data["summary"]["typical"]["type"] == "previous-token"
+    assert data["head_level"] and data["findings"] and data["rollout"]
+
+
+def test_unread_tokens_are_said_loudly(output):
+    cut = dataclasses.replace(output, tokens_total=40)
+    report = build_report(cut, text=TEXT)
+    assert report.tokens_total == 40
+    assert report.summary["read"] == {"tokens": 12, "tokens_total": 40, "unread": 28}
+    lines = report.text_report().splitlines()
+    assert lines[2].startswith("read: ONLY THE FIRST 12 OF 40 TOKENS")
+    assert "did NOT read the other 28" in " ".join(lines[2:4])
+    assert max(map(len, lines)) <= 100
+    assert build_report(dataclasses.replace(output, tokens_total=12)).summary["read"][
+        "unread"] == 0
 
 
 @pytest.mark.parametrize("options,message", [
     ({"layer": 2}, r"layer must be an integer in \[-2, 2\), got 2"),
     ({"head": True}, r"head must be an integer in \[-3, 3\), got True"),
     ({"top_k": 0}, "top_k must be a positive integer, got 0"),
+    ({"lang": "fr"}, r"lang must be one of \['en', 'pt'\], got 'fr'"),
 ])
 def test_bad_options(output, options, message):
     with pytest.raises(ValueError, match=message):
@@ -95,3 +178,118 @@ def test_a_report_shows_in_a_notebook_as_its_text(output):
     assert shown.startswith("<pre>") and shown.endswith("</pre>")
     assert html.unescape(shown[len("<pre>"):-len("</pre>")]) == report.text_report()
     assert "<b>" not in shown
+
+
+# --- the summary never contradicts the tables ------------------------------------------------
+
+HEAD = re.compile(r"L(\d+) ((?:H\d+(?:-H\d+)?\s?)+)")
+
+
+def named_heads(text):
+    """Every (layer, head) a compact head list such as "L0 H1-H3 H5, L2 H0" names."""
+    heads = set()
+    for layer, runs in HEAD.findall(text):
+        for run in runs.split():
+            first, _, last = run.partition("-")
+            heads.update((int(layer), head)
+                         for head in range(int(first[1:]), int((last or first)[1:]) + 1))
+    return heads
+
+
+def assert_summary_agrees_with_the_tables(report):
+    rows = {(row["layer"], row["head"]): row for row in report.head_level}
+    summary = report.summary
+    assert sum(summary["type_counts"].values()) == len(rows)
+    for kind, count in summary["type_counts"].items():
+        assert count == sum(row["type"] == kind for row in rows.values())
+    for kind, heads in summary["by_type"].items():
+        assert {(h["layer"], h["head"]) for h in heads} == {
+            key for key, row in rows.items() if row["type"] == kind}
+    for entry in (summary["most_important"] + summary["pronouns"]
+                  + [summary["strongest_link"] or {}]):
+        if entry:
+            assert rows[entry["layer"], entry["head"]]["type"] == entry.get(
+                "type", rows[entry["layer"], entry["head"]]["type"])
+    link = summary["strongest_link"]                     # positional and sink heads are named
+    assert link is None or link["type"] not in ("previous-token", "next-token", "self", "sink")
+    lines = report.text_report().splitlines()
+    for line in lines:                       # each type line names exactly that type's heads
+        label = line[2:19].strip()
+        if line.startswith("  ") and label in summary["by_type"]:
+            listed = named_heads(line.split(":")[0])
+            assert listed == {key for key, row in rows.items() if row["type"] == label}, line
+    groups = {group["kind"]: group for group in summary["findings"]}
+    findings = {(f["layer"], f["head"], f["kind"]) for f in report.findings}
+    for kind, group in groups.items():
+        assert {tuple(head) for head in group["heads"]} == {
+            (layer, head) for layer, head, found in findings if found == kind}
+    # uniform finding <=> broad type; sink type => sink finding
+    uniform = {tuple(head) for head in groups["uniform"]["heads"]}
+    assert uniform == {key for key, row in rows.items() if row["type"] == "broad"}
+    sinks = {tuple(head) for head in groups["sink"]["heads"]}
+    assert {key for key, row in rows.items() if row["type"] == "sink"} <= sinks
+    # a head the summary names under a finding is never typed against it
+    for key in sinks:
+        assert rows[key]["type"] == "sink" or rows[key]["score"] >= rows[key]["sink"]
+
+
+def test_the_demo_summary_agrees_with_its_tables(output):
+    assert_summary_agrees_with_the_tables(build_report(output, text=TEXT))
+
+
+def test_minilm_summary_fits_a_screen_and_names_the_positional_heads(minilm):
+    output = minilm.encode(TEXT)
+    report = build_report(output, text=TEXT)
+    text = report.text_report()
+    lines = text.splitlines()
+    assert len(lines) <= SCREEN and max(map(len, lines)) <= 100
+    assert lines[2] == "read: all 12 tokens: [CLS] the cat chased the mouse because it was " \
+                       "hungry . [SEP]"
+    rows = {(row["layer"], row["head"]): row for row in report.head_level}
+    previous = [key for key, row in rows.items() if row["type"] == "previous-token"]
+    following = [key for key, row in rows.items() if row["type"] == "next-token"]
+    assert previous and following
+    assert all(rows[key]["previous_token"] >= 0.5 for key in previous)
+    assert all(rows[key]["next_token"] >= 0.5 for key in following)
+    previous_line = next(line for line in lines if line.startswith("  previous-token "))
+    next_line = next(line for line in lines if line.startswith("  next-token "))
+    assert named_heads(previous_line) == set(previous)
+    assert named_heads(next_line) == set(following)
+    # the [CLS]-parking majority, said once, with its count
+    sinks = sum(row["type"] == "sink" for row in rows.values())
+    assert sinks > len(rows) / 2
+    assert report.summary["typical"] == {"type": "sink", "count": sinks}
+    assert text.count("no-op") == 1
+    parks_on = report.summary["sinks_park_on"]
+    assert parks_on["[CLS]"] > 0.5 > parks_on["[SEP]"] + parks_on["punctuation"]
+    assert (f"typical head: sink ({sinks} of {len(rows)}), a no-op (Clark et al. 2019): "
+            f"[CLS] {parks_on['[CLS]']:.0%}, [SEP] {parks_on['[SEP]']:.0%}, "
+            f"punctuation {parks_on['punctuation']:.0%}") in text
+    assert text.count("sink heads above") == 1
+    # what the pronoun looks at, among the earlier content words
+    (pronoun,) = report.summary["pronouns"]
+    assert pronoun["token"] == "it"
+    assert {word for word, _ in pronoun["most_weight"]} <= {"cat", "chased", "mouse"}
+    assert_summary_agrees_with_the_tables(report)
+    full = report.text_report(full=True).splitlines()
+    assert len(full) > len(lines) + len(rows)
+    table = full[full.index(next(line for line in full if line.startswith("== per head"))) + 2:]
+    for line, row in zip(table, report.head_level):
+        assert line.split()[:3] == [str(row["layer"]), str(row["head"]), row["type"]]
+
+
+@pytest.mark.parametrize("lang,text,pronouns", MORE_TEXTS)
+def test_minilm_summary_on_other_texts(minilm, lang, text, pronouns):
+    report = build_report(minilm.encode(text), text=text, lang=lang)
+    assert [row["token"] for row in report.summary["pronouns"]] == pronouns
+    lines = report.text_report().splitlines()
+    assert len(lines) <= SCREEN and max(map(len, lines)) <= 100
+    assert_summary_agrees_with_the_tables(report)
+    types = analysis.head_taxonomy(minilm.encode(text).attention_weights,
+                                   report.tokens, lang=lang).type
+    assert [row["type"] for row in report.head_level] == list(types.ravel())
+    link = report.summary["strongest_link"]
+    # whole words, never a piece ("##to") and never two pieces of one word
+    assert not link["query"].startswith("##") and not link["key"].startswith("##")
+    assert abs(link["key_position"] - link["query_position"]) > 1
+    assert link["query"] in text.lower() and link["key"] in text.lower()

@@ -31,18 +31,20 @@ from ._common import skip_distribution_check
 from .diagnostics import DEFAULT_THRESHOLDS, Diagnosis, Finding, diagnose
 from .flow import (AttentionFlowTable, LayerProfile, attention_flow_table, attention_max_flow,
                    attention_rollout, layer_profile)
-from .heads import (HEAD_PATTERNS, HeadClassification, HeadImportance, HeadOutputNorms,
-                    HeadSpecialization, classify_head, detect_head, head_diversity,
-                    head_importance, head_output_norms, head_similarity, head_specialization)
+from .heads import (HEAD_PATTERNS, HEAD_TYPE_DESCRIPTIONS, HEAD_TYPES, HeadClassification,
+                    HeadImportance, HeadOutputNorms, HeadSpecialization, HeadTaxonomy,
+                    classify_head, detect_head, head_diversity, head_importance,
+                    head_output_norms, head_similarity, head_specialization, head_taxonomy)
 from .positions import (PositionalBias, RelativePositionProfile, attention_locality,
                         diagonal_score, mean_attention_distance, next_token_score,
                         positional_bias, previous_token_score, relative_position_profile)
 from .quality import AttentionQuality, attention_quality
 from .regularizers import (LossAndGradient, clip_attention_weights, entropy_regularizer,
                            head_diversity_regularizer, sparsity_regularizer)
-from .tokens import (CONTENT_POS, FUNCTION_POS, FUNCTION_WORDS, ContentFunctionAttention,
-                     SpecialTokenAttention, TokenInterpretation, TopAttended, confidence,
-                     content_function_attention, effective_support, entropy,
+from .tokens import (CONTENT_POS, FUNCTION_POS, FUNCTION_WORDS, SPECIAL_TOKENS,
+                     ContentFunctionAttention, SpecialTokenAttention, TokenInterpretation,
+                     TopAttended, confidence, content_function_attention, content_word_mask,
+                     effective_support, entropy,
                      function_word_mask, interpret_weights, mean_entropy, received_attention,
                      self_attention, sink_score, sparsity, special_token_attention,
                      top_attended)
@@ -55,17 +57,18 @@ __all__ = [
     # tokens
     "entropy", "mean_entropy", "effective_support", "confidence", "sparsity",
     "self_attention", "received_attention", "sink_score", "top_attended",
-    "interpret_weights", "function_word_mask", "special_token_attention",
+    "interpret_weights", "function_word_mask", "content_word_mask", "special_token_attention",
     "content_function_attention", "TopAttended", "TokenInterpretation",
     "SpecialTokenAttention", "ContentFunctionAttention", "CONTENT_POS",
-    "FUNCTION_POS", "FUNCTION_WORDS",
+    "FUNCTION_POS", "FUNCTION_WORDS", "SPECIAL_TOKENS",
     # positions
     "positional_bias", "attention_locality", "mean_attention_distance",
     "relative_position_profile", "previous_token_score", "next_token_score",
     "diagonal_score", "PositionalBias", "RelativePositionProfile",
     # heads
-    "classify_head", "head_specialization", "detect_head", "head_similarity",
-    "head_diversity", "head_output_norms", "head_importance", "HEAD_PATTERNS",
+    "head_taxonomy", "classify_head", "head_specialization", "detect_head",
+    "head_similarity", "head_diversity", "head_output_norms", "head_importance",
+    "HEAD_TYPES", "HEAD_TYPE_DESCRIPTIONS", "HEAD_PATTERNS", "HeadTaxonomy",
     "HeadClassification", "HeadSpecialization", "HeadOutputNorms", "HeadImportance",
     # layers and flow
     "attention_flow_table", "attention_rollout", "attention_max_flow", "layer_profile",

@@ -131,17 +131,36 @@ def _thresholds(overrides):
     return {name: float(value) for name, value in thresholds.items()}
 
 
-def _function_word_lift(weights, is_function):
-    """(share, lift), each (...): function words' mean share of a row's
-    attention, and that share over the share uniform attention on each row's
-    visible keys would give them."""
+def _share_and_lift(weights, key_mask):
+    """(share, lift), each (...): the mean share of a row's attention on the
+    keys in ``key_mask`` ((S,) or broadcastable to (..., L, S)), and that
+    share over the share uniform attention on each row's visible keys would
+    give them (NaN when no such key is visible)."""
     visible = support(weights)
-    share = key_share(weights, is_function)
+    share = key_share(weights, key_mask)
     uniform = visible / np.maximum(np.sum(visible, axis=-1, keepdims=True), 1)
-    baseline = key_share(uniform, is_function)
-    with np.errstate(invalid="ignore", divide="ignore"):  # no function word visible -> NaN
+    baseline = key_share(uniform, key_mask)
+    with np.errstate(invalid="ignore", divide="ignore"):  # no such key visible -> NaN
         lift = np.where(baseline > 0, share / baseline, np.nan)
     return share, lift
+
+
+def _uniformity(weights):
+    """(...): the ``uniform`` check's evidence, the mean normalised entropy
+    over the rows with at least 2 visible keys."""
+    several_keys = np.sum(support(weights), axis=-1) >= 2
+    return mean_over_rows(np.where(several_keys, entropy(weights, normalize=True), np.nan))
+
+
+def _sink_share(weights, tokens):
+    """(share, parts): the ``sink`` check's evidence (...), the share on
+    special tokens and punctuation with tokens (``parts`` is their
+    :class:`~attnref.analysis.tokens.SpecialTokenAttention`), on the first
+    key without (``parts`` is None)."""
+    if tokens is None:
+        return sink_score(weights, k=1), None
+    parts = special_token_attention(weights, tokens)
+    return parts.total, parts
 
 
 def _token_text(tokens, keys):
@@ -258,9 +277,7 @@ def diagnose(weights, tokens=None, pos_tags=None, *, lang="en", **thresholds):
     collapse_key = np.where(np.isnan(evidence["collapse"]), -1,
                             np.argmax(np.nan_to_num(key_share, nan=-1.0), axis=-1))
 
-    several_keys = np.sum(support(weights), axis=-1) >= 2
-    evidence["uniform"] = mean_over_rows(
-        np.where(several_keys, entropy(weights, normalize=True), np.nan))
+    evidence["uniform"] = _uniformity(weights)
 
     if pos_tags is not None:
         tags = check_tokens(pos_tags, key_count, "pos_tags")
@@ -271,17 +288,13 @@ def diagnose(weights, tokens=None, pos_tags=None, *, lang="en", **thresholds):
         is_function = None
         skipped["function_words"] = "needs pos_tags or tokens"
     if is_function is not None:
-        extra["function_word_share"], evidence["function_words"] = _function_word_lift(
+        extra["function_word_share"], evidence["function_words"] = _share_and_lift(
             weights, is_function)
 
-    if tokens is not None:
-        specials = special_token_attention(weights, tokens)
-        evidence["sink"] = specials.total
-        extra["sink_parts"] = specials
-        sink_keys = tuple(key for key, token in enumerate(tokens) if token in specials.by_special)
-    else:
-        evidence["sink"] = sink_score(weights, k=1)
-        sink_keys = (0,)
+    evidence["sink"], extra["sink_parts"] = _sink_share(weights, tokens)
+    sink_keys = ((0,) if tokens is None else
+                 tuple(key for key, token in enumerate(tokens)
+                       if token in extra["sink_parts"].by_special))
 
     findings = []
     for check, threshold_name in _CHECKS.items():

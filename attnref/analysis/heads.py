@@ -1,5 +1,8 @@
 """Per-head metrics: what kind of pattern a head draws, which known head type
 it matches, how alike the heads of a layer are, and how much each one moves.
+:func:`head_taxonomy` gives each head its one type (the one ``attnref
+report`` shows); :func:`classify_head` is the seed notes' rule, kept as
+written.
 
 Shape letters: ``L`` queries, ``S`` keys, ``H`` heads, ``Dv`` the width of one
 head's value vectors, ``D`` the model width. ``weights`` are ``(..., L, S)``
@@ -15,18 +18,25 @@ candidates).
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
 from ._common import (Record, as_array, as_weights, check_tokens, key_share, mean_over_rows,
                       row_mass, skip_distribution_check, xlogy)
-from .positions import attention_locality, diagonal_score
-from .tokens import FUNCTION_POS, entropy, function_word_mask, mean_entropy
+from .diagnostics import DEFAULT_THRESHOLDS, _share_and_lift, _sink_share, _uniformity
+from .positions import attention_locality, diagonal_score, next_token_score, previous_token_score
+from .tokens import (FUNCTION_POS, FUNCTION_WORDS, content_word_mask, entropy, function_word_mask,
+                     mean_entropy)
 from .vectors import similarity_attention_correlation
 
 __all__ = [
     "HEAD_PATTERNS",
+    "HEAD_TYPES",
+    "HEAD_TYPE_DESCRIPTIONS",
+    "HeadTaxonomy",
+    "head_taxonomy",
     "HeadClassification",
     "HeadImportance",
     "HeadOutputNorms",
@@ -44,6 +54,27 @@ HEAD_PATTERNS = ("previous_token", "duplicate_token", "induction")
 """The head types :func:`detect_head` knows by name (TransformerLens's
 ``previous_token_head``, ``duplicate_token_head``, ``induction_head``)."""
 
+HEAD_TYPES = ("previous-token", "next-token", "self", "sink", "broad", "content-focused",
+              "local", "other")
+"""The types :func:`head_taxonomy` gives, one per head."""
+
+HEAD_TYPE_DESCRIPTIONS = {
+    "previous-token": "attends to the token before",
+    "next-token": "attends to the token after",
+    "self": "attends to itself",
+    "sink": "parks on [CLS]/[SEP]/punctuation or the first token (a no-op)",
+    "broad": "spreads evenly over the text (bag of words)",
+    "content-focused": "reads the content words",
+    "local": "reads a small window around the token",
+    "other": "no single pattern holds",
+}
+"""One line of plain language per :data:`HEAD_TYPES` entry."""
+
+#: The position-specific and sink types, in tie-breaking order (see head_taxonomy).
+_TARGET_TYPES = ("previous-token", "next-token", "self", "sink")
+#: Shares closer than this are tied: float32 rows sum to 1 within about 1e-7 each.
+_TIE = 1e-6
+
 _CLASSIFY_MODES = ("seed", "rows")
 _SEED_EPSILON = 1e-10  # compute_attention_entropy's shift, attention-weights-and-vectors.md
 _ARC_DIRECTIONS = ("dependent_to_head", "head_to_dependent", "both")
@@ -58,6 +89,53 @@ class HeadClassification(Record):
     diagonal_strength: np.ndarray
     locality: np.ndarray
     entropy: np.ndarray
+
+
+@dataclass
+class HeadTaxonomy(Record):
+    """:func:`head_taxonomy`'s verdict and the evidence it was read from;
+    every array is shaped like the leading dims ``(...)``.
+
+    Attributes
+    ----------
+    type : ndarray of str
+        One of :data:`HEAD_TYPES` per map.
+    score : ndarray
+        The evidence behind ``type`` (the share or uniformity that crossed its
+        threshold); NaN for ``"other"``.
+    previous_token, next_token, diagonal : ndarray
+        Mean weight on the key one before, one after, and at the query's own
+        position (:func:`~attnref.analysis.positions.previous_token_score`,
+        :func:`~attnref.analysis.positions.next_token_score`,
+        :func:`~attnref.analysis.positions.diagonal_score`).
+    sink : ndarray
+        Share on special tokens and punctuation (with tokens), else on the
+        first key: the evidence of :func:`attnref.analysis.diagnose`'s
+        ``sink`` check.
+    uniformity : ndarray
+        Mean normalised row entropy: the evidence of ``diagnose``'s
+        ``uniform`` check.
+    content, content_lift : ndarray
+        Share on content words and its ratio to uniform attention's share;
+        NaN without tokens.
+    local, local_lift : ndarray
+        Share within ``window`` positions of the query and its ratio to
+        uniform attention's share.
+    thresholds : dict of str to float
+    """
+
+    type: np.ndarray
+    score: np.ndarray
+    previous_token: np.ndarray
+    next_token: np.ndarray
+    diagonal: np.ndarray
+    sink: np.ndarray
+    uniformity: np.ndarray
+    content: np.ndarray
+    content_lift: np.ndarray
+    local: np.ndarray
+    local_lift: np.ndarray
+    thresholds: dict
 
 
 @dataclass
@@ -147,6 +225,15 @@ def classify_head(weights, *, mode="seed", self_threshold=0.5, locality_threshol
     so the 3-nat threshold means "more than e^3 ~ 20 keys' worth of spread
     per query", whatever L is. Fully masked rows are skipped.
 
+    Even per row, the 3-nat rule cannot fire on a short text: a row's
+    entropy is at most ``ln S`` (2.48 nats for the 12 tokens of "The cat
+    chased the mouse because it was hungry." with [CLS] and [SEP]), so for
+    ``S <= 20`` a perfectly uniform head is ``"focused_attention"``. The
+    labels also have no name for the previous-token, next-token and sink
+    heads of trained models. :func:`head_taxonomy` is the correct
+    alternative: one type per head from the catalogue's detectors, with
+    thresholds that do not depend on the length; ``attnref report`` uses it.
+
     ``analyze_head_specialization`` hands this function a ``(batch, L, S)``
     slice, on which ``torch.diag`` fails; here every map is classified on
     its own and the labels keep the leading dims.
@@ -170,6 +257,137 @@ def classify_head(weights, *, mode="seed", self_threshold=0.5, locality_threshol
         default="focused_attention")
     return HeadClassification(pattern=pattern, diagonal_strength=diagonal_strength,
                               locality=locality, entropy=spread)
+
+
+def head_taxonomy(weights, tokens=None, *, lang="en", share=0.5,
+                  uniform_entropy=DEFAULT_THRESHOLDS["uniform_entropy"], lift=1.5, window=2):
+    """Give each head exactly one type: previous-token, next-token, self,
+    sink (no-op), broad (bag of words), content-focused, local or other.
+
+    Parameters
+    ----------
+    weights : array_like, shape (..., L, S)
+        Attention maps (a head, heads, layers x heads, batches).
+    tokens : sequence of str, length S, optional
+        Key tokens. With them the sink is [CLS], [SEP] and punctuation and
+        the content-focused type can be decided; without them the sink is
+        the first key and no head is content-focused.
+    lang : {"en", "pt"}, keyword-only
+        Function-word list for the content words
+        (:func:`attnref.analysis.tokens.content_word_mask`).
+    share : float in (0, 1], keyword-only
+        The share of a row's attention a target must hold (default 0.5, a
+        majority; see Notes).
+    uniform_entropy : float in (0, 1], keyword-only
+        The mean normalised entropy from which a head is broad (default
+        :data:`~attnref.analysis.diagnostics.DEFAULT_THRESHOLDS`
+        ``["uniform_entropy"]``, 0.9).
+    lift : float > 0, keyword-only
+        How many times uniform attention's share the content and local
+        types need (default 1.5).
+    window : int >= 1, keyword-only
+        Half-width of the local window, ``|j - i| <= window`` (default 2).
+
+    Returns
+    -------
+    HeadTaxonomy
+        ``type`` (one of :data:`HEAD_TYPES` per map), ``score`` and the
+        evidence, each shaped ``(...)``.
+
+    Notes
+    -----
+    With shares averaged over the non-empty rows (``share(K) = (1/L')
+    sum_i sum_{j in K_i} w_ij``), the first rule that holds gives the type:
+
+    1. ``"broad"``: ``uniformity >= uniform_entropy``, with ``uniformity``
+       the mean of ``H_i / log n_i`` over the rows with ``n_i >= 2`` visible
+       keys. This is the evidence and threshold of
+       :func:`attnref.analysis.diagnose`'s ``uniform`` check (seed:
+       "Atenção Uniforme"), so a head is broad exactly when diagnose calls
+       it uniform. Clark et al. 2019 ("What Does BERT Look At?", Sec. 3.3)
+       call such heads broad: their output is roughly a bag of vectors of
+       the sentence.
+    2. The largest of four targets, if it holds at least ``share``:
+       ``"previous-token"`` (``mean_i w_{i,i-1}``), ``"next-token"``
+       (``mean_i w_{i,i+1}``), ``"self"`` (``mean_i w_ii``), each over the
+       rows that have that key (Clark et al. 2019, Sec. 3.1, positional
+       heads), and ``"sink"``: the share on [CLS], [SEP] and punctuation
+       (with tokens, :func:`attnref.analysis.tokens.special_token_attention`
+       ``.total``; Clark et al. 2019, Sec. 3.2, read such heads as no-ops)
+       or on the first key (without,
+       :func:`attnref.analysis.tokens.sink_score`; Xiao et al. 2023). This
+       is diagnose's ``sink`` evidence, and ``share`` defaults to its
+       threshold. Ties (shares within 1e-6, float rounding) go to the
+       earlier type in that order (a position is the more specific claim).
+       Above 0.5 two targets can both qualify only where they overlap (the
+       token before the first word is [CLS]).
+    3. ``"content-focused"``: ``share(content words) >= share`` and
+       ``>= lift`` times the share uniform attention over each row's visible
+       keys would give them (the notes' content vs function words,
+       "Tokens de Conteúdo vs. Funcionais"; the lift is diagnose's
+       ``function_word_lift`` default read the other way).
+    4. ``"local"``: ``share(|j - i| <= window) >= share`` and ``>= lift``
+       times uniform attention's share of that window (the notes' "early
+       layers local"; the lift keeps a short text, where the window is most
+       of the keys, from making every head local).
+    5. ``"other"``.
+
+    None of the thresholds depends on the length, unlike the 3-nat rule of
+    :func:`classify_head`. As everywhere in :mod:`attnref.analysis`, a key
+    of weight exactly 0 is masked: a row even over the few keys it can see
+    is uniform, so a constructed map that is even over two keys and exactly
+    0 elsewhere is broad (softmax never gives exact zeros). Edge cases: with
+    ``L = S = 1`` the one key is the query itself, so the head is
+    ``"self"``; a map with no visible key is ``"other"`` with NaN evidence.
+
+    Examples
+    --------
+    >>> previous = np.eye(4, k=-1); previous[0, 0] = 1
+    >>> head_taxonomy(np.stack([previous, np.full((4, 4), 0.25)])).type
+    array(['previous-token', 'broad'], dtype='<U15')
+    """
+    weights = as_weights(weights)
+    length, n_keys = weights.shape[-2:]
+    for name, value in (("share", share), ("uniform_entropy", uniform_entropy)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value <= 1:
+            raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
+    if isinstance(lift, bool) or not isinstance(lift, numbers.Real) or not lift > 0:
+        raise ValueError(f"lift must be a positive number, got {lift!r}")
+    if lang not in FUNCTION_WORDS:
+        raise ValueError(f"lang must be one of {sorted(FUNCTION_WORDS)}, got {lang!r}")
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
+        raise ValueError(f"window must be an integer >= 1, got {window!r}")
+    if tokens is not None:
+        tokens = check_tokens(tokens, n_keys)
+
+    targets = np.stack([previous_token_score(weights), next_token_score(weights),
+                        diagonal_score(weights), _sink_share(weights, tokens)[0]])  # (4, ...)
+    uniformity = _uniformity(weights)
+    if tokens is None:
+        content = content_lift = np.full(weights.shape[:-2], np.nan)
+    else:
+        content, content_lift = _share_and_lift(weights, content_word_mask(tokens, lang=lang))
+    offsets = np.arange(n_keys)[None, :] - np.arange(length)[:, None]
+    local, local_lift = _share_and_lift(weights, np.abs(offsets) <= window)
+
+    filled = np.nan_to_num(targets, nan=-np.inf)
+    # the first type within _TIE of the largest: float32 rounding does not break a tie
+    best = np.argmax(filled >= filled.max(axis=0) - _TIE, axis=0)
+    best_share = np.take_along_axis(filled, best[None], axis=0)[0]
+    with np.errstate(invalid="ignore"):  # NaN evidence compares False: the rule does not hold
+        rules = [uniformity >= uniform_entropy, best_share >= share,
+                 (content >= share) & (content_lift >= lift),
+                 (local >= share) & (local_lift >= lift)]
+    kind = np.select(rules, ["broad", np.array(_TARGET_TYPES)[best], "content-focused", "local"],
+                     default="other").astype(f"<U{max(map(len, HEAD_TYPES))}")
+    score = np.select(rules, [uniformity, best_share, content, local], default=np.nan)
+    return HeadTaxonomy(type=kind, score=score, previous_token=targets[0],
+                        next_token=targets[1], diagonal=targets[2], sink=targets[3],
+                        uniformity=uniformity, content=content, content_lift=content_lift,
+                        local=local, local_lift=local_lift,
+                        thresholds={"share": float(share),
+                                    "uniform_entropy": float(uniform_entropy),
+                                    "lift": float(lift), "window": int(window)})
 
 
 def head_specialization(weights, tokens=None, pos_tags=None, arcs=None, embeddings=None, *,

@@ -39,6 +39,8 @@ __all__ = [
     "top_attended",
     "interpret_weights",
     "function_word_mask",
+    "content_word_mask",
+    "SPECIAL_TOKENS",
     "special_token_attention",
     "content_function_attention",
     "TopAttended",
@@ -574,6 +576,40 @@ def function_word_mask(tokens, lang="en"):
     words = FUNCTION_WORDS[lang]
     tokens = [str(token) for token in tokens]
     return np.array([_word(token) in words for token in tokens], dtype=bool)
+
+
+#: Token strings that mark structure rather than text (BERT's and RoBERTa's
+#: specials): never content words.
+SPECIAL_TOKENS = frozenset({"[CLS]", "[SEP]", "[PAD]", "[MASK]", "[UNK]", "<s>", "</s>"})
+
+
+def content_word_mask(tokens, lang="en"):
+    """Which tokens are content words: words that are not function words.
+
+    Parameters
+    ----------
+    tokens : sequence of str, length L
+    lang : {"en", "pt"}, default "en"
+        Function-word list (:func:`function_word_mask`).
+
+    Returns
+    -------
+    ndarray of bool, shape (L,)
+
+    Notes
+    -----
+    A token is a content word when it holds a letter or digit, is not in
+    :data:`SPECIAL_TOKENS` and is not a function word: the notes' split into
+    content and function words ("Tokens de Conteúdo vs. Funcionais",
+    ``attention-allocation.md``) without a POS tagger. Punctuation and
+    special tokens are neither class. A WordPiece continuation ("##ing")
+    counts as content, as it continues a word that is not on the closed
+    function-word lists.
+    """
+    tokens = [str(token) for token in tokens]
+    is_word = np.array([token not in SPECIAL_TOKENS and any(char.isalnum() for char in token)
+                        for token in tokens], dtype=bool)
+    return is_word & ~function_word_mask(tokens, lang=lang)
 
 
 def _is_punctuation(token):

@@ -17,7 +17,6 @@ import numpy as np
 from .. import analysis
 from ..analysis._common import as_weights
 from ..analysis.flow import MAX_FLOW_NODES
-from ..report import head_evidence
 from ._figure import (check_ax, check_path, check_title, cmap, colour_range, label_fontsize,
                       new_figure, save, set_token_ticks, suptitle, tick_positions, token_list,
                       weights_array)
@@ -118,39 +117,38 @@ def plot_attention_heatmap(weights, tokens, *, key_tokens=None, ax=None, path=No
     return save(figure, path)
 
 
-def head_types(weights, tokens=None):
-    """Each head's type from the analysis catalogue, as ``attnref report``
-    names it: :func:`attnref.report.head_evidence` ``["type"]``.
+def head_types(weights, tokens=None, *, lang="en"):
+    """Each head's type, the one ``attnref report`` gives it:
+    :func:`attnref.analysis.head_taxonomy` ``.type``.
 
     Parameters
     ----------
     weights : array_like, shape (..., L, S)
-    tokens : sequence of str, length L, optional
-        Needed for the duplicate-token and induction detectors; without it
-        only the previous-token detector runs.
+    tokens : sequence of str, length S, optional
+        The key tokens: with them the sink is [CLS]/[SEP]/punctuation and
+        content-focused heads can be found; without, the sink is the first
+        key.
+    lang : {"en", "pt"}, keyword-only
+        Function-word list for the content words.
 
     Returns
     -------
     ndarray of str, shape (...)
+        One of :data:`attnref.analysis.HEAD_TYPES` per map.
     """
     weights = as_weights(weights)
     if tokens is not None:
-        tokens = token_list(tokens, weights.shape[-2], name="tokens")
-    return head_evidence(weights, tokens)["type"]
+        tokens = token_list(tokens, weights.shape[-1], name="tokens")
+    return analysis.head_taxonomy(weights, tokens, lang=lang).type
 
 
 def _thumbnail_title(label, layer, head):
-    """``"L1 H0 focused\nfirst-token sink"``: a :func:`head_types` label in
-    two short lines (the seed's pattern without its ``_attention`` suffix,
-    then the detector or sink that sharpened it), so it fits a thumbnail."""
-    pattern, _, detail = label.partition(" (")
-    # head_type already drops "_attention" from a sharpened label
-    pattern = pattern.replace("_attention", "")
-    pattern = "self" if pattern == "self_dominant" else pattern
-    return f"L{layer} H{head} {pattern}\n{detail.rstrip(')')}"
+    """``"L1 H0\nsink"``: the head, then its :func:`head_types` label, in two
+    short lines so it fits a thumbnail."""
+    return f"L{layer} H{head}\n{label}"
 
 
-def plot_head_grid(weights, tokens=None, *, path=None, title=None):
+def plot_head_grid(weights, tokens=None, *, lang="en", path=None, title=None):
     """Draw every head of every layer as a thumbnail, titled with its type.
 
     Parameters
@@ -158,9 +156,11 @@ def plot_head_grid(weights, tokens=None, *, path=None, title=None):
     weights : array_like, shape (layers, H, L, S)
         E.g. ``output.attention_weights``.
     tokens : sequence of str, length L, optional
-        The sequence, for the duplicate-token and induction detectors of
-        :func:`head_types`. (Thumbnails carry no token labels; draw one head
-        with :func:`plot_attention_heatmap` to read them.)
+        The sequence (square maps), for the special-token sink and content
+        words of :func:`head_types`. (Thumbnails carry no token labels; draw
+        one head with :func:`plot_attention_heatmap` to read them.)
+    lang : {"en", "pt"}, keyword-only
+        Function-word list of :func:`head_types`.
     path : str or os.PathLike, keyword-only, optional
         Save as ``.png`` or ``.svg``.
     title : str, keyword-only, optional
@@ -176,11 +176,9 @@ def plot_head_grid(weights, tokens=None, *, path=None, title=None):
     Attention in the Transformer Model"), as a static picture: one row per
     layer, one column per head, all on one colour scale (0 to the largest
     weight of the model, one colour bar), so heads can be compared. Each
-    title is ``L<layer> H<head>`` and the type from :func:`head_types`, in
-    two short lines: the seed's ``classify_attention_pattern`` label without
-    its suffix ("self" for "self_attention_dominant", "local", "distributed",
-    "focused"), then the detector or first-token sink that sharpened it, if
-    any (``"L1 H0 focused"`` / ``"first-token sink"``).
+    title is ``L<layer> H<head>`` over the head's type from
+    :func:`head_types` (``"L1 H0\nsink"``), the type ``attnref report``
+    and the HTML explorer show.
     """
     weights = weights_array(weights, 4, "(layers, H, L, S), e.g. output.attention_weights")
     n_layers, n_heads, length, n_keys = weights.shape
@@ -189,7 +187,7 @@ def plot_head_grid(weights, tokens=None, *, path=None, title=None):
     path = check_path(path)
     title = check_title(title)
     titles = np.vectorize(_thumbnail_title, otypes=[str])(
-        head_types(weights, tokens), *np.indices((n_layers, n_heads)))
+        head_types(weights, tokens, lang=lang), *np.indices((n_layers, n_heads)))
     thumb = float(np.clip(16.0 / n_heads, 0.9, 1.9))     # inches per thumbnail
     longest = max(len(line) for title in titles.ravel() for line in title.split("\n"))
     fontsize = float(np.clip(thumb * 72 / (0.6 * longest), 5, 8))

@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from attnref.analysis.heads import (HEAD_PATTERNS, classify_head, detect_head, head_diversity,
-                                    head_importance, head_output_norms, head_similarity,
-                                    head_specialization)
+from attnref.analysis.diagnostics import diagnose
+from attnref.analysis.heads import (HEAD_PATTERNS, HEAD_TYPE_DESCRIPTIONS, HEAD_TYPES,
+                                    classify_head, detect_head, head_diversity, head_importance,
+                                    head_output_norms, head_similarity, head_specialization,
+                                    head_taxonomy)
 from attnref.analysis.positions import attention_locality
 from attnref.testing.maps import random_attention_maps
 
@@ -120,6 +122,175 @@ def test_classify_head_rows_mode_skips_masked_rows():
 def test_classify_head_rejects_unknown_mode():
     with pytest.raises(ValueError, match="mode"):
         classify_head(np.eye(3), mode="columns")
+
+
+# --- head_taxonomy -------------------------------------------------------------------------
+
+CLS_SENTENCE = ["[CLS]", "the", "cat", "chased", "the", "mouse", "because", "it", "was", "hungry",
+            ".", "[SEP]"]                                  # content: cat chased mouse hungry
+
+
+def next_token_map(length):
+    """Every row on the next position, the last one on itself."""
+    weights = np.eye(length, k=1)
+    weights[-1, -1] = 1
+    return weights
+
+
+def offset_map(length, offset):
+    """Every row i on key (i + offset) mod length."""
+    return np.eye(length)[(np.arange(length) + offset) % length]
+
+
+def window_map(length, window):
+    """Every row uniform over the keys within ``window`` positions."""
+    band = np.abs(np.subtract.outer(np.arange(length), np.arange(length))) <= window
+    return band / band.sum(-1, keepdims=True)
+
+
+def columns_map(length, columns):
+    """Every row uniform over ``columns``."""
+    weights = np.zeros((length, length))
+    weights[:, columns] = 1 / len(columns)
+    return weights
+
+
+def leaky(weights, leak=0.1):
+    """``weights`` with ``leak`` of every row spread over all keys, as softmax
+    leaves it: every key stays visible, so a row over a few keys is not
+    uniform over its visible keys."""
+    return (1 - leak) * weights + leak / weights.shape[-1]
+
+
+def test_head_taxonomy_gives_each_constructed_map_its_type():
+    T = len(CLS_SENTENCE)
+    content = [2, 3, 5, 9]
+    maps = {"previous-token": previous_token_map(T), "next-token": next_token_map(T),
+            "self": np.eye(T), "sink": columns_map(T, [0, 11]), "broad": uniform(T),
+            "content-focused": columns_map(T, content), "local": window_map(T, 2),
+            "other": offset_map(T, 5)}
+    result = head_taxonomy(leaky(np.stack(list(maps.values()))), CLS_SENTENCE)
+    assert result.type.tolist() == list(maps) == list(HEAD_TYPES)
+    assert set(HEAD_TYPE_DESCRIPTIONS) == set(HEAD_TYPES)
+    # the evidence behind each verdict, by hand: 0.9 on the target, 0.1 / 12 on every key
+    leak = 0.1 / T
+    np.testing.assert_allclose(result.score[:6], [0.9 + leak, 0.9 + leak, 0.9 + leak,
+                                                  0.9 + 3 * leak,      # [CLS], [SEP] and "."
+                                                  1.0, 0.9 + 4 * leak])
+    # the window rows hold 3, 4 or 5 keys (edges, next to edges, middle)
+    np.testing.assert_allclose(result.score[6], 0.9 + leak * (2 * 3 + 2 * 4 + 8 * 5) / T)
+    assert np.isnan(result.score[7])
+    np.testing.assert_allclose(result.content_lift[5], (0.9 + 4 * leak) / (4 / 12))
+    # a window row spreads over 3 to 5 keys: no single offset holds a majority
+    assert result.previous_token[6] < 0.5 and result.diagonal[6] < 0.5
+    assert result.thresholds == {"share": 0.5, "uniform_entropy": 0.9, "lift": 1.5, "window": 2}
+
+
+def test_a_head_even_over_its_only_visible_keys_is_broad():
+    # exact zeros read as masked keys, as in diagnose's uniform check: each row is even
+    # over the two keys it can see
+    assert head_taxonomy(columns_map(12, [0, 11]), CLS_SENTENCE).type == "broad"
+    assert head_taxonomy(np.tril(np.ones((4, 4))) / np.arange(1, 5)[:, None]).type == "broad"
+
+
+def test_head_taxonomy_without_tokens_reads_the_first_key_as_the_sink():
+    result = head_taxonomy(leaky(np.stack([first_column_map(8), columns_map(8, [2, 3, 5])])))
+    assert result.type.tolist() == ["sink", "other"]
+    assert np.isnan(result.content).all()       # no tokens: content words unknown
+    # with tokens the sink is [CLS]/[SEP]/punctuation wherever they stand
+    tokens = ["a", "b", ".", "[SEP]", "c", "d", "e", "f"]
+    assert head_taxonomy(leaky(columns_map(8, [2, 3])), tokens).type == "sink"
+    assert head_taxonomy(leaky(columns_map(8, [2, 3]))).type == "other"
+
+
+def test_head_taxonomy_ties_go_to_the_earlier_type():
+    # rows alternate next / previous, the last one two back: 0.5 each, exactly
+    weights = np.zeros((5, 5))
+    weights[[0, 1, 2, 3, 4], [1, 0, 3, 2, 2]] = 1
+    result = head_taxonomy(weights)
+    assert result.previous_token == result.next_token == 0.5
+    assert result.type == "previous-token"
+    # [CLS] [SEP] on themselves: the diagonal and the specials share all of it
+    both = head_taxonomy(np.eye(2), ["[CLS]", "[SEP]"])
+    assert both.diagonal == both.sink == 1 and both.type == "self"
+    # row 1 on [CLS] is both its previous token and the sink
+    overlap = head_taxonomy(np.array([[1.0, 0.0], [1.0, 0.0]]))
+    assert overlap.previous_token == overlap.sink == 1 and overlap.type == "previous-token"
+    # float32 rounding does not break a tie: the sink share a hair above still loses
+    rounded = np.array([[1.0, 0.0], [1.0 - 1e-7, 1e-7]], dtype=np.float32)
+    result = head_taxonomy(rounded, ["[CLS]", "[SEP]"])
+    assert result.sink > result.previous_token and result.type == "previous-token"
+
+
+def test_head_taxonomy_on_one_to_three_tokens():
+    assert head_taxonomy(np.ones((1, 1))).type == "self"
+    assert head_taxonomy(np.ones((1, 1)), ["[CLS]"]).type == "self"
+    assert head_taxonomy(uniform(2)).type == "broad"
+    assert head_taxonomy(uniform(3), ["[CLS]", "hi", "[SEP]"]).type == "broad"
+    assert head_taxonomy(previous_token_map(3)).type == "previous-token"
+    assert head_taxonomy(next_token_map(2)).type == "next-token"
+    assert head_taxonomy(first_column_map(3), ["[CLS]", "hi", "[SEP]"]).type == "sink"
+    # no visible key at all: nothing to type
+    empty = head_taxonomy(np.zeros((3, 3)))
+    assert empty.type == "other" and np.isnan(empty.score) and np.isnan(empty.sink)
+
+
+@given(seeds, st.integers(1, 5))
+def test_head_taxonomy_is_never_local_when_the_window_is_most_of_the_keys(seed, length):
+    maps = random_attention_maps(np.random.default_rng(seed), (6, length, length), scale=4.0)
+    assert "local" not in head_taxonomy(np.concatenate([maps, window_map(length, 2)[None]])).type
+
+
+@given(seeds, st.integers(1, 7), st.booleans())
+def test_head_taxonomy_keeps_leading_dims(seed, length, causal):
+    maps = random_attention_maps(np.random.default_rng(seed), (2, 3, length, length),
+                                 causal=causal, scale=3.0)
+    tokens = ["[CLS]", "cat", "the", ",", "runs", "[SEP]", "mouse"][:length]
+    result = head_taxonomy(maps, tokens)
+    assert result.type.shape == result.score.shape == (2, 3)
+    assert set(result.type.ravel()) <= set(HEAD_TYPES)
+    for layer in range(2):
+        for head in range(3):
+            alone = head_taxonomy(maps[layer, head], tokens)
+            assert result.type[layer, head] == alone.type
+            np.testing.assert_allclose(result.score[layer, head], alone.score)
+
+
+@given(seeds, st.integers(2, 12))
+def test_head_taxonomy_agrees_with_diagnose(seed, length):
+    """broad <=> diagnose's uniform finding; sink => diagnose's sink finding."""
+    rng = np.random.default_rng(seed)
+    maps = np.concatenate([random_attention_maps(rng, (2, 4, length, length), scale=scale)
+                           for scale in (0.1, 3.0)])                  # near-uniform and peaked
+    tokens = (CLS_SENTENCE * 2)[:length]
+    types = head_taxonomy(maps, tokens).type
+    found = {(f.layer, f.head, f.kind) for f in diagnose(maps, tokens).findings}
+    for layer, head in np.ndindex(types.shape):
+        assert (types[layer, head] == "broad") == ((layer, head, "uniform") in found)
+        if types[layer, head] == "sink":
+            assert (layer, head, "sink") in found
+
+
+def test_head_taxonomy_types_a_short_uniform_head_broad_where_the_seed_rule_cannot():
+    # ln 12 = 2.48 < 3 nats: classify_head's rows rule calls the uniform head focused
+    assert classify_head(uniform(12), mode="rows").pattern == "focused_attention"
+    assert head_taxonomy(uniform(12)).type == "broad"
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"share": 0}, r"share must be a number in \(0, 1\], got 0"),
+    ({"share": 1.5}, r"share must be a number in \(0, 1\], got 1.5"),
+    ({"share": "0.5"}, r"share must be a number in \(0, 1\], got '0.5'"),
+    ({"uniform_entropy": True}, r"uniform_entropy must be a number in \(0, 1\], got True"),
+    ({"lift": 0}, "lift must be a positive number, got 0"),
+    ({"window": 0}, "window must be an integer >= 1, got 0"),
+    ({"window": 1.5}, "window must be an integer >= 1, got 1.5"),
+    ({"tokens": ["a", "b"]}, "tokens must have 3 entries"),
+    ({"lang": "fr"}, r"lang must be one of \['en', 'pt'\], got 'fr'"),
+])
+def test_head_taxonomy_rejects_bad_arguments(options, message):
+    with pytest.raises(ValueError, match=message):
+        head_taxonomy(uniform(3), **options)
 
 
 # --- head_specialization -------------------------------------------------------------------

@@ -7,6 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 from attnref import analysis
 from attnref.models.demo import CLASSES, CONTENT, HEAD_TYPES, DemoModel, demo_tokenize
+from attnref.report import build_report
 
 SENTENCES = {
     "en": ["The cat chased the mouse because it was hungry.",
@@ -37,21 +38,35 @@ def test_tokenizer_adds_specials_and_classes():
         demo_tokenize(b"bytes")
 
 
+#: The constructed kinds as the report's taxonomy (attnref.analysis.head_taxonomy) names them.
+REPORT_TYPES = {"previous_token": "previous-token", "self": "self", "uniform": "broad",
+                "cls_sink": "sink", "content_words": "content-focused"}
+
+
+@pytest.mark.parametrize("lang,text", CASES)
+def test_the_report_types_every_constructed_head(model, lang, text):
+    output = model.encode(text, lang=lang)
+    rows = build_report(output, lang=lang).head_level
+    assert {(row["layer"], row["head"]): row["type"] for row in rows} == {
+        (layer, head): REPORT_TYPES[kind]
+        for layer, kinds in enumerate(HEAD_TYPES) for head, kind in enumerate(kinds)}
+    assert all(row["score"] > 0.85 for row in rows)        # each type holds by a wide margin
+
+
 @pytest.mark.parametrize("lang,text", CASES)
 def test_analysis_recovers_every_constructed_head(model, lang, text):
     output = model.encode(text, lang=lang)
     weights = output.attention_weights                       # (layers, H, T, T)
     T = len(output.tokens)
     previous = analysis.detect_head(weights, "previous_token")
-    kinds = analysis.classify_head(weights, mode="rows").pattern
+    taxonomy = analysis.head_taxonomy(weights, output.tokens, lang=lang)
     diagnosis = analysis.diagnose(weights, output.tokens, lang=lang)
     found = {(f.layer, f.head, f.kind) for f in diagnosis.findings}
 
     for layer, head in head_indices("previous_token"):
         assert previous[layer, head] > 0.85                  # only row 0 (no previous key) misses
-        assert kinds[layer, head] == "local_attention"
+        assert taxonomy.previous_token[layer, head] > 0.999
     for layer, head in head_indices("self"):
-        assert kinds[layer, head] == "self_attention_dominant"
         assert analysis.diagonal_score(weights[layer, head]) > 0.999
     for layer, head in head_indices("uniform"):
         assert (layer, head, "uniform") in found
@@ -67,6 +82,7 @@ def test_analysis_recovers_every_constructed_head(model, lang, text):
         expected = np.where(content, 1.0 / content.sum(), 0.0)
         np.testing.assert_allclose(weights[layer, head], np.broadcast_to(expected, (T, T)),
                                    atol=1e-6)
+        assert taxonomy.content[layer, head] > 0.999
     # No other head is flagged: each finding is one the construction put there.
     constructed = ({(l, h, "uniform") for l, h in head_indices("uniform")}
                    | {(l, h, k) for l, h in head_indices("cls_sink") for k in ("collapse", "sink")})

@@ -9,6 +9,7 @@ matplotlib.use("Agg")
 from matplotlib.figure import Figure  # noqa: E402
 
 from attnref.models.demo import HEAD_TYPES, DemoModel  # noqa: E402
+from attnref.report import build_report  # noqa: E402
 from attnref.viz import (head_types, plot_attention_heatmap, plot_head_grid,  # noqa: E402
                          plot_rollout)
 
@@ -95,15 +96,16 @@ def test_heatmap_rejects_bad_arguments(call, error, words, random_maps):
         call(random_maps(4, 4))
 
 
-def test_head_types_name_the_demo_heads(demo_output):
+def test_head_types_are_the_reports(demo_output):
     types = head_types(demo_output.attention_weights, demo_output.tokens)
     assert types.shape == (2, 3)
-    expected = {"previous_token": "local (previous_token)", "self": "self_attention_dominant",
-                "cls_sink": "focused (first-token sink)"}
+    expected = {"previous_token": "previous-token", "self": "self", "uniform": "broad",
+                "cls_sink": "sink", "content_words": "content-focused"}
     for layer, heads in enumerate(HEAD_TYPES):          # the demo's constructed types
         for head, constructed in enumerate(heads):
-            if constructed in expected:
-                assert types[layer, head] == expected[constructed]
+            assert types[layer, head] == expected[constructed]
+    rows = build_report(demo_output).head_level
+    assert [row["type"] for row in rows] == list(types.ravel())
 
 
 def test_head_grid_of_the_demo_model(demo_output, tmp_path, assert_drawn):
@@ -111,10 +113,10 @@ def test_head_grid_of_the_demo_model(demo_output, tmp_path, assert_drawn):
     figure = plot_head_grid(weights, demo_output.tokens, path=tmp_path / "grid.png")
     thumbnails = [ax for ax in figure.axes if ax.get_images()]
     assert len(thumbnails) == 6
-    # head_types: "local (previous_token)", "self_attention_dominant", ..., in two short lines
-    assert thumbnails[0].get_title() == "L0 H0 local\nprevious_token"
-    assert thumbnails[1].get_title() == "L0 H1 self\n"
-    assert thumbnails[3].get_title() == "L1 H0 focused\nfirst-token sink"
+    # the head, then its type from head_types, the report's
+    assert [ax.get_title() for ax in thumbnails] == [
+        "L0 H0\nprevious-token", "L0 H1\nself", "L0 H2\nbroad", "L1 H0\nsink",
+        "L1 H1\ncontent-focused", "L1 H2\nprevious-token"]
     assert any(ax.get_ylabel() == "attention weight" for ax in figure.axes)
     assert_drawn(figure, tmp_path / "grid.png", thumbnails[0])
     figure.savefig(tmp_path / "grid.svg")

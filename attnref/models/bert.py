@@ -90,15 +90,15 @@ class BertConfig:
             if item.type == "int" and (isinstance(value, bool) or not isinstance(value, int)
                                        or value < 1):
                 raise ValueError(f"BertConfig.{item.name} must be a positive integer, "
-                                 f"got {value!r}")
+                                 f"got {value!r:.80}")
         if not isinstance(self.hidden_act, str) or self.hidden_act not in _ACTIVATIONS:
             raise ValueError(f"BertConfig.hidden_act must be one of {sorted(_ACTIVATIONS)}, "
-                             f"got {self.hidden_act!r}")
+                             f"got {self.hidden_act!r:.80}")
         eps = self.layer_norm_eps
         if isinstance(eps, bool) or not (isinstance(eps, (int, float)) and eps > 0
                                          and math.isfinite(eps)):
             raise ValueError(f"BertConfig.layer_norm_eps must be a positive number (finite), "
-                             f"got {self.layer_norm_eps!r}")
+                             f"got {self.layer_norm_eps!r:.80}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"BertConfig.hidden_size ({self.hidden_size}) must be a multiple "
                              f"of num_attention_heads ({self.num_attention_heads})")

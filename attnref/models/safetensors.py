@@ -294,7 +294,7 @@ def _check_entries(path, header, buffer_len):
     """Validate every tensor entry; return ``name -> (begin, end)``."""
     spans = {}
     for name, entry in header.items():
-        where = f"{path}: tensor {name!r}"
+        where = f"{path}: tensor {name!r:.80}"
         if not isinstance(entry, dict) or set(entry) != _ENTRY_KEYS:
             keys = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
             raise ValueError(
@@ -333,7 +333,7 @@ def _check_entries(path, header, buffer_len):
         if begin != position:
             problem = "overlaps the previous tensor" if begin < position else "leaves a gap"
             raise ValueError(
-                f"{path}: tensor {name!r}: data_offsets [{begin}, {end}] {problem} "
+                f"{path}: tensor {name!r:.80}: data_offsets [{begin}, {end}] {problem} "
                 f"(expected to begin at byte {position})")
         position = end
     if position != buffer_len:

@@ -87,7 +87,7 @@ def test_several_tensors_metadata_padding_and_lazy_views(tmp_path):
     assert lazy.metadata == {"format": "pt"}
     assert list(lazy) == ["w", "empty", "ids", "half"]
     assert lazy.entries["w"] == ("F32", (3, 4))
-    assert not lazy["w"].flags.writeable  # a view into the read-only map
+    assert not lazy["w"].flags.writeable  # a view into the file's read-only bytes
     np.testing.assert_array_equal(lazy["w"], weights)
     assert lazy["empty"].shape == (0, 7)
     np.testing.assert_array_equal(lazy["half"], [0.5, -65504])

@@ -351,10 +351,13 @@ class BertTokenizer:
                                  f"BertTokenizer uses BERT's {token!r}")
         if not field(config, "do_basic_tokenize", bool, source=source, default=True):
             raise ValueError(f"{config_path}: do_basic_tokenize=false is not supported")
-        max_length = field(config, "model_max_length", int, source=source, default=512,
-                           check=lambda n: n >= 2, expected="an integer >= 2")
+        # transformers writes a ~1e30 sentinel for "no limit" (an integer, or a
+        # float in old files): above 1e6 means BERT's 512
+        max_length = field(config, "model_max_length", (int, float), source=source,
+                           default=512, expected="an integer >= 2",
+                           check=lambda n: n > 1_000_000 or (isinstance(n, int) and n >= 2))
         if max_length > 1_000_000:
-            max_length = 512  # transformers writes a ~1e30 sentinel for "no limit"
+            max_length = 512
         options = dict(
             do_lower_case=field(config, "do_lower_case", bool, source=source, default=True),
             strip_accents=field(config, "strip_accents", bool, source=source, default=None),

@@ -190,6 +190,8 @@ def test_tokenizer_config_fields_of_the_right_type_are_used(vocab_dir):
          "unk_token": None, "mask_token": {"content": "[MASK]", "lstrip": True}}))
     tokenizer = BertTokenizer.from_pretrained(vocab_dir)
     assert tokenizer.max_length == 16 and not tokenizer.basic.do_lower_case
+    (vocab_dir / "tokenizer_config.json").write_text('{"model_max_length": 1e30}')
+    assert BertTokenizer.from_pretrained(vocab_dir).max_length == 512   # "no limit"
 
 
 @pytest.mark.parametrize("content, message", [

@@ -30,8 +30,8 @@ Reading into memory or mapping
 ------------------------------
 By default the whole file is read into memory when it is opened, so
 nothing that happens to the file afterwards (another process truncating or
-rewriting it) can affect the tensors; if it changes while it is being read,
-the short or long read is a ``ValueError``. ``mmap=True`` maps the file
+rewriting it) can affect the tensors; a file cut short or grown while it is
+being read is a ``ValueError``. ``mmap=True`` maps the file
 instead, which costs no memory up front, but the tensors then *are* the
 file's pages: if the file shrinks while it is open (truncated or rewritten
 in place by another process), touching a tensor beyond the new end makes the

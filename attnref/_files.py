@@ -17,17 +17,20 @@ What is bounded:
 - duplicates: a JSON object that names a key twice is refused (the reader
   would otherwise keep the last silently);
 - non-standard numbers: ``NaN``, ``Infinity`` and ``-Infinity`` (which
-  Python's ``json`` accepts but JSON does not) are refused.
+  Python's ``json`` accepts but JSON does not) are refused, and so are number
+  literals that overflow a float64 (``1e999``, which Python's ``json`` turns
+  into infinity) or that have more digits than Python converts to an ``int``
+  (4,300 by default, ``sys.get_int_max_str_digits``).
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
-from pathlib import Path
 
-__all__ = ["MAX_JSON_BYTES", "MAX_JSON_DEPTH", "read_limited", "load_json", "parse_json",
-           "field"]
+__all__ = ["MAX_JSON_BYTES", "MAX_JSON_DEPTH", "open_regular", "read_limited", "load_json",
+           "parse_json", "field"]
 
 #: The default size limit of a JSON file (configs, tokenizer configs, manifests).
 MAX_JSON_BYTES = 16 * 2**20
@@ -55,25 +58,58 @@ def read_limited(path, max_bytes, *, what="file"):
         When ``path`` is missing, not a regular file (a directory, a FIFO, a
         device such as ``/dev/zero``), unreadable, or larger than ``max_bytes``.
     """
-    path = Path(path)
-    try:
-        status = os.stat(path)
-    except OSError as error:
-        raise ValueError(f"{path}: cannot read the {what} ({error.strerror or error})") from None
-    if not stat.S_ISREG(status.st_mode):
-        raise ValueError(f"{path}: the {what} is not a regular file")
-    if status.st_size > max_bytes:
-        raise ValueError(f"{path}: the {what} is {status.st_size} bytes, more than the "
-                         f"{max_bytes} accepted")
-    try:
-        with open(path, "rb") as stream:
+    stream, size = open_regular(path, what=what)
+    with stream:
+        if size > max_bytes:
+            raise ValueError(f"{path}: the {what} is {size} bytes, more than the "
+                             f"{max_bytes} accepted")
+        try:
             data = stream.read(max_bytes + 1)
-    except OSError as error:
-        raise ValueError(f"{path}: cannot read the {what} ({error.strerror or error})") from None
+        except OSError as error:
+            raise ValueError(f"{path}: cannot read the {what} ({error.strerror or error})") \
+                from None
     if len(data) > max_bytes:
         raise ValueError(f"{path}: the {what} grew past the {max_bytes} bytes accepted "
                          "while it was read")
     return data
+
+
+def open_regular(path, *, what="file"):
+    """Open ``path`` for binary reading if it is a regular file.
+
+    The file is opened first and checked after (``fstat`` on the open
+    descriptor, non-blocking so that a FIFO cannot hang the open), so a path
+    swapped for something else between the check and the read is still caught.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    what : str
+        What the file is, for messages.
+
+    Returns
+    -------
+    stream : io.BufferedReader
+        The open file (the caller closes it).
+    size : int
+        Its size in bytes when opened.
+
+    Raises
+    ------
+    ValueError
+        When ``path`` is missing, unreadable or not a regular file (a
+        directory, a FIFO, a device such as ``/dev/zero``).
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except (OSError, ValueError) as error:  # ValueError: a path with a NUL byte
+        reason = getattr(error, "strerror", None) or error
+        raise ValueError(f"{path}: cannot read the {what} ({reason})") from None
+    status = os.fstat(descriptor)
+    if not stat.S_ISREG(status.st_mode):
+        os.close(descriptor)
+        raise ValueError(f"{path}: the {what} is not a regular file")
+    return os.fdopen(descriptor, "rb"), status.st_size
 
 
 def parse_json(data, *, source, expect=dict):
@@ -92,8 +128,8 @@ def parse_json(data, *, source, expect=dict):
     ------
     ValueError
         On invalid UTF-8 or JSON, nesting deeper than :data:`MAX_JSON_DEPTH`,
-        a key named twice in one object, ``NaN``/``Infinity``, or a top-level
-        value of another type.
+        a key named twice in one object, ``NaN``/``Infinity``, a number that
+        overflows a float64 or ``int()``, or a top-level value of another type.
     """
     if isinstance(data, (bytes, bytearray, memoryview)):
         try:
@@ -102,8 +138,10 @@ def parse_json(data, *, source, expect=dict):
             raise ValueError(f"{source}: not valid UTF-8 ({error})") from None
     try:
         value = json.loads(data, object_pairs_hook=_no_duplicates,
-                           parse_constant=_no_constant)
+                           parse_constant=_no_constant, parse_float=_finite_float)
     except json.JSONDecodeError as error:
+        raise ValueError(f"{source}: not valid JSON ({error})") from None
+    except ValueError as error:  # an integer literal longer than int() converts
         raise ValueError(f"{source}: not valid JSON ({error})") from None
     except _JSONRefused as error:
         raise ValueError(f"{source}: {error}") from None
@@ -187,6 +225,13 @@ def _no_duplicates(pairs):
 
 def _no_constant(name):
     raise _JSONRefused(f"{name} is not a JSON number")
+
+
+def _finite_float(text):
+    value = float(text)
+    if not math.isfinite(value):
+        raise _JSONRefused(f"the number {text:.40} overflows a float64")
+    return value
 
 
 def _nesting_depth(value):

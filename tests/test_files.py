@@ -20,6 +20,8 @@ def test_load_json_reads_an_object(tmp_path):
     ('{"a": NaN}', "NaN is not a JSON number"),
     ('{"a": -Infinity}', "-Infinity is not a JSON number"),
     ('{"a": ', "not valid JSON"),
+    ('{"eps": 1e999}', "the number 1e999 overflows a float64"),
+    ('{"n": ' + "9" * 5000 + "}", "not valid JSON .*digits"),
     ("[]", "expected an object at the top level, got an array"),
     ("null", "expected an object at the top level, got null"),
 ])
@@ -56,6 +58,12 @@ def test_read_limited_refuses_large_missing_and_special_files(tmp_path):
         _files.read_limited(tmp_path / "missing.json", 100, what="manifest")
     with pytest.raises(ValueError, match="not a regular file"):
         _files.read_limited(tmp_path, 100)
+    if hasattr(os, "mkfifo"):  # opening a FIFO must not wait for a writer
+        os.mkfifo(tmp_path / "fifo")
+        with pytest.raises(ValueError, match="not a regular file"):
+            _files.read_limited(tmp_path / "fifo", 100)
+    with pytest.raises(ValueError, match="cannot read the file"):
+        _files.read_limited("nul\0byte", 100)
     if os.path.exists("/dev/zero"):
         with pytest.raises(ValueError, match="not a regular file"):
             _files.read_limited("/dev/zero", 100)
@@ -81,3 +89,13 @@ def test_field_defaults_checks_and_accepts_ints_as_floats():
     with pytest.raises(ValueError, match="must be a positive number, got -1"):
         _files.field({"eps": -1}, "eps", float, source="c", check=lambda x: x > 0,
                      expected="a positive number")
+
+
+def test_open_regular_returns_the_open_file_and_its_size(tmp_path):
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"abc")
+    stream, size = _files.open_regular(path, what="checkpoint")
+    with stream:
+        assert size == 3 and stream.read() == b"abc"
+    with pytest.raises(ValueError, match="the checkpoint is not a regular file"):
+        _files.open_regular(tmp_path, what="checkpoint")

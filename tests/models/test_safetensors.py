@@ -2,7 +2,10 @@
 format description byte by byte (``conftest.py`` and the helpers below, which
 also write BF16 and broken files), and one test per way a file can be broken."""
 import json
+import signal
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -84,7 +87,7 @@ def test_several_tensors_metadata_padding_and_lazy_views(tmp_path):
     assert lazy.metadata == {"format": "pt"}
     assert list(lazy) == ["w", "empty", "ids", "half"]
     assert lazy.entries["w"] == ("F32", (3, 4))
-    assert not lazy["w"].flags.writeable  # a view into the read-only map
+    assert not lazy["w"].flags.writeable  # a view into the file's read-only bytes
     np.testing.assert_array_equal(lazy["w"], weights)
     assert lazy["empty"].shape == (0, 7)
     np.testing.assert_array_equal(lazy["half"], [0.5, -65504])
@@ -139,11 +142,11 @@ def broken_files():
     yield "absurd header length", struct.pack("<Q", 2**40) + text, "exceeds"
     yield "not json", struct.pack("<Q", 5) + b"{oops" + data, "not valid JSON"
     yield "not utf-8", struct.pack("<Q", 2) + b"\xff\xfe" + data, "not valid UTF-8"
-    yield "not an object", struct.pack("<Q", 2) + b"[]", "must be a JSON object"
+    yield "not an object", struct.pack("<Q", 2) + b"[]", "expected an object at the top level"
     duplicate = b'{"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},' \
                 b'"x":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}'
     yield "duplicate name", struct.pack("<Q", len(duplicate)) + duplicate + bytes(8), \
-        "more than once"
+        "appears twice"
     yield "data truncated", struct.pack("<Q", len(text)) + text + data[:-2], "truncated file"
     yield "trailing bytes", struct.pack("<Q", len(text)) + text + data + b"\0", "trailing bytes"
     for label, mutate, phrase in [
@@ -191,3 +194,122 @@ def test_errors_name_the_tensor(tmp_path):
     header["y"]["shape"] = [2]
     with pytest.raises(ValueError, match=r"tensor 'y'.*needs 8"):
         load_safetensors(write(tmp_path / "t.safetensors", header, data))
+
+
+# Regression cases of issue 14: each was a RecursionError, TypeError or late
+# failure that did not name the file, or a crash.
+def one_tensor_file(path, **changes):
+    """A file whose single tensor ``x`` (F32, shape [2]) has ``changes`` in its entry."""
+    header, data = header_and_data({"x": ("F32", (2,), np.float32([1, 2]).tobytes())})
+    header["x"].update(changes)
+    return write(path, header, data)
+
+
+def test_deeply_nested_header_is_a_value_error(tmp_path):
+    nested = b'{"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    path = tmp_path / "deep.safetensors"
+    path.write_bytes(struct.pack("<Q", len(nested)) + nested)
+    with pytest.raises(ValueError, match="nested more than 64") as error:
+        open_safetensors(path)
+    assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize("dtype", [["F32"], {"F32": 1}, 32, None])
+def test_dtype_of_another_json_type_is_a_value_error(tmp_path, dtype):
+    path = one_tensor_file(tmp_path / "d.safetensors", dtype=dtype)
+    with pytest.raises(ValueError, match=r"tensor 'x': unsupported dtype") as error:
+        open_safetensors(path)
+    assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize("shape, phrase", [
+    (str([0, 2**63]), "more elements than an array can index"),
+    (str([0, 2**62, 4]), "more elements than an array can index"),
+    (str([0] * 33), "at most 32 non-negative integers"),
+    ("[2, 1" + "0" * 5000 + "]", "not valid JSON"),   # more digits than int() converts
+])
+def test_impossible_shapes_are_refused_at_open_naming_the_file(tmp_path, shape, phrase):
+    text = ('{"x": {"dtype": "F32", "shape": %s, "data_offsets": [0, 0]}}' % shape).encode()
+    path = tmp_path / "s.safetensors"
+    path.write_bytes(struct.pack("<Q", len(text)) + text)
+    with pytest.raises(ValueError, match=phrase) as error:
+        open_safetensors(path)
+    assert str(path) in str(error.value)
+
+
+def test_large_empty_shape_within_numpy_limits_loads(tmp_path):
+    header, _ = header_and_data({"x": ("F32", (0,), b"")})
+    header["x"]["shape"] = [0, 2**40]
+    path = write(tmp_path / "e.safetensors", header, b"")
+    assert load_safetensors(path)["x"].shape == (0, 2**40)
+
+
+@pytest.mark.parametrize("make", [lambda tmp: tmp / "missing.safetensors", lambda tmp: tmp])
+def test_missing_file_or_directory_is_a_value_error(tmp_path, make):
+    with pytest.raises(ValueError, match="safetensors file") as error:
+        open_safetensors(make(tmp_path))
+    assert str(make(tmp_path)) in str(error.value)
+
+
+def test_mmap_gives_the_same_read_only_tensors(tmp_path):
+    header, data = good_parts()
+    path = write(tmp_path / "m.safetensors", header, data, pad=3)
+    mapped, read = open_safetensors(path, mmap=True), open_safetensors(path)
+    assert (mapped.mmap, read.mmap) == (True, False)
+    for name in read:
+        np.testing.assert_array_equal(mapped[name], read[name])
+        assert not mapped[name].flags.writeable and not read[name].flags.writeable
+    with pytest.raises(TypeError, match="mmap must be True or False"):
+        open_safetensors(path, mmap="yes")
+
+
+def test_default_reader_keeps_what_it_read_when_the_file_changes(tmp_path):
+    header, data = good_parts()
+    path = write(tmp_path / "c.safetensors", header, data)
+    tensors = open_safetensors(path)
+    path.write_bytes(b"\0" * 3)
+    np.testing.assert_array_equal(tensors["x"], [1, 2])
+
+
+TRUNCATE_UNDER_THE_READER = """
+import os, sys
+import numpy as np
+from attnref.models import open_safetensors
+path, mode = sys.argv[1], sys.argv[2]
+tensors = open_safetensors(path, mmap=mode != "read")
+early = tensors["w"] if mode == "mmap-view-taken" else None
+os.truncate(path, 8)                  # as another process rewriting the file would
+try:
+    w = tensors["w"] if early is None else early
+    print("sum", float(w.sum()))
+except ValueError as error:
+    print("ValueError", error)
+"""
+
+
+def truncate_under_reader(tmp_path, mode):
+    """Run the script above in a child process: open, truncate, touch a tensor."""
+    weights = np.ones(1 << 16, np.float32)          # 256 KiB: many pages past the cut
+    header, data = header_and_data({"w": ("F32", weights.shape, weights.tobytes())})
+    path = write(tmp_path / "w.safetensors", header, data)
+    return subprocess.run([sys.executable, "-c", TRUNCATE_UNDER_THE_READER, str(path), mode],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_truncating_the_file_under_the_default_reader_does_not_crash(tmp_path):
+    child = truncate_under_reader(tmp_path, "read")
+    assert child.returncode == 0, child.stderr       # was -SIGBUS (exit 135) before
+    assert child.stdout.split() == ["sum", "65536.0"]  # read from memory at open
+
+
+def test_truncating_a_mapped_file_is_caught_before_a_tensor_is_returned(tmp_path):
+    child = truncate_under_reader(tmp_path, "mmap")
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.startswith("ValueError ") and "shrank from" in child.stdout
+    assert "w.safetensors: tensor 'w'" in child.stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIGBUS semantics of Linux")
+def test_mapped_tensor_taken_before_the_cut_dies_of_sigbus_as_documented(tmp_path):
+    child = truncate_under_reader(tmp_path, "mmap-view-taken")
+    assert child.returncode == -signal.SIGBUS

@@ -8,6 +8,7 @@ import json
 import pytest
 from hypothesis import given, strategies as st
 
+from attnref.models import wordpiece
 from attnref.models.wordpiece import (SPECIAL_TOKENS, BasicTokenizer, BertTokenizer,
                                       WordpieceTokenizer, is_cjk, is_punctuation, load_vocab)
 
@@ -140,7 +141,7 @@ def test_load_vocab_and_from_pretrained(tmp_path):
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(ValueError, match="empty vocabulary"):
         load_vocab(tmp_path / "empty.txt")
-    with pytest.raises(FileNotFoundError, match="vocab.txt"):
+    with pytest.raises(ValueError, match="nowhere: no such directory or vocab.txt"):
         BertTokenizer.from_pretrained(tmp_path / "nowhere")
 
 
@@ -207,3 +208,75 @@ def test_windows_cover_the_text_and_overlap_by_size_minus_stride():
         tokenizer().encode_windows(text, stride=5, max_length=6)
     with pytest.raises(ValueError, match="got 0"):
         tokenizer().encode_windows(text, stride=0, max_length=6)
+
+
+# Regression cases of issue 14: tokenizer_config.json of the wrong shape or
+# types was an AttributeError or TypeError; vocab.txt was read without limits.
+@pytest.fixture
+def vocab_dir(tmp_path):
+    (tmp_path / "vocab.txt").write_text("\n".join(list(SPECIAL_TOKENS) + WORDS) + "\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[]", "expected an object at the top level, got an array"),
+    ("null", "expected an object at the top level, got null"),
+    ("{" * 10 + "}", "not valid JSON"),
+    ('{"model_max_length": true}', "the field 'model_max_length' must be an integer >= 2, "
+                                   "got True"),
+    ('{"model_max_length": 1}', "the field 'model_max_length' must be an integer >= 2"),
+    ('{"model_max_length": 512.5}', "the field 'model_max_length' must be an integer"),
+    ('{"do_lower_case": "false"}', "the field 'do_lower_case' must be a boolean"),
+    ('{"strip_accents": 0}', "the field 'strip_accents' must be a boolean"),
+    ('{"tokenize_chinese_chars": []}', "the field 'tokenize_chinese_chars' must be a boolean"),
+    ('{"do_basic_tokenize": "yes"}', "the field 'do_basic_tokenize' must be a boolean"),
+    ('{"unk_token": ["[UNK]"]}', "the field 'unk_token' must be a string or an object"),
+    ('{"unk_token": {"lstrip": false}}', "unk_token: the field 'content' is missing"),
+    ('{"sep_token": {"content": 3}}', "sep_token: the field 'content' must be a string"),
+])
+def test_malformed_tokenizer_config_is_a_value_error_naming_the_field(vocab_dir, text,
+                                                                       message):
+    (vocab_dir / "tokenizer_config.json").write_text(text)
+    with pytest.raises(ValueError, match=message) as error:
+        BertTokenizer.from_pretrained(vocab_dir)
+    assert str(vocab_dir / "tokenizer_config.json") in str(error.value)
+
+
+def test_tokenizer_config_fields_of_the_right_type_are_used(vocab_dir):
+    (vocab_dir / "tokenizer_config.json").write_text(json.dumps(
+        {"do_lower_case": False, "strip_accents": None, "model_max_length": 16,
+         "unk_token": None, "mask_token": {"content": "[MASK]", "lstrip": True}}))
+    tokenizer = BertTokenizer.from_pretrained(vocab_dir)
+    assert tokenizer.max_length == 16 and not tokenizer.basic.do_lower_case
+    (vocab_dir / "tokenizer_config.json").write_text('{"model_max_length": 1e30}')
+    assert BertTokenizer.from_pretrained(vocab_dir).max_length == 512   # "no limit"
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"[PAD]\n\xff\xfe\n", "the vocabulary is not valid UTF-8"),
+    (b"", "empty vocabulary file"),
+])
+def test_malformed_vocabulary_is_a_value_error_naming_the_file(tmp_path, content, message):
+    (tmp_path / "vocab.txt").write_bytes(content)
+    with pytest.raises(ValueError, match=message) as error:
+        load_vocab(tmp_path / "vocab.txt")
+    assert str(tmp_path / "vocab.txt") in str(error.value)
+
+
+def test_vocabulary_size_is_bounded_and_special_files_refused(tmp_path, monkeypatch):
+    (tmp_path / "vocab.txt").write_text("[PAD]\n" * 100)
+    monkeypatch.setattr(wordpiece, "MAX_VOCAB_BYTES", 599)
+    with pytest.raises(ValueError, match="vocab.txt: the vocabulary is 600 bytes, more than "
+                                         "the 599 accepted"):
+        load_vocab(tmp_path / "vocab.txt")
+    (tmp_path / "directory").mkdir()
+    (tmp_path / "directory" / "vocab.txt").mkdir()
+    with pytest.raises(ValueError, match="the vocabulary is not a regular file"):
+        BertTokenizer.from_pretrained(tmp_path / "directory")
+
+
+def test_vocabulary_without_the_special_tokens_names_the_file(tmp_path):
+    (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\nthe\n")
+    with pytest.raises(ValueError, match=r"vocab.txt: the vocabulary lacks the special "
+                                         r"tokens \['\[CLS\]', '\[SEP\]', '\[MASK\]'\]"):
+        BertTokenizer.from_pretrained(tmp_path)

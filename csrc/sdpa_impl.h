@@ -3,6 +3,8 @@
  * attnref.c once per type. The includer defines
  *   REAL                 float or double, the type of every operand and sum
  *   EXP, LOG             the libm functions for REAL
+ *   LOG_MIN              ln of REAL's smallest normal number: exp(x) for
+ *                        x < LOG_MIN counts as 0 (the weight policy of attnref.h)
  *   DOT                  the score dot product for REAL, returned in double
  *                        (in attnref.c: computed more precisely than REAL,
  *                        differently per type)
@@ -11,6 +13,9 @@
  * path: scalar C99 that any compiler builds, and the plain twin the tiled
  * paths (tiled_impl.h) are tested against. No include guard: that is the point.
  */
+
+/* exp(x), or exactly 0 where that is below the smallest normal REAL */
+#define WEIGHT(x) ((x) < LOG_MIN ? (REAL)0 : EXP(x))
 
 /* acc[c] += p * x[c] */
 static void AXPY(REAL *restrict acc, REAL p, const REAL *restrict x, int64_t n)
@@ -95,10 +100,10 @@ static int SDPA_ROWS(const sdpa_job *job)
             const REAL m_new = block_max > m ? block_max : m;
             /* 1 while the max holds; 0 on the first block (m = -inf), whose
                merge below then sets acc and l */
-            const REAL rescale = m_new > m ? EXP(m - m_new) : 1;
+            const REAL rescale = m_new > m ? WEIGHT(m - m_new) : 1;
             REAL block_l = 0;
             for (int t = 0; t < n; t++) {
-                score[t] = EXP(score[t] - m_new);
+                score[t] = WEIGHT(score[t] - m_new);
                 block_l += score[t];
             }
 
@@ -142,6 +147,8 @@ static int SDPA_ROWS(const sdpa_job *job)
 #undef REAL
 #undef EXP
 #undef LOG
+#undef LOG_MIN
+#undef WEIGHT
 #undef DOT
 #undef AXPY
 #undef SDPA_ROWS

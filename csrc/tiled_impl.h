@@ -44,7 +44,7 @@
  * random points; tests/test_kernel_paths.py checks the stated bound, 2 ulp.
  */
 #if REAL_IS_DOUBLE
-#define EXP_LO -708.39641853226408   /* ln(DBL_MIN) */
+#define EXP_LO LOG_DBL_MIN
 #define EXP_HI 709.78271289338397    /* ln(DBL_MAX) */
 #define EXP_LN2_HI 6.93147180369123816490e-01   /* fdlibm's split of ln 2 */
 #define EXP_LN2_LO 1.90821492927058770002e-10
@@ -53,7 +53,7 @@ static const double TILED(exp_taylor)[] = {      /* 1/k!, k = 13 .. 0 */
     1.0 / 362880.0, 1.0 / 40320.0, 1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0,
     1.0 / 6.0, 0.5, 1.0, 1.0};
 #else
-#define EXP_LO -87.33654475f         /* ln(FLT_MIN) */
+#define EXP_LO LOG_FLT_MIN
 #define EXP_HI 88.72283905f          /* ln(FLT_MAX) */
 #define EXP_LN2_HI 0.693359375f      /* Cephes' split of ln 2 */
 #define EXP_LN2_LO -2.12194440e-4f
@@ -340,7 +340,8 @@ static void TILED(softmax_step)(TILED(unit_rows) *rows, int r, REAL tile_max, RE
 {
     const REAL m = rows->m[r], m_new = tile_max > m ? tile_max : m;
     /* 1 while the max holds; 0 on the first visible tile (m = -inf) */
-    const REAL rescale = m_new > m ? EXP(m - m_new) : 1;
+    /* the policy of vexp: below EXP_LO the earlier keys weigh exactly 0 */
+    const REAL rescale = m_new > m ? (m - m_new < EXP_LO ? 0 : EXP(m - m_new)) : 1;
     const RVEC shift = RV_SET1(m_new);
     RVEC sum = RV_SET1(0);
     for (int t = 0; t < TILE_KEYS; t += RW) {

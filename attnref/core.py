@@ -223,11 +223,12 @@ def _nothing_to_compute(call):
 
 
 def _empty_results(call):
-    """(output, weights, lse) of a call whose returned arrays are empty."""
+    """(output, weights, lse) of a call whose returned arrays are empty;
+    weights and lse are None unless requested."""
     dtype = call.compute_dtype
     return (np.empty(call.output_shape, dtype),
-            np.empty(call.batch_shape + (call.L, call.S), dtype),
-            np.empty(call.lse_shape, dtype))
+            np.empty(call.batch_shape + (call.L, call.S), dtype) if call.return_weights else None,
+            np.empty(call.lse_shape, dtype) if call.return_lse else None)
 
 
 def _no_values(key):

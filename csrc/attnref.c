@@ -449,6 +449,7 @@ static double dot_f64(const double *a, const double *b, int64_t n)
 #define DOT dot_f32
 #define AXPY axpy_f32
 #define SDPA_ROWS sdpa_rows_f32
+#define NONFINITE_DIMS nonfinite_dims_f32
 #include "sdpa_impl.h"
 
 #define REAL double
@@ -458,6 +459,7 @@ static double dot_f64(const double *a, const double *b, int64_t n)
 #define DOT dot_f64
 #define AXPY axpy_f64
 #define SDPA_ROWS sdpa_rows_f64
+#define NONFINITE_DIMS nonfinite_dims_f64
 #include "sdpa_impl.h"
 
 /* ------------------------------------------------------------------------ */

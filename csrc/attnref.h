@@ -20,11 +20,9 @@
  * out_i = 0 (ATTNREF_ROWS_ZERO) or NaN (ATTNREF_ROWS_NAN) and lse_i = -inf.
  * A key whose weight exp(s_j - m) would be below the smallest normal number
  * of the float type (s_j - m < ln(FLT_MIN) or ln(DBL_MIN)) weighs exactly 0:
- * its value is not read (an inf there cannot reach out_i). The streaming
- * paths apply this against the running max m when a key's block is weighed,
- * and drop all earlier keys when a new max leaves the running one that far
- * behind; see docs/semantics.md for the one case this differs from the
- * row's final max.
+ * its value is not read (an inf there cannot reach out_i), m being the
+ * row's final max (the streaming paths weigh against the running max, and
+ * sum again the dims an inf or NaN value reached: sdpa_impl.h, pass 6).
  * A NaN score on a visible key gives NaN out_i and lse_i.
  *
  * Code paths (attnref_select_path): ATTNREF_PATH_PORTABLE, scalar C99 one

@@ -28,6 +28,11 @@
  */
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
+#if REAL_IS_DOUBLE
+#define TILED_nonfinite_dims nonfinite_dims_f64
+#else
+#define TILED_nonfinite_dims nonfinite_dims_f32
+#endif
 #define KEY_PANEL (SCORE_NV * DW)
 #define VALUE_PANEL (VALUE_NV * RW)
 #define VALUE_PAD(Ev) (((Ev) + VALUE_PANEL - 1) / VALUE_PANEL * VALUE_PANEL)
@@ -368,6 +373,7 @@ static void TILED(unit)(const sdpa_job *job, TILED(scratch) *w, int64_t u)
     TILED(unit_rows) *rows = w->rows;
     int64_t j_lo = INT64_MAX, j_hi = 0, kv_h, b;
     const REAL *k_bh, *v_bh;
+    int values_seen_finite = 1;   /* no inf or NaN value in any tile so far */
 
     TILED(gather_rows)(p, job, u, rows, &kv_h, &b);
     k_bh = (const REAL *)job->k + (b * ks[0] + kv_h * ks[1]);
@@ -387,6 +393,7 @@ static void TILED(unit)(const sdpa_job *job, TILED(scratch) *w, int64_t u)
         TILED(pack_keys)(w->kt, k_bh + j0 * ks[2], ks[2], n, E);
         const int values_finite = TILED(pack_values)(w->vt, v_bh + j0 * vs[2], vs[2], n,
                                                      Ev, Evp);
+        values_seen_finite &= values_finite;
 
         /* pass 1: scores */
         TILED(scores)(w->sd, w->qd, w->kt, E, p->scale, rows->rows);
@@ -437,12 +444,19 @@ static void TILED(unit)(const sdpa_job *job, TILED(scratch) *w, int64_t u)
         const REAL *acc = w->acc + r * Evp;
         const REAL m = rows->m[r], l = rows->l[r];
         REAL *out = rows->out[r];
-        if (rows->nan[r])
+        if (rows->nan[r]) {
             for (int64_t c = 0; c < Ev; c++) out[c] = (REAL)NAN;
-        else if (m == -INFINITY)
+        } else if (m == -INFINITY) {
             for (int64_t c = 0; c < Ev; c++) out[c] = masked_row_value;
-        else
+        } else {
             for (int64_t c = 0; c < Ev; c++) out[c] = acc[c] / l;
+            /* pass 6 (sdpa_impl.h): dims made inf or NaN by a key the final max drops */
+            if (!values_seen_finite)
+                TILED_nonfinite_dims(p, rows->q[r], k_bh, v_bh,
+                                      p->mask_kind == ATTNREF_MASK_BOOL ? rows->mask[r] : NULL,
+                                      p->mask_kind == ATTNREF_MASK_BIAS ? rows->mask[r] : NULL,
+                                      rows->j_begin[r], rows->j_end[r], m, l, acc, out);
+        }
         if (rows->lse[r] != NULL)
             *rows->lse[r] = rows->nan[r] ? (REAL)NAN : m == -INFINITY ? -INFINITY : m + LOG(l);
     }
@@ -489,6 +503,7 @@ static int TILED(exp_array)(REAL *out, const REAL *x, int64_t n)
 }
 
 #undef ALWAYS_INLINE
+#undef TILED_nonfinite_dims
 #undef KEY_PANEL
 #undef VALUE_PANEL
 #undef VALUE_PAD

@@ -14,10 +14,10 @@ are merged where their strides allow; any that cannot be merged are looped
 over here, one C call each.
 
 A long call runs as several C calls over bounded pieces of its rows (about
-``CHUNK_WORK`` multiply-adds per thread each, split where the tiled paths'
-units split, so the bits are those of one call), with the GIL released in
-each: Ctrl-C (KeyboardInterrupt) stops it between two pieces, well within a
-second.
+:data:`CHUNK_WORK` multiply-adds per thread each, split where the tiled
+paths' units split, so the bits are those of one call), with the GIL
+released in each: Ctrl-C (KeyboardInterrupt) stops it between two pieces,
+well within a second.
 
 Environment:
 ``ATTNREF_NUM_THREADS``: default thread count (else ``os.cpu_count()``).
@@ -259,38 +259,49 @@ def attention(call, *, threads=None, out=None, lse_out=None):
     if lse_out is not None or call.return_lse:
         arrays["lse"] = _output("lse_out", lse_out, call.lse_shape, dtype,
                                 inputs + [arrays["out"]])
-    results = {name: arrays[name] for name in ("out", "lse") if name in arrays}
-    if all(array.size == 0 for array in results.values()):
-        return arrays["out"], arrays.get("lse")
+    output, lse = arrays["out"], arrays.get("lse")
+    if output.size == 0 and (lse is None or lse.size == 0):
+        return output, lse
 
     params, loops, spans, strides = _plan(call, arrays, threads, path)
-    if (loops or len(spans) > 1) and (out is not None or lse_out is not None):
-        arrays.update({name: np.empty_like(array) for name, array in results.items()})
-    bases = {name: _pointer(array, "uint8_t" if array.dtype == np.uint8 else c_type,
-                            writable=name in results)
-             for name, array in arrays.items()}
     run = getattr(_lib, entry)
-    pieces = [(params, {name: 0 for name in bases})] if len(spans) == 1 else None
+    if not loops and len(spans) == 1:   # the common case, kept lean: small calls are wrapper-bound
+        bases = {name: _pointer(array, "uint8_t" if array.dtype == np.uint8 else c_type,
+                                writable=name in ("out", "lse"))
+                 for name, array in arrays.items()}
+        _raise_for(run(params, bases["out"], bases.get("lse", _ffi.NULL), bases["q"],
+                       bases["k"], bases["v"], bases.get("mask", _ffi.NULL)))
+        return output, lse
+    if out is not None or lse_out is not None:
+        # an interrupt between pieces must leave the caller's buffers untouched
+        arrays["out"] = np.empty_like(output)
+        if lse is not None:
+            arrays["lse"] = np.empty_like(lse)
+    bases = {name: _pointer(array, "uint8_t" if array.dtype == np.uint8 else c_type,
+                            writable=name in ("out", "lse"))
+             for name, array in arrays.items()}
     for index in itertools.product(*(range(size) for size, _ in loops)):
         at = {name: base + sum(i * step[name] for i, (_, step) in zip(index, loops))
               for name, base in bases.items()}
         # KeyboardInterrupt arrives between two C calls (each releases the GIL)
-        for piece, offset in pieces or _pieces(params, spans, strides, call.kv_group):
-            status = run(piece, at["out"] + offset["out"],
-                         at["lse"] + offset["lse"] if "lse" in at else _ffi.NULL,
-                         at["q"] + offset["q"], at["k"] + offset["k"], at["v"] + offset["v"],
-                         at["mask"] + offset["mask"] if "mask" in at else _ffi.NULL)
-            _raise_for(status)
-    for name, array in results.items():
-        if arrays[name] is not array:
-            np.copyto(array, arrays[name])
-    return results["out"], results.get("lse")
+        for piece, offset in _pieces(params, spans, strides, call.kv_group):
+            _raise_for(run(piece, at["out"] + offset["out"],
+                           at["lse"] + offset["lse"] if "lse" in at else _ffi.NULL,
+                           at["q"] + offset["q"], at["k"] + offset["k"], at["v"] + offset["v"],
+                           at["mask"] + offset["mask"] if "mask" in at else _ffi.NULL))
+    if arrays["out"] is not output:
+        np.copyto(output, arrays["out"])
+        if lse is not None:
+            np.copyto(lse, arrays["lse"])
+    return output, lse
 
 
-#: Multiply-adds per thread in one C call of a long call: about 0.01 s on the
-#: tiled paths and 0.2 s on the portable one, so KeyboardInterrupt waits at
-#: most that long, and the few calls of a long call cost nothing measurable.
-CHUNK_WORK = 1 << 28
+#: Multiply-adds per thread in one C call of a long call on the tiled paths:
+#: about 0.04 s on avx512 and 0.1 s on avx2 (measured on this project's
+#: Xeon), so KeyboardInterrupt waits at most that long and a mid-size call
+#: (B=1, H=8, L=S=1024, D=64 on 2 threads) is still one C call. The portable
+#: path, about 30x slower, takes 1/32 of it per call.
+CHUNK_WORK = 1 << 30
 
 _PLANS = {}          # (call's sizes and options, operands' layouts, threads, path) -> plan
 _PLANS_LIMIT = 256   # small calls repeat the same few shapes; a plan is ~200 bytes
@@ -327,17 +338,19 @@ def _plan(call, arrays, threads, path):
     params.path = path
     for name in strides:
         setattr(params, f"{name}_stride", strides[name])
-    spans = _spans(B, H, call.L, call.S * (call.E + call.Ev) + 1, threads, call.kv_group)
+    work = CHUNK_WORK // 32 if path == _lib.ATTNREF_PATH_PORTABLE else CHUNK_WORK
+    spans = _spans(B, H, call.L, call.S * (call.E + call.Ev) + 1, max(1, work) * threads,
+                   call.kv_group)
     if len(_PLANS) >= _PLANS_LIMIT:
         _PLANS.clear()
     _PLANS[key] = plan = params, loops, spans, strides
     return plan
 
 
-def _spans(B, H, L, row_work, threads, kv_group):
+def _spans(B, H, L, row_work, work, kv_group):
     """The ``(b0, b1, h0, h1, i0, i1)`` ranges of batch entries, heads and
-    positions of a call's C calls, each of about ``CHUNK_WORK * threads``
-    multiply-adds (``row_work`` per row) or one unit of the tiled paths.
+    positions of a call's C calls, each of about ``work`` multiply-adds
+    (``row_work`` per row) or one unit of the tiled paths.
 
     Splits keep the tiled units whole, so every row sees the same key tiles
     in the same order and the result is bit-identical to one C call: whole
@@ -345,7 +358,7 @@ def _spans(B, H, L, row_work, threads, kv_group):
     reads kv head ``h // kv_group``), then positions at multiples of
     ``attnref_row_block``.
     """
-    rows = max(1, CHUNK_WORK * threads // row_work)
+    rows = max(1, work // row_work)
     if B * H * L <= rows:
         return [(0, B, 0, H, 0, L)]
     if H * L <= rows:

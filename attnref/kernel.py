@@ -84,9 +84,9 @@ def _default_threads():
         try:
             return _check_threads(int(configured))
         except (TypeError, ValueError):
-            raise ValueError(
-                f"ATTNREF_NUM_THREADS must be an int >= 1, got {configured!r}") from None
-    return os.cpu_count() or 1
+            raise ValueError(f"ATTNREF_NUM_THREADS must be an int in [1, {MAX_THREADS}], "
+                             f"got {configured!r}") from None
+    return min(os.cpu_count() or 1, MAX_THREADS)
 
 
 #: The most threads a call may ask for (C takes an int32; no CPU comes near).

@@ -374,3 +374,11 @@ def test_a_path_the_cpu_lacks_is_refused_by_c():
 def test_out_of_range_thread_counts_are_refused(threads):
     with pytest.raises(ValueError, match=rf"threads must be an int in \[1, 1024\], got {threads}"):
         kernel.set_num_threads(threads)
+
+
+def test_an_out_of_range_thread_count_in_the_environment_is_refused():
+    run = subprocess.run([sys.executable, "-c", "import attnref"], capture_output=True,
+                         text=True, env=dict(os.environ, ATTNREF_NUM_THREADS=str(2**31)),
+                         cwd=os.path.dirname(os.path.dirname(attnref.__file__)))
+    assert run.returncode != 0
+    assert f"ATTNREF_NUM_THREADS must be an int in [1, 1024], got '{2**31}'" in run.stderr

@@ -78,17 +78,25 @@ def float_array(name, value):
     return array
 
 
+def unbroadcast(array, keep_last=False):
+    """The smallest view of ``array`` that broadcasts back to it: every dim of
+    stride 0 (``numpy.broadcast_to``) cut to size 1, except the last one with
+    ``keep_last``."""
+    dims = array.ndim - 1 if keep_last else array.ndim
+    return array[tuple(slice(0, 1) if step == 0 and d < dims else slice(None)
+                       for d, step in enumerate(array.strides))]
+
+
 def as_dtype(array, dtype):
-    """``array`` in ``dtype`` without materialising its broadcasts: a dim of
-    stride 0 (``numpy.broadcast_to``) is converted once and broadcast again,
-    so the result costs the unbroadcast size. Returns ``array`` itself when
-    it already has ``dtype``."""
+    """``array`` in ``dtype`` without materialising its broadcasts: the
+    :func:`unbroadcast` view is converted and broadcast again, so the result
+    costs the unbroadcast size. Returns ``array`` itself when it already has
+    ``dtype``."""
     if array.dtype == dtype:
         return array
     if array.size == 0 or 0 not in array.strides:
         return array.astype(dtype)
-    base = array[tuple(slice(0, 1) if step == 0 else slice(None) for step in array.strides)]
-    return np.broadcast_to(base.astype(dtype), array.shape)
+    return np.broadcast_to(unbroadcast(array).astype(dtype), array.shape)
 
 
 def compute_dtype_for(dtype, precision=None):

@@ -34,6 +34,8 @@ import sys
 
 import numpy as np
 
+from ._validation import unbroadcast
+
 __all__ = ["available", "info", "unsupported_reason", "attention",
            "get_num_threads", "set_num_threads", "CODE_PATHS", "supported_code_paths",
            "get_code_path", "set_code_path", "exp"]
@@ -417,9 +419,7 @@ def _compact(array, dtype, keep_last):
     broadcast dims (stride 0) as views: the copy costs the unbroadcast size
     (a wrong dtype is converted, never reinterpreted). With ``keep_last`` the
     last dim is copied whole even when broadcast, so its elements are adjacent."""
-    dims = array.ndim - 1 if keep_last else array.ndim
-    base = array[tuple(slice(0, 1) if step == 0 and d < dims else slice(None)
-                       for d, step in enumerate(array.strides))]
+    base = unbroadcast(array, keep_last)
     return np.broadcast_to(np.require(base, dtype, ["C", "A"]), array.shape)
 
 

@@ -30,10 +30,12 @@ Numerical policy (the single statement of it; tests in ``tests/test_core.py``):
 5. A key whose weight ``exp(s_j - max s)`` would fall below the smallest
    normal number of the compute dtype (``s_j - max s < ln(finfo.tiny)``, about
    -87.3 in float32 and -708.4 in float64) weighs exactly 0, as a masked key:
-   its value is not read, so an ``inf`` there cannot reach the output. The
-   vector exponentials of the C kernel flush there, and every path (NumPy,
-   C portable, AVX2, AVX-512) follows the same rule; a finite value loses at
-   most ``S * finfo.tiny * max|v|``, far below rounding.
+   its value does not reach the output, so an ``inf`` there cannot either.
+   The vector exponentials of the C kernel flush there, and every path
+   (NumPy, C portable, AVX2, AVX-512) follows the same rule against the
+   row's final max; a finite value loses at most ``S * finfo.tiny * max|v|``,
+   far below rounding (why: ``docs/semantics.md``, "attnref's numbers at the
+   edges").
 6. The empty cases follow the same rules: ``S = 0`` leaves every row fully
    masked (rule 2, so NaN under ``masked_rows="nan"``), and a call whose
    requested results are all empty returns at once, without computing.

@@ -78,6 +78,27 @@ def float_array(name, value):
     return array
 
 
+def unbroadcast(array, keep_last=False):
+    """The smallest view of ``array`` that broadcasts back to it: every dim of
+    stride 0 (``numpy.broadcast_to``) cut to size 1, except the last one with
+    ``keep_last``."""
+    dims = array.ndim - 1 if keep_last else array.ndim
+    return array[tuple(slice(0, 1) if step == 0 and d < dims else slice(None)
+                       for d, step in enumerate(array.strides))]
+
+
+def as_dtype(array, dtype):
+    """``array`` in ``dtype`` without materialising its broadcasts: the
+    :func:`unbroadcast` view is converted and broadcast again, so the result
+    costs the unbroadcast size. Returns ``array`` itself when it already has
+    ``dtype``."""
+    if array.dtype == dtype:
+        return array
+    if array.size == 0 or 0 not in array.strides:
+        return array.astype(dtype)
+    return np.broadcast_to(unbroadcast(array).astype(dtype), array.shape)
+
+
 def compute_dtype_for(dtype, precision=None):
     """The dtype attention is computed in for inputs of ``dtype``.
 
@@ -141,10 +162,14 @@ def _check_mask(attn_mask, batch_shape, L, S, compute_dtype):
         raise ValueError(
             f"attn_mask of shape {mask.shape} does not broadcast to the "
             f"attention shape (..., L, S) = {target}") from None
-    return mask if mask.dtype == bool else mask.astype(compute_dtype, copy=False)
+    return mask if mask.dtype == bool else as_dtype(mask, compute_dtype)
 
 
 def _band(is_causal, window, causal_alignment, L, S):
+    """``(diag_offset, band_lower, band_upper)``. A window side at least
+    ``L + S`` reaches past every key (``|j - i - diag_offset| < L + S``), so it
+    is the same as ``None``: any int is accepted, and what reaches the
+    kernel fits its int64 fields."""
     if causal_alignment not in masks.ALIGNMENTS:
         raise ValueError(
             f"causal_alignment must be one of {masks.ALIGNMENTS}, got {causal_alignment!r}")
@@ -153,7 +178,8 @@ def _band(is_causal, window, causal_alignment, L, S):
     if is_causal:
         band_upper = 0
     if window is not None:
-        left, right = masks.check_window(window)
+        left, right = (None if side is None or side >= L + S else side
+                       for side in masks.check_window(window))
         if left is not None:
             band_lower = -left
         if right is not None:
@@ -245,9 +271,9 @@ def sdpa_call(query, key, value, attn_mask=None, dropout_p=0.0,
         attn_mask, batch_shape, L, S, compute_dtype)
 
     return SdpaCall(
-        query=query.astype(compute_dtype, copy=False),
-        key=key.astype(compute_dtype, copy=False),
-        value=value.astype(compute_dtype, copy=False),
+        query=as_dtype(query, compute_dtype),
+        key=as_dtype(key, compute_dtype),
+        value=as_dtype(value, compute_dtype),
         mask=mask, batch_shape=tuple(batch_shape), L=L, S=S, E=E, Ev=Ev,
         kv_group=kv_group, scale=scale, softcap=softcap,
         diag_offset=diag_offset, band_lower=band_lower, band_upper=band_upper,

@@ -27,11 +27,24 @@ Numerical policy (the single statement of it; tests in ``tests/test_core.py``):
    contribute nothing to the output.
 4. NaN in a visible query, key, value or float-mask entry propagates to the
    affected outputs.
-5. float16 and bfloat16 inputs are computed in float32 and returned in their
+5. A key whose weight ``exp(s_j - max s)`` would fall below the smallest
+   normal number of the compute dtype (``s_j - max s < ln(finfo.tiny)``, about
+   -87.3 in float32 and -708.4 in float64) weighs exactly 0, as a masked key:
+   its value does not reach the output, so an ``inf`` there cannot either.
+   The vector exponentials of the C kernel flush there, and every path
+   (NumPy, C portable, AVX2, AVX-512) follows the same rule against the
+   row's final max; a finite value loses at most ``S * finfo.tiny * max|v|``,
+   far below rounding (why: ``docs/semantics.md``, "attnref's numbers at the
+   edges").
+6. The empty cases follow the same rules: ``S = 0`` leaves every row fully
+   masked (rule 2, so NaN under ``masked_rows="nan"``), and a call whose
+   requested results are all empty returns at once, without computing.
+7. float16 and bfloat16 inputs are computed in float32 and returned in their
    own dtype; ``precision="float64"`` computes and returns float64.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -179,7 +192,10 @@ def scaled_dot_product_attention(
         window=window, softcap=softcap, return_weights=return_weights,
         return_lse=return_lse, masked_rows=masked_rows, precision=precision,
         rng=rng, causal_alignment=causal_alignment)
-    match check_backend(backend):
+    backend = check_backend(backend)
+    match backend:
+        case _ if _nothing_to_compute(call):
+            output, weights, lse = _empty_results(call)
         case "numpy":
             output, weights, lse = _reference(call)
         case "c":
@@ -198,6 +214,23 @@ def scaled_dot_product_attention(
         output,
         weights.astype(call.output_dtype, copy=False) if call.return_weights else None,
         lse.astype(call.output_dtype, copy=False) if call.return_lse else None)
+
+
+def _nothing_to_compute(call):
+    """True when every array the call returns is empty."""
+    batch = math.prod(call.batch_shape)
+    rows = batch * call.L
+    return (rows * call.Ev == 0 and (not call.return_lse or rows == 0)
+            and (not call.return_weights or rows * call.S == 0))
+
+
+def _empty_results(call):
+    """(output, weights, lse) of a call whose returned arrays are empty;
+    weights and lse are None unless requested."""
+    dtype = call.compute_dtype
+    return (np.empty(call.output_shape, dtype),
+            np.empty(call.batch_shape + (call.L, call.S), dtype) if call.return_weights else None,
+            np.empty(call.lse_shape, dtype) if call.return_lse else None)
 
 
 def _no_values(key):
@@ -246,18 +279,32 @@ def _reference(call):
         visible = _visible(call, mask)
         if visible is not None:
             scores = np.where(visible, scores, -np.inf)
+        scores = _drop_negligible(scores)
         lse = logsumexp(scores)                                # (..., L)
         weights = softmax(scores)                              # (..., L, S)
-        if call.masked_rows == "nan":
-            weights = np.where(np.isneginf(lse)[..., None], np.nan, weights)
         if call.dropout_p > 0:
             weights = _dropout(weights, call.dropout_p, call.rng)
         output = _weighted_values(weights, value)              # (..., L, Ev)
+        if call.masked_rows == "nan":
+            # not through the weights alone: with S = 0 there are none
+            masked = np.isneginf(lse)[..., None]
+            weights = np.where(masked, np.nan, weights)
+            output = np.where(masked, np.nan, output)
     if call.kv_group > 1:
         output = output.reshape(call.output_shape)
         weights = weights.reshape(call.batch_shape + weights.shape[-2:])
         lse = lse.reshape(call.lse_shape)
     return output, weights, lse
+
+
+def _drop_negligible(scores):
+    """Scores with ``s_j - max s < ln(finfo.tiny)`` set to ``-inf`` (policy
+    rule 5): their weight would be below the smallest normal number."""
+    if scores.size == 0:
+        return scores
+    floor = np.log(np.finfo(scores.dtype).tiny).astype(scores.dtype)
+    peak = np.max(scores, axis=-1, keepdims=True)
+    return np.where(scores - peak < floor, -np.inf, scores)
 
 
 def _visible(call, mask):

@@ -6,9 +6,18 @@ This is the only module that imports the compiled CFFI extension
 uses the NumPy reference.
 
 Arrays reach C as a base pointer plus int64 element strides for
-``[batch, head, row]`` (``0`` = broadcast), so broadcast operands are never
-copied. Leading dims other than heads are merged where their strides allow;
-any that cannot be merged are looped over here, one C call each.
+``[batch, head, row]`` (``0`` = broadcast; the mask also has a key stride),
+so broadcast and strided operands are never copied. The one layout C cannot
+read is a query, key or value row whose elements are not adjacent; such an
+operand is copied without its broadcast dims. Leading dims other than heads
+are merged where their strides allow; any that cannot be merged are looped
+over here, one C call each.
+
+A long call runs as several C calls over bounded pieces of its rows (about
+:data:`CHUNK_WORK` multiply-adds per thread each, split where the tiled
+paths' units split, so the bits are those of one call), with the GIL
+released in each: Ctrl-C (KeyboardInterrupt) stops it between two pieces,
+well within a second.
 
 Environment:
 ``ATTNREF_NUM_THREADS``: default thread count (else ``os.cpu_count()``).
@@ -24,6 +33,8 @@ import os
 import sys
 
 import numpy as np
+
+from ._validation import unbroadcast
 
 __all__ = ["available", "info", "unsupported_reason", "attention",
            "get_num_threads", "set_num_threads", "CODE_PATHS", "supported_code_paths",
@@ -75,20 +86,29 @@ def _default_threads():
         try:
             return _check_threads(int(configured))
         except (TypeError, ValueError):
-            raise ValueError(
-                f"ATTNREF_NUM_THREADS must be an int >= 1, got {configured!r}") from None
-    return os.cpu_count() or 1
+            raise ValueError(f"ATTNREF_NUM_THREADS must be an int in [1, {MAX_THREADS}], "
+                             f"got {configured!r}") from None
+    return min(os.cpu_count() or 1, MAX_THREADS)
+
+
+#: The most threads a call may ask for (C takes an int32; no CPU comes near).
+MAX_THREADS = 1024
 
 
 def _check_threads(threads):
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
-        raise TypeError(f"threads must be an int >= 1, got {type(threads).__name__}")
-    if threads < 1:
-        raise ValueError(f"threads must be an int >= 1, got {threads}")
+        raise TypeError(f"threads must be an int in [1, {MAX_THREADS}], got "
+                        f"{type(threads).__name__}")
+    if not 1 <= threads <= MAX_THREADS:
+        raise ValueError(f"threads must be an int in [1, {MAX_THREADS}], got {threads}")
     return int(threads)
 
 
 _threads = _default_threads()
+#: The ATTNREF_PATH_* code of the path calls run on (set_code_path). Each
+#: call passes it to C in its parameters, so a path chosen by one thread
+#: never changes a call another thread is running.
+_path = 0
 
 
 def available():
@@ -102,7 +122,10 @@ def get_num_threads():
 
 
 def set_num_threads(threads):
-    """Set the kernel's thread count (an int >= 1)."""
+    """Set the kernel's thread count (an int in ``[1, MAX_THREADS]``).
+
+    Safe while other threads call: a call reads the count once, at its start.
+    """
     global _threads
     _threads = _check_threads(threads)
 
@@ -132,14 +155,18 @@ def set_code_path(name):
     """Use code path ``name`` (one of :data:`CODE_PATHS`) from now on.
 
     Raises ValueError for an unknown name or a path this CPU (or build)
-    cannot run, RuntimeError when the kernel is unavailable.
+    cannot run, RuntimeError when the kernel is unavailable. Safe while other
+    threads call: a call reads the path once, at its start, and runs on it
+    to the end.
     """
+    global _path
     code = _path_code(name)
     if not available():
         raise RuntimeError(f"the C kernel is unavailable: {_unavailable_reason}")
     if _lib.attnref_select_path(code) != _lib.ATTNREF_OK:
         raise ValueError(f"code path {name!r} is not supported here; supported: "
                          f"{supported_code_paths()}")
+    _path = _path_code(get_code_path())
 
 
 if available():
@@ -202,66 +229,95 @@ def attention(call, *, threads=None, out=None, lse_out=None):
     Parameters
     ----------
     call : attnref._validation.SdpaCall
-    threads : int >= 1, optional
+    threads : int in [1, MAX_THREADS], optional
         Defaults to :func:`get_num_threads`.
     out, lse_out : ndarray, optional
         Where to write the output ``batch + (L, Ev)`` and the lse ``batch + (L,)``:
         C-contiguous, writeable, of the compute dtype, and sharing no memory
         with any input. The lse is computed only when ``lse_out`` is given or
-        ``call.return_lse`` is set.
+        ``call.return_lse`` is set. A call interrupted by KeyboardInterrupt
+        leaves them untouched: a call of more than one C call computes into
+        its own buffers and copies into these at the end.
 
     Returns
     -------
-    (output, lse) : lse is None unless requested.
+    (output, lse) : lse is None unless requested. A call whose output and
+    lse are empty returns at once, without entering C.
     """
     reason = unsupported_reason(call)
     if reason is not None:
         raise RuntimeError(reason)
     threads = _threads if threads is None else _check_threads(threads)
+    path = _path
     dtype = call.compute_dtype
     c_type, entry = _ENTRIES[dtype]
-    arrays = {"q": _exact(call.query, dtype), "k": _exact(call.key, dtype),
-              "v": _exact(call.value, dtype)}
+    arrays = {"q": _rows_adjacent(call.query, dtype), "k": _rows_adjacent(call.key, dtype),
+              "v": _rows_adjacent(call.value, dtype)}
     if call.mask is not None:
-        arrays["mask"] = (_exact(call.mask, np.bool_).view(np.uint8)
-                          if call.mask.dtype == bool else _exact(call.mask, dtype))
+        arrays["mask"] = (_aligned(call.mask, np.bool_).view(np.uint8)
+                          if call.mask.dtype == bool else _aligned(call.mask, dtype))
     inputs = list(arrays.values())
     arrays["out"] = _output("out", out, call.output_shape, dtype, inputs)
     if lse_out is not None or call.return_lse:
         arrays["lse"] = _output("lse_out", lse_out, call.lse_shape, dtype,
                                 inputs + [arrays["out"]])
+    output, lse = arrays["out"], arrays.get("lse")
+    if output.size == 0 and (lse is None or lse.size == 0):
+        return output, lse
 
-    params, loops = _plan(call, arrays, threads)
-    bases = {name: _ffi.from_buffer(("uint8_t" if array.dtype == np.uint8 else c_type) + "[]",
-                                    array, require_writable=name in ("out", "lse"))
-             for name, array in arrays.items()}
+    params, loops, spans, strides = _plan(call, arrays, threads, path)
     run = getattr(_lib, entry)
-    if not loops:
-        status = run(params, bases["out"], bases.get("lse", _ffi.NULL), bases["q"],
-                     bases["k"], bases["v"], bases.get("mask", _ffi.NULL))
-        _raise_for(status)
-        return arrays["out"], arrays.get("lse")
+    if not loops and len(spans) == 1:   # the common case, kept lean: small calls are wrapper-bound
+        bases = {name: _pointer(array, "uint8_t" if array.dtype == np.uint8 else c_type,
+                                writable=name in ("out", "lse"))
+                 for name, array in arrays.items()}
+        _raise_for(run(params, bases["out"], bases.get("lse", _ffi.NULL), bases["q"],
+                       bases["k"], bases["v"], bases.get("mask", _ffi.NULL)))
+        return output, lse
+    if out is not None or lse_out is not None:
+        # an interrupt between pieces must leave the caller's buffers untouched
+        arrays["out"] = np.empty_like(output)
+        if lse is not None:
+            arrays["lse"] = np.empty_like(lse)
+    bases = {name: _pointer(array, "uint8_t" if array.dtype == np.uint8 else c_type,
+                            writable=name in ("out", "lse"))
+             for name, array in arrays.items()}
     for index in itertools.product(*(range(size) for size, _ in loops)):
         at = {name: base + sum(i * step[name] for i, (_, step) in zip(index, loops))
               for name, base in bases.items()}
-        status = run(params, at["out"], at.get("lse", _ffi.NULL),
-                     at["q"], at["k"], at["v"], at.get("mask", _ffi.NULL))
-        _raise_for(status)
-    return arrays["out"], arrays.get("lse")
+        # KeyboardInterrupt arrives between two C calls (each releases the GIL)
+        for piece, offset in _pieces(params, spans, strides, call.kv_group):
+            _raise_for(run(piece, at["out"] + offset["out"],
+                           at["lse"] + offset["lse"] if "lse" in at else _ffi.NULL,
+                           at["q"] + offset["q"], at["k"] + offset["k"], at["v"] + offset["v"],
+                           at["mask"] + offset["mask"] if "mask" in at else _ffi.NULL))
+    if arrays["out"] is not output:
+        np.copyto(output, arrays["out"])
+        if lse is not None:
+            np.copyto(lse, arrays["lse"])
+    return output, lse
 
 
-_PLANS = {}          # (call's sizes and options, operands' layouts, threads) -> (params, loops)
+#: Multiply-adds per thread in one C call of a long call on the tiled paths:
+#: about 0.04 s on avx512 and 0.1 s on avx2 (measured on this project's
+#: Xeon), so KeyboardInterrupt waits at most that long and a mid-size call
+#: (B=1, H=8, L=S=1024, D=64 on 2 threads) is still one C call. The portable
+#: path, about 30x slower, takes 1/32 of it per call.
+CHUNK_WORK = 1 << 30
+
+_PLANS = {}          # (call's sizes and options, operands' layouts, threads, path) -> plan
 _PLANS_LIMIT = 256   # small calls repeat the same few shapes; a plan is ~200 bytes
 
 
-def _plan(call, arrays, threads):
-    """The C parameter struct and the batch loops of a call, cached by
-    everything they depend on: the plan for repeated calls of one shape is
-    built once (the wrapper's cost matters for small calls)."""
+def _plan(call, arrays, threads, path):
+    """The C parameter struct of a call, its batch loops, the spans of rows
+    its C calls cover and the operands' strides, cached by everything they
+    depend on: the plan for repeated calls of one shape is built once (the
+    wrapper's cost matters for small calls)."""
     key = (call.L, call.S, call.E, call.Ev, call.kv_group, call.batch_shape, call.masked_rows,
            call.scale, call.softcap, call.diag_offset, call.band_lower, call.band_upper,
-           threads, tuple((name, array.dtype.char, array.shape, array.strides)
-                          for name, array in arrays.items()))
+           threads, path, CHUNK_WORK, tuple((name, array.dtype.char, array.shape, array.strides)
+                                for name, array in arrays.items()))
     plan = _PLANS.get(key)
     if plan is not None:
         return plan
@@ -281,12 +337,56 @@ def _plan(call, arrays, threads):
     params.band_lower = -_UNBOUNDED if call.band_lower is None else call.band_lower
     params.band_upper = _UNBOUNDED if call.band_upper is None else call.band_upper
     params.threads = threads
+    params.path = path
     for name in strides:
         setattr(params, f"{name}_stride", strides[name])
+    work = CHUNK_WORK // 32 if path == _lib.ATTNREF_PATH_PORTABLE else CHUNK_WORK
+    spans = _spans(B, H, call.L, call.S * (call.E + call.Ev) + 1, max(1, work) * threads,
+                   call.kv_group)
     if len(_PLANS) >= _PLANS_LIMIT:
         _PLANS.clear()
-    _PLANS[key] = params, loops
-    return params, loops
+    _PLANS[key] = plan = params, loops, spans, strides
+    return plan
+
+
+def _spans(B, H, L, row_work, work, kv_group):
+    """The ``(b0, b1, h0, h1, i0, i1)`` ranges of batch entries, heads and
+    positions of a call's C calls, each of about ``work`` multiply-adds
+    (``row_work`` per row) or one unit of the tiled paths.
+
+    Splits keep the tiled units whole, so every row sees the same key tiles
+    in the same order and the result is bit-identical to one C call: whole
+    batch entries first, then whole kv groups of heads (query head ``h``
+    reads kv head ``h // kv_group``), then positions at multiples of
+    ``attnref_row_block``.
+    """
+    rows = max(1, work // row_work)
+    if B * H * L <= rows:
+        return [(0, B, 0, H, 0, L)]
+    if H * L <= rows:
+        step = rows // (H * L)
+        return [(b, min(B, b + step), 0, H, 0, L) for b in range(0, B, step)]
+    if kv_group * L <= rows:
+        step = rows // (kv_group * L) * kv_group
+        return [(b, b + 1, h, min(H, h + step), 0, L)
+                for b in range(B) for h in range(0, H, step)]
+    block = _lib.attnref_row_block(kv_group)
+    step = max(1, rows // (kv_group * block)) * block
+    return [(b, b + 1, h, h + kv_group, i, min(L, i + step))
+            for b in range(B) for h in range(0, H, kv_group) for i in range(0, L, step)]
+
+
+def _pieces(params, spans, strides, kv_group):
+    """The C parameters and element offsets of each span (see :func:`_spans`)."""
+    for b0, b1, h0, h1, i0, i1 in spans:
+        piece = _ffi.new("attnref_params *")
+        piece[0] = params[0]
+        piece.B, piece.H, piece.L = b1 - b0, h1 - h0, i1 - i0
+        piece.diag_offset = params.diag_offset + i0   # row i of the piece is row i0 + i
+        offset = {name: b0 * step[0] + (h0 // kv_group if name in ("k", "v") else h0) * step[1]
+                  + (0 if name in ("k", "v") else i0 * step[2])
+                  for name, step in strides.items()}
+        yield piece, offset
 
 
 def _raise_for(status):
@@ -295,12 +395,40 @@ def _raise_for(status):
                            f"{_ERRORS.get(status, 'unknown error')}")
 
 
-def _exact(array, dtype):
-    """``array`` as C-contiguous, aligned, of exactly ``dtype`` (copied only
-    when it is not already; a wrong dtype is converted, never reinterpreted)."""
-    if array.dtype == dtype and array.flags.c_contiguous and array.flags.aligned:
+def _rows_adjacent(array, dtype):
+    """``array`` of exactly ``dtype``, aligned, with the elements of each row
+    (the last dim) adjacent, as C reads query, key and value rows. Any other
+    strides, broadcast (0) and negative included, are kept; otherwise the
+    array is copied without its broadcast dims (:func:`_compact`)."""
+    if (array.dtype == dtype and array.flags.aligned
+            and (array.shape[-1] <= 1 or array.strides[-1] == array.itemsize)):
         return array
-    return np.require(array, dtype, ["C", "A"])
+    return _compact(array, dtype, keep_last=True)
+
+
+def _aligned(array, dtype):
+    """``array`` of exactly ``dtype`` and aligned, whatever its strides (as C
+    reads the mask); otherwise copied without its broadcast dims."""
+    if array.dtype == dtype and array.flags.aligned:
+        return array
+    return _compact(array, dtype, keep_last=False)
+
+
+def _compact(array, dtype, keep_last):
+    """A C-contiguous, aligned copy of ``array`` in ``dtype`` that keeps its
+    broadcast dims (stride 0) as views: the copy costs the unbroadcast size
+    (a wrong dtype is converted, never reinterpreted). With ``keep_last`` the
+    last dim is copied whole even when broadcast, so its elements are adjacent."""
+    base = unbroadcast(array, keep_last)
+    return np.broadcast_to(np.require(base, dtype, ["C", "A"]), array.shape)
+
+
+def _pointer(array, c_type, writable):
+    """A C pointer to ``array``'s element 0, for any strides. The array must
+    outlive the pointer."""
+    if array.flags.c_contiguous:
+        return _ffi.from_buffer(c_type + "[]", array, require_writable=writable)
+    return _ffi.cast(c_type + " *", array.ctypes.data)
 
 
 def _output(name, array, shape, dtype, inputs):

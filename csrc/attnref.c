@@ -39,6 +39,11 @@
 /* Independent partial sums in a dot product: the compiler can vectorise them
    without reassociating (no -ffast-math). */
 #define DOT_LANES 16
+/* ln of the smallest normal float and double, rounded to the type: a key with
+   s_j - m below it weighs exactly 0 on every path (attnref.h; the vector exp
+   of simd.h flushes there too), as attnref.core's reference does. */
+#define LOG_FLT_MIN -87.33654475f
+#define LOG_DBL_MIN -708.39641853226408
 
 /* ------------------------------------------------------------------------ */
 /* int64 arithmetic that cannot overflow                                     */
@@ -106,6 +111,8 @@ static void band_keys(const attnref_params *p, int64_t i,
 /* ------------------------------------------------------------------------ */
 /* argument checks                                                           */
 
+static int path_supported(int path);
+
 static int check_call(const attnref_params *p, const void *out, const void *lse,
                       const void *q, const void *k, const void *v,
                       const void *mask)
@@ -116,7 +123,7 @@ static int check_call(const attnref_params *p, const void *out, const void *lse,
     if (p->B < 0 || p->H < 0 || p->L < 0 || p->S < 0 || p->Ev < 0 || p->E < 1)
         return ATTNREF_ERR_SIZE;
 
-    if (p->kv_group < 1 || p->threads < 1
+    if (p->kv_group < 1 || p->threads < 1 || !path_supported(p->path)
         || (p->mask_kind != ATTNREF_MASK_NONE && p->mask_kind != ATTNREF_MASK_BOOL
             && p->mask_kind != ATTNREF_MASK_BIAS)
         || (p->masked_rows != ATTNREF_ROWS_ZERO && p->masked_rows != ATTNREF_ROWS_NAN)
@@ -438,17 +445,21 @@ static double dot_f64(const double *a, const double *b, int64_t n)
 #define REAL float
 #define EXP expf
 #define LOG logf
+#define LOG_MIN LOG_FLT_MIN
 #define DOT dot_f32
 #define AXPY axpy_f32
 #define SDPA_ROWS sdpa_rows_f32
+#define NONFINITE_DIMS nonfinite_dims_f32
 #include "sdpa_impl.h"
 
 #define REAL double
 #define EXP exp
 #define LOG log
+#define LOG_MIN LOG_DBL_MIN
 #define DOT dot_f64
 #define AXPY axpy_f64
 #define SDPA_ROWS sdpa_rows_f64
+#define NONFINITE_DIMS nonfinite_dims_f64
 #include "sdpa_impl.h"
 
 /* ------------------------------------------------------------------------ */
@@ -594,6 +605,7 @@ static int path_supported(int path)
     case ATTNREF_PATH_AVX512:
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
 #endif
+    case ATTNREF_PATH_AUTO: return 1;
     default: return 0;
     }
 }
@@ -605,20 +617,26 @@ static int best_path(void)
     return ATTNREF_PATH_PORTABLE;
 }
 
-/* 0 until the first call picks the best path; then the path in use */
+/* 0 until the first call picks the best path; then the path in use. Read
+   and written atomically: one thread may select a path while others call. */
 static int current_path = ATTNREF_PATH_AUTO;
 
 static int path_in_use(void)
 {
-    if (current_path == ATTNREF_PATH_AUTO) current_path = best_path();
-    return current_path;
+    int path = __atomic_load_n(&current_path, __ATOMIC_RELAXED);
+    if (path == ATTNREF_PATH_AUTO) {
+        /* a concurrent first call stores the same value */
+        path = best_path();
+        __atomic_store_n(&current_path, path, __ATOMIC_RELAXED);
+    }
+    return path;
 }
 
 int attnref_select_path(int path)
 {
     if (path == ATTNREF_PATH_AUTO) path = best_path();
     if (!path_supported(path)) return ATTNREF_ERR_OPTION;
-    current_path = path;
+    __atomic_store_n(&current_path, path, __ATOMIC_RELAXED);
     return ATTNREF_OK;
 }
 
@@ -637,14 +655,26 @@ int64_t attnref_band_unbounded(void)
     return ATTNREF_BAND_UNBOUNDED;
 }
 
+/* Query positions per tiled unit for a kv group size (see sdpa below): a
+   call split into calls over positions [i0, i1) with i0 a multiple of this
+   (and diag_offset raised by i0) computes every row from the same key tiles
+   in the same order, so the split gives the same bits. The portable path
+   computes each row on its own: any split gives the same bits there. */
+int64_t attnref_row_block(int64_t kv_group)
+{
+    return TILE_ROWS / (kv_group >= 1 && kv_group <= TILE_ROWS ? kv_group : 1);
+}
+
 static int sdpa(const attnref_params *params, int is_double, void *out, void *lse,
                 const void *q, const void *k, const void *v, const void *mask)
 {
     const int status = check_call(params, out, lse, q, k, v, mask);
     if (status != ATTNREF_OK) return status;
-    const int path = path_in_use();
+    const int path = params->path == ATTNREF_PATH_AUTO ? path_in_use() : params->path;
     const int64_t rows = params->B * params->H * params->L;
     sdpa_job job;
+    /* an empty output and no lse: nothing to compute */
+    if (rows == 0 || (params->Ev == 0 && lse == NULL)) return ATTNREF_OK;
     memset(&job, 0, sizeof job);
     job.rows = is_double ? PATHS[path].f64 : PATHS[path].f32;
     job.params = params;
@@ -654,13 +684,13 @@ static int sdpa(const attnref_params *params, int is_double, void *out, void *ls
     job.k = k;
     job.v = v;
     job.mask = mask;
-    if (path == ATTNREF_PATH_PORTABLE || rows == 0) return run_shares(&job, rows);
+    if (path == ATTNREF_PATH_PORTABLE) return run_shares(&job, rows);
     {
         /* a unit: the query heads of one kv head (or one head, when a group
            is larger than a unit) x a block of positions */
         int64_t next = 0;
         job.head_chunk = params->kv_group <= TILE_ROWS ? params->kv_group : 1;
-        job.block = TILE_ROWS / job.head_chunk;
+        job.block = attnref_row_block(params->kv_group);
         job.blocks = (params->L - 1) / job.block + 1;
         job.row_end = params->B * ((params->H - 1) / job.head_chunk + 1) * job.blocks;
         job.next = &next;

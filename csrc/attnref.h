@@ -18,6 +18,11 @@
  *   and mask_ij != 0                             if mask_kind == ATTNREF_MASK_BOOL.
  * A row with no visible key, or whose visible scores are all -inf, gives
  * out_i = 0 (ATTNREF_ROWS_ZERO) or NaN (ATTNREF_ROWS_NAN) and lse_i = -inf.
+ * A key whose weight exp(s_j - m) would be below the smallest normal number
+ * of the float type (s_j - m < ln(FLT_MIN) or ln(DBL_MIN)) weighs exactly 0:
+ * its value is not read (an inf there cannot reach out_i), m being the
+ * row's final max (the streaming paths weigh against the running max, and
+ * sum again the dims an inf or NaN value reached: sdpa_impl.h, pass 6).
  * A NaN score on a visible key gives NaN out_i and lse_i.
  *
  * Code paths (attnref_select_path): ATTNREF_PATH_PORTABLE, scalar C99 one
@@ -39,7 +44,7 @@ enum {
     ATTNREF_ERR_NULL = 1,       /* a required pointer is NULL */
     ATTNREF_ERR_SIZE = 2,       /* a size is negative, or E < 1 */
     ATTNREF_ERR_OVERFLOW = 3,   /* an element offset overflows int64 */
-    ATTNREF_ERR_OPTION = 4,     /* mask_kind, masked_rows, kv_group, threads, scale or softcap out of range */
+    ATTNREF_ERR_OPTION = 4,     /* mask_kind, masked_rows, kv_group, threads, path, scale or softcap out of range */
     ATTNREF_ERR_NOMEM = 5,      /* a scratch allocation failed */
     ATTNREF_ERR_THREAD = 6      /* reserved: a worker that cannot start runs on the caller instead */
 };
@@ -83,6 +88,8 @@ typedef struct {
     int64_t band_lower;         /* visible: band_lower <= j - i - diag_offset ... */
     int64_t band_upper;         /* ... <= band_upper; use +-ATTNREF_BAND_UNBOUNDED */
     int32_t threads;            /* >= 1 */
+    int32_t path;               /* ATTNREF_PATH_* this call runs on; AUTO = the
+                                   path attnref_select_path chose (read once) */
 } attnref_params;
 
 int attnref_sdpa_f32(const attnref_params *params, float *out, float *lse,
@@ -98,6 +105,7 @@ int attnref_path_supported(int path);    /* 1 when this build and CPU can run it
 int attnref_exp_f32(float *out, const float *x, int64_t n);    /* the path's exp */
 int attnref_exp_f64(double *out, const double *x, int64_t n);
 int64_t attnref_band_unbounded(void);    /* value of ATTNREF_BAND_UNBOUNDED */
+int64_t attnref_row_block(int64_t kv_group); /* see attnref.c */
 /* CFFI_END */
 
 /* Large enough for "no bound", small enough that i + diag_offset + bound

@@ -3,20 +3,68 @@
  * attnref.c once per type. The includer defines
  *   REAL                 float or double, the type of every operand and sum
  *   EXP, LOG             the libm functions for REAL
+ *   LOG_MIN              ln of REAL's smallest normal number: exp(x) for
+ *                        x < LOG_MIN counts as 0 (the weight policy of attnref.h)
  *   DOT                  the score dot product for REAL, returned in double
  *                        (in attnref.c: computed more precisely than REAL,
  *                        differently per type)
- *   AXPY, SDPA_ROWS      names of this file's helpers for REAL
+ *   AXPY, SDPA_ROWS,     names of this file's functions for REAL
+ *   NONFINITE_DIMS
  * and this file undefines them at its end. SDPA_ROWS is the portable code
  * path: scalar C99 that any compiler builds, and the plain twin the tiled
- * paths (tiled_impl.h) are tested against. No include guard: that is the point.
+ * paths (tiled_impl.h) are tested against. NONFINITE_DIMS serves both. No
+ * include guard: that is the point.
  */
+
+/* exp(x), or exactly 0 where that is below the smallest normal REAL */
+#define WEIGHT(x) ((x) < LOG_MIN ? (REAL)0 : EXP(x))
 
 /* acc[c] += p * x[c] */
 static void AXPY(REAL *restrict acc, REAL p, const REAL *restrict x, int64_t n)
 {
     for (int64_t c = 0; c < n; c++)
         acc[c] += p * x[c];
+}
+
+/* Pass 6 of a row (rare: only where a value was inf or NaN). A streaming
+   pass weighs each key against the running max when its block comes; a key
+   whose weight is below the smallest normal only against the row's final
+   max m must weigh 0 (attnref.h), but an inf or NaN value it brought into
+   acc cannot be taken out again. So every output dim whose acc is not
+   finite is summed again over the row's visible keys j with exact weights
+   exp(s_j - m), 0 below LOG_MIN, and divided by the same l; other dims keep
+   out = acc / l. Finite values are unaffected either way (by less than
+   S * REAL_MIN * max|v|). q, k, v, allowed and bias point at the row's
+   query, its kv head's keys and values, and its mask row (or NULL). */
+static void NONFINITE_DIMS(const attnref_params *p, const REAL *q_bhi, const REAL *k_bh,
+                           const REAL *v_bh, const uint8_t *allowed_bhi, const REAL *bias_bhi,
+                           int64_t j_begin, int64_t j_end, REAL m, REAL l,
+                           const REAL *acc, REAL *out_bhi)
+{
+    const int64_t ks2 = p->k_stride[2], vs2 = p->v_stride[2], ms3 = p->mask_stride[3];
+    int any = 0;
+    for (int64_t c = 0; c < p->Ev; c++)
+        if (!isfinite(acc[c])) {
+            out_bhi[c] = 0;
+            any = 1;
+        }
+    if (!any) return;
+    for (int64_t j = j_begin; j < j_end; j++) {
+        double s_wide;
+        REAL s, x, weight;
+        if (allowed_bhi != NULL && allowed_bhi[j * ms3] == 0) continue;
+        s_wide = p->scale * DOT(q_bhi, k_bh + j * ks2, p->E);
+        if (p->softcap > 0) s_wide = p->softcap * tanh(s_wide / p->softcap);
+        s = (REAL)s_wide;
+        if (bias_bhi != NULL) s += bias_bhi[j * ms3];
+        x = s - m;
+        if (!(x >= LOG_MIN)) continue;   /* below the smallest normal, or -inf */
+        weight = EXP(x);
+        for (int64_t c = 0; c < p->Ev; c++)
+            if (!isfinite(acc[c])) out_bhi[c] += weight * v_bh[j * vs2 + c];
+    }
+    for (int64_t c = 0; c < p->Ev; c++)
+        if (!isfinite(acc[c])) out_bhi[c] /= l;
 }
 
 /* Computes the flattened (b, h, i) rows [job->row_begin, job->row_end). */
@@ -95,10 +143,10 @@ static int SDPA_ROWS(const sdpa_job *job)
             const REAL m_new = block_max > m ? block_max : m;
             /* 1 while the max holds; 0 on the first block (m = -inf), whose
                merge below then sets acc and l */
-            const REAL rescale = m_new > m ? EXP(m - m_new) : 1;
+            const REAL rescale = m_new > m ? WEIGHT(m - m_new) : 1;
             REAL block_l = 0;
             for (int t = 0; t < n; t++) {
-                score[t] = EXP(score[t] - m_new);
+                score[t] = WEIGHT(score[t] - m_new);
                 block_l += score[t];
             }
 
@@ -129,6 +177,9 @@ static int SDPA_ROWS(const sdpa_job *job)
             for (int64_t c = 0; c < p->Ev; c++) out_bhi[c] = masked_row_value;
         } else {
             for (int64_t c = 0; c < p->Ev; c++) out_bhi[c] = acc[c] / l;
+            /* pass 6: dims made inf or NaN by a key the final max drops */
+            NONFINITE_DIMS(p, q_bhi, k_bh, v_bh, allowed_bhi, bias_bhi, j_begin, j_end, m, l,
+                           acc, out_bhi);
         }
         if (lse != NULL) {
             REAL *lse_bhi = lse + (b * ls[0] + h * ls[1] + i * ls[2]);
@@ -142,6 +193,9 @@ static int SDPA_ROWS(const sdpa_job *job)
 #undef REAL
 #undef EXP
 #undef LOG
+#undef LOG_MIN
+#undef WEIGHT
 #undef DOT
 #undef AXPY
 #undef SDPA_ROWS
+#undef NONFINITE_DIMS

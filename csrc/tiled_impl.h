@@ -28,6 +28,11 @@
  */
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
+#if REAL_IS_DOUBLE
+#define TILED_nonfinite_dims nonfinite_dims_f64
+#else
+#define TILED_nonfinite_dims nonfinite_dims_f32
+#endif
 #define KEY_PANEL (SCORE_NV * DW)
 #define VALUE_PANEL (VALUE_NV * RW)
 #define VALUE_PAD(Ev) (((Ev) + VALUE_PANEL - 1) / VALUE_PANEL * VALUE_PANEL)
@@ -44,7 +49,7 @@
  * random points; tests/test_kernel_paths.py checks the stated bound, 2 ulp.
  */
 #if REAL_IS_DOUBLE
-#define EXP_LO -708.39641853226408   /* ln(DBL_MIN) */
+#define EXP_LO LOG_DBL_MIN
 #define EXP_HI 709.78271289338397    /* ln(DBL_MAX) */
 #define EXP_LN2_HI 6.93147180369123816490e-01   /* fdlibm's split of ln 2 */
 #define EXP_LN2_LO 1.90821492927058770002e-10
@@ -53,7 +58,7 @@ static const double TILED(exp_taylor)[] = {      /* 1/k!, k = 13 .. 0 */
     1.0 / 362880.0, 1.0 / 40320.0, 1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0,
     1.0 / 6.0, 0.5, 1.0, 1.0};
 #else
-#define EXP_LO -87.33654475f         /* ln(FLT_MIN) */
+#define EXP_LO LOG_FLT_MIN
 #define EXP_HI 88.72283905f          /* ln(FLT_MAX) */
 #define EXP_LN2_HI 0.693359375f      /* Cephes' split of ln 2 */
 #define EXP_LN2_LO -2.12194440e-4f
@@ -340,7 +345,8 @@ static void TILED(softmax_step)(TILED(unit_rows) *rows, int r, REAL tile_max, RE
 {
     const REAL m = rows->m[r], m_new = tile_max > m ? tile_max : m;
     /* 1 while the max holds; 0 on the first visible tile (m = -inf) */
-    const REAL rescale = m_new > m ? EXP(m - m_new) : 1;
+    /* the policy of vexp: below EXP_LO the earlier keys weigh exactly 0 */
+    const REAL rescale = m_new > m ? (m - m_new < EXP_LO ? 0 : EXP(m - m_new)) : 1;
     const RVEC shift = RV_SET1(m_new);
     RVEC sum = RV_SET1(0);
     for (int t = 0; t < TILE_KEYS; t += RW) {
@@ -367,6 +373,7 @@ static void TILED(unit)(const sdpa_job *job, TILED(scratch) *w, int64_t u)
     TILED(unit_rows) *rows = w->rows;
     int64_t j_lo = INT64_MAX, j_hi = 0, kv_h, b;
     const REAL *k_bh, *v_bh;
+    int values_seen_finite = 1;   /* no inf or NaN value in any tile so far */
 
     TILED(gather_rows)(p, job, u, rows, &kv_h, &b);
     k_bh = (const REAL *)job->k + (b * ks[0] + kv_h * ks[1]);
@@ -386,6 +393,7 @@ static void TILED(unit)(const sdpa_job *job, TILED(scratch) *w, int64_t u)
         TILED(pack_keys)(w->kt, k_bh + j0 * ks[2], ks[2], n, E);
         const int values_finite = TILED(pack_values)(w->vt, v_bh + j0 * vs[2], vs[2], n,
                                                      Ev, Evp);
+        values_seen_finite &= values_finite;
 
         /* pass 1: scores */
         TILED(scores)(w->sd, w->qd, w->kt, E, p->scale, rows->rows);
@@ -436,12 +444,19 @@ static void TILED(unit)(const sdpa_job *job, TILED(scratch) *w, int64_t u)
         const REAL *acc = w->acc + r * Evp;
         const REAL m = rows->m[r], l = rows->l[r];
         REAL *out = rows->out[r];
-        if (rows->nan[r])
+        if (rows->nan[r]) {
             for (int64_t c = 0; c < Ev; c++) out[c] = (REAL)NAN;
-        else if (m == -INFINITY)
+        } else if (m == -INFINITY) {
             for (int64_t c = 0; c < Ev; c++) out[c] = masked_row_value;
-        else
+        } else {
             for (int64_t c = 0; c < Ev; c++) out[c] = acc[c] / l;
+            /* pass 6 (sdpa_impl.h): dims made inf or NaN by a key the final max drops */
+            if (!values_seen_finite)
+                TILED_nonfinite_dims(p, rows->q[r], k_bh, v_bh,
+                                      p->mask_kind == ATTNREF_MASK_BOOL ? rows->mask[r] : NULL,
+                                      p->mask_kind == ATTNREF_MASK_BIAS ? rows->mask[r] : NULL,
+                                      rows->j_begin[r], rows->j_end[r], m, l, acc, out);
+        }
         if (rows->lse[r] != NULL)
             *rows->lse[r] = rows->nan[r] ? (REAL)NAN : m == -INFINITY ? -INFINITY : m + LOG(l);
     }
@@ -488,6 +503,7 @@ static int TILED(exp_array)(REAL *out, const REAL *x, int64_t n)
 }
 
 #undef ALWAYS_INLINE
+#undef TILED_nonfinite_dims
 #undef KEY_PANEL
 #undef VALUE_PANEL
 #undef VALUE_PAD

@@ -8,7 +8,7 @@ import doctest
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import assume, given, strategies as st
 
 import attnref
 from attnref import attention_scores, attention_weights, masks, scaled_dot_product_attention
@@ -248,6 +248,123 @@ def test_nan_in_a_visible_input_propagates(backend, shape, dtype, where):
     if where != "key":
         rest = np.delete(output, i, axis=1) if where != "value" else np.delete(output, c, -1)
         assert not np.isnan(rest).any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weights_below_the_smallest_normal_count_as_zero(backend, dtype):
+    """Policy rule 5: with scale 1, q = 1 and keys 0 and x, the second key's
+    score is exactly x below the max. Its value is inf: it reaches the output
+    while exp(x) is normal and is dropped below, on every path alike."""
+    floor = np.log(np.finfo(dtype).tiny).astype(dtype)
+    query, value = np.ones((1, 1), dtype), np.array([[1.0], [np.inf]], dtype)
+    below = np.nextafter(floor, dtype(-np.inf))
+    for x, expected in ((floor, np.inf), (below, 1.0), (dtype(-95.0), np.inf if dtype == np.float64 else 1.0)):
+        key = np.array([[0.0], [x]], dtype)
+        result = sdpa(query, key, value, scale=1.0, return_lse=True, backend=backend)
+        assert result.output[0, 0] == expected, (x, result.output)
+        assert result.lse[0] == 0.0
+    # the key that falls below only drops out; it moves no other weight
+    key = np.array([[0.0], [below], [-1.0]], dtype)
+    value = np.array([[1.0], [np.inf], [0.0]], dtype)
+    expected = 1 / (1 + np.exp(dtype(-1.0)))
+    np.testing.assert_allclose(sdpa(query, key, value, scale=1.0, backend=backend)[0, 0],
+                               expected, rtol=4 * eps(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mask", ["none", "bool", "float"])
+def test_a_key_that_a_later_block_drops_takes_its_inf_along(backend, dtype, mask):
+    """130 keys (three blocks of the C kernel): key 1 is within the threshold
+    of the first block's max but below it against key 100's score; its inf
+    and NaN values must not reach the output, while key 100's inf does."""
+    gap = {np.float32: (-50.0, 60.0), np.float64: (-400.0, 500.0)}[dtype]
+    key = np.full((130, 1), -2 * gap[1], dtype)
+    key[0], key[1], key[100], key[7] = 0.0, gap[0], gap[1], gap[1] - 1
+    value = np.random.default_rng(5).standard_normal((130, 3)).astype(dtype)
+    value[1, 0], value[1, 2], value[100, 1] = np.inf, np.nan, np.inf
+    attn_mask = {"none": None, "bool": np.arange(130)[None] != 7,
+                 "float": np.where(np.arange(130)[None] == 7, -np.inf, 0.0).astype(dtype)}[mask]
+    output = sdpa(np.ones((1, 1), dtype), key, value, attn_mask=attn_mask, scale=1.0,
+                  backend=backend)
+    assert output[0, 1] == np.inf
+    dropped = value.copy()
+    dropped[1] = 0.0                # key 1 weighs 0: its value changes nothing
+    expected = sdpa(np.ones((1, 1)), key.astype(np.float64), dropped.astype(np.float64),
+                    attn_mask=attn_mask, scale=1.0, backend="numpy")
+    np.testing.assert_allclose(output[0, [0, 2]], expected[0, [0, 2]], rtol=8 * eps(dtype))
+
+
+@pytest.mark.parametrize("masked_rows", ["zero", "nan"])
+def test_no_keys_at_all_follows_masked_rows(backend, masked_rows):
+    """S = 0: every row is fully masked (policy rule 6), on both backends."""
+    query = np.ones((2, 3, 4), np.float32)
+    empty = np.ones((2, 0, 4), np.float32)
+    result = sdpa(query, empty, empty[..., :2], return_lse=True, masked_rows=masked_rows,
+                  backend=backend)
+    assert result.output.shape == (2, 3, 2) and np.isneginf(result.lse).all()
+    if masked_rows == "nan":
+        assert np.isnan(result.output).all()
+    else:
+        assert np.array_equal(result.output, np.zeros((2, 3, 2), np.float32))
+
+
+def test_empty_results_return_without_computing(backend):
+    """Every requested array empty: 2^32 rows of nothing come back at once."""
+    query = np.broadcast_to(np.ones((1, 1, 1, 4)), (2**16, 2**16, 1, 4))
+    nothing = np.broadcast_to(np.ones((1, 1, 1, 0)), (2**16, 2**16, 1, 0))
+    assert sdpa(query, query, nothing, backend=backend).shape == (2**16, 2**16, 1, 0)
+    no_rows = np.ones((3, 0, 4))
+    result = sdpa(no_rows, query[0, :3], query[0, :3], return_lse=True, backend=backend)
+    assert result.output.shape == (3, 0, 4) and result.lse.shape == (3, 0)
+
+
+@pytest.mark.parametrize("window, equivalent", [
+    ((10**30, None), None), ((None, 10**30), None), ((10**30, 10**30), None),
+    ((2**63, 0), (None, 0)), ((10**30, 2), (None, 2)), ((3, 10**30), (3, None))])
+def test_window_sides_beyond_every_key_are_unbounded(backend, window, equivalent):
+    query, key, value = qkv(3, 1, 6, 9, 4, 2, np.float64)
+    for alignment in ("top_left", "bottom_right"):
+        wide = sdpa(query, key, value, window=window, causal_alignment=alignment,
+                    backend=backend)
+        assert np.array_equal(wide, sdpa(query, key, value, window=equivalent,
+                                         causal_alignment=alignment, backend=backend))
+
+
+@given(shapes, st.sampled_from(DTYPES), st.floats(0.0, 1.0), st.booleans())
+def test_scores_up_to_the_dtype_limit(backend, shape, dtype, size, biased):
+    """Scores of any size up to a tenth of the dtype's largest number (drawn
+    log-uniformly), where rounding a score moves its weight by eps |s|: no
+    NaN, outputs within the value range, lse within [max s, max s + log S],
+    and both backends within what that rounding allows."""
+    seed, B, L, S, E, Ev = shape
+    query, key, value = qkv(seed, B, L, S, E, Ev, dtype)
+    bias = np.random.default_rng(seed).standard_normal((L, S)).astype(dtype) if biased else None
+    largest = float(np.abs(query.astype(np.float64) @ np.swapaxes(key, -1, -2)).max())
+    target = 10 ** (size * np.log10(float(np.finfo(dtype).max) / 10))
+    scale = target / max(largest, 1e-30)
+    assume(np.isfinite(scale) and 0 < scale <= float(np.finfo(dtype).max))
+    result = sdpa(query, key, value, scale=scale, attn_mask=bias, return_lse=True,
+                  backend=backend)
+    assert not np.isnan(result.output).any() and not np.isnan(result.lse).any()
+    slack = 4 * eps(dtype) * np.abs(value).max()
+    assert np.all(result.output >= value.min(-2, keepdims=True) - slack)
+    assert np.all(result.output <= value.max(-2, keepdims=True) + slack)
+    # every score carries eps * (|q| . |k|) * scale per product summed, and the bias add
+    wide = np.longdouble
+    magnitude = scale * float((np.abs(query).astype(wide) @ np.swapaxes(np.abs(key), -1, -2)
+                               .astype(wide)).max()) + (0 if bias is None else float(np.abs(bias).max()))
+    score_error = 4 * (E + 4) * eps(dtype) * max(1.0, magnitude)
+    scores = (query.astype(wide) @ np.swapaxes(key, -1, -2).astype(wide)) * wide(scale)
+    if bias is not None:
+        scores = scores + bias.astype(wide)
+    top = scores.max(-1).astype(np.float64)
+    assert np.all(result.lse >= top - score_error)
+    assert np.all(result.lse <= top + np.log(S) + score_error)
+    if backend == "c":
+        reference = sdpa(query, key, value, scale=scale, attn_mask=bias, backend="numpy")
+        moved = np.expm1(2 * score_error) if score_error < 0.5 else 2.0   # sum of |weight changes|
+        allowed = (moved + 8 * S * eps(dtype)) * np.abs(value).max()
+        assert np.abs(result.output - reference).max() <= allowed
 
 
 # ---------------------------------------------------------------- call semantics

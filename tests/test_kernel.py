@@ -1,9 +1,14 @@
 """attnref.kernel: the C kernel against the reference, its determinism, its
 buffers and error codes, and the fallback when it is not compiled."""
+import concurrent.futures
 import dataclasses
+import itertools
+import json
 import os
 import subprocess
 import sys
+import threading
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -134,9 +139,9 @@ def test_c_error_codes_become_exceptions():
 
 
 def test_thread_setting_is_validated():
-    with pytest.raises(ValueError, match="threads must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"threads must be an int in \[1, 1024\], got 0"):
         kernel.set_num_threads(0)
-    with pytest.raises(TypeError, match="threads must be an int >= 1, got float"):
+    with pytest.raises(TypeError, match=r"threads must be an int in \[1, 1024\], got float"):
         kernel.set_num_threads(2.0)
     previous = kernel.get_num_threads()
     kernel.set_num_threads(3)
@@ -171,3 +176,209 @@ def test_package_works_without_the_kernel(prelude, reason):
     assert run.returncode == 0, run.stderr
     assert reason in run.stdout
     assert "backend='c' cannot serve this call: the C kernel is unavailable" in run.stdout
+
+
+# ---------------------------------------------------------------- broadcasts reach C as strides
+
+def _peak_bytes(function):
+    """Peak of NumPy's allocations (tracemalloc sees them) while ``function`` runs."""
+    tracemalloc.start()
+    try:
+        function()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@needs_kernel
+def test_a_broadcast_mask_is_not_copied(code_path, rng):
+    """A causal mask broadcast to (4, 16, 256, 256) (4 MiB as bool) costs its
+    (256, 256) (64 KiB) and the output, not its broadcast size."""
+    query, key, value = (rng.standard_normal((4, 16, 256, 4)).astype(np.float32)
+                         for _ in range(3))
+    for unbroadcast in (attnref.masks.causal_mask(256),
+                        attnref.masks.mask_to_bias(attnref.masks.causal_mask(256), np.float64)):
+        mask = np.broadcast_to(unbroadcast, (4, 16, 256, 256))
+        expected = sdpa(query, key, value, attn_mask=np.ascontiguousarray(mask), backend="c")
+        peak = _peak_bytes(lambda: sdpa(query, key, value, attn_mask=mask, backend="c"))
+        # the output (1 MiB), a float64 bias cast to float32 once (256 KiB), and change
+        assert peak < expected.nbytes + unbroadcast.nbytes + (256 << 10), peak
+        assert np.array_equal(sdpa(query, key, value, attn_mask=mask, backend="c"), expected)
+
+
+@needs_kernel
+def test_stride_zero_and_strided_operands_are_not_copied(code_path, rng):
+    """A query of stride 0 over heads and positions (4 MiB if copied), a key
+    and value sliced with steps, a value with negative strides: only the
+    output is allocated."""
+    row = rng.standard_normal((1, 1, 1, 16)).astype(np.float32)
+    query = np.broadcast_to(row, (1, 64, 1024, 16))
+    key = rng.standard_normal((1, 64, 256, 32)).astype(np.float32)[:, :, ::2, ::2]
+    value = rng.standard_normal((1, 64, 128, 8)).astype(np.float32)[:, ::-1, ::-1]
+    expected = sdpa(*(np.ascontiguousarray(a) for a in (query, key, value)), backend="c")
+    peak = _peak_bytes(lambda: sdpa(query, key, value, backend="c"))
+    # key's rows are not contiguous (step 2 in E): it alone is copied (1 MiB)
+    assert peak < expected.nbytes + key.size * 4 + (64 << 10), peak
+    contiguous_rows = np.ascontiguousarray(key)
+    peak = _peak_bytes(lambda: sdpa(query, contiguous_rows, value, backend="c"))
+    assert peak < expected.nbytes + (64 << 10), peak
+    assert np.array_equal(sdpa(query, key, value, backend="c"), expected)
+
+
+@needs_kernel
+def test_a_float16_broadcast_is_converted_once(rng):
+    row = rng.standard_normal((1, 1, 1, 8)).astype(np.float16)
+    query = np.broadcast_to(row, (2, 32, 512, 8))               # 2 MiB as float32
+    key, value = (rng.standard_normal((2, 32, 64, 8)).astype(np.float16) for _ in range(2))
+    output = None
+
+    def run():
+        nonlocal output
+        output = sdpa(query, key, value, backend="c")
+    peak = _peak_bytes(run)
+    assert peak < 3 * output.nbytes + 2 * key.size * 4 + (64 << 10), peak
+    np.testing.assert_array_equal(
+        output, sdpa(np.ascontiguousarray(query), key, value, backend="c"))
+
+
+# ---------------------------------------------------------------- big calls stay under control
+
+@needs_kernel
+def test_empty_outputs_return_before_any_work():
+    """B = H = 2^16 with Ev = 0 is 2^32 rows of nothing: both backends return
+    at once (the probe measured ~14 minutes before)."""
+    query = np.broadcast_to(np.ones((1, 1, 1, 4), np.float32), (2**16, 2**16, 1, 4))
+    value = np.broadcast_to(np.ones((1, 1, 1, 0), np.float32), (2**16, 2**16, 1, 0))
+    for backend in ("numpy", "c"):
+        output = sdpa(query, query, value, backend=backend)
+        assert output.shape == (2**16, 2**16, 1, 0) and output.dtype == np.float32
+    # and C itself, called directly: no row has anything to write
+    lib, ffi = kernel._lib, kernel._ffi
+    params = ffi.new("attnref_params *")
+    params.B = params.H = 2**16
+    params.L, params.S, params.E, params.Ev = 1, 2**20, 4, 0
+    params.kv_group = params.threads = 1
+    params.scale = 1.0
+    params.band_lower, params.band_upper = -lib.attnref_band_unbounded(), lib.attnref_band_unbounded()
+    x = ffi.new("float[4]")
+    assert lib.attnref_sdpa_f32(params, x, ffi.NULL, x, x, x, ffi.NULL) == lib.ATTNREF_OK
+
+
+@needs_kernel
+@given(attention_cases(lengths=(1, 2, 17, 97, 129), head_dims=(1, 59, 64)),
+       st.sampled_from([np.float32, np.float64]))
+def test_a_call_split_into_pieces_gives_the_same_bits(code_path, monkeypatch, case, dtype):
+    """With CHUNK_WORK = 1 every C call covers one batch entry, one kv group
+    of heads and one tiled unit of positions: the result is the one call's."""
+    low = case.astype(dtype)
+    call = sdpa_call(low.query, low.key, low.value, return_lse=True, **low.options)
+    whole, whole_lse = kernel.attention(call, threads=2)
+    with monkeypatch.context() as patch:
+        patch.setattr(kernel, "CHUNK_WORK", 1)
+        pieces, pieces_lse = kernel.attention(call, threads=2)
+        out, lse = np.zeros_like(whole), np.zeros_like(whole_lse)
+        kernel.attention(call, threads=2, out=out, lse_out=lse)
+    for result in (pieces, out):
+        assert np.array_equal(result, whole, equal_nan=True)
+    for result in (pieces_lse, lse):
+        assert np.array_equal(result, whole_lse, equal_nan=True)
+
+
+INTERRUPT_SCRIPT = """
+import json, os, signal, threading, time
+import numpy as np
+from attnref import kernel, scaled_dot_product_attention as sdpa
+from attnref._validation import sdpa_call
+kernel.set_code_path({path!r})
+query = np.ones((1, 4, 16384, 64), np.float32)      # ~5 s on one avx512 thread
+call = sdpa_call(query, query, query)
+out = np.full(call.output_shape, 7.0, np.float32)
+sent = []
+def interrupt():
+    sent.append(time.perf_counter())
+    os.kill(os.getpid(), signal.SIGINT)
+threading.Timer(0.5, interrupt).start()
+try:
+    kernel.attention(call, threads=1, out=out)
+    outcome = "finished"
+except KeyboardInterrupt:
+    outcome = "interrupted"
+print(json.dumps({{"outcome": outcome, "latency": time.perf_counter() - sent[0],
+                   "untouched": bool((out == 7.0).all())}}))
+"""
+
+
+@needs_kernel
+@pytest.mark.parametrize("path", ["portable", "avx512"])
+def test_ctrl_c_stops_a_long_call_and_leaves_out_untouched(path):
+    if path not in kernel.supported_code_paths():
+        pytest.skip(f"code path {path} is not supported on this CPU")
+    run = subprocess.run([sys.executable, "-c", INTERRUPT_SCRIPT.format(path=path)],
+                         capture_output=True, text=True, timeout=120,
+                         cwd=os.path.dirname(os.path.dirname(attnref.__file__)))
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["outcome"] == "interrupted"
+    assert report["latency"] < 2.0, report
+    assert report["untouched"]
+
+
+# ---------------------------------------------------------------- settings while others call
+
+@needs_kernel
+def test_path_changes_while_other_threads_call(monkeypatch, rng):
+    """Calls of many pieces run while another thread switches the code path:
+    each call gives the bits of one path (it reads the path once)."""
+    paths = kernel.supported_code_paths()
+    query, key, value = (rng.standard_normal((2, 4, 160, 32)) for _ in range(3))
+    call = sdpa_call(query, key, value, is_causal=True)
+    expected = {}
+    for path in paths:
+        kernel.set_code_path(path)
+        expected[path] = kernel.attention(call)[0]
+    monkeypatch.setattr(kernel, "CHUNK_WORK", 1)
+    done = threading.Event()
+
+    def switch():
+        for turn in itertools.count():
+            if done.is_set():
+                return
+            kernel.set_code_path(paths[turn % len(paths)])
+    switcher = threading.Thread(target=switch)
+    switcher.start()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            outputs = list(pool.map(lambda _: kernel.attention(call)[0], range(24)))
+    finally:
+        done.set()
+        switcher.join()
+        kernel.set_code_path("auto")
+    for output in outputs:
+        assert any(np.array_equal(output, bits) for bits in expected.values())
+
+
+@needs_kernel
+def test_a_path_the_cpu_lacks_is_refused_by_c():
+    lib, ffi = kernel._lib, kernel._ffi
+    params = ffi.new("attnref_params *")
+    params.B = params.H = params.L = params.S = params.E = params.Ev = 1
+    params.kv_group = params.threads = 1
+    params.scale = 1.0
+    params.band_lower, params.band_upper = -lib.attnref_band_unbounded(), lib.attnref_band_unbounded()
+    x = ffi.new("float[1]")
+    params.path = 7
+    assert lib.attnref_sdpa_f32(params, x, ffi.NULL, x, x, x, ffi.NULL) == lib.ATTNREF_ERR_OPTION
+
+
+@pytest.mark.parametrize("threads", [2**31, 10**30, kernel.MAX_THREADS + 1])
+def test_out_of_range_thread_counts_are_refused(threads):
+    with pytest.raises(ValueError, match=rf"threads must be an int in \[1, 1024\], got {threads}"):
+        kernel.set_num_threads(threads)
+
+
+def test_an_out_of_range_thread_count_in_the_environment_is_refused():
+    run = subprocess.run([sys.executable, "-c", "import attnref"], capture_output=True,
+                         text=True, env=dict(os.environ, ATTNREF_NUM_THREADS=str(2**31)),
+                         cwd=os.path.dirname(os.path.dirname(attnref.__file__)))
+    assert run.returncode != 0
+    assert f"ATTNREF_NUM_THREADS must be an int in [1, 1024], got '{2**31}'" in run.stderr

@@ -27,6 +27,7 @@ import math
 import os
 import sys
 import tempfile
+import tokenize
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -113,6 +114,13 @@ _MANIFEST_FIELDS = {"format": str, "format_version": int, "attnref_version": str
 # a truncated or inconsistent header, a deflate stream that is not one, a
 # name that is not UTF-8).
 _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError)
+# What NumPy's .npy header reader raises on a header that is not one: it
+# evaluates the header with ast.literal_eval (TypeError for an unhashable
+# key) and, when that fails, retries after tokenizing it (TokenError).
+_NPY_HEADER_ERRORS = (ValueError, TypeError, SyntaxError, tokenize.TokenError)
+# Zip general-purpose flags verify does not read: encryption (bit 0),
+# compressed patched data (bit 5), strong encryption (bit 6).
+_UNREAD_ZIP_FLAGS = 0x1 | 0x20 | 0x40
 
 
 def export(directory, suite="standard", *, seed=0, dtype="float32", semantics="torch",
@@ -632,7 +640,7 @@ def _entry_problems(entry, case, expected_table, tolerance):
                 looseness = ("" if number != "bound" else
                              ", a looser bound" if stored[name][number] > recomputed
                              else ", a tighter bound")
-                problems.append(f"tolerance.{name}.{number} is {stored[name][number]!r}, "
+                problems.append(f"tolerance.{name}.{number} is {stored[name][number]!r:.40}, "
                                 f"attnref computes {recomputed!r}{looseness}")
     return problems
 
@@ -686,7 +694,7 @@ def _read_archive(archive, expected_table, file_name):
     try:
         zipped = zipfile.ZipFile(io.BytesIO(archive))
     except _ZIP_ERRORS as error:
-        return {}, [f"{file_name} is not a readable .npz: {error}"]
+        return {}, [f"{file_name} is not a readable .npz: {_one_line(error)}"]
     members = zipped.infolist()
     wanted = {f"{name}.npy": name for name in expected_table}
     counts = collections.Counter(member.filename for member in members)
@@ -704,7 +712,7 @@ def _read_archive(archive, expected_table, file_name):
         try:
             array, problem = _read_member(zipped, member, expected_table[name], label)
         except _ZIP_ERRORS as error:
-            array, problem = None, f"{file_name} is not a readable .npz: {error}"
+            array, problem = None, f"{file_name} is not a readable .npz: {_one_line(error)}"
         if problem:
             problems.append(problem)
         else:
@@ -716,8 +724,9 @@ def _read_member(zipped, member, description, label):
     """``(array, None)``, or ``(None, problem)`` when the zip member is not
     a ``.npy`` of ``description`` ({"shape", "dtype"})."""
     limit = NPY_PREAMBLE + NPY_HEADER_LIMIT + _npy_bytes(description)
-    if member.flag_bits & 0x1:
-        return None, f"{label} is encrypted"
+    if member.flag_bits & _UNREAD_ZIP_FLAGS:
+        return None, (f"{label} is encrypted or patched (zip flags {member.flag_bits:#06x}), "
+                      f"which attnref does not read")
     if member.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         return None, (f"{label} uses compression method {member.compress_type}; attnref "
                       f"reads stored (0) and deflated (8) members")
@@ -745,8 +754,8 @@ def _npy_array(data, description, label):
             return None, f"{label} is .npy version {version}, attnref reads 1.0 and 2.0"
         found_shape, fortran_order, found_dtype = readers[version](
             stream, max_header_size=NPY_HEADER_LIMIT)
-    except ValueError as error:
-        return None, f"{label} has no readable .npy header: {error}"
+    except _NPY_HEADER_ERRORS as error:
+        return None, f"{label} has no readable .npy header: {_one_line(error)}"
     if (found_dtype.str, found_shape, fortran_order) != (dtype.str, shape, False):
         order = "Fortran" if fortran_order else "C"
         return None, (f"{label} is {found_dtype.str!r:.40} {found_shape!r:.80} in {order} "
@@ -757,6 +766,11 @@ def _npy_array(data, description, label):
     stream.seek(0)
     return np.lib.format.read_array(stream, allow_pickle=False,
                                     max_header_size=NPY_HEADER_LIMIT), None
+
+
+def _one_line(error):
+    """A library's error message on one line of at most 200 characters."""
+    return f"{' '.join(str(error).split()):.200}"
 
 
 def _array_problems(arrays, expected_inputs, baseline, wide):

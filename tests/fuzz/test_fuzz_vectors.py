@@ -276,34 +276,47 @@ npy_headers = st.fixed_dictionaries({
     "shape": st.lists(st.integers(0, 2**62) | st.integers(0, 4), max_size=5).map(tuple)})
 
 
+npy_header_text = st.text(alphabet="{}[]()'\":,#\\ \n0123456789abdefloprst<>|_-", max_size=120)
+
+
 @st.composite
 def mutated_members(draw, archive):
     """An archive rebuilt from ``archive``'s members with one or more
-    dropped, renamed, duplicated, deflated, given another ``.npy`` header or
-    replaced by random bytes."""
+    dropped, renamed, duplicated, deflated, given another ``.npy`` header
+    (a well-formed one, or any text), given zip flags (encryption, patched
+    data, data descriptor, UTF-8 name) or replaced by random bytes."""
     with zipfile.ZipFile(io.BytesIO(archive)) as source:
         members = [(info.filename, source.read(info), zipfile.ZIP_STORED)
                    for info in source.infolist()]
+    flags = {}
     for _ in range(draw(st.integers(1, 3))):
         index = draw(st.integers(0, len(members) - 1))
         name, data, method = members[index]
-        operation = draw(st.sampled_from(["drop", "rename", "duplicate", "header", "bytes",
-                                          "deflate"]))
+        operation = draw(st.sampled_from(["drop", "rename", "duplicate", "header", "header text",
+                                          "bytes", "deflate", "flags"]))
         if operation == "drop" and len(members) > 1:
             del members[index]
+            flags.clear()
         elif operation == "rename":
             members[index] = (draw(st.text(min_size=1, max_size=12)), data, method)
         elif operation == "duplicate":
             members.insert(index, (name, draw(st.sampled_from([data, data[:-1] or b"x"])),
                                    method))
+            flags.clear()
         elif operation == "header":
             header = io.BytesIO()
             np.lib.format.write_array_header_1_0(header, draw(npy_headers))
             members[index] = (name, header.getvalue() + data[_data_offset(data):], method)
+        elif operation == "header text":
+            text = draw(npy_header_text).encode()
+            members[index] = (name, b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little")
+                              + text + data[_data_offset(data):], method)
         elif operation == "bytes":
             members[index] = (name, draw(st.binary(max_size=256)), method)
         elif operation == "deflate":
             members[index] = (name, data, zipfile.ZIP_DEFLATED)
+        elif operation == "flags":
+            flags[index] = draw(st.sampled_from([0x1, 0x8, 0x20, 0x40, 0x800]))
     rebuilt = io.BytesIO()
     with zipfile.ZipFile(rebuilt, "w") as target, warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Duplicate name", UserWarning)  # wanted here
@@ -311,7 +324,14 @@ def mutated_members(draw, archive):
             info = zipfile.ZipInfo(name)
             info.compress_type = method
             target.writestr(info, data)
-    return rebuilt.getvalue()
+        offsets = [info.header_offset for info in target.infolist()]
+    rebuilt = bytearray(rebuilt.getvalue())
+    central = _find_all(rebuilt, b"PK\x01\x02")
+    for index, flag in flags.items():   # zipfile writes its own flags: set them afterwards
+        for at in (offsets[index] + 6, central[index] + 8):
+            rebuilt[at:at + 2] = (int.from_bytes(rebuilt[at:at + 2], "little")
+                                  | flag).to_bytes(2, "little")
+    return bytes(rebuilt)
 
 
 def _data_offset(npy):

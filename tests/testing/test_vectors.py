@@ -832,3 +832,39 @@ def test_the_full_suite_round_trips(tmp_path):
     results = verify(tmp_path, progress=False)
     assert [name for name, _, _ in results] == list(SUITES["full"])
     assert all(ok for _, ok, _ in results)
+
+
+@pytest.mark.parametrize("header, problem", [
+    pytest.param("{'descr': '<f4', (", "('EOF in multi-line statement', (2, 0))",
+                 id="does not tokenize"),
+    pytest.param("{[]: 1}", "unhashable type: 'list'", id="unhashable key"),
+    pytest.param("1" * 4097, "Header info length (4097) is large and may not be safe to load "
+                             "securely. To allow loading", id="too long"),
+])
+def test_an_npy_header_numpy_cannot_parse_is_one_line(exported, header, problem):
+    directory, _ = exported
+    members = _members(directory / "aligned.npz")
+    query = members["query.npy"]
+    members["query.npy"] = (b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header))
+                            + header.encode() + query[-1 * 2 * 64 * 64 * 4:])
+    _write_members(directory, "aligned", members)
+    message = _only_failure(directory, "aligned")
+    assert message.startswith(f"query.npy in aligned.npz has no readable .npy header: {problem}"), \
+        message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("flag", [0x1, 0x20, 0x40])
+def test_an_encrypted_or_patched_member_is_not_read(exported, flag):
+    directory, _ = exported
+    members = _members(directory / "aligned.npz")
+    query = members.pop("query.npy")
+    flagged = _zip([("query.npy", 0, query, len(query), zlib.crc32(query))] + _stored(members))
+    central = flagged.index(b"PK\x01\x02")
+    flagged = (flagged[:6] + struct.pack("<H", flag) + flagged[8:central + 8]
+               + struct.pack("<H", flag) + flagged[central + 10:])
+    (directory / "aligned.npz").write_bytes(flagged)
+    _record_sha256(directory, "aligned")
+    assert _only_failure(directory, "aligned") == (
+        f"query.npy in aligned.npz is encrypted or patched (zip flags {flag:#06x}), which "
+        f"attnref does not read")

@@ -242,7 +242,8 @@ def verify(directory, *, progress=True):
         ``(case name, ok, message)``: one per case of the suite, in suite
         order (a case the manifest does not list fails), then one per
         manifest entry naming a case the suite does not have (each fails;
-        its name escaped as a repr when not printable).
+        its name cut to 80 characters). A name or message that is not
+        printable (a newline, a terminal escape) is given as its repr.
 
     Raises
     ------
@@ -262,7 +263,8 @@ def verify(directory, *, progress=True):
             problems = problems + _case_problems(directory, entry, cases[name], manifest["seed"],
                                                  dtype, semantics)
         ok = not problems
-        message = "; ".join(problems) if problems else "matches the manifest and attnref"
+        message = ("; ".join(problems) if problems else "matches the manifest and attnref")
+        message = _printable(message)
         results.append((name, ok, message))
         if progress:
             print(f"[{position}/{len(listing)}] {name}: "
@@ -552,17 +554,18 @@ def _listing(entries, cases, suite):
         else:
             listing.append((name, None, [f"missing: the manifest must list every case of "
                                          f"suite {suite!r}"]))
-    listing += [(_printable(entry["name"]), None,
+    listing += [(_printable(entry["name"])[:80], None,
                  [f"cases[{index}]: suite {suite!r} of attnref {__version__} has no case "
                   f"{entry['name']!r:.80}"])
                 for index, entry in enumerate(entries) if entry["name"] not in cases]
     return listing
 
 
-def _printable(name):
-    """A name from a manifest as it can be printed: itself when short and
-    printable, else its repr cut to 80 characters (no terminal escapes)."""
-    return name if name.isprintable() and len(name) <= 80 else f"{name!r:.80}"
+def _printable(text):
+    """``text`` (holding a name or path from the directory) as it can be
+    printed on one line: itself when printable, else its repr, so that no
+    newline or terminal escape reaches the output."""
+    return text if text.isprintable() else repr(text)
 
 
 def _longest_increasing(values):

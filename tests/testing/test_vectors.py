@@ -849,8 +849,8 @@ def test_an_npy_header_numpy_cannot_parse_is_one_line(exported, header, problem)
                             + header.encode() + query[-1 * 2 * 64 * 64 * 4:])
     _write_members(directory, "aligned", members)
     message = _only_failure(directory, "aligned")
-    assert message.startswith(f"query.npy in aligned.npz has no readable .npy header: {problem}"), \
-        message
+    assert message.startswith(
+        f"query.npy in aligned.npz has no readable .npy header: {problem}"), message
     assert "\n" not in message
 
 
@@ -868,3 +868,13 @@ def test_an_encrypted_or_patched_member_is_not_read(exported, flag):
     assert _only_failure(directory, "aligned") == (
         f"query.npy in aligned.npz is encrypted or patched (zip flags {flag:#06x}), which "
         f"attnref does not read")
+
+
+def test_a_name_or_path_with_control_characters_is_printed_as_a_repr(exported):
+    directory, _ = exported
+    (directory / "aligned.npz").rename(directory / "a\x1b[2J\n.npz")
+    _edit_manifest(directory, _set(["cases", 0, "file"], "a\x1b[2J\n.npz"))
+    _edit_manifest(directory, _set(["cases", 0, "sha256"], "\x1b[31m"))
+    message = _only_failure(directory, "aligned")
+    assert message.isprintable() and message.startswith('"sha256 of a\\x1b[2J\\n.npz is ')
+    assert "\x1b" not in message and message.endswith(r"the manifest says '\\x1b[31m'" + '"')

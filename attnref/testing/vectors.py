@@ -263,8 +263,8 @@ def verify(directory, *, progress=True):
             problems = problems + _case_problems(directory, entry, cases[name], manifest["seed"],
                                                  dtype, semantics)
         ok = not problems
-        message = ("; ".join(problems) if problems else "matches the manifest and attnref")
-        message = _printable(message)
+        message = _printable("; ".join(problems)) if problems else \
+            "matches the manifest and attnref"
         results.append((name, ok, message))
         if progress:
             print(f"[{position}/{len(listing)}] {name}: "
@@ -461,13 +461,14 @@ def _read_manifest(directory):
         raise ValueError(f"{path}: the field 'seed' must be a non-negative integer, got "
                          f"{manifest['seed']}")
     semantics = _manifest_semantics(manifest["semantics"], path)
-    for name, expected in {**_rule_numbers(dtype),
-                           "max_weight_entries": MAX_WEIGHT_ENTRIES}.items():
-        stored = manifest[name] if name == "max_weight_entries" else manifest["tolerance"][name]
+    fixed = {f"tolerance.{name}": (manifest["tolerance"][name], expected, "the rule")
+             for name, expected in _rule_numbers(dtype).items()}
+    fixed["max_weight_entries"] = (manifest["max_weight_entries"], MAX_WEIGHT_ENTRIES,
+                                   "which weights are stored")
+    for name, (stored, expected, meaning) in fixed.items():
         if stored != expected:
-            shown = name if name == "max_weight_entries" else f"tolerance.{name}"
-            raise ValueError(f"{path}: the field {shown!r} is {stored!r:.80}, attnref's is "
-                             f"{expected!r:.80}: a manifest cannot change the rule")
+            raise ValueError(f"{path}: the field {name!r} is {stored!r:.80}, attnref's is "
+                             f"{expected!r:.80}: a manifest cannot change {meaning}")
     return manifest, cases, dtype, semantics
 
 

@@ -112,8 +112,9 @@ _MANIFEST_FIELDS = {"format": str, "format_version": int, "attnref_version": str
                     "cases": _ArrayOf(_CASE_FIELDS)}
 # What the zipfile module raises on a corrupt archive or member (a bad CRC,
 # a truncated or inconsistent header, a deflate stream that is not one, a
-# name that is not UTF-8).
-_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError)
+# name that is not UTF-8, a member needing a zip version it does not know).
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError,
+               NotImplementedError)
 # What NumPy's .npy header reader raises on a header that is not one: it
 # evaluates the header with ast.literal_eval (TypeError for an unhashable
 # key) and, when that fails, retries after tokenizing it (TokenError).

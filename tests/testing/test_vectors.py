@@ -703,10 +703,17 @@ def test_a_compressed_archive_of_the_same_arrays_verifies(exported):
 
 def test_an_archive_that_is_not_a_zip_is_reported(exported):
     directory, _ = exported
+    archive = (directory / "aligned.npz").read_bytes()
     (directory / "aligned.npz").write_bytes(b"PK\x03\x04 not a zip")
     _record_sha256(directory, "aligned")
     assert _only_failure(directory, "aligned") == (
         "aligned.npz is not a readable .npz: File is not a zip file")
+    central = archive.index(b"PK\x01\x02")                  # needs zip version 6.4 to extract
+    (directory / "aligned.npz").write_bytes(archive[:central + 6] + struct.pack("<H", 64)
+                                            + archive[central + 8:])
+    _record_sha256(directory, "aligned")
+    assert _only_failure(directory, "aligned") == (
+        "aligned.npz is not a readable .npz: zip file version 6.4")
 
 
 @pytest.mark.parametrize("change, message", [

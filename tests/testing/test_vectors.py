@@ -792,6 +792,16 @@ def test_a_manifest_link_out_of_the_directory_or_a_huge_manifest_is_refused(expo
     with pytest.raises(ValueError, match=r"the manifest is 4294967296 bytes, more than the "
                                          r"16777216 accepted"):
         verify(directory, progress=False)
+    path.unlink()
+    os.mkfifo(path)                                           # opening it would block
+    with pytest.raises(ValueError, match=r"manifest\.json: the manifest is not a regular file"):
+        verify(directory, progress=False)
+
+
+def test_a_directory_reached_through_a_link_verifies(exported, tmp_path):
+    directory, _ = exported
+    (tmp_path / "link").symlink_to(directory)
+    assert all(ok for _, ok, _ in verify(tmp_path / "link", progress=False))
 
 
 def test_export_replaces_a_link_instead_of_writing_through_it(tmp_path):

@@ -740,7 +740,7 @@ def _read_member(zipped, member, description, label):
                       f"{description['dtype']} array of shape {tuple(description['shape'])} "
                       f"takes as .npy")
     with zipped.open(member) as stream:
-        data = stream.read(limit)  # the limit again, should a zip reader trust the stream
+        data = stream.read(limit)  # never past the limit, whatever the stream inflates to
     return _npy_array(data, description, label)
 
 

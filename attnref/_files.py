@@ -139,9 +139,7 @@ def parse_json(data, *, source, expect=dict):
     try:
         value = json.loads(data, object_pairs_hook=_no_duplicates,
                            parse_constant=_no_constant, parse_float=_finite_float)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{source}: not valid JSON ({error})") from None
-    except ValueError as error:  # an integer literal longer than int() converts
+    except ValueError as error:  # JSONDecodeError, or an integer of more than 4300 digits
         raise ValueError(f"{source}: not valid JSON ({error})") from None
     except _JSONRefused as error:
         raise ValueError(f"{source}: {error}") from None

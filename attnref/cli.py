@@ -28,7 +28,8 @@
 ``attnref vectors export DIR`` / ``attnref vectors verify DIR``
     Writes golden vectors, or re-checks a directory of them
     (:mod:`attnref.testing.vectors`); verify exits 1 when a case does not
-    check out.
+    check out, and with one line on stderr when the manifest is missing,
+    malformed or changes the rule.
 
 ``attnref --version`` prints the version; ``python -m attnref`` is the same
 command line.
@@ -184,7 +185,7 @@ def _export_vectors(arguments):
 def _verify_vectors(arguments):
     try:
         results = vectors.verify(arguments.directory, progress=True)
-    except ValueError as error:  # no manifest, or one attnref cannot read
+    except ValueError as error:  # no manifest, one attnref cannot read, or a forged rule
         print(f"attnref vectors verify: {error}", file=sys.stderr)
         return 1
     for name, ok, message in results:

@@ -377,6 +377,30 @@ def test_vectors_verify_of_a_directory_without_a_manifest_fails(capsys, tmp_path
     assert "manifest.json not found" in err
 
 
+def test_vectors_verify_of_a_forged_directory_fails(capsys, tmp_path):
+    """A loosened bound fails its case; a malformed manifest or an edited
+    rule is one line on stderr; both exit 1."""
+    run(capsys, "vectors", "export", str(tmp_path), "--suite", "quick")
+    manifest_path = tmp_path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["cases"][0]["tolerance"]["output"]["bound"] = 1e9
+    manifest_path.write_text(json.dumps(manifest))
+    status, out, _ = run(capsys, "vectors", "verify", str(tmp_path))
+    assert status == 1 and out.endswith("7 ok, 1 failed\n")
+    assert "tolerance.output.bound is 1000000000.0" in out and "a looser bound" in out
+    for field, value in (("name", ["aligned"]), ("file", 3)):
+        malformed = json.loads(json.dumps(manifest))
+        malformed["cases"][0][field] = value
+        manifest_path.write_text(json.dumps(malformed))
+        status, out, err = run(capsys, "vectors", "verify", str(tmp_path))
+        assert status == 1 and out == ""
+        assert err.count("\n") == 1 and f"the field 'cases[0].{field}' must be a string" in err
+    manifest["tolerance"]["factor"] = 1e9
+    manifest_path.write_text(json.dumps(manifest))
+    status, out, err = run(capsys, "vectors", "verify", str(tmp_path))
+    assert status == 1 and err.count("\n") == 1 and out == ""
+
+
 def test_report_on_the_demo_model_prints_the_summary_then_with_full_the_tables(capsys):
     text = "The cat chased the mouse because it was hungry."
     status, out, err = run(capsys, "report", text, "--model", "demo")

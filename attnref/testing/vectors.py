@@ -5,7 +5,11 @@ implementation receives them under a semantics profile, and attnref's
 reference output, log-sum-exp and, when small, weights in float64) and a
 ``manifest.json`` that describes them, carries each file's sha256 and states
 the tolerance rule with every number needed to apply it without attnref.
-:func:`verify` re-checks such a directory against attnref. The format is
+:func:`verify` re-checks such a directory against attnref, trusting nothing
+in it: every number of the manifest is recomputed, the case list is held to
+the suite it names, and the archives are read as untrusted files (only
+regular files inside the directory, sizes and array headers checked against
+the case before anything is decompressed or allocated). The format is
 specified in ``docs/vectors.md``.
 
 Shape letters as in :mod:`attnref.core`: B batch, Hq query heads, Hkv
@@ -14,21 +18,27 @@ head dim.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import io
 import json
 import math
+import os
 import sys
+import tempfile
+import tokenize
 import zipfile
-from pathlib import Path
+import zlib
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 
 from .. import __version__
+from .._files import field, load_json, read_limited
 from ..core import scaled_dot_product_attention
 from .conformance import _suite
-from .semantics import Semantics, profile
+from .semantics import PROFILES, Semantics, profile
 from .tolerance import (FACTOR, FLOOR_EPS, equivalence_bound, max_abs_error,
                         reference_dtype)
 
@@ -40,6 +50,20 @@ MAX_WEIGHT_ENTRIES = 65536
 ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 """Every archive member's timestamp (the earliest a zip can hold), so the
 same arguments give the same bytes."""
+NPY_HEADER_LIMIT = 4096
+"""The longest ``.npy`` header dictionary :func:`verify` reads (attnref's
+are 118 bytes; NumPy pads them to a multiple of 64)."""
+NPY_PREAMBLE = 12
+"""The bytes before a ``.npy`` header dictionary, at most: magic (6),
+version (2) and header length (2 in version 1.0, 4 in 2.0)."""
+ZIP_MEMBER_OVERHEAD = 1024
+"""The bytes an archive member may take beyond its data: local header (30)
+and central directory entry (46), its name twice, extra fields such as
+zip64 records, and a data descriptor (up to 24)."""
+ZIP_TRAILER = 65535 + 22 + 56 + 20
+"""The bytes after the central directory, at most: the end record (22) with
+the longest comment a zip holds (65535), and the zip64 end record (56) and
+locator (20)."""
 RULE = (
     "A candidate array x (the output; lse and weights likewise) passes a case when "
     "max |x - reference| <= bound, where bound = factor * baseline_error + floor_eps * "
@@ -52,6 +76,54 @@ RULE = (
     "where both are NaN, or both the same infinity, agree.")
 
 
+@dataclasses.dataclass(frozen=True)
+class _ArrayOf:
+    """Schema of a JSON array whose every item follows ``item``."""
+    item: object
+
+
+@dataclasses.dataclass(frozen=True)
+class _ObjectOf:
+    """Schema of a JSON object with any keys, every value following ``item``."""
+    item: object
+
+
+# The manifest's schema (format_version 1): a dict is an object with exactly
+# these fields, a type (or tuple of types; NoneType = may be null) a leaf
+# checked by attnref._files.field.
+_SEMANTICS_FIELDS = {semantics_field.name: str
+                     for semantics_field in dataclasses.fields(Semantics)}
+_SEMANTICS_CHOICES = {"mask_true_means": ("attend", "masked_out"),
+                      "causal_alignment": ("top_left", "bottom_right"),
+                      "masked_rows": ("zero", "nan", "uniform")}
+_RULE_FIELDS = {"rule": str, "factor": float, "floor_eps": float, "eps": float, "dtype": str,
+                "reference_dtype": str}
+_PARAMETER_FIELDS = {"L": int, "S": int, "E": int, "Ev": int, "B": int, "Hq": int, "Hkv": int,
+                     "mask": str, "content": str, "is_causal": bool,
+                     "scale": (float, type(None)), "enable_gqa": bool}
+_REFERENCE_NUMBERS = {"baseline_error": float, "value_scale": float, "bound": float}
+_CASE_FIELDS = {"name": str, "file": str, "sha256": str, "description": str,
+                "parameters": _PARAMETER_FIELDS, "requires": _ArrayOf(str),
+                "arrays": _ObjectOf({"shape": _ArrayOf(int), "dtype": str}),
+                "tolerance": _ObjectOf(_REFERENCE_NUMBERS)}
+_MANIFEST_FIELDS = {"format": str, "format_version": int, "attnref_version": str,
+                    "suite": str, "seed": int, "dtype": str, "semantics": _SEMANTICS_FIELDS,
+                    "tolerance": _RULE_FIELDS, "max_weight_entries": int,
+                    "cases": _ArrayOf(_CASE_FIELDS)}
+# What the zipfile module raises on a corrupt archive or member (a bad CRC,
+# a truncated or inconsistent header, a deflate stream that is not one, a
+# name that is not UTF-8, a member needing a zip version it does not know).
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError,
+               NotImplementedError)
+# What NumPy's .npy header reader raises on a header that is not one: it
+# evaluates the header with ast.literal_eval (TypeError for an unhashable
+# key) and, when that fails, retries after tokenizing it (TokenError).
+_NPY_HEADER_ERRORS = (ValueError, TypeError, SyntaxError, tokenize.TokenError)
+# Zip general-purpose flags verify does not read: encryption (bit 0),
+# compressed patched data (bit 5), strong encryption (bit 6).
+_UNREAD_ZIP_FLAGS = 0x1 | 0x20 | 0x40
+
+
 def export(directory, suite="standard", *, seed=0, dtype="float32", semantics="torch",
            progress=True):
     """Write a suite's golden vectors to ``directory``.
@@ -59,7 +131,9 @@ def export(directory, suite="standard", *, seed=0, dtype="float32", semantics="t
     Parameters
     ----------
     directory : str or path
-        Created when missing; files of the same names are overwritten.
+        Created when missing; files of the same names are replaced (a
+        symbolic link of such a name is replaced by the file, never written
+        through).
     suite : {"quick", "standard", "full"}
     seed : int
         Together with a case's name, fixes its inputs.
@@ -99,7 +173,7 @@ def export(directory, suite="standard", *, seed=0, dtype="float32", semantics="t
                   **{name: array.astype(np.float64) for name, array in wide.items()}}
         archive = _npz_bytes(arrays)
         file_name = f"{case.name}.npz"
-        (directory / file_name).write_bytes(archive)
+        _write_replacing(directory / file_name, archive)
         entries.append({
             "name": case.name,
             "file": file_name,
@@ -121,36 +195,41 @@ def export(directory, suite="standard", *, seed=0, dtype="float32", semantics="t
         "seed": int(seed),
         "dtype": dtype.name,
         "semantics": dataclasses.asdict(semantics),
-        "tolerance": {
-            "rule": RULE,
-            "factor": FACTOR,
-            "floor_eps": FLOOR_EPS,
-            "eps": float(np.finfo(dtype).eps),
-            "dtype": dtype.name,
-            # "float128" or "float96" by size, extended precision in fact
-            "reference_dtype": "longdouble" if wide_dtype.itemsize > 8 else wide_dtype.name,
-        },
+        "tolerance": _rule_numbers(dtype),
         "max_weight_entries": MAX_WEIGHT_ENTRIES,
         "cases": entries,
     }
-    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n",
-                                      encoding="utf-8")
+    text = json.dumps(manifest, indent=2, allow_nan=False) + "\n"
+    _write_replacing(directory / MANIFEST, text.encode("utf-8"))
     return manifest
 
 
 def verify(directory, *, progress=True):
-    """Re-check a directory written by :func:`export`.
+    """Re-check a directory written by :func:`export`, trusting nothing in it.
 
-    For every case of the manifest: the file's sha256; the arrays it holds
-    against the manifest's list; the inputs, bit for bit, against those
-    attnref regenerates from (suite, name, seed, dtype, semantics); and each
-    stored reference array judged as a float64 candidate under the tolerance
-    rule (error against attnref's long double reference <= 2 x the error of
-    its float64 reference + ``4 eps max(1, value_scale)``). On the exporting
-    machine the stored references equal the recomputed float64 ones; the
-    rule absorbs the last-bit differences another BLAS may give. The
-    manifest's baseline errors and bounds are measurements on the exporting
-    machine and are not re-checked.
+    The manifest is read as untrusted JSON (at most 16 MiB, nesting bounded)
+    and must follow the format's schema exactly: every field present, of its
+    type, and no other. Its rule (``factor``, ``floor_eps``, ``eps``, the
+    rule's text, the dtypes) and ``max_weight_entries`` must be attnref's,
+    and a ``semantics`` named after one of attnref's profiles must be that
+    profile. The cases must be the suite's, each once and in suite order.
+
+    For each case, everything is recomputed from (suite, name, seed, dtype,
+    semantics), never read from the manifest: its description, parameters,
+    capabilities, the table of arrays and the tolerance numbers
+    (``baseline_error``, ``value_scale``, ``bound`` of every reference, as
+    :func:`export` computes them on this machine), each compared with what
+    the manifest states. The archive is read only when it is a regular file
+    inside ``directory`` (after resolving symbolic links) no larger than its
+    arrays need; each zip member only when its declared size fits the array
+    the case expects (and never past that size, whatever the stream holds);
+    each ``.npy`` only when its header gives the expected dtype and shape,
+    and without unpickling. Then the sha256; the inputs bit for bit against
+    those attnref generates; and each stored reference judged as a float64
+    candidate under the tolerance rule (error against attnref's long double
+    reference <= 2 x the error of its float64 reference +
+    ``4 eps max(1, value_scale)``), which absorbs the last-bit differences
+    another BLAS gives.
 
     Parameters
     ----------
@@ -161,31 +240,35 @@ def verify(directory, *, progress=True):
     Returns
     -------
     list of (str, bool, str)
-        ``(case name, ok, message)`` per case, in the manifest's order.
+        ``(case name, ok, message)``: one per case of the suite, in suite
+        order (a case the manifest does not list fails), then one per
+        manifest entry naming a case the suite does not have (each fails;
+        its name cut to 80 characters). A name or message that is not
+        printable (a newline, a terminal escape) is given as its repr.
 
     Raises
     ------
     ValueError
-        When ``directory`` has no readable manifest of this format and
-        version, or names a suite or dtype attnref does not know.
+        Naming the manifest and the field, when ``directory`` has no manifest
+        (or one that is a link out of it, not a regular file, too large, not
+        JSON), one of another format or version, one that breaks the schema,
+        or one whose suite, dtype, seed, semantics, rule or
+        ``max_weight_entries`` attnref does not have.
     """
     directory = Path(directory)
-    manifest = _read_manifest(directory)
-    path = directory / MANIFEST
-    try:
-        cases = _suite(manifest["suite"])
-        dtype = _input_dtype(manifest["dtype"])
-        semantics = Semantics(**manifest["semantics"])
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{path}: {error}") from None
+    manifest, cases, dtype, semantics = _read_manifest(directory)
+    listing = _listing(manifest["cases"], cases, manifest["suite"])
     results = []
-    for position, entry in enumerate(manifest["cases"], 1):
-        problems = _case_problems(directory, entry, cases, manifest["seed"], dtype, semantics)
+    for position, (name, entry, problems) in enumerate(listing, 1):
+        if entry is not None:
+            problems = problems + _case_problems(directory, entry, cases[name], manifest["seed"],
+                                                 dtype, semantics)
         ok = not problems
-        message = "; ".join(problems) if problems else "matches the manifest and attnref"
-        results.append((entry["name"], ok, message))
+        message = _printable("; ".join(problems)) if problems else \
+            "matches the manifest and attnref"
+        results.append((name, ok, message))
         if progress:
-            print(f"[{position}/{len(manifest['cases'])}] {results[-1][0]}: "
+            print(f"[{position}/{len(listing)}] {name}: "
                   f"{'ok' if ok else 'FAILED: ' + message}", file=sys.stderr, flush=True)
     return results
 
@@ -201,6 +284,21 @@ def _input_dtype(dtype):
     return resolved
 
 
+def _rule_numbers(dtype):
+    """The manifest's ``tolerance`` field: the rule and its constants for
+    ``dtype`` inputs."""
+    wide_dtype = reference_dtype(dtype)
+    return {
+        "rule": RULE,
+        "factor": FACTOR,
+        "floor_eps": FLOOR_EPS,
+        "eps": float(np.finfo(dtype).eps),
+        "dtype": dtype.name,
+        # "float128" or "float96" by size, extended precision in fact
+        "reference_dtype": "longdouble" if wide_dtype.itemsize > 8 else wide_dtype.name,
+    }
+
+
 def _input_arrays(inputs, semantics):
     """The inputs as ``semantics`` hands them to an implementation, one array
     per argument; an argument that is None is left out."""
@@ -213,6 +311,12 @@ def _input_arrays(inputs, semantics):
         arrays["scale"] = np.array(options["scale"], dtype=np.float64)
     arrays["enable_gqa"] = np.array(options["enable_gqa"], dtype=bool)
     return arrays
+
+
+def _stores_weights(rows, S):
+    """Whether a case's weights are stored: ``rows`` = B * Hq * L query rows
+    of ``S`` keys, at most :data:`MAX_WEIGHT_ENTRIES` entries."""
+    return rows * S <= MAX_WEIGHT_ENTRIES
 
 
 def _reference_arrays(inputs, semantics, dtype):
@@ -231,7 +335,7 @@ def _reference_arrays(inputs, semantics, dtype):
     if mask is not None and mask.dtype != bool:
         mask = mask.astype(dtype)
     S = key.shape[-2]
-    with_weights = math.prod(output.shape[:-1]) * S <= MAX_WEIGHT_ENTRIES
+    with_weights = _stores_weights(math.prod(output.shape[:-1]), S)
     result = scaled_dot_product_attention(
         query, key, value, attn_mask=mask, is_causal=inputs["is_causal"],
         scale=inputs["scale"], enable_gqa=inputs["enable_gqa"], return_weights=with_weights,
@@ -242,6 +346,17 @@ def _reference_arrays(inputs, semantics, dtype):
         fill = _masked_row_weight(semantics.masked_rows, S)
         arrays["weights"] = np.where(masked, fill, result.weights).astype(result.weights.dtype)
     return arrays
+
+
+def _reference_table(case):
+    """The manifest's description of a case's stored references, from its
+    shape parameters alone: output (B, Hq, L, Ev), lse (B, Hq, L) and, when
+    stored, weights (B, Hq, L, S), all float64."""
+    B, Hq, L, S = case.B, case.Hq, case.L, case.S
+    shapes = {"output": [B, Hq, L, case.value_dim], "lse": [B, Hq, L]}
+    if _stores_weights(B * Hq * L, S):
+        shapes["weights"] = [B, Hq, L, S]
+    return {name: {"shape": shape, "dtype": "float64"} for name, shape in shapes.items()}
 
 
 def _masked_row_weight(masked_rows, S):
@@ -301,94 +416,379 @@ def _npz_bytes(arrays):
     return buffer.getvalue()
 
 
+def _write_replacing(path, data):
+    """Write ``data`` to a new file in ``path``'s directory, then rename it
+    over ``path``: whatever ``path`` was (a symbolic link too) is replaced,
+    never written through, and a reader never sees half a file."""
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(descriptor, "wb") as stream:
+            stream.write(data)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
 def _read_manifest(directory):
-    """The manifest of ``directory``; a ValueError naming the path when it
-    is missing, unreadable, or of another format or version."""
+    """``(manifest, cases, dtype, semantics)`` of ``directory``.
+
+    Raises a ValueError naming the manifest (and the field) unless it is a
+    regular file inside ``directory``, of this format and version, follows
+    the schema, and names a suite, dtype, seed, semantics, rule and weight
+    limit attnref has.
+    """
     path = directory / MANIFEST
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"{path} not found: {directory} is not a golden-vector directory "
                          f"written by attnref.testing.vectors.export")
+    _inside(directory, MANIFEST)
+    manifest = load_json(path, what="manifest")
+    found = manifest.get("format")
+    if found != FORMAT:
+        raise ValueError(f"{path}: format is {found!r:.80}, expected {FORMAT!r}")
+    version = manifest.get("format_version")
+    if isinstance(version, bool) or version != FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version is {version!r:.80}, this attnref reads "
+                         f"version {FORMAT_VERSION}")
+    _check_json(manifest, _MANIFEST_FIELDS, str(path), "")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise ValueError(f"{path}: format is {found!r}, expected {FORMAT!r}")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version is {manifest.get('format_version')!r}, "
-                         f"this attnref reads version {FORMAT_VERSION}")
-    missing = [key for key in ("suite", "seed", "dtype", "semantics", "cases")
-               if key not in manifest]
-    if missing:
-        raise ValueError(f"{path} lacks the fields {missing}")
-    entries = manifest["cases"]
-    if not isinstance(entries, list) or not all(
-            isinstance(entry, dict) and {"name", "file", "sha256"} <= entry.keys()
-            for entry in entries):
-        raise ValueError(f"{path}: cases must be a list of objects with name, file and "
-                         f"sha256")
-    return manifest
+        cases = _suite(manifest["suite"])
+        dtype = _input_dtype(manifest["dtype"])
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    if manifest["seed"] < 0:
+        raise ValueError(f"{path}: the field 'seed' must be a non-negative integer, got "
+                         f"{manifest['seed']}")
+    semantics = _manifest_semantics(manifest["semantics"], path)
+    fixed = {f"tolerance.{name}": (manifest["tolerance"][name], expected, "the rule")
+             for name, expected in _rule_numbers(dtype).items()}
+    fixed["max_weight_entries"] = (manifest["max_weight_entries"], MAX_WEIGHT_ENTRIES,
+                                   "which weights are stored")
+    for name, (stored, expected, meaning) in fixed.items():
+        if stored != expected:
+            raise ValueError(f"{path}: the field {name!r} is {stored!r:.80}, attnref's is "
+                             f"{expected!r:.80}: a manifest cannot change {meaning}")
+    return manifest, cases, dtype, semantics
 
 
-def _case_problems(directory, entry, cases, seed, dtype, semantics):
-    """Everything wrong with one case of a manifest (empty when nothing is)."""
-    if entry["name"] not in cases:
-        return [f"attnref {__version__} has no case {entry['name']!r} in this suite"]
-    path = directory / entry["file"]
-    if not path.is_file():
-        return [f"{path} not found"]
-    archive = path.read_bytes()
-    problems = []
+def _check_json(value, schema, source, where):
+    """Raise a ValueError naming ``source`` and the field ``where`` (a path
+    such as ``cases[3].parameters.L``) unless the parsed JSON ``value``
+    follows ``schema``: a dict (an object with exactly these fields),
+    :class:`_ArrayOf`, :class:`_ObjectOf`, or the kinds of a leaf (a type or
+    tuple of types, ``NoneType`` among them when it may be null)."""
+    if isinstance(schema, dict):
+        value = field({where: value}, where, dict, source=source)
+        for key in value:
+            if key not in schema:
+                raise ValueError(f"{source}: unknown field {_member(where, key)!r:.80}")
+        for key, item in schema.items():
+            if key not in value:
+                raise ValueError(f"{source}: the field {_member(where, key)!r} is missing")
+            _check_json(value[key], item, source, _member(where, key))
+    elif isinstance(schema, _ArrayOf):
+        for index, item in enumerate(field({where: value}, where, list, source=source)):
+            _check_json(item, schema.item, source, f"{where}[{index}]")
+    elif isinstance(schema, _ObjectOf):
+        for key, item in field({where: value}, where, dict, source=source).items():
+            _check_json(item, schema.item, source, _member(where, key))
+    else:
+        kinds = schema if isinstance(schema, tuple) else (schema,)
+        if type(None) in kinds:
+            field({where: value}, where, tuple(kind for kind in kinds if kind is not type(None)),
+                  source=source, default=None)
+        else:
+            field({where: value}, where, kinds, source=source)
+
+
+def _member(where, key):
+    """The path of field ``key`` of the object at path ``where``."""
+    return f"{where}.{key}" if where else key
+
+
+def _manifest_semantics(fields, path):
+    """The manifest's ``semantics`` as a :class:`Semantics`; a ValueError
+    when a convention has no meaning, or when it names one of attnref's
+    profiles and differs from it."""
+    for name, choices in _SEMANTICS_CHOICES.items():
+        if fields[name] not in choices:
+            raise ValueError(f"{path}: the field 'semantics.{name}' must be one of {choices}, "
+                             f"got {fields[name]!r:.80}")
+    semantics = Semantics(**fields)
+    known = PROFILES.get(semantics.name)
+    if known is not None and known != semantics:
+        raise ValueError(f"{path}: the field 'semantics' names attnref's profile "
+                         f"{semantics.name!r} but differs from it: "
+                         f"{dataclasses.asdict(known)}")
+    return semantics
+
+
+def _listing(entries, cases, suite):
+    """Pair the manifest's entries with the suite's cases.
+
+    Returns ``(name, entry, problems)`` for every case of the suite, in suite
+    order (``entry`` is the first listing the case, None when none does),
+    then ``(name, None, problems)`` for every entry naming a case the suite
+    lacks. A case listed twice, or out of the suite's order, has a problem
+    saying so; out of order are the cases outside a longest run of listed
+    cases that keeps the suite's order, so one case moved is one problem.
+    """
+    first, problems = {}, {name: [] for name in cases}
+    for index, entry in enumerate(entries):
+        name = entry["name"]
+        if name in first and name in cases:
+            problems[name].append(f"listed again as cases[{index}]")
+        first.setdefault(name, index)
+    suite_order = {name: index for index, name in enumerate(cases)}
+    listed = [name for name in first if name in cases]
+    kept = _longest_increasing([suite_order[name] for name in listed])
+    for index, name in enumerate(listed):
+        if index not in kept:
+            problems[name].append(f"listed as cases[{first[name]}], out of the order of "
+                                  f"suite {suite!r}, where it is case {suite_order[name] + 1} "
+                                  f"of {len(cases)}")
+    listing = []
+    for name in cases:
+        if name in first:
+            listing.append((name, entries[first[name]], problems[name]))
+        else:
+            listing.append((name, None, [f"missing: the manifest must list every case of "
+                                         f"suite {suite!r}"]))
+    listing += [(_printable(entry["name"])[:80], None,
+                 [f"cases[{index}]: suite {suite!r} of attnref {__version__} has no case "
+                  f"{entry['name']!r:.80}"])
+                for index, entry in enumerate(entries) if entry["name"] not in cases]
+    return listing
+
+
+def _printable(text):
+    """``text`` (holding a name or path from the directory) as it can be
+    printed on one line: itself when printable, else its repr, so that no
+    newline or terminal escape reaches the output."""
+    return text if text.isprintable() else repr(text)
+
+
+def _longest_increasing(values):
+    """The positions of one longest strictly increasing subsequence of
+    ``values`` (a set; quadratic, for the length of a suite)."""
+    length, previous = [1] * len(values), [-1] * len(values)
+    for end in range(len(values)):
+        for start in range(end):
+            if values[start] < values[end] and length[start] + 1 > length[end]:
+                length[end], previous[end] = length[start] + 1, start
+    kept = set()
+    position = max(range(len(values)), key=length.__getitem__, default=-1)
+    while position >= 0:
+        kept.add(position)
+        position = previous[position]
+    return kept
+
+
+def _case_problems(directory, entry, case, seed, dtype, semantics):
+    """Everything wrong with one listed case (empty when nothing is)."""
+    inputs = case.inputs(seed, dtype)
+    expected_inputs = _input_arrays(inputs, semantics)
+    expected_table = {**_array_table(expected_inputs), **_reference_table(case)}
+    wide_dtype = reference_dtype(dtype)
+    # the references in every dtype the checks need, each computed once: the
+    # manifest's numbers (dtype against its reference dtype) and the stored
+    # references' judgement (float64 against long double)
+    references = {each: _reference_arrays(inputs, semantics, each) for each in
+                  {dtype, wide_dtype, np.dtype(np.float64), reference_dtype(np.float64)}}
+    tolerance = {name: _tolerance(references[dtype][name], wide)
+                 for name, wide in references[wide_dtype].items()}
+    problems = _entry_problems(entry, case, expected_table, tolerance)
+    try:
+        path = _inside(directory, entry["file"])
+        archive = read_limited(path, _archive_limit(expected_table), what="archive")
+    except ValueError as error:
+        return problems + [str(error)]
     digest = hashlib.sha256(archive).hexdigest()
     if digest != entry["sha256"]:
         problems.append(f"sha256 of {path.name} is {digest}, the manifest says "
-                        f"{entry['sha256']}")
-    try:
-        with np.load(io.BytesIO(archive), allow_pickle=False) as npz:
-            arrays = {member: npz[member] for member in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
-        return problems + [f"{path.name} is not a readable .npz: {error}"]
-    case = cases[entry["name"]]
-    return (problems + _description_problems(entry, case, arrays)
-            + _array_problems(arrays, case.inputs(seed, dtype), semantics, path.name))
+                        f"{entry['sha256']!r:.80}")
+    arrays, archive_problems = _read_archive(archive, expected_table, path.name)
+    return (problems + archive_problems
+            + _array_problems(arrays, expected_inputs, references[np.dtype(np.float64)],
+                              references[reference_dtype(np.float64)]))
 
 
-def _description_problems(entry, case, arrays):
-    """Where the manifest's entry misdescribes the case or its file."""
+def _entry_problems(entry, case, expected_table, tolerance):
+    """Where the manifest's entry states otherwise than attnref recomputes
+    for the case: description, parameters, capabilities, arrays and the
+    tolerance numbers."""
     problems = []
-    if entry.get("parameters") != _parameters(case):
+    if entry["description"] != case.description:
+        problems.append(f"the manifest's description {entry['description']!r:.80} is not the "
+                        f"case's {case.description!r}")
+    if entry["parameters"] != _parameters(case):
         problems.append(f"the manifest's parameters differ from the case attnref "
                         f"{__version__} defines: {_parameters(case)}")
-    listed, held = entry.get("arrays", {}), _array_table(arrays)
-    misdescribed = sorted(member for member in set(listed) | set(held)
-                          if listed.get(member) != held.get(member))
+    if entry["requires"] != sorted(case.requires):
+        problems.append(f"the manifest's requires {entry['requires']!r:.80} is not what the "
+                        f"case needs: {sorted(case.requires)}")
+    listed = entry["arrays"]
+    misdescribed = sorted(name for name in set(listed) | set(expected_table)
+                          if listed.get(name) != expected_table.get(name))
     if misdescribed:
-        problems.append(f"the manifest describes {misdescribed} otherwise than "
-                        f"{entry['file']} holds them")
+        problems.append(f"the manifest describes {misdescribed!r:.200} otherwise than the "
+                        f"case's arrays: {expected_table}")
+    stored = entry["tolerance"]
+    if set(stored) != set(tolerance):
+        problems.append(f"the manifest's tolerance covers {sorted(stored)!r:.200}, the "
+                        f"references are {sorted(tolerance)}")
+    for name in sorted(set(stored) & set(tolerance)):
+        for number, recomputed in tolerance[name].items():
+            if stored[name][number] != recomputed:
+                looseness = ("" if number != "bound" else
+                             ", a looser bound" if stored[name][number] > recomputed
+                             else ", a tighter bound")
+                problems.append(f"tolerance.{name}.{number} is {stored[name][number]!r:.40}, "
+                                f"attnref computes {recomputed!r}{looseness}")
     return problems
 
 
-def _array_problems(arrays, inputs, semantics, file_name):
-    """Where a file's arrays differ from the inputs attnref generates (bit
-    for bit) or from its references (beyond the float64 rule)."""
-    expected_inputs = _input_arrays(inputs, semantics)
-    wide = _reference_arrays(inputs, semantics, reference_dtype(np.float64))
-    baseline = _reference_arrays(inputs, semantics, np.float64)
+def _inside(directory, name):
+    """The real path of the file ``name`` (from a manifest) inside ``directory``.
+
+    Raises a ValueError when ``name`` is not a plain relative path (empty,
+    absolute, with a drive, a ``..`` part, a backslash or a NUL), does not
+    exist, or resolves (symbolic links followed) outside ``directory``.
+    """
+    relative = PurePosixPath(name)
+    if (not name or "\x00" in name or "\\" in name or relative.is_absolute()
+            or PureWindowsPath(name).drive or ".." in relative.parts):
+        raise ValueError(f"the file {name!r:.80} is not a relative path inside {directory} "
+                         f"('/' as separator, no '..'): refused")
+    root = directory.resolve()
+    try:
+        resolved = (root / relative).resolve(strict=True)
+    except FileNotFoundError:
+        raise ValueError(f"{directory / relative} not found") from None
+    except (OSError, RuntimeError) as error:  # a loop of links is a RuntimeError before 3.13
+        raise ValueError(f"{directory / relative}: cannot resolve ({error})") from None
+    if not resolved.is_relative_to(root):
+        raise ValueError(f"{directory / relative} leads to {resolved}, outside {directory}: "
+                         f"refused")
+    return resolved
+
+
+def _npy_bytes(description):
+    """The data bytes of an array of ``description`` ({"shape", "dtype"})."""
+    return math.prod(description["shape"]) * np.dtype(description["dtype"]).itemsize
+
+
+def _archive_limit(expected_table):
+    """The largest archive :func:`verify` reads for a case whose arrays are
+    ``expected_table``: every ``.npy`` at its longest header, plus the
+    zip's per-member and trailing records."""
+    return (sum(NPY_PREAMBLE + NPY_HEADER_LIMIT + _npy_bytes(description) + ZIP_MEMBER_OVERHEAD
+                for description in expected_table.values()) + ZIP_TRAILER)
+
+
+def _read_archive(archive, expected_table, file_name):
+    """``(arrays, problems)`` of an ``.npz`` held in memory: the members
+    ``NAME.npy`` of ``expected_table``, each read only when it agrees with it.
+
+    Only stored and deflated members are read, never past the size of the
+    array the case expects (a member declaring more is refused unread; one
+    whose stream holds more than it declares is cut at the declaration).
+    """
+    try:
+        zipped = zipfile.ZipFile(io.BytesIO(archive))
+    except _ZIP_ERRORS as error:
+        return {}, [f"{file_name} is not a readable .npz: {_one_line(error)}"]
+    members = zipped.infolist()
+    wanted = {f"{name}.npy": name for name in expected_table}
+    counts = collections.Counter(member.filename for member in members)
     problems = []
-    expected_names = set(expected_inputs) | set(wide)
-    if set(arrays) != expected_names:
-        problems.append(f"{file_name} holds {sorted(arrays)}, expected {sorted(expected_names)}")
+    if sorted(counts.elements()) != sorted(wanted):
+        held = sorted(counts.elements())
+        shown = held[:20] + ([f"... {len(held) - 20} more"] if len(held) > 20 else [])
+        problems.append(f"{file_name} holds {shown}, expected {sorted(wanted)}")
+    arrays = {}
+    for member in members:
+        name = wanted.get(member.filename)
+        if name is None or counts[member.filename] > 1:
+            continue
+        label = f"{member.filename} in {file_name}"
+        try:
+            array, problem = _read_member(zipped, member, expected_table[name], label)
+        except _ZIP_ERRORS as error:
+            array, problem = None, f"{file_name} is not a readable .npz: {_one_line(error)}"
+        if problem:
+            problems.append(problem)
+        else:
+            arrays[name] = array
+    return arrays, problems
+
+
+def _read_member(zipped, member, description, label):
+    """``(array, None)``, or ``(None, problem)`` when the zip member is not
+    a ``.npy`` of ``description`` ({"shape", "dtype"})."""
+    limit = NPY_PREAMBLE + NPY_HEADER_LIMIT + _npy_bytes(description)
+    if member.flag_bits & _UNREAD_ZIP_FLAGS:
+        return None, (f"{label} is encrypted or patched (zip flags {member.flag_bits:#06x}), "
+                      f"which attnref does not read")
+    if member.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        return None, (f"{label} uses compression method {member.compress_type}; attnref "
+                      f"reads stored (0) and deflated (8) members")
+    if member.file_size > limit:
+        return None, (f"{label} declares {member.file_size} bytes, more than the {limit} a "
+                      f"{description['dtype']} array of shape {tuple(description['shape'])} "
+                      f"takes as .npy")
+    with zipped.open(member) as stream:
+        data = stream.read(limit)  # never past the limit, whatever the stream inflates to
+    return _npy_array(data, description, label)
+
+
+def _npy_array(data, description, label):
+    """``(array, None)`` from the bytes of a ``.npy`` whose header gives the
+    dtype and shape of ``description`` (little-endian, C order) and whose
+    data has exactly their size; else ``(None, problem)``."""
+    shape = tuple(description["shape"])
+    dtype = np.dtype(description["dtype"]).newbyteorder("<")
+    stream = io.BytesIO(data)
+    readers = {(1, 0): np.lib.format.read_array_header_1_0,
+               (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version not in readers:
+            return None, f"{label} is .npy version {version}, attnref reads 1.0 and 2.0"
+        found_shape, fortran_order, found_dtype = readers[version](
+            stream, max_header_size=NPY_HEADER_LIMIT)
+    except _NPY_HEADER_ERRORS as error:
+        return None, f"{label} has no readable .npy header: {_one_line(error)}"
+    if (found_dtype.str, found_shape, fortran_order) != (dtype.str, shape, False):
+        order = "Fortran" if fortran_order else "C"
+        return None, (f"{label} is {found_dtype.str!r:.40} {found_shape!r:.80} in {order} "
+                      f"order, the case expects {dtype.str!r} {shape} in C order")
+    held, size = len(data) - stream.tell(), _npy_bytes(description)
+    if held != size:
+        return None, f"{label} holds {held} bytes of data, {dtype.str!r} {shape} takes {size}"
+    stream.seek(0)
+    return np.lib.format.read_array(stream, allow_pickle=False,
+                                    max_header_size=NPY_HEADER_LIMIT), None
+
+
+def _one_line(error):
+    """A library's error message on one line of at most 200 characters."""
+    return f"{' '.join(str(error).split()):.200}"
+
+
+def _array_problems(arrays, expected_inputs, baseline, wide):
+    """Where the arrays read differ from the inputs attnref generates (bit
+    for bit) or from its references (``wide``, long double) beyond the
+    float64 rule (``baseline``: the same references in float64)."""
+    problems = []
     for input_name, expected in expected_inputs.items():
         if input_name in arrays and not _identical(arrays[input_name], expected):
             problems.append(f"{input_name} differs from the input attnref {__version__} "
                             f"generates for this case")
     for reference_name in [name for name in wide if name in arrays]:
         stored, recomputed = arrays[reference_name], wide[reference_name]
-        if stored.shape != recomputed.shape:
-            problems.append(f"{reference_name} has shape {stored.shape}, attnref's reference "
-                            f"{recomputed.shape}")
-            continue
         error = max_abs_error(stored, recomputed)
         bound = _tolerance(baseline[reference_name], recomputed)["bound"]
         if not error <= bound:

@@ -1,14 +1,20 @@
 """attnref.testing.vectors: golden vectors any language can read, and their
 verification."""
 import hashlib
+import io
 import json
+import os
+import re
 import struct
+import tracemalloc
+import zipfile
+import zlib
 
 import numpy as np
 import pytest
 
 import attnref
-from attnref.testing import SUITES, vectors
+from attnref.testing import PROFILES, SUITES, Semantics, vectors
 from attnref.testing.tolerance import FACTOR, FLOOR_EPS, max_abs_error
 from attnref.testing.vectors import export, verify
 
@@ -265,10 +271,9 @@ def test_verify_reports_missing_and_unexpected_members(tmp_path):
     results = {name: (ok, message) for name, ok, message in verify(tmp_path, progress=False)}
     assert results["aligned"] == (False, f"{tmp_path / 'aligned.npz'} not found")
     ok, message = results["causal"]
-    assert not ok and "causal.npz holds" in message
-    assert ("the manifest describes ['lse', 'weights'] otherwise than causal.npz holds them"
-            in message)
-    assert "weights has shape (1, 2, 33, 32), attnref's reference (1, 2, 33, 33)" in message
+    assert not ok and "causal.npz holds ['enable_gqa.npy', 'is_causal.npy', 'key.npy'" in message
+    assert ("weights.npy in causal.npz is '<f8' (1, 2, 33, 32) in C order, the case expects "
+            "'<f8' (1, 2, 33, 33) in C order" in message)
     ok, message = results["gqa"]
     assert not ok and message.startswith("the manifest's parameters differ from the case")
     assert "'Hkv': 2" in message
@@ -279,17 +284,18 @@ def test_verify_rejects_a_malformed_directory_naming_the_path(tmp_path):
     with pytest.raises(ValueError, match=r"manifest\.json not found: .* is not a golden-vector"):
         verify(tmp_path)
     manifest_path.write_text("{not json")
-    with pytest.raises(ValueError, match=rf"{manifest_path} is not valid JSON"):
+    with pytest.raises(ValueError, match=rf"{manifest_path}: not valid JSON"):
         verify(tmp_path)
     manifest = export(tmp_path, "quick", progress=False)
     for change, message in (
             ({"format": "npz"}, r"format is 'npz', expected 'attnref-vectors'"),
             ({"format_version": 2}, r"format_version is 2, this attnref reads version 1"),
+            ({"format_version": True}, r"format_version is True, this attnref reads version 1"),
             ({"suite": "huge"}, r"suite must be one of .*, got 'huge'"),
             ({"dtype": "int8"}, r"dtype must be float16, float32 or float64, got 'int8'"),
-            ({"cases": {"aligned": {}}}, r"cases must be a list of objects")):
+            ({"cases": {"aligned": {}}}, r"the field 'cases' must be an array")):
         manifest_path.write_text(json.dumps({**manifest, **change}))
-        with pytest.raises(ValueError, match=rf"{manifest_path}.*{message}"):
+        with pytest.raises(ValueError, match=rf"{manifest_path}: {message}"):
             verify(tmp_path, progress=False)
 
 
@@ -320,3 +326,572 @@ def test_plain_numpy_reads_vectors_that_attnref_reproduces_under_the_rule(standa
         for name, candidate in (("output", result.output), ("lse", result.lse)):
             error = max_abs_error(candidate, stored[name])
             assert error <= entry["tolerance"][name]["bound"], (entry["name"], name, error)
+
+
+# --- verify trusts nothing in the directory (issue 14) ------------------------------------
+
+
+@pytest.fixture
+def exported(tmp_path):
+    """A fresh export of the quick suite: (directory, manifest)."""
+    directory = tmp_path / "vectors"
+    return directory, export(directory, "quick", progress=False)
+
+
+def _edit_manifest(directory, change):
+    """Apply ``change`` to the parsed manifest and write it back."""
+    path = directory / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def _results(directory):
+    return {name: (ok, message) for name, ok, message in verify(directory, progress=False)}
+
+
+def _only_failure(directory, name):
+    """The message of ``name``, after checking that it alone fails."""
+    results = _results(directory)
+    ok, message = results.pop(name)
+    assert not ok
+    assert all(ok for ok, _ in results.values()), results
+    return message
+
+
+def _set(path, value):
+    """A manifest change setting the field at ``path`` (keys and indices) to ``value``."""
+    def change(manifest):
+        node = manifest
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+    return change
+
+
+def _members(path):
+    """The raw bytes of every member of an archive, in order."""
+    with zipfile.ZipFile(path) as archive:
+        return {info.filename: archive.read(info) for info in archive.infolist()}
+
+
+def _write_members(directory, name, members):
+    """Write a case's archive from raw members (stored) and record its sha256."""
+    path = directory / f"{name}.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, data in members.items():
+            archive.writestr(member, data)
+    _record_sha256(directory, name)
+
+
+def _record_sha256(directory, name):
+    digest = hashlib.sha256((directory / f"{name}.npz").read_bytes()).hexdigest()
+    _edit_manifest(directory, lambda manifest: _entry(manifest, name).update(sha256=digest))
+
+
+def test_a_loosened_or_tightened_bound_is_reported(exported):
+    directory, manifest = exported
+    bound = _entry(manifest, "gqa")["tolerance"]["output"]["bound"]
+    _edit_manifest(directory, lambda m: _entry(m, "gqa")["tolerance"]["output"].update(bound=1e9))
+    assert _only_failure(directory, "gqa") == (
+        f"tolerance.output.bound is 1000000000.0, attnref computes {bound!r}, a looser bound")
+    _edit_manifest(directory, lambda m: _entry(m, "gqa")["tolerance"]["output"].update(
+        bound=bound / 2))
+    assert _only_failure(directory, "gqa").endswith(", a tighter bound")
+
+
+@pytest.mark.parametrize("number", ["baseline_error", "value_scale"])
+def test_an_edited_measurement_behind_a_bound_is_reported(exported, number):
+    directory, manifest = exported
+    stored = _entry(manifest, "causal")["tolerance"]["lse"][number]
+    _edit_manifest(directory, lambda m: _entry(m, "causal")["tolerance"]["lse"].update(
+        {number: stored * 3}))
+    assert _only_failure(directory, "causal") == (
+        f"tolerance.lse.{number} is {stored * 3!r}, attnref computes {stored!r}")
+
+
+def test_a_reference_dropped_from_the_tolerance_is_reported(exported):
+    directory, _ = exported
+    _edit_manifest(directory, lambda m: _entry(m, "bool_mask")["tolerance"].pop("weights"))
+    assert _only_failure(directory, "bool_mask") == (
+        "the manifest's tolerance covers ['lse', 'output'], the references are "
+        "['lse', 'output', 'weights']")
+
+
+def test_a_nan_bound_is_refused_as_json(exported):
+    directory, _ = exported
+    path = directory / "manifest.json"
+    text, replaced = re.subn(r'("bound": )[-+.0-9e]+', r"\1NaN", path.read_text(), count=1)
+    assert replaced == 1
+    path.write_text(text)
+    with pytest.raises(ValueError, match=rf"{path}: NaN is not a JSON number"):
+        verify(directory, progress=False)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("factor", 1e9), ("factor", 0), ("floor_eps", 400.0), ("eps", 1.0),
+    ("rule", "anything within 1e9 passes"), ("dtype", "float64"),
+    ("reference_dtype", "float32")])
+def test_an_edited_rule_is_refused(exported, field, value):
+    directory, _ = exported
+    _edit_manifest(directory, _set(["tolerance", field], value))
+    with pytest.raises(ValueError, match=rf"manifest\.json: the field 'tolerance\.{field}' is "
+                                         rf".*: a manifest cannot change the rule"):
+        verify(directory, progress=False)
+
+
+def test_an_edited_weight_limit_semantics_or_seed_is_refused(exported):
+    directory, manifest = exported
+    for change, message in (
+            (_set(["max_weight_entries"], 0), "the field 'max_weight_entries' is 0, attnref's "
+                                              "is 65536"),
+            (_set(["semantics", "masked_rows"], "nan"), "the field 'semantics' names attnref's "
+                                                        "profile 'torch' but differs from it"),
+            (_set(["semantics", "masked_rows"], "garbage"), "the field 'semantics.masked_rows' "
+                                                            "must be one of"),
+            (_set(["seed"], -1), "the field 'seed' must be a non-negative integer, got -1")):
+        _edit_manifest(directory, lambda m: m.update(manifest))
+        _edit_manifest(directory, change)
+        with pytest.raises(ValueError, match=message):
+            verify(directory, progress=False)
+
+
+def test_an_edited_description_capability_or_array_table_is_reported(exported):
+    directory, _ = exported
+    _edit_manifest(directory, _set(["cases", 0, "description"], "anything"))
+    _edit_manifest(directory, lambda m: _entry(m, "gqa")["requires"].remove("gqa"))
+    _edit_manifest(directory, _set(["cases", 2, "arrays", "query", "shape"], [1, 2, 33, 65]))
+    results = _results(directory)
+    assert results["aligned"] == (False, "the manifest's description 'anything' is not the "
+                                         "case's 'L = S = 64, E = 64'")
+    assert results["gqa"] == (False, "the manifest's requires ['l_ne_s'] is not what the case "
+                                     "needs: ['gqa', 'l_ne_s']")
+    ok, message = results["causal"]
+    assert not ok and message.startswith("the manifest describes ['query'] otherwise than "
+                                         "the case's arrays")
+
+
+def test_an_empty_case_list_fails_every_case(exported):
+    directory, _ = exported
+    _edit_manifest(directory, _set(["cases"], []))
+    assert verify(directory, progress=False) == [
+        (name, False, "missing: the manifest must list every case of suite 'quick'")
+        for name in SUITES["quick"]]
+
+
+def test_a_removed_case_fails(exported):
+    directory, _ = exported
+    _edit_manifest(directory, lambda m: m["cases"].pop(3))
+    assert _only_failure(directory, "gqa") == (
+        "missing: the manifest must list every case of suite 'quick'")
+
+
+def test_a_moved_repeated_or_renamed_case_fails(exported):
+    directory, _ = exported
+    _edit_manifest(directory, lambda m: m["cases"].append(m["cases"].pop(0)))
+    assert _only_failure(directory, "aligned") == (
+        "listed as cases[7], out of the order of suite 'quick', where it is case 1 of 8")
+    _edit_manifest(directory, lambda m: m["cases"].insert(0, m["cases"].pop()))
+    _edit_manifest(directory, lambda m: m["cases"].append(m["cases"][2]))
+    assert _only_failure(directory, "causal") == "listed again as cases[8]"
+    _edit_manifest(directory, lambda m: m["cases"].pop())
+    _edit_manifest(directory, _set(["cases", 1, "name"], "odd\x1b[2J"))
+    results = verify(directory, progress=False)
+    assert [name for name, _, _ in results] == list(SUITES["quick"]) + ["'odd\\x1b[2J'"]
+    assert results[1] == ("odd_lengths", False,
+                          "missing: the manifest must list every case of suite 'quick'")
+    assert results[-1][1:] == (False, f"cases[1]: suite 'quick' of attnref "
+                                      f"{attnref.__version__} has no case 'odd\\x1b[2J'")
+
+
+@pytest.mark.parametrize("file", ["../../../../etc/passwd", "/etc/passwd", "/proc/self/environ",
+                                  "C:\\passwd", "sub\\aligned.npz", "", "aligned.npz\x00"])
+def test_a_file_outside_the_directory_is_never_read(exported, file):
+    directory, _ = exported
+    _edit_manifest(directory, _set(["cases", 0, "file"], file))
+    message = _only_failure(directory, "aligned")
+    assert message == (f"the file {file!r} is not a relative path inside {directory} "
+                       "('/' as separator, no '..'): refused")
+
+
+def test_a_link_out_of_the_directory_is_not_followed(exported, tmp_path):
+    directory, _ = exported
+    outside = tmp_path / "secret.npz"
+    (directory / "aligned.npz").rename(outside)
+    (directory / "aligned.npz").symlink_to(outside)
+    assert _only_failure(directory, "aligned") == (
+        f"{directory / 'aligned.npz'} leads to {outside}, outside {directory}: refused")
+    (directory / "aligned.npz").unlink()
+    (directory / "aligned.npz").symlink_to("/proc/self/environ")
+    assert "outside" in _only_failure(directory, "aligned")
+    (directory / "aligned.npz").unlink()
+    (directory / "aligned.npz").symlink_to("aligned.npz")   # a loop
+    assert "cannot resolve" in _only_failure(directory, "aligned")
+
+
+def test_a_link_or_subdirectory_inside_the_directory_is_followed(exported):
+    directory, _ = exported
+    (directory / "cases").mkdir()
+    (directory / "aligned.npz").rename(directory / "cases" / "aligned.npz")
+    (directory / "aligned.npz").symlink_to(directory / "cases" / "aligned.npz")
+    _edit_manifest(directory, _set(["cases", 1, "file"], "cases/../odd_lengths.npz"))
+    (directory / "causal.npz").rename(directory / "cases" / "causal.npz")
+    _edit_manifest(directory, _set(["cases", 2, "file"], "cases/causal.npz"))
+    results = _results(directory)
+    assert results.pop("odd_lengths")[0] is False               # '..' is refused even inside
+    assert all(ok for ok, _ in results.values())
+
+
+def test_a_fifo_or_directory_is_not_read(exported):
+    directory, _ = exported
+    (directory / "aligned.npz").unlink()
+    os.mkfifo(directory / "aligned.npz")                      # opening it would block
+    assert _only_failure(directory, "aligned").endswith("the archive is not a regular file")
+    _edit_manifest(directory, _set(["cases", 0, "file"], "."))
+    assert _only_failure(directory, "aligned").endswith("the archive is not a regular file")
+
+
+def test_a_huge_archive_is_refused_before_reading(exported):
+    directory, _ = exported
+    with open(directory / "aligned.npz", "r+b") as stream:
+        stream.truncate(4 * 2**30)                            # sparse: no GiB is written
+    message = _only_failure(directory, "aligned")
+    assert re.fullmatch(r".*aligned\.npz: the archive is 4294967296 bytes, more than the "
+                        r"\d+ accepted", message)
+
+
+def _deflated(chunks):
+    """A raw deflate stream of the concatenated ``chunks`` (which may add up
+    to far more than memory holds: they are compressed one by one)."""
+    compressor, stream = zlib.compressobj(9, zlib.DEFLATED, -15), []
+    for chunk in chunks:
+        stream.append(compressor.compress(chunk))
+    return b"".join(stream) + compressor.flush()
+
+
+def _zip(members):
+    """A zip archive of ``(name, method, payload, declared_size, crc)``
+    members, written by hand so that a member can declare what it likes."""
+    local, central = b"", b""
+    for name, method, payload, size, crc in members:
+        name = name.encode()
+        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, method, 0, 0x21,
+                               crc, len(payload), size, len(name), 0, 0, 0, 0, 0,
+                               len(local)) + name
+        local += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0x21, crc,
+                             len(payload), size, len(name), 0) + name + payload
+    return local + central + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(members),
+                                         len(members), len(central), len(local), 0)
+
+
+def _stored(members):
+    return [(name, 0, data, len(data), zlib.crc32(data)) for name, data in members.items()]
+
+
+def test_a_member_declaring_a_huge_size_is_refused_unread(exported):
+    directory, _ = exported
+    members = _members(directory / "aligned.npz")
+    query = members.pop("query.npy")
+    bomb = ("query.npy", 8, _deflated([query]), 2 * 2**30, zlib.crc32(query))
+    (directory / "aligned.npz").write_bytes(_zip([bomb] + _stored(members)))
+    _record_sha256(directory, "aligned")
+    limit = 12 + vectors.NPY_HEADER_LIMIT + 1 * 2 * 64 * 64 * 4      # query (B, Hq, L, E) float32
+    assert _only_failure(directory, "aligned") == (
+        f"query.npy in aligned.npz declares 2147483648 bytes, more than the {limit} a float32 "
+        f"array of shape (1, 2, 64, 64) takes as .npy")
+
+
+
+def _peak_memory(function):
+    """``(function(), peak bytes traced while it ran)``."""
+    tracemalloc.start()
+    try:
+        return function(), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_member_inflating_past_its_declared_size_is_cut_there(exported):
+    """A deflate stream of 64 MiB that declares the size query.npy should
+    have: verify reads the declared bytes (a valid .npy of zeros) and no
+    more, so the case fails on its values and the peak memory is that of
+    verifying the untouched directory."""
+    directory, _ = exported
+    _, untouched_peak = _peak_memory(lambda: verify(directory, progress=False))
+    members = _members(directory / "aligned.npz")
+    query = members.pop("query.npy")
+    header = query[:len(query) - 1 * 2 * 64 * 64 * 4]
+    zeros = bytes(2**20)
+    stream = _deflated([header] + [zeros] * 64)
+    declared = header + bytes(len(query) - len(header))
+    bomb = ("query.npy", 8, stream, len(query), zlib.crc32(declared))
+    (directory / "aligned.npz").write_bytes(_zip([bomb] + _stored(members)))
+    assert len(stream) < 2**17
+    _record_sha256(directory, "aligned")
+    message, peak = _peak_memory(lambda: _only_failure(directory, "aligned"))
+    assert message == (f"query differs from the input attnref {attnref.__version__} generates "
+                       f"for this case")
+    assert peak < untouched_peak + 2**20, (peak, untouched_peak)
+
+
+def test_an_npy_header_declaring_8_tib_is_refused_without_allocating(exported):
+    directory, _ = exported
+    members = _members(directory / "aligned.npz")
+    huge = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        huge, {"descr": "<f4", "fortran_order": False, "shape": (1, 2, 2**30, 1024)})
+    members["query.npy"] = huge.getvalue() + bytes(1 * 2 * 64 * 64 * 4)
+    _write_members(directory, "aligned", members)
+    assert _only_failure(directory, "aligned") == (
+        "query.npy in aligned.npz is '<f4' (1, 2, 1073741824, 1024) in C order, the case "
+        "expects '<f4' (1, 2, 64, 64) in C order")
+
+
+def test_a_pickled_member_is_never_unpickled(exported, tmp_path):
+    directory, _ = exported
+    marker = tmp_path / "unpickled"
+
+    class Touch:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    member = io.BytesIO()
+    np.save(member, np.array([Touch()], dtype=object), allow_pickle=True)
+    members = _members(directory / "aligned.npz")
+    members["query.npy"] = member.getvalue()
+    _write_members(directory, "aligned", members)
+    assert _only_failure(directory, "aligned") == (
+        "query.npy in aligned.npz is '|O' (1,) in C order, the case expects '<f4' "
+        "(1, 2, 64, 64) in C order")
+    assert not marker.exists()
+
+
+def test_other_npy_layouts_and_members_are_reported(exported):
+    directory, _ = exported
+    arrays = _load(directory / "aligned.npz")
+    members = _members(directory / "aligned.npz")
+    fortran, big_endian, short = io.BytesIO(), io.BytesIO(), members["key.npy"][:-4]
+    np.lib.format.write_array(fortran, np.asfortranarray(arrays["query"]))
+    np.lib.format.write_array(big_endian, arrays["value"].astype(">f4"))
+    members.update({"query.npy": fortran.getvalue(), "value.npy": big_endian.getvalue(),
+                    "key.npy": short, "extra.npy": b"", "output.npy": b"\x93NUMPY\x03\x00"})
+    _write_members(directory, "aligned", members)
+    message = _only_failure(directory, "aligned")
+    for problem in (
+            "aligned.npz holds ['enable_gqa.npy', 'extra.npy', 'is_causal.npy', 'key.npy', "
+            "'lse.npy', 'output.npy', 'query.npy', 'value.npy', 'weights.npy'], expected "
+            "['enable_gqa.npy', 'is_causal.npy', 'key.npy', 'lse.npy', 'output.npy', "
+            "'query.npy', 'value.npy', 'weights.npy']",
+            "query.npy in aligned.npz is '<f4' (1, 2, 64, 64) in Fortran order",
+            "value.npy in aligned.npz is '>f4' (1, 2, 64, 64) in C order",
+            "key.npy in aligned.npz holds 32764 bytes of data, '<f4' (1, 2, 64, 64) takes 32768",
+            "output.npy in aligned.npz is .npy version (3, 0), attnref reads 1.0 and 2.0"):
+        assert problem in message
+    with zipfile.ZipFile(directory / "aligned.npz", "a") as archive, \
+            pytest.warns(UserWarning, match="Duplicate name: 'lse.npy'"):
+        archive.writestr("lse.npy", members["lse.npy"])       # a second member of one name
+    _record_sha256(directory, "aligned")
+    assert "'lse.npy', 'lse.npy'" in _only_failure(directory, "aligned")
+
+
+def test_a_compressed_archive_of_the_same_arrays_verifies(exported):
+    directory, _ = exported
+    np.savez_compressed(directory / "aligned.npz", **_load(directory / "aligned.npz"))
+    _record_sha256(directory, "aligned")
+    assert all(ok for ok, _ in _results(directory).values())
+
+
+def test_an_archive_that_is_not_a_zip_is_reported(exported):
+    directory, _ = exported
+    archive = (directory / "aligned.npz").read_bytes()
+    (directory / "aligned.npz").write_bytes(b"PK\x03\x04 not a zip")
+    _record_sha256(directory, "aligned")
+    assert _only_failure(directory, "aligned") == (
+        "aligned.npz is not a readable .npz: File is not a zip file")
+    central = archive.index(b"PK\x01\x02")                  # needs zip version 6.4 to extract
+    (directory / "aligned.npz").write_bytes(archive[:central + 6] + struct.pack("<H", 64)
+                                            + archive[central + 8:])
+    _record_sha256(directory, "aligned")
+    assert _only_failure(directory, "aligned") == (
+        "aligned.npz is not a readable .npz: zip file version 6.4")
+
+
+@pytest.mark.parametrize("change, message", [
+    (_set(["cases", 0, "name"], ["aligned"]),
+     r"the field 'cases\[0\]\.name' must be a string, got \['aligned'\]"),
+    (_set(["cases", 1, "file"], 3), r"the field 'cases\[1\]\.file' must be a string, got 3"),
+    (_set(["cases", 1], "odd_lengths"),
+     r"the field 'cases\[1\]' must be an object, got 'odd_lengths'"),
+    (_set(["cases"], None), r"the field 'cases' is missing"),
+    (_set(["seed"], "0"), r"the field 'seed' must be an integer, got '0'"),
+    (_set(["seed"], 0.0), r"the field 'seed' must be an integer, got 0\.0"),
+    (_set(["suite"], ["quick"]), r"the field 'suite' must be a string"),
+    (_set(["semantics"], ["torch"]), r"the field 'semantics' must be an object"),
+    (_set(["tolerance", "factor"], "2"), r"the field 'tolerance\.factor' must be a number"),
+    (_set(["cases", 2, "parameters", "is_causal"], 1),
+     r"the field 'cases\[2\]\.parameters\.is_causal' must be a boolean, got 1"),
+    (_set(["cases", 2, "parameters", "scale"], "0.3"),
+     r"the field 'cases\[2\]\.parameters\.scale' must be a number or an integer, got '0\.3'"),
+    (_set(["cases", 0, "arrays", "query", "shape"], "1, 2"),
+     r"the field 'cases\[0\]\.arrays\.query\.shape' must be an array"),
+    (_set(["cases", 0, "arrays", "query", "shape"], [1, 2, 64.0, 64]),
+     r"the field 'cases\[0\]\.arrays\.query\.shape\[2\]' must be an integer, got 64\.0"),
+    (_set(["cases", 0, "requires"], "gqa"), r"the field 'cases\[0\]\.requires' must be an array"),
+    (_set(["cases", 0, "tolerance", "output", "bound"], "1e9"),
+     r"the field 'cases\[0\]\.tolerance\.output\.bound' must be a number or an integer, "
+     r"got '1e9'"),
+    (_set(["cases", 0, "tolerance", "output"], 1e9),
+     r"the field 'cases\[0\]\.tolerance\.output' must be an object"),
+    (_set(["extra"], 1), r"unknown field 'extra'"),
+    (_set(["cases", 0, "bounds"], {}), r"unknown field 'cases\[0\]\.bounds'"),
+    (_set(["cases", 0, "tolerance", "output", "slack"], 1.0),
+     r"unknown field 'cases\[0\]\.tolerance\.output\.slack'"),
+    (lambda m: m["cases"][0].pop("sha256"), r"the field 'cases\[0\]\.sha256' is missing"),
+    (lambda m: m["tolerance"].pop("rule"), r"the field 'tolerance\.rule' is missing"),
+    (lambda m: m.pop("format_version"), r"format_version is None"),
+])
+def test_a_malformed_manifest_is_one_value_error_naming_the_file_and_field(exported, change,
+                                                                             message):
+    directory, _ = exported
+    _edit_manifest(directory, change)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(directory))}/manifest\.json: "
+                                         rf"{message}"):
+        verify(directory, progress=False)
+
+
+@pytest.mark.parametrize("text, message", [
+    pytest.param('{"cases": ' + "[" * 10000 + "]" * 10000 + "}",
+                 "JSON nested more than 64 levels deep", id="10000 deep"),
+    pytest.param('{"format": "attnref-vectors", "cases": ' + "[" * 70 + "]" * 70 + "}",
+                 "JSON nested 71 levels deep", id="71 deep"),
+    pytest.param("[]", "expected an object at the top level, got an array", id="array"),
+    pytest.param('{"format": "attnref-vectors", "format_version": 1, "seed": ' + "9" * 5000
+                 + "}", "not valid JSON .*4300 digits", id="5000-digit seed"),
+    pytest.param('{"format": "attnref-vectors", "format": "x"}', "the key 'format' appears twice",
+                 id="duplicate key"),
+    pytest.param(b'{"format": "\xff"}', "not valid UTF-8", id="not UTF-8"),
+])
+def test_a_manifest_that_is_not_bounded_json_is_refused(exported, text, message):
+    directory, _ = exported
+    path = directory / "manifest.json"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ValueError, match=rf"{path}: {message}"):
+        verify(directory, progress=False)
+
+
+def test_a_manifest_link_out_of_the_directory_or_a_huge_manifest_is_refused(exported, tmp_path):
+    directory, _ = exported
+    path = directory / "manifest.json"
+    path.rename(tmp_path / "elsewhere.json")
+    path.symlink_to(tmp_path / "elsewhere.json")
+    with pytest.raises(ValueError, match=r"manifest\.json leads to .*elsewhere\.json, outside"):
+        verify(directory, progress=False)
+    path.unlink()
+    with open(path, "wb") as stream:
+        stream.truncate(4 * 2**30)
+    with pytest.raises(ValueError, match=r"the manifest is 4294967296 bytes, more than the "
+                                         r"16777216 accepted"):
+        verify(directory, progress=False)
+    path.unlink()
+    os.mkfifo(path)                                           # opening it would block
+    with pytest.raises(ValueError, match=r"manifest\.json: the manifest is not a regular file"):
+        verify(directory, progress=False)
+
+
+def test_a_directory_reached_through_a_link_verifies(exported, tmp_path):
+    directory, _ = exported
+    (tmp_path / "link").symlink_to(directory)
+    assert all(ok for _, ok, _ in verify(tmp_path / "link", progress=False))
+
+
+def test_export_replaces_a_link_instead_of_writing_through_it(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    directory = tmp_path / "vectors"
+    directory.mkdir()
+    (directory / "aligned.npz").symlink_to(victim)
+    (directory / "manifest.json").symlink_to(victim)
+    export(directory, "quick", progress=False)
+    assert victim.read_text() == "keep me"
+    assert not (directory / "aligned.npz").is_symlink()
+    assert sorted(path.name for path in directory.iterdir()) == sorted(
+        ["manifest.json"] + [f"{name}.npz" for name in SUITES["quick"]])
+    assert all(ok for _, ok, _ in verify(directory, progress=False))
+
+
+# --- round trips ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("semantics", list(PROFILES))
+def test_every_dtype_and_profile_round_trips(tmp_path, dtype, semantics):
+    export(tmp_path, "quick", dtype=dtype, semantics=semantics, seed=3, progress=False)
+    assert verify(tmp_path, progress=False) == [
+        (name, True, "matches the manifest and attnref") for name in SUITES["quick"]]
+
+
+def test_a_custom_profile_round_trips_and_a_wrong_one_fails(tmp_path):
+    custom = Semantics("mine", "masked_out", "bottom_right", "nan", "a profile of my own")
+    export(tmp_path, "quick", semantics=custom, progress=False)
+    assert all(ok for _, ok, _ in verify(tmp_path, progress=False))
+    _edit_manifest(tmp_path, _set(["semantics", "masked_rows"], "zero"))
+    failed = [name for name, ok, _ in verify(tmp_path, progress=False) if not ok]
+    assert failed == ["fully_masked_rows"]     # the one case with a row that sees no key
+
+
+def test_the_standard_suite_round_trips(standard):
+    directory, _ = standard
+    assert all(ok for _, ok, _ in verify(directory, progress=False))
+
+
+def test_the_full_suite_round_trips(tmp_path):
+    export(tmp_path, "full", dtype="float16", semantics="onnx", progress=False)
+    results = verify(tmp_path, progress=False)
+    assert [name for name, _, _ in results] == list(SUITES["full"])
+    assert all(ok for _, ok, _ in results)
+
+
+@pytest.mark.parametrize("header, problem", [
+    pytest.param("{'descr': '<f4', (", "('EOF in multi-line statement', (2, 0))",
+                 id="does not tokenize"),
+    pytest.param("{[]: 1}", "unhashable type: 'list'", id="unhashable key"),
+    pytest.param("1" * 4097, "Header info length (4097) is large and may not be safe to load "
+                             "securely. To allow loading", id="too long"),
+])
+def test_an_npy_header_numpy_cannot_parse_is_one_line(exported, header, problem):
+    directory, _ = exported
+    members = _members(directory / "aligned.npz")
+    query = members["query.npy"]
+    members["query.npy"] = (b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header))
+                            + header.encode() + query[-1 * 2 * 64 * 64 * 4:])
+    _write_members(directory, "aligned", members)
+    message = _only_failure(directory, "aligned")
+    assert message.startswith(
+        f"query.npy in aligned.npz has no readable .npy header: {problem}"), message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("flag", [0x1, 0x20, 0x40])
+def test_an_encrypted_or_patched_member_is_not_read(exported, flag):
+    directory, _ = exported
+    members = _members(directory / "aligned.npz")
+    query = members.pop("query.npy")
+    flagged = _zip([("query.npy", 0, query, len(query), zlib.crc32(query))] + _stored(members))
+    central = flagged.index(b"PK\x01\x02")
+    flagged = (flagged[:6] + struct.pack("<H", flag) + flagged[8:central + 8]
+               + struct.pack("<H", flag) + flagged[central + 10:])
+    (directory / "aligned.npz").write_bytes(flagged)
+    _record_sha256(directory, "aligned")
+    assert _only_failure(directory, "aligned") == (
+        f"query.npy in aligned.npz is encrypted or patched (zip flags {flag:#06x}), which "
+        f"attnref does not read")
+
+
+def test_a_name_or_path_with_control_characters_is_printed_as_a_repr(exported):
+    directory, _ = exported
+    (directory / "aligned.npz").rename(directory / "a\x1b[2J\n.npz")
+    _edit_manifest(directory, _set(["cases", 0, "file"], "a\x1b[2J\n.npz"))
+    _edit_manifest(directory, _set(["cases", 0, "sha256"], "\x1b[31m"))
+    message = _only_failure(directory, "aligned")
+    assert message.isprintable() and message.startswith('"sha256 of a\\x1b[2J\\n.npz is ')
+    assert "\x1b" not in message and message.endswith(r"the manifest says '\\x1b[31m'" + '"')

@@ -86,6 +86,9 @@ def _info(_arguments):
         print("backend='auto' uses the NumPy reference.")
         return 0
     print(f"C kernel: available ({details['module']})")
+    build = details["build"]
+    print(f"built by: {build['compiler']}, flags {build['flags']}, "
+          f"sources sha256 {build['sources'][:12]}")
     print(f"code path: {details['path']} (this CPU: {', '.join(details['supported'])}; "
           f"ATTNREF_KERNEL_PATH chooses)")
     print(f"threads: {details['threads']}")

@@ -106,9 +106,12 @@ def _stale(module):
         return (f"the compiled extension {module.__file__} is older than this attnref "
                 f"(it does not record its sources). {_REBUILD}")
     csrc = Path(__file__).resolve().parent.parent / "csrc"
-    if not (csrc / "build_ffi.py").is_file():   # installed: the extension came with the package
-        return None
-    checkout = sources_sha256(csrc)
+    if not (csrc / "build_ffi.py").is_file() or not (csrc / "attnref.h").is_file():
+        return None   # installed: the extension came with the package
+    try:
+        checkout = sources_sha256(csrc)
+    except OSError as error:
+        return f"the sources in {csrc} cannot be read to check the compiled extension ({error})"
     if checkout == built_from:
         return None
     return (f"the compiled extension {module.__file__} was built from other sources than "

@@ -106,6 +106,8 @@ def test_unknown_path_in_the_environment_leaves_the_kernel_unavailable(name):
 @needs_kernel
 @pytest.mark.skipif(platform.machine() != "x86_64" or shutil.which("qemu-x86_64") is None,
                     reason="needs qemu-x86_64 to emulate a CPU without AVX-512")
+@pytest.mark.skipif("-fsanitize" in ((kernel.info()["build"] or {}).get("flags", "")),
+                    reason="a sanitizer's runtime cannot map its shadow memory under qemu")
 def test_path_the_cpu_lacks_leaves_the_kernel_unavailable():
     """ATTNREF_KERNEL_PATH=avx512 on a CPU without it (a Haswell, emulated):
     `import attnref` works, and `attnref info` says why there is no kernel."""

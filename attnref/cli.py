@@ -1,8 +1,10 @@
 """The ``attnref`` command line.
 
 ``attnref info``
-    The version, whether the C kernel is compiled (and why not), its code
-    path and threads, and a quick self-check of the kernel against a
+    The version, whether the C kernel is compiled (and why not: a failed
+    build's error and compiler output, an extension built from other
+    sources, a bad ATTNREF_KERNEL_PATH), how it was built, its code path and
+    threads, and a quick self-check of the kernel against a
     wider-precision NumPy reference under the equivalence rule.
 ``attnref check IMPLEMENTATION [--suite ...] [--dtype ...] [--semantics ...]``
     Runs the conformance suite (:func:`attnref.testing.check`) on a named
@@ -130,6 +132,9 @@ def _info(_arguments):
         print("backend='auto' uses the NumPy reference.")
         return 0
     print(f"C kernel: available ({details['module']})")
+    build = details["build"]
+    print(f"built by: {build['compiler']}, flags {build['flags']}, "
+          f"sources sha256 {build['sources'][:12]}")
     print(f"code path: {details['path']} (this CPU: {', '.join(details['supported'])}; "
           f"ATTNREF_KERNEL_PATH chooses)")
     print(f"threads: {details['threads']}")

@@ -23,7 +23,17 @@ Environment:
 ``ATTNREF_NUM_THREADS``: default thread count (else ``os.cpu_count()``).
 ``ATTNREF_DISABLE_KERNEL=1``: behave as if the extension were not built.
 ``ATTNREF_KERNEL_PATH``: the code path, one of :data:`CODE_PATHS` (default
-``auto``, the fastest the CPU supports; see :func:`set_code_path`).
+``auto``, the fastest the CPU supports; see :func:`set_code_path`). A name
+that is unknown or that this CPU cannot run leaves ``import attnref`` working
+with the kernel unavailable (a RuntimeWarning at import, and :func:`info`
+says why): falling back to another path would make a forced path's results
+and timings silently those of another.
+
+The extension is refused (unavailable, and :func:`info` says why) when it
+was built from other sources: in a checkout, when its recorded sha256 of
+``csrc/`` (:mod:`attnref._kernel_sources`) differs from the checkout's.
+When the build failed at install, the reason setup.py recorded (the error,
+the compiler and its first error lines) is :func:`info`'s ``reason``.
 """
 from __future__ import annotations
 
@@ -31,9 +41,13 @@ import importlib.util
 import itertools
 import os
 import sys
+import warnings
+from pathlib import Path
 
 import numpy as np
 
+from ._files import field, load_json
+from ._kernel_sources import sources_sha256
 from ._validation import unbroadcast
 
 __all__ = ["available", "info", "unsupported_reason", "attention",
@@ -48,21 +62,70 @@ __all__ = ["available", "info", "unsupported_reason", "attention",
 CODE_PATHS = ("auto", "portable", "avx2", "avx512")
 
 
+#: Written next to the extension by setup.py when the build fails.
+BUILD_FAILURE_REPORT = "_kernel_build_failure.json"
+_REBUILD = ("It is built from csrc/ at install: reinstall (pip install -v shows the "
+            "build), or in a checkout run `python setup.py build_ext --inplace`.")
+
+
 def _load():
+    """``(ffi, lib, None)`` of the compiled extension, or ``(None, None, why not)``."""
     if os.environ.get("ATTNREF_DISABLE_KERNEL", "") not in ("", "0"):
         return None, None, "disabled by ATTNREF_DISABLE_KERNEL"
-    rebuild = ("It is built from csrc/ at install; reinstall with "
-               "ATTNREF_REQUIRE_NATIVE=1 to see why the build failed.")
     try:
         if importlib.util.find_spec(f"{__package__}._kernel") is None:
-            return None, None, (
-                f"the compiled extension attnref._kernel is not installed (no C "
-                f"compiler at install time?). {rebuild}")
+            return None, None, _build_failure()
         from . import _kernel
     except ImportError as error:
         return None, None, (
-            f"the compiled extension attnref._kernel is not importable ({error}). {rebuild}")
+            f"the compiled extension attnref._kernel is not importable ({error}). {_REBUILD}")
+    stale = _stale(_kernel)
+    if stale is not None:
+        return None, None, stale
     return _kernel.ffi, _kernel.lib, None
+
+
+def _build_failure():
+    """Why the extension is missing: the failure setup.py recorded, if any."""
+    report = Path(__file__).with_name(BUILD_FAILURE_REPORT)
+    if not report.exists():
+        return ("the compiled extension attnref._kernel is not installed (no C compiler "
+                f"at install time?). {_REBUILD}")
+    try:
+        details = load_json(report, what="build report", max_bytes=2**16)
+        error = field(details, "error", str, source=str(report))
+        compiler = field(details, "compiler", str, source=str(report), default="unknown")
+        command = field(details, "command", str, source=str(report), default=None)
+        output = field(details, "output", list, source=str(report), default=[],
+                       check=lambda lines: all(isinstance(line, str) for line in lines),
+                       expected="an array of strings")
+    except ValueError as error:
+        return f"the C kernel failed to build, and its build report is unreadable: {error}"
+    printed = "".join(f"\n    {line}" for line in output) if output else " nothing"
+    ran = f"\n  command: {command}" if command else ""
+    return (f"the C kernel failed to build at install: {error}\n  compiler: {compiler}{ran}\n"
+            f"  it printed:{printed}\n  {_REBUILD}")
+
+
+def _stale(module):
+    """Why ``module`` (the loaded extension) was built from other sources
+    than this attnref's, or None."""
+    try:
+        built_from = module.ffi.string(module.lib.attnref_build_sources()).decode()
+    except AttributeError:
+        return (f"the compiled extension {module.__file__} is older than this attnref "
+                f"(it does not record its sources). {_REBUILD}")
+    csrc = Path(__file__).resolve().parent.parent / "csrc"
+    if not (csrc / "build_ffi.py").is_file() or not (csrc / "attnref.h").is_file():
+        return None   # installed: the extension came with the package
+    try:
+        checkout = sources_sha256(csrc)
+    except OSError as error:
+        return f"the sources in {csrc} cannot be read to check the compiled extension ({error})"
+    if checkout == built_from:
+        return None
+    return (f"the compiled extension {module.__file__} was built from other sources than "
+            f"{csrc} (sha256 {built_from[:12]}, the checkout's is {checkout[:12]}). {_REBUILD}")
 
 
 _ffi, _lib, _unavailable_reason = _load()
@@ -81,14 +144,18 @@ _ENTRIES = {np.dtype(np.float32): ("float", "attnref_sdpa_f32"),
 
 
 def _default_threads():
+    """ATTNREF_NUM_THREADS, else the CPU count. A bad value warns and is
+    ignored: like a bad ATTNREF_KERNEL_PATH, it must not break ``import attnref``."""
+    cpus = min(os.cpu_count() or 1, MAX_THREADS)
     configured = os.environ.get("ATTNREF_NUM_THREADS", "")
     if configured:
         try:
             return _check_threads(int(configured))
         except (TypeError, ValueError):
-            raise ValueError(f"ATTNREF_NUM_THREADS must be an int in [1, {MAX_THREADS}], "
-                             f"got {configured!r}") from None
-    return min(os.cpu_count() or 1, MAX_THREADS)
+            warnings.warn(f"attnref: ATTNREF_NUM_THREADS must be an int in [1, {MAX_THREADS}], "
+                          f"got {configured!r}; using {cpus} threads", RuntimeWarning,
+                          stacklevel=2)
+    return cpus
 
 
 #: The most threads a call may ask for (C takes an int32; no CPU comes near).
@@ -169,11 +236,23 @@ def set_code_path(name):
     _path = _path_code(get_code_path())
 
 
-if available():
+def _path_from_environment():
+    """Select the code path ATTNREF_KERNEL_PATH names: None, or why it cannot be."""
+    name = os.environ.get("ATTNREF_KERNEL_PATH", "") or "auto"
     try:
-        set_code_path(os.environ.get("ATTNREF_KERNEL_PATH", "") or "auto")
+        set_code_path(name)
     except ValueError as error:
-        raise ValueError(f"ATTNREF_KERNEL_PATH: {error}") from None
+        return (f"ATTNREF_KERNEL_PATH={name!r} cannot be used: {error}. Unset it, or set "
+                "it to auto or a supported path, to use the kernel.")
+    return None
+
+
+if available():
+    _unavailable_reason = _path_from_environment()
+    if _unavailable_reason is not None:
+        _ffi = _lib = None
+        warnings.warn(f"attnref: the C kernel is unavailable: {_unavailable_reason}",
+                      RuntimeWarning, stacklevel=2)
 
 
 def exp(x):
@@ -197,9 +276,13 @@ def exp(x):
 
 
 def info():
-    """What the kernel is: a dict with ``available``, ``reason`` (why not),
-    ``path`` (the code path the C library runs), ``supported`` (the paths
-    this CPU can run), ``threads`` and ``module``."""
+    """What the kernel is: a dict with ``available``, ``reason`` (why not:
+    disabled, not built and why the build failed, built from other sources,
+    or a bad ATTNREF_KERNEL_PATH), ``path`` (the code path the C library
+    runs), ``supported`` (the paths this CPU can run), ``threads``,
+    ``module`` (the extension's file) and ``build`` (how the extension was
+    built: ``compiler``, ``flags`` (with any ATTNREF_SANITIZE flags) and
+    ``sources``, the sha256 of ``csrc/``; None when there is no extension)."""
     return {
         "available": available(),
         "reason": _unavailable_reason,
@@ -207,7 +290,17 @@ def info():
         "supported": supported_code_paths(),
         "threads": _threads,
         "module": getattr(sys.modules.get(__package__ + "._kernel"), "__file__", None),
+        "build": _build_details(),
     }
+
+
+def _build_details():
+    """How the loaded extension was built (see :func:`info`), or None."""
+    module = sys.modules.get(f"{__package__}._kernel")
+    if module is None or not hasattr(module.lib, "attnref_build_sources"):
+        return None
+    return {name: module.ffi.string(getattr(module.lib, f"attnref_build_{name}")()).decode().strip()
+            for name in ("compiler", "flags", "sources")}
 
 
 def unsupported_reason(call):

@@ -2,12 +2,16 @@
 uses (its error bound is stated in csrc/simd.h)."""
 import concurrent.futures
 import multiprocessing
+import os
+import platform
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+import attnref
 from attnref import kernel
 from attnref import scaled_dot_product_attention as sdpa
 
@@ -77,23 +81,51 @@ def test_code_path_selection():
         kernel.set_code_path("auto")
 
 
+def _import_with_path(name, script, *prefix):
+    """Run ``script`` in a fresh interpreter (behind ``prefix``, an emulator)
+    with ATTNREF_KERNEL_PATH=``name``, importing this same attnref (the rest
+    of the environment is kept: sanitizer runs need their LD_PRELOAD)."""
+    return subprocess.run([*prefix, sys.executable, "-c", script], capture_output=True,
+                          text=True, env=dict(os.environ, ATTNREF_KERNEL_PATH=name),
+                          cwd=os.path.dirname(os.path.dirname(attnref.__file__)))
+
+
+KERNEL_STATE = "import attnref; print(attnref.kernel.available(), attnref.kernel.info()['reason'])"
+
+
 @needs_kernel
-def test_unknown_path_in_the_environment_is_refused(tmp_path):
-    # run outside the checkout, so that the installed package (with its kernel) is imported
-    run = subprocess.run([sys.executable, "-c", "import attnref"], capture_output=True,
-                         text=True, cwd=tmp_path, env={"ATTNREF_KERNEL_PATH": "sse"})
-    assert run.returncode != 0
-    assert "ATTNREF_KERNEL_PATH: code path must be one of" in run.stderr
+@pytest.mark.parametrize("name", ["sse", "AVX2"])   # names are case-sensitive
+def test_unknown_path_in_the_environment_leaves_the_kernel_unavailable(name):
+    run = _import_with_path(name, KERNEL_STATE)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith(f"False ATTNREF_KERNEL_PATH={name!r} cannot be used: code "
+                                 f"path must be one of ('auto', 'portable', 'avx2', 'avx512')")
+    assert "RuntimeWarning: attnref: the C kernel is unavailable" in run.stderr
+
+
+@needs_kernel
+@pytest.mark.skipif(platform.machine() != "x86_64" or shutil.which("qemu-x86_64") is None,
+                    reason="needs qemu-x86_64 to emulate a CPU without AVX-512")
+@pytest.mark.skipif("-fsanitize" in ((kernel.info()["build"] or {}).get("flags", "")),
+                    reason="a sanitizer's runtime cannot map its shadow memory under qemu")
+def test_path_the_cpu_lacks_leaves_the_kernel_unavailable():
+    """ATTNREF_KERNEL_PATH=avx512 on a CPU without it (a Haswell, emulated):
+    `import attnref` works, and `attnref info` says why there is no kernel."""
+    info = "from attnref.cli import main; raise SystemExit(main(['info']))"
+    run = _import_with_path("avx512", f"{KERNEL_STATE}\n{info}", "qemu-x86_64", "-cpu", "Haswell")
+    assert run.returncode == 0, run.stderr
+    reason = ("ATTNREF_KERNEL_PATH='avx512' cannot be used: code path 'avx512' is not "
+              "supported here; supported: ('portable', 'avx2')")
+    assert run.stdout.startswith(f"False {reason}")
+    assert f"C kernel: unavailable - {reason}" in run.stdout
 
 
 @needs_kernel
 @pytest.mark.parametrize("path", ["portable", "avx2", "avx512"])
-def test_environment_variable_forces_the_path(tmp_path, path):
+def test_environment_variable_forces_the_path(path):
     if path not in kernel.supported_code_paths():
         pytest.skip(f"code path {path} is not supported on this CPU")
-    run = subprocess.run(
-        [sys.executable, "-c", "from attnref import kernel; print(kernel.get_code_path())"],
-        capture_output=True, text=True, cwd=tmp_path, env={"ATTNREF_KERNEL_PATH": path})
+    run = _import_with_path(path, "from attnref import kernel; print(kernel.get_code_path())")
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == path
 

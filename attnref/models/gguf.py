@@ -344,7 +344,8 @@ class _Header:
         """The next ``count`` bytes: ``what``, for messages."""
         end = self.position + count
         self.load(end, what)
-        data = bytes(self.buffer[self.position:end])  # a copy: the buffer keeps growing
+        # a copy, not a view: the buffer cannot grow while a view of it exists
+        data = bytes(memoryview(self.buffer)[self.position:end])
         self.position = end
         return data
 

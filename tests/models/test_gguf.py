@@ -219,8 +219,8 @@ def brute_force_legacy(type_name, raw):
     values, size = BLOCKS[type_name]
     out = []
     for block in (raw[at:at + size] for at in range(0, len(raw), size)):
-        d = np.float32(np.frombuffer(block[:2], "<f2")[0])
-        m = np.float32(np.frombuffer(block[2:4], "<f2")[0]) if type_name.endswith("_1") else None
+        d = half(block, 0)
+        m = half(block, 2) if type_name.endswith("_1") else None
         if type_name == "Q8_0":
             out += [np.float32(q) * d for q in np.frombuffer(block[2:], np.int8)]
             continue
@@ -250,6 +250,92 @@ def test_legacy_quants_match_a_value_by_value_reference(type_name):
     raw = random_blocks(type_name, 5, np.random.default_rng(4))
     got = dequantize(np.frombuffer(raw, np.uint8), type_name)
     np.testing.assert_array_equal(got, brute_force_legacy(type_name, raw))
+
+
+def half(data, at):
+    """The float16 at byte ``at`` of ``data``, as a float32."""
+    return np.float32(np.frombuffer(data[at:at + 2], "<f2")[0])
+
+
+def get_scale_min_k4(j, q):
+    """ggml-quants.c's get_scale_min_k4: the 6-bit scale and min of sub-block j."""
+    if j < 4:
+        return q[j] & 63, q[j + 4] & 63
+    return (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4)
+
+
+def q3_k_scales(scales):
+    """ggml-quants.c's unpacking of Q3_K's 12 scale bytes (uint32 masks)."""
+    kmask1, kmask2 = 0x03030303, 0x0F0F0F0F
+    aux = list(struct.unpack("<3I", scales)) + [0]
+    tmp = aux[2]
+    aux[2] = ((aux[0] >> 4) & kmask2) | (((tmp >> 4) & kmask1) << 4)
+    aux[3] = ((aux[1] >> 4) & kmask2) | (((tmp >> 6) & kmask1) << 4)
+    aux[0] = (aux[0] & kmask2) | (((tmp >> 0) & kmask1) << 4)
+    aux[1] = (aux[1] & kmask2) | (((tmp >> 2) & kmask1) << 4)
+    return np.frombuffer(struct.pack("<4I", *aux), np.int8)
+
+
+def brute_force_k(type_name, raw):
+    """Q2_K..Q6_K one value at a time, as the loops of ggml-quants.c's
+    dequantize_row_q*_K write them (float32 arithmetic, unfused)."""
+    f32, size = np.float32, BLOCKS[type_name][1]
+    y = []
+    for b in (raw[at:at + size] for at in range(0, len(raw), size)):
+        if type_name == "Q2_K":
+            scales, q, d, dmin = b[:16], b[16:80], half(b, 80), half(b, 82)
+            index = 0
+            for n in (0, 32):
+                for shift in (0, 2, 4, 6):
+                    for offset in (0, 16):
+                        sc = scales[index]
+                        index += 1
+                        dl, ml = d * f32(sc & 0xF), dmin * f32(sc >> 4)
+                        y += [dl * f32((q[n + offset + l] >> shift) & 3) - ml for l in range(16)]
+        elif type_name == "Q3_K":
+            hm, q, scales, d = b[:32], b[32:96], q3_k_scales(b[96:108]), half(b, 108)
+            index, m = 0, 1
+            for n in (0, 32):
+                for shift in (0, 2, 4, 6):
+                    for offset in (0, 16):
+                        dl = d * f32(int(scales[index]) - 32)
+                        index += 1
+                        y += [dl * f32(((q[n + offset + l] >> shift) & 3)
+                                       - (0 if hm[offset + l] & m else 4)) for l in range(16)]
+                    m <<= 1
+        elif type_name in ("Q4_K", "Q5_K"):
+            d, dmin, scales = half(b, 0), half(b, 2), b[4:16]
+            qh, ql = (b[16:48], b[48:176]) if type_name == "Q5_K" else (bytes(32), b[16:144])
+            for j in range(4):
+                (sc1, m1), (sc2, m2) = get_scale_min_k4(2 * j, scales), \
+                    get_scale_min_k4(2 * j + 1, scales)
+                d1, min1, d2, min2 = d * f32(sc1), dmin * f32(m1), d * f32(sc2), dmin * f32(m2)
+                q = ql[32 * j:32 * j + 32]
+                u1, u2 = 1 << (2 * j), 2 << (2 * j)
+                y += [d1 * f32((q[l] & 0xF) + (16 if qh[l] & u1 else 0)) - min1
+                      for l in range(32)]
+                y += [d2 * f32((q[l] >> 4) + (16 if qh[l] & u2 else 0)) - min2
+                      for l in range(32)]
+        else:
+            ql, qh, sc, d = b[:128], b[128:192], np.frombuffer(b[192:208], np.int8), half(b, 208)
+            out = [0.0] * 256
+            for n in (0, 1):
+                for l in range(32):
+                    lo, hi, h, s = ql[64 * n + l], ql[64 * n + l + 32], qh[32 * n + l], 8 * n
+                    quads = [(lo & 0xF) | ((h & 3) << 4), (hi & 0xF) | (((h >> 2) & 3) << 4),
+                             (lo >> 4) | (((h >> 4) & 3) << 4), (hi >> 4) | (((h >> 6) & 3) << 4)]
+                    for k, q in enumerate(quads):
+                        out[128 * n + 32 * k + l] = d * f32(sc[s + l // 16 + 2 * k]) * f32(q - 32)
+            y += out
+    return np.array(y, np.float32)
+
+
+@pytest.mark.parametrize("type_name", ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"])
+def test_k_quants_match_a_value_by_value_reference(type_name):
+    raw = random_blocks(type_name, 3, np.random.default_rng(8))
+    got = dequantize(np.frombuffer(raw, np.uint8), type_name)
+    expected = brute_force_k(type_name, raw)
+    np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
 
 
 def test_float_types_convert_exactly():

@@ -217,13 +217,14 @@ class GGUFFile:
         """
         if name not in self.tensors:
             raise KeyError(f"{self.path}: no tensor named {name!r:.80}")
+        requested = dtype
         try:
-            dtype = np.dtype(dtype)
+            dtype = None if dtype is None else np.dtype(dtype)
         except TypeError:
             dtype = None
         if dtype is None or dtype.kind != "f":
             raise TypeError(f"dtype must be a NumPy floating dtype (float16, float32, "
-                            f"float64), got {dtype!r}")
+                            f"float64), got {requested!r}")
         info = self.tensors[name]
         if info.nbytes == 0:
             return np.zeros(info.shape, dtype)
@@ -368,8 +369,8 @@ class _Header:
         try:
             return self.buffer[at + 8:self.position].decode("utf-8")
         except UnicodeDecodeError as error:
-            self.fail(f"{described()} is not valid UTF-8 ({error.reason} at its byte "
-                      f"{error.start})", at)
+            problem = f"{described()} is not valid UTF-8 ({error.reason} at its byte {error.start})"
+        self.fail(problem, at)
 
     def value(self, code, what, depth=0):
         """A metadata value of type ``code``."""

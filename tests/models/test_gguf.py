@@ -182,6 +182,8 @@ def test_tensor_infos_shapes_and_the_mapping_interface(tmp_path):
         gguf.tensor("v")
     with pytest.raises(TypeError, match="dtype must be a NumPy floating dtype"):
         gguf.tensor("w", dtype=np.int32)
+    with pytest.raises(TypeError, match="dtype must be a NumPy floating dtype"):
+        gguf.tensor("w", dtype=None)
 
 
 def test_memory_mapped_reads_the_same_values(tmp_path):

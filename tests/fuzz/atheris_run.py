@@ -14,9 +14,10 @@ saved as ``crash-<sha1>`` (``-artifact_prefix=`` chooses where).
 import importlib
 import sys
 
-READERS = ("safetensors", "config", "tokenizer_config", "vocab")
+READERS = ("safetensors", "config", "tokenizer_config", "vocab", "gguf")
 FILE_NAMES = {"safetensors": "atheris.safetensors", "config": "config.json",
-              "tokenizer_config": "tokenizer_config.json", "vocab": "vocab.txt"}
+              "tokenizer_config": "tokenizer_config.json", "vocab": "vocab.txt",
+              "gguf": "atheris.gguf"}
 
 
 def main(argv):

@@ -12,6 +12,7 @@ constructed heads, and :func:`load_model` picks a model by name for
 """
 import os
 
+from .bpe import ByteLevelBPE
 from .bert import MINILM_NAME, BertConfig, BertEmbeddings, BertModel, find_minilm, load_bert, load_minilm
 from .demo import DemoModel
 from .output import ModelOutput, Window
@@ -23,6 +24,7 @@ __all__ = [
     "DemoModel", "ModelOutput", "Window", "load_model",
     "SafetensorsFile", "load_safetensors", "open_safetensors",
     "BasicTokenizer", "WordpieceTokenizer", "BertTokenizer", "Encoding", "load_vocab",
+    "ByteLevelBPE",
 ]
 
 

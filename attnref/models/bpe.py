@@ -245,8 +245,12 @@ class ByteLevelBPE:
     split : {"gpt2", "gpt2-digits"}
         The pre-tokenizer (:func:`pre_tokenize`).
     bos_id, eos_id, unk_id, pad_id : int, optional
-        Token ids of those roles. ``unk_id`` replaces a byte symbol the
-        vocabulary lacks; without it such text is a ValueError.
+        Token ids of those roles. ``unk_id`` is not used for bytes: a byte
+        the vocabulary has no token for (SmolLM2 lacks 21, among them
+        ``\x04`` and the UTF-8 lead bytes 0xF1, 0xF2 of planes 4 to 11) is
+        left out of the ids, as transformers does (its ``BPE`` model for a
+        GGUF ``gpt2`` vocabulary has no unknown token), so such text does
+        not round-trip.
     add_bos, add_eos : bool
         Whether ``encode(..., add_special_tokens=True)`` adds BOS / EOS.
     chat_template : str, optional
@@ -463,16 +467,9 @@ class ByteLevelBPE:
                     merged.append(symbols[position])
                     position += 1
             symbols = merged
-        return [self._symbol_id(symbol) for symbol in symbols]
-
-    def _symbol_id(self, symbol):
-        token_id = self._ids.get(symbol)
-        if token_id is not None:
-            return token_id
-        if self.unk_id is None:
-            raise ValueError(f"the byte(s) {bytes(self._byte_of[c] for c in symbol)!r} have no "
-                             f"token in this vocabulary and it has no unknown token")
-        return self.unk_id
+        # A byte the vocabulary lacks is dropped: transformers' BPE for a
+        # GGUF "gpt2" vocabulary has no unknown token (class docstring).
+        return [self._ids[symbol] for symbol in symbols if symbol in self._ids]
 
     def _ids_list(self, ids):
         if isinstance(ids, np.ndarray):
@@ -547,6 +544,8 @@ class ByteLevelBPE:
         if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
             raise TypeError(f"messages must be a sequence of {{'role', 'content'}} mappings, "
                             f"got {type(messages).__name__}")
+        if not messages:
+            raise ValueError("messages must hold at least one message, got none")
         parts = []
         for position, message in enumerate(messages):
             if not isinstance(message, Mapping):

@@ -52,6 +52,7 @@ version are "other" here, and may be letters or numbers in ``tokenizers``.
 """
 from __future__ import annotations
 
+import heapq
 import operator
 import re
 import unicodedata
@@ -367,7 +368,7 @@ class ByteLevelBPE:
             raise ValueError(f"follow must be one of {list(PRE_TOKENIZER_SPLITS)}, "
                              f"got {follow!r}")
         model = metadata.get("tokenizer.ggml.model")
-        if model != "gpt2":
+        if not (isinstance(model, str) and model == "gpt2"):
             raise ValueError(f"tokenizer.ggml.model must be 'gpt2' (byte-level BPE), got "
                              f"{model!r}: attnref reads no other GGUF tokenizer")
         for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges"):
@@ -375,7 +376,7 @@ class ByteLevelBPE:
                 raise ValueError(f"{key} is missing")
         pre = metadata.get("tokenizer.ggml.pre", "default")
         splits = PRE_TOKENIZER_SPLITS[follow]
-        if pre not in splits:
+        if not isinstance(pre, str) or pre not in splits:
             raise ValueError(f"tokenizer.ggml.pre must be one of {sorted(splits)} (as "
                              f"{follow} reads them), got {pre!r}")
 
@@ -448,25 +449,34 @@ class ByteLevelBPE:
 
     def _merge(self, spelled):
         """Ids of one pre-token spelled in the byte alphabet: repeatedly merge
-        the adjacent pair of lowest rank, every occurrence left to right."""
+        the adjacent pair of lowest rank, the leftmost first (``tokenizers``
+        ``Word::merge_all``), with a heap of candidate pairs over a linked
+        list of symbols, so a long pre-token costs O(n log n)."""
         symbols = list(spelled)
-        ranks = self._ranks
-        while len(symbols) > 1:
-            pairs = zip(symbols, symbols[1:])
-            best = min(pairs, key=lambda pair: ranks.get(pair, len(ranks)))
-            if best not in ranks:
-                break
-            first, second = best
-            merged, position = [], 0
-            while position < len(symbols):
-                if (position + 1 < len(symbols) and symbols[position] == first
-                        and symbols[position + 1] == second):
-                    merged.append(first + second)
-                    position += 2
-                else:
-                    merged.append(symbols[position])
-                    position += 1
-            symbols = merged
+        count, ranks = len(symbols), self._ranks
+        following = list(range(1, count + 1))
+        preceding = list(range(-1, count - 1))
+        heap = [(ranks[pair], left) for left, pair in enumerate(zip(symbols, symbols[1:]))
+                if pair in ranks]
+        heapq.heapify(heap)
+        while heap:
+            rank, left = heapq.heappop(heap)
+            right = following[left]
+            # a pair's rank names it, so an entry whose symbols have changed since is stale
+            if symbols[left] is None or right >= count or \
+                    ranks.get((symbols[left], symbols[right])) != rank:
+                continue
+            symbols[left] += symbols[right]
+            symbols[right] = None
+            following[left] = following[right]
+            if following[left] < count:
+                preceding[following[left]] = left
+            for first, second in ((preceding[left], left), (left, following[left])):
+                if first >= 0 and second < count:
+                    pair_rank = ranks.get((symbols[first], symbols[second]))
+                    if pair_rank is not None:
+                        heapq.heappush(heap, (pair_rank, first))
+        symbols = [symbol for symbol in symbols if symbol is not None]
         # A byte the vocabulary lacks is dropped: transformers' BPE for a
         # GGUF "gpt2" vocabulary has no unknown token (class docstring).
         return [self._ids[symbol] for symbol in symbols if symbol in self._ids]
@@ -582,7 +592,7 @@ def _gguf_key_message(message):
     return message
 
 
-# ChatML as Jinja writes it (the SmolLM2 and Qwen templates): optional
+# ChatML as SmolLM2's Jinja template writes it, allowing
 # whitespace control, either quote, ``message['role']`` or ``message.role``,
 # newlines written or escaped.
 _NL = r"(?:\n|\\n)"
@@ -617,8 +627,8 @@ def chatml_default_system(template):
     Raises
     ------
     ValueError
-        When ``template`` is not ChatML in the form the SmolLM2 / Qwen
-        templates write it.
+        When ``template`` is not ChatML in the form SmolLM2's template
+        writes it.
     """
     match = _CHATML.fullmatch(template)
     if match is None:

@@ -196,6 +196,12 @@ def test_refuses_an_unknown_pre_tokenizer():
             follow="llama.cpp", **{"tokenizer.ggml.pre": None})
 
 
+def test_refuses_fields_of_wrong_type():
+    refused("tokenizer.ggml.model must be 'gpt2'", **{"tokenizer.ggml.model": np.array(["gpt2"])})
+    refused(r"tokenizer.ggml.pre must be one of .*got \['smollm'\]",
+            **{"tokenizer.ggml.pre": ["smollm"]})
+
+
 def test_refuses_missing_tokens_or_merges():
     refused("tokenizer.ggml.tokens is missing", **{"tokenizer.ggml.tokens": None})
     refused("tokenizer.ggml.merges is missing", **{"tokenizer.ggml.merges": None})
@@ -417,6 +423,14 @@ def test_the_two_readings_differ_where_documented(smollm2, smollm2_llama_cpp, te
 
 def test_long_text_equal_transformers(smollm2, reference):
     text = " ".join(CORPUS) * 20
+    assert smollm2.encode(text) == reference.encode(text)
+
+
+@pytest.mark.parametrize("text", [
+    "".join(chr(ord("a") + (i * 7919) % 26) for i in range(3000)),   # one long pre-token
+    "ab" * 1500, " " * 3000, "中文测试" * 500,
+])
+def test_long_pre_tokens_equal_transformers(smollm2, reference, text):
     assert smollm2.encode(text) == reference.encode(text)
 
 

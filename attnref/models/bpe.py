@@ -67,6 +67,7 @@ __all__ = [
     "TOKEN_TYPES",
     "bytes_to_unicode",
     "pre_tokenize",
+    "chatml_default_system",
     "ByteLevelBPE",
 ]
 

@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, strategies as st
 
-from attnref.models.bpe import (PRE_TOKENIZER_SPLITS, ByteLevelBPE, bytes_to_unicode,
-                                chatml_default_system, pre_tokenize)
+from attnref.models.bpe import ByteLevelBPE, bytes_to_unicode, chatml_default_system, pre_tokenize
 
 ALPHABET = bytes_to_unicode()
 ADDED = ["<|endoftext|>", "<|im_start|>", "<think>"]

@@ -261,7 +261,10 @@ class ByteLevelBPE:
     Raises
     ------
     ValueError
-        For a malformed vocabulary (module-level checks name the field).
+        Naming the argument (and the entry) and what is wrong with it: not a
+        sequence, an entry of the wrong type, a duplicate or empty token, a
+        merge that is not two tokens or makes no token, a repeated merge, a
+        token type or id out of range, a flag that is not a bool.
     """
 
     def __init__(self, tokens, merges, *, token_types=None, split="gpt2", bos_id=None,
@@ -383,8 +386,7 @@ class ByteLevelBPE:
 
         try:
             return cls(
-                _strings("tokenizer.ggml.tokens", metadata["tokenizer.ggml.tokens"]),
-                _strings("tokenizer.ggml.merges", metadata["tokenizer.ggml.merges"]),
+                metadata["tokenizer.ggml.tokens"], metadata["tokenizer.ggml.merges"],
                 token_types=metadata.get("tokenizer.ggml.token_type"),
                 split=splits[pre],
                 bos_id=metadata.get("tokenizer.ggml.bos_token_id"),
@@ -404,7 +406,7 @@ class ByteLevelBPE:
 
     @property
     def special_ids(self):
-        """The ids of the special (control) tokens, sorted."""
+        """The ids of the special tokens (control, BOS, EOS, unknown, padding), sorted."""
         return sorted(self._special_ids)
 
     def encode(self, text, *, add_special_tokens=True):

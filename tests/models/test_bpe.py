@@ -396,6 +396,7 @@ CORPUS = [
     "<|im_start|>user\nHello!<|im_end|>\n<|im_start|>assistant\nHi<|im_end|><|endoftext|>",
     "a<|im_start|>b <|im_end|> <|im_start <|endoftext|>x",
     "$100 ^caret `tick` ~tilde| <html> a+b=c @user #tag 50% & 3*4/2",
+    "spaces before punctuation: a , b . c ! d ? it 's do n't",
     "zero\u200bwidth\u00a0nbsp\u3000ideographic\x1cfs\x85nel \ufffd \x00 nul",
     "",
 ]

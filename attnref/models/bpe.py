@@ -250,9 +250,9 @@ class ByteLevelBPE:
         Token ids of those roles. ``unk_id`` is not used for bytes: a byte
         the vocabulary has no token for (SmolLM2 lacks 21, among them
         ``\x04`` and the UTF-8 lead bytes 0xF1, 0xF2 of planes 4 to 11) is
-        left out of the ids, as transformers does (its ``BPE`` model for a
-        GGUF ``gpt2`` vocabulary has no unknown token), so such text does
-        not round-trip.
+        left out before merging, as transformers does (its ``BPE`` model
+        for a GGUF ``gpt2`` vocabulary has no unknown token), so such text
+        does not round-trip and the bytes either side of it may merge.
     add_bos, add_eos : bool
         Whether ``encode(..., add_special_tokens=True)`` adds BOS / EOS.
     chat_template : str, optional
@@ -341,7 +341,11 @@ class ByteLevelBPE:
                         and self._spelling[token_id] is not None}, key=len, reverse=True)
         # Longest first, so the leftmost match is also the longest there.
         self._added = re.compile("|".join(map(re.escape, added))) if added else None
-        self._encode_bytes = str.maketrans({byte: alphabet[byte] for byte in range(256)})
+        # A byte the vocabulary has no token for is dropped before merging, so
+        # its neighbours may merge across it: transformers' BPE for a GGUF
+        # "gpt2" vocabulary has no unknown token (``unk_id`` above).
+        self._encode_bytes = str.maketrans({
+            byte: alphabet[byte] if alphabet[byte] in self._ids else None for byte in range(256)})
         self._cache = {}
 
     @classmethod
@@ -480,9 +484,7 @@ class ByteLevelBPE:
                     if pair_rank is not None:
                         heapq.heappush(heap, (pair_rank, first))
         symbols = [symbol for symbol in symbols if symbol is not None]
-        # A byte the vocabulary lacks is dropped: transformers' BPE for a
-        # GGUF "gpt2" vocabulary has no unknown token (class docstring).
-        return [self._ids[symbol] for symbol in symbols if symbol in self._ids]
+        return [self._ids[symbol] for symbol in symbols]
 
     def _ids_list(self, ids):
         if isinstance(ids, np.ndarray):

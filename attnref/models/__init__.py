@@ -12,8 +12,8 @@ constructed heads, and :func:`load_model` picks a model by name for
 """
 import os
 
-from .bpe import ByteLevelBPE
 from .bert import MINILM_NAME, BertConfig, BertEmbeddings, BertModel, find_minilm, load_bert, load_minilm
+from .bpe import ByteLevelBPE
 from .demo import DemoModel
 from .output import ModelOutput, Window
 from .safetensors import SafetensorsFile, load_safetensors, open_safetensors

@@ -15,6 +15,7 @@ constructed heads, and :func:`load_model` picks a model by name for
 import os
 
 from .bert import MINILM_NAME, BertConfig, BertEmbeddings, BertModel, find_minilm, load_bert, load_minilm
+from .bpe import ByteLevelBPE
 from .demo import DemoModel
 from .gguf import GGUFFile, TensorInfo, find_smollm2, read_gguf
 from .output import ModelOutput, Window
@@ -27,6 +28,7 @@ __all__ = [
     "SafetensorsFile", "load_safetensors", "open_safetensors",
     "GGUFFile", "TensorInfo", "read_gguf", "find_smollm2",
     "BasicTokenizer", "WordpieceTokenizer", "BertTokenizer", "Encoding", "load_vocab",
+    "ByteLevelBPE",
 ]
 
 

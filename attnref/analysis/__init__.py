@@ -43,7 +43,7 @@ from .heads import (HEAD_PATTERNS, HEAD_TYPE_DESCRIPTIONS, HEAD_TYPES, HeadClass
 from .lens import (DirectLogitAttribution, LogitLens, direct_logit_attribution, logit_lens,
                    residual_components)
 from .positions import (PositionalBias, RelativePositionProfile, attention_locality,
-                        diagonal_score, mean_attention_distance, next_token_score,
+                        diagonal_score, is_causal, mean_attention_distance, next_token_score,
                         positional_bias, previous_token_score, relative_position_profile)
 from .quality import AttentionQuality, attention_quality
 from .regularizers import (LossAndGradient, clip_attention_weights, entropy_regularizer,
@@ -71,7 +71,7 @@ __all__ = [
     # positions
     "positional_bias", "attention_locality", "mean_attention_distance",
     "relative_position_profile", "previous_token_score", "next_token_score",
-    "diagonal_score", "PositionalBias", "RelativePositionProfile",
+    "diagonal_score", "is_causal", "PositionalBias", "RelativePositionProfile",
     # heads
     "head_taxonomy", "classify_head", "head_specialization", "detect_head",
     "head_similarity", "head_diversity", "head_output_norms", "head_importance",

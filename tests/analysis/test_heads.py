@@ -634,3 +634,19 @@ def test_head_importance_properties(seed, heads, length):
     # A fully masked query is skipped, not averaged in as zero.
     padded = np.concatenate([weights, np.zeros((2, heads, 1, length))], axis=2)
     np.testing.assert_allclose(head_importance(padded, values).scores, importance.scores)
+
+
+def test_head_taxonomy_causal_types_first_token_parking_as_sink():
+    length = 6
+    sink = np.zeros((length, length))
+    sink[:, 0] = 0.8
+    sink[0, 0] = 1.0
+    for i in range(1, length):
+        sink[i, 1:i + 1] = 0.2 / i
+    tokens = ["Once", "upon", "a", "time", "there", "lived"]
+    causal = head_taxonomy(sink, tokens, causal=True)
+    assert causal.type == "sink" and causal.sink == pytest.approx(0.8)
+    assert np.isnan(causal.next_token)                        # impossible under the mask
+    assert head_taxonomy(sink, tokens).type != "sink"         # no [CLS]/[SEP]/punctuation
+    with pytest.raises(TypeError, match="causal must be True or False"):
+        head_taxonomy(sink, causal=1)

@@ -157,7 +157,7 @@ def render_html(output, report, *, rollout=None, title=None):
         f"<header><h1>{_e(title)}</h1>",
         f"<p class=\"meta\">model <b>{_e(report.model)}</b> &middot; {T} tokens &middot; "
         f"{n_layers} layers &times; {n_heads} heads</p>",
-        _text_line(output, report),
+        _text_line(output, report), _causal_line(report),
         "<p id=\"status\" class=\"status\">rendering&hellip; (needs JavaScript)</p></header>",
         _VIEWS,
         "<section><h2>Per token <small>(" + _e(report.token_map) + ")</small></h2>",
@@ -244,6 +244,21 @@ def _text_line(output, report):
             f"{output.tokens_total} tokens</b> of the input ([CLS] and [SEP] included); "
             f"this page shows only those.</p>\n"
             f"<p class=\"meta\">text read: <q>{_e(output.read_text())}</q></p>")
+
+
+def _causal_line(report):
+    """For a causal decoder, what is normal there (the report's summary
+    line): the first-token sink and the per-prefix meaning of the metrics;
+    nothing for an encoder."""
+    decoder = report.summary.get("decoder")
+    if decoder is None:
+        return ""
+    return (f"<p class=\"meta\" id=\"causal\">causal decoder: token i sees only itself and "
+            f"the tokens before it (its entropy is at most ln(i+1); no head can attend to the "
+            f"next token). {decoder['sink_heads']} heads put most of their attention on the "
+            f"first token <q>{_e(decoder['first_token'])}</q> (mean over all heads "
+            f"{_pct(decoder['first_token_share'])}): the attention sink, the default pattern "
+            f"of a decoder (Xiao et al. 2023), not misallocation.</p>")
 
 
 def _check_inputs(output, report, rollout):

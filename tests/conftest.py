@@ -96,18 +96,19 @@ class InductionDecoder:
     an induction head (query = the current token, key = that slot), copying
     the token after the earlier occurrence into an output slot the LM head
     reads. Head 1 of each layer has zero weights (uniform over the prefix,
-    writes nothing). Words are the tokens: "<s>" (BOS, id 0) and w1..w29,
-    or the words of ``WORDS``."""
+    writes nothing). The words of ``WORDS`` are the tokens, "<s>" (id 0) the
+    BOS."""
 
     WORDS = ["<s>", "the", "cat", "sat", "on", "mat", "dog", "ran", "and", "a", "red", "ball",
              "it", "was", "big", "small", "fast", "slow", "tree", "house", "bird", "sang",
-             "sun", "rain", "day", "night", "blue", "green", "old", "new"]
+             "sun", "rain", "day", "night", "blue", "green", "old", "new"] + [
+                 f"w{index}" for index in range(30, 64)]   # 64 ids: room for the 50-token probe
     name = "induction-toy"
     causal = True
     bos_id = 0
     special_ids = (0,)
 
-    def __init__(self, positions=64, gain=160.0):
+    def __init__(self, positions=128, gain=240.0):
         from attnref.nn import Linear, MultiHeadAttention
         V, P = len(self.WORDS), positions
         self.vocab_size, self.positions = V, P

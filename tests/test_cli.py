@@ -545,3 +545,125 @@ def test_report_window_options_are_checked(options, message):
                 value if name == "--pair" else int(value))
     with pytest.raises(ValueError, match=message):
         next(cli._report_inputs(DemoModel(), arguments))
+
+
+# -- decoders: `report` on a causal model, `report --probe induction`, `generate`
+# (attnref.models.load_model is replaced by the toy decoders of tests/conftest.py)
+
+@pytest.fixture
+def decoder_loaded(monkeypatch, induction_decoder):
+    loaded = []
+
+    def load_model(name=None, **options):
+        loaded.append(name)
+        return induction_decoder
+    monkeypatch.setattr("attnref.models.load_model", load_model)
+    return loaded
+
+
+def test_report_probe_induction_names_the_induction_head(capsys, decoder_loaded):
+    status, out, err = run(capsys, "report", "--probe", "induction", "--model", "smollm2")
+    assert status == 0 and decoder_loaded == ["smollm2"]
+    assert "induction probe" in err
+    first = out.splitlines()[out.splitlines().index(next(
+        line for line in out.splitlines() if line.lstrip().startswith("rank"))) + 1]
+    assert first.split()[:3] == ["1", "1", "0"]                 # rank 1: L1 H0
+    assert "best previous-token head: L0 H0" in out
+    status, out, _ = run(capsys, "report", "--probe", "induction", "--json")
+    data = json.loads(out)
+    assert (data["top"][0]["layer"], data["top"][0]["head"]) == (1, 0)
+
+
+def test_report_on_a_decoder_adds_the_logit_lens(capsys, decoder_loaded):
+    status, out, _ = run(capsys, "report", "the cat sat on the mat and the cat")
+    assert status == 0
+    assert "causal decoder" in out and "logit lens" in out
+    assert "direct logit attribution of the prediction 'sat'" in " ".join(out.split())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("report", "text", "--probe", "induction"), "leave TEXT out"),
+    (("report", "--probe", "induction", "--full"), "--probe cannot be combined with --full"),
+    (("report", "--probe", "other"), "argument --probe: invalid choice"),
+    (("report", "the cat", "--stride", "2"), "--stride apply to encoders only"),
+    (("report",), "argument text: is required"),
+])
+def test_decoder_report_usage_errors_are_one_line(capsys, decoder_loaded, argv, message):
+    (line,) = usage_error(capsys, *argv)[-1:]
+    assert message in line
+
+
+def test_probe_on_an_encoder_is_a_usage_error(capsys):
+    assert "needs a causal decoder" in usage_error(capsys, "report", "--probe", "induction",
+                                                   "--model", "demo")[-1]
+
+
+class ByteModel:
+    """A fake decoder whose tokens are UTF-8 bytes: 'é' and '✓' take 2 and 3
+    tokens, so the stream must wait for complete characters."""
+    name = "bytes"
+
+    def __init__(self, reply="olá ✓ done"):
+        self.reply = list(reply.encode("utf-8"))
+        self.calls = []
+        self.tokenizer = type("Tokenizer", (), {"decode": staticmethod(
+            lambda ids: bytes(ids).decode("utf-8", errors="replace"))})()
+
+    def apply_chat_template(self, messages):
+        return f"<user>{messages[0]['content']}</user>"
+
+    def generate(self, prompt, *, max_new_tokens, temperature, seed, stream):
+        self.calls.append((prompt, max_new_tokens, temperature, seed))
+        new = self.reply[:max_new_tokens]
+        for token in new:
+            stream(token)
+        return new
+
+
+class Recorder:
+    """stdout that remembers each write, to see the text arrive piece by piece."""
+
+    def __init__(self):
+        self.writes = []
+
+    def write(self, text):
+        self.writes.append(text)
+
+    def flush(self):
+        pass
+
+
+def test_generate_streams_whole_characters(monkeypatch):
+    model = ByteModel()
+    monkeypatch.setattr("attnref.models.load_model", lambda name=None, **options: model)
+    out = Recorder()
+    monkeypatch.setattr(sys, "stdout", out)
+    status = cli.main(["generate", "Hello", "--max-new-tokens", "50", "--temperature", "0.7",
+                       "--seed", "5"])
+    assert status == 0
+    assert model.calls == [("Hello", 50, 0.7, 5)]
+    assert "".join(out.writes) == "olá ✓ done\n"
+    assert "\ufffd" not in "".join(out.writes)
+    assert len(out.writes) > 5                                  # streamed, not printed at the end
+    assert "á" in out.writes and "✓" in out.writes              # a character, once complete
+
+
+def test_generate_chat_and_errors(capsys, monkeypatch):
+    model = ByteModel("ok")
+    monkeypatch.setattr("attnref.models.load_model", lambda name=None, **options: model)
+    status, out, err = run(capsys, "generate", "Hi", "--chat")
+    assert status == 0 and out == "ok\n" and model.calls[0][0] == "<user>Hi</user>"
+    assert "greedy" in err and "2 new tokens" in err
+    del ByteModel.apply_chat_template
+    try:
+        assert "--chat needs an instruct model" in usage_error(capsys, "generate", "Hi",
+                                                               "--chat")[-1]
+    finally:
+        ByteModel.apply_chat_template = lambda self, messages: messages
+    monkeypatch.undo()
+    assert "cannot generate text" in usage_error(capsys, "generate", "Hi", "--model", "demo")[-1]
+    for argv, message in [(("generate", "Hi", "--temperature", "nan"), "expected a number >= 0"),
+                          (("generate", "Hi", "--max-new-tokens", "0"), "expected an integer"),
+                          (("generate", "Hi", "--model", "missing.gguf"), "does not exist"),
+                          (("generate", "  "), "expected a text to read")]:
+        assert message in usage_error(capsys, *argv)[-1]

@@ -384,7 +384,7 @@ def _report(arguments):
     if arguments.probe is not None:
         return _probe(arguments)
     if arguments.text is None:
-        raise ValueError("text is required (the text to report on), unless --probe is given")
+        arguments.parser.error("the following arguments are required: text (or --probe)")
     model = load_model(arguments.model, lang=arguments.lang, progress=sys.stderr)
     print(f"attnref: running {model.name} with a trace", file=sys.stderr)
     reports = []

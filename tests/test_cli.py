@@ -140,11 +140,11 @@ REPORT_HELP = " (see 'attnref report --help')"
 
 @pytest.mark.parametrize("argv, line", [
     ([], "attnref: error: the following arguments are required: "
-         "{info,check,report,vectors} (see 'attnref --help')"),
-    (["nope"], "attnref: error: argument {info,check,report,vectors}: invalid choice: 'nope' "
-               "(choose from 'info', 'check', 'report', 'vectors') (see 'attnref --help')"),
+         "{info,check,report,generate,vectors} (see 'attnref --help')"),
+    (["nope"], "attnref: error: argument {info,check,report,generate,vectors}: invalid choice: 'nope' "
+               "(choose from 'info', 'check', 'report', 'generate', 'vectors') (see 'attnref --help')"),
     (["--bogus"], "attnref: error: the following arguments are required: "
-                  "{info,check,report,vectors} (see 'attnref --help')"),
+                  "{info,check,report,generate,vectors} (see 'attnref --help')"),
     (["info", "extra"], "attnref: error: unrecognized arguments: extra (see 'attnref --help')"),
     (["vectors"], "attnref vectors: error: the following arguments are required: "
                   "{export,verify} (see 'attnref vectors --help')"),
@@ -196,18 +196,20 @@ REPORT_HELP = " (see 'attnref report --help')"
     (["check", "attnref-numpy", "--json", NOWHERE + "/report.json"],
      f"attnref check: error: argument --json: cannot write {NOWHERE}/report.json: {NOWHERE} "
      f"does not exist (see 'attnref check --help')"),
-    (["report"], "attnref report: error: the following arguments are required: text" +
-                 REPORT_HELP),
+    (["report"], "attnref report: error: the following arguments are required: text (or "
+                 "--probe)" + REPORT_HELP),
     (["report", ""], "attnref report: error: argument text: expected a text to read, got an "
                      "empty string" + REPORT_HELP),
     (["report", " \t\n "], "attnref report: error: argument text: expected a text to read, "
                             "got ' \\t\\n '" + REPORT_HELP),
     (["report", "x", "--model", NOWHERE], f"attnref report: error: argument --model: {NOWHERE} "
-                                          f"does not exist; expected minilm, demo or a BERT "
-                                          f"checkpoint directory" + REPORT_HELP),
+                                          f"does not exist; expected minilm, demo, smollm2, a "
+                                          f"BERT checkpoint directory or a .gguf file"
+                                          + REPORT_HELP),
     (["report", "x", "--model", str(A_FILE)],
-     f"attnref report: error: argument --model: {A_FILE} is not a directory; expected "
-     f"minilm, demo or a BERT checkpoint directory" + REPORT_HELP),
+     f"attnref report: error: argument --model: {A_FILE} is neither a directory nor a .gguf "
+     f"file; expected minilm, demo, smollm2, a BERT checkpoint directory or a .gguf file"
+     + REPORT_HELP),
     (["report", "x", "--top-k", "0"], "attnref report: error: argument --top-k: expected an "
                                       "integer >= 1, got '0'" + REPORT_HELP),
     (["report", "x", "--layer", "1.5"], "attnref report: error: argument --layer: invalid int "
@@ -306,13 +308,14 @@ def python_m_attnref(*argv):
 
 
 @pytest.mark.parametrize("argv, line", [
-    ([], "attnref: error: the following arguments are required: {info,check,report,vectors} "
+    ([], "attnref: error: the following arguments are required: {info,check,report,generate,vectors} "
          "(see 'attnref --help')"),
     (["report", "   "], "attnref report: error: argument text: expected a text to read, got "
                         "'   '" + REPORT_HELP),
     (["report", "x", "--model", NOWHERE], f"attnref report: error: argument --model: {NOWHERE} "
-                                          f"does not exist; expected minilm, demo or a BERT "
-                                          f"checkpoint directory" + REPORT_HELP),
+                                          f"does not exist; expected minilm, demo, smollm2, a "
+                                          f"BERT checkpoint directory or a .gguf file"
+                                          + REPORT_HELP),
     (["report", "x", "--model", "demo", "--head", "3"],
      "attnref report: error: argument --head: must be an integer in [-3, 3), got 3"),
 ])
@@ -417,8 +420,8 @@ def test_report_default_model_falls_back_to_demo_or_runs_minilm(capsys):
 def test_report_refuses_an_unknown_model(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert usage_error(capsys, "report", "text", "--model", "nope") == [
-        "attnref report: error: argument --model: nope does not exist; expected minilm, demo "
-        "or a BERT checkpoint directory" + REPORT_HELP]
+        "attnref report: error: argument --model: nope does not exist; expected minilm, demo, "
+        "smollm2, a BERT checkpoint directory or a .gguf file" + REPORT_HELP]
 
 
 def test_report_html_writes_the_explorer_and_still_prints_the_text(capsys, tmp_path):
@@ -586,7 +589,7 @@ def test_report_on_a_decoder_adds_the_logit_lens(capsys, decoder_loaded):
     (("report", "--probe", "induction", "--full"), "--probe cannot be combined with --full"),
     (("report", "--probe", "other"), "argument --probe: invalid choice"),
     (("report", "the cat", "--stride", "2"), "--stride apply to encoders only"),
-    (("report",), "argument text: is required"),
+    (("report",), "the following arguments are required: text (or --probe)"),
 ])
 def test_decoder_report_usage_errors_are_one_line(capsys, decoder_loaded, argv, message):
     (line,) = usage_error(capsys, *argv)[-1:]

@@ -29,13 +29,14 @@
     Instead of a text, runs the induction probe on a causal decoder
     (:func:`attnref.report.induction_probe`): 50 random tokens repeated
     twice, and prints the heads ranked by induction score next to their
-    duplicate- and previous-token scores. On a decoder (a model whose
-    ``causal`` is true) ``report TEXT`` reads the whole text and, with the
+    duplicate- and previous-token scores. On a decoder
+    (:func:`attnref.report.is_decoder`) ``report TEXT`` reads the whole text and, with the
     model's LM head, adds the logit lens and the direct logit attribution.
 ``attnref generate TEXT [--model M] [--max-new-tokens N] [--temperature T] [--seed S] [--chat]``
-    Continues TEXT with a decoder (``model.generate``), streaming the text
-    to stdout as it is produced; greedy at temperature 0 (the default).
-    ``--chat`` wraps TEXT as a user message in the model's chat template.
+    Continues TEXT with a decoder (``model.stream``, an iterator of new
+    token ids), streaming the text to stdout as it is produced; greedy at
+    temperature 0 (the default). ``--chat`` wraps TEXT as a user message in
+    the model's chat template (``model.tokenizer.chat_prompt``).
 ``attnref vectors export DIR`` / ``attnref vectors verify DIR``
     Writes golden vectors, or re-checks a directory of them
     (:mod:`attnref.testing.vectors`); verify exits 1 when a case does not
@@ -380,7 +381,7 @@ _NOT_WITH_PROBE = (("pair", "--pair"), ("max_tokens", "--max-tokens"), ("stride"
 
 def _report(arguments):
     from .models import load_model
-    from .report import build_report
+    from .report import build_report, lm_head_of
     if arguments.probe is not None:
         return _probe(arguments)
     if arguments.text is None:
@@ -389,11 +390,10 @@ def _report(arguments):
     print(f"attnref: running {model.name} with a trace", file=sys.stderr)
     reports = []
     for number, (header, output, text) in enumerate(_report_inputs(model, arguments), 1):
-        has_head = getattr(output, "logits", None) is not None and all(
-            hasattr(model, name) for name in ("final_norm", "unembedding", "tokenizer"))
         report = build_report(output, layer=arguments.layer, head=arguments.head,
                               top_k=arguments.top_k, lang=arguments.lang, text=text,
-                              lm_head=model if has_head else None)
+                              lm_head=(lm_head_of(model) if getattr(output, "logits", None)
+                                       is not None else None))
         if arguments.html:
             from .html_report import render_html
             path = Path(arguments.html)
@@ -420,7 +420,7 @@ def _report(arguments):
 def _probe(arguments):
     """``attnref report --probe induction``: the probe's table (or JSON)."""
     from .models import load_model
-    from .report import induction_probe
+    from .report import induction_probe, is_decoder
     if arguments.text is not None:
         raise ValueError(f"--probe {arguments.probe} reads its own input (random tokens "
                          f"repeated twice); leave TEXT out, got {arguments.text!r}")
@@ -430,7 +430,7 @@ def _probe(arguments):
         raise ValueError(f"--probe cannot be combined with {', '.join(given)}; it prints the "
                          f"heads ranked by induction score (--json for everything)")
     model = load_model(arguments.model, lang=arguments.lang, progress=sys.stderr)
-    if not getattr(model, "causal", False):
+    if not is_decoder(model):
         raise ValueError(f"--probe induction needs a causal decoder (smollm2 or a .gguf file); "
                          f"{model.name} is an encoder, whose heads see the tokens after them")
     print(f"attnref: running {model.name} on the induction probe", file=sys.stderr)
@@ -461,7 +461,8 @@ def _report_inputs(model, arguments):
         On a ``--max-tokens`` or ``--stride`` out of range, an empty
         ``--pair``, or ``--stride`` with ``--pair``.
     """
-    if getattr(model, "causal", False):
+    from .report import is_decoder
+    if is_decoder(model):
         # a decoder reads the whole text: no [CLS]/[SEP], pairs or windows
         given = [option for dest, option in (("pair", "--pair"), ("max_tokens", "--max-tokens"),
                                              ("stride", "--stride"))
@@ -554,12 +555,12 @@ class _TextStream:
 def _generate(arguments):
     from .models import load_model
     model = load_model(arguments.model, progress=sys.stderr)
-    if not callable(getattr(model, "generate", None)):
+    if not callable(getattr(model, "stream", None)):
         raise ValueError(f"model {model.name} cannot generate text (an encoder); use a decoder: "
                          f"smollm2 or a .gguf file")
     prompt = arguments.text
     if arguments.chat:
-        template = getattr(model, "apply_chat_template", None)
+        template = getattr(getattr(model, "tokenizer", None), "chat_prompt", None)
         if template is None:
             raise ValueError(f"--chat needs an instruct model with a chat template; {model.name} "
                              f"has none")
@@ -567,12 +568,14 @@ def _generate(arguments):
     print(f"attnref: {model.name} continues the text "
           f"({'greedy' if arguments.temperature == 0 else f'temperature {arguments.temperature}'}"
           f", at most {arguments.max_new_tokens} tokens)", file=sys.stderr)
-    stream = _TextStream(model.tokenizer.decode, sys.stdout)
-    new_ids = model.generate(prompt, max_new_tokens=arguments.max_new_tokens,
-                             temperature=arguments.temperature, seed=arguments.seed,
-                             stream=stream)
-    stream.finish()
-    print(f"attnref: {len(new_ids)} new tokens", file=sys.stderr)
+    text = _TextStream(lambda ids: model.tokenizer.decode(ids, skip_special_tokens=True),
+                       sys.stdout)
+    for token_id in model.stream(prompt, max_new_tokens=arguments.max_new_tokens,
+                                 temperature=arguments.temperature,
+                                 rng=np.random.default_rng(arguments.seed)):
+        text(token_id)
+    text.finish()
+    print(f"attnref: {len(text.ids)} new tokens", file=sys.stderr)
     return 0
 
 

@@ -23,7 +23,7 @@ uniform over the prefix; no head can attend to the next token; and a head
 that parks its attention on the first token is the attention sink that is
 the default pattern of a decoder (Xiao et al. 2023), said once in the
 summary rather than flagged head by head. Given the model's LM head
-(``lm_head``: see :func:`build_report`), the report adds the logit lens and
+(:func:`lm_head_of`), the report adds the logit lens and
 the per-head direct logit attribution of the predicted token
 (:mod:`attnref.analysis.lens`). :func:`induction_probe` runs the
 repeated-random-tokens probe (:mod:`attnref.analysis.circuits`).
@@ -40,7 +40,8 @@ import numpy as np
 from . import analysis
 from .analysis._common import Record, key_share
 
-__all__ = ["Report", "build_report", "PRONOUNS", "InductionProbe", "induction_probe"]
+__all__ = ["Report", "build_report", "PRONOUNS", "InductionProbe", "induction_probe", "LMHead",
+           "lm_head_of", "is_decoder"]
 
 #: Third-person pronouns whose attention the summary follows to the earlier
 #: words (the coreference-like behaviour Clark et al. 2019, Sec. 4.3, find in
@@ -387,14 +388,10 @@ def build_report(output, *, layer=None, head=None, top_k=3, lang="en",
         ``first_token``, ``first_token_share``, the mean share of every
         head's rows on the first token, and ``sink_heads``, the heads at or
         above the sink threshold).
-    lm_head : object, optional
-        The model's LM head, for the logit-lens and direct-logit-attribution
-        sections (a decoder model object serves): ``final_norm``, a callable
-        ``(N, D) -> (N, D)`` with attributes ``weight`` ``(D,)``, ``eps`` and
-        optionally ``bias`` ``(D,)`` (RMSNorm or LayerNorm: which one is
-        found by reproducing its output); ``unembedding`` ``(V, D)``;
-        optionally ``unembedding_bias`` ``(V,)``; and ``tokenizer.decode(ids)
-        -> str``. Needs ``output.logits`` ``(T, V)`` and a pre-norm trace.
+    lm_head : LMHead, optional
+        The model's final norm and LM head (:func:`lm_head_of`), for the
+        logit-lens and direct-logit-attribution sections. Needs
+        ``output.logits`` ``(T, V)`` and a pre-norm trace.
 
     Returns
     -------
@@ -749,18 +746,72 @@ def _norm_form(final_norm, residual):
                      "bias and eps: the logit attribution needs one of those forms")
 
 
+@dataclasses.dataclass(frozen=True)
+class LMHead:
+    """What turns a decoder's final residual stream into next-token logits,
+    and names the tokens: the report's logit lens and attribution read it.
+
+    Attributes
+    ----------
+    final_norm : callable
+        ``(N, D) -> (N, D)``, an RMSNorm or a LayerNorm with attributes
+        ``weight`` ``(D,)``, ``eps`` and (LayerNorm) ``bias`` ``(D,)``;
+        which of the two it is, is found by reproducing its output.
+    unembedding : ndarray, shape (V, D)
+        The LM head's weight (the embedding matrix when tied).
+    decode : callable
+        ``decode(list of ids) -> str``, the tokenizer's.
+    unembedding_bias : ndarray, shape (V,), optional
+    """
+    final_norm: object
+    unembedding: np.ndarray
+    decode: object
+    unembedding_bias: Optional[np.ndarray] = None
+
+
+def lm_head_of(model):
+    """The :class:`LMHead` of a decoder model, or None when it has none.
+
+    Reads ``model.final_norm`` (else ``model.stack.final_norm``),
+    ``model.unembedding`` ``(V, D)`` (else ``model.lm_head.weight``, with
+    ``model.lm_head.bias``; else ``model.unembedding_bias``) and
+    ``model.tokenizer.decode``.
+    """
+    final_norm = getattr(model, "final_norm", None)
+    if final_norm is None:
+        final_norm = getattr(getattr(model, "stack", None), "final_norm", None)
+    unembedding = getattr(model, "unembedding", None)
+    bias = getattr(model, "unembedding_bias", None)
+    if unembedding is None and hasattr(model, "lm_head"):
+        unembedding = getattr(model.lm_head, "weight", None)
+        bias = getattr(model.lm_head, "bias", None)
+    decode = getattr(getattr(model, "tokenizer", None), "decode", None)
+    if final_norm is None or unembedding is None or decode is None:
+        return None
+    return LMHead(final_norm=final_norm, unembedding=np.asarray(unembedding), decode=decode,
+                  unembedding_bias=None if bias is None else np.asarray(bias))
+
+
+def is_decoder(model):
+    """Whether ``model`` is a causal decoder: its ``causal`` attribute, else
+    whether it can generate (``stream`` or ``generate``)."""
+    causal = getattr(model, "causal", None)
+    if causal is not None:
+        return bool(causal)
+    return any(callable(getattr(model, name, None)) for name in ("stream", "generate"))
+
+
 def _lm_head_sections(output, lm_head, top_k):
     """(logit lens rows, attribution dict) at the last position."""
     logits = getattr(output, "logits", None)
     if logits is None:
         raise ValueError("lm_head needs output.logits (T, V); encode with a decoder model")
-    for name in ("final_norm", "unembedding", "tokenizer"):
-        if not hasattr(lm_head, name):
-            raise ValueError(f"lm_head must have final_norm, unembedding and tokenizer; it has "
-                             f"no {name}")
-    decode = lm_head.tokenizer.decode
-    unembedding = np.asarray(lm_head.unembedding)
-    unembedding_bias = getattr(lm_head, "unembedding_bias", None)
+    if not isinstance(lm_head, LMHead):
+        raise TypeError(f"lm_head must be an attnref.report.LMHead (lm_head_of(model)), got "
+                        f"{type(lm_head).__name__}")
+    decode = lm_head.decode
+    unembedding = lm_head.unembedding
+    unembedding_bias = lm_head.unembedding_bias
     stream = output.trace.residual_stream()[:, -1:, :]              # (layers + 1, 1, D)
     lens = analysis.logit_lens(stream, lm_head.final_norm, unembedding, k=top_k,
                                unembedding_bias=unembedding_bias)
@@ -845,8 +896,9 @@ def induction_probe(model, *, length=50, seed=0, top=5):
         A causal model: ``encode(ids)`` with a 1-D int array of ids, used as
         they are, returning a :class:`~attnref.models.output.ModelOutput`
         with its trace; the vocabulary size as ``vocab_size`` or the rows of
-        ``unembedding``; optionally ``bos_id`` (prepended; None: nothing)
-        and ``special_ids`` (never drawn).
+        its LM head (:func:`lm_head_of`); optionally ``bos_id`` (prepended;
+        else the tokenizer's ``bos_id`` when its ``add_bos`` is true) and
+        ``special_ids`` (never drawn; else the tokenizer's).
     length : int >= 2, keyword-only
         Tokens in the repeated block (50, as in TransformerLens's demo).
     seed : int, keyword-only
@@ -858,19 +910,24 @@ def induction_probe(model, *, length=50, seed=0, top=5):
     -------
     InductionProbe
     """
+    head = lm_head_of(model)
     vocab_size = getattr(model, "vocab_size", None)
-    if vocab_size is None and hasattr(model, "unembedding"):
-        vocab_size = np.shape(model.unembedding)[0]
+    if vocab_size is None and head is not None:
+        vocab_size = head.unembedding.shape[0]
     if vocab_size is None:
         raise ValueError(f"the induction probe needs a decoder model with a vocabulary; "
                          f"{getattr(model, 'name', type(model).__name__)} has neither "
-                         f"vocab_size nor unembedding")
+                         f"vocab_size nor an LM head")
     if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
         raise ValueError(f"top must be a positive integer, got {top!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    tokenizer = getattr(model, "tokenizer", None)
     bos = getattr(model, "bos_id", None)
-    special = tuple(getattr(model, "special_ids", ()))
+    if bos is None and getattr(tokenizer, "add_bos", False):
+        bos = tokenizer.bos_id                     # the model's own inputs start with it
+    special = tuple(getattr(model, "special_ids", None)
+                    or getattr(tokenizer, "special_ids", None) or ())
     ids = analysis.induction_probe_ids(np.random.default_rng(seed), int(vocab_size), length,
                                        exclude=special, prefix=() if bos is None else (bos,))
     output = model.encode(ids)

@@ -84,7 +84,7 @@ class _WordTokenizer:
     def __init__(self, words):
         self.words = list(words)
 
-    def decode(self, ids):
+    def decode(self, ids, *, skip_special_tokens=False):
         return " ".join(self.words[int(i)] for i in ids)
 
 
@@ -166,34 +166,37 @@ class InductionDecoder:
 
 class RandomDecoder:
     """A random-weight pre-LN causal stack of attnref.nn (2 layers, 4 heads,
-    a final LayerNorm, tied embeddings), with the decoder interface."""
+    its final LayerNorm, tied embeddings) laid out as attnref's Llama model:
+    ``stack.final_norm``, ``lm_head.weight``, ``stream``; no ``causal``
+    attribute (it is a decoder because it can generate)."""
 
     name = "random-decoder"
-    causal = True
-    bos_id = None
-    special_ids = ()
 
     def __init__(self, vocab_size=40, dim=16, seed=0):
-        from attnref.nn import Encoder
+        from attnref.nn import Encoder, Linear
         self.stack = Encoder.init(2, dim, 4, 32, seed=seed, norm_first=True, dtype=np.float64)
-        rng = np.random.default_rng(seed)
-        self.unembedding = rng.standard_normal((vocab_size, dim))
-        norm = self.stack.final_norm
-        self.final_norm = _Norm(norm.weight, norm.eps, norm.bias)
-        self.vocab_size = vocab_size
+        self.lm_head = Linear(np.random.default_rng(seed).standard_normal((vocab_size, dim)))
         self.tokenizer = _WordTokenizer([f"tok{i}" for i in range(vocab_size)])
+        self.tokenizer.add_bos, self.tokenizer.special_ids = False, []
 
     def encode(self, text_or_ids, *, trace=True):
         from attnref.models import ModelOutput
         from attnref.nn import Trace
-        ids = (np.array([sum(map(ord, word)) % self.vocab_size for word in text_or_ids.split()])
+        V = self.lm_head.weight.shape[0]
+        ids = (np.array([sum(map(ord, word)) % V for word in text_or_ids.split()])
                if isinstance(text_or_ids, str) else np.asarray(text_or_ids, dtype=np.int64))
         record = Trace()
-        states = self.stack.states(self.unembedding[ids], is_causal=True, trace=record)
+        states = self.stack.states(self.lm_head.weight[ids], is_causal=True, trace=record)
         output = ModelOutput(tokens=[f"tok{i}" for i in ids], ids=ids, hidden_states=states,
                              trace=record, model=self.name)
-        output.logits = self.final_norm(states[-1]) @ self.unembedding.T
+        output.logits = self.lm_head(self.stack.final_norm(states[-1]))
         return output
+
+    def stream(self, text_or_ids, *, max_new_tokens, temperature=0.0, rng=None):
+        ids = list(self.encode(text_or_ids).ids)
+        for _ in range(max_new_tokens):
+            ids.append(int(self.encode(np.array(ids)).logits[-1].argmax()))
+            yield ids[-1]
 
 
 @pytest.fixture(scope="session")

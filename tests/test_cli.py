@@ -602,25 +602,26 @@ def test_probe_on_an_encoder_is_a_usage_error(capsys):
 
 
 class ByteModel:
-    """A fake decoder whose tokens are UTF-8 bytes: 'é' and '✓' take 2 and 3
+    """A fake decoder whose tokens are UTF-8 bytes: 'á' and '✓' take 2 and 3
     tokens, so the stream must wait for complete characters."""
     name = "bytes"
 
     def __init__(self, reply="olá ✓ done"):
         self.reply = list(reply.encode("utf-8"))
         self.calls = []
-        self.tokenizer = type("Tokenizer", (), {"decode": staticmethod(
-            lambda ids: bytes(ids).decode("utf-8", errors="replace"))})()
+        self.tokenizer = ByteTokenizer()
 
-    def apply_chat_template(self, messages):
+    def stream(self, prompt, *, max_new_tokens, temperature, rng):
+        self.calls.append((prompt, max_new_tokens, temperature, rng.integers(1000)))
+        yield from self.reply[:max_new_tokens]
+
+
+class ByteTokenizer:
+    def decode(self, ids, *, skip_special_tokens=False):
+        return bytes(ids).decode("utf-8", errors="replace")
+
+    def chat_prompt(self, messages):
         return f"<user>{messages[0]['content']}</user>"
-
-    def generate(self, prompt, *, max_new_tokens, temperature, seed, stream):
-        self.calls.append((prompt, max_new_tokens, temperature, seed))
-        new = self.reply[:max_new_tokens]
-        for token in new:
-            stream(token)
-        return new
 
 
 class Recorder:
@@ -644,7 +645,8 @@ def test_generate_streams_whole_characters(monkeypatch):
     status = cli.main(["generate", "Hello", "--max-new-tokens", "50", "--temperature", "0.7",
                        "--seed", "5"])
     assert status == 0
-    assert model.calls == [("Hello", 50, 0.7, 5)]
+    import numpy as np
+    assert model.calls == [("Hello", 50, 0.7, np.random.default_rng(5).integers(1000))]
     assert "".join(out.writes) == "olá ✓ done\n"
     assert "\ufffd" not in "".join(out.writes)
     assert len(out.writes) > 5                                  # streamed, not printed at the end
@@ -657,12 +659,9 @@ def test_generate_chat_and_errors(capsys, monkeypatch):
     status, out, err = run(capsys, "generate", "Hi", "--chat")
     assert status == 0 and out == "ok\n" and model.calls[0][0] == "<user>Hi</user>"
     assert "greedy" in err and "2 new tokens" in err
-    del ByteModel.apply_chat_template
-    try:
-        assert "--chat needs an instruct model" in usage_error(capsys, "generate", "Hi",
-                                                               "--chat")[-1]
-    finally:
-        ByteModel.apply_chat_template = lambda self, messages: messages
+    model.tokenizer = type("NoTemplate", (), {"decode": ByteTokenizer.decode})()
+    assert "--chat needs an instruct model" in usage_error(capsys, "generate", "Hi",
+                                                           "--chat")[-1]
     monkeypatch.undo()
     assert "cannot generate text" in usage_error(capsys, "generate", "Hi", "--model", "demo")[-1]
     for argv, message in [(("generate", "Hi", "--temperature", "nan"), "expected a number >= 0"),

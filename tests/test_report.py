@@ -9,7 +9,7 @@ import pytest
 
 from attnref import analysis
 from attnref.models.demo import HEAD_TYPES, DemoModel
-from attnref.report import build_report
+from attnref.report import build_report, is_decoder, lm_head_of
 
 TEXT = "The cat chased the mouse because it was hungry."
 PORTUGUESE = "O gato perseguiu o rato porque estava com fome."
@@ -301,7 +301,7 @@ REPEATED = "the cat sat on the mat and the cat"
 
 
 def test_decoder_report_says_what_is_normal_for_a_causal_model(induction_decoder):
-    report = build_report(induction_decoder.encode(REPEATED), lm_head=induction_decoder)
+    report = build_report(induction_decoder.encode(REPEATED), lm_head=lm_head_of(induction_decoder))
     assert report.causal and report.summary["decoder"]["first_token"] == "<s>"
     text = report.text_report()
     assert text.count("Xiao et al. 2023") == 1
@@ -330,7 +330,7 @@ def test_decoder_report_sink_heads_are_named_as_the_default(induction_decoder):
     for i in range(1, T):
         sink[i, 0], sink[i, 1:i + 1] = 0.9, 0.1 / i
     weights[1] = sink
-    report = build_report(output, lm_head=induction_decoder)
+    report = build_report(output, lm_head=lm_head_of(induction_decoder))
     decoder = report.summary["decoder"]
     assert decoder["sink_heads"] == 1
     text = " ".join(report.text_report().split())      # the summary wraps its lines
@@ -341,7 +341,7 @@ def test_decoder_report_sink_heads_are_named_as_the_default(induction_decoder):
 
 def test_logit_lens_and_attribution_find_the_induction_head(induction_decoder):
     output = induction_decoder.encode(REPEATED)
-    report = build_report(output, lm_head=induction_decoder, top_k=2)
+    report = build_report(output, lm_head=lm_head_of(induction_decoder), top_k=2)
     attribution = report.logit_attribution
     assert attribution["token"] == "sat"                       # copied after "the cat"
     assert attribution["lens_matches_logits"]
@@ -353,9 +353,17 @@ def test_logit_lens_and_attribution_find_the_induction_head(induction_decoder):
     json.dumps(report.to_dict())
 
 
+def test_decoders_are_told_from_encoders(induction_decoder, random_decoder):
+    assert is_decoder(induction_decoder) and is_decoder(random_decoder)   # causal; stream
+    assert not is_decoder(DemoModel())
+    head = lm_head_of(random_decoder)            # stack.final_norm and lm_head.weight
+    assert head.final_norm is random_decoder.stack.final_norm
+    assert head.unembedding.shape == (40, 16)
+
+
 def test_attribution_sums_to_the_logit_on_a_random_layernorm_decoder(random_decoder):
     output = random_decoder.encode("a b c d e f g h")
-    attribution = build_report(output, lm_head=random_decoder).logit_attribution
+    attribution = build_report(output, lm_head=lm_head_of(random_decoder)).logit_attribution
     total = (attribution["heads_total"] + attribution["mlp_total"] + attribution["embedding"]
              + attribution["attention_bias"] + attribution["bias"])
     assert total == pytest.approx(attribution["logit"], rel=1e-9)
@@ -366,11 +374,13 @@ def test_attribution_sums_to_the_logit_on_a_random_layernorm_decoder(random_deco
 def test_lm_head_errors_are_clear(induction_decoder, output):
     decoder_output = induction_decoder.encode(REPEATED)
     with pytest.raises(ValueError, match="lm_head needs output.logits"):
-        build_report(output, lm_head=induction_decoder)
-    with pytest.raises(ValueError, match="it has no tokenizer"):
-        build_report(decoder_output, lm_head=type("Head", (), {
-            "final_norm": induction_decoder.final_norm,
-            "unembedding": induction_decoder.unembedding})())
+        build_report(output, lm_head=lm_head_of(induction_decoder))
+    with pytest.raises(TypeError, match="lm_head must be an attnref.report.LMHead"):
+        build_report(decoder_output, lm_head=induction_decoder)
+    assert lm_head_of(type("NoTokenizer", (), {
+        "final_norm": induction_decoder.final_norm,
+        "unembedding": induction_decoder.unembedding})()) is None
+    assert lm_head_of(DemoModel()) is None
     with pytest.raises(TypeError, match="causal must be True, False or None"):
         build_report(decoder_output, causal="yes")
 

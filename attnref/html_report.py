@@ -325,7 +325,9 @@ def _token_table(report):
 
 
 def _content_sentence(share):
-    return (f"<p>Content words get <b>{_pct(share['content_attention'])}</b> of the attention "
+    besides = " besides the first token" if share.get("besides_first_token") else ""
+    return (f"<p>Content words get <b>{_pct(share['content_attention'])}</b> of the attention"
+            f"{besides} "
             f"({_pct(share['content_tokens'])} of the tokens); function words "
             f"<b>{_pct(share['function_attention'])}</b> ({_pct(share['function_tokens'])}).</p>")
 

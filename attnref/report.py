@@ -39,6 +39,7 @@ import numpy as np
 
 from . import analysis
 from .analysis._common import Record, key_share
+from .analysis.diagnostics import _without_first_key
 
 __all__ = ["Report", "build_report", "PRONOUNS", "InductionProbe", "induction_probe", "LMHead",
            "lm_head_of", "is_decoder"]
@@ -184,9 +185,11 @@ def _summary_lines(report):
                                             for kind, count in summary["type_counts"].items()))
     lines += _wrap(report.layer_trend, indent=4)
     share = report.content_vs_function
-    lines.append(f"words: content words get {_pct(share['content_attention'])} of the attention "
-                 f"({_pct(share['content_tokens'])} of the tokens), function words "
-                 f"{_pct(share['function_attention'])} ({_pct(share['function_tokens'])})")
+    besides = " besides the first token" if share.get("besides_first_token") else ""
+    lines += _wrap(f"words: content words get {_pct(share['content_attention'])} of the "
+                   f"attention{besides} ({_pct(share['content_tokens'])} of the tokens), function "
+                   f"words {_pct(share['function_attention'])} "
+                   f"({_pct(share['function_tokens'])})", indent=4)
     lines.append("misallocation (attnref.analysis.diagnose):")
     absent = []
     for group in summary["findings"]:
@@ -457,7 +460,7 @@ def build_report(output, *, layer=None, head=None, top_k=3, lang="en",
         model=output.model, text=text if text is not None else " ".join(tokens), tokens=tokens,
         tokens_total=summary["read"]["tokens_total"], summary=summary,
         token_map=map_name, token_level=_token_level(token_map, tokens, top_k),
-        content_vs_function=_content_vs_function(weights, tokens, lang),
+        content_vs_function=_content_vs_function(weights, tokens, lang, causal),
         layer_level=_layer_level(profile), layer_trend=_layer_trend(profile),
         head_level=head_level, findings=findings, rollout=_rollout(weights, tokens, top_k),
         causal=causal, logit_lens=lens, logit_attribution=attribution)
@@ -608,17 +611,21 @@ def _token_level(token_map, tokens, top_k):
             for i in range(len(tokens))]
 
 
-def _content_vs_function(weights, tokens, lang):
+def _content_vs_function(weights, tokens, lang, causal=False):
     """Mean share of a row's attention on content vs function words ("Tokens
     de Conteúdo vs. Funcionais"), over every layer and head; specials and
-    punctuation are neither."""
+    punctuation are neither. ``causal``: of the attention besides the
+    first token (the sink), over the tokens after it."""
     is_function = analysis.function_word_mask(tokens, lang=lang)
     is_content = analysis.content_word_mask(tokens, lang=lang)
     mean_map = weights.mean(axis=(0, 1))                     # (T, T)
+    if causal:
+        mean_map, is_function, is_content = (_without_first_key(mean_map), is_function[1:],
+                                             is_content[1:])
     return {"content_attention": float(key_share(mean_map, is_content)),
             "function_attention": float(key_share(mean_map, is_function)),
             "content_tokens": float(is_content.mean()),
-            "function_tokens": float(is_function.mean())}
+            "function_tokens": float(is_function.mean()), "besides_first_token": causal}
 
 
 def _layer_level(profile):
@@ -881,7 +888,11 @@ class InductionProbe(Record):
         previous = np.asarray(self.previous_token)
         layer, head = np.unravel_index(np.nanargmax(previous), previous.shape)
         lines.append(f"best previous-token head: L{layer} H{head} "
-                     f"({previous[layer, head]:.2f}), the first half of the circuit")
+                     f"({previous[layer, head]:.2f}); an induction head reads one in an "
+                     f"earlier layer (Olsson et al. 2022)")
+        duplicate = np.asarray(self.duplicate_token)
+        layer, head = np.unravel_index(np.nanargmax(duplicate), duplicate.shape)
+        lines.append(f"best duplicate-token head: L{layer} H{head} ({duplicate[layer, head]:.2f})")
         return "\n".join(lines)
 
 

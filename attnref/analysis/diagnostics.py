@@ -158,6 +158,15 @@ def _choice_rows(weights):
     return np.where((np.sum(support(weights), axis=-1) >= 2)[..., None], weights, 0)
 
 
+def _without_first_key(weights):
+    """(..., L - 1, S - 1): a causal map's rows 1.. over keys 1.., each
+    renormalised: what the head reads besides the first-token sink (a row
+    that gave the first token everything becomes empty, skipped by means)."""
+    rest = weights[..., 1:, 1:]
+    mass = rest.sum(axis=-1, keepdims=True)
+    return np.divide(rest, mass, out=np.zeros(rest.shape), where=mass > 0)
+
+
 def _sink_share(weights, tokens, causal=False):
     """(share, parts): the ``sink`` check's evidence (...). ``causal``: the
     share on the first key over the rows that see at least 2 keys (row 0
@@ -242,6 +251,10 @@ def diagnose(weights, tokens=None, pos_tags=None, *, lang="en", causal=False, **
       uniform over the prefix, as without the flag;
     * ``collapse`` and ``sink`` read only the rows with at least 2 visible
       keys: row 0's weight 1 on key 0 is forced, not chosen;
+    * ``function_words`` reads the attention *besides* the first token
+      (rows 1.. over keys 1.., renormalised): the sink's share says nothing
+      about word classes, and a first token such as "The" would otherwise
+      make every sink head look bound to function words;
     * ``sink`` is the share on the *first key*, whatever its token: the
       attention sink of causal decoders (Xiao et al. 2023), where a head
       with nothing to read parks its attention, the default pattern of a
@@ -319,8 +332,10 @@ def diagnose(weights, tokens=None, pos_tags=None, *, lang="en", causal=False, **
         is_function = None
         skipped["function_words"] = "needs pos_tags or tokens"
     if is_function is not None:
-        extra["function_word_share"], evidence["function_words"] = _share_and_lift(
-            weights, is_function)
+        # causal: the first token holds the sink whatever its word class; read the rest
+        extra["function_word_share"], evidence["function_words"] = (
+            _share_and_lift(_without_first_key(weights), is_function[1:]) if causal
+            else _share_and_lift(weights, is_function))
 
     evidence["sink"], extra["sink_parts"] = _sink_share(weights, tokens, causal)
     extra["causal"] = causal
@@ -365,8 +380,9 @@ def _explain(check, index, value, threshold, tokens, collapse_key, sink_keys, ex
                     f"out (threshold {threshold:.2f})")
     if check == "function_words":
         share = float(extra["function_word_share"][index])
-        return (), (f"function words get {share:.0%} of the attention, {value:.1f}x what "
-                    f"uniform attention would give them (threshold {threshold:.1f}x)")
+        besides = " besides the first-token sink" if extra["causal"] else ""
+        return (), (f"function words get {share:.0%} of the attention{besides}, {value:.1f}x "
+                    f"what uniform attention would give them (threshold {threshold:.1f}x)")
     if extra["causal"]:
         return sink_keys, (f"{value:.0%} of the attention goes to the first token"
                            f"{_quoted(tokens, 0)}, the attention sink of causal decoders "

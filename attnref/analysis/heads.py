@@ -25,7 +25,8 @@ import numpy as np
 
 from ._common import (Record, as_array, as_weights, check_tokens, key_share, mean_over_rows,
                       row_mass, skip_distribution_check, xlogy)
-from .diagnostics import DEFAULT_THRESHOLDS, _share_and_lift, _sink_share, _uniformity
+from .diagnostics import (DEFAULT_THRESHOLDS, _share_and_lift, _sink_share, _uniformity,
+                          _without_first_key)
 from .positions import attention_locality, diagonal_score, next_token_score, previous_token_score
 from .tokens import (FUNCTION_POS, FUNCTION_WORDS, content_word_mask, entropy, function_word_mask,
                      mean_entropy)
@@ -338,8 +339,10 @@ def head_taxonomy(weights, tokens=None, *, lang="en", share=0.5,
 
     With ``causal``, as in :func:`attnref.analysis.diagnose`: the sink is
     the first key whatever its token, over the rows that see at least 2
-    keys (Xiao et al. 2023: the default pattern of a decoder head), and
-    ``next_token`` is NaN, since no query can see the token after it. The
+    keys (Xiao et al. 2023: the default pattern of a decoder head),
+    ``content`` is the share among the attention besides the first token
+    (rows 1.. over keys 1.., renormalised), and ``next_token`` is NaN,
+    since no query can see the token after it. The
     uniformity and the lifts already compare each row with uniform
     attention over its visible prefix (``log(i + 1)`` bounds row ``i``'s
     entropy), so they mean the same under a causal mask.
@@ -381,6 +384,9 @@ def head_taxonomy(weights, tokens=None, *, lang="en", share=0.5,
     uniformity = _uniformity(weights)
     if tokens is None:
         content = content_lift = np.full(weights.shape[:-2], np.nan)
+    elif causal:   # the content words among what the head reads besides the sink
+        content, content_lift = _share_and_lift(_without_first_key(weights),
+                                                content_word_mask(tokens, lang=lang)[1:])
     else:
         content, content_lift = _share_and_lift(weights, content_word_mask(tokens, lang=lang))
     offsets = np.arange(n_keys)[None, :] - np.arange(length)[:, None]

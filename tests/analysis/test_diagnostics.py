@@ -216,3 +216,14 @@ def test_causal_uniform_is_uniform_over_the_visible_prefix():
     causal = np.tril(np.ones((5, 5)))
     causal /= causal.sum(-1, keepdims=True)
     assert D.diagnose(causal, causal=True).evidence["uniform"] == pytest.approx(1.0)
+
+
+def test_causal_function_word_check_reads_the_attention_besides_the_sink():
+    # "The" holds the sink: 0.9 of every row; the rest is even over the other keys
+    weights = first_token_sink(6, 0.9)
+    tokens = ["The", "cat", "sat", "on", "the", "mat"]
+    plain = D.diagnose(weights, tokens)
+    causal = D.diagnose(weights, tokens, causal=True)
+    assert plain.evidence["function_words"] > 1.5             # the sink counted as "The"
+    assert causal.evidence["function_words"] == pytest.approx(1.0)   # even over the rest
+    assert not [f for f in causal.findings if f.kind == "function_words"]

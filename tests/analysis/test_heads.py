@@ -650,3 +650,15 @@ def test_head_taxonomy_causal_types_first_token_parking_as_sink():
     assert head_taxonomy(sink, tokens).type != "sink"         # no [CLS]/[SEP]/punctuation
     with pytest.raises(TypeError, match="causal must be True or False"):
         head_taxonomy(sink, causal=1)
+
+
+def test_head_taxonomy_causal_content_share_leaves_the_first_token_out():
+    # rows 1..: 0.3 on the first token "dogs", 0.7 on "the" (key 1) once visible
+    length = 5
+    weights = np.zeros((length, length))
+    weights[0, 0], weights[1, :2] = 1.0, (0.3, 0.7)
+    weights[2:, 0], weights[2:, 1] = 0.3, 0.7
+    tokens = ["dogs", "the", "cats", "mice", "birds"]
+    causal = head_taxonomy(weights, tokens, causal=True)
+    assert causal.content == pytest.approx(0.0)               # "the" is all it reads
+    assert head_taxonomy(weights, tokens).content == pytest.approx((1 + 4 * 0.3) / 5)  # sink in

@@ -381,17 +381,19 @@ _NOT_WITH_PROBE = (("pair", "--pair"), ("max_tokens", "--max-tokens"), ("stride"
 
 def _report(arguments):
     from .models import load_model
-    from .report import build_report, lm_head_of
+    from .report import build_report, is_decoder, lm_head_of
     if arguments.probe is not None:
         return _probe(arguments)
     if arguments.text is None:
         arguments.parser.error("the following arguments are required: text (or --probe)")
     model = load_model(arguments.model, lang=arguments.lang, progress=sys.stderr)
     print(f"attnref: running {model.name} with a trace", file=sys.stderr)
+    decoder = is_decoder(model)
     reports = []
     for number, (header, output, text) in enumerate(_report_inputs(model, arguments), 1):
         report = build_report(output, layer=arguments.layer, head=arguments.head,
                               top_k=arguments.top_k, lang=arguments.lang, text=text,
+                              causal=True if decoder else None,
                               lm_head=(lm_head_of(model) if getattr(output, "logits", None)
                                        is not None else None))
         if arguments.html:

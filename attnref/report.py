@@ -470,7 +470,8 @@ def _decoder_summary(taxonomy, diagnosis, tokens, layers):
     """What is normal for a decoder: the first-token sink, over ``layers``."""
     share = taxonomy.sink[list(layers)]                      # (layers, H), rows with a choice
     threshold = diagnosis.thresholds["sink_share"]
-    return {"first_token": tokens[0], "first_token_share": _number(np.nanmean(share)),
+    return {"first_token": tokens[0],
+            "first_token_share": _number(analysis._common.mean_over_rows(share.ravel())),
             "sink_heads": int(np.sum(share >= threshold)), "sink_threshold": threshold}
 
 
@@ -619,6 +620,7 @@ def _content_vs_function(weights, tokens, lang, causal=False):
     is_function = analysis.function_word_mask(tokens, lang=lang)
     is_content = analysis.content_word_mask(tokens, lang=lang)
     mean_map = weights.mean(axis=(0, 1))                     # (T, T)
+    causal = causal and len(tokens) > 1          # one token: nothing besides the first
     if causal:
         mean_map, is_function, is_content = (_without_first_key(mean_map), is_function[1:],
                                              is_content[1:])

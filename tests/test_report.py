@@ -397,3 +397,11 @@ def test_induction_probe_names_the_constructed_induction_head(induction_decoder)
     assert json.loads(json.dumps(probe.to_dict()))["top"][0]["head"] == 0
     with pytest.raises(ValueError, match="top must be a positive integer"):
         induction_probe(induction_decoder, top=0)
+
+
+def test_one_token_decoder_report(random_decoder, recwarn):
+    report = build_report(random_decoder.encode("a"), lm_head=lm_head_of(random_decoder),
+                          causal=True)
+    assert report.summary["decoder"]["first_token_share"] is None   # no row has a choice
+    assert "mean over all heads n/a" in " ".join(report.text_report().split())
+    assert not [warning for warning in recwarn if issubclass(warning.category, RuntimeWarning)]

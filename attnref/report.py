@@ -38,7 +38,7 @@ from typing import Optional
 import numpy as np
 
 from . import analysis
-from .analysis._common import Record, key_share
+from .analysis._common import Record, key_share, mean_over_rows
 from .analysis.diagnostics import _without_first_key
 
 __all__ = ["Report", "build_report", "PRONOUNS", "InductionProbe", "induction_probe", "LMHead",
@@ -471,7 +471,7 @@ def _decoder_summary(taxonomy, diagnosis, tokens, layers):
     share = taxonomy.sink[list(layers)]                      # (layers, H), rows with a choice
     threshold = diagnosis.thresholds["sink_share"]
     return {"first_token": tokens[0],
-            "first_token_share": _number(analysis._common.mean_over_rows(share.ravel())),
+            "first_token_share": _number(mean_over_rows(share.ravel())),
             "sink_heads": int(np.sum(share >= threshold)), "sink_threshold": threshold}
 
 

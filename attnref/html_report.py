@@ -157,7 +157,7 @@ def render_html(output, report, *, rollout=None, title=None):
         f"<header><h1>{_e(title)}</h1>",
         f"<p class=\"meta\">model <b>{_e(report.model)}</b> &middot; {T} tokens &middot; "
         f"{n_layers} layers &times; {n_heads} heads</p>",
-        _text_line(output, report),
+        _text_line(output, report), _causal_line(report),
         "<p id=\"status\" class=\"status\">rendering&hellip; (needs JavaScript)</p></header>",
         _VIEWS,
         "<section><h2>Per token <small>(" + _e(report.token_map) + ")</small></h2>",
@@ -246,6 +246,21 @@ def _text_line(output, report):
             f"<p class=\"meta\">text read: <q>{_e(output.read_text())}</q></p>")
 
 
+def _causal_line(report):
+    """For a causal decoder, what is normal there (the report's summary
+    line): the first-token sink and the per-prefix meaning of the metrics;
+    nothing for an encoder."""
+    decoder = report.summary.get("decoder")
+    if decoder is None:
+        return ""
+    return (f"<p class=\"meta\" id=\"causal\">causal decoder: token i sees only itself and "
+            f"the tokens before it (its entropy is at most ln(i+1); no head can attend to the "
+            f"next token). {decoder['sink_heads']} heads put most of their attention on the "
+            f"first token <q>{_e(decoder['first_token'])}</q> (mean over all heads "
+            f"{_pct(decoder['first_token_share'])}): the attention sink, the default pattern "
+            f"of a decoder (Xiao et al. 2023), not misallocation.</p>")
+
+
 def _check_inputs(output, report, rollout):
     """The weights (layers, H, T, T), the tokens and the rollout (T, T),
     checked against each other."""
@@ -310,7 +325,9 @@ def _token_table(report):
 
 
 def _content_sentence(share):
-    return (f"<p>Content words get <b>{_pct(share['content_attention'])}</b> of the attention "
+    besides = " besides the first token" if share.get("besides_first_token") else ""
+    return (f"<p>Content words get <b>{_pct(share['content_attention'])}</b> of the attention"
+            f"{besides} "
             f"({_pct(share['content_tokens'])} of the tokens); function words "
             f"<b>{_pct(share['function_attention'])}</b> ({_pct(share['function_tokens'])}).</p>")
 

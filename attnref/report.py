@@ -15,6 +15,18 @@ does, the layer trend and the findings grouped by kind.
 
 Every head has one type, :func:`attnref.analysis.head_taxonomy`'s, in the
 summary, the head table, the HTML explorer and :mod:`attnref.viz` alike.
+
+On a causal decoder (detected from the maps, :func:`attnref.analysis.is_causal`)
+the report reads the metrics the way a causal mask requires: row ``i`` sees
+``i + 1`` keys, so its entropy is at most ``ln(i + 1)`` and "uniform" means
+uniform over the prefix; no head can attend to the next token; and a head
+that parks its attention on the first token is the attention sink that is
+the default pattern of a decoder (Xiao et al. 2023), said once in the
+summary rather than flagged head by head. Given the model's LM head
+(:func:`lm_head_of`), the report adds the logit lens and
+the per-head direct logit attribution of the predicted token
+(:mod:`attnref.analysis.lens`). :func:`induction_probe` runs the
+repeated-random-tokens probe (:mod:`attnref.analysis.circuits`).
 """
 from __future__ import annotations
 
@@ -26,9 +38,11 @@ from typing import Optional
 import numpy as np
 
 from . import analysis
-from .analysis._common import Record, key_share
+from .analysis._common import Record, key_share, mean_over_rows
+from .analysis.diagnostics import _without_first_key
 
-__all__ = ["Report", "build_report", "PRONOUNS"]
+__all__ = ["Report", "build_report", "PRONOUNS", "InductionProbe", "induction_probe", "LMHead",
+           "lm_head_of", "is_decoder"]
 
 #: Third-person pronouns whose attention the summary follows to the earlier
 #: words (the coreference-like behaviour Clark et al. 2019, Sec. 4.3, find in
@@ -80,12 +94,17 @@ class Report(Record):
     head_level: list        # per (layer, head): type, its evidence, detectors, importance
     findings: list          # diagnose(): collapse, uniform, function words, sinks
     rollout: list           # per token: the input tokens it draws most from, last layer
+    causal: bool = False    # a decoder's causal self-attention
+    logit_lens: Optional[list] = None          # per layer: top tokens at the last position
+    logit_attribution: Optional[dict] = None   # the predicted token's logit, term by term
 
     def text_report(self, full=False):
         """The report as readable text: the summary, then with ``full`` the
         per-token, per-layer and per-head tables, every finding and the
         rollout."""
         lines = _summary_lines(self)
+        if self.logit_lens is not None:
+            lines += [""] + _lens_lines(self)
         if full:
             lines += [""] + _table_lines(self)
         return "\n".join(lines)
@@ -109,8 +128,22 @@ def _summary_lines(report):
         lines.append(_fit(f"read: all {read['tokens']} tokens: {' '.join(report.tokens)}"))
     if summary["layer"] is not None:
         lines.append(f"heads: layer {summary['layer']} only ({shape['typed']} heads)")
+    decoder = summary.get("decoder")
+    if decoder is not None:
+        lines += _wrap(
+            f"causal decoder: each token sees only itself and the tokens before it, so "
+            f"token i's entropy is at most ln(i+1), uniform means uniform over that prefix "
+            f"and no head can attend to the next token. First-token sink: "
+            f"{decoder['sink_heads']} of {shape['typed']} heads put >= "
+            f"{_pct(decoder['sink_threshold'])} of their attention on the first token "
+            f"{decoder['first_token']!r} (mean over all heads {_pct(decoder['first_token_share'])})"
+            f": the attention sink, the default pattern of a decoder, where a head with "
+            f"nothing to read parks its attention (Xiao et al. 2023); a no-op, not "
+            f"misallocation", indent=4)
     lines += ["", "heads worth a look (shares are of each token's attention):"]
     for kind, phrase in _NAMED_TYPES.items():
+        if kind == "next-token" and decoder is not None:
+            continue                                   # impossible under a causal mask
         heads = summary["by_type"].get(kind)
         phrase = phrase.format(window=summary["window"])
         if heads:
@@ -141,7 +174,9 @@ def _summary_lines(report):
                        f"{link['weight']:.2f} in {_where(link)} {link['type']}")
     typical = summary["typical"]
     description = f": {analysis.HEAD_TYPE_DESCRIPTIONS[typical['type']]}"
-    if typical["type"] == "sink":
+    if typical["type"] == "sink" and decoder is not None:
+        description = ", parked on the first token: the decoder default described above"
+    elif typical["type"] == "sink":
         description = ", a no-op (Clark et al. 2019): " + ", ".join(
             f"{key} {_pct(share)}" for key, share in summary["sinks_park_on"].items())
     lines += _wrap(f"typical head: {typical['type']} ({typical['count']} of {shape['typed']})"
@@ -150,9 +185,11 @@ def _summary_lines(report):
                                             for kind, count in summary["type_counts"].items()))
     lines += _wrap(report.layer_trend, indent=4)
     share = report.content_vs_function
-    lines.append(f"words: content words get {_pct(share['content_attention'])} of the attention "
-                 f"({_pct(share['content_tokens'])} of the tokens), function words "
-                 f"{_pct(share['function_attention'])} ({_pct(share['function_tokens'])})")
+    besides = " besides the first token" if share.get("besides_first_token") else ""
+    lines += _wrap(f"words: content words get {_pct(share['content_attention'])} of the "
+                   f"attention{besides} ({_pct(share['content_tokens'])} of the tokens), function "
+                   f"words {_pct(share['function_attention'])} "
+                   f"({_pct(share['function_tokens'])})", indent=4)
     lines.append("misallocation (attnref.analysis.diagnose):")
     absent = []
     for group in summary["findings"]:
@@ -160,7 +197,8 @@ def _summary_lines(report):
         if not group["heads"]:
             absent.append(name)
             continue
-        lines += _wrap(f"  {name} ({_threshold_text(group)}): {_group_heads(group, summary)}")
+        lines += _wrap(f"  {name} ({_threshold_text(group, decoder is not None)}): "
+                       f"{_group_heads(group, summary)}")
     if absent:
         lines.append("  not found: " + ", ".join(absent))
     lines.append("tables per token, layer and head: --full (text_report(full=True)); "
@@ -168,18 +206,22 @@ def _summary_lines(report):
     return lines
 
 
-def _threshold_text(group):
+def _threshold_text(group, causal=False):
     kind, threshold = group["kind"], group["threshold"]
     return {"collapse": f">= {_pct(threshold)} of the head's attention on one key",
-            "uniform": f"mean normalised entropy >= {threshold:.2f}",
+            "uniform": f"mean normalised entropy >= {threshold:.2f}"
+                       + (" (over each prefix)" if causal else ""),
             "function_words": f">= {threshold:.1f}x the uniform share on function words",
-            "sink": f">= {_pct(threshold)} on [CLS]/[SEP]/punctuation"}[kind]
+            "sink": f">= {_pct(threshold)} on " + ("the first token" if causal else
+                                                    "[CLS]/[SEP]/punctuation")}[kind]
 
 
 def _group_heads(group, summary):
     """The heads of one kind of finding, compactly; a sink group refers to the
     sink-typed heads instead of listing them again."""
     heads = [{"layer": layer, "head": head} for layer, head in group["heads"]]
+    if summary.get("decoder") is not None and group["kind"] in ("collapse", "sink"):
+        return _decoder_group_heads(group, heads)
     if group["kind"] == "sink" and summary["typical"]["type"] == "sink":
         sinks = {(row["layer"], row["head"]) for row in summary["by_type"].get("sink", [])}
         others = [row for row in heads if (row["layer"], row["head"]) not in sinks]
@@ -192,6 +234,21 @@ def _group_heads(group, summary):
                                                      else "")
                                      for token, count in group["keys"])
     return text
+
+
+def _decoder_group_heads(group, heads):
+    """A decoder's sink and collapse heads: the ones on the first token are
+    the default (said in the summary's causal line), the others listed."""
+    if group["kind"] == "sink":
+        return f"{len(heads)} heads, the first-token sink (the decoder default, see above)"
+    on_first = [row for row, key in zip(heads, group["key_positions"]) if key == 0]
+    others = [row for row, key in zip(heads, group["key_positions"]) if key != 0]
+    parts = []
+    if on_first:
+        parts.append(f"{len(on_first)} heads onto the first token (the sink, see above)")
+    if others:
+        parts.append(f"{_head_list(others)} onto another token (worth a look)")
+    return "; ".join(parts)
 
 
 def _where(row):
@@ -227,12 +284,17 @@ def _wrap(line, indent=19, width=_SCREEN):
 
 
 def _table_lines(report):
-    lines = [f"== per token ({report.token_map})",
-             f"{'pos':>4} {'token':<14} {'entropy':>7} {'received':>8}  attends to"]
+    bound = report.causal   # a causal row i has its own bound ln(i + 1): show it
+    lines = [f"== per token ({report.token_map})"
+             + (": entropy in nats, at most max = ln(i+1) under the causal mask" if bound
+                else ""),
+             f"{'pos':>4} {'token':<14} {'entropy':>7}" + (f" {'max':>5}" if bound else "")
+             + f" {'received':>8}  attends to"]
     for row in report.token_level:
         targets = ", ".join(f"{token} {weight:.2f}" for _, token, weight in row["attends_to"])
-        lines.append(f"{row['position']:>4} {_cut(row['token']):<14} {row['entropy']:>7.2f} "
-                     f"{row['received']:>8.2f}  {targets}")
+        lines.append(f"{row['position']:>4} {_cut(row['token']):<14} {row['entropy']:>7.2f}"
+                     + (f" {row['max_entropy']:>5.2f}" if bound else "")
+                     + f" {row['received']:>8.2f}  {targets}")
     lines += ["", "== per layer",
               f"{'layer':>5} {'entropy':>8} {'distance':>8} {'locality':>8} {'sink':>6}"]
     for row in report.layer_level:
@@ -298,7 +360,7 @@ def _check_index(name, value, size):
 
 
 def build_report(output, *, layer=None, head=None, top_k=3, lang="en",
-                 text: Optional[str] = None):
+                 text: Optional[str] = None, causal: Optional[bool] = None, lm_head=None):
     """The allocation report of one encoded text: a summary, then the token,
     layer and head levels, the findings and the rollout.
 
@@ -320,6 +382,19 @@ def build_report(output, *, layer=None, head=None, top_k=3, lang="en",
         and pronoun list (:data:`PRONOUNS`).
     text : str, optional
         The text, for the header.
+    causal : bool, optional
+        Whether the model is a causal decoder; None (default): when every
+        map is causal (:func:`attnref.analysis.is_causal`) and T >= 2. Then
+        :func:`attnref.analysis.head_taxonomy` and
+        :func:`attnref.analysis.diagnose` run with ``causal=True`` and the
+        summary says what is normal for a decoder (``summary["decoder"]``:
+        ``first_token``, ``first_token_share``, the mean share of every
+        head's rows on the first token, and ``sink_heads``, the heads at or
+        above the sink threshold).
+    lm_head : LMHead, optional
+        The model's final norm and LM head (:func:`lm_head_of`), for the
+        logit-lens and direct-logit-attribution sections. Needs
+        ``output.logits`` ``(T, V)`` and a pre-norm trace.
 
     Returns
     -------
@@ -354,10 +429,15 @@ def build_report(output, *, layer=None, head=None, top_k=3, lang="en",
     token_map = weights[map_layer].mean(axis=0) if head is None else weights[map_layer, head]
     map_name = (f"layer {map_layer}, " +
                 ("mean over heads" if head is None else f"head {head}"))
+    if causal is None:
+        causal = T >= 2 and bool(np.all(analysis.is_causal(weights)))
+    elif not isinstance(causal, (bool, np.bool_)):
+        raise TypeError(f"causal must be True, False or None, got {causal!r}")
+    causal = bool(causal)
     profile = analysis.layer_profile(weights)
-    taxonomy = analysis.head_taxonomy(weights, tokens, lang=lang)
+    taxonomy = analysis.head_taxonomy(weights, tokens, lang=lang, causal=causal)
     head_level = _head_level(output.trace, weights, tokens, taxonomy, layer)
-    diagnosis = analysis.diagnose(weights, tokens, lang=lang)
+    diagnosis = analysis.diagnose(weights, tokens, lang=lang, causal=causal)
     findings = [_finding(finding) for finding in diagnosis.findings
                 if layer is None or finding.layer == layer]
     layers = range(n_layers) if layer is None else [layer]
@@ -370,14 +450,29 @@ def build_report(output, *, layer=None, head=None, top_k=3, lang="en",
         "pronouns": _pronouns(weights, tokens, layers, taxonomy.type, lang),
         "strongest_link": _strongest_link(weights, tokens, layers, taxonomy.type, lang),
         "findings": _finding_groups(findings, diagnosis.thresholds),
+        "decoder": (_decoder_summary(taxonomy, diagnosis, tokens, layers) if causal
+                    else None),
     }
+    lens = attribution = None
+    if lm_head is not None:
+        lens, attribution = _lm_head_sections(output, lm_head, top_k)
     return Report(
         model=output.model, text=text if text is not None else " ".join(tokens), tokens=tokens,
         tokens_total=summary["read"]["tokens_total"], summary=summary,
         token_map=map_name, token_level=_token_level(token_map, tokens, top_k),
-        content_vs_function=_content_vs_function(weights, tokens, lang),
+        content_vs_function=_content_vs_function(weights, tokens, lang, causal),
         layer_level=_layer_level(profile), layer_trend=_layer_trend(profile),
-        head_level=head_level, findings=findings, rollout=_rollout(weights, tokens, top_k))
+        head_level=head_level, findings=findings, rollout=_rollout(weights, tokens, top_k),
+        causal=causal, logit_lens=lens, logit_attribution=attribution)
+
+
+def _decoder_summary(taxonomy, diagnosis, tokens, layers):
+    """What is normal for a decoder: the first-token sink, over ``layers``."""
+    share = taxonomy.sink[list(layers)]                      # (layers, H), rows with a choice
+    threshold = diagnosis.thresholds["sink_share"]
+    return {"first_token": tokens[0],
+            "first_token_share": _number(mean_over_rows(share.ravel())),
+            "sink_heads": int(np.sum(share >= threshold)), "sink_threshold": threshold}
 
 
 def _head_overview(head_level, weights, tokens):
@@ -497,6 +592,8 @@ def _finding_groups(findings, thresholds):
                                    for token in finding["key_tokens"] or ())
         groups.append({"kind": kind, "threshold": thresholds[threshold_name],
                        "heads": [[finding["layer"], finding["head"]] for finding in of_kind],
+                       "key_positions": [finding["keys"][0] if finding["keys"] else None
+                                         for finding in of_kind],
                        "keys": keys.most_common()})
     return groups
 
@@ -505,25 +602,32 @@ def _token_level(token_map, tokens, top_k):
     """Seed: ``interpret_attention_weights`` and "Alocação em Nível de Token"."""
     top = analysis.top_attended(token_map, k=top_k)
     entropy = analysis.entropy(token_map)
+    visible = np.maximum(np.sum(token_map > 0, axis=-1), 1)   # keys row i sees: ln n_i bounds it
     received = analysis.received_attention(token_map) / token_map.shape[0]
     return [{"position": i, "token": tokens[i],
              "attends_to": [(int(j), tokens[j], float(w))
                             for j, w in zip(top.indices[i], top.weights[i]) if w > 0],
-             "entropy": float(entropy[i]), "received": float(received[i])}
+             "entropy": float(entropy[i]), "max_entropy": float(np.log(visible[i])),
+             "received": float(received[i])}
             for i in range(len(tokens))]
 
 
-def _content_vs_function(weights, tokens, lang):
+def _content_vs_function(weights, tokens, lang, causal=False):
     """Mean share of a row's attention on content vs function words ("Tokens
     de Conteúdo vs. Funcionais"), over every layer and head; specials and
-    punctuation are neither."""
+    punctuation are neither. ``causal``: of the attention besides the
+    first token (the sink), over the tokens after it."""
     is_function = analysis.function_word_mask(tokens, lang=lang)
     is_content = analysis.content_word_mask(tokens, lang=lang)
     mean_map = weights.mean(axis=(0, 1))                     # (T, T)
+    causal = causal and len(tokens) > 1          # one token: nothing besides the first
+    if causal:
+        mean_map, is_function, is_content = (_without_first_key(mean_map), is_function[1:],
+                                             is_content[1:])
     return {"content_attention": float(key_share(mean_map, is_content)),
             "function_attention": float(key_share(mean_map, is_function)),
             "content_tokens": float(is_content.mean()),
-            "function_tokens": float(is_function.mean())}
+            "function_tokens": float(is_function.mean()), "besides_first_token": causal}
 
 
 def _layer_level(profile):
@@ -598,3 +702,251 @@ def _rollout(weights, tokens, top_k):
              "sources": [(int(j), tokens[j], float(share))
                          for j, share in zip(top.indices[i], top.weights[i])]}
             for i in range(len(tokens))]
+
+
+def _lens_lines(report):
+    """The logit lens at the last position, and the predicted token's logit
+    split into heads, feed-forward blocks and the embedding."""
+    attribution = report.logit_attribution
+    lines = _wrap(f"logit lens at the last token {report.tokens[-1]!r} (nostalgebraist 2020: "
+                  f"the stream after each layer through the final norm and the LM head):",
+                  indent=4)
+    for row in report.logit_lens:
+        top = ", ".join(f"{token!r} {probability:.2f}" for token, probability in row["top"])
+        lines.append(f"  {row['stage']:<9} {top}")
+    if not attribution["lens_matches_logits"]:
+        lines += _wrap("  WARNING: the last layer's lens disagrees with the model's logits; the "
+                       "LM head given is not the one the model used", indent=4)
+    lines += _wrap(f"direct logit attribution of the prediction {attribution['token']!r} "
+                   f"(logit {attribution['logit']:.2f}; final norm's scale frozen at the final "
+                   f"stream, Elhage et al. 2021; terms sum to the logit minus its biases, "
+                   f"{attribution['bias']:.2f}):", indent=4)
+    heads = ", ".join(f"{_where(row)} {row['logit']:+.2f}" for row in attribution["top_heads"])
+    lines += _wrap(f"  heads: {heads}; all heads {attribution['heads_total']:+.2f}, "
+                   f"attention biases {attribution['attention_bias']:+.2f}", indent=4)
+    blocks = ", ".join(f"L{row['layer']} {row['logit']:+.2f}" for row in attribution["top_mlp"])
+    lines += _wrap(f"  feed-forward: {blocks}; all {attribution['mlp_total']:+.2f}; embedding "
+                   f"{attribution['embedding']:+.2f}", indent=4)
+    return lines
+
+
+def _norm_form(final_norm, residual):
+    """(weight, bias, eps, center) of ``final_norm``, an RMSNorm or a
+    LayerNorm: the form whose formula reproduces ``final_norm(residual)``."""
+    try:
+        weight = np.asarray(final_norm.weight, dtype=np.float64)
+        eps = float(final_norm.eps)
+    except (AttributeError, TypeError, ValueError):
+        raise ValueError("lm_head.final_norm must have a weight (D,) and an eps (RMSNorm or "
+                         "LayerNorm)") from None
+    bias = getattr(final_norm, "bias", None)
+    bias = None if bias is None else np.asarray(bias, dtype=np.float64)
+    expected = np.asarray(final_norm(residual), dtype=np.float64)
+    stream = residual.astype(np.float64)
+    for center in (False, True):
+        centred = stream - stream.mean(-1, keepdims=True) if center else stream
+        formula = weight * centred / np.sqrt(np.mean(centred ** 2, -1, keepdims=True) + eps)
+        if bias is not None:
+            formula = formula + bias
+        size = max(float(np.abs(expected).max()), 1.0)
+        if np.abs(formula - expected).max() <= 1e-3 * size:
+            return weight, bias, eps, center
+    raise ValueError("lm_head.final_norm is neither an RMSNorm nor a LayerNorm with its weight, "
+                     "bias and eps: the logit attribution needs one of those forms")
+
+
+@dataclasses.dataclass(frozen=True)
+class LMHead:
+    """What turns a decoder's final residual stream into next-token logits,
+    and names the tokens: the report's logit lens and attribution read it.
+
+    Attributes
+    ----------
+    final_norm : callable
+        ``(N, D) -> (N, D)``, an RMSNorm or a LayerNorm with attributes
+        ``weight`` ``(D,)``, ``eps`` and (LayerNorm) ``bias`` ``(D,)``;
+        which of the two it is, is found by reproducing its output.
+    unembedding : ndarray, shape (V, D)
+        The LM head's weight (the embedding matrix when tied).
+    decode : callable
+        ``decode(list of ids) -> str``, the tokenizer's.
+    unembedding_bias : ndarray, shape (V,), optional
+    """
+    final_norm: object
+    unembedding: np.ndarray
+    decode: object
+    unembedding_bias: Optional[np.ndarray] = None
+
+
+def lm_head_of(model):
+    """The :class:`LMHead` of a decoder model, or None when it has none.
+
+    Reads ``model.final_norm`` (else ``model.stack.final_norm``),
+    ``model.unembedding`` ``(V, D)`` (else ``model.lm_head.weight``, with
+    ``model.lm_head.bias``; else ``model.unembedding_bias``) and
+    ``model.tokenizer.decode``.
+    """
+    final_norm = getattr(model, "final_norm", None)
+    if final_norm is None:
+        final_norm = getattr(getattr(model, "stack", None), "final_norm", None)
+    unembedding = getattr(model, "unembedding", None)
+    bias = getattr(model, "unembedding_bias", None)
+    if unembedding is None and hasattr(model, "lm_head"):
+        unembedding = getattr(model.lm_head, "weight", None)
+        bias = getattr(model.lm_head, "bias", None)
+    decode = getattr(getattr(model, "tokenizer", None), "decode", None)
+    if final_norm is None or unembedding is None or decode is None:
+        return None
+    return LMHead(final_norm=final_norm, unembedding=np.asarray(unembedding), decode=decode,
+                  unembedding_bias=None if bias is None else np.asarray(bias))
+
+
+def is_decoder(model):
+    """Whether ``model`` is a causal decoder: its ``causal`` attribute, else
+    whether it can generate (``stream`` or ``generate``)."""
+    causal = getattr(model, "causal", None)
+    if causal is not None:
+        return bool(causal)
+    return any(callable(getattr(model, name, None)) for name in ("stream", "generate"))
+
+
+def _lm_head_sections(output, lm_head, top_k):
+    """(logit lens rows, attribution dict) at the last position."""
+    logits = getattr(output, "logits", None)
+    if logits is None:
+        raise ValueError("lm_head needs output.logits (T, V); encode with a decoder model")
+    if not isinstance(lm_head, LMHead):
+        raise TypeError(f"lm_head must be an attnref.report.LMHead (lm_head_of(model)), got "
+                        f"{type(lm_head).__name__}")
+    decode = lm_head.decode
+    unembedding = lm_head.unembedding
+    unembedding_bias = lm_head.unembedding_bias
+    stream = output.trace.residual_stream()[:, -1:, :]              # (layers + 1, 1, D)
+    lens = analysis.logit_lens(stream, lm_head.final_norm, unembedding, k=top_k,
+                               unembedding_bias=unembedding_bias)
+    rows = [{"stage": "embedding" if index == 0 else f"after L{index - 1}",
+             "top": [(decode([int(token)]), float(probability))
+                     for token, probability in zip(ids[0], probabilities[0])]}
+            for index, (ids, probabilities) in enumerate(zip(lens.top_ids, lens.top_probs))]
+    predicted = int(np.argmax(logits[-1]))
+    parts = analysis.residual_components(output.trace)
+    final = output.trace.layers[-1].residual_out[-1:]                # (1, D)
+    weight, bias, eps, center = _norm_form(lm_head.final_norm, final)
+
+    def attribute(component):                                       # (..., T, D) -> (...)
+        return analysis.direct_logit_attribution(
+            component[..., -1:, :], final, unembedding, [predicted], norm_weight=weight,
+            norm_bias=bias, eps=eps, center=center,
+            unembedding_bias=unembedding_bias).attribution[..., 0]
+
+    heads = attribute(parts["heads"])                                 # (layers, H)
+    mlp = attribute(parts["mlp"])                                     # (layers,)
+    whole = analysis.direct_logit_attribution(
+        final, final, unembedding, [predicted], norm_weight=weight, norm_bias=bias, eps=eps,
+        center=center, unembedding_bias=unembedding_bias)
+    order = np.argsort(-np.abs(heads).ravel(), kind="stable")[:5]
+    return rows, {
+        "token": decode([predicted]), "token_id": predicted,
+        "logit": float(whole.logit[0]), "model_logit": float(logits[-1, predicted]),
+        "bias": float(whole.bias[0]),
+        "lens_matches_logits": int(lens.top_ids[-1, 0, 0]) == predicted,
+        "heads": heads.tolist(), "mlp": mlp.tolist(),
+        "top_heads": [{"layer": int(index // heads.shape[1]), "head": int(index % heads.shape[1]),
+                       "logit": float(heads.ravel()[index])} for index in order],
+        "top_mlp": [{"layer": int(index), "logit": float(mlp[index])}
+                    for index in np.argsort(-np.abs(mlp), kind="stable")[:3]],
+        "heads_total": float(heads.sum()), "mlp_total": float(mlp.sum()),
+        "attention_bias": float(attribute(parts["attention_bias"]).sum()),
+        "embedding": float(attribute(parts["embedding"]))}
+
+
+@dataclasses.dataclass
+class InductionProbe(Record):
+    """:func:`induction_probe`'s result: the probe, the three scores of every
+    head and the top heads by induction score."""
+    model: str
+    length: int
+    seed: int
+    ids: list
+    induction: list          # (layers, H)
+    duplicate_token: list    # (layers, H)
+    previous_token: list     # (layers, H)
+    top: list                # the best heads: layer, head and the three scores
+
+    def text_report(self):
+        """The top heads as a table, with what the scores mean."""
+        lines = [f"attnref induction probe -- {self.model}: {self.length} random tokens "
+                 f"repeated twice (seed {self.seed}, {len(self.ids)} tokens)",
+                 *_wrap("induction: mean attention from a token of the second copy to the "
+                        "token after its first occurrence (TransformerLens; Olsson et al. "
+                        "2022); duplicate: to that first occurrence; previous: to the token "
+                        "before", indent=0),
+                 f"{'rank':>4} {'L':>3} {'H':>3} {'induction':>9} {'duplicate':>9} "
+                 f"{'previous':>8}"]
+        for rank, row in enumerate(self.top, 1):
+            lines.append(f"{rank:>4} {row['layer']:>3} {row['head']:>3} "
+                         f"{row['induction']:>9.2f} {row['duplicate_token']:>9.2f} "
+                         f"{row['previous_token']:>8.2f}")
+        previous = np.asarray(self.previous_token)
+        layer, head = np.unravel_index(np.nanargmax(previous), previous.shape)
+        lines.append(f"best previous-token head: L{layer} H{head} "
+                     f"({previous[layer, head]:.2f}); an induction head reads one in an "
+                     f"earlier layer (Olsson et al. 2022)")
+        duplicate = np.asarray(self.duplicate_token)
+        layer, head = np.unravel_index(np.nanargmax(duplicate), duplicate.shape)
+        lines.append(f"best duplicate-token head: L{layer} H{head} ({duplicate[layer, head]:.2f})")
+        return "\n".join(lines)
+
+
+def induction_probe(model, *, length=50, seed=0, top=5):
+    """Run the induction probe on a model: ``length`` random tokens repeated
+    twice, heads ranked by induction score next to the duplicate- and
+    previous-token scores (:func:`attnref.analysis.induction_head_scores`).
+
+    Parameters
+    ----------
+    model : object
+        A causal model: ``encode(ids)`` with a 1-D int array of ids, used as
+        they are, returning a :class:`~attnref.models.output.ModelOutput`
+        with its trace; the vocabulary size as ``vocab_size`` or the rows of
+        its LM head (:func:`lm_head_of`); optionally ``bos_id`` (prepended;
+        else the tokenizer's ``bos_id`` when its ``add_bos`` is true) and
+        ``special_ids`` (never drawn; else the tokenizer's).
+    length : int >= 2, keyword-only
+        Tokens in the repeated block (50, as in TransformerLens's demo).
+    seed : int, keyword-only
+        Seeds the draw (``np.random.default_rng(seed)``).
+    top : int >= 1, keyword-only
+        Heads listed.
+
+    Returns
+    -------
+    InductionProbe
+    """
+    head = lm_head_of(model)
+    vocab_size = getattr(model, "vocab_size", None)
+    if vocab_size is None and head is not None:
+        vocab_size = head.unembedding.shape[0]
+    if vocab_size is None:
+        raise ValueError(f"the induction probe needs a decoder model with a vocabulary; "
+                         f"{getattr(model, 'name', type(model).__name__)} has neither "
+                         f"vocab_size nor an LM head")
+    if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
+        raise ValueError(f"top must be a positive integer, got {top!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    tokenizer = getattr(model, "tokenizer", None)
+    bos = getattr(model, "bos_id", None)
+    if bos is None and getattr(tokenizer, "add_bos", False):
+        bos = tokenizer.bos_id                     # the model's own inputs start with it
+    special = tuple(getattr(model, "special_ids", None)
+                    or getattr(tokenizer, "special_ids", None) or ())
+    ids = analysis.induction_probe_ids(np.random.default_rng(seed), int(vocab_size), length,
+                                       exclude=special, prefix=() if bos is None else (bos,))
+    output = model.encode(ids)
+    scores = analysis.induction_head_scores(output.attention_weights, ids)
+    return InductionProbe(model=output.model, length=int(length), seed=int(seed),
+                          ids=ids.tolist(), induction=scores.induction.tolist(),
+                          duplicate_token=scores.duplicate_token.tolist(),
+                          previous_token=scores.previous_token.tolist(),
+                          top=scores.top(min(top, scores.ranking.shape[0])))

@@ -140,11 +140,11 @@ REPORT_HELP = " (see 'attnref report --help')"
 
 @pytest.mark.parametrize("argv, line", [
     ([], "attnref: error: the following arguments are required: "
-         "{info,check,report,vectors} (see 'attnref --help')"),
-    (["nope"], "attnref: error: argument {info,check,report,vectors}: invalid choice: 'nope' "
-               "(choose from 'info', 'check', 'report', 'vectors') (see 'attnref --help')"),
+         "{info,check,report,generate,vectors} (see 'attnref --help')"),
+    (["nope"], "attnref: error: argument {info,check,report,generate,vectors}: invalid choice: 'nope' "
+               "(choose from 'info', 'check', 'report', 'generate', 'vectors') (see 'attnref --help')"),
     (["--bogus"], "attnref: error: the following arguments are required: "
-                  "{info,check,report,vectors} (see 'attnref --help')"),
+                  "{info,check,report,generate,vectors} (see 'attnref --help')"),
     (["info", "extra"], "attnref: error: unrecognized arguments: extra (see 'attnref --help')"),
     (["vectors"], "attnref vectors: error: the following arguments are required: "
                   "{export,verify} (see 'attnref vectors --help')"),
@@ -196,18 +196,20 @@ REPORT_HELP = " (see 'attnref report --help')"
     (["check", "attnref-numpy", "--json", NOWHERE + "/report.json"],
      f"attnref check: error: argument --json: cannot write {NOWHERE}/report.json: {NOWHERE} "
      f"does not exist (see 'attnref check --help')"),
-    (["report"], "attnref report: error: the following arguments are required: text" +
-                 REPORT_HELP),
+    (["report"], "attnref report: error: the following arguments are required: text (or "
+                 "--probe)" + REPORT_HELP),
     (["report", ""], "attnref report: error: argument text: expected a text to read, got an "
                      "empty string" + REPORT_HELP),
     (["report", " \t\n "], "attnref report: error: argument text: expected a text to read, "
                             "got ' \\t\\n '" + REPORT_HELP),
     (["report", "x", "--model", NOWHERE], f"attnref report: error: argument --model: {NOWHERE} "
-                                          f"does not exist; expected minilm, demo or a BERT "
-                                          f"checkpoint directory" + REPORT_HELP),
+                                          f"does not exist; expected minilm, demo, smollm2, a "
+                                          f"BERT checkpoint directory or a .gguf file"
+                                          + REPORT_HELP),
     (["report", "x", "--model", str(A_FILE)],
-     f"attnref report: error: argument --model: {A_FILE} is not a directory; expected "
-     f"minilm, demo or a BERT checkpoint directory" + REPORT_HELP),
+     f"attnref report: error: argument --model: {A_FILE} is neither a directory nor a .gguf "
+     f"file; expected minilm, demo, smollm2, a BERT checkpoint directory or a .gguf file"
+     + REPORT_HELP),
     (["report", "x", "--top-k", "0"], "attnref report: error: argument --top-k: expected an "
                                       "integer >= 1, got '0'" + REPORT_HELP),
     (["report", "x", "--layer", "1.5"], "attnref report: error: argument --layer: invalid int "
@@ -306,13 +308,14 @@ def python_m_attnref(*argv):
 
 
 @pytest.mark.parametrize("argv, line", [
-    ([], "attnref: error: the following arguments are required: {info,check,report,vectors} "
+    ([], "attnref: error: the following arguments are required: {info,check,report,generate,vectors} "
          "(see 'attnref --help')"),
     (["report", "   "], "attnref report: error: argument text: expected a text to read, got "
                         "'   '" + REPORT_HELP),
     (["report", "x", "--model", NOWHERE], f"attnref report: error: argument --model: {NOWHERE} "
-                                          f"does not exist; expected minilm, demo or a BERT "
-                                          f"checkpoint directory" + REPORT_HELP),
+                                          f"does not exist; expected minilm, demo, smollm2, a "
+                                          f"BERT checkpoint directory or a .gguf file"
+                                          + REPORT_HELP),
     (["report", "x", "--model", "demo", "--head", "3"],
      "attnref report: error: argument --head: must be an integer in [-3, 3), got 3"),
 ])
@@ -441,8 +444,8 @@ def test_report_default_model_falls_back_to_demo_or_runs_minilm(capsys):
 def test_report_refuses_an_unknown_model(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert usage_error(capsys, "report", "text", "--model", "nope") == [
-        "attnref report: error: argument --model: nope does not exist; expected minilm, demo "
-        "or a BERT checkpoint directory" + REPORT_HELP]
+        "attnref report: error: argument --model: nope does not exist; expected minilm, demo, "
+        "smollm2, a BERT checkpoint directory or a .gguf file" + REPORT_HELP]
 
 
 def test_report_html_writes_the_explorer_and_still_prints_the_text(capsys, tmp_path):
@@ -569,3 +572,124 @@ def test_report_window_options_are_checked(options, message):
                 value if name == "--pair" else int(value))
     with pytest.raises(ValueError, match=message):
         next(cli._report_inputs(DemoModel(), arguments))
+
+
+# -- decoders: `report` on a causal model, `report --probe induction`, `generate`
+# (attnref.models.load_model is replaced by the toy decoders of tests/conftest.py)
+
+@pytest.fixture
+def decoder_loaded(monkeypatch, induction_decoder):
+    loaded = []
+
+    def load_model(name=None, **options):
+        loaded.append(name)
+        return induction_decoder
+    monkeypatch.setattr("attnref.models.load_model", load_model)
+    return loaded
+
+
+def test_report_probe_induction_names_the_induction_head(capsys, decoder_loaded):
+    status, out, err = run(capsys, "report", "--probe", "induction", "--model", "smollm2")
+    assert status == 0 and decoder_loaded == ["smollm2"]
+    assert "induction probe" in err
+    first = out.splitlines()[out.splitlines().index(next(
+        line for line in out.splitlines() if line.lstrip().startswith("rank"))) + 1]
+    assert first.split()[:3] == ["1", "1", "0"]                 # rank 1: L1 H0
+    assert "best previous-token head: L0 H0" in out
+    status, out, _ = run(capsys, "report", "--probe", "induction", "--json")
+    data = json.loads(out)
+    assert (data["top"][0]["layer"], data["top"][0]["head"]) == (1, 0)
+
+
+def test_report_on_a_decoder_adds_the_logit_lens(capsys, decoder_loaded):
+    status, out, _ = run(capsys, "report", "the cat sat on the mat and the cat")
+    assert status == 0
+    assert "causal decoder" in out and "logit lens" in out
+    assert "direct logit attribution of the prediction 'sat'" in " ".join(out.split())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("report", "text", "--probe", "induction"), "leave TEXT out"),
+    (("report", "--probe", "induction", "--full"), "--probe cannot be combined with --full"),
+    (("report", "--probe", "other"), "argument --probe: invalid choice"),
+    (("report", "the cat", "--stride", "2"), "--stride apply to encoders only"),
+    (("report",), "the following arguments are required: text (or --probe)"),
+])
+def test_decoder_report_usage_errors_are_one_line(capsys, decoder_loaded, argv, message):
+    (line,) = usage_error(capsys, *argv)[-1:]
+    assert message in line
+
+
+def test_probe_on_an_encoder_is_a_usage_error(capsys):
+    assert "needs a causal decoder" in usage_error(capsys, "report", "--probe", "induction",
+                                                   "--model", "demo")[-1]
+
+
+class ByteModel:
+    """A fake decoder whose tokens are UTF-8 bytes: 'á' and '✓' take 2 and 3
+    tokens, so the stream must wait for complete characters."""
+    name = "bytes"
+
+    def __init__(self, reply="olá ✓ done"):
+        self.reply = list(reply.encode("utf-8"))
+        self.calls = []
+        self.tokenizer = ByteTokenizer()
+
+    def stream(self, prompt, *, max_new_tokens, temperature, rng):
+        self.calls.append((prompt, max_new_tokens, temperature, rng.integers(1000)))
+        yield from self.reply[:max_new_tokens]
+
+
+class ByteTokenizer:
+    def decode(self, ids, *, skip_special_tokens=False):
+        return bytes(ids).decode("utf-8", errors="replace")
+
+    def chat_prompt(self, messages):
+        return f"<user>{messages[0]['content']}</user>"
+
+
+class Recorder:
+    """stdout that remembers each write, to see the text arrive piece by piece."""
+
+    def __init__(self):
+        self.writes = []
+
+    def write(self, text):
+        self.writes.append(text)
+
+    def flush(self):
+        pass
+
+
+def test_generate_streams_whole_characters(monkeypatch):
+    model = ByteModel()
+    monkeypatch.setattr("attnref.models.load_model", lambda name=None, **options: model)
+    out = Recorder()
+    monkeypatch.setattr(sys, "stdout", out)
+    status = cli.main(["generate", "Hello", "--max-new-tokens", "50", "--temperature", "0.7",
+                       "--seed", "5"])
+    assert status == 0
+    import numpy as np
+    assert model.calls == [("Hello", 50, 0.7, np.random.default_rng(5).integers(1000))]
+    assert "".join(out.writes) == "olá ✓ done\n"
+    assert "\ufffd" not in "".join(out.writes)
+    assert len(out.writes) > 5                                  # streamed, not printed at the end
+    assert "á" in out.writes and "✓" in out.writes              # a character, once complete
+
+
+def test_generate_chat_and_errors(capsys, monkeypatch):
+    model = ByteModel("ok")
+    monkeypatch.setattr("attnref.models.load_model", lambda name=None, **options: model)
+    status, out, err = run(capsys, "generate", "Hi", "--chat")
+    assert status == 0 and out == "ok\n" and model.calls[0][0] == "<user>Hi</user>"
+    assert "greedy" in err and "2 new tokens" in err
+    model.tokenizer = type("NoTemplate", (), {"decode": ByteTokenizer.decode})()
+    assert "--chat needs an instruct model" in usage_error(capsys, "generate", "Hi",
+                                                           "--chat")[-1]
+    monkeypatch.undo()
+    assert "cannot generate text" in usage_error(capsys, "generate", "Hi", "--model", "demo")[-1]
+    for argv, message in [(("generate", "Hi", "--temperature", "nan"), "expected a number >= 0"),
+                          (("generate", "Hi", "--max-new-tokens", "0"), "expected an integer"),
+                          (("generate", "Hi", "--model", "missing.gguf"), "does not exist"),
+                          (("generate", "  "), "expected a text to read")]:
+        assert message in usage_error(capsys, *argv)[-1]

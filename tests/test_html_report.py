@@ -15,7 +15,7 @@ from attnref import analysis
 from attnref.html_report import QUANTISATION_STEP, Explorer, pack_weights, render_html
 from attnref.models import DemoModel
 from attnref.models.demo import demo_tokenize
-from attnref.report import build_report
+from attnref.report import build_report, lm_head_of
 
 ATTACK = "<script>alert(1)</script>"
 TEXT = "The cat chased the mouse because it was hungry. " + ATTACK
@@ -300,3 +300,17 @@ def test_docstring_examples():
     import doctest
     failures, tried = doctest.testmod(html_report)
     assert failures == 0 and tried > 0
+
+
+def test_causal_maps_render_and_say_what_is_normal(induction_decoder):
+    output = induction_decoder.encode("the cat sat on the mat and the cat")
+    report = build_report(output, lm_head=lm_head_of(induction_decoder))
+    page = render_html(output, report)
+    assert 'id="causal"' in page and "Xiao et al. 2023" in page
+    data = json.loads(re.search(r'id="attnref-data">(.*?)</script>', page, re.S).group(1))
+    T = len(output.tokens)
+    levels = np.frombuffer(zlib.decompress(base64.b64decode(data["weights"])), np.uint8)
+    weights = levels.reshape(2, 2, T, T)
+    assert not np.triu(weights, k=1).any()                    # nothing above the diagonal
+    assert 'id="causal"' not in render_html(DemoModel().encode("The cat sat."),
+                                            build_report(DemoModel().encode("The cat sat.")))

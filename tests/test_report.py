@@ -9,7 +9,7 @@ import pytest
 
 from attnref import analysis
 from attnref.models.demo import HEAD_TYPES, DemoModel
-from attnref.report import build_report
+from attnref.report import build_report, is_decoder, lm_head_of
 
 TEXT = "The cat chased the mouse because it was hungry."
 PORTUGUESE = "O gato perseguiu o rato porque estava com fome."
@@ -293,3 +293,115 @@ def test_minilm_summary_on_other_texts(minilm, lang, text, pronouns):
     assert not link["query"].startswith("##") and not link["key"].startswith("##")
     assert abs(link["key_position"] - link["query_position"]) > 1
     assert link["query"] in text.lower() and link["key"] in text.lower()
+
+
+# -- causal decoders (tests/conftest.py: InductionDecoder, RandomDecoder)
+
+REPEATED = "the cat sat on the mat and the cat"
+
+
+def test_decoder_report_says_what_is_normal_for_a_causal_model(induction_decoder):
+    report = build_report(induction_decoder.encode(REPEATED), lm_head=lm_head_of(induction_decoder))
+    assert report.causal and report.summary["decoder"]["first_token"] == "<s>"
+    text = report.text_report()
+    assert text.count("Xiao et al. 2023") == 1
+    assert "no head can attend to the next token" in text
+    assert "next-token" not in text.split("heads worth a look")[1].split("typical head")[0]
+    # row i's entropy bound is ln(i + 1), and the full table shows it
+    bounds = [row["max_entropy"] for row in report.token_level]
+    np.testing.assert_allclose(bounds, np.log(np.arange(1, len(bounds) + 1)))
+    assert "at most max = ln(i+1)" in report.text_report(full=True)
+    assert all(len(line) <= 100 for line in text.splitlines())
+
+
+def test_encoder_reports_are_not_causal(output):
+    report = build_report(output)
+    assert not report.causal and report.summary["decoder"] is None
+    assert report.logit_lens is None and "causal decoder" not in report.text_report()
+
+
+def test_decoder_report_sink_heads_are_named_as_the_default(induction_decoder):
+    # a sink head: every row with a choice puts 0.9 on the first token
+    output = induction_decoder.encode(REPEATED)
+    weights = output.trace.layers[0].self_attention.weights
+    T = weights.shape[-1]
+    sink = np.zeros((T, T))
+    sink[0, 0] = 1.0
+    for i in range(1, T):
+        sink[i, 0], sink[i, 1:i + 1] = 0.9, 0.1 / i
+    weights[1] = sink
+    report = build_report(output, lm_head=lm_head_of(induction_decoder))
+    decoder = report.summary["decoder"]
+    assert decoder["sink_heads"] == 1
+    text = " ".join(report.text_report().split())      # the summary wraps its lines
+    assert "1 of 4 heads put >= 50% of their attention on the first token '<s>'" in text
+    assert "heads onto the first token (the sink, see above)" in text
+    assert "the first-token sink (the decoder default, see above)" in text
+
+
+def test_logit_lens_and_attribution_find_the_induction_head(induction_decoder):
+    output = induction_decoder.encode(REPEATED)
+    report = build_report(output, lm_head=lm_head_of(induction_decoder), top_k=2)
+    attribution = report.logit_attribution
+    assert attribution["token"] == "sat"                       # copied after "the cat"
+    assert attribution["lens_matches_logits"]
+    assert attribution["top_heads"][0] == {"layer": 1, "head": 0,
+                                           "logit": pytest.approx(attribution["logit"])}
+    assert attribution["logit"] == pytest.approx(attribution["model_logit"])
+    assert [row["stage"] for row in report.logit_lens] == ["embedding", "after L0", "after L1"]
+    assert report.logit_lens[-1]["top"][0][0] == "sat"
+    json.dumps(report.to_dict())
+
+
+def test_decoders_are_told_from_encoders(induction_decoder, random_decoder):
+    assert is_decoder(induction_decoder) and is_decoder(random_decoder)   # causal; stream
+    assert not is_decoder(DemoModel())
+    head = lm_head_of(random_decoder)            # stack.final_norm and lm_head.weight
+    assert head.final_norm is random_decoder.stack.final_norm
+    assert head.unembedding.shape == (40, 16)
+
+
+def test_attribution_sums_to_the_logit_on_a_random_layernorm_decoder(random_decoder):
+    output = random_decoder.encode("a b c d e f g h")
+    attribution = build_report(output, lm_head=lm_head_of(random_decoder)).logit_attribution
+    total = (attribution["heads_total"] + attribution["mlp_total"] + attribution["embedding"]
+             + attribution["attention_bias"] + attribution["bias"])
+    assert total == pytest.approx(attribution["logit"], rel=1e-9)
+    assert attribution["logit"] == pytest.approx(attribution["model_logit"], rel=1e-9)
+    assert attribution["lens_matches_logits"]
+
+
+def test_lm_head_errors_are_clear(induction_decoder, output):
+    decoder_output = induction_decoder.encode(REPEATED)
+    with pytest.raises(ValueError, match="lm_head needs output.logits"):
+        build_report(output, lm_head=lm_head_of(induction_decoder))
+    with pytest.raises(TypeError, match="lm_head must be an attnref.report.LMHead"):
+        build_report(decoder_output, lm_head=induction_decoder)
+    assert lm_head_of(type("NoTokenizer", (), {
+        "final_norm": induction_decoder.final_norm,
+        "unembedding": induction_decoder.unembedding})()) is None
+    assert lm_head_of(DemoModel()) is None
+    with pytest.raises(TypeError, match="causal must be True, False or None"):
+        build_report(decoder_output, causal="yes")
+
+
+def test_induction_probe_names_the_constructed_induction_head(induction_decoder):
+    from attnref.report import induction_probe
+    probe = induction_probe(induction_decoder, length=25, seed=3, top=2)
+    assert probe.ids[0] == induction_decoder.bos_id and len(probe.ids) == 51
+    assert (probe.top[0]["layer"], probe.top[0]["head"]) == (1, 0)
+    assert probe.top[0]["induction"] > 0.99 and probe.induction[0][0] < 0.01
+    assert probe.previous_token[0][0] > 0.99                  # the circuit's first half
+    text = probe.text_report()
+    assert "best previous-token head: L0 H0" in text
+    assert json.loads(json.dumps(probe.to_dict()))["top"][0]["head"] == 0
+    with pytest.raises(ValueError, match="top must be a positive integer"):
+        induction_probe(induction_decoder, top=0)
+
+
+def test_one_token_decoder_report(random_decoder, recwarn):
+    report = build_report(random_decoder.encode("a"), lm_head=lm_head_of(random_decoder),
+                          causal=True)
+    assert report.summary["decoder"]["first_token_share"] is None   # no row has a choice
+    assert "mean over all heads n/a" in " ".join(report.text_report().split())
+    assert not [warning for warning in recwarn if issubclass(warning.category, RuntimeWarning)]

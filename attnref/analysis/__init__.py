@@ -24,10 +24,15 @@ Modules: :mod:`~attnref.analysis.tokens` (token-level allocation),
 :mod:`~attnref.analysis.heads` (head types, detection, similarity, norms),
 :mod:`~attnref.analysis.flow` (layers, rollout, max-flow),
 :mod:`~attnref.analysis.vectors` (value composition, similarity),
+:mod:`~attnref.analysis.circuits` (induction and duplicate-token heads, the
+repeated-tokens probe), :mod:`~attnref.analysis.lens` (logit lens, direct
+logit attribution),
 :mod:`~attnref.analysis.quality`, :mod:`~attnref.analysis.diagnostics`,
 :mod:`~attnref.analysis.regularizers`.
 """
 from ._common import skip_distribution_check
+from .circuits import (InductionScores, duplicate_token_score, induction_head_scores,
+                       induction_probe_ids, induction_score)
 from .diagnostics import DEFAULT_THRESHOLDS, Diagnosis, Finding, diagnose
 from .flow import (AttentionFlowTable, LayerProfile, attention_flow_table, attention_max_flow,
                    attention_rollout, layer_profile)
@@ -35,8 +40,10 @@ from .heads import (HEAD_PATTERNS, HEAD_TYPE_DESCRIPTIONS, HEAD_TYPES, HeadClass
                     HeadImportance, HeadOutputNorms, HeadSpecialization, HeadTaxonomy,
                     classify_head, detect_head, head_diversity, head_importance,
                     head_output_norms, head_similarity, head_specialization, head_taxonomy)
+from .lens import (DirectLogitAttribution, LogitLens, direct_logit_attribution, logit_lens,
+                   residual_components)
 from .positions import (PositionalBias, RelativePositionProfile, attention_locality,
-                        diagonal_score, mean_attention_distance, next_token_score,
+                        diagonal_score, is_causal, mean_attention_distance, next_token_score,
                         positional_bias, previous_token_score, relative_position_profile)
 from .quality import AttentionQuality, attention_quality
 from .regularizers import (LossAndGradient, clip_attention_weights, entropy_regularizer,
@@ -64,12 +71,18 @@ __all__ = [
     # positions
     "positional_bias", "attention_locality", "mean_attention_distance",
     "relative_position_profile", "previous_token_score", "next_token_score",
-    "diagonal_score", "PositionalBias", "RelativePositionProfile",
+    "diagonal_score", "is_causal", "PositionalBias", "RelativePositionProfile",
     # heads
     "head_taxonomy", "classify_head", "head_specialization", "detect_head",
     "head_similarity", "head_diversity", "head_output_norms", "head_importance",
     "HEAD_TYPES", "HEAD_TYPE_DESCRIPTIONS", "HEAD_PATTERNS", "HeadTaxonomy",
     "HeadClassification", "HeadSpecialization", "HeadOutputNorms", "HeadImportance",
+    # circuits: induction, duplicate tokens, the probe
+    "induction_score", "duplicate_token_score", "induction_head_scores", "induction_probe_ids",
+    "InductionScores",
+    # the residual stream in vocabulary space
+    "logit_lens", "direct_logit_attribution", "residual_components", "LogitLens",
+    "DirectLogitAttribution",
     # layers and flow
     "attention_flow_table", "attention_rollout", "attention_max_flow", "layer_profile",
     "AttentionFlowTable", "LayerProfile",

@@ -152,11 +152,30 @@ def _uniformity(weights):
     return mean_over_rows(np.where(several_keys, entropy(weights, normalize=True), np.nan))
 
 
-def _sink_share(weights, tokens):
-    """(share, parts): the ``sink`` check's evidence (...), the share on
-    special tokens and punctuation with tokens (``parts`` is their
+def _choice_rows(weights):
+    """``weights`` with the rows that see fewer than 2 keys zeroed: such a
+    row (row 0 of a causal map) has no choice to make."""
+    return np.where((np.sum(support(weights), axis=-1) >= 2)[..., None], weights, 0)
+
+
+def _without_first_key(weights):
+    """(..., L - 1, S - 1): a causal map's rows 1.. over keys 1.., each
+    renormalised: what the head reads besides the first-token sink (a row
+    that gave the first token everything becomes empty, skipped by means)."""
+    rest = weights[..., 1:, 1:]
+    mass = rest.sum(axis=-1, keepdims=True)
+    return np.divide(rest, mass, out=np.zeros(rest.shape), where=mass > 0)
+
+
+def _sink_share(weights, tokens, causal=False):
+    """(share, parts): the ``sink`` check's evidence (...). ``causal``: the
+    share on the first key over the rows that see at least 2 keys (row 0
+    of a causal map sees only itself), ``parts`` None. Otherwise the share
+    on special tokens and punctuation with tokens (``parts`` is their
     :class:`~attnref.analysis.tokens.SpecialTokenAttention`), on the first
     key without (``parts`` is None)."""
+    if causal:
+        return key_share(_choice_rows(weights), np.arange(weights.shape[-1]) == 0), None
     if tokens is None:
         return sink_score(weights, k=1), None
     parts = special_token_attention(weights, tokens)
@@ -171,7 +190,7 @@ def _quoted(tokens, key):
     return "" if tokens is None else f" {tokens[key]!r}"
 
 
-def diagnose(weights, tokens=None, pos_tags=None, *, lang="en", **thresholds):
+def diagnose(weights, tokens=None, pos_tags=None, *, lang="en", causal=False, **thresholds):
     r"""Find heads whose attention is collapsed, uniform, bound to function
     words or parked on sink tokens.
 
@@ -223,6 +242,25 @@ def diagnose(weights, tokens=None, pos_tags=None, *, lang="en", **thresholds):
         report that over half of BERT's attention in layers 6-10 goes to
         [SEP], the pattern they read as a no-op.
 
+    Causal maps (``causal=True``, a decoder's self-attention: row ``i``
+    sees keys ``0..i``). Row 0 sees only itself and row ``i`` has
+    :math:`n_i = i + 1` keys, so:
+
+    * ``uniform`` already normalises each row by :math:`\log(i + 1)`, the
+      bound of a row over its visible prefix, and skips row 0: uniform means
+      uniform over the prefix, as without the flag;
+    * ``collapse`` and ``sink`` read only the rows with at least 2 visible
+      keys: row 0's weight 1 on key 0 is forced, not chosen;
+    * ``function_words`` reads the attention *besides* the first token
+      (rows 1.. over keys 1.., renormalised): the sink's share says nothing
+      about word classes, and a first token such as "The" would otherwise
+      make every sink head look bound to function words;
+    * ``sink`` is the share on the *first key*, whatever its token: the
+      attention sink of causal decoders (Xiao et al. 2023), where a head
+      with nothing to read parks its attention, the default pattern of a
+      trained decoder and a no-op, not a fault. A ``collapse`` onto key 0
+      is the same thing seen as one key.
+
     Collapse and sink may both fire on one head (a head collapsed onto
     [SEP] is also a sink); they answer different questions (one key vs a
     class of keys).
@@ -238,6 +276,9 @@ def diagnose(weights, tokens=None, pos_tags=None, *, lang="en", **thresholds):
         Universal POS tag of each key, for the function-word check.
     lang : {"en", "pt"}
         Function-word list used when only ``tokens`` are given.
+    causal : bool, keyword-only
+        The maps are causal (see above); :func:`attnref.analysis.positions.is_causal`
+        tells. Default False.
     **thresholds : float
         Overrides of :data:`DEFAULT_THRESHOLDS` by name: ``collapse_share``,
         ``uniform_entropy``, ``sink_share`` (in (0, 1]) and
@@ -265,13 +306,16 @@ def diagnose(weights, tokens=None, pos_tags=None, *, lang="en", **thresholds):
             f"weights must be (L, S), (H, L, S) or (layers, H, L, S), got shape {weights.shape}; "
             "select or average the extra leading dims first")
     limits = _thresholds(thresholds)
+    if not isinstance(causal, (bool, np.bool_)):
+        raise TypeError(f"causal must be True or False, got {causal!r}")
     key_count = weights.shape[-1]
     if tokens is not None:
         tokens = check_tokens(tokens, key_count)
     evidence, skipped, extra = {}, {}, {}
 
-    total = np.sum(weights, axis=(-2, -1))[..., None]
-    key_share = np.divide(received_attention(weights), total,
+    chosen = _choice_rows(weights) if causal else weights
+    total = np.sum(chosen, axis=(-2, -1))[..., None]
+    key_share = np.divide(received_attention(chosen), total,
                           out=np.full(weights.shape[:-2] + (key_count,), np.nan), where=total > 0)
     evidence["collapse"] = np.max(key_share, axis=-1)
     collapse_key = np.where(np.isnan(evidence["collapse"]), -1,
@@ -288,11 +332,14 @@ def diagnose(weights, tokens=None, pos_tags=None, *, lang="en", **thresholds):
         is_function = None
         skipped["function_words"] = "needs pos_tags or tokens"
     if is_function is not None:
-        extra["function_word_share"], evidence["function_words"] = _share_and_lift(
-            weights, is_function)
+        # causal: the first token holds the sink whatever its word class; read the rest
+        extra["function_word_share"], evidence["function_words"] = (
+            _share_and_lift(_without_first_key(weights), is_function[1:]) if causal
+            else _share_and_lift(weights, is_function))
 
-    evidence["sink"], extra["sink_parts"] = _sink_share(weights, tokens)
-    sink_keys = ((0,) if tokens is None else
+    evidence["sink"], extra["sink_parts"] = _sink_share(weights, tokens, causal)
+    extra["causal"] = causal
+    sink_keys = ((0,) if extra["sink_parts"] is None else
                  tuple(key for key, token in enumerate(tokens)
                        if token in extra["sink_parts"].by_special))
 
@@ -333,8 +380,14 @@ def _explain(check, index, value, threshold, tokens, collapse_key, sink_keys, ex
                     f"out (threshold {threshold:.2f})")
     if check == "function_words":
         share = float(extra["function_word_share"][index])
-        return (), (f"function words get {share:.0%} of the attention, {value:.1f}x what "
-                    f"uniform attention would give them (threshold {threshold:.1f}x)")
+        besides = " besides the first-token sink" if extra["causal"] else ""
+        return (), (f"function words get {share:.0%} of the attention{besides}, {value:.1f}x "
+                    f"what uniform attention would give them (threshold {threshold:.1f}x)")
+    if extra["causal"]:
+        return sink_keys, (f"{value:.0%} of the attention goes to the first token"
+                           f"{_quoted(tokens, 0)}, the attention sink of causal decoders "
+                           f"(Xiao et al. 2023): a head with nothing to read parks there, the "
+                           f"default of a decoder and a no-op (threshold {threshold:.0%})")
     if tokens is None:
         return sink_keys, (f"{value:.0%} of the attention goes to the first key, an attention "
                            f"sink (Xiao et al. 2023; threshold {threshold:.0%})")

@@ -25,7 +25,8 @@ import numpy as np
 
 from ._common import (Record, as_array, as_weights, check_tokens, key_share, mean_over_rows,
                       row_mass, skip_distribution_check, xlogy)
-from .diagnostics import DEFAULT_THRESHOLDS, _share_and_lift, _sink_share, _uniformity
+from .diagnostics import (DEFAULT_THRESHOLDS, _share_and_lift, _sink_share, _uniformity,
+                          _without_first_key)
 from .positions import attention_locality, diagonal_score, next_token_score, previous_token_score
 from .tokens import (FUNCTION_POS, FUNCTION_WORDS, content_word_mask, entropy, function_word_mask,
                      mean_entropy)
@@ -260,7 +261,8 @@ def classify_head(weights, *, mode="seed", self_threshold=0.5, locality_threshol
 
 
 def head_taxonomy(weights, tokens=None, *, lang="en", share=0.5,
-                  uniform_entropy=DEFAULT_THRESHOLDS["uniform_entropy"], lift=1.5, window=2):
+                  uniform_entropy=DEFAULT_THRESHOLDS["uniform_entropy"], lift=1.5, window=2,
+                  causal=False):
     """Give each head exactly one type: previous-token, next-token, self,
     sink (no-op), broad (bag of words), content-focused, local or other.
 
@@ -287,6 +289,9 @@ def head_taxonomy(weights, tokens=None, *, lang="en", share=0.5,
         types need (default 1.5).
     window : int >= 1, keyword-only
         Half-width of the local window, ``|j - i| <= window`` (default 2).
+    causal : bool, keyword-only
+        The maps are a decoder's causal self-attention (see Notes;
+        :func:`attnref.analysis.positions.is_causal` tells). Default False.
 
     Returns
     -------
@@ -332,6 +337,16 @@ def head_taxonomy(weights, tokens=None, *, lang="en", share=0.5,
        of the keys, from making every head local).
     5. ``"other"``.
 
+    With ``causal``, as in :func:`attnref.analysis.diagnose`: the sink is
+    the first key whatever its token, over the rows that see at least 2
+    keys (Xiao et al. 2023: the default pattern of a decoder head),
+    ``content`` is the share among the attention besides the first token
+    (rows 1.. over keys 1.., renormalised), and ``next_token`` is NaN,
+    since no query can see the token after it. The
+    uniformity and the lifts already compare each row with uniform
+    attention over its visible prefix (``log(i + 1)`` bounds row ``i``'s
+    entropy), so they mean the same under a causal mask.
+
     None of the thresholds depends on the length, unlike the 3-nat rule of
     :func:`classify_head`. As everywhere in :mod:`attnref.analysis`, a key
     of weight exactly 0 is masked: a row even over the few keys it can see
@@ -357,14 +372,21 @@ def head_taxonomy(weights, tokens=None, *, lang="en", share=0.5,
         raise ValueError(f"lang must be one of {sorted(FUNCTION_WORDS)}, got {lang!r}")
     if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
         raise ValueError(f"window must be an integer >= 1, got {window!r}")
+    if not isinstance(causal, (bool, np.bool_)):
+        raise TypeError(f"causal must be True or False, got {causal!r}")
     if tokens is not None:
         tokens = check_tokens(tokens, n_keys)
 
-    targets = np.stack([previous_token_score(weights), next_token_score(weights),
-                        diagonal_score(weights), _sink_share(weights, tokens)[0]])  # (4, ...)
+    next_token = (np.full(weights.shape[:-2], np.nan) if causal  # impossible under the mask
+                  else next_token_score(weights))
+    targets = np.stack([previous_token_score(weights), next_token,
+                        diagonal_score(weights), _sink_share(weights, tokens, causal)[0]])
     uniformity = _uniformity(weights)
     if tokens is None:
         content = content_lift = np.full(weights.shape[:-2], np.nan)
+    elif causal:   # the content words among what the head reads besides the sink
+        content, content_lift = _share_and_lift(_without_first_key(weights),
+                                                content_word_mask(tokens, lang=lang)[1:])
     else:
         content, content_lift = _share_and_lift(weights, content_word_mask(tokens, lang=lang))
     offsets = np.arange(n_keys)[None, :] - np.arange(length)[:, None]

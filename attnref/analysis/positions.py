@@ -30,6 +30,7 @@ __all__ = [
     "previous_token_score",
     "next_token_score",
     "diagonal_score",
+    "is_causal",
     "PositionalBias",
     "RelativePositionProfile",
 ]
@@ -237,6 +238,35 @@ def relative_position_profile(weights):
     n_rows = np.sum(row_mass(weights) > 0, axis=-1)
     profile = mass / np.where(n_rows > 0, n_rows, np.nan)[..., None]
     return RelativePositionProfile(offsets=np.arange(-(length - 1), n_keys), profile=profile)
+
+
+def is_causal(weights):
+    """Whether each map is causal: square, with every weight above the
+    diagonal exactly 0 (row ``i`` sees keys ``0..i`` only).
+
+    Parameters
+    ----------
+    weights : array_like, shape (..., L, S)
+
+    Returns
+    -------
+    ndarray of bool, shape (...)
+        True for a square map with :math:`w_{ij} = 0` for all :math:`j > i`
+        (a decoder's self-attention under its causal mask; softmax never
+        gives exact zeros to a visible key). False when ``L != S``.
+
+    Notes
+    -----
+    A map with ``L = S = 1`` is causal (nothing lies above its diagonal).
+    Decoder maps of ``L`` new queries against a KV cache of ``S > L`` keys
+    (bottom-right aligned) are not square; slice the square part first.
+    """
+    weights = as_weights(weights)
+    length, keys = weights.shape[-2:]
+    if length != keys:
+        return np.zeros(weights.shape[:-2], dtype=bool)
+    above = np.triu(np.ones((length, keys), dtype=bool), k=1)
+    return ~np.any((weights != 0) & above, axis=(-2, -1))
 
 
 def _offset_score(weights, offset):

@@ -533,8 +533,9 @@ havendo haverá haveria
 FUNCTION_WORDS = {"en": _ENGLISH_FUNCTION_WORDS, "pt": _PORTUGUESE_FUNCTION_WORDS}
 
 # Word-start markers of SentencePiece ("\u2581") and GPT-2 byte-level BPE
-# ("\u0120"), stripped so "\u2581the" reads as "the".
-_WORD_START_MARKERS = "\u2581\u0120"
+# ("\u0120"), and the leading space of a decoded byte-level token (" the"),
+# stripped so "\u2581the" and " the" read as "the".
+_WORD_START_MARKERS = "\u2581\u0120 "
 
 
 def _word(token):

@@ -177,3 +177,53 @@ def test_evidence_follows_a_key_permutation(weights):
     for check in ("collapse", "sink"):  # shares lie in [0, 1]
         values = original.evidence[check]
         assert np.all((values[~np.isnan(values)] >= -1e-12) & (values[~np.isnan(values)] <= 1 + 1e-12))
+
+
+def first_token_sink(length, share):
+    """(T, T) causal map: every row with a choice puts ``share`` on key 0 and
+    the rest evenly on its other visible keys."""
+    weights = np.zeros((length, length))
+    weights[0, 0] = 1.0
+    for i in range(1, length):
+        weights[i, 0] = share
+        weights[i, 1:i + 1] = (1 - share) / i
+    return weights
+
+
+def test_causal_sink_is_the_first_token_over_rows_with_a_choice():
+    weights = first_token_sink(6, 0.7)
+    tokens = ["The", "cat", "sat", ".", "It", "purred"]
+    causal = D.diagnose(weights, tokens, causal=True)
+    assert causal.evidence["sink"] == pytest.approx(0.7)      # row 0's forced 1 left out
+    (sink,) = [finding for finding in causal.findings if finding.kind == "sink"]
+    assert sink.keys == (0,) and sink.key_tokens == ("The",)
+    assert "attention sink of causal decoders" in sink.explanation
+    # without the flag the sink is special tokens and punctuation: '.' only here
+    assert D.diagnose(weights, tokens).evidence["sink"] < 0.5
+
+
+def test_causal_collapse_ignores_the_forced_first_row():
+    weights = first_token_sink(5, 0.75)
+    plain = D.diagnose(weights).evidence["collapse"]
+    causal = D.diagnose(weights, causal=True).evidence["collapse"]
+    assert causal == pytest.approx(0.75)                      # (4 x 0.75) / 4 rows with a choice
+    assert plain == pytest.approx((1 + 4 * 0.75) / 5)
+    with pytest.raises(TypeError, match="causal must be True or False"):
+        D.diagnose(weights, causal="yes")
+
+
+def test_causal_uniform_is_uniform_over_the_visible_prefix():
+    causal = np.tril(np.ones((5, 5)))
+    causal /= causal.sum(-1, keepdims=True)
+    assert D.diagnose(causal, causal=True).evidence["uniform"] == pytest.approx(1.0)
+
+
+def test_causal_function_word_check_reads_the_attention_besides_the_sink():
+    # "The" holds the sink: 0.9 of every row; the rest is even over the other keys
+    weights = first_token_sink(6, 0.9)
+    tokens = ["The", "cat", "sat", "on", "the", "mat"]
+    plain = D.diagnose(weights, tokens)
+    causal = D.diagnose(weights, tokens, causal=True)
+    assert plain.evidence["function_words"] > 1.5             # the sink counted as "The"
+    assert causal.evidence["function_words"] == pytest.approx(1.0)   # even over the rest
+    assert not [f for f in causal.findings if f.kind == "function_words"]

@@ -634,3 +634,31 @@ def test_head_importance_properties(seed, heads, length):
     # A fully masked query is skipped, not averaged in as zero.
     padded = np.concatenate([weights, np.zeros((2, heads, 1, length))], axis=2)
     np.testing.assert_allclose(head_importance(padded, values).scores, importance.scores)
+
+
+def test_head_taxonomy_causal_types_first_token_parking_as_sink():
+    length = 6
+    sink = np.zeros((length, length))
+    sink[:, 0] = 0.8
+    sink[0, 0] = 1.0
+    for i in range(1, length):
+        sink[i, 1:i + 1] = 0.2 / i
+    tokens = ["Once", "upon", "a", "time", "there", "lived"]
+    causal = head_taxonomy(sink, tokens, causal=True)
+    assert causal.type == "sink" and causal.sink == pytest.approx(0.8)
+    assert np.isnan(causal.next_token)                        # impossible under the mask
+    assert head_taxonomy(sink, tokens).type != "sink"         # no [CLS]/[SEP]/punctuation
+    with pytest.raises(TypeError, match="causal must be True or False"):
+        head_taxonomy(sink, causal=1)
+
+
+def test_head_taxonomy_causal_content_share_leaves_the_first_token_out():
+    # rows 1..: 0.3 on the first token "dogs", 0.7 on "the" (key 1) once visible
+    length = 5
+    weights = np.zeros((length, length))
+    weights[0, 0], weights[1, :2] = 1.0, (0.3, 0.7)
+    weights[2:, 0], weights[2:, 1] = 0.3, 0.7
+    tokens = ["dogs", "the", "cats", "mice", "birds"]
+    causal = head_taxonomy(weights, tokens, causal=True)
+    assert causal.content == pytest.approx(0.0)               # "the" is all it reads
+    assert head_taxonomy(weights, tokens).content == pytest.approx((1 + 4 * 0.3) / 5)  # sink in

@@ -274,3 +274,12 @@ def test_offset_scores_lie_in_unit_interval(weights):
     for score in (P.previous_token_score, P.next_token_score, P.diagonal_score):
         value = score(weights)
         assert np.isnan(value) or 0 <= value <= 1 + 1e-12
+
+
+def test_is_causal_per_map():
+    causal = np.tril(np.ones((4, 4))) / np.arange(1, 5)[:, None]
+    full = np.full((4, 4), 0.25)
+    np.testing.assert_array_equal(P.is_causal(np.stack([causal, full])), [True, False])
+    assert not P.is_causal(np.full((2, 3), 1 / 3))
+    assert P.is_causal(np.ones((1, 1)))
+    assert analysis.is_causal is P.is_causal

@@ -548,3 +548,11 @@ def test_content_function_ratios_sum_to_one_and_keep_leading_dims(stack, data):
                                 + result.function_attention_ratio)[finite], 1.0)
     single = T.content_function_attention(stack[1], tags)
     np.testing.assert_allclose(result.content_share[1], single.content_share)
+
+
+def test_decoded_byte_level_tokens_keep_their_word_class():
+    # a decoder's tokens decoded one by one carry their leading space
+    from attnref.analysis.tokens import content_word_mask, function_word_mask
+    tokens = [" the", "\u0120the", " cat", "cat", " ."]
+    np.testing.assert_array_equal(function_word_mask(tokens), [True, True, False, False, False])
+    np.testing.assert_array_equal(content_word_mask(tokens), [False, False, True, True, False])

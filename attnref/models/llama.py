@@ -383,6 +383,10 @@ def model_from_gguf(gguf_file, *, tokenizer=None, name="llama", dtype=np.float32
     metadata, infos = gguf_file.metadata, gguf_file.tensors
     config = LlamaConfig.from_gguf_metadata(metadata,
                                             tied_embeddings="output.weight" not in infos)
+    needed = 9 * config.num_layers + 2
+    if needed > len(infos):
+        raise ValueError(f"GGUF metadata 'llama.block_count' is {config.num_layers}, which needs "
+                         f"{needed} tensors, but the file holds {len(infos)}")
     if tokenizer is None:
         from .bpe import ByteLevelBPE
         tokenizer = ByteLevelBPE.from_gguf(metadata)

@@ -174,9 +174,17 @@ def test_loading_checks_every_shape_before_reading():
         model_from_gguf(file, tokenizer=Tokenizer())
     assert "blk.1.ffn_up.weight" not in file.reads
     del arrays["blk.0.attn_v.weight"]
+    arrays["rope_freqs.weight"] = np.ones(2, np.float32)  # a tensor Llama does not read
     with pytest.raises(ValueError, match=r"GGUF tensor 'blk.0.attn_v.weight' is missing; a "
                                          r"2-layer Llama needs it with shape \(8, 16\)"):
         model_from_gguf(FakeGGUF(METADATA, arrays), tokenizer=Tokenizer())
+
+
+def test_a_block_count_beyond_the_file_is_refused_before_anything_else():
+    metadata = dict(METADATA, **{"llama.block_count": 10**9})
+    with pytest.raises(ValueError, match="'llama.block_count' is 1000000000, which needs "
+                                         "9000000002 tensors, but the file holds 20"):
+        model_from_gguf(FakeGGUF(metadata, random_weights(CONFIG)), tokenizer=Tokenizer())
 
 
 def test_from_weights_names_a_bad_tensor():

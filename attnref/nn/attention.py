@@ -13,6 +13,12 @@ head ``h // (Hq // Hkv)``.
 
 Shapes: ``x`` ``(..., L, D)``, ``context`` ``(..., S, Dc)``, per-head
 ``E = W^Q.out / Hq``, ``Ev = W^V.out / Hkv``; the output is ``(..., L, D)``.
+
+Two hooks serve decoder LLMs: ``rotary`` (a :class:`~attnref.nn.rotary.Rotary`)
+turns query and key heads by their positions before the scores, and a
+:class:`KVCache` keeps the keys and values of the positions already seen, so
+that generating token ``t`` attends from one query (``L = 1``) to all ``t + 1``
+keys with the causal diagonal at the bottom right.
 """
 from __future__ import annotations
 
@@ -20,9 +26,10 @@ import numpy as np
 
 from ..core import scaled_dot_product_attention
 from .layers import Linear
+from .rotary import Rotary
 from .trace import AttentionRecord
 
-__all__ = ["MultiHeadAttention", "split_heads", "merge_heads"]
+__all__ = ["MultiHeadAttention", "KVCache", "split_heads", "merge_heads"]
 
 
 def split_heads(x, num_heads):
@@ -37,11 +44,55 @@ def merge_heads(x):
     return np.moveaxis(x, -3, -2).reshape(*lead, T, H * E)
 
 
+class KVCache:
+    """The keys and values (after RoPE) one self-attention layer has seen.
+
+    :meth:`extend` appends ``(..., Hkv, L, E)`` keys and ``(..., Hkv, L, Ev)``
+    values along the position axis and returns all of them so far; the
+    buffers double when full, so ``T`` single-token steps copy O(T) rows in
+    all, not O(T^2). ``length`` is how many positions are stored.
+    """
+
+    def __init__(self):
+        self.length = 0
+        self._key = self._value = None  # (..., Hkv, capacity, E), (..., Hkv, capacity, Ev)
+
+    def extend(self, key, value):
+        """Append ``key`` (..., Hkv, L, E) and ``value`` (..., Hkv, L, Ev); return
+        the stored ``(..., Hkv, length, E)`` keys and ``(..., Hkv, length, Ev)`` values."""
+        L, needed = key.shape[-2], self.length + key.shape[-2]
+        if value.shape[:-1] != key.shape[:-1] or value.dtype != key.dtype:
+            raise ValueError(f"KVCache needs keys (..., Hkv, L, E) and values (..., Hkv, L, Ev) "
+                             f"of one dtype, got {key.shape} {key.dtype} and {value.shape} "
+                             f"{value.dtype}")
+        if self._key is not None and (key.shape[:-2] != self._key.shape[:-2]
+                                      or key.shape[-1] != self._key.shape[-1]
+                                      or value.shape[-1] != self._value.shape[-1]
+                                      or key.dtype != self._key.dtype):
+            raise ValueError(f"KVCache holds keys {self._key.shape[:-2]} x (S, "
+                             f"{self._key.shape[-1]}) of {self._key.dtype}; cannot append "
+                             f"{key.shape} of {key.dtype}")
+        if self._key is None or needed > self._key.shape[-2]:
+            capacity = max(needed, 2 * (0 if self._key is None else self._key.shape[-2]))
+            self._key = self._grown(self._key, key, capacity)
+            self._value = self._grown(self._value, value, capacity)
+        self._key[..., self.length:needed, :] = key
+        self._value[..., self.length:needed, :] = value
+        self.length = needed
+        return self._key[..., :needed, :], self._value[..., :needed, :]
+
+    def _grown(self, buffer, new, capacity):
+        grown = np.empty(new.shape[:-2] + (capacity, new.shape[-1]), new.dtype)
+        if buffer is not None:
+            grown[..., :self.length, :] = buffer[..., :self.length, :]
+        return grown
+
+
 class MultiHeadAttention:
     """Multi-head (or grouped-query) attention on top of
     :func:`attnref.scaled_dot_product_attention`."""
 
-    def __init__(self, w_q, w_k, w_v, w_o, num_heads, num_kv_heads=None):
+    def __init__(self, w_q, w_k, w_v, w_o, num_heads, num_kv_heads=None, *, rotary=None):
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         for name, value in (("num_heads", num_heads), ("num_kv_heads", num_kv_heads)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
@@ -67,12 +118,17 @@ class MultiHeadAttention:
         if not isinstance(w_o, Linear) or w_o.in_features != value_width:
             raise ValueError(f"w_o must be a Linear taking {value_width} = num_heads x Ev "
                              f"features, got {getattr(w_o, 'in_features', type(w_o))}")
+        head_dim = w_q.out_features // num_heads
+        if rotary is not None and not (isinstance(rotary, Rotary) and rotary.head_dim == head_dim):
+            raise ValueError(f"rotary must be an attnref.nn.Rotary for head_dim {head_dim}, "
+                             f"got {rotary!r}")
         self.w_q, self.w_k, self.w_v, self.w_o = w_q, w_k, w_v, w_o
+        self.rotary = rotary
         self.num_heads, self.num_kv_heads = int(num_heads), int(num_kv_heads)
 
     @classmethod
     def init(cls, dim, num_heads, *, rng, num_kv_heads=None, context_dim=None, bias=True,
-             dtype=np.float32):
+             rotary=None, dtype=np.float32):
         """Square projections of width ``dim`` (kv width ``dim * Hkv / Hq``)."""
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         context_dim = dim if context_dim is None else context_dim
@@ -81,25 +137,39 @@ class MultiHeadAttention:
                    Linear.init(context_dim, kv_width, rng=rng, bias=bias, dtype=dtype),
                    Linear.init(context_dim, kv_width, rng=rng, bias=bias, dtype=dtype),
                    Linear.init(dim, dim, rng=rng, bias=bias, dtype=dtype),
-                   num_heads, num_kv_heads)
+                   num_heads, num_kv_heads, rotary=rotary)
 
     def __call__(self, x, context=None, *, attn_mask=None, is_causal=False, record=False,
-                 backend="auto"):
+                 backend="auto", cache=None):
         """Attend from ``x`` (..., L, D) to ``context`` (..., S, Dc), default ``x``.
 
         ``attn_mask`` broadcasts to ``(..., H, L, S)`` (bool: True = may
         attend), e.g. :func:`attnref.masks.padding_mask`. With ``record=True``
         returns ``(output, AttentionRecord)``; the weights then come from the
         NumPy backend, which is the only one that materialises them.
+
+        ``cache`` (a :class:`KVCache`, self attention only): ``x`` holds the
+        positions ``cache.length .. cache.length + L - 1``; its keys and
+        values are appended and the queries attend to all stored ones
+        (``S = cache.length`` after the call), the causal diagonal aligned
+        bottom-right. Without a cache the positions start at 0.
         """
+        if cache is not None and context is not None:
+            raise ValueError("cache is for self attention; it cannot be used with a context")
         context = x if context is None else context
+        offset = 0 if cache is None else cache.length
         query = split_heads(self.w_q(x), self.num_heads)           # (..., Hq, L, E)
         key = split_heads(self.w_k(context), self.num_kv_heads)    # (..., Hkv, S, E)
         value = split_heads(self.w_v(context), self.num_kv_heads)  # (..., Hkv, S, Ev)
+        if self.rotary is not None:
+            query, key = self.rotary(query, offset), self.rotary(key, offset)
+        if cache is not None:
+            key, value = cache.extend(key, value)                  # (..., Hkv, offset + L, E)
         result = scaled_dot_product_attention(
             query, key, value, attn_mask, 0.0, is_causal,
             enable_gqa=self.num_kv_heads != self.num_heads, return_weights=bool(record),
-            backend="numpy" if record else backend)
+            backend="numpy" if record else backend,
+            causal_alignment="top_left" if cache is None else "bottom_right")
         if not record:
             return self.w_o(merge_heads(result))
         heads = result.output                                     # (..., Hq, L, Ev)

@@ -1,5 +1,5 @@
-"""The pieces around attention: projections, embeddings, positions, LayerNorm,
-activations and the feed-forward block (pure NumPy).
+"""The pieces around attention: projections, embeddings, positions, LayerNorm
+and RMSNorm, activations and the feed-forward blocks, plain and gated (pure NumPy).
 
 Parameters follow PyTorch's layout (``Linear.weight`` is ``(out, in)``), so a
 checkpoint's tensors drop in unchanged. Every layer computes in the dtype of
@@ -20,11 +20,14 @@ __all__ = [
     "Embedding",
     "LearnedPositions",
     "LayerNorm",
+    "RMSNorm",
     "FeedForward",
+    "GatedFeedForward",
     "ACTIVATIONS",
     "gelu",
     "gelu_tanh",
     "relu",
+    "silu",
     "sinusoidal_positions",
 ]
 
@@ -162,6 +165,33 @@ class LayerNorm:
         return centred / np.sqrt(variance + x.dtype.type(self.eps)) * self.weight + self.bias
 
 
+class RMSNorm:
+    r"""Root-mean-square normalisation over the last dim (Zhang & Sennrich 2019,
+    eq. 4; Llama): :math:`y = x / \sqrt{\tfrac1D \sum_i x_i^2 + \epsilon} \cdot \gamma`.
+
+    No centring and no bias, unlike :class:`LayerNorm`; ``eps`` sits inside
+    the root, as in Hugging Face's ``LlamaRMSNorm`` and llama.cpp.
+    """
+
+    def __init__(self, weight, eps=1e-6):
+        self.weight = _check_parameter("RMSNorm weight", weight, 1)  # (D,)
+        if (isinstance(eps, bool) or not isinstance(eps, numbers.Real)
+                or not (math.isfinite(eps) and eps > 0)):
+            raise ValueError(f"RMSNorm eps must be a positive finite number, got {eps!r}")
+        self.eps = float(eps)
+
+    @classmethod
+    def init(cls, dim, *, eps=1e-6, dtype=np.float32):
+        """gamma = 1."""
+        return cls(np.ones(dim, dtype), eps)
+
+    def __call__(self, x):
+        """(..., D) -> (..., D)."""
+        x = _check_input("RMSNorm", x, self.weight.shape[0], self.weight.dtype)
+        mean_square = np.mean(x * x, axis=-1, keepdims=True)  # (..., 1)
+        return x / np.sqrt(mean_square + x.dtype.type(self.eps)) * self.weight
+
+
 _erf = np.frompyfunc(math.erf, 1, 1)
 
 
@@ -193,7 +223,21 @@ def relu(x):
     return np.maximum(x, x.dtype.type(0))
 
 
-ACTIVATIONS = {"gelu": gelu, "gelu_tanh": gelu_tanh, "gelu_new": gelu_tanh, "relu": relu}
+def silu(x):
+    r"""SiLU, or swish (Elfwing et al. 2018; Ramachandran et al. 2017):
+    :math:`x \sigma(x) = x / (1 + e^{-x})`.
+
+    The sigmoid is evaluated as :math:`1/(1+e^{-|x|})` for :math:`x \ge 0`
+    and :math:`e^{-|x|}/(1+e^{-|x|})` otherwise, so ``exp`` never overflows.
+    """
+    x = np.asarray(x)
+    decay = np.exp(-np.abs(x))
+    sigmoid = np.where(x >= 0, 1, decay) / (1 + decay)
+    return (x * sigmoid).astype(x.dtype, copy=False)
+
+
+ACTIVATIONS = {"gelu": gelu, "gelu_tanh": gelu_tanh, "gelu_new": gelu_tanh, "relu": relu,
+               "silu": silu}
 
 
 class FeedForward:
@@ -217,6 +261,43 @@ class FeedForward:
     def __call__(self, x):
         """(..., D) -> (..., D)."""
         return self.down(ACTIVATIONS[self.activation](self.up(x)))
+
+
+class GatedFeedForward:
+    r"""Gated feed-forward block (GLU variants, Shazeer 2020, eq. 6 "FFN_SwiGLU"
+    with :math:`\beta = 1`; Llama):
+
+    .. math:: \mathrm{FFN}(x) = \big(f(x W_{gate}^T) \odot x W_{up}^T\big) W_{down}^T
+
+    with :math:`f` = SiLU by default. No biases in Llama; a :class:`Linear`
+    with a bias works too.
+    """
+
+    def __init__(self, gate, up, down, activation="silu"):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        for name, projection in (("gate", gate), ("up", up), ("down", down)):
+            if not isinstance(projection, Linear):
+                raise TypeError(f"GatedFeedForward {name} must be an attnref.nn.Linear, got "
+                                f"{type(projection).__name__}")
+        if gate.weight.shape != up.weight.shape:
+            raise ValueError(f"GatedFeedForward gate and up projections must have the same "
+                             f"shape (F, D), got {gate.weight.shape} and {up.weight.shape}")
+        if up.out_features != down.in_features:
+            raise ValueError(f"GatedFeedForward up projection gives {up.out_features} features "
+                             f"but the down projection takes {down.in_features}")
+        self.gate, self.up, self.down = gate, up, down  # (F, D), (F, D), (D, F)
+        self.activation = activation
+
+    @classmethod
+    def init(cls, dim, hidden, *, rng, activation="silu", bias=False, dtype=np.float32):
+        return cls(Linear.init(dim, hidden, rng=rng, bias=bias, dtype=dtype),
+                   Linear.init(dim, hidden, rng=rng, bias=bias, dtype=dtype),
+                   Linear.init(hidden, dim, rng=rng, bias=bias, dtype=dtype), activation)
+
+    def __call__(self, x):
+        """(..., D) -> (..., D)."""
+        return self.down(ACTIVATIONS[self.activation](self.gate(x)) * self.up(x))
 
 
 def sinusoidal_positions(length, dim, *, base=10000.0, dtype=np.float32):

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from attnref.masks import causal_mask, padding_mask
-from attnref.nn import Linear, MultiHeadAttention, merge_heads, split_heads
+from attnref.nn import KVCache, Linear, MultiHeadAttention, Rotary, merge_heads, split_heads
 
 
 def attention_by_hand(mha, x, context=None, allowed=None):
@@ -293,3 +293,79 @@ def test_agrees_with_torch_multihead_attention(cross, dtype, backend, assert_clo
     recorded, record = mha(x, None if not cross else memory, attn_mask=allowed, record=True)
     assert_close(recorded, expected.numpy())
     assert_close(record.weights, weights.numpy())
+
+
+# ---------------------------------------------------------------- RoPE hook and KV cache
+
+def rotary_attention(dtype, heads=4, kv_heads=2, dim=16, seed=7):
+    return MultiHeadAttention.init(dim, heads, rng=np.random.default_rng(seed),
+                                   num_kv_heads=kv_heads, bias=False, dtype=dtype,
+                                   rotary=Rotary(dim // heads, base=100.0))
+
+
+def test_rotary_hook_turns_queries_and_keys_before_the_scores(dtype, assert_close):
+    mha = rotary_attention(dtype)
+    x = np.random.default_rng(8).standard_normal((5, 16)).astype(dtype)
+    q = mha.rotary(split_heads(mha.w_q(x), 4))                    # (4, 5, 4)
+    k = np.repeat(mha.rotary(split_heads(mha.w_k(x), 2)), 2, axis=0)
+    v = np.repeat(split_heads(mha.w_v(x), 2), 2, axis=0)
+    heads = np.zeros((4, 5, 4), np.float64)
+    for h in range(4):
+        for i in range(5):
+            scores = np.array([q[h, i] @ k[h, j] / 2.0 for j in range(i + 1)], np.float64)
+            weights = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
+            heads[h, i] = weights @ v[h, :i + 1]
+    assert_close(mha(x, is_causal=True), mha.w_o(merge_heads(heads.astype(dtype))))
+
+
+@pytest.mark.parametrize("chunks", [[1] * 7, [3, 1, 2, 1], [7]])
+def test_cached_steps_equal_the_full_causal_call(chunks, dtype, backend, assert_close):
+    mha = rotary_attention(dtype)
+    x = np.random.default_rng(9).standard_normal((2, 7, 16)).astype(dtype)
+    full, full_record = mha(x, is_causal=True, record=True)
+    cache, start = KVCache(), 0
+    for size in chunks:
+        step = mha(x[:, start:start + size], is_causal=True, cache=cache, backend=backend)
+        assert_close(step, full[:, start:start + size])
+        start += size
+    assert cache.length == 7
+    recorded_cache = KVCache()
+    mha(x[:, :4], is_causal=True, cache=recorded_cache)
+    _, record = mha(x[:, 4:], is_causal=True, cache=recorded_cache, record=True)
+    assert_close(record.weights, full_record.weights[..., 4:, :])
+    assert_close(record.head_contributions, full_record.head_contributions[..., 4:, :])
+
+
+def test_kv_cache_grows_and_keeps_what_it_holds():
+    rng = np.random.default_rng(10)
+    cache, keys, values = KVCache(), [], []
+    for size in (1, 1, 3, 1, 9, 2):
+        key, value = rng.standard_normal((2, 3, size, 4)), rng.standard_normal((2, 3, size, 5))
+        keys.append(key)
+        values.append(value)
+        stored_key, stored_value = cache.extend(key, value)
+        np.testing.assert_array_equal(stored_key, np.concatenate(keys, axis=-2))
+        np.testing.assert_array_equal(stored_value, np.concatenate(values, axis=-2))
+    assert cache.length == 17
+
+
+def test_kv_cache_and_rotary_errors():
+    cache = KVCache()
+    cache.extend(np.zeros((2, 1, 4)), np.zeros((2, 1, 4)))
+    with pytest.raises(ValueError, match=r"KVCache holds keys \(2,\) x \(S, 4\) of float64; "
+                                         r"cannot append \(3, 1, 4\) of float64"):
+        cache.extend(np.zeros((3, 1, 4)), np.zeros((3, 1, 4)))
+    with pytest.raises(ValueError, match=r"KVCache needs keys \(..., Hkv, L, E\) and values "
+                                         r"\(..., Hkv, L, Ev\) of one dtype, got \(2, 1, 4\) "
+                                         r"float64 and \(2, 2, 4\) float64"):
+        cache.extend(np.zeros((2, 1, 4)), np.zeros((2, 2, 4)))
+    mha = rotary_attention(np.float64)
+    x = np.zeros((3, 16))
+    with pytest.raises(ValueError, match="cache is for self attention"):
+        mha(x, x, cache=KVCache())
+    rng = np.random.default_rng(11)
+    with pytest.raises(ValueError, match=r"rotary must be an attnref.nn.Rotary for head_dim 4, "
+                                         r"got Rotary\(8, base=10000, interleaved=False\)"):
+        MultiHeadAttention.init(16, 4, rng=rng, rotary=Rotary(8))
+    with pytest.raises(ValueError, match="rotary must be an attnref.nn.Rotary"):
+        MultiHeadAttention.init(16, 4, rng=rng, rotary="rope")

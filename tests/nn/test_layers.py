@@ -8,8 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from attnref.nn import (ACTIVATIONS, Embedding, FeedForward, LayerNorm, LearnedPositions,
-                        Linear, gelu, gelu_tanh, relu, sinusoidal_positions)
+from attnref.nn import (ACTIVATIONS, Embedding, FeedForward, GatedFeedForward, LayerNorm,
+                        LearnedPositions, Linear, RMSNorm, gelu, gelu_tanh, relu, silu,
+                        sinusoidal_positions)
 
 finite = {"min_value": -8, "max_value": 8, "allow_nan": False, "allow_subnormal": False}
 
@@ -311,7 +312,7 @@ def test_feed_forward_rejects_bad_activation_and_widths():
     rng = np.random.default_rng(0)
     up, down = Linear.init(4, 8, rng=rng), Linear.init(8, 4, rng=rng)
     with pytest.raises(ValueError, match=r"activation must be one of \['gelu', 'gelu_new', "
-                                         r"'gelu_tanh', 'relu'\], got 'swish'"):
+                                         r"'gelu_tanh', 'relu', 'silu'\], got 'swish'"):
         FeedForward(up, down, "swish")
     with pytest.raises(ValueError, match="FeedForward up projection gives 8 features but the "
                                          "down projection takes 6"):
@@ -338,3 +339,84 @@ def test_layers_agree_with_torch(dtype, assert_close):
         linear = Linear.init(8, 3, rng=rng, dtype=dtype)
         assert_close(linear(x), torch.nn.functional.linear(
             tx, torch.from_numpy(linear.weight), torch.from_numpy(linear.bias)).numpy())
+
+
+# ---------------------------------------------------------------- Llama pieces
+
+def rms_norm_by_hand(x, gamma, eps):
+    rows = x.reshape(-1, x.shape[-1]).astype(np.float64)
+    out = np.empty_like(rows)
+    for r, row in enumerate(rows):
+        root = math.sqrt(sum(v * v for v in row) / len(row) + eps)
+        out[r] = [v / root * g for v, g in zip(row, gamma)]
+    return out.reshape(x.shape)
+
+
+def test_rms_norm_matches_its_formula(dtype, assert_close):
+    rng = np.random.default_rng(20)
+    x = rng.standard_normal((2, 3, 6)).astype(dtype)
+    gamma = rng.standard_normal(6).astype(dtype)
+    norm = RMSNorm(gamma, eps=1e-5)
+    assert_close(norm(x), rms_norm_by_hand(x, gamma, 1e-5).astype(dtype))
+    assert norm(x).dtype == dtype
+
+
+def test_rms_norm_init_and_errors():
+    norm = RMSNorm.init(4, eps=1e-6)
+    np.testing.assert_array_equal(norm.weight, np.ones(4, np.float32))
+    for eps in (0, -1.0, float("nan"), True):
+        with pytest.raises(ValueError, match="RMSNorm eps must be a positive finite number"):
+            RMSNorm(np.ones(4, np.float32), eps)
+    with pytest.raises(ValueError, match=r"RMSNorm input must have shape \(..., 4\), got \(2, 3\)"):
+        norm(np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match="RMSNorm weight must have 1 dims"):
+        RMSNorm(np.ones((2, 2), np.float32))
+
+
+def test_silu_matches_its_formula_without_overflow(dtype, assert_close):
+    x = np.array([-1000.0, -30.0, -2.5, -1e-3, 0.0, 1e-3, 2.5, 30.0, 1000.0], dtype)
+    expected = np.array([v / (1 + math.exp(-v)) if v > -700 else 0.0 for v in x.tolist()])
+    with np.errstate(over="raise", invalid="raise", divide="raise"):  # underflow to 0 is fine
+        result = silu(x)
+    assert result.dtype == dtype
+    assert_close(result, expected.astype(dtype))
+    assert ACTIVATIONS["silu"] is silu
+
+
+def test_gated_feed_forward_matches_its_formula(dtype, assert_close):
+    rng = np.random.default_rng(21)
+    ffn = GatedFeedForward.init(5, 7, rng=rng, dtype=dtype)
+    x = rng.standard_normal((3, 5)).astype(dtype)
+    gate, up = x @ ffn.gate.weight.T, x @ ffn.up.weight.T                     # (3, 7)
+    by_hand = (gate / (1 + np.exp(-gate)) * up) @ ffn.down.weight.T
+    assert ffn.gate.bias is None and ffn.down.bias is None
+    assert_close(ffn(x), by_hand)
+
+
+def test_gated_feed_forward_rejects_bad_parts():
+    rng = np.random.default_rng(22)
+    gate, up, down = (Linear.init(4, 6, rng=rng), Linear.init(4, 6, rng=rng),
+                      Linear.init(6, 4, rng=rng))
+    with pytest.raises(ValueError, match="activation must be one of"):
+        GatedFeedForward(gate, up, down, "swish")
+    with pytest.raises(TypeError, match="GatedFeedForward up must be an attnref.nn.Linear, "
+                                        "got ndarray"):
+        GatedFeedForward(gate, up.weight, down)
+    with pytest.raises(ValueError, match=r"gate and up projections must have the same shape "
+                                         r"\(F, D\), got \(6, 4\) and \(5, 4\)"):
+        GatedFeedForward(gate, Linear.init(4, 5, rng=rng), down)
+    with pytest.raises(ValueError, match="up projection gives 6 features but the down "
+                                         "projection takes 3"):
+        GatedFeedForward(gate, up, Linear.init(3, 4, rng=rng))
+
+
+def test_llama_pieces_agree_with_torch(assert_close):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(23)
+    x = rng.standard_normal((4, 6)).astype(np.float32)
+    gamma = rng.standard_normal(6).astype(np.float32)
+    torch_norm = torch.nn.RMSNorm(6, eps=1e-5)
+    with torch.no_grad():
+        torch_norm.weight.copy_(torch.from_numpy(gamma))
+        assert_close(RMSNorm(gamma, 1e-5)(x), torch_norm(torch.from_numpy(x)).numpy())
+        assert_close(silu(x * 10), torch.nn.functional.silu(torch.from_numpy(x * 10)).numpy())

@@ -2,6 +2,7 @@
 (MiniLM only for the size of a real 128-token page)."""
 import base64
 import dataclasses
+import importlib.resources
 import json
 import re
 import zlib
@@ -29,6 +30,8 @@ LONG_TEXT = ("Attention lets every token in a sentence look at every other token
              "global, and where attention is wasted on punctuation.")
 #: the page's own <script> elements: the error collector, the JSON data, the drawing script
 PAGE_SCRIPTS = 3
+#: the explorer's CSS and JavaScript, package data in attnref/explorer/: name -> element
+ASSETS = {"explorer.css": "style", "errors.js": "script", "explorer.js": "script"}
 
 
 class Page(HTMLParser):
@@ -116,6 +119,34 @@ def test_page_is_one_document_with_no_external_reference(page):
     parsed = Page(page)
     assert all("src" not in attrs and "href" not in attrs for _, attrs in parsed.tags)
     assert len(parsed.scripts) == PAGE_SCRIPTS
+
+
+def explorer_assets():
+    """The explorer's asset files as an installed attnref holds them: name -> text."""
+    folder = importlib.resources.files("attnref").joinpath("explorer")
+    return {entry.name: entry.read_text(encoding="utf-8") for entry in folder.iterdir()
+            if entry.is_file() and entry.name.endswith((".css", ".js"))}
+
+
+def test_every_explorer_asset_is_package_data_inlined_in_the_page(page):
+    assets = explorer_assets()
+    assert set(assets) == set(ASSETS)
+    parsed = Page(page)
+    scripts = [text for attrs, text in parsed.scripts if not attrs]
+    for name, text in assets.items():
+        assert text.strip(), name
+        # inlined whole, as the element's content, and unable to end that element early
+        assert f"<{ASSETS[name]}>\n{text}</{ASSETS[name]}>" in page, name
+        assert f"</{ASSETS[name]}" not in text.lower(), name
+        if ASSETS[name] == "script":
+            assert "\n" + text in scripts, name
+    assert page.index("<script>\n" + assets["errors.js"]) < page.index("</head>")
+    assert page.index("<script>\n" + assets["explorer.js"]) > page.index("id=\"attnref-data\"")
+
+
+def test_a_missing_asset_says_the_package_data_is_missing():
+    with pytest.raises(FileNotFoundError, match=r"absent\.js is missing .* package data"):
+        html_report._asset("absent.js")
 
 
 def test_the_text_and_every_token_are_escaped(output):

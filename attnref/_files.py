@@ -28,9 +28,10 @@ import json
 import math
 import os
 import stat
+from mmap import ACCESS_READ, mmap as memory_map
 
-__all__ = ["MAX_JSON_BYTES", "MAX_JSON_DEPTH", "open_regular", "read_limited", "load_json",
-           "parse_json", "field"]
+__all__ = ["MAX_JSON_BYTES", "MAX_JSON_DEPTH", "open_regular", "read_limited",
+           "map_whole_file", "check_not_shrunk", "load_json", "parse_json", "field"]
 
 #: The default size limit of a JSON file (configs, tokenizer configs, manifests).
 MAX_JSON_BYTES = 16 * 2**20
@@ -110,6 +111,31 @@ def open_regular(path, *, what="file"):
         os.close(descriptor)
         raise ValueError(f"{path}: the {what} is not a regular file")
     return os.fdopen(descriptor, "rb"), status.st_size
+
+
+def map_whole_file(stream, size, path):
+    """The open regular file ``stream`` memory-mapped read-only, checked to
+    still be ``size`` bytes (its size when opened).
+
+    A mapped file that another process truncates later kills the reader
+    with SIGBUS when it touches the lost pages: callers check
+    :func:`check_not_shrunk` before each access, which narrows but cannot
+    close that window; reading into memory (the readers' default) closes it.
+    """
+    mapped = memory_map(stream.fileno(), 0, access=ACCESS_READ)
+    if len(mapped) != size:
+        raise ValueError(f"{path}: the file changed size from {size} to {len(mapped)} bytes "
+                         "while it was opened")
+    return mapped
+
+
+def check_not_shrunk(mapped, size, path, what):
+    """Refuse to read ``what`` from ``mapped`` when its file is now smaller
+    than the ``size`` it was mapped at (a page past the end would SIGBUS)."""
+    now = mapped.size()  # the file's size now (fstat), not the map's
+    if now < size:
+        raise ValueError(f"{path}: {what}: the memory-mapped file shrank from {size} to {now} "
+                         "bytes since it was opened; reopen it")
 
 
 def parse_json(data, *, source, expect=dict):

@@ -64,12 +64,11 @@ import math
 import os
 import struct
 from dataclasses import dataclass
-from mmap import ACCESS_READ, mmap as memory_map
 from pathlib import Path
 
 import numpy as np
 
-from .._files import open_regular
+from .._files import check_not_shrunk, map_whole_file, open_regular
 from .quants import BLOCK_SIZES, dequantize
 
 __all__ = ["GGML_TYPES", "VALUE_TYPES", "MAX_DIMS", "MAX_ARRAY_DEPTH", "DEFAULT_ALIGNMENT",
@@ -181,14 +180,7 @@ class GGUFFile:
             self.version, self.metadata, self.tensors = header.parse()
             self.alignment, self.data_offset = header.alignment, header.data_offset
             self._size = size
-            self._buffer = self._map(stream) if mmap else header.read_rest()
-
-    def _map(self, stream):
-        mapped = memory_map(stream.fileno(), 0, access=ACCESS_READ)
-        if len(mapped) != self._size:
-            raise ValueError(f"{self.path}: the file changed size from {self._size} to "
-                             f"{len(mapped)} bytes while it was opened")
-        return mapped
+            self._buffer = map_whole_file(stream, size, self.path) if mmap else header.read_rest()
 
     def tensor(self, name, dtype=np.float32):
         """The tensor ``name``, dequantised, shaped ``tensors[name].shape``.
@@ -229,11 +221,7 @@ class GGUFFile:
         if info.nbytes == 0:
             return np.zeros(info.shape, dtype)
         if self.mmap:
-            now = self._buffer.size()  # the file's size now (fstat), not the map's
-            if now < self._size:
-                raise ValueError(
-                    f"{self.path}: tensor {name!r:.80}: the memory-mapped file shrank from "
-                    f"{self._size} to {now} bytes since it was opened; reopen it")
+            check_not_shrunk(self._buffer, self._size, self.path, f"tensor {name!r:.80}")
         raw = np.frombuffer(self._buffer, np.uint8, count=info.nbytes, offset=info.offset)
         values = dequantize(raw, info.type_name).reshape(info.shape)
         return values.astype(dtype, copy=False)

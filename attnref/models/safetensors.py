@@ -58,11 +58,10 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from mmap import ACCESS_READ, mmap as memory_map
 
 import numpy as np
 
-from .._files import open_regular, parse_json
+from .._files import check_not_shrunk, map_whole_file, open_regular, parse_json
 
 __all__ = ["DTYPES", "MAX_DIMS", "SafetensorsFile", "open_safetensors", "load_safetensors"]
 
@@ -150,7 +149,7 @@ class SafetensorsFile(Mapping):
             self._spans = _check_entries(self.path, header, size - self._data_start)
             self.entries = {name: (entry["dtype"], tuple(entry["shape"]))
                             for name, entry in header.items()}
-            self._buffer = self._map(stream) if mmap else self._read_data(stream)
+            self._buffer = map_whole_file(stream, size, self.path) if mmap else self._read_data(stream)
 
     def _read(self, stream, count, what):
         """Exactly ``count`` bytes from ``stream``: ``what`` of the file."""
@@ -177,14 +176,6 @@ class SafetensorsFile(Mapping):
                              "had when opened while it was read")
         return view.toreadonly()
 
-    def _map(self, stream):
-        """The whole file, memory-mapped read-only (see the class docstring)."""
-        mapped = memory_map(stream.fileno(), 0, access=ACCESS_READ)
-        if len(mapped) != self._size:
-            raise ValueError(f"{self.path}: the file changed size from {self._size} to "
-                             f"{len(mapped)} bytes while it was opened")
-        return mapped
-
     def __getitem__(self, name):
         if name not in self.entries:
             raise KeyError(f"{self.path}: no tensor named {name!r}")
@@ -197,11 +188,7 @@ class SafetensorsFile(Mapping):
             return empty
         offset = begin
         if self.mmap:
-            now = self._buffer.size()  # the file's size now (fstat), not the map's
-            if now < self._size:
-                raise ValueError(
-                    f"{self.path}: tensor {name!r}: the memory-mapped file shrank from "
-                    f"{self._size} to {now} bytes since it was opened; reopen it")
+            check_not_shrunk(self._buffer, self._size, self.path, f"tensor {name!r}")
             offset += self._data_start
         raw = np.frombuffer(self._buffer, dtype=stored, count=(end - begin) // stored.itemsize,
                             offset=offset)

@@ -102,3 +102,17 @@ def safetensors_bytes(arrays):
         data += raw
     text = json.dumps(header).encode()
     return len(text).to_bytes(8, "little") + text + data
+
+
+def damaged(draw, blob, kind, *, extend_max=16):
+    """``blob`` with the byte-level damage ``kind``: "truncate" (cut
+    anywhere), "extend" (random bytes appended), "flip" (one byte changed);
+    any other kind leaves it as it is."""
+    if kind == "truncate":
+        return blob[:draw(st.integers(0, len(blob)))]
+    if kind == "extend":
+        return blob + draw(st.binary(min_size=1, max_size=extend_max))
+    if kind == "flip" and blob:
+        at = draw(st.integers(0, len(blob) - 1))
+        return blob[:at] + bytes([blob[at] ^ draw(st.integers(1, 255))]) + blob[at + 1:]
+    return blob

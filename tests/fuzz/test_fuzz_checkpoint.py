@@ -14,7 +14,8 @@ from hypothesis import given, settings, strategies as st
 from attnref.models import load_model
 from attnref.models.wordpiece import SPECIAL_TOKENS
 
-from ._fuzzing import corpus, json_documents_like, safetensors_bytes, scratch, value_error_or
+from ._fuzzing import (corpus, damaged, json_documents_like, safetensors_bytes, scratch,
+                       value_error_or)
 
 EXAMPLES = int(os.environ.get("ATTNREF_FUZZ_EXAMPLES", "100"))
 READER = "checkpoint"
@@ -99,10 +100,9 @@ def checkpoints(draw):
                 draw(st.sampled_from(FILES)))
     blob = safetensors_bytes(tensors)
     if weights_damage == "truncate weights":
-        blob = blob[:draw(st.integers(0, len(blob) - 1))]
+        blob = blob[:draw(st.integers(0, len(blob) - 1))]   # always shorter than whole
     elif weights_damage == "flip weights":
-        at = draw(st.integers(0, len(blob) - 1))
-        blob = blob[:at] + bytes([blob[at] ^ draw(st.integers(1, 255))]) + blob[at + 1:]
+        blob = damaged(draw, blob, "flip")
     files["model.safetensors"] = blob
     files.update(dict.fromkeys(directories))
     return {name: data for name, data in files.items() if name not in removed}

@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 from attnref.models.gguf import read_gguf
 
-from ._fuzzing import corpus, edge_integers, scratch, value_error_or
+from ._fuzzing import corpus, damaged, edge_integers, scratch, value_error_or
 
 EXAMPLES = int(os.environ.get("ATTNREF_FUZZ_EXAMPLES", "100"))
 READER = "gguf"
@@ -127,14 +127,7 @@ def gguf_files(draw):
         value = draw(edge_integers | st.integers(0, 300)) % 2**bits
         segments[index] = (kind, fmt, value.to_bytes(bits // 8, "little"))
     blob = b"".join(segment[2] for segment in segments)
-    if damage == "truncate":
-        blob = blob[:draw(st.integers(0, len(blob)))]
-    elif damage == "extend":
-        blob += draw(st.binary(min_size=1, max_size=40))
-    elif damage == "flip":
-        at = draw(st.integers(0, len(blob) - 1))
-        blob = blob[:at] + bytes([blob[at] ^ draw(st.integers(1, 255))]) + blob[at + 1:]
-    return blob
+    return damaged(draw, blob, damage, extend_max=40)
 
 
 @pytest.mark.parametrize("mmap", [False, True])

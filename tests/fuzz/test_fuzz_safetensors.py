@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from attnref.models.safetensors import DTYPES, open_safetensors
 
-from ._fuzzing import corpus, edge_integers, json_values, odd_json_texts, scratch, \
+from ._fuzzing import corpus, damaged, edge_integers, json_values, odd_json_texts, scratch, \
     value_error_or
 
 EXAMPLES = int(os.environ.get("ATTNREF_FUZZ_EXAMPLES", "100"))
@@ -68,14 +68,7 @@ def safetensors_files(draw):
     if damage == "length":
         length = draw(st.integers(max(0, length - 9), length + 9) | st.integers(0, 2**64 - 1))
     blob = struct.pack("<Q", length) + text + data
-    if damage == "truncate":
-        blob = blob[:draw(st.integers(0, len(blob)))]
-    elif damage == "extend":
-        blob += draw(st.binary(min_size=1, max_size=16))
-    elif damage == "flip":
-        at = draw(st.integers(0, len(blob) - 1))
-        blob = blob[:at] + bytes([blob[at] ^ draw(st.integers(1, 255))]) + blob[at + 1:]
-    return blob
+    return damaged(draw, blob, damage)
 
 
 @pytest.mark.parametrize("mmap", [False, True])

@@ -227,13 +227,23 @@ def silu(x):
     r"""SiLU, or swish (Elfwing et al. 2018; Ramachandran et al. 2017):
     :math:`x \sigma(x) = x / (1 + e^{-x})`.
 
-    The sigmoid is evaluated as :math:`1/(1+e^{-|x|})` for :math:`x \ge 0`
-    and :math:`e^{-|x|}/(1+e^{-|x|})` otherwise, so ``exp`` never overflows.
+    Evaluated as written, in four passes over ``x``, to a few ulp (one
+    rounding each in ``exp``, ``1 +`` and the division). Where :math:`e^{-x}`
+    overflows (``x < -88.7`` in float32) that quotient would be ``-0``, but
+    the true value :math:`x e^{x}/(1 + e^{x}) = x e^{x}` (``1 + e^x`` rounds
+    to 1 there) can still be a normal float: those few entries are computed
+    in that form instead.
     """
     x = np.asarray(x)
-    decay = np.exp(-np.abs(x))
-    sigmoid = np.where(x >= 0, 1, decay) / (1 + decay)
-    return (x * sigmoid).astype(x.dtype, copy=False)
+    with np.errstate(over="ignore"):  # the overflowed entries are recomputed below
+        denominator = np.asarray(np.exp(-x))
+    denominator += 1
+    out = np.divide(x, denominator, out=denominator)
+    overflow = -math.log(np.finfo(out.dtype).max)
+    if x.size and x.min() < overflow:
+        far = x < overflow
+        out[far] = x[far] * np.exp(x[far])
+    return out
 
 
 ACTIVATIONS = {"gelu": gelu, "gelu_tanh": gelu_tanh, "gelu_new": gelu_tanh, "relu": relu,

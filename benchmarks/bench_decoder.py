@@ -10,7 +10,8 @@ so a change in machine load hits both), on SmolLM2-135M-Instruct
 - generation: tokens/s of 32 greedy new tokens after a 128-token prompt, with
   each side's KV cache (prompt included in the time, as a user waits for it);
 - peak memory: the peak resident set of a fresh process that loads the model
-  and runs every task once (``ru_maxrss``).
+  and runs every task once (``VmHWM``, which, unlike ``ru_maxrss``, does not
+  carry over the high-water mark of the parent the process was forked from).
 
 transformers runs with its default attention (``sdpa``), which is what its
 users get; torch and NumPy's BLAS use every usable core. Medians of
@@ -24,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -36,6 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import machine  # noqa: E402  (benchmarks/machine.py, beside this script)
+from memory import status_kib  # noqa: E402
 
 PROMPTS = (128, 1024)
 NEW_TOKENS = 32
@@ -125,7 +126,7 @@ def memory_worker(implementation, prompts_file):
     model, torch = load(implementation)
     for run in runs(implementation, model, torch, prompts).values():
         run()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(status_kib("VmHWM") / 1024)
 
 
 def main(argv=None):

@@ -83,7 +83,8 @@ def in_subprocess(implementation, dtype, shape, causal, gqa, threads):
     return answer["bytes"]
 
 
-def _status_kib(field):
+def status_kib(field):
+    """A ``/proc/self/status`` field in KiB (``VmRSS``, ``VmHWM``: Linux only)."""
     with open("/proc/self/status") as status:
         for line in status:
             if line.startswith(field + ":"):
@@ -123,11 +124,11 @@ def _worker(request):
     try:
         with open("/proc/self/clear_refs", "w") as clear_refs:
             clear_refs.write("5")  # VmHWM := VmRSS
-        before = _status_kib("VmRSS")
+        before = status_kib("VmRSS")
     except OSError as error:
         return {"bytes": None, "reason": f"cannot reset the peak resident set: {error}"}
     output = call()
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
     return {"bytes": (peak - before) * 1024 - output.nbytes, "reason": None}
 
 

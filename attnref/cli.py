@@ -387,13 +387,14 @@ _NOT_WITH_PROBE = (("pair", "--pair"), ("max_tokens", "--max-tokens"), ("stride"
 
 def _report(arguments):
     from .models import load_model
-    from .report import build_report, is_decoder, lm_head_of
+    from .report import build_report, check_index, is_decoder, lm_head_of
     if arguments.probe is not None:
         return _probe(arguments)
     if arguments.text is None:
         arguments.parser.error("the following arguments are required: text (or --probe)")
     model = load_model(arguments.model, lang=arguments.lang, progress=sys.stderr)
-    print(f"attnref: running {model.name} with a trace", file=sys.stderr)
+    check_index("layer", arguments.layer, model.num_layers)   # before the model runs
+    check_index("head", arguments.head, model.num_heads)
     decoder = is_decoder(model)
     reports = []
     for number, (header, output, text) in enumerate(_report_inputs(model, arguments), 1):
@@ -478,6 +479,7 @@ def _report_inputs(model, arguments):
         if given:
             raise ValueError(f"{model.name} is a causal decoder, which reads the whole text; "
                              f"{', '.join(given)} apply to encoders only")
+        print(f"attnref: running {model.name} with a trace", file=sys.stderr)
         yield None, model.encode(arguments.text), arguments.text
         return
     if arguments.pair is not None and not arguments.pair.strip():
@@ -490,6 +492,16 @@ def _report_inputs(model, arguments):
         raise ValueError(f"--max-tokens must be between {specials + 1} and {limit} ({model.name} "
                          f"reads at most {limit} tokens, [CLS] and [SEP] included), "
                          f"got {max_tokens}")
+    if arguments.stride is not None:
+        if arguments.pair is not None:
+            raise ValueError("--stride reads one text in windows; it cannot be combined with "
+                             "--pair")
+        size = max_tokens - 2
+        if not 1 <= arguments.stride <= size:
+            raise ValueError(f"--stride must be between 1 and {size} (--max-tokens {max_tokens} "
+                             f"minus [CLS] and [SEP]; windows then overlap by {size} - stride "
+                             f"tokens), got {arguments.stride}")
+    print(f"attnref: running {model.name} with a trace", file=sys.stderr)
     if arguments.stride is None:
         output = model.encode(arguments.text, arguments.pair, max_length=max_tokens,
                               truncation=True)
@@ -509,13 +521,6 @@ def _report_inputs(model, arguments):
             header.update(start=0, stop=read - 2)
         yield header, output, output.read_text()
         return
-    if arguments.pair is not None:
-        raise ValueError("--stride reads one text in windows; it cannot be combined with --pair")
-    size = max_tokens - 2
-    if not 1 <= arguments.stride <= size:
-        raise ValueError(f"--stride must be between 1 and {size} (--max-tokens {max_tokens} "
-                         f"minus [CLS] and [SEP]; windows then overlap by {size} - stride "
-                         f"tokens), got {arguments.stride}")
     for window in model.encode_windows(arguments.text, stride=arguments.stride,
                                        max_length=max_tokens):
         output = window.output

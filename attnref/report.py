@@ -350,7 +350,9 @@ def _number(value):
     return value if np.isfinite(value) else None
 
 
-def _check_index(name, value, size):
+def check_index(name, value, size):
+    """``value`` as an index in ``[0, size)`` (negative counts from the end);
+    None stays None. ValueError naming ``name`` when out of range."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not (
@@ -420,8 +422,8 @@ def build_report(output, *, layer=None, head=None, top_k=3, lang="en",
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
     if lang not in PRONOUNS:
         raise ValueError(f"lang must be one of {sorted(PRONOUNS)}, got {lang!r}")
-    layer = _check_index("layer", layer, n_layers)
-    head = _check_index("head", head, n_heads)
+    layer = check_index("layer", layer, n_layers)
+    head = check_index("head", head, n_heads)
     tokens = list(output.tokens)
     tokens_total = getattr(output, "tokens_total", None)
 

@@ -104,6 +104,7 @@ class InductionDecoder:
              "sun", "rain", "day", "night", "blue", "green", "old", "new"] + [
                  f"w{index}" for index in range(30, 64)]   # 64 ids: room for the 50-token probe
     name = "induction-toy"
+    num_layers, num_heads = 2, 2
     causal = True
     bos_id = 0
     special_ids = (0,)
@@ -171,6 +172,7 @@ class RandomDecoder:
     attribute (it is a decoder because it can generate)."""
 
     name = "random-decoder"
+    num_layers, num_heads = 2, 4
 
     def __init__(self, vocab_size=40, dim=16, seed=0):
         from attnref.nn import Encoder, Linear

@@ -245,6 +245,23 @@ def test_errors_the_library_raises_from_the_input_are_one_line_under_the_option(
     assert all(progress.startswith("attnref: ") for progress in lines[:-1])
 
 
+@pytest.mark.parametrize("argv", [
+    ["report", "x", "--model", "demo", "--layer", "2"],
+    ["report", "x", "--model", "demo", "--head", "3"],
+    ["report", "x", "--model", "demo", "--max-tokens", "2"],
+    ["report", "x", "--model", "demo", "--stride", "300"],
+    ["report", "x", "--model", "demo", "--stride", "3", "--pair", "y"],
+])
+def test_options_checked_against_the_model_fail_before_it_runs(capsys, monkeypatch, argv):
+    """The model is loaded (its sizes are needed) but never run: the one
+    line is the error, with no 'running ...' progress line before it."""
+    from attnref.models import DemoModel
+    monkeypatch.setattr(DemoModel, "encode", lambda *a, **k: pytest.fail("the model ran"))
+    monkeypatch.setattr(DemoModel, "encode_windows", lambda *a, **k: pytest.fail("the model ran"))
+    [line] = usage_error(capsys, *argv)
+    assert line.startswith("attnref report: error: ")
+
+
 def test_a_directory_that_is_not_a_checkpoint_says_what_it_lacks(capsys, tmp_path):
     assert usage_error(capsys, "report", "x", "--model", str(tmp_path)) == [
         f"attnref report: error: {tmp_path} is not a BERT checkpoint directory: it lacks "

@@ -223,6 +223,16 @@ class BertModel:
         return self.encoder.states(x, attn_mask=mask, trace=trace, backend=backend)
 
     @property
+    def num_layers(self):
+        """Encoder layers."""
+        return self.config.num_hidden_layers
+
+    @property
+    def num_heads(self):
+        """Attention heads per layer."""
+        return self.config.num_attention_heads
+
+    @property
     def max_length(self):
         """The most tokens :meth:`encode` reads, special tokens included: the
         tokenizer's limit capped at ``max_position_embeddings``."""

@@ -149,6 +149,11 @@ class DemoModel:
                             LayerNorm.init(D, dtype=dtype), norm_first=True)
 
     @property
+    def num_layers(self):
+        """Layers (one per row of the constructed head types)."""
+        return len(HEAD_TYPES)
+
+    @property
     def max_length(self):
         """The most tokens :meth:`encode` reads, special tokens included."""
         return self.max_positions

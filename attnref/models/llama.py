@@ -206,6 +206,16 @@ class LlamaModel:
         self.lm_head = Linear(embedding.weight) if lm_head is None else lm_head  # (V, D)
         self.tokenizer, self.name = tokenizer, name
 
+    @property
+    def num_layers(self):
+        """Decoder blocks."""
+        return self.config.num_layers
+
+    @property
+    def num_heads(self):
+        """Query heads per block."""
+        return self.config.num_heads
+
     @classmethod
     def from_weights(cls, config, weights, *, tokenizer=None, name="llama",
                      dtype=np.float32):

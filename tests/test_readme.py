@@ -64,8 +64,10 @@ def test_python_block_runs_on_its_own(block, tmp_path):
         pytest.skip(f"README.md:{line} imports {missing}, not installed")
     if 'backend="c"' in code and not kernel.available():
         pytest.skip(f"README.md:{line} uses the C kernel: {kernel.info()['reason']}")
+    # the block imports the attnref these tests import (installed, or this checkout)
+    importing = Path(kernel.__file__).resolve().parent.parent
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(ROOT), os.environ.get("PYTHONPATH", "")]), "MPLBACKEND": "Agg"}
+        [str(importing), os.environ.get("PYTHONPATH", "")]), "MPLBACKEND": "Agg"}
     finished = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=environment,
                               capture_output=True, text=True, timeout=BLOCK_TIMEOUT)
     assert finished.returncode == 0, (

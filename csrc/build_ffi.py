@@ -115,10 +115,11 @@ static const char *attnref_build_compiler(void)
 }}
 """,
     # setuptools wants sources relative to the project root, the cwd of a build
-    sources=[os.path.relpath(os.path.join(CSRC, "attnref.c"))],
+    sources=[os.path.relpath(os.path.join(CSRC, name))
+             for name in kernel_sources.source_files(CSRC) if name.endswith(".c")],
     include_dirs=[os.path.relpath(CSRC)],
     depends=[os.path.relpath(os.path.join(CSRC, name))
-             for name in kernel_sources.source_files(CSRC) if name != "attnref.c"],
+             for name in kernel_sources.source_files(CSRC) if name.endswith(".h")],
     extra_compile_args=compile_flags,
     extra_link_args=sanitize_link,
     libraries=["m", "pthread"] if os.name == "posix" else [],

@@ -1,12 +1,12 @@
 /*
  * sdpa_impl.h -- the attention kernel for one float type, included by
- * attnref.c once per type. The includer defines
+ * portable.c once per type. The includer defines
  *   REAL                 float or double, the type of every operand and sum
  *   EXP, LOG             the libm functions for REAL
  *   LOG_MIN              ln of REAL's smallest normal number: exp(x) for
  *                        x < LOG_MIN counts as 0 (the weight policy of attnref.h)
  *   DOT                  the score dot product for REAL, returned in double
- *                        (in attnref.c: computed more precisely than REAL,
+ *                        (in portable.c: computed more precisely than REAL,
  *                        differently per type)
  *   AXPY, SDPA_ROWS,     names of this file's functions for REAL
  *   NONFINITE_DIMS
@@ -36,10 +36,10 @@ static void AXPY(REAL *restrict acc, REAL p, const REAL *restrict x, int64_t n)
    out = acc / l. Finite values are unaffected either way (by less than
    S * REAL_MIN * max|v|). q, k, v, allowed and bias point at the row's
    query, its kv head's keys and values, and its mask row (or NULL). */
-static void NONFINITE_DIMS(const attnref_params *p, const REAL *q_bhi, const REAL *k_bh,
-                           const REAL *v_bh, const uint8_t *allowed_bhi, const REAL *bias_bhi,
-                           int64_t j_begin, int64_t j_end, REAL m, REAL l,
-                           const REAL *acc, REAL *out_bhi)
+void NONFINITE_DIMS(const attnref_params *p, const REAL *q_bhi, const REAL *k_bh,
+                    const REAL *v_bh, const uint8_t *allowed_bhi, const REAL *bias_bhi,
+                    int64_t j_begin, int64_t j_end, REAL m, REAL l,
+                    const REAL *acc, REAL *out_bhi)
 {
     const int64_t ks2 = p->k_stride[2], vs2 = p->v_stride[2], ms3 = p->mask_stride[3];
     int any = 0;
@@ -68,7 +68,7 @@ static void NONFINITE_DIMS(const attnref_params *p, const REAL *q_bhi, const REA
 }
 
 /* Computes the flattened (b, h, i) rows [job->row_begin, job->row_end). */
-static int SDPA_ROWS(const sdpa_job *job)
+int SDPA_ROWS(const sdpa_job *job)
 {
     /* q (B,H,L,E), k (B,H/kv_group,S,E), v (B,H/kv_group,S,Ev),
        out (B,H,L,Ev), lse (B,H,L) or NULL, mask (B,H,L,S) uint8 or REAL or

@@ -1,6 +1,6 @@
 /*
  * simd.h -- the vector operations the tiled kernel (tiled_impl.h) is written
- * in, for one instruction set and one float type. attnref.c includes it,
+ * in, for one instruction set and one float type. tiled.c includes it,
  * then tiled_impl.h, inside a `#pragma GCC target` region, once per
  * (ISA, REAL). The includer defines
  *   SIMD_AVX512 or SIMD_AVX2   the instruction set

@@ -255,7 +255,7 @@ typedef struct {
     int rows;
 } TILED(unit_rows);
 
-/* Scratch of one thread, laid out by tiled_scratch_layout (attnref.c). */
+/* Scratch of one thread, laid out by tiled_scratch_layout (tiled.c). */
 typedef struct {
     double *qd;    /* (TILE_ROWS, E) queries in double */
     double *kt;    /* (TILE_KEYS / KEY_PANEL, E, KEY_PANEL) keys of the tile, in double */
@@ -463,7 +463,7 @@ static void TILED(unit)(const sdpa_job *job, TILED(scratch) *w, int64_t u)
 }
 
 /* A thread's share: units taken one at a time from the shared counter. */
-static int TILED(rows)(const sdpa_job *job)
+int TILED(rows)(const sdpa_job *job)
 {
     const attnref_params *p = job->params;
     const int64_t Evp = VALUE_PAD(p->Ev);
@@ -489,7 +489,7 @@ static int TILED(rows)(const sdpa_job *job)
 }
 
 /* out[i] = exp(x[i]) with this instance's vector exp (attnref_exp_*) */
-static int TILED(exp_array)(REAL *out, const REAL *x, int64_t n)
+int TILED(exp_array)(REAL *out, const REAL *x, int64_t n)
 {
     int64_t i = 0;
     REAL tail[RW];

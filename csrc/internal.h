@@ -1,0 +1,153 @@
+/*
+ * internal.h -- what the kernel's C files share and the public header does
+ * not say: tile sizes, the work of one call (sdpa_job), int64 arithmetic that
+ * cannot overflow, the band of a row, and the functions each file gives the
+ * others. Not part of the contract (that is attnref.h).
+ *
+ *   checks.c    argument checks of a call
+ *   threads.c   rows and units over threads (a pool of workers)
+ *   portable.c  the portable path: score dot products and sdpa_impl.h
+ *   tiled.c     the tiled SIMD paths: tiled_impl.h per instruction set
+ *   attnref.c   code paths and the public entries
+ */
+#ifndef ATTNREF_INTERNAL_H
+#define ATTNREF_INTERNAL_H
+
+#include "attnref.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define ATTNREF_TILED 1
+#else
+#define ATTNREF_TILED 0
+#endif
+
+/* shared between the kernel's files, never exported from the extension */
+#if defined(__GNUC__)
+#define INTERNAL __attribute__((visibility("hidden")))
+#else
+#define INTERNAL
+#endif
+
+/* Keys per online-softmax block of the portable path: scratch per thread is
+   O(KEY_BLOCK + Ev). */
+#define KEY_BLOCK 64
+/* Tiled path: query rows per unit and keys per tile; scratch per thread is
+   O(TILE_ROWS (E + Ev + TILE_KEYS) + TILE_KEYS (E + Ev)). */
+#define TILE_ROWS 64
+#define TILE_KEYS 64
+/* Independent partial sums in a dot product: the compiler can vectorise them
+   without reassociating (no -ffast-math). */
+#define DOT_LANES 16
+/* ln of the smallest normal float and double, rounded to the type: a key with
+   s_j - m below it weighs exactly 0 on every path (attnref.h; the vector exp
+   of simd.h flushes there too), as attnref.core's reference does. */
+#define LOG_FLT_MIN -87.33654475f
+#define LOG_DBL_MIN -708.39641853226408
+
+/* ------------------------------------------------------------------------ */
+/* int64 arithmetic that cannot overflow                                     */
+
+/* *r = a * b for a, b >= 0; returns 0 when that overflows. */
+static inline int mul_fits(int64_t a, int64_t b, int64_t *r)
+{
+    if (b != 0 && a > INT64_MAX / b) return 0;
+    *r = a * b;
+    return 1;
+}
+
+/* *r = a + b for a, b >= 0; returns 0 when that overflows. */
+static inline int add_fits(int64_t a, int64_t b, int64_t *r)
+{
+    if (a > INT64_MAX - b) return 0;
+    *r = a + b;
+    return 1;
+}
+
+/* a + b, saturated to [INT64_MIN, INT64_MAX]: any band arithmetic stays
+   monotone, so clamping the result to [0, S] afterwards is exact. */
+static inline int64_t add_saturated(int64_t a, int64_t b)
+{
+    if (b > 0 && a > INT64_MAX - b) return INT64_MAX;
+    if (b < 0 && a < INT64_MIN - b) return INT64_MIN;
+    return a + b;
+}
+
+static inline int64_t clamp(int64_t x, int64_t lo, int64_t hi)
+{
+    return x < lo ? lo : x > hi ? hi : x;
+}
+
+/* Keys j visible from row i by the band, band_lower <= j - i - diag_offset
+   <= band_upper, as the half-open range [*j_begin, *j_end) within [0, S). */
+static inline void band_keys(const attnref_params *p, int64_t i,
+                      int64_t *j_begin, int64_t *j_end)
+{
+    int64_t diag = add_saturated(i, p->diag_offset);
+    *j_begin = clamp(add_saturated(diag, p->band_lower), 0, p->S);
+    *j_end = clamp(add_saturated(add_saturated(diag, p->band_upper), 1), 0, p->S);
+    if (*j_end < *j_begin) *j_end = *j_begin;  /* band_lower > band_upper: empty */
+}
+
+/* ------------------------------------------------------------------------ */
+/* the work of a call                                                        */
+
+/* The work of one call, or a thread's share of it. The portable path takes
+   the contiguous range [row_begin, row_end) of flattened (b, h, i) rows;
+   the tiled path takes units (see tiled_impl.h) from the shared counter
+   *next until it reaches row_end, the number of units. `rows` is the float
+   or double worker of the path. */
+typedef struct sdpa_job {
+    int (*rows)(const struct sdpa_job *job);
+    const attnref_params *params;
+    void *out, *lse;
+    const void *q, *k, *v, *mask;
+    int64_t row_begin, row_end;
+    int64_t block, blocks, head_chunk;   /* tiled: positions per unit, ... */
+    int64_t *next;                       /* tiled: next unit to take */
+    int status;
+} sdpa_job;
+
+typedef int (*rows_fn)(const sdpa_job *job);
+
+/* checks.c: ATTNREF_OK or the ATTNREF_ERR_* of the first problem */
+INTERNAL int check_call(const attnref_params *p, const void *out, const void *lse,
+                        const void *q, const void *k, const void *v, const void *mask);
+
+/* attnref.c: 1 when this build and CPU can run the path */
+INTERNAL int path_supported(int path);
+
+/* threads.c: runs `whole` over its `count` rows or units */
+INTERNAL int run_shares(const sdpa_job *whole, int64_t count);
+
+/* portable.c */
+INTERNAL double dot_f32(const float *a, const float *b, int64_t n);
+INTERNAL double dot_f64(const double *a, const double *b, int64_t n);
+INTERNAL int sdpa_rows_f32(const sdpa_job *job);
+INTERNAL int sdpa_rows_f64(const sdpa_job *job);
+INTERNAL void nonfinite_dims_f32(const attnref_params *p, const float *q_bhi,
+                                 const float *k_bh, const float *v_bh,
+                                 const uint8_t *allowed_bhi, const float *bias_bhi,
+                                 int64_t j_begin, int64_t j_end, float m, float l,
+                                 const float *acc, float *out_bhi);
+INTERNAL void nonfinite_dims_f64(const attnref_params *p, const double *q_bhi,
+                                 const double *k_bh, const double *v_bh,
+                                 const uint8_t *allowed_bhi, const double *bias_bhi,
+                                 int64_t j_begin, int64_t j_end, double m, double l,
+                                 const double *acc, double *out_bhi);
+
+#if ATTNREF_TILED
+/* tiled.c: a thread's share of units, and the path's exp over an array */
+#define TILED_ENTRIES(isa) \
+    INTERNAL int tiled_rows_##isa##_f32(const sdpa_job *job); \
+    INTERNAL int tiled_rows_##isa##_f64(const sdpa_job *job); \
+    INTERNAL int tiled_exp_array_##isa##_f32(float *out, const float *x, int64_t n); \
+    INTERNAL int tiled_exp_array_##isa##_f64(double *out, const double *x, int64_t n);
+TILED_ENTRIES(avx2)
+TILED_ENTRIES(avx512)
+#undef TILED_ENTRIES
+#endif
+
+#endif

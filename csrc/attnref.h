@@ -44,7 +44,7 @@ enum {
     ATTNREF_ERR_NULL = 1,       /* a required pointer is NULL */
     ATTNREF_ERR_SIZE = 2,       /* a size is negative, or E < 1 */
     ATTNREF_ERR_OVERFLOW = 3,   /* an element offset overflows int64 */
-    ATTNREF_ERR_OPTION = 4,     /* mask_kind, masked_rows, kv_group, threads, path, scale or softcap out of range */
+    ATTNREF_ERR_OPTION = 4,     /* mask_kind, masked_rows, kv_group, threads, path, scores, scale or softcap out of range */
     ATTNREF_ERR_NOMEM = 5,      /* a scratch allocation failed */
     ATTNREF_ERR_THREAD = 6      /* reserved: a worker that cannot start runs on the caller instead */
 };
@@ -58,6 +58,11 @@ enum {
 enum {
     ATTNREF_ROWS_ZERO = 0,
     ATTNREF_ROWS_NAN = 1
+};
+
+enum {
+    ATTNREF_SCORES_EXACT = 0,   /* dot products carried in twice REAL's precision, rounded once */
+    ATTNREF_SCORES_FAST = 1     /* dot products summed in REAL with FMA (plain float32 / float64) */
 };
 
 enum {
@@ -87,6 +92,7 @@ typedef struct {
     int64_t diag_offset;        /* 0 = top-left alignment, S - L = bottom-right */
     int64_t band_lower;         /* visible: band_lower <= j - i - diag_offset ... */
     int64_t band_upper;         /* ... <= band_upper; use +-ATTNREF_BAND_UNBOUNDED */
+    int32_t scores;             /* ATTNREF_SCORES_*: how score dot products are summed */
     int32_t threads;            /* >= 1 */
     int32_t path;               /* ATTNREF_PATH_* this call runs on; AUTO = the
                                    path attnref_select_path chose (read once) */

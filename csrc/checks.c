@@ -39,6 +39,7 @@ int check_call(const attnref_params *p, const void *out, const void *lse,
         || (p->mask_kind != ATTNREF_MASK_NONE && p->mask_kind != ATTNREF_MASK_BOOL
             && p->mask_kind != ATTNREF_MASK_BIAS)
         || (p->masked_rows != ATTNREF_ROWS_ZERO && p->masked_rows != ATTNREF_ROWS_NAN)
+        || (p->scores != ATTNREF_SCORES_EXACT && p->scores != ATTNREF_SCORES_FAST)
         || !isfinite(p->scale) || p->scale <= 0
         || !isfinite(p->softcap) || p->softcap < 0)
         return ATTNREF_ERR_OPTION;

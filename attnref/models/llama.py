@@ -238,6 +238,7 @@ class LlamaModel:
             raise ValueError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
         shapes = config.tensor_shapes()
         blocks = []
+        rotary = Rotary(config.head_dim, base=config.rope_theta)   # one for all layers
         for index in range(config.num_layers):
             block = {part: weight(f"blk.{index}.{part}.weight")
                      for part in ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
@@ -245,7 +246,7 @@ class LlamaModel:
             attention = MultiHeadAttention(
                 Linear(block["attn_q"]), Linear(block["attn_k"]), Linear(block["attn_v"]),
                 Linear(block["attn_output"]), config.num_heads, config.num_kv_heads,
-                rotary=Rotary(config.head_dim, base=config.rope_theta))
+                rotary=rotary)
             feed_forward = GatedFeedForward(Linear(block["ffn_gate"]), Linear(block["ffn_up"]),
                                             Linear(block["ffn_down"]))
             blocks.append(LlamaBlock(attention, RMSNorm(block["attn_norm"], config.rms_eps),

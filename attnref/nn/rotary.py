@@ -81,7 +81,13 @@ def apply_rotary(x, angles, *, interleaved=False):
     if x.ndim < 2 or x.shape[-1] % 2 or angles.shape != (x.shape[-2], x.shape[-1] // 2):
         raise ValueError(f"apply_rotary needs x (..., T, E) with E even and angles (T, E/2), "
                          f"got x {x.shape} and angles {angles.shape}")
-    cos, sin = np.cos(angles).astype(x.dtype), np.sin(angles).astype(x.dtype)  # (T, E/2)
+    return _turn(x, np.cos(angles).astype(x.dtype), np.sin(angles).astype(x.dtype),
+                 interleaved)
+
+
+def _turn(x, cos, sin, interleaved):
+    """``x`` (..., T, E) turned pair by pair by the angles whose ``cos`` and
+    ``sin`` (T, E/2) are given, in ``x``'s dtype."""
     if interleaved:
         first, second = x[..., 0::2], x[..., 1::2]                              # (..., T, E/2)
     else:
@@ -140,11 +146,16 @@ class Rotary:
         ``rope_theta`` (10000 in RoFormer; SmolLM2 uses 100000).
     interleaved : bool
         The pair layout, see the module docstring.
+
+    One instance may serve every layer of a model: it keeps the cosines and
+    sines of the last positions and dtype it turned, so the layers of one
+    forward pass compute them once (they are the same numbers each time).
     """
 
     def __init__(self, head_dim, *, base=10000.0, interleaved=False):
         self.head_dim, self.base = _check_head_dim(head_dim), _check_base(base)
         self.interleaved = bool(interleaved)
+        self._tables = (None, None, None)   # ((offset, T, dtype), cos, sin)
 
     def __repr__(self):
         return (f"Rotary({self.head_dim}, base={self.base:g}, "
@@ -155,6 +166,14 @@ class Rotary:
         if np.shape(x)[-1] != self.head_dim:
             raise ValueError(f"Rotary for head_dim {self.head_dim} got heads of shape "
                              f"{np.shape(x)}")
-        angles = rotary_angles(np.arange(offset, offset + np.shape(x)[-2]), self.head_dim,
-                               base=self.base)
-        return apply_rotary(x, angles, interleaved=self.interleaved)
+        x = np.asarray(x)
+        if x.ndim < 2:
+            raise ValueError(f"Rotary needs heads (..., T, E), got shape {x.shape}")
+        key = (offset, x.shape[-2], x.dtype)
+        cached, cos, sin = self._tables
+        if cached != key:
+            angles = rotary_angles(np.arange(offset, offset + x.shape[-2]), self.head_dim,
+                                   base=self.base)                          # (T, E/2)
+            cos, sin = np.cos(angles).astype(x.dtype), np.sin(angles).astype(x.dtype)
+            self._tables = (key, cos, sin)
+        return _turn(x, cos, sin, self.interleaved)

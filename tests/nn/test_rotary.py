@@ -43,6 +43,24 @@ def test_rotary_class_starts_at_its_offset(interleaved, assert_close):
 
 
 @pytest.mark.parametrize("interleaved", [False, True])
+def test_one_rotary_shared_by_calls_of_other_positions_and_dtypes(interleaved):
+    """The cosines and sines one instance keeps between calls never leak
+    into a call at another offset, length or dtype (a model shares one
+    instance across its layers)."""
+    rng = np.random.default_rng(3)
+    rotary = Rotary(8, base=10000.0, interleaved=interleaved)
+    calls = [(rng.standard_normal((2, 5, 8)), 0), (rng.standard_normal((2, 5, 8)), 0),
+             (rng.standard_normal((2, 5, 8)), 4), (rng.standard_normal((3, 8)), 4),
+             (rng.standard_normal((2, 5, 8)).astype(np.float32), 4),
+             (rng.standard_normal((2, 5, 8)), 4)]
+    for x, offset in calls:
+        angles = rotary_angles(np.arange(offset, offset + x.shape[-2]), 8, base=10000.0)
+        turned = rotary(x, offset)
+        assert turned.dtype == x.dtype
+        assert np.array_equal(turned, apply_rotary(x, angles, interleaved=interleaved))
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
 def test_scores_depend_on_relative_position_only(interleaved, assert_close):
     rng = np.random.default_rng(2)
     q, k = rng.standard_normal((2, 1, 16))
@@ -114,6 +132,8 @@ def test_rejects_bad_positions_and_shapes():
         apply_rotary(np.zeros((3, 4)), np.zeros((2, 2)))
     with pytest.raises(ValueError, match=r"Rotary for head_dim 8 got heads of shape \(2, 4\)"):
         Rotary(8)(np.zeros((2, 4)))
+    with pytest.raises(ValueError, match=r"Rotary needs heads \(..., T, E\), got shape \(8,\)"):
+        Rotary(8)(np.zeros(8))
 
 
 def test_permutation_rejects_bad_shapes():

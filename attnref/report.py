@@ -125,7 +125,8 @@ def _summary_lines(report):
                        f"-- the model did NOT read the other {read['unread']}; everything below "
                        "is about the part it read", indent=4)
     else:
-        lines.append(_fit(f"read: all {read['tokens']} tokens: {' '.join(report.tokens)}"))
+        # | between tokens: a byte-level token's own leading space stays visible
+        lines.append(_fit(f"read: all {read['tokens']} tokens: {'|'.join(report.tokens)}"))
     if summary["layer"] is not None:
         lines.append(f"heads: layer {summary['layer']} only ({shape['typed']} heads)")
     decoder = summary.get("decoder")

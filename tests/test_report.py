@@ -243,8 +243,8 @@ def test_minilm_summary_fits_a_screen_and_names_the_positional_heads(minilm):
     text = report.text_report()
     lines = text.splitlines()
     assert len(lines) <= SCREEN and max(map(len, lines)) <= 100
-    assert lines[2] == "read: all 12 tokens: [CLS] the cat chased the mouse because it was " \
-                       "hungry . [SEP]"
+    assert lines[2] == "read: all 12 tokens: [CLS]|the|cat|chased|the|mouse|because|it|was|" \
+                       "hungry|.|[SEP]"
     rows = {(row["layer"], row["head"]): row for row in report.head_level}
     previous = [key for key, row in rows.items() if row["type"] == "previous-token"]
     following = [key for key, row in rows.items() if row["type"] == "next-token"]
@@ -304,6 +304,9 @@ def test_decoder_report_says_what_is_normal_for_a_causal_model(induction_decoder
     report = build_report(induction_decoder.encode(REPEATED), lm_head=lm_head_of(induction_decoder))
     assert report.causal and report.summary["decoder"]["first_token"] == "<s>"
     text = report.text_report()
+    # tokens are shown edge to edge, | between them, so a token's own leading space shows
+    assert text.splitlines()[2].startswith(f"read: all {len(report.tokens)} tokens: "
+                                           + "|".join(report.tokens)[:40])
     assert text.count("Xiao et al. 2023") == 1
     assert "no head can attend to the next token" in text
     assert "next-token" not in text.split("heads worth a look")[1].split("typical head")[0]

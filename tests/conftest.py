@@ -1,11 +1,12 @@
 """Hypothesis profiles: ``dev`` (default, randomised), ``ci`` (derandomised,
-no deadline) and ``stress`` (2000 examples), chosen by HYPOTHESIS_PROFILE or,
-when unset, by CI=true."""
+no deadline), ``sanitizers`` (``ci`` without the target phase) and
+``stress`` (2000 examples), chosen by HYPOTHESIS_PROFILE or, when unset, by
+CI=true."""
 import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 import attnref
 
@@ -18,6 +19,13 @@ settings.register_profile("dev", max_examples=100, deadline=None,
                           suppress_health_check=SUPPRESSED)
 settings.register_profile("ci", max_examples=200, deadline=None, derandomize=True,
                           print_blob=True, suppress_health_check=SUPPRESSED)
+# The sanitizer run of .ci/run (docs/sanitizers.md) looks for memory errors,
+# not for the largest error: it runs the ci profile's generated examples
+# without the target phase, whose hill-climbing towards large errors grows
+# inputs that cost minutes under ASan and that the main run already searched.
+settings.register_profile(
+    "sanitizers", parent=settings.get_profile("ci"),
+    phases=[phase for phase in Phase if phase != Phase.target])
 settings.register_profile(  # long local searches: HYPOTHESIS_PROFILE=stress
     "stress", max_examples=2000, deadline=None, suppress_health_check=SUPPRESSED)
 settings.load_profile(os.environ.get(

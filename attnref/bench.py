@@ -61,7 +61,9 @@ from .testing.cases import Case
 from .testing.tolerance import reference_dtype, reference_errors
 
 __all__ = ["CONTENDERS", "Contender", "SweepCase", "contenders", "set_threads",
-           "time_round_robin", "run", "report", "plot", "accuracy", "ACCURACY_CASES"]
+           "time_round_robin", "errors_against_reference", "run", "report", "plot", "accuracy",
+           "ACCURACY_CASES", "QUICK_ACCURACY_CASES", "sweep_table", "decode_table",
+           "accuracy_table", "limits_lines", "table_tag", "render"]
 
 #: The contenders in table order; ``c`` is the one every ratio divides by.
 CONTENDERS = ("c", "numpy", "torch", "jax")
@@ -279,12 +281,6 @@ class Outcome:
         return False
 
 
-def _progress_to(stream):
-    if stream is None:
-        return lambda message: None
-    return lambda message: print(f"attnref bench: {message}", file=stream, flush=True)
-
-
 def time_case(case, found, thread_counts, repeats, say):
     """``{name: Outcome}`` for one :class:`SweepCase` on every thread count."""
     rng = np.random.default_rng([SEED, case.N, case.D])
@@ -385,8 +381,8 @@ def machine(found):
 
 def run(*, dtypes=("float32",), sizes=(512, 1024, 2048), head_dims=(64, 128),
         causal=(False, True), thread_counts=None, repeats=5, decode_lengths=(4096,),
-        implementations=CONTENDERS, measure_limits=True, accuracy_cases=(),
-        probe_seconds=0.2, progress=sys.stderr):
+        decode_repeats=None, implementations=CONTENDERS, measure_limits=True,
+        accuracy_cases=(), probe_seconds=0.2, progress=None):
     """Run the benchmark and return its record (a JSON-ready dict).
 
     Parameters
@@ -399,14 +395,18 @@ def run(*, dtypes=("float32",), sizes=(512, 1024, 2048), head_dims=(64, 128),
         Timed rounds per case (the medians are over them).
     decode_lengths : sequence of int
         S of the decoding cases (empty: none).
+    decode_repeats : int, optional
+        Timed rounds per decoding case (default ``repeats``).
     implementations : sequence of str
         A subset of :data:`CONTENDERS`.
     measure_limits : bool
         Run :mod:`attnref.probe` (the peak and read bandwidth).
     accuracy_cases : sequence of Case
         Cases of :func:`accuracy` (empty: none).
-    progress : text stream or None
-        Where the progress lines go.
+    probe_seconds : float
+        Length of each FMA-peak measurement.
+    progress : callable, optional
+        Called with each progress message (a case starts, a probe result).
 
     Returns
     -------
@@ -415,7 +415,7 @@ def run(*, dtypes=("float32",), sizes=(512, 1024, 2048), head_dims=(64, 128),
         when not measured), ``settings``, ``cases``, ``decode`` and
         ``accuracy``; every time in ms, medians and ratios computed from it.
     """
-    say = _progress_to(progress)
+    say = progress or (lambda message: None)
     thread_counts = sorted(set(thread_counts or (1, probe.usable_cores())))
     found = contenders(implementations)
     isa = probe.isa_of_code_path(kernel.get_code_path()) if kernel.available() else "native"
@@ -423,7 +423,8 @@ def run(*, dtypes=("float32",), sizes=(512, 1024, 2048), head_dims=(64, 128),
                             seconds=probe_seconds, progress=say) if measure_limits else None)
     record = {"machine": machine(found), "limits": limits,
               "settings": {"implementations": [contender.name for contender in found],
-                           "B": B, "threads": thread_counts, "repeats": repeats, "seed": SEED,
+                           "B": B, "threads": thread_counts, "repeats": repeats,
+                           "decode_repeats": decode_repeats or repeats, "seed": SEED,
                            "check_max_n": CHECK_MAX_N, "numpy_max_n": NUMPY_MAX_N},
               "cases": [], "decode": [], "accuracy": []}
     shapes = [SweepCase(dtype, D, is_causal, N) for dtype in dtypes for D in head_dims
@@ -437,7 +438,8 @@ def run(*, dtypes=("float32",), sizes=(512, 1024, 2048), head_dims=(64, 128),
                                        else None)
         for S in decode_lengths:
             say(f"decode S={S} (L=1, Hq={DECODE_Q_HEADS}, Hkv={DECODE_KV_HEADS}, D={DECODE_D})")
-            outcomes = time_decode(S, found, thread_counts, repeats, evict_data.sum, say)
+            outcomes = time_decode(S, found, thread_counts, decode_repeats or repeats,
+                                   evict_data.sum, say)
             record["decode"].append(_decode_record(S, outcomes, thread_counts, limits,
                                                    evict_data.nbytes))
         del evict_data
@@ -611,7 +613,7 @@ def report(record, markdown=False):
     details = record["machine"]
     sections = ["\n".join(f"{label}: {text}" for label, text in details.items()),
                 "\n".join(limits_lines(record["limits"]))]
-    tag = _table_tag(record)
+    tag = table_tag(record)
     for dtype in dict.fromkeys(case["dtype"] for case in record["cases"]):
         for threads in settings["threads"]:
             sections += [heading(f"{dtype}, {_plural(threads)}: {tag}"),
@@ -627,8 +629,9 @@ def report(record, markdown=False):
                              f"D={DECODE_D}, float32: {tag}"),
                      decode_table(record, markdown),
                      f"Each call after reading {record['decode'][0]['evict_bytes'] // 2**20} MiB "
-                     "(caches evicted). GB/s: 2*B*Hkv*S*D*4 bytes of K and V / median; %read: "
-                     "of the probe's read bandwidth on the same threads."]
+                     f"(caches evicted); median of {settings['decode_repeats']}. GB/s: "
+                     "2*B*Hkv*S*D*4 bytes of K and V / median; %read: of the probe's read "
+                     "bandwidth on the same threads."]
     if record["accuracy"]:
         sections += [heading(f"accuracy, max |output - exact reference|: {tag}"),
                      accuracy_table(record, markdown),
@@ -645,7 +648,7 @@ def report(record, markdown=False):
     return "\n\n".join(sections) + "\n"
 
 
-def _table_tag(record):
+def table_tag(record):
     """What a table ran on, for its heading: CPU, ISA and versions."""
     details, limits = record["machine"], record["limits"]
     isa = limits["isa"] if limits else "probe not run"

@@ -45,7 +45,7 @@
     check out, and with one line on stderr when the manifest is missing,
     malformed or changes the rule.
 
-``attnref bench [--quick] [--sizes N ...] [--head-dims D ...] [--dtypes ...] [--json PATH] [--plot PATH] [...]``
+``attnref bench [--quick] [--sizes N ...] [--dtypes ...] [--json PATH] [--plot PATH] [...]``
     Times attnref's C kernel, its NumPy reference, and torch and JAX when
     installed, on this machine (:mod:`attnref.bench`): medians of
     interleaved rounds, ratios from the same run, each rate as a share of
@@ -617,7 +617,8 @@ def _bench(arguments):
         implementations=arguments.implementations, measure_limits=not arguments.no_probe,
         accuracy_cases=(bench.QUICK_ACCURACY_CASES if quick else bench.ACCURACY_CASES)
         if arguments.accuracy else (),
-        probe_seconds=0.05 if quick else 0.2)
+        probe_seconds=0.05 if quick else 0.2,
+        progress=lambda message: print(f"attnref bench: {message}", file=sys.stderr, flush=True))
     print(bench.report(record, markdown=arguments.markdown), end="")
     if arguments.json:
         Path(arguments.json).write_text(

@@ -382,7 +382,7 @@ def machine(found):
 def run(*, dtypes=("float32",), sizes=(512, 1024, 2048), head_dims=(64, 128),
         causal=(False, True), thread_counts=None, repeats=5, decode_lengths=(4096,),
         decode_repeats=None, implementations=CONTENDERS, measure_limits=True,
-        accuracy_cases=(), probe_seconds=0.2, progress=None):
+        accuracy_cases=(), probe_seconds=0.2, read_bytes=None, progress=None):
     """Run the benchmark and return its record (a JSON-ready dict).
 
     Parameters
@@ -405,6 +405,10 @@ def run(*, dtypes=("float32",), sizes=(512, 1024, 2048), head_dims=(64, 128),
         Cases of :func:`accuracy` (empty: none).
     probe_seconds : float
         Length of each FMA-peak measurement.
+    read_bytes : int, optional
+        Bytes of the probe's read-bandwidth buffer, which is also what each
+        decoding call reads first to evict the caches (default
+        :func:`attnref.probe.bandwidth_bytes`).
     progress : callable, optional
         Called with each progress message (a case starts, a probe result).
 
@@ -420,7 +424,8 @@ def run(*, dtypes=("float32",), sizes=(512, 1024, 2048), head_dims=(64, 128),
     found = contenders(implementations)
     isa = probe.isa_of_code_path(kernel.get_code_path()) if kernel.available() else "native"
     limits = (probe.measure(isa, thread_counts, dtypes=("float32", "float64"),
-                            seconds=probe_seconds, progress=say) if measure_limits else None)
+                            seconds=probe_seconds, read_bytes=read_bytes, progress=say)
+              if measure_limits else None)
     record = {"machine": machine(found), "limits": limits,
               "settings": {"implementations": [contender.name for contender in found],
                            "B": B, "threads": thread_counts, "repeats": repeats,
@@ -434,8 +439,7 @@ def run(*, dtypes=("float32",), sizes=(512, 1024, 2048), head_dims=(64, 128),
         outcomes = time_case(case, found, thread_counts, repeats, say)
         record["cases"].append(_case_record(case, outcomes, thread_counts, limits))
     if decode_lengths:
-        evict_data = probe.read_buffer(limits["read_bytes"] if limits and limits["read_bytes"]
-                                       else None)
+        evict_data = probe.read_buffer(read_bytes)
         for S in decode_lengths:
             say(f"decode S={S} (L=1, Hq={DECODE_Q_HEADS}, Hkv={DECODE_KV_HEADS}, D={DECODE_D})")
             outcomes = time_decode(S, found, thread_counts, decode_repeats or repeats,

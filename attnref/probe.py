@@ -42,6 +42,7 @@ widest this CPU runs.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
 import shlex
@@ -56,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ISAS", "ProbeUnavailable", "Probe", "load", "measure", "bandwidth_bytes",
+__all__ = ["ISAS", "ProbeUnavailable", "Probe", "load", "supported_isas", "measure", "bandwidth_bytes",
            "read_buffer", "usable_cores", "cpu_name", "isa_of_code_path"]
 
 SOURCE = Path(__file__).with_name("probe.c")
@@ -143,11 +144,9 @@ def compiler_command():
     return None
 
 
-def _build(directory):
-    """Compile probe.c into ``directory``; the library's path and the compiler used."""
-    compiler = compiler_command()
-    if compiler is None:
-        raise ProbeUnavailable("no C compiler found (set CC, or install cc, gcc or clang)")
+def _build(directory, compiler):
+    """Compile probe.c with ``compiler`` (a list of words) into ``directory``;
+    the library's path."""
     library = Path(directory) / ("attnref_probe" + (sysconfig.get_config_var("SHLIB_SUFFIX")
                                                     or ".so"))
     command = [*compiler, "-O2", "-std=gnu99", "-shared", "-fPIC", str(SOURCE), "-o",
@@ -160,7 +159,7 @@ def _build(directory):
         said = " | ".join(built.stderr.strip().splitlines()[:5]) or "no output"
         raise ProbeUnavailable(f"{' '.join(compiler)} failed on probe.c (status "
                                f"{built.returncode}): {said}")
-    return library, " ".join(compiler)
+    return library
 
 
 def _declare(library):
@@ -264,8 +263,38 @@ def read_buffer(nbytes=None):
     return np.ones(nbytes // (4 * READ_STEP) * READ_STEP, np.float32)
 
 
+@functools.lru_cache(maxsize=None)
+def _compiled(compiler):
+    """probe.c compiled by ``compiler`` (a tuple of words), once per process:
+    ``(library, supported ISAs widest first)``."""
+    with tempfile.TemporaryDirectory(prefix="attnref-probe-",
+                                     ignore_cleanup_errors=True) as directory:
+        library = ctypes.CDLL(str(_build(directory, list(compiler))))  # mapped: the file may go
+    _declare(library)
+    return library, tuple(name for name, code in ISA_CODES.items()
+                          if library.probe_supported(code))
+
+
+def _library():
+    """The compiled probes and the ISAs this CPU runs (see :func:`_compiled`)."""
+    compiler = compiler_command()
+    if compiler is None:
+        raise ProbeUnavailable("no C compiler found (set CC, or install cc, gcc or clang)")
+    library, runs = _compiled(tuple(compiler))
+    return library, runs, " ".join(compiler)
+
+
+def supported_isas():
+    """The ISAs of :data:`ISAS` whose probes this CPU runs, widest first.
+
+    Raises :class:`ProbeUnavailable` when probe.c cannot be compiled.
+    """
+    return _library()[1]
+
+
 def load(isa="native"):
-    """Compile probe.c and return the :class:`Probe` of ``isa``.
+    """Compile probe.c (once per process and compiler) and return the
+    :class:`Probe` of ``isa``.
 
     Parameters
     ----------
@@ -281,12 +310,7 @@ def load(isa="native"):
     """
     if isa != "native" and isa not in ISA_CODES:
         raise ValueError(f"isa must be 'native' or one of {ISAS}, got {isa!r}")
-    with tempfile.TemporaryDirectory(prefix="attnref-probe-",
-                                     ignore_cleanup_errors=True) as directory:
-        path, compiler = _build(directory)
-        library = ctypes.CDLL(str(path))  # mapped: the file may go
-    _declare(library)
-    runs = [name for name, code in ISA_CODES.items() if library.probe_supported(code)]
+    library, runs, compiler = _library()
     if isa == "native":
         isa = runs[0]
     elif isa not in runs:

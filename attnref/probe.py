@@ -57,8 +57,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ISAS", "ProbeUnavailable", "Probe", "load", "supported_isas", "measure", "bandwidth_bytes",
-           "read_buffer", "usable_cores", "cpu_name", "isa_of_code_path"]
+__all__ = ["ISAS", "ProbeUnavailable", "Probe", "load", "supported_isas", "measure",
+           "bandwidth_bytes", "read_buffer", "usable_cores", "cpu_name", "isa_of_code_path"]
 
 SOURCE = Path(__file__).with_name("probe.c")
 #: Codes of probe.c's ISAs, widest first (the order ``native`` picks in).
@@ -154,7 +154,8 @@ def _build(directory, compiler):
     try:
         built = subprocess.run(command, capture_output=True, text=True, timeout=COMPILE_SECONDS)
     except (OSError, subprocess.TimeoutExpired) as error:
-        raise ProbeUnavailable(f"{' '.join(compiler)} could not compile probe.c: {error}") from None
+        raise ProbeUnavailable(
+            f"{' '.join(compiler)} could not compile probe.c: {error}") from None
     if built.returncode != 0:
         said = " | ".join(built.stderr.strip().splitlines()[:5]) or "no output"
         raise ProbeUnavailable(f"{' '.join(compiler)} failed on probe.c (status "
@@ -335,22 +336,22 @@ def measure(isa="native", thread_counts=(1,), dtypes=DTYPES, seconds=0.2,
     limits = {"isa": isa, "compiler": None, "reason": None, "peak_gflops": {},
               "read_gbs": {}, "read_bytes": None}
     try:
-        probe = load(isa)
+        probes = load(isa)
     except ProbeUnavailable as error:
         limits["reason"] = str(error)
         say(f"probe: unavailable: {error}")
         return limits
-    limits.update(isa=probe.isa, compiler=probe.compiler)
+    limits.update(isa=probes.isa, compiler=probes.compiler)
     data = read_buffer(read_bytes)
     limits["read_bytes"] = data.nbytes
     for threads in thread_counts:
         for dtype in dtypes:
-            limits["peak_gflops"].setdefault(dtype, {})[threads] = probe.peak_gflops(
+            limits["peak_gflops"].setdefault(dtype, {})[threads] = probes.peak_gflops(
                 dtype, threads, seconds)
-        limits["read_gbs"][threads] = probe.read_gbs(threads, data)
+        limits["read_gbs"][threads] = probes.read_gbs(threads, data)
         peaks = ", ".join(f"{dtype} {limits['peak_gflops'][dtype][threads]:.1f}"
                           for dtype in dtypes if limits["peak_gflops"][dtype][threads])
-        say(f"probe ({probe.isa}, {threads} thread{'s' * (threads > 1)}): peak GFLOP/s "
+        say(f"probe ({probes.isa}, {threads} thread{'s' * (threads > 1)}): peak GFLOP/s "
             f"{peaks or 'not measured (no FMA probe for this ISA)'}; read "
             f"{limits['read_gbs'][threads]:.1f} GB/s over {data.nbytes // 2**20} MiB")
     return limits

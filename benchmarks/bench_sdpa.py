@@ -213,7 +213,10 @@ def worker(arguments):
     """Measure everything for the ISA this process was started with; write
     the JSON payload to ``arguments.worker``. Returns the exit status (1
     when the C kernel gave a wrong answer)."""
-    import torch  # after the ISA's variables are set: the parent set them
+    try:
+        import torch  # after the ISA's variables are set: the parent set them
+    except ImportError:
+        torch = None  # its columns say why (attnref.bench.contenders)
 
     quick = arguments.quick
     record = bench.run(
@@ -251,8 +254,8 @@ def worker(arguments):
 def isa_notes(isa, torch):
     """What did not obey the ISA's settings, if anything."""
     notes = []
-    capability = torch.backends.cpu.get_cpu_capability()
-    if isa in TORCH_CAPABILITY and capability != TORCH_CAPABILITY[isa]:
+    capability = torch.backends.cpu.get_cpu_capability() if torch is not None else None
+    if capability and isa in TORCH_CAPABILITY and capability != TORCH_CAPABILITY[isa]:
         notes.append(f"torch ran with CPU capability {capability}, not "
                      f"{TORCH_CAPABILITY[isa]}: ATEN_CPU_CAPABILITY was not obeyed")
     if attnref.kernel.available() and isa in TORCH_CAPABILITY \

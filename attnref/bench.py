@@ -90,7 +90,7 @@ ACCURACY_CASES = (
 )
 QUICK_ACCURACY_CASES = (
     Case("typical", L=128, S=128, E=128, Hq=8, description="L = S = 128, E = 128, H = 8"),
-    Case("long_rows", L=8, S=4096, E=128, Hq=8, description="L = 8, S = 4096, E = 128"),
+    Case("long_rows", L=8, S=4096, E=128, Hq=2, description="L = 8, S = 4096, E = 128, H = 2"),
     Case("large_scores", L=128, S=128, E=128, Hq=8, scale=1.0,
          description="scale = 1 on E = 128: |scores| up to about 50"),
     Case("long_rows_huge_scores", L=8, S=8192, E=64, Hq=1, content="huge_scores",
@@ -100,9 +100,10 @@ QUICK_ACCURACY_CASES = (
 
 class Contender(NamedTuple):
     """One implementation. ``bind(query, key, value, is_causal=False,
-    enable_gqa=False, scale=None)`` returns the call to time (which returns the output as an array);
-    ``unavailable`` says why it cannot run here (then ``bind`` is None);
-    ``version`` is its framework's version and capability, or None."""
+    enable_gqa=False, scale=None)`` returns the call to time, which returns
+    the output as an array; ``unavailable`` says why it cannot run here (then
+    ``bind`` is None); ``version`` is what ran (the kernel's code path,
+    torch's version and CPU capability, ...), or None."""
     name: str
     bind: Optional[Callable]
     unavailable: Optional[str]
@@ -156,9 +157,8 @@ def contenders(names=CONTENDERS):
     for name in (name for name in CONTENDERS if name in names):
         if name == "c":
             details = kernel.info()
-            found.append(Contender("c", partial(_bind_attnref, "c"), details["reason"],
-                                   details["path"]) if details["available"] else
-                         Contender("c", None, details["reason"]))
+            found.append(Contender("c", partial(_bind_attnref, "c"), None, details["path"])
+                         if details["available"] else Contender("c", None, details["reason"]))
         elif name == "numpy":
             found.append(Contender("numpy", partial(_bind_attnref, "numpy"), None,
                                    np.__version__))
@@ -655,8 +655,8 @@ def report(record, markdown=False):
 def table_tag(record):
     """What a table ran on, for its heading: CPU, ISA and versions."""
     details, limits = record["machine"], record["limits"]
-    isa = limits["isa"] if limits else "probe not run"
-    parts = [details["cpu"], f"ISA {isa}", f"attnref {details['attnref']}"]
+    parts = [details["cpu"], f"ISA {limits['isa']}" if limits else "no probe",
+             f"attnref {details['attnref']}"]
     parts += [f"{name} {details[name]}" for name in ("c", "torch", "jax")
               if name in details and not details[name].startswith("unavailable")]
     return ", ".join(parts)

@@ -217,7 +217,9 @@ class Probe:
 
     def peak_gflops(self, dtype, threads, seconds=0.2, repeats=5):
         """Median GFLOP/s of the FMA chains in ``dtype`` on ``threads``
-        threads, each run lasting about ``seconds``; None without an FMA probe."""
+        threads, each run lasting about ``seconds``: ``threads * iterations *
+        fma_flops(dtype) / seconds / 1e9``, the seconds from the first
+        thread's start to the last one's end. None without an FMA probe."""
         flops = self.fma_flops(dtype)
         if not flops:
             return None
@@ -237,7 +239,12 @@ class Probe:
     def read_gbs(self, threads, data, repeats=7):
         """Median GB/s (1e9 bytes) of one pass of reads over ``data`` (a
         float32 array, as from :func:`read_buffer`), split into ``threads``
-        contiguous parts."""
+        contiguous parts: ``threads * part * 4 / seconds / 1e9``, the
+        seconds from the first thread's start to the last one's end."""
+        if not (isinstance(data, np.ndarray) and data.dtype == np.float32
+                and data.flags.c_contiguous):
+            raise TypeError(f"data must be a C-contiguous float32 array, got "
+                            f"{getattr(data, 'dtype', type(data).__name__)}")
         part = data.size // threads // READ_STEP * READ_STEP
         if part == 0:
             raise ValueError(f"data must hold at least {threads * READ_STEP} floats for "

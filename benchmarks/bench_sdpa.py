@@ -79,7 +79,7 @@ REPEATS = 5
 DECODE_LENGTHS = (1024, 4096, 16384, 32768)
 DECODE_REPEATS = 21
 QUICK = {"dtypes": DTYPES, "sizes": (512,), "head_dims": (64,), "repeats": 3,
-         "decode_lengths": (4096,), "decode_repeats": 5, "memory_n": 4096,
+         "decode_lengths": (4096,), "decode_repeats": 5, "memory_n": 2048,
          "overhead_samples": 5, "probe_seconds": 0.05}
 
 OVERHEAD_N, OVERHEAD_D = 128, 64

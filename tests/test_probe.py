@@ -68,6 +68,10 @@ def test_read_bandwidth_splits_the_buffer_between_threads(native):
         assert native.read_gbs(threads, data, repeats=1) > 0
     with pytest.raises(ValueError, match="data must hold at least"):
         native.read_gbs(2, data[:probe.READ_STEP])
+    with pytest.raises(TypeError, match="data must be a C-contiguous float32 array, got float64"):
+        native.read_gbs(1, data.astype(np.float64))
+    with pytest.raises(TypeError, match="C-contiguous"):
+        native.read_gbs(1, data[::2])
 
 
 @needs_compiler

@@ -63,7 +63,7 @@ from .testing.tolerance import reference_dtype, reference_errors
 __all__ = ["CONTENDERS", "Contender", "SweepCase", "contenders", "set_threads",
            "time_round_robin", "errors_against_reference", "run", "report", "plot", "accuracy",
            "ACCURACY_CASES", "QUICK_ACCURACY_CASES", "sweep_table", "decode_table",
-           "accuracy_table", "limits_lines", "table_tag", "render"]
+           "accuracy_table", "limits_lines", "table_tag", "render", "pyplot"]
 
 #: The contenders in table order; ``c`` is the one every ratio divides by.
 CONTENDERS = ("c", "numpy", "torch", "jax")
@@ -662,20 +662,26 @@ def table_tag(record):
     return ", ".join(parts)
 
 
-def plot(record, path):
-    """GFLOP/s against N, one line per contender, one panel per (D, causal),
-    for the first dtype on the most threads; the probe's peak dashed.
-
-    Needs matplotlib (an optional extra): ImportError naming it otherwise.
-    """
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only), or an ImportError
+    that names the extra to install."""
     try:
         import matplotlib
     except ImportError as error:
         raise ImportError("--plot needs matplotlib, which is not installed: "
                           "pip install 'attnref[plot]'") from error
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot
+    return matplotlib.pyplot
 
+
+def plot(record, path):
+    """GFLOP/s against N, one line per contender, one panel per (D, causal),
+    for the first dtype on the most threads; the probe's peak dashed.
+
+    Needs matplotlib (an optional extra): ImportError naming it otherwise.
+    """
+    plt = pyplot()
     threads = max(record["settings"]["threads"])
     dtype = record["cases"][0]["dtype"]
     cases = [case for case in record["cases"] if case["dtype"] == dtype]

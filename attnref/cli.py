@@ -604,7 +604,7 @@ def _generate(arguments):
 def _bench(arguments):
     from . import bench
     if arguments.plot:
-        importlib.import_module("matplotlib")  # before the run: ImportError -> usage error
+        bench.pyplot()  # before the run: a missing matplotlib is a usage error
     quick = arguments.quick
     record = bench.run(
         dtypes=arguments.dtypes or ("float32",),

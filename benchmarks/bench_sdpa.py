@@ -536,14 +536,7 @@ def report(payloads, command, notes, markdown):
 def plot(payloads, path):
     """GFLOP/s against N for PLOT_DTYPE on the most threads: one panel per
     (D, causal), the C kernel and torch of each ISA, each ISA's peak dashed."""
-    try:
-        import matplotlib
-    except ImportError:
-        sys.exit("bench_sdpa: --plot needs matplotlib, an optional extra: "
-                 "pip install 'attnref[plot]' (or 'attnref[bench]', which adds torch)")
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = bench.pyplot()
     first = next(iter(payloads.values()))["record"]
     threads = max(first["settings"]["threads"])
     panels = sorted({(case["D"], case["causal"]) for case in first["cases"]
@@ -651,6 +644,11 @@ def parse_arguments(argv):
     for path in (arguments.markdown, arguments.json, arguments.plot):
         if path is not None and not path.parent.is_dir():
             parser.error(f"cannot write {path}: {path.parent} is not a directory")
+    if arguments.plot:
+        try:
+            bench.pyplot()
+        except ImportError as error:
+            parser.error(str(error))
     return arguments
 
 

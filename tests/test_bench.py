@@ -211,7 +211,8 @@ def test_plot_without_matplotlib_fails_before_any_work(capsys, monkeypatch, tmp_
         cli.main(["bench", "--plot", str(tmp_path / "b.png")])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1
-    assert err.startswith("attnref bench: error: ") and "matplotlib" in err
+    assert err.startswith("attnref bench: error: --plot needs matplotlib, which is not "
+                          "installed: pip install 'attnref[plot]'")
     assert not (tmp_path / "b.png").exists()
 
 

@@ -60,7 +60,7 @@ Exit status and errors
 ----------------------
 0 on success; 1 when the command ran and its answer is "no" (``check``: a
 case fails; ``vectors verify``: a vector does not check out; ``info``: the
-self-check fails); 2 on a usage error; 70 (``EX_SOFTWARE``) on a bug in
+self-check fails; ``bench``: the C kernel's output is wrong); 2 on a usage error; 70 (``EX_SOFTWARE``) on a bug in
 attnref; 130 on Ctrl-C.
 
 A usage error is one line on stderr, ``attnref <command>: error: <what was

@@ -10,12 +10,17 @@ import os
 import platform
 import resource
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from attnref.probe import cpuinfo_field, usable_cores
+try:
+    from attnref.probe import cpuinfo_field, usable_cores
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # a checkout, not installed
+    from attnref.probe import cpuinfo_field, usable_cores
 
 BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
 # Set on some machines to work around old OpenBLAS bugs; they also pick a slower

@@ -32,6 +32,9 @@ DRIVER = ROOT / "tests" / "c" / "kernel_driver.c"
 FLAGS = ["-O3", "-std=c99", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror"]
 #: ATTNREF_BAND_UNBOUNDED of csrc/attnref.h: "no bound" on a side of the band
 BAND_UNBOUNDED = 1 << 62
+#: cases of random shape after the fixed ones (under qemu, float64: about
+#: 0.5 s of CPU each on this project's Xeon)
+RANDOM_CASES = 12
 #: thread counts every path runs with; the "threads" case is large enough to use them all
 THREADS = (1, 2, 3)
 #: the vector exp's stated bound (csrc/tiled_impl.h), as tests/test_kernel_paths.py checks it
@@ -69,11 +72,41 @@ def _case(name, B=1, H=2, Hkv=None, L=16, S=16, E=16, Ev=None, magnitude=1.0, **
     return Case(name, query, key, value, options)
 
 
+def random_case(index, rng):
+    """A case of random shape (L, S, E, Ev in [1, 80), up to 2 batch
+    entries and 2 kv heads, up to 3 query heads per kv head) and random
+    options: a bool or bias mask, causal (either alignment) or a window,
+    softcap, NaN rows."""
+    L, S, E, Ev = (int(n) for n in rng.integers(1, 80, 4))
+    B, Hkv, group = (int(n) for n in rng.integers(1, (3, 3, 4)))
+    options = {}
+    if rng.random() < 0.4:
+        options["is_causal"] = True
+    elif rng.random() < 0.4:
+        options["window"] = tuple(int(n) for n in rng.integers(0, 40, 2))
+    if options and rng.random() < 0.5:
+        options["causal_alignment"] = "bottom_right"
+    if rng.random() < 0.3:
+        options["softcap"] = float(rng.choice([1.0, 5.0, 30.0]))
+    if rng.random() < 0.3:
+        options["masked_rows"] = "nan"
+    case = _case(f"random_{index}", B=B, H=Hkv * group, Hkv=Hkv, L=L, S=S, E=E, Ev=Ev,
+                 magnitude=float(rng.choice([0.1, 1.0, 2.0])), **options)
+    kind = rng.choice(["none", "bool", "bias"])
+    if kind == "bool":
+        case.options["attn_mask"] = rng.random((L, S)) < 0.7
+    elif kind == "bias":
+        case.options["attn_mask"] = np.where(rng.random((B, 1, L, S)) < 0.1, -np.inf,
+                                             rng.standard_normal((B, 1, L, S)))
+    return case
+
+
 def cases():
     """The cases every path runs: ragged E and Ev around the vector widths,
     bool and bias masks, causal (both alignments) and window bands, GQA
     (a group larger than a tile unit too), softcap, masked rows (zero and
-    NaN), NaN and inf inputs, and one case large enough for three threads."""
+    NaN), NaN and inf inputs, one case large enough for three threads, then
+    random shapes with random options."""
     rng = np.random.default_rng(15)
     made = [
         _case("ragged", B=2, H=3, L=37, S=53, E=59, Ev=17),
@@ -115,7 +148,7 @@ def cases():
     special.query[..., 7, :] = np.nan                # a row of NaN scores
     special.options["attn_mask"] = hidden
     made.append(special)
-    return made
+    return made + [random_case(index, rng) for index in range(RANDOM_CASES)]
 
 
 def _params(low):
@@ -246,7 +279,8 @@ def check_paths(driver, paths, dtype, tmp_path):
 def test_the_case_record_matches_the_kernel():
     if kernel.available():
         assert kernel._UNBOUNDED == BAND_UNBOUNDED
-    fields, reals, mask = _params(cases()[-1].astype(np.float32))   # nan_and_inf_inputs
+    fields, reals, mask = _params(cases()[-RANDOM_CASES - 1].astype(np.float32))
+    # nan_and_inf_inputs, the last fixed case
     assert list(fields) == [0, 1, 2, 24, 70, 20, 12, 1, 1, 0, 0,
                             -BAND_UNBOUNDED, BAND_UNBOUNDED]
     assert reals[0] == np.float64(1 / np.sqrt(20)) and reals[1] == 0

@@ -14,7 +14,6 @@ import platform
 import shutil
 import subprocess
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ import pytest
 
 from attnref import kernel, scaled_dot_product_attention as sdpa
 from attnref._validation import sdpa_call
+from attnref.testing.strategies import AttentionCase
 from attnref.testing.tolerance import reference_dtype, reference_errors
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,25 +43,9 @@ MAX_ULP = 2.0
 TIMEOUT = 300
 
 
-@dataclass
-class Case:
-    """One call: ``sdpa(query, key, value, **options)``, 4-D operands."""
-    name: str
-    query: np.ndarray
-    key: np.ndarray
-    value: np.ndarray
-    options: dict
-
-    def astype(self, dtype):
-        options = dict(self.options)
-        mask = options.get("attn_mask")
-        if mask is not None and mask.dtype != bool:
-            options["attn_mask"] = mask.astype(dtype)
-        return Case(self.name, *(a.astype(dtype) for a in (self.query, self.key, self.value)),
-                    options)
-
-
 def _case(name, B=1, H=2, Hkv=None, L=16, S=16, E=16, Ev=None, magnitude=1.0, **options):
+    """Case ``name``: normal query, key (both times ``magnitude``) and value
+    of 4-D shapes, drawn from a seed made of the name."""
     rng = np.random.default_rng(zlib.crc32(name.encode()))
     Hkv = H if Hkv is None else Hkv
     query = rng.standard_normal((B, H, L, E)) * magnitude
@@ -69,7 +53,7 @@ def _case(name, B=1, H=2, Hkv=None, L=16, S=16, E=16, Ev=None, magnitude=1.0, **
     value = rng.standard_normal((B, Hkv, S, E if Ev is None else Ev))
     if Hkv != H:
         options["enable_gqa"] = True
-    return Case(name, query, key, value, options)
+    return name, AttentionCase(query, key, value, options)
 
 
 def random_case(index, rng):
@@ -90,23 +74,23 @@ def random_case(index, rng):
         options["softcap"] = float(rng.choice([1.0, 5.0, 30.0]))
     if rng.random() < 0.3:
         options["masked_rows"] = "nan"
-    case = _case(f"random_{index}", B=B, H=Hkv * group, Hkv=Hkv, L=L, S=S, E=E, Ev=Ev,
-                 magnitude=float(rng.choice([0.1, 1.0, 2.0])), **options)
+    name, case = _case(f"random_{index}", B=B, H=Hkv * group, Hkv=Hkv, L=L, S=S, E=E, Ev=Ev,
+                       magnitude=float(rng.choice([0.1, 1.0, 2.0])), **options)
     kind = rng.choice(["none", "bool", "bias"])
     if kind == "bool":
         case.options["attn_mask"] = rng.random((L, S)) < 0.7
     elif kind == "bias":
         case.options["attn_mask"] = np.where(rng.random((B, 1, L, S)) < 0.1, -np.inf,
                                              rng.standard_normal((B, 1, L, S)))
-    return case
+    return name, case
 
 
 def cases():
-    """The cases every path runs: ragged E and Ev around the vector widths,
-    bool and bias masks, causal (both alignments) and window bands, GQA
-    (a group larger than a tile unit too), softcap, masked rows (zero and
-    NaN), NaN and inf inputs, one case large enough for three threads, then
-    random shapes with random options."""
+    """``{name: AttentionCase}`` in float64, the cases every path runs: ragged E
+    and Ev around the vector widths, bool and bias masks, causal (both alignments)
+    and window bands, GQA (a group larger than a tile unit too), softcap, masked
+    rows (zero and NaN), NaN and inf inputs, one case large enough for three
+    threads, then random shapes with random options."""
     rng = np.random.default_rng(15)
     made = [
         _case("ragged", B=2, H=3, L=37, S=53, E=59, Ev=17),
@@ -125,21 +109,21 @@ def cases():
         _case("no_keys", L=5, S=0, E=8, Ev=3),
         _case("threads", H=4, L=96, S=96, E=64),
     ]
-    bool_mask = _case("bool_mask", B=2, L=20, S=70, E=64, Ev=31)
+    _, bool_mask = _case("bool_mask", B=2, L=20, S=70, E=64, Ev=31)
     allowed = rng.random((2, 2, 20, 70)) < 0.6
     allowed[:, :, ::4] = False                       # rows that see no key
     bool_mask.options["attn_mask"] = allowed
-    made.append(bool_mask)
-    nan_rows = _case("masked_rows_nan", L=12, S=33, E=20, masked_rows="nan")
+    made.append(("bool_mask", bool_mask))
+    _, nan_rows = _case("masked_rows_nan", L=12, S=33, E=20, masked_rows="nan")
     nan_rows.options["attn_mask"] = allowed[0, 0, :12, :33]
-    made.append(nan_rows)
-    bias = _case("bias_mask", L=25, S=66, E=33, Ev=40, is_causal=True)
+    made.append(("masked_rows_nan", nan_rows))
+    _, bias = _case("bias_mask", L=25, S=66, E=33, Ev=40, is_causal=True)
     bias_values = rng.standard_normal((25, 66)) * 3
     bias_values[rng.random((25, 66)) < 0.2] = -np.inf
     bias_values[::6] = -np.inf                       # rows whose scores are all -inf
     bias.options["attn_mask"] = bias_values
-    made.append(bias)
-    special = _case("nan_and_inf_inputs", L=24, S=70, E=20, Ev=12)
+    made.append(("bias_mask", bias))
+    _, special = _case("nan_and_inf_inputs", L=24, S=70, E=20, Ev=12)
     hidden = np.ones((24, 70), bool)
     hidden[:, 60:] = False                           # keys no query sees
     special.key[..., 65, :] = np.nan
@@ -147,8 +131,8 @@ def cases():
     special.value[..., 3, 5] = np.inf                # a visible inf value
     special.query[..., 7, :] = np.nan                # a row of NaN scores
     special.options["attn_mask"] = hidden
-    made.append(special)
-    return made + [random_case(index, rng) for index in range(RANDOM_CASES)]
+    made.append(("nan_and_inf_inputs", special))
+    return dict(made + [random_case(index, rng) for index in range(RANDOM_CASES)])
 
 
 def _params(low):
@@ -169,10 +153,11 @@ def _params(low):
 
 
 def write_cases(path, lows):
+    """The case file of ``lows`` ({name: case}) for kernel_driver."""
     with open(path, "wb") as file:
         file.write(b"ATTNCASE")
         file.write(np.int64(len(lows)).tobytes())
-        for low in lows:
+        for low in lows.values():
             fields, reals, mask = _params(low)
             file.write(fields.tobytes())
             file.write(reals.tobytes())
@@ -181,11 +166,11 @@ def write_cases(path, lows):
 
 
 def read_results(path, lows, paths):
-    """{(case name, path): [(out, lse) for each of THREADS]}, and checks
-    that the file holds exactly that."""
+    """{(case name, path): [(out, lse) for each of THREADS]} for ``lows``
+    ({name: case}), and checks that the file holds exactly that."""
     data = Path(path).read_bytes()
     results, at = {}, 0
-    for low in lows:
+    for case_name, low in lows.items():
         B, H, L, _ = low.query.shape
         dtype, Ev = low.query.dtype, low.value.shape[-1]
         for name in paths:
@@ -196,7 +181,7 @@ def read_results(path, lows, paths):
                 lse = np.frombuffer(data, dtype, B * H * L, at).reshape(B, H, L)
                 at += lse.nbytes
                 runs.append((out, lse))
-            results[low.name, name] = runs
+            results[case_name, name] = runs
     assert at == len(data), (at, len(data))
     return results
 
@@ -249,29 +234,29 @@ def check_paths(driver, paths, dtype, tmp_path):
     """Runs every case on ``paths`` through ``driver`` and returns what
     fails: the equivalence rule against the wide reference (output and lse),
     or bits that differ between thread counts."""
-    lows = [case.astype(dtype) for case in cases()]
+    lows = {name: case.astype(dtype) for name, case in cases().items()}
     write_cases(tmp_path / "cases", lows)
     _run([*driver, "sdpa", str(tmp_path / "cases"), str(tmp_path / "results"),
           ",".join(paths), ",".join(map(str, THREADS))])
     results = read_results(tmp_path / "results", lows, paths)
     failures = []
-    for low in lows:
+    for case_name, low in lows.items():
         wide = low.astype(reference_dtype(dtype))   # the exact answer for the inputs given
         reference = sdpa(wide.query, wide.key, wide.value, backend="numpy", return_lse=True,
                          **wide.options)
         baseline = sdpa(low.query, low.key, low.value, backend="numpy", return_lse=True,
                         **low.options)
         for path in paths:
-            (out, lse), *others = results[low.name, path]
+            (out, lse), *others = results[case_name, path]
             for threads, (other_out, other_lse) in zip(THREADS[1:], others):
                 if not (np.array_equal(other_out, out, equal_nan=True)
                         and np.array_equal(other_lse, lse, equal_nan=True)):
-                    failures.append(f"{low.name} on {path}: {threads} threads give other bits")
+                    failures.append(f"{case_name} on {path}: {threads} threads give other bits")
             error, bound = reference_errors(out, reference.output, baseline.output, low.value)
             lse_error, lse_bound = reference_errors(lse, reference.lse, baseline.lse,
                                                     reference.lse)
             if not (error <= bound and lse_error <= lse_bound):
-                failures.append(f"{low.name} on {path}: output error {error:.3g} (bound "
+                failures.append(f"{case_name} on {path}: output error {error:.3g} (bound "
                                 f"{bound:.3g}), lse error {lse_error:.3g} (bound {lse_bound:.3g})")
     return failures
 
@@ -279,8 +264,7 @@ def check_paths(driver, paths, dtype, tmp_path):
 def test_the_case_record_matches_the_kernel():
     if kernel.available():
         assert kernel._UNBOUNDED == BAND_UNBOUNDED
-    fields, reals, mask = _params(cases()[-RANDOM_CASES - 1].astype(np.float32))
-    # nan_and_inf_inputs, the last fixed case
+    fields, reals, mask = _params(cases()["nan_and_inf_inputs"].astype(np.float32))
     assert list(fields) == [0, 1, 2, 24, 70, 20, 12, 1, 1, 0, 0,
                             -BAND_UNBOUNDED, BAND_UNBOUNDED]
     assert reals[0] == np.float64(1 / np.sqrt(20)) and reals[1] == 0

@@ -47,6 +47,11 @@ def needed_capabilities(inputs):
                                      for alignment in ("top_left", "bottom_right")),
         "empty": 0 in (L, S),
         "scale": inputs["scale"] is not None,
+        "per_head_mask": mask is not None and mask.ndim == 4 and mask.shape[-3] > 1,
+        "query_longer": L > S,
+        "odd_head_dim": E % 8 != 0 or value.shape[-1] % 8 != 0,
+        "softcap": inputs["softcap"] is not None,
+        "window": inputs["window"] is not None,
     }
     return {capability for capability, needed in conditions.items() if needed}
 

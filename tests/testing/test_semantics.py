@@ -22,8 +22,9 @@ def random_call(L, S, *, attn_mask=None, is_causal=False, seed=0):
                 rng.standard_normal((1, 2, S, 3)), attn_mask, is_causal)
 
 
-def test_the_five_profiles_and_their_lookup():
-    assert set(PROFILES) == {"torch", "torch_mha", "jax", "flash", "onnx"}
+def test_the_profiles_and_their_lookup():
+    assert set(PROFILES) == {"torch", "torch_mha", "jax", "flash", "onnx", "onnx_attention",
+                             "ort_mha", "ort_gqa"}
     for name, semantics in PROFILES.items():
         assert profile(name) is semantics and profile(semantics) is semantics
 

@@ -23,8 +23,8 @@ Verdict rules:
 Under both, a NaN where the reference has a number (or a number where it has
 NaN), or an exception fails the case. So does an output that is not what
 was asked for, whatever its numbers: not an ndarray (or an object NumPy
-reads through ``__array__``, the buffer protocol or DLPack, such as a torch
-tensor or a JAX array), a wrong shape, a dtype other than the inputs' (or
+reads through ``__array__`` or ``__array_interface__``, such as a torch
+tensor or a JAX array; a list or a scalar is not), a wrong shape, a dtype other than the inputs' (or
 the profile's ``output_dtype``), memory shared with an input, or an input
 written to.
 

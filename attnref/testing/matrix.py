@@ -28,6 +28,7 @@ import numpy as np
 from .. import __version__
 from ..core import scaled_dot_product_attention
 from .adapters import ADAPTERS
+from .cases import SUITES
 from .conformance import available_dtypes, check
 from .semantics import profile
 
@@ -95,6 +96,7 @@ def _classify(output, candidates, value):
 
 
 def _polarity(fn, semantics):
+    """Which bool polarity the output follows (the raw mask, not translated)."""
     query, key, value = _inputs(4, 6, seed=1)
     rng = np.random.default_rng(1)
     mask = rng.random((4, 6)) < 0.5
@@ -102,8 +104,9 @@ def _polarity(fn, semantics):
     output, refused = _call(fn, (query, key, value), attn_mask=mask)
     if output is None:
         return refused
-    label = _classify(output, [("True = may attend", _reference(query, key, value, attn_mask=mask)),
-                               ("True = masked out", _reference(query, key, value, attn_mask=~mask))],
+    attend = _reference(query, key, value, attn_mask=mask)
+    masked_out = _reference(query, key, value, attn_mask=~mask)
+    label = _classify(output, [("True = may attend", attend), ("True = masked out", masked_out)],
                       value)
     return label or "neither polarity"
 
@@ -127,6 +130,7 @@ def _visible_pattern(fn, L, S, **keywords):
 
 
 def _alignment(fn, L, S, **keywords):
+    """top-left, bottom-right, or the rows' visible key counts."""
     pattern, problem = _visible_pattern(fn, L, S, **keywords)
     if pattern is None:
         return problem
@@ -143,20 +147,23 @@ def _alignment(fn, L, S, **keywords):
 
 
 def _causal_shorter(fn, semantics):
+    """Causal with L < S, through the adapter as it stands (a KV cache when it has one)."""
     return _alignment(fn, 3, 8)
 
 
 def _causal_shorter_no_cache(fn, semantics):
+    """Causal with L < S and ``kv_cache=False`` where the adapter takes it."""
     if "kv_cache" not in inspect.signature(fn).parameters:
         return "no cache input: as above"
     return _alignment(fn, 3, 8, kv_cache=False)
 
 
 def _causal_longer(fn, semantics):
+    """Causal with L > S."""
     return _alignment(fn, 8, 3)
 
 
-def _masked_rows(output, rows, query, key, value, options):
+def _masked_rows(output, rows, query, key, value):
     """What the fully masked rows hold."""
     output = np.asarray(output, dtype=np.float64)[rows]
     if np.isnan(output).all():
@@ -165,7 +172,7 @@ def _masked_rows(output, rows, query, key, value, options):
         return "0"
     mean = np.broadcast_to(value.astype(np.float64).mean(axis=-2, keepdims=True),
                            value.shape[:-2] + (query.shape[-2], value.shape[-1]))
-    unmasked = _reference(query, key, value, scale=options.get("scale"))
+    unmasked = _reference(query, key, value)
     label = _classify(output, [("mean of all values (uniform weights)", mean[rows]),
                                ("unmasked attention (the mask is ignored)", unmasked[rows])],
                       value)
@@ -179,6 +186,7 @@ def _masked_rows(output, rows, query, key, value, options):
 
 
 def _fully_masked_bool(fn, semantics):
+    """Rows 0 and 3 masked entirely by a bool mask, in the profile's polarity."""
     query, key, value = _inputs(5, 6, seed=3)
     mask = np.random.default_rng(3).random((5, 6)) < 0.6
     mask[:, 0] = True
@@ -186,28 +194,31 @@ def _fully_masked_bool(fn, semantics):
     (args, keywords) = semantics.arguments(_case(query, key, value, mask))
     output, refused = _call(fn, args, **keywords)
     return refused or _masked_rows(output, (..., slice(0, None, 3), slice(None)),
-                                   query, key, value, {})
+                                   query, key, value)
 
 
 def _fully_masked_float(fn, semantics):
+    """Rows 0 and 3 masked entirely by ``-inf`` in a float mask."""
     query, key, value = _inputs(5, 6, seed=4)
     bias = np.random.default_rng(4).standard_normal((5, 6)).astype(np.float32)
     bias[::3] = -np.inf
     output, refused = _call(fn, (query, key, value), attn_mask=bias)
     return refused or _masked_rows(output, (..., slice(0, None, 3), slice(None)),
-                                   query, key, value, {})
+                                   query, key, value)
 
 
 def _fully_padded(fn, semantics):
+    """A (B, 1, 1, S) padding mask whose first sequence is all padding."""
     query, key, value = _inputs(4, 6, seed=5)
     lengths = np.array([0, 4])
     mask = (np.arange(6) < lengths[:, None])[:, None, None, :]   # (B, 1, 1, S)
     args, keywords = semantics.arguments(_case(query, key, value, mask))
     output, refused = _call(fn, args, **keywords)
-    return refused or _masked_rows(output, (0,), query[:1], key[:1], value[:1], {})
+    return refused or _masked_rows(output, (0,), query[:1], key[:1], value[:1])
 
 
 def _softcap(fn, semantics):
+    """softcap = 1 with ``-inf`` mask entries: capped before or after the mask."""
     query, key, value = _inputs(4, 6, seed=6, scale=1.5)
     bias = np.zeros((4, 6), dtype=np.float32)
     bias[:, 3:] = -np.inf
@@ -226,6 +237,7 @@ def _softcap(fn, semantics):
 
 
 def _gqa(fn, semantics):
+    """4 query heads on 2 kv heads: grouped (``h // 2``) or tiled (``h % 2``)."""
     query, key, value = _inputs(4, 4, seed=7, Hq=4, Hkv=2)
     output, refused = _call(fn, (query, key, value), enable_gqa=True)
     if output is None:
@@ -237,7 +249,7 @@ def _gqa(fn, semantics):
 
 
 def _nan_behind_mask(fn, semantics):
-    from .cases import SUITES
+    """The standard ``nan_behind_mask`` case: NaN outputs counted."""
     inputs = SUITES["standard"]["nan_behind_mask"].inputs(0, np.float32)
     args, keywords = semantics.arguments(inputs)
     output, refused = _call(fn, args, **keywords)
@@ -259,21 +271,20 @@ def _case(query, key, value, mask):
 
 
 def _verdicts(adapter, dtype):
-    def run():
-        report = check(adapter.fn, suite="standard", dtype=dtype, semantics=adapter.semantics,
-                       capabilities=adapter.capabilities, progress=False)
-        counts = report.counts()
-        if counts["skip"] == len(report.results):
-            return f"not run: {report.results[0].reason}" if report.results else "no cases"
-        text = ", ".join(f"{counts[status]} {status}" for status in counts if counts[status])
-        worst = max((result.ratio for result in report.results if result.status == "pass"
-                     and result.ratio is not None), default=None)
-        if worst is not None:
-            text += f"; worst passing error {worst:.2f} of the bound"
-        named = [f"{result.status} `{result.name}`" for result in report.results
-                 if result.status in ("fail", "error", "hazard")]
-        return text + ("; " + ", ".join(named) if named else "")
-    return run
+    """The standard suite's verdicts under the adapter's profile, in one cell."""
+    report = check(adapter.fn, suite="standard", dtype=dtype, semantics=adapter.semantics,
+                   capabilities=adapter.capabilities, progress=False)
+    counts = report.counts()
+    if counts["skip"] == len(report.results):
+        return f"not run: {report.results[0].reason}"
+    text = ", ".join(f"{counts[status]} {status}" for status in counts if counts[status])
+    worst = max((result.ratio for result in report.results
+                 if result.status == "pass" and result.ratio is not None), default=None)
+    if worst is not None:
+        text += f"; worst passing error {worst:.2f} of the bound"
+    named = [f"{result.status} `{result.name}`" for result in report.results
+             if result.status in ("fail", "error", "hazard")]
+    return text + ("; " + ", ".join(named) if named else "")
 
 
 CONVENTIONS = (
@@ -306,7 +317,7 @@ def measure(target, *, progress=True):
             print(f"[{target} {position}/{len(rows)}] {convention}", file=sys.stderr, flush=True)
         if probe is None:
             dtype = convention.rsplit(", ", 1)[1]
-            measurement.cells[convention] = _verdicts(adapter, dtype)()
+            measurement.cells[convention] = _verdicts(adapter, dtype)
         else:
             measurement.cells[convention] = probe(adapter.fn, semantics)
     return measurement

@@ -46,22 +46,24 @@ INSTALL = {"onnx": "pip install onnx", "onnxruntime": "pip install onnxruntime"}
 # Opset-23 Attention has no window inputs (left_window_size is opset 25).
 # ORT's CPU Attention refuses L = 0 ("Q sequence length must be greater than
 # 0") and has no bfloat16 kernel; the reference evaluator fails on S = 0
-# (a max over no keys), so neither claims empty lengths.
+# (a max over no keys), so neither claims empty lengths. Both claim float64,
+# which ORT accepts but scales in float32 (see docs/semantics.md).
 ONNXRUNTIME_CAPABILITIES = CAPABILITIES - {"window", "empty", "bfloat16"}
 ONNX_REFERENCE_CAPABILITIES = CAPABILITIES - {"window", "empty"}
 # MultiHeadAttention: one head count for q, k and v (no GQA), a key padding
 # mask per batch entry (B, S) or per query (B, L, S) but not per head, no
 # softcap, no window, no mask together with unidirectional (the adapter would
 # have to merge them), Ev = E once a past is fed ("Input 'past_value'
-# dimension 3 should be same as head_size").
+# dimension 3 should be same as head_size"); float32 and float16 only (a
+# double graph is refused as invalid).
 MHA_CAPABILITIES = CAPABILITIES - {"gqa", "per_head_mask", "softcap", "window", "e_ne_ev",
-                                   "mask_with_causal", "empty", "bfloat16"}
+                                   "mask_with_causal", "empty", "bfloat16", "float64"}
 # GroupQueryAttention: no boolean mask input, as many new keys as queries (so
 # S >= L, the rest is past_key), one head size for k and v, a multiple of 8
-# ("head_size must be a multiple of 8").
+# ("head_size must be a multiple of 8"); float32 and float16 only.
 GQA_CAPABILITIES = CAPABILITIES - {"bool_mask", "per_head_mask", "mask_with_causal",
                                    "e_ne_ev", "odd_head_dim", "query_longer", "empty",
-                                   "bfloat16"}
+                                   "bfloat16", "float64"}
 
 
 def onnxruntime_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,

@@ -28,17 +28,17 @@ onnx            may attend     bottom-right     0 (Attention, opset 23/24 after
                                                 aligns the causal frontier past
                                                 the KV cache, onnx#8068, 2026,
                                                 zeroes masked rows)
-onnx_attention  may attend     KV cache: bottom 0 (the ``onnx`` conventions as
-                               -right for S > L an opset-23 graph expresses
-                               (past_key), top- them: the first S - L keys are
-                               left for L > S   ``past_key``; no cache when
-                                                L >= S)
-ort_mha         may attend     KV cache, as     hazard: a bool mask fills with
-                               onnx_attention   the finite ``mask_filter_value``
-                                                (-10000), so a row with no
-                                                visible key attends to all
-ort_gqa         may attend     KV cache, as     0
-                               onnx_attention
+onnx_attention  may attend     KV cache         0 (the ``onnx`` conventions as
+                                                an opset-23 graph expresses
+                                                them: the first S - L keys are
+                                                ``past_key``; none when L >= S)
+ort_mha         may attend     KV cache         bool mask: a hazard (filled
+                                                with the finite
+                                                ``mask_filter_value`` -10000,
+                                                the row attends to every key);
+                                                ``-inf`` bias: NaN
+ort_gqa         may attend     KV cache         ``-inf`` bias: NaN (no bool
+                                                mask input)
 =============== ============== ================ ===============================
 
 Every profile adds a float mask to the scaled scores, applies ``softcap``
@@ -46,6 +46,8 @@ before the mask (so a ``-inf`` entry stays ``-inf``) and uses
 ``scale = 1/sqrt(E)`` by default. The ``onnx`` profile reads ``S > L`` as a
 KV cache (``past_key``), which is when ONNX aligns the causal frontier
 bottom-right; without a cache ONNX stays top-left, as the ``torch`` profile.
+"KV cache" alignment is bottom-right when S > L (the extra keys are the
+cache) and top-left when L > S (no cache).
 
 Hazards (:data:`HAZARDS`), inputs no profile here promises anything about:
 NaN or inf in a key or value no query may see, a finite number there large
@@ -75,6 +77,9 @@ HAZARDS = {
 # results for scores the dtype cannot hold: these are hazards everywhere.
 COMMON_HAZARDS = frozenset({"hidden_nonfinite", "hidden_huge", "beyond_range"})
 ALIGNMENTS = ("top_left", "bottom_right", "kv_cache")
+# The fields that decide :meth:`Semantics.reference` (what golden vectors
+# record); the others say what the framework promises, not what it computes.
+REFERENCE_FIELDS = ("name", "mask_true_means", "causal_alignment", "masked_rows", "description")
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,10 @@ class Semantics:
     softcap_order: str = "before_mask"
     hazards: frozenset = COMMON_HAZARDS
     output_dtype: Optional[str] = None
+
+    def reference_conventions(self):
+        """The :data:`REFERENCE_FIELDS` as a dict of strings."""
+        return {name: getattr(self, name) for name in REFERENCE_FIELDS}
 
     def arguments(self, inputs):
         """The case's inputs as the implementation must receive them:

@@ -70,7 +70,8 @@ HAZARDS = {
     "hidden_nonfinite": "NaN or inf in a key or value no query may see",
     "hidden_huge": "a key or value no query may see beyond sqrt(finfo.max) of the dtype",
     "beyond_range": "scores beyond the dtype's safe range (partial sums of q . k past "
-                    "finfo.max, or float mask entries that absorb the scores)",
+                    "finfo.max, or float mask entries so large that they keep only part "
+                    "of a score)",
     "finite_mask_empty_row": "a row with no visible key under a finite mask value",
 }
 # No framework documents that masked keys and values are never read, nor
@@ -214,11 +215,13 @@ def _hidden_huge(semantics, inputs):
 
 def _beyond_range(semantics, inputs):
     """Scores the dtype cannot hold: a partial sum of ``q . k`` (any order:
-    ``sum_e |q_e k_e|``) beyond ``finfo.max``; a finite float mask entry so
-    large that the dtype's spacing there exceeds 1, so a score added to it
-    keeps none of its units (``finfo.min``, the Hugging Face masking value:
-    exact arithmetic makes such a row uniform, rounding does not); or a
-    finite score plus a finite mask entry that rounds to inf."""
+    ``sum_e |q_e k_e|``) beyond ``finfo.max``; a score added to a finite
+    float mask entry so large that the dtype's spacing there exceeds 1 and
+    the sum keeps part of the score (rounded to a multiple of that spacing:
+    the row's weights then depend on the rounding, not on the scores; a sum
+    that rounds back to the mask entry, as ``finfo.min`` plus scores of a
+    few units does, keeps the exact answer, a uniform row); or a finite
+    score plus a finite mask entry that rounds to inf."""
     dtype = inputs["query"].dtype
     query = np.abs(inputs["query"].astype(np.float64))
     key = inputs["key"].astype(np.float64)
@@ -229,24 +232,27 @@ def _beyond_range(semantics, inputs):
     visible = semantics.visible(inputs)
     limit = float(np.finfo(dtype).max)
     with np.errstate(invalid="ignore", over="ignore"):
-        partial = np.matmul(query, np.swapaxes(np.abs(key), -1, -2))    # (..., L, S)
-        largest = float(np.nanmax(np.where(visible, partial, 0.0)))
+        bound = np.matmul(query, np.swapaxes(np.abs(key), -1, -2))      # (..., L, S)
+        largest = float(np.nanmax(np.where(visible, bound, 0.0)))
         if largest > limit:
             return f"sum |q_e k_e| reaches {largest:.3g}, beyond {limit:.3g}"
         mask = inputs["attn_mask"]
         if mask is None or mask.dtype == bool:
             return ""
-        finite = np.isfinite(mask)
-        absorbing = finite & (np.abs(np.spacing(np.where(finite, mask, 0).astype(dtype)))
-                              .astype(np.float64) > 1.0)
-        if absorbing.any():
-            return (f"{int(absorbing.sum())} float mask entries as large as "
-                    f"{float(np.max(np.abs(mask[absorbing]))):.3g}, where {np.dtype(dtype).name} "
-                    f"rounds a score added to them to a multiple of more than 1")
         scale = inputs["scale"] if inputs["scale"] is not None else query.shape[-1] ** -0.5
         scores = np.matmul(inputs["query"].astype(np.float64), np.swapaxes(key, -1, -2)) * scale
-        biased = scores + mask.astype(np.float64)
-        overflow = visible & np.isfinite(biased) & np.isinf(biased.astype(dtype))
+        bias = np.broadcast_to(mask.astype(np.float64), scores.shape)
+        biased = scores + bias
+        rounded = biased.astype(dtype).astype(np.float64)
+        wide = visible & np.isfinite(bias) & (np.abs(np.spacing(bias.astype(dtype)))
+                                              .astype(np.float64) > 1.0)
+        # a score partly absorbed: rounded to a multiple of the spacing, not to the bias
+        kept_in_part = wide & (rounded != bias.astype(dtype).astype(np.float64))
+        if kept_in_part.any():
+            return (f"{int(kept_in_part.sum())} scores added to float mask entries as large as "
+                    f"{float(np.max(np.abs(bias[kept_in_part]))):.3g}, where "
+                    f"{np.dtype(dtype).name} keeps only part of them")
+        overflow = visible & np.isfinite(biased) & np.isinf(rounded)
     count = int(overflow.sum())
     return (f"{count} scores plus their float mask entry overflow {np.dtype(dtype).name}"
             if count else "")

@@ -145,7 +145,8 @@ def test_softcap_and_window_reach_the_implementation_only_when_set():
     ("big_behind_mask", np.float32, "hidden_huge"),      # 1e30 > sqrt(3.4e38)
     ("big_behind_mask", np.float16, "hidden_huge"),      # 65504 > sqrt(65504)
     ("big_behind_mask", np.float64, None),               # 1e30 < sqrt(1.8e308)
-    ("finfo_min_rows", np.float32, "beyond_range"),      # spacing at finfo.min is 2e31
+    ("finfo_min_rows", np.float32, None),                # s + finfo.min rounds to finfo.min
+    ("finfo_min_rows", np.float16, None),                # |s| < 16: rounds to -65504 too
     ("float_mask", np.float16, None),
     ("aligned", np.float32, None),
     ("fully_masked_neg_inf", np.float32, None),          # -inf rows: promised 0 (or NaN)
@@ -165,6 +166,15 @@ def test_huge_dot_products_are_beyond_the_range_of_float16():
     assert name == "beyond_range" and "1.02e+05" in evidence     # 64 * 40 * 40
     assert profile("torch").hazard({**inputs, **{k: inputs[k].astype(np.float32)
                                                  for k in ("query", "key", "value")}}) is None
+
+
+def test_a_mask_entry_that_keeps_part_of_a_score_is_beyond_the_range():
+    one = np.ones((1, 1, 1, 1), dtype=np.float16)
+    for bias, expected in ((-4096.0, "beyond_range"),       # float16 spacing 4: 3 - 4096 -> -4092
+                           (-1024.0, None)):                # spacing 1: the score is kept whole
+        inputs = call(3 * one, one, one, attn_mask=np.full((1, 1), bias, np.float16), scale=1.0)
+        found = profile("torch").hazard(inputs)
+        assert (found and found[0]) == expected, bias
 
 
 def test_a_row_without_keys_is_a_hazard_only_under_a_finite_mask_value():

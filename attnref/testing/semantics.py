@@ -105,6 +105,19 @@ class Semantics:
     hazards: frozenset = COMMON_HAZARDS
     output_dtype: Optional[str] = None
 
+    def __post_init__(self):
+        # attnref's reference computes these conventions and no others
+        # (softcap after the mask would turn -inf into -softcap)
+        for name, allowed in (("mask_true_means", ("attend", "masked_out")),
+                              ("causal_alignment", ALIGNMENTS),
+                              ("masked_rows", ("zero", "nan", "uniform")),
+                              ("softcap_order", ("before_mask",))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        unknown = frozenset(self.hazards) - frozenset(HAZARDS)
+        if unknown:
+            raise ValueError(f"hazards must be among {tuple(HAZARDS)}, got {sorted(unknown)}")
+
     def reference_conventions(self):
         """The :data:`REFERENCE_FIELDS` as a dict of strings."""
         return {name: getattr(self, name) for name in REFERENCE_FIELDS}

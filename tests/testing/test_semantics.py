@@ -7,7 +7,7 @@ import pytest
 
 import attnref
 from attnref.testing.cases import SUITES
-from attnref.testing.semantics import PROFILES, profile
+from attnref.testing.semantics import PROFILES, Semantics, profile
 
 
 def call(query, key, value, attn_mask=None, is_causal=False, scale=None, enable_gqa=False):
@@ -183,3 +183,14 @@ def test_a_row_without_keys_is_a_hazard_only_under_a_finite_mask_value():
     name, evidence = profile("ort_mha").hazard(inputs)
     assert name == "finite_mask_empty_row" and evidence.startswith("32 rows")   # L = 16, Hq = 2
     assert evidence.endswith("filled with -10000")
+
+
+@pytest.mark.parametrize("field, value", [("causal_alignment", "diagonal"),
+                                          ("softcap_order", "after_mask"),
+                                          ("masked_rows", "mean"),
+                                          ("hazards", frozenset({"cosmic_rays"}))])
+def test_a_profile_attnref_cannot_compute_is_refused_by_name(field, value):
+    fields = {"name": "custom", "mask_true_means": "attend", "causal_alignment": "top_left",
+              "masked_rows": "zero", "description": "a custom profile", field: value}
+    with pytest.raises(ValueError, match=rf"{field} must be"):
+        Semantics(**fields)

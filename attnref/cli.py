@@ -6,12 +6,18 @@
     sources, a bad ATTNREF_KERNEL_PATH), how it was built, its code path and
     threads, and a quick self-check of the kernel against a
     wider-precision NumPy reference under the equivalence rule.
-``attnref check IMPLEMENTATION [--suite ...] [--dtype ...] [--semantics ...]``
+``attnref check IMPLEMENTATION [--suite ...] [--dtype ...] [--semantics ...] [--strict]``
     Runs the conformance suite (:func:`attnref.testing.check`) on a named
-    adapter (``torch``, ``torch-mha``, ``jax``, ``attnref-numpy``,
-    ``attnref-c``; see :mod:`attnref.testing.adapters`) or on
-    ``package.module:function``, prints the table and exits 1 when a case
-    fails. Progress goes to stderr.
+    adapter (``torch``, ``torch-mha``, ``jax``, ``onnxruntime``,
+    ``onnx-reference``, ``onnxruntime-mha``, ``onnxruntime-gqa``,
+    ``attnref-numpy``, ``attnref-c``; see :mod:`attnref.testing.adapters`)
+    or on ``package.module:function``, prints the table and exits 1 when a
+    case fails (with ``--strict``, also when one is a hazard). Progress goes
+    to stderr.
+``attnref check --matrix [--out PATH]``
+    Measures every installed adapter convention by convention
+    (:mod:`attnref.testing.matrix`) and prints the Markdown table, or writes
+    it to PATH (``docs/conformance.md``).
 ``attnref report TEXT [--pair TEXT2] [--model M] [--full] [--max-tokens N] [--stride N] [...]``
     Runs a model on TEXT (or the sentence pair TEXT, TEXT2) with a Trace and
     prints a one-screen summary of how it allocates attention
@@ -101,8 +107,9 @@ import numpy as np
 
 from . import __version__, kernel
 from .core import scaled_dot_product_attention
-from .testing import CAPABILITIES, PROFILES, SUITES, adapters, check, vectors
-from .testing.conformance import RULES
+from .testing import CAPABILITIES, PROFILES, SUITES, adapters, check, matrix, vectors
+from .testing.conformance import DTYPES as CHECK_DTYPES
+from .testing.conformance import RULES, signature_capabilities
 from .testing.tolerance import reference_dtype, reference_errors
 
 DTYPES = ("float16", "float32", "float64")
@@ -170,19 +177,42 @@ def _info(_arguments):
 
 
 def _check(arguments):
+    if arguments.matrix:
+        return _matrix(arguments)
+    if arguments.out is not None:
+        arguments.parser.error("argument --out: only with --matrix")
+    if arguments.implementation is None:
+        arguments.parser.error("the following arguments are required: implementation")
     target, adapter = arguments.implementation
     capabilities = (adapter.capabilities if arguments.capabilities is None
                     else arguments.capabilities)
     report = check(adapter.fn, suite=arguments.suite, dtype=arguments.dtype,
                    semantics=arguments.semantics or adapter.semantics,
                    capabilities=capabilities, seed=arguments.seed, rule=arguments.rule,
-                   progress=True, name=_implementation_name(target, adapter))
+                   progress=True, name=_implementation_name(target, adapter),
+                   strict=arguments.strict)
     print(report.summary())
     if arguments.json:
         Path(arguments.json).write_text(
             json.dumps(_finite_json(report.to_dict()), indent=2, allow_nan=False) + "\n",
             encoding="utf-8")
     return 0 if report.passed else 1
+
+
+def _matrix(arguments):
+    if arguments.implementation is not None:
+        arguments.parser.error("argument --matrix: measures every installed implementation; "
+                               "leave out IMPLEMENTATION")
+    targets = matrix.installed_targets()
+    print(f"attnref check --matrix: measuring {', '.join(targets)}", file=sys.stderr, flush=True)
+    table = matrix.to_markdown(matrix.conformance_matrix(targets, progress=True))
+    if arguments.out is None:
+        print(table, end="")
+    else:
+        Path(arguments.out).write_text(table, encoding="utf-8")
+        print(f"wrote the conformance matrix of {len(targets)} implementations to "
+              f"{arguments.out}")
+    return 0
 
 
 def _finite_json(value):
@@ -231,7 +261,8 @@ def _implementation(target):
         except ImportError as error:
             raise argparse.ArgumentTypeError(str(error)) from None
         return target, adapter
-    return target, adapters.Adapter(_user_function(target), "torch", CAPABILITIES)
+    function = _user_function(target)
+    return target, adapters.Adapter(function, "torch", signature_capabilities(function))
 
 
 def _user_function(target):
@@ -630,11 +661,12 @@ def _bench(arguments):
     return 1 if wrong else 0
 
 
-def _case_options(parser, *, default_semantics, semantics_default_text):
+def _case_options(parser, *, default_semantics, semantics_default_text, dtypes=DTYPES):
     """The options that choose and build cases, shared by check and export."""
     parser.add_argument("--suite", choices=tuple(SUITES), default="standard")
-    parser.add_argument("--dtype", choices=DTYPES, default="float32",
-                        help="dtype of the inputs (default float32)")
+    parser.add_argument("--dtype", choices=dtypes, default="float32",
+                        help="dtype of the inputs (default float32; bfloat16 needs ml_dtypes)"
+                        if "bfloat16" in dtypes else "dtype of the inputs (default float32)")
     parser.add_argument("--semantics", choices=tuple(PROFILES), default=default_semantics,
                         help=f"conventions of masks, causal alignment and fully masked "
                              f"rows (default {semantics_default_text})")
@@ -702,11 +734,22 @@ def build_parser():
         "check", help="run the conformance suite on an attention implementation",
         description="Judge an attention implementation case by case against attnref.")
     check_parser.add_argument(
-        "implementation", type=_implementation,
+        "implementation", type=_implementation, nargs="?",
         help=f"one of {', '.join(adapters.ADAPTERS)}, or package.module:function taking "
              f"the torch SDPA signature on NumPy arrays")
     _case_options(check_parser, default_semantics=None,
-                  semantics_default_text="the adapter's own; torch for package.module:function")
+                  semantics_default_text="the adapter's own; torch for package.module:function",
+                  dtypes=CHECK_DTYPES)
+    check_parser.add_argument(
+        "--strict", action="store_true",
+        help="a hazard (input outside what the semantics promises, on which the "
+             "implementation departs from attnref) fails the run too")
+    check_parser.add_argument(
+        "--matrix", action="store_true",
+        help="instead of one implementation, measure every installed one convention by "
+             "convention and print the Markdown table")
+    check_parser.add_argument("--out", metavar="PATH", type=_output_file,
+                              help="with --matrix: write the table to PATH")
     check_parser.add_argument("--rule", choices=RULES, default="flash",
                               help="verdict rule (default flash)")
     check_parser.add_argument(

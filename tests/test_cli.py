@@ -39,7 +39,7 @@ def test_check_prints_the_table_and_passes_attnref(capsys):
                           "rule 'flash', seed 0")
     for name in SUITES["quick"]:
         assert f"\n{name} " in out
-    assert "8 pass, 0 fail, 0 error, 0 skip" in out
+    assert "8 pass, 0 fail, 0 error, 0 hazard, 0 skip" in out
     assert err.splitlines()[0] == "[1/8] aligned: pass"
 
 
@@ -99,7 +99,7 @@ def test_check_options_reach_the_report(capsys):
     assert "float64, semantics 'flash', rule 'pytorch'" in out
     assert "causal                   PASS" in out
     assert "gqa                      SKIP" in out and "needs gqa" in out
-    assert "3 pass, 0 fail, 0 error, 5 skip" in out
+    assert "3 pass, 0 fail, 0 error, 0 hazard, 5 skip" in out
 
 
 def test_check_attnref_c_passes(capsys):
@@ -170,7 +170,8 @@ REPORT_HELP = " (see 'attnref report --help')"
     (["check"], "attnref check: error: the following arguments are required: implementation "
                 "(see 'attnref check --help')"),
     (["check", "nowhere"], "attnref check: error: argument implementation: expected one of "
-                           "('torch', 'torch-mha', 'jax', 'attnref-numpy', 'attnref-c') or "
+                           "('torch', 'torch-mha', 'jax', 'onnxruntime', 'onnx-reference', "
+                           "'onnxruntime-mha', 'onnxruntime-gqa', 'attnref-numpy', 'attnref-c') or "
                            "package.module:function, got 'nowhere' (see 'attnref check --help')"),
     (["check", "no_such_module_here:attention"],
      "attnref check: error: argument implementation: cannot import 'no_such_module_here': "
@@ -710,3 +711,25 @@ def test_generate_chat_and_errors(capsys, monkeypatch):
                           (("generate", "Hi", "--model", "missing.gguf"), "does not exist"),
                           (("generate", "  "), "expected a text to read")]:
         assert message in usage_error(capsys, *argv)[-1]
+
+
+def test_check_torch_lists_the_hazard_and_fails_only_under_strict(capsys):
+    pytest.importorskip("torch")
+    status, out, _ = run(capsys, "check", "torch")
+    assert status == 0 and "hazard nan_behind_mask" in out
+    status, out, _ = run(capsys, "check", "torch", "--strict")
+    assert status == 1 and "strict" in out.splitlines()[0]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["check", "attnref-numpy", "--matrix"],
+     "attnref check: error: argument --matrix: measures every installed implementation; "
+     "leave out IMPLEMENTATION (see 'attnref check --help')"),
+    (["check", "attnref-numpy", "--out", "table.md"],
+     "attnref check: error: argument --out: only with --matrix (see 'attnref check --help')"),
+])
+def test_matrix_options_are_checked(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == message

@@ -21,6 +21,18 @@ case skipped, and listed, rather than failed):
 ``fully_masked_rows`` query rows with no visible key
 ``empty``             L = 0 or S = 0
 ``scale``             an explicit ``scale``
+``per_head_mask``     a mask with its own entries per head, (B, Hq, L, S)
+``query_longer``      more queries than keys (L > S)
+``odd_head_dim``      E or Ev not a multiple of 8
+``softcap``           a ``softcap=c`` keyword (scores become ``c tanh(s / c)``)
+``window``            a ``window=(left, right)`` keyword (sliding window)
+``float16``           float16 inputs (asked for by the run's dtype, not the case)
+``bfloat16``          bfloat16 inputs (``ml_dtypes.bfloat16``)
+``float64``           float64 inputs
+
+A case passes ``softcap`` and ``window`` to the implementation only when it
+sets them, so a function with the plain torch SDPA signature runs every case
+that does not.
 """
 from __future__ import annotations
 
@@ -32,11 +44,14 @@ import numpy as np
 
 from .. import masks
 
+DTYPE_CAPABILITIES = frozenset({"float16", "bfloat16", "float64"})
 CAPABILITIES = frozenset({
     "l_ne_s", "e_ne_ev", "gqa", "bool_mask", "float_mask", "causal", "mask_with_causal",
-    "fully_masked_rows", "empty", "scale"})
-MASK_KINDS = ("none", "bool", "float", "float_neg_inf", "padding", "per_head", "window",
-              "fully_masked_rows", "fully_masked_neg_inf", "finfo_min_rows")
+    "fully_masked_rows", "empty", "scale", "per_head_mask", "query_longer", "odd_head_dim",
+    "softcap", "window"}) | DTYPE_CAPABILITIES
+MASK_KINDS = ("none", "bool", "float", "float_neg_inf", "padding", "padding_with_empty",
+              "per_head", "window", "fully_masked_rows", "fully_masked_neg_inf",
+              "finfo_min_rows")
 CONTENTS = ("normal", "huge_scores", "near_ties", "nan_behind_mask", "big_behind_mask")
 
 
@@ -44,7 +59,8 @@ CONTENTS = ("normal", "huge_scores", "near_ties", "nan_behind_mask", "big_behind
 class Case:
     """One conformance case. Shapes: query (B, Hq, L, E), key (B, Hkv, S, E),
     value (B, Hkv, S, Ev); the mask is (L, S), for padding (B, 1, 1, S) and
-    for per_head (B, Hq, L, S)."""
+    for per_head (B, Hq, L, S). ``softcap`` and ``window`` are attnref's
+    keywords of the same names."""
     name: str
     L: int = 32
     S: int = 32
@@ -57,6 +73,8 @@ class Case:
     is_causal: bool = False
     scale: Optional[float] = None
     content: str = "normal"
+    softcap: Optional[float] = None
+    window: Optional[tuple] = None
     description: str = ""
     requires: frozenset = field(default=frozenset())
 
@@ -75,14 +93,21 @@ class Case:
         implied |= {"empty"} if 0 in (self.L, self.S) else set()
         implied |= {"causal"} if self.is_causal else set()
         implied |= {"scale"} if self.scale is not None else set()
-        if self.mask in ("bool", "padding", "per_head", "window", "fully_masked_rows"):
+        implied |= {"query_longer"} if self.L > self.S else set()
+        implied |= {"odd_head_dim"} if self.E % 8 or self.value_dim % 8 else set()
+        implied |= {"softcap"} if self.softcap is not None else set()
+        implied |= {"window"} if self.window is not None else set()
+        implied |= {"per_head_mask"} if self.mask == "per_head" else set()
+        if self.mask in ("bool", "padding", "padding_with_empty", "per_head", "window",
+                         "fully_masked_rows"):
             implied.add("bool_mask")
         if self.mask in ("float", "float_neg_inf", "fully_masked_neg_inf", "finfo_min_rows"):
             implied.add("float_mask")
         if self.mask != "none" and self.is_causal:
             implied.add("mask_with_causal")
         # causal with L > S leaves the first L - S rows empty under bottom-right profiles
-        if (self.mask in ("fully_masked_rows", "fully_masked_neg_inf") or self.S == 0
+        if (self.mask in ("fully_masked_rows", "fully_masked_neg_inf", "padding_with_empty")
+                or self.S == 0
                 or (self.is_causal and self.L > self.S)):
             implied.add("fully_masked_rows")
         return implied
@@ -100,7 +125,9 @@ class Case:
 
         Returns a dict with ``query``, ``key``, ``value`` (``dtype``),
         ``attn_mask`` (None, bool True = may attend, or float in ``dtype``),
-        ``is_causal``, ``scale``, ``enable_gqa``. The same ``(name, seed)``
+        ``is_causal``, ``scale``, ``enable_gqa``, ``softcap``, ``window``
+        (None when the case sets none). ``dtype`` may be any float dtype
+        NumPy knows, ``ml_dtypes.bfloat16`` included. The same ``(name, seed)``
         gives the same numbers on every machine (NumPy's PCG64 seeded with the
         seed and the CRC-32 of the name).
         """
@@ -124,7 +151,8 @@ class Case:
             value[..., hidden, :] = garbage
         return {"query": query.astype(dtype), "key": key.astype(dtype),
                 "value": value.astype(dtype), "attn_mask": mask, "is_causal": self.is_causal,
-                "scale": self.scale, "enable_gqa": self.heads_kv != self.Hq}
+                "scale": self.scale, "enable_gqa": self.heads_kv != self.Hq,
+                "softcap": self.softcap, "window": self.window}
 
     def _mask(self, rng, dtype):
         L, S = self.L, self.S
@@ -140,8 +168,10 @@ class Case:
             return allowed
         if self.mask == "window":
             return masks.sliding_window_mask(L, S, (7, 3))
-        if self.mask == "padding":
+        if self.mask in ("padding", "padding_with_empty"):
             lengths = rng.integers(1, S + 1, size=self.B) if S else np.zeros(self.B, int)
+            if self.mask == "padding_with_empty":
+                lengths[0] = 0                          # the first sequence is all padding
             return masks.padding_mask(lengths, S)
         if self.mask == "fully_masked_rows":
             allowed = rng.random((L, S)) < 0.6
@@ -207,6 +237,8 @@ _STANDARD = _QUICK + (
     Case("gqa_causal", L=24, S=24, Hq=6, Hkv=3, is_causal=True, description="GQA, causal"),
     Case("padding_mask", L=16, S=40, B=3, mask="padding",
          description="per-sequence key padding, mask (B, 1, 1, S)"),
+    Case("padding_fully_padded", L=16, S=40, B=3, mask="padding_with_empty",
+         description="key padding where the first sequence is all padding"),
     Case("per_head_mask", L=20, S=30, B=2, Hq=3, mask="per_head",
          description="a bool mask per batch entry and head, (B, Hq, L, S)"),
     Case("window_mask", L=40, S=40, mask="window", description="sliding window (7, 3) as a bool mask"),
@@ -223,6 +255,13 @@ _STANDARD = _QUICK + (
          description="NaN in keys and values no query may see"),
     Case("big_behind_mask", L=16, S=24, mask="bool", content="big_behind_mask",
          description="1e30 in keys and values no query may see"),
+    Case("softcap", L=20, S=20, softcap=2.0, scale=1.0,
+         description="softcap = 2 on scores of a few units"),
+    Case("softcap_masked", L=20, S=30, mask="float_neg_inf", softcap=2.0,
+         description="softcap = 2 with -inf mask entries: capped before the mask, "
+                     "masked keys stay at weight 0"),
+    Case("causal_window", L=40, S=40, is_causal=True, window=(7, 0),
+         description="causal with a left window of 7 keys (Mistral-style local attention)"),
     Case("scale_override", L=20, S=20, scale=0.3, description="scale = 0.3"),
     Case("scale_one", L=20, S=20, scale=1.0, content="huge_scores",
          description="scale = 1 on large scores"),

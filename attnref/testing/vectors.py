@@ -38,7 +38,7 @@ from .. import __version__
 from .._files import field, load_json, read_limited
 from ..core import scaled_dot_product_attention
 from .conformance import _suite
-from .semantics import PROFILES, Semantics, profile
+from .semantics import ALIGNMENTS, PROFILES, REFERENCE_FIELDS, Semantics, profile
 from .tolerance import (FACTOR, FLOOR_EPS, equivalence_bound, max_abs_error,
                         reference_dtype)
 
@@ -91,10 +91,9 @@ class _ObjectOf:
 # The manifest's schema (format_version 1): a dict is an object with exactly
 # these fields, a type (or tuple of types; NoneType = may be null) a leaf
 # checked by attnref._files.field.
-_SEMANTICS_FIELDS = {semantics_field.name: str
-                     for semantics_field in dataclasses.fields(Semantics)}
+_SEMANTICS_FIELDS = {name: str for name in REFERENCE_FIELDS}
 _SEMANTICS_CHOICES = {"mask_true_means": ("attend", "masked_out"),
-                      "causal_alignment": ("top_left", "bottom_right"),
+                      "causal_alignment": ALIGNMENTS,
                       "masked_rows": ("zero", "nan", "uniform")}
 _RULE_FIELDS = {"rule": str, "factor": float, "floor_eps": float, "eps": float, "dtype": str,
                 "reference_dtype": str}
@@ -194,7 +193,7 @@ def export(directory, suite="standard", *, seed=0, dtype="float32", semantics="t
         "suite": suite,
         "seed": int(seed),
         "dtype": dtype.name,
-        "semantics": dataclasses.asdict(semantics),
+        "semantics": semantics.reference_conventions(),
         "tolerance": _rule_numbers(dtype),
         "max_weight_entries": MAX_WEIGHT_ENTRIES,
         "cases": entries,
@@ -310,6 +309,11 @@ def _input_arrays(inputs, semantics):
     if options["scale"] is not None:
         arrays["scale"] = np.array(options["scale"], dtype=np.float64)
     arrays["enable_gqa"] = np.array(options["enable_gqa"], dtype=bool)
+    if "softcap" in options:
+        arrays["softcap"] = np.array(options["softcap"], dtype=np.float64)
+    if "window" in options:  # (left, right); -1 leaves a side unbounded, as ONNX's windows
+        arrays["window"] = np.array([-1 if side is None else side for side in options["window"]],
+                                    dtype=np.int64)
     return arrays
 
 
@@ -339,7 +343,8 @@ def _reference_arrays(inputs, semantics, dtype):
     result = scaled_dot_product_attention(
         query, key, value, attn_mask=mask, is_causal=inputs["is_causal"],
         scale=inputs["scale"], enable_gqa=inputs["enable_gqa"], return_weights=with_weights,
-        return_lse=True, backend="numpy", causal_alignment=semantics.causal_alignment)
+        softcap=inputs["softcap"], window=inputs["window"], return_lse=True, backend="numpy",
+        causal_alignment=semantics.alignment(query.shape[-2], S))
     arrays = {"output": output, "lse": result.lse}
     if with_weights:
         masked = np.isneginf(result.lse)[..., None]                # (B, Hq, L, 1)
@@ -518,11 +523,11 @@ def _manifest_semantics(fields, path):
                              f"got {fields[name]!r:.80}")
     semantics = Semantics(**fields)
     known = PROFILES.get(semantics.name)
-    if known is not None and known != semantics:
+    if known is not None and known.reference_conventions() != fields:
         raise ValueError(f"{path}: the field 'semantics' names attnref's profile "
                          f"{semantics.name!r} but differs from it: "
-                         f"{dataclasses.asdict(known)}")
-    return semantics
+                         f"{known.reference_conventions()}")
+    return known or semantics
 
 
 def _listing(entries, cases, suite):

@@ -47,6 +47,11 @@ def needed_capabilities(inputs):
                                      for alignment in ("top_left", "bottom_right")),
         "empty": 0 in (L, S),
         "scale": inputs["scale"] is not None,
+        "per_head_mask": mask is not None and mask.ndim == 4 and mask.shape[-3] > 1,
+        "query_longer": L > S,
+        "odd_head_dim": E % 8 != 0 or value.shape[-1] % 8 != 0,
+        "softcap": inputs["softcap"] is not None,
+        "window": inputs["window"] is not None,
     }
     return {capability for capability, needed in conditions.items() if needed}
 
@@ -132,3 +137,9 @@ def test_suites_nest_and_a_name_means_one_case_everywhere():
 def test_unknown_mask_or_content_is_refused_by_name(field, value):
     with pytest.raises(ValueError, match=rf"{field} must be one of .* got '{value}'"):
         Case("bad", **{field: value})
+
+
+def test_the_fully_padded_case_pads_one_whole_sequence():
+    mask = SUITES["standard"]["padding_fully_padded"].inputs(seed=0)["attn_mask"]
+    assert mask.shape == (3, 1, 1, 40)
+    assert not mask[0].any() and mask[1:].any(axis=-1).all()

@@ -14,7 +14,7 @@ import pytest
 
 import attnref
 import attnref.testing
-from attnref import kernel
+from attnref import kernel, scaled_dot_product_attention
 from attnref.testing import CAPABILITIES, PROFILES, SUITES, assert_conforms, check
 from attnref.testing.adapters import attnref_c, attnref_numpy, torch_mha_masks, torch_sdpa
 
@@ -79,7 +79,9 @@ BUGS = {  # the mistake -> standard cases that must catch it (others may too)
     "mask_of_head_0": {"per_head_mask"},
     "first_block_max": {"long_rows_huge_scores"},
     "nan_masked_rows": {"fully_masked_rows", "fully_masked_neg_inf"},
-    "float16_accumulation": STANDARD_CASES - {"empty_queries", "empty_keys"},
+    # plain_attention takes no softcap or window keyword, so those cases are skipped
+    "float16_accumulation": STANDARD_CASES - {"empty_queries", "empty_keys", "softcap",
+                                              "softcap_masked", "causal_window"},
 }
 
 
@@ -94,7 +96,9 @@ def test_plain_attention_without_a_bug_conforms(dtype):
 
 @pytest.mark.parametrize("bug", sorted(BUGS))
 def test_each_bug_is_caught_by_the_standard_suite(bug):
-    report = check(functools.partial(plain_attention, bug=bug), progress=False, name=bug)
+    # strict: a bug that shows on a hazard case (nan_behind_mask) is caught there too
+    report = check(functools.partial(plain_attention, bug=bug), progress=False, name=bug,
+                   strict=True)
     assert not report.passed
     missed = BUGS[bug] - failed_cases(report)
     assert not missed, f"{bug} escaped {sorted(missed)}:\n{report.summary()}"
@@ -111,12 +115,20 @@ def for_profile(backend, semantics):
     """attnref's ``backend`` speaking ``semantics``: its bool-mask polarity
     and causal alignment."""
     def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
-                  scale=None, enable_gqa=False):
+                  scale=None, enable_gqa=False, *, softcap=None, window=None):
         if (attn_mask is not None and attn_mask.dtype == bool
                 and semantics.mask_true_means == "masked_out"):
             attn_mask = ~attn_mask
-        return backend(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
-                       causal_alignment=semantics.causal_alignment)
+        output = backend(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+                         softcap=softcap, window=window,
+                         causal_alignment=semantics.alignment(query.shape[-2], key.shape[-2]))
+        if semantics.masked_rows == "nan":   # the profile's NaN rows, from attnref's zero rows
+            lse = scaled_dot_product_attention(
+                query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+                softcap=softcap, window=window, return_lse=True, backend="numpy",
+                causal_alignment=semantics.alignment(query.shape[-2], key.shape[-2])).lse
+            output = np.where(np.isneginf(lse)[..., None], np.nan, output).astype(output.dtype)
+        return output
     return attention
 
 
@@ -136,9 +148,10 @@ def test_attnref_backends_conform_under_every_profile_they_express(backend, dtyp
 
 
 # Measured with torch 2.13.0+cpu (docs/torch-2.13-conformance.md): in every
-# dtype and under both rules the one failure is NaN leaking from keys and
-# values hidden behind the mask (0 * NaN = NaN in the weighted sum).
-TORCH_2_13_FAILURES = {"nan_behind_mask"}
+# dtype and under both rules nothing fails; the one hazard is NaN leaking from
+# keys and values hidden behind the mask (0 * NaN = NaN in the weighted sum),
+# which torch never promised, and a failure under strict.
+TORCH_2_13_HAZARDS = {"nan_behind_mask"}
 
 
 def torch_2_13():
@@ -152,13 +165,18 @@ def torch_2_13():
 def test_torch_2_13_verdicts_are_as_recorded(dtype, rule):
     torch_2_13()
     report = check(torch_sdpa, dtype=dtype, rule=rule, progress=False)
-    assert failed_cases(report) == TORCH_2_13_FAILURES, report.summary()
+    assert report.passed and not failed_cases(report), report.summary()
+    assert {result.name for result in report.hazards} == TORCH_2_13_HAZARDS
+    hazard = report.hazards[0]
+    assert hazard.hazard == "hidden_nonfinite" and "NaN where the reference" in hazard.reason
+    strict = check(torch_sdpa, dtype=dtype, rule=rule, progress=False, strict=True)
+    assert failed_cases(strict) == TORCH_2_13_HAZARDS and not strict.passed
 
 
 def test_torch_with_mha_polarity_masks_has_the_same_verdicts():
     torch_2_13()
     report = check(torch_mha_masks, semantics="torch_mha", progress=False)
-    assert failed_cases(report) == TORCH_2_13_FAILURES, report.summary()
+    assert report.passed and {result.name for result in report.hazards} == TORCH_2_13_HAZARDS
 
 
 def test_a_polarity_mismatch_is_caught():
@@ -176,7 +194,7 @@ def test_summary_lists_every_case_with_its_verdict():
     for result in report.results:
         row = next(line for line in lines if line.startswith(result.name + " "))
         assert result.status.upper() in row
-    assert "7 pass, 1 fail, 0 error, 0 skip" in table
+    assert "7 pass, 1 fail, 0 error, 0 hazard, 0 skip" in table
     assert "reproduce gqa: attnref.testing.case_inputs('quick', 'gqa'" in table
 
 
@@ -260,3 +278,95 @@ def test_the_full_suite_passes_attnref():
     """One smoke run of the long suite, on the kernel when it is compiled."""
     backend = attnref_c if kernel.available() else attnref_numpy
     assert check(backend, suite="full", progress=False).passed
+
+
+def returning(transform):
+    """attnref's NumPy backend with its output passed through ``transform``
+    (output, query) -> what the implementation returns."""
+    def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
+                  scale=None, enable_gqa=False):
+        output = attnref_numpy(query, key, value, attn_mask, dropout_p, is_causal, scale,
+                               enable_gqa)
+        return transform(output, query)
+    return attention
+
+
+@pytest.mark.parametrize("transform, reason", [
+    (lambda output, query: output.astype(np.float64), "output dtype float64, expected float32"),
+    (lambda output, query: output.tolist(), "returned a list, expected an ndarray"),
+    (lambda output, query: output[..., :1, :], "output shape"),
+])
+def test_what_comes_back_is_checked_not_only_its_numbers(transform, reason):
+    report = check(returning(transform), suite="quick", progress=False)
+    assert not report.passed
+    assert all(result.status == "fail" and reason in result.reason
+               for result in report.results), report.summary()
+
+
+def test_an_output_sharing_memory_with_an_input_fails():
+    def aliasing(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
+                 scale=None, enable_gqa=False):
+        value[...] = attnref_numpy(query, key, value, attn_mask, dropout_p, is_causal, scale,
+                                   enable_gqa) if query.shape == value.shape else value
+        return value
+    report = check(aliasing, suite="quick", progress=False)
+    aligned = next(result for result in report.results if result.name == "aligned")
+    assert aligned.status == "fail"
+    assert aligned.reason == "output shares memory with the value input"
+
+
+def test_an_input_written_to_fails():
+    def scribbling(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
+                   scale=None, enable_gqa=False):
+        output = attnref_numpy(query, key, value, attn_mask, dropout_p, is_causal, scale,
+                               enable_gqa)
+        key[...] = 0
+        return output
+    report = check(scribbling, suite="quick", progress=False)
+    assert {result.reason for result in report.results} == {"the key input was written to"}
+
+
+def leaky(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+          enable_gqa=False):
+    """attnref, except that NaN anywhere in key or value reaches every output
+    (as a dense weights @ value does)."""
+    output = attnref_numpy(query, key, value, attn_mask, dropout_p, is_causal, scale,
+                           enable_gqa)
+    if np.isnan(key).any() or np.isnan(value).any():
+        output = output * np.float32(np.nan)
+    return output
+
+
+def test_nan_behind_a_mask_is_a_hazard_not_a_failure():
+    report = check(leaky, progress=False)
+    assert report.passed and not report.failures
+    assert [result.name for result in report.hazards] == ["nan_behind_mask"]
+    hazard = report.hazards[0]
+    assert hazard.status == "hazard" and hazard.hazard == "hidden_nonfinite"
+    assert "NaN or inf entries in masked keys and values" in hazard.reason
+    assert "hazard nan_behind_mask" in report.summary()
+    as_dict = report.to_dict()
+    assert as_dict["hazards"] == ["nan_behind_mask"] and as_dict["counts"]["hazard"] == 1
+    assert json.loads(json.dumps(as_dict)) == as_dict
+    strict = check(leaky, progress=False, strict=True)
+    assert not strict.passed and [result.name for result in strict.failures] == ["nan_behind_mask"]
+
+
+def test_a_dtype_not_claimed_skips_every_case():
+    report = check(attnref_numpy, suite="quick", dtype="float16", progress=False,
+                   capabilities=CAPABILITIES - {"float16"})
+    assert {result.reason for result in report.results} == {"needs float16"}
+
+
+def test_bfloat16_runs_when_ml_dtypes_is_installed():
+    pytest.importorskip("ml_dtypes")
+    report = check(attnref_numpy, suite="quick", dtype="bfloat16", progress=False)
+    assert report.dtype == "bfloat16" and report.passed, report.summary()
+
+
+def test_a_signature_without_softcap_skips_the_softcap_cases():
+    report = check(plain_attention, progress=False)
+    skipped = {result.name: result.reason for result in report.results
+               if result.status == "skip"}
+    assert skipped == {"softcap": "needs softcap", "softcap_masked": "needs softcap",
+                       "causal_window": "needs window"}

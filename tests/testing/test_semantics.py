@@ -7,7 +7,7 @@ import pytest
 
 import attnref
 from attnref.testing.cases import SUITES
-from attnref.testing.semantics import PROFILES, profile
+from attnref.testing.semantics import PROFILES, Semantics, profile
 
 
 def call(query, key, value, attn_mask=None, is_causal=False, scale=None, enable_gqa=False):
@@ -22,8 +22,9 @@ def random_call(L, S, *, attn_mask=None, is_causal=False, seed=0):
                 rng.standard_normal((1, 2, S, 3)), attn_mask, is_causal)
 
 
-def test_the_five_profiles_and_their_lookup():
-    assert set(PROFILES) == {"torch", "torch_mha", "jax", "flash", "onnx"}
+def test_the_profiles_and_their_lookup():
+    assert set(PROFILES) == {"torch", "torch_mha", "jax", "flash", "onnx", "onnx_attention",
+                             "ort_mha", "ort_gqa"}
     for name, semantics in PROFILES.items():
         assert profile(name) is semantics and profile(semantics) is semantics
 
@@ -117,3 +118,79 @@ def test_the_docs_matrix_has_a_column_and_a_section_for_every_profile():
     header = next(line for line in text.splitlines() if line.startswith("| convention"))
     for name in PROFILES:
         assert f"`{name}`" in header and f"### `{name}`" in text, name
+
+
+@pytest.mark.parametrize("name", ["onnx_attention", "ort_mha", "ort_gqa"])
+@pytest.mark.parametrize("L, S, alignment", [(2, 5, "bottom_right"), (5, 2, "top_left"),
+                                             (4, 4, "top_left")])
+def test_kv_cache_profiles_align_bottom_right_only_past_a_cache(name, L, S, alignment):
+    inputs = random_call(L, S, is_causal=True)
+    expected = attnref.scaled_dot_product_attention(
+        **inputs, causal_alignment=alignment, backend="numpy")
+    assert profile(name).alignment(L, S) == alignment
+    np.testing.assert_array_equal(profile(name).reference(inputs), expected)
+
+
+def test_softcap_and_window_reach_the_implementation_only_when_set():
+    inputs = SUITES["standard"]["softcap_masked"].inputs(seed=0)
+    keywords = profile("torch").arguments(inputs)[1]
+    assert keywords["softcap"] == 2.0 and "window" not in keywords
+    keywords = profile("torch").arguments(SUITES["standard"]["causal_window"].inputs(seed=0))[1]
+    assert keywords["window"] == (7, 0) and "softcap" not in keywords
+    assert "softcap" not in profile("torch").arguments(SUITES["quick"]["aligned"].inputs())[1]
+
+
+@pytest.mark.parametrize("case, dtype, expected", [
+    ("nan_behind_mask", np.float32, "hidden_nonfinite"),
+    ("big_behind_mask", np.float32, "hidden_huge"),      # 1e30 > sqrt(3.4e38)
+    ("big_behind_mask", np.float16, "hidden_huge"),      # 65504 > sqrt(65504)
+    ("big_behind_mask", np.float64, None),               # 1e30 < sqrt(1.8e308)
+    ("finfo_min_rows", np.float32, None),                # s + finfo.min rounds to finfo.min
+    ("finfo_min_rows", np.float16, None),                # |s| < 16: rounds to -65504 too
+    ("float_mask", np.float16, None),
+    ("aligned", np.float32, None),
+    ("fully_masked_neg_inf", np.float32, None),          # -inf rows: promised 0 (or NaN)
+])
+def test_hazards_are_read_off_the_inputs(case, dtype, expected):
+    inputs = SUITES["standard"][case].inputs(seed=0, dtype=dtype)
+    for name in PROFILES:
+        found = profile(name).hazard(inputs)
+        assert (found and found[0]) == (expected or None), name
+
+
+def test_huge_dot_products_are_beyond_the_range_of_float16():
+    rng = np.random.default_rng(0)
+    query = np.full((1, 1, 2, 64), 40.0, dtype=np.float16)
+    inputs = call(query, query.copy(), rng.standard_normal((1, 1, 2, 4)).astype(np.float16))
+    name, evidence = profile("torch").hazard(inputs)
+    assert name == "beyond_range" and "1.02e+05" in evidence     # 64 * 40 * 40
+    assert profile("torch").hazard({**inputs, **{k: inputs[k].astype(np.float32)
+                                                 for k in ("query", "key", "value")}}) is None
+
+
+def test_a_mask_entry_that_keeps_part_of_a_score_is_beyond_the_range():
+    one = np.ones((1, 1, 1, 1), dtype=np.float16)
+    for bias, expected in ((-4096.0, "beyond_range"),       # float16 spacing 4: 3 - 4096 -> -4092
+                           (-1024.0, None)):                # spacing 1: the score is kept whole
+        inputs = call(3 * one, one, one, attn_mask=np.full((1, 1), bias, np.float16), scale=1.0)
+        found = profile("torch").hazard(inputs)
+        assert (found and found[0]) == expected, bias
+
+
+def test_a_row_without_keys_is_a_hazard_only_under_a_finite_mask_value():
+    inputs = SUITES["standard"]["padding_fully_padded"].inputs(seed=0)
+    assert profile("torch").hazard(inputs) is None
+    name, evidence = profile("ort_mha").hazard(inputs)
+    assert name == "finite_mask_empty_row" and evidence.startswith("32 rows")   # L = 16, Hq = 2
+    assert evidence.endswith("filled with -10000")
+
+
+@pytest.mark.parametrize("field, value", [("causal_alignment", "diagonal"),
+                                          ("softcap_order", "after_mask"),
+                                          ("masked_rows", "mean"),
+                                          ("hazards", frozenset({"cosmic_rays"}))])
+def test_a_profile_attnref_cannot_compute_is_refused_by_name(field, value):
+    fields = {"name": "custom", "mask_true_means": "attend", "causal_alignment": "top_left",
+              "masked_rows": "zero", "description": "a custom profile", field: value}
+    with pytest.raises(ValueError, match=rf"{field} must be"):
+        Semantics(**fields)

@@ -11,7 +11,11 @@
     adapter (``torch``, ``torch-mha``, ``jax``, ``attnref-numpy``,
     ``attnref-c``; see :mod:`attnref.testing.adapters`) or on
     ``package.module:function``, prints the table and exits 1 when a case
-    fails. Progress goes to stderr.
+    fails. Progress goes to stderr. ``--backward`` judges the backward pass
+    instead (:func:`attnref.testing.backward.check_backward`, a row per case
+    and gradient) through a VJP adapter (``torch``, ``jax``,
+    ``attnref-numpy``; :mod:`attnref.testing.vjp_adapters`) or a
+    ``package.module:function`` with the VJP signature.
 ``attnref report TEXT [--pair TEXT2] [--model M] [--full] [--max-tokens N] [--stride N] [...]``
     Runs a model on TEXT (or the sentence pair TEXT, TEXT2) with a Trace and
     prints a one-screen summary of how it allocates attention
@@ -94,8 +98,10 @@ import numpy as np
 from . import __version__, kernel
 from .core import scaled_dot_product_attention
 from .testing import CAPABILITIES, PROFILES, SUITES, adapters, check, vectors
+from .testing.backward import check_backward
 from .testing.conformance import RULES
 from .testing.tolerance import reference_dtype, reference_errors
+from .testing.vjp_adapters import VJP_ADAPTERS
 
 DTYPES = ("float16", "float32", "float64")
 
@@ -162,9 +168,12 @@ def _info(_arguments):
 
 def _check(arguments):
     target, adapter = arguments.implementation
+    run = check
+    if arguments.backward:
+        adapter, run = _backward_adapter(arguments, target, adapter), check_backward
     capabilities = (adapter.capabilities if arguments.capabilities is None
                     else arguments.capabilities)
-    report = check(adapter.fn, suite=arguments.suite, dtype=arguments.dtype,
+    report = run(adapter.fn, suite=arguments.suite, dtype=arguments.dtype,
                    semantics=arguments.semantics or adapter.semantics,
                    capabilities=capabilities, seed=arguments.seed, rule=arguments.rule,
                    progress=True, name=_implementation_name(target, adapter))
@@ -174,6 +183,20 @@ def _check(arguments):
             json.dumps(_finite_json(report.to_dict()), indent=2, allow_nan=False) + "\n",
             encoding="utf-8")
     return 0 if report.passed else 1
+
+
+def _backward_adapter(arguments, target, adapter):
+    """The VJP adapter ``attnref check TARGET --backward`` runs: the one of
+    that name, or the user's ``package.module:function`` itself (taking the
+    VJP signature); a usage error for a forward adapter without a backward."""
+    if target in VJP_ADAPTERS:
+        return VJP_ADAPTERS[target]
+    if target in adapters.ADAPTERS:
+        arguments.parser.fail(ValueError(
+            f"--backward has no adapter for {target!r}; backward adapters: "
+            f"{', '.join(VJP_ADAPTERS)}, or package.module:function taking (query, key, value, "
+            f"grad_out, attn_mask, dropout_p, is_causal, scale, enable_gqa) -> (dq, dk, dv)"))
+    return adapter
 
 
 def _finite_json(value):
@@ -677,6 +700,11 @@ def build_parser():
              "adapter's claims; everything for package.module:function)")
     check_parser.add_argument("--json", metavar="PATH", type=_output_file,
                               help="also write the report as JSON")
+    check_parser.add_argument(
+        "--backward", action="store_true",
+        help=f"judge the backward pass instead (attnref.testing.backward.check_backward): "
+             f"one of {', '.join(VJP_ADAPTERS)}, or package.module:function taking (query, key, "
+             f"value, grad_out, ...) and returning (dq, dk, dv)")
     check_parser.set_defaults(run=_check, parser=check_parser)
 
     report_parser = commands.add_parser(

@@ -166,13 +166,13 @@ def scaled_dot_product_attention_backward(
                               dmask.astype(dtype, copy=False) if mask_grad else None)
 
 
-def scores_backward(grad_scores, query, key, attn_mask=None, is_causal=False, scale=None,
+def scores_backward(grad, query, key, attn_mask=None, is_causal=False, scale=None,
                     enable_gqa=False, *, window=None, softcap=None,
                     causal_alignment="top_left", precision=None):
     r"""Gradients with respect to query and key from the gradient with
     respect to the pre-softmax scores.
 
-    ``grad_scores`` is :math:`dS = \partial \mathcal{L} / \partial s` for the
+    ``grad`` is :math:`dS = \partial \mathcal{L} / \partial s` for the
     scores :math:`s = t + \text{bias}` that the softmax of
     :func:`attnref.attention_weights` reads (the ``grad`` of the
     regularisers in :mod:`attnref.analysis.regularizers`). The chain rule
@@ -189,7 +189,7 @@ def scores_backward(grad_scores, query, key, attn_mask=None, is_causal=False, sc
 
     Parameters
     ----------
-    grad_scores : (..., L, S) floating
+    grad : (..., L, S) floating
         Shaped like the attention weights (``batch_shape + (L, S)``).
     query, key, attn_mask, is_causal, scale, enable_gqa, window, softcap, causal_alignment, precision
         As in :func:`attnref.attention_weights`.
@@ -197,11 +197,25 @@ def scores_backward(grad_scores, query, key, attn_mask=None, is_causal=False, sc
     Returns
     -------
     (dq, dk) : query's and key's shapes, in the output dtype of the forward.
+
+    Examples
+    --------
+    A gradient step on Q and K lowers a regulariser of the weights:
+
+    >>> from attnref import attention_weights
+    >>> from attnref.analysis import head_diversity_regularizer
+    >>> rng = np.random.default_rng(0)
+    >>> q, k = rng.normal(size=(2, 5, 4)), rng.normal(size=(2, 5, 4))
+    >>> before = head_diversity_regularizer(attention_weights(q, k))
+    >>> dq, dk = scores_backward(before.grad, q, k)
+    >>> after = head_diversity_regularizer(attention_weights(q - 0.5 * dq, k - 0.5 * dk))
+    >>> bool(after.loss < before.loss)
+    True
     """
     call = sdpa_call(query, key, np.empty(np.shape(key)[:-1] + (0,), np.asarray(key).dtype),
                      attn_mask, 0.0, is_causal, scale, enable_gqa, window=window,
                      softcap=softcap, precision=precision, causal_alignment=causal_alignment)
-    grad_scores = _saved("grad_scores", grad_scores, call.batch_shape + (call.L, call.S), call)
+    grad_scores = _saved("grad", grad, call.batch_shape + (call.L, call.S), call)
     query_g, key_g, _, mask = _grouped(call)
     with np.errstate(invalid="ignore", over="ignore"):
         scores = _scores(call, query_g, key_g)
@@ -229,7 +243,7 @@ def _check_no_dropout(dropout_p):
 
 def _saved(name, array, shape, call, input_dtype=None):
     """A tensor the backward receives (``grad_out``, ``out``, ``lse``,
-    ``grad_scores``) checked against the forward's ``shape`` and converted to
+    ``grad``) checked against the forward's ``shape`` and converted to
     the compute dtype. With ``input_dtype`` (query's), it must have that
     dtype, as the output it is the gradient of."""
     array = float_array(name, array)

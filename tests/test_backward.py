@@ -1,6 +1,7 @@
 """The NumPy backward (attnref.backward): finite differences of the float64
 forward, masking, GQA, lse-combined halves, scale folding, mask gradients,
 and the forward's argument checks."""
+import doctest
 import re
 
 import numpy as np
@@ -11,7 +12,13 @@ from hypothesis import strategies as st
 import attnref
 from attnref import scaled_dot_product_attention as forward
 from attnref import scaled_dot_product_attention_backward as backward
+from attnref.analysis import regularizers
 from attnref.backward import scores_backward, sum_to_shape
+
+
+def test_docstring_examples_run():
+    failures, tried = doctest.testmod(attnref.backward)
+    assert tried > 0 and failures == 0
 
 
 @st.composite
@@ -283,3 +290,79 @@ def test_the_forwards_checks_and_messages(arguments):
     grad_out = np.ones((2, 4, 3))
     with pytest.raises(type(expected.value), match=re.escape(str(expected.value))):
         backward(grad_out, **call)
+
+
+# the regularisers' gradients carried on to query and key (scores_backward)
+REGULARIZER_FD_STEP = 1e-6
+REGULARIZER_FD_TOLERANCE = 1e-7   # as in tests/analysis/test_regularizers.py
+REGULARIZERS = {
+    "entropy": lambda weights: regularizers.entropy_regularizer(weights),
+    "sparsity": lambda weights: regularizers.sparsity_regularizer(weights, method="entropy"),
+    "diversity": lambda weights: regularizers.head_diversity_regularizer(weights),
+}
+
+
+@st.composite
+def query_key_calls(draw):
+    """Small float64 (query, key, options) with 2 query heads, options of
+    attnref.attention_weights."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    L, S, E = draw(st.integers(2, 4)), draw(st.integers(2, 4)), draw(st.integers(1, 3))
+    Hkv = draw(st.sampled_from([1, 2]))
+    query, key = rng.normal(size=(2, L, E)), rng.normal(size=(Hkv, S, E))
+    mask = rng.random((L, S)) < 0.7 if draw(st.booleans()) else None
+    options = {"attn_mask": mask, "is_causal": draw(st.booleans()), "enable_gqa": Hkv == 1,
+               "scale": draw(st.sampled_from([None, 0.7])),
+               "softcap": draw(st.sampled_from([None, 1.5]))}
+    return query, key, options
+
+
+@pytest.mark.parametrize("name", sorted(REGULARIZERS))
+@settings(max_examples=40)
+@given(call=query_key_calls())
+def test_regularizer_gradients_on_query_and_key_equal_central_differences(name, call):
+    query, key, options = call
+    regularizer = REGULARIZERS[name]
+
+    def loss(query, key):
+        return regularizer(attnref.attention_weights(query, key, **options)).loss
+
+    if not np.isfinite(loss(query, key)):
+        return                                          # every row masked: nothing to train
+    dq, dk = scores_backward(
+        regularizer(attnref.attention_weights(query, key, **options)).grad, query, key,
+        **options)
+    for array, analytic, other in ((query, dq, key), (key, dk, query)):
+        assert analytic.shape == array.shape and analytic.dtype == np.float64
+        numeric = np.zeros_like(array)
+        for index in np.ndindex(array.shape):
+            step = np.zeros_like(array)
+            step[index] = REGULARIZER_FD_STEP
+            if array is query:
+                upper, lower = loss(query + step, key), loss(query - step, key)
+            else:
+                upper, lower = loss(query, key + step), loss(query, key - step)
+            numeric[index] = (upper - lower) / (2 * REGULARIZER_FD_STEP)
+        np.testing.assert_allclose(analytic, numeric, atol=REGULARIZER_FD_TOLERANCE, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(REGULARIZERS))
+def test_gradient_steps_on_query_and_key_lower_the_regularizer(name):
+    rng = np.random.default_rng(1)
+    query, key = rng.normal(size=(4, 8, 16)), rng.normal(size=(4, 8, 16))
+    regularizer = REGULARIZERS[name]
+    losses = []
+    for _ in range(20):
+        result = regularizer(attnref.attention_weights(query, key, is_causal=True))
+        losses.append(result.loss)
+        dq, dk = scores_backward(result.grad, query, key, is_causal=True)
+        query, key = query - 2.0 * dq, key - 2.0 * dk
+    assert all(later < earlier for earlier, later in zip(losses, losses[1:])), losses
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+def test_scores_backward_checks_the_grad_shape():
+    query, key = np.ones((2, 3, 4)), np.ones((2, 5, 4))
+    with pytest.raises(ValueError, match=r"grad must have the forward's shape "
+                                         r"\(2, 3, 5\), got shape \(3, 5\)"):
+        scores_backward(np.ones((3, 5)), query, key)

@@ -1,5 +1,8 @@
 """The oracle: conformance cases, semantics profiles, the tolerance rule and
-the harness that checks other attention implementations against attnref."""
+the harness that checks other attention implementations against attnref
+(forward: :mod:`~attnref.testing.conformance`; backward:
+:mod:`~attnref.testing.backward`)."""
+from .backward import assert_conforms_backward, check_backward
 from .cases import CAPABILITIES, SUITES, Case
 from .conformance import (CaseResult, ConformanceReport, assert_conforms, case_inputs,
                           check)
@@ -8,5 +11,6 @@ from .tolerance import (equivalence_bound, max_abs_error, reference_dtype,
                         reference_errors)
 
 __all__ = ["CAPABILITIES", "SUITES", "Case", "CaseResult", "ConformanceReport",
-           "assert_conforms", "case_inputs", "check", "PROFILES", "Semantics",
+           "assert_conforms", "assert_conforms_backward", "case_inputs", "check",
+           "check_backward", "PROFILES", "Semantics",
            "equivalence_bound", "max_abs_error", "reference_dtype", "reference_errors"]

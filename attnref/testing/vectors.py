@@ -2,7 +2,9 @@
 
 :func:`export` writes one ``.npz`` per case (the inputs exactly as an
 implementation receives them under a semantics profile, and attnref's
-reference output, log-sum-exp and, when small, weights in float64) and a
+reference output, log-sum-exp and, when small, weights in float64; from
+format version 2 on also a ``grad_out`` and the gradients ``dq``, ``dk``,
+``dv`` of :mod:`attnref.testing.backward`) and a
 ``manifest.json`` that describes them, carries each file's sha256 and states
 the tolerance rule with every number needed to apply it without attnref.
 :func:`verify` re-checks such a directory against attnref, trusting nothing
@@ -253,8 +255,11 @@ def verify(directory, *, progress=True):
     those attnref generates; and each stored reference judged as a float64
     candidate under the tolerance rule (error against attnref's long double
     reference <= 2 x the error of its float64 reference +
-    ``4 eps max(1, value_scale)``), which absorbs the last-bit differences
-    another BLAS gives.
+    ``4 eps max(1, value_scale)``, a gradient's value scale being its gamma
+    from :func:`attnref.testing.backward.gradient_magnitudes`), which absorbs
+    the last-bit differences another BLAS gives. Format versions 1 and 2
+    (:data:`FORMAT_VERSIONS`) are read, each with its own arrays and rule
+    text.
 
     Parameters
     ----------

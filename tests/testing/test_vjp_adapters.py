@@ -83,7 +83,7 @@ def test_attnref_numpy_vjp_is_its_backward():
         np.testing.assert_array_equal(gradient, reference)
 
 
-# Measured with torch 2.13.0+cpu (docs/torch-2.13-conformance.md, "Backward"):
+# Measured with torch 2.13.0+cpu (docs/torch-2.13-backward.md):
 # torch's default CPU backend (the flash CPU kernel) against the standard suite.
 TORCH_2_13_FAILURES = {
     "float32": {f"{case}:{gradient}" for case in ("finfo_min_rows", "nan_behind_mask")

@@ -13,7 +13,11 @@
     ``attnref-numpy``, ``attnref-c``; see :mod:`attnref.testing.adapters`)
     or on ``package.module:function``, prints the table and exits 1 when a
     case fails (with ``--strict``, also when one is a hazard). Progress goes
-    to stderr.
+    to stderr. ``--backward`` judges the backward pass instead
+    (:func:`attnref.testing.backward.check_backward`, a row per case and
+    gradient) through a VJP adapter (``torch``, ``jax``, ``attnref-numpy``;
+    :mod:`attnref.testing.vjp_adapters`) or a ``package.module:function``
+    with the VJP signature.
 ``attnref check --matrix [--out PATH]``
     Measures every installed adapter convention by convention
     (:mod:`attnref.testing.matrix`) and prints the Markdown table, or writes
@@ -110,7 +114,9 @@ from .core import scaled_dot_product_attention
 from .testing import CAPABILITIES, PROFILES, SUITES, adapters, check, matrix, vectors
 from .testing.conformance import DTYPES as CHECK_DTYPES
 from .testing.conformance import RULES, signature_capabilities
+from .testing.backward import check_backward
 from .testing.tolerance import reference_dtype, reference_errors
+from .testing.vjp_adapters import VJP_ADAPTERS
 
 DTYPES = ("float16", "float32", "float64")
 BENCH_SIZES, BENCH_QUICK_SIZES = (512, 1024, 2048), (256, 1024)  # attnref bench's N
@@ -184,9 +190,12 @@ def _check(arguments):
     if arguments.implementation is None:
         arguments.parser.error("the following arguments are required: implementation")
     target, adapter = arguments.implementation
+    run = check
+    if arguments.backward:
+        adapter, run = _backward_adapter(arguments, target, adapter), check_backward
     capabilities = (adapter.capabilities if arguments.capabilities is None
                     else arguments.capabilities)
-    report = check(adapter.fn, suite=arguments.suite, dtype=arguments.dtype,
+    report = run(adapter.fn, suite=arguments.suite, dtype=arguments.dtype,
                    semantics=arguments.semantics or adapter.semantics,
                    capabilities=capabilities, seed=arguments.seed, rule=arguments.rule,
                    progress=True, name=_implementation_name(target, adapter),
@@ -213,6 +222,20 @@ def _matrix(arguments):
         print(f"wrote the conformance matrix of {len(targets)} implementations to "
               f"{arguments.out}")
     return 0
+
+
+def _backward_adapter(arguments, target, adapter):
+    """The VJP adapter ``attnref check TARGET --backward`` runs: the one of
+    that name, or the user's ``package.module:function`` itself (taking the
+    VJP signature); a usage error for a forward adapter without a backward."""
+    if target in VJP_ADAPTERS:
+        return VJP_ADAPTERS[target]
+    if target in adapters.ADAPTERS:
+        arguments.parser.fail(ValueError(
+            f"--backward has no adapter for {target!r}; backward adapters: "
+            f"{', '.join(VJP_ADAPTERS)}, or package.module:function taking (query, key, value, "
+            f"grad_out, attn_mask, dropout_p, is_causal, scale, enable_gqa) -> (dq, dk, dv)"))
+    return adapter
 
 
 def _finite_json(value):
@@ -758,6 +781,11 @@ def build_parser():
              "adapter's claims; everything for package.module:function)")
     check_parser.add_argument("--json", metavar="PATH", type=_output_file,
                               help="also write the report as JSON")
+    check_parser.add_argument(
+        "--backward", action="store_true",
+        help=f"judge the backward pass instead (attnref.testing.backward.check_backward): "
+             f"one of {', '.join(VJP_ADAPTERS)}, or package.module:function taking (query, key, "
+             f"value, grad_out, ...) and returning (dq, dk, dv)")
     check_parser.set_defaults(run=_check, parser=check_parser)
 
     report_parser = commands.add_parser(

@@ -733,3 +733,50 @@ def test_matrix_options_are_checked(capsys, argv, message):
         cli.main(argv)
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == message
+
+
+BROKEN_VJP_MODULE = """
+from attnref import scaled_dot_product_attention_backward
+
+
+def unscaled_dq(query, key, value, grad_out, attn_mask=None, dropout_p=0.0, is_causal=False,
+                scale=None, enable_gqa=False):
+    dq, dk, dv, _ = scaled_dot_product_attention_backward(
+        grad_out, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+    return 2 * dq, dk, dv
+"""
+
+
+def test_check_backward_judges_each_gradient(capsys):
+    status, out, err = run(capsys, "check", "attnref-numpy", "--backward", "--suite", "quick")
+    assert status == 0
+    assert out.startswith("attnref-numpy: suite 'quick', float32, semantics 'torch'")
+    assert "\naligned:dq " in out and "\nhuge_scores:dv " in out
+    assert "24 pass, 0 fail, 0 error, 0 skip" in out
+    assert err.splitlines()[0] == "[1/8] aligned: dq pass, dk pass, dv pass"
+
+
+def test_check_backward_of_a_user_vjp_exits_1_when_a_gradient_fails(capsys, tmp_path,
+                                                                    monkeypatch):
+    (tmp_path / "broken_vjp.py").write_text(BROKEN_VJP_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    status, out, _ = run(capsys, "check", "broken_vjp:unscaled_dq", "--backward", "--suite",
+                         "quick", "--json", str(tmp_path / "report.json"))
+    assert status == 1 and "aligned:dq               FAIL" in out
+    assert "aligned:dk               PASS" in out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["counts"]["fail"] >= 7 and not report["passed"]
+
+
+def test_check_backward_names_the_torch_version(capsys):
+    torch = pytest.importorskip("torch")
+    status, out, _ = run(capsys, "check", "torch", "--backward", "--suite", "quick")
+    assert status == 0
+    assert out.startswith(f"torch (torch {torch.__version__}): suite 'quick'")
+
+
+def test_check_backward_of_a_forward_only_adapter_is_a_usage_error(capsys):
+    assert usage_error(capsys, "check", "attnref-c", "--backward") == [
+        "attnref check: error: --backward has no adapter for 'attnref-c'; backward adapters: "
+        "torch, jax, attnref-numpy, or package.module:function taking (query, key, value, "
+        "grad_out, attn_mask, dropout_p, is_causal, scale, enable_gqa) -> (dq, dk, dv)"]

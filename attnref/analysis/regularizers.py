@@ -33,6 +33,15 @@ weights sum to 1), which is why a loss that depends on the weights only
 through their row sums, like the seed's L1 term, has zero gradient.
 
 All arithmetic is float64.
+
+Training on query and key. The scores are :math:`s = \text{scale}\; Q K^\top`
+(soft-capped, plus any bias), so :func:`attnref.backward.scores_backward`
+carries a regulariser's ``grad`` on to :math:`\partial \mathcal{L} /
+\partial Q` and :math:`\partial \mathcal{L} / \partial K` through the
+chain rule of the attention backward, and a gradient step on Q and K lowers
+the regulariser. It lives in :mod:`attnref.backward`, outside this NumPy-only
+package, because it reads the attention call's arguments (mask, GQA,
+softcap) through attnref's checks.
 """
 from __future__ import annotations
 

@@ -2,7 +2,9 @@
 
 :func:`export` writes one ``.npz`` per case (the inputs exactly as an
 implementation receives them under a semantics profile, and attnref's
-reference output, log-sum-exp and, when small, weights in float64) and a
+reference output, log-sum-exp and, when small, weights in float64; from
+format version 2 on also a ``grad_out`` and the gradients ``dq``, ``dk``,
+``dv`` of :mod:`attnref.testing.backward`) and a
 ``manifest.json`` that describes them, carries each file's sha256 and states
 the tolerance rule with every number needed to apply it without attnref.
 :func:`verify` re-checks such a directory against attnref, trusting nothing
@@ -37,13 +39,19 @@ import numpy as np
 from .. import __version__
 from .._files import field, load_json, read_limited
 from ..core import scaled_dot_product_attention
+from .backward import case_grad_out, gradient_magnitudes, reference_gradients
 from .conformance import _suite
 from .semantics import ALIGNMENTS, PROFILES, REFERENCE_FIELDS, Semantics, profile
 from .tolerance import (FACTOR, FLOOR_EPS, equivalence_bound, max_abs_error,
                         reference_dtype)
 
 FORMAT = "attnref-vectors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""What :func:`export` writes by default. Version 2 adds ``grad_out`` and
+the gradients ``dq``, ``dk``, ``dv``; version 1 has neither."""
+FORMAT_VERSIONS = (1, 2)
+"""The versions :func:`verify` reads (and :func:`export` writes)."""
+GRADIENTS = ("dq", "dk", "dv")
 MANIFEST = "manifest.json"
 MAX_WEIGHT_ENTRIES = 65536
 """Weights are stored when B * Hq * L * S is at most this (512 KiB in float64)."""
@@ -64,7 +72,7 @@ ZIP_TRAILER = 65535 + 22 + 56 + 20
 """The bytes after the central directory, at most: the end record (22) with
 the longest comment a zip holds (65535), and the zip64 end record (56) and
 locator (20)."""
-RULE = (
+RULE_V1 = (
     "A candidate array x (the output; lse and weights likewise) passes a case when "
     "max |x - reference| <= bound, where bound = factor * baseline_error + floor_eps * "
     "eps * max(1, value_scale). reference is the array stored in the case's file: "
@@ -74,6 +82,16 @@ RULE = (
     "its finite entries, eps is the machine epsilon of dtype. A NaN where the reference "
     "has a number, or a number where it has NaN, fails whatever the bound; positions "
     "where both are NaN, or both the same infinity, agree.")
+RULE = RULE_V1 + (
+    " The gradients dq, dk and dv (of sum(grad_out * output) with respect to query, key "
+    "and value) pass under the same formula with one change: their value_scale is gamma, "
+    "the largest entry of the gradient's formula with every term taken in absolute value "
+    "(gamma_dv = max P^T |grad_out|, gamma_dq = max scale M |K|, gamma_dk = max scale M^T "
+    "|Q|, M = P o (|grad_out| |V|^T + rowsum(|grad_out| o P |V|)), P the weights, summed "
+    "over the query heads of each key/value head), computed in reference_dtype: dq and dk "
+    "come out of a cancellation, so their rounding scales with these terms, not with "
+    "their own size.")
+"""The rule's text for the current version (:data:`RULE_V1` for version 1)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +142,7 @@ _UNREAD_ZIP_FLAGS = 0x1 | 0x20 | 0x40
 
 
 def export(directory, suite="standard", *, seed=0, dtype="float32", semantics="torch",
-           progress=True):
+           progress=True, format_version=FORMAT_VERSION):
     """Write a suite's golden vectors to ``directory``.
 
     Parameters
@@ -143,6 +161,10 @@ def export(directory, suite="standard", *, seed=0, dtype="float32", semantics="t
         reference is computed under (causal alignment, fully masked rows).
     progress : bool
         One line per case on stderr.
+    format_version : {1, 2}
+        2 (the default) also stores ``grad_out`` and the float64 gradients
+        ``dq``, ``dk``, ``dv`` (:mod:`attnref.testing.backward`); 1 writes
+        the earlier format, without them, for readers not yet updated.
 
     Returns
     -------
@@ -160,14 +182,18 @@ def export(directory, suite="standard", *, seed=0, dtype="float32", semantics="t
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     semantics = profile(semantics)
+    if isinstance(format_version, bool) or format_version not in FORMAT_VERSIONS:
+        raise ValueError(f"format_version must be one of {FORMAT_VERSIONS}, got "
+                         f"{format_version!r}")
     wide_dtype = reference_dtype(dtype)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     entries = []
     for position, case in enumerate(cases.values(), 1):
-        inputs = case.inputs(seed, dtype)
+        inputs = _case_inputs(case, seed, dtype, format_version)
         wide = _reference_arrays(inputs, semantics, wide_dtype)
         baseline = _reference_arrays(inputs, semantics, dtype)
+        scales = _value_scales(inputs, semantics, wide_dtype, wide)
         arrays = {**_input_arrays(inputs, semantics),
                   **{name: array.astype(np.float64) for name, array in wide.items()}}
         archive = _npz_bytes(arrays)
@@ -181,20 +207,21 @@ def export(directory, suite="standard", *, seed=0, dtype="float32", semantics="t
             "parameters": _parameters(case),
             "requires": sorted(case.requires),
             "arrays": _array_table(arrays),
-            "tolerance": {name: _tolerance(baseline[name], wide[name]) for name in wide},
+            "tolerance": {name: _tolerance(baseline[name], wide[name], scales[name])
+                          for name in wide},
         })
         if progress:
             print(f"[{position}/{len(cases)}] {case.name} -> {directory / file_name}",
                   file=sys.stderr, flush=True)
     manifest = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": format_version,
         "attnref_version": __version__,
         "suite": suite,
         "seed": int(seed),
         "dtype": dtype.name,
         "semantics": semantics.reference_conventions(),
-        "tolerance": _rule_numbers(dtype),
+        "tolerance": _rule_numbers(dtype, format_version),
         "max_weight_entries": MAX_WEIGHT_ENTRIES,
         "cases": entries,
     }
@@ -227,8 +254,11 @@ def verify(directory, *, progress=True):
     those attnref generates; and each stored reference judged as a float64
     candidate under the tolerance rule (error against attnref's long double
     reference <= 2 x the error of its float64 reference +
-    ``4 eps max(1, value_scale)``), which absorbs the last-bit differences
-    another BLAS gives.
+    ``4 eps max(1, value_scale)``, a gradient's value scale being its gamma
+    from :func:`attnref.testing.backward.gradient_magnitudes`), which absorbs
+    the last-bit differences another BLAS gives. Format versions 1 and 2
+    (:data:`FORMAT_VERSIONS`) are read, each with its own arrays and rule
+    text.
 
     Parameters
     ----------
@@ -261,7 +291,7 @@ def verify(directory, *, progress=True):
     for position, (name, entry, problems) in enumerate(listing, 1):
         if entry is not None:
             problems = problems + _case_problems(directory, entry, cases[name], manifest["seed"],
-                                                 dtype, semantics)
+                                                 dtype, semantics, manifest["format_version"])
         ok = not problems
         message = _printable("; ".join(problems)) if problems else \
             "matches the manifest and attnref"
@@ -283,12 +313,12 @@ def _input_dtype(dtype):
     return resolved
 
 
-def _rule_numbers(dtype):
-    """The manifest's ``tolerance`` field: the rule and its constants for
-    ``dtype`` inputs."""
+def _rule_numbers(dtype, format_version):
+    """The manifest's ``tolerance`` field: the rule (as ``format_version``
+    states it) and its constants for ``dtype`` inputs."""
     wide_dtype = reference_dtype(dtype)
     return {
-        "rule": RULE,
+        "rule": RULE if format_version >= 2 else RULE_V1,
         "factor": FACTOR,
         "floor_eps": FLOOR_EPS,
         "eps": float(np.finfo(dtype).eps),
@@ -298,9 +328,20 @@ def _rule_numbers(dtype):
     }
 
 
+def _case_inputs(case, seed, dtype, format_version):
+    """A case's inputs (:meth:`~attnref.testing.Case.inputs`), with its
+    ``grad_out`` (:func:`attnref.testing.backward.case_grad_out`) from
+    format version 2 on."""
+    inputs = case.inputs(seed, dtype)
+    if format_version >= 2:
+        inputs["grad_out"] = case_grad_out(case, seed, dtype)
+    return inputs
+
+
 def _input_arrays(inputs, semantics):
     """The inputs as ``semantics`` hands them to an implementation, one array
-    per argument; an argument that is None is left out."""
+    per argument (an argument that is None is left out), then ``grad_out``
+    when the inputs have one."""
     (query, key, value), options = semantics.arguments(inputs)
     arrays = {"query": query, "key": key, "value": value}
     if options["attn_mask"] is not None:
@@ -314,6 +355,8 @@ def _input_arrays(inputs, semantics):
     if "window" in options:  # (left, right); -1 leaves a side unbounded, as ONNX's windows
         arrays["window"] = np.array([-1 if side is None else side for side in options["window"]],
                                     dtype=np.int64)
+    if "grad_out" in inputs:
+        arrays["grad_out"] = inputs["grad_out"]
     return arrays
 
 
@@ -326,7 +369,9 @@ def _stores_weights(rows, S):
 def _reference_arrays(inputs, semantics, dtype):
     """attnref's output (B, Hq, L, Ev), lse (B, Hq, L) and, when at most
     ``MAX_WEIGHT_ENTRIES``, weights (B, Hq, L, S) for one case under
-    ``semantics``, computed in ``dtype``.
+    ``semantics``, computed in ``dtype``; with a ``grad_out`` in the inputs,
+    also the gradients dq (B, Hq, L, E), dk (B, Hkv, S, E) and dv (B, Hkv,
+    S, Ev) of :func:`attnref.testing.backward.reference_gradients`.
 
     The lse is the log-sum-exp of the visible scaled scores: ``-inf`` for a
     fully masked row under every profile. The weights of such a row follow
@@ -350,17 +395,38 @@ def _reference_arrays(inputs, semantics, dtype):
         masked = np.isneginf(result.lse)[..., None]                # (B, Hq, L, 1)
         fill = _masked_row_weight(semantics.masked_rows, S)
         arrays["weights"] = np.where(masked, fill, result.weights).astype(result.weights.dtype)
+    if "grad_out" in inputs:
+        arrays.update(reference_gradients(inputs, inputs["grad_out"], semantics, dtype))
     return arrays
 
 
-def _reference_table(case):
+def _value_scales(inputs, semantics, dtype, references):
+    """Each reference's ``value_scale``: ``max |reference|`` over its finite
+    entries, and for a gradient its gamma
+    (:func:`attnref.testing.backward.gradient_magnitudes`, in ``dtype``)."""
+    scales = {name: _largest_finite(array) for name, array in references.items()}
+    if "grad_out" in inputs:
+        scales.update(gradient_magnitudes(inputs, inputs["grad_out"], semantics, dtype))
+    return scales
+
+
+def _largest_finite(array):
+    """``max |array|`` over its finite entries (0 when there are none)."""
+    return float(np.max(np.abs(array[np.isfinite(array)]), initial=0.0))
+
+
+def _reference_table(case, format_version):
     """The manifest's description of a case's stored references, from its
-    shape parameters alone: output (B, Hq, L, Ev), lse (B, Hq, L) and, when
-    stored, weights (B, Hq, L, S), all float64."""
-    B, Hq, L, S = case.B, case.Hq, case.L, case.S
+    shape parameters alone: output (B, Hq, L, Ev), lse (B, Hq, L), when
+    stored weights (B, Hq, L, S), and from format version 2 on dq (B, Hq,
+    L, E), dk (B, Hkv, S, E), dv (B, Hkv, S, Ev), all float64."""
+    B, Hq, Hkv, L, S = case.B, case.Hq, case.heads_kv, case.L, case.S
     shapes = {"output": [B, Hq, L, case.value_dim], "lse": [B, Hq, L]}
     if _stores_weights(B * Hq * L, S):
         shapes["weights"] = [B, Hq, L, S]
+    if format_version >= 2:
+        shapes.update(dq=[B, Hq, L, case.E], dk=[B, Hkv, S, case.E],
+                      dv=[B, Hkv, S, case.value_dim])
     return {name: {"shape": shape, "dtype": "float64"} for name, shape in shapes.items()}
 
 
@@ -378,11 +444,10 @@ def _masked_row_weight(masked_rows, S):
                 f"masked_rows must be 'zero', 'nan' or 'uniform', got {masked_rows!r}")
 
 
-def _tolerance(baseline, wide):
+def _tolerance(baseline, wide, value_scale):
     """The rule's numbers for one reference array: ``baseline`` computed in
-    the candidate's dtype, ``wide`` in the reference dtype."""
-    finite = np.abs(wide[np.isfinite(wide)])
-    value_scale = float(np.max(finite, initial=0.0))
+    the candidate's dtype, ``wide`` in the reference dtype, ``value_scale``
+    from :func:`_value_scales`."""
     baseline_error = max_abs_error(baseline, wide)
     return {"baseline_error": baseline_error, "value_scale": value_scale,
             "bound": equivalence_bound(baseline_error, baseline.dtype, value_scale)}
@@ -454,9 +519,9 @@ def _read_manifest(directory):
     if found != FORMAT:
         raise ValueError(f"{path}: format is {found!r:.80}, expected {FORMAT!r}")
     version = manifest.get("format_version")
-    if isinstance(version, bool) or version != FORMAT_VERSION:
+    if isinstance(version, bool) or version not in FORMAT_VERSIONS:
         raise ValueError(f"{path}: format_version is {version!r:.80}, this attnref reads "
-                         f"version {FORMAT_VERSION}")
+                         f"versions {' and '.join(map(str, FORMAT_VERSIONS))}")
     _check_json(manifest, _MANIFEST_FIELDS, str(path), "")
     try:
         cases = _suite(manifest["suite"])
@@ -468,7 +533,7 @@ def _read_manifest(directory):
                          f"{manifest['seed']}")
     semantics = _manifest_semantics(manifest["semantics"], path)
     fixed = {f"tolerance.{name}": (manifest["tolerance"][name], expected, "the rule")
-             for name, expected in _rule_numbers(dtype).items()}
+             for name, expected in _rule_numbers(dtype, version).items()}
     fixed["max_weight_entries"] = (manifest["max_weight_entries"], MAX_WEIGHT_ENTRIES,
                                    "which weights are stored")
     for name, (stored, expected, meaning) in fixed.items():
@@ -591,18 +656,20 @@ def _longest_increasing(values):
     return kept
 
 
-def _case_problems(directory, entry, case, seed, dtype, semantics):
+def _case_problems(directory, entry, case, seed, dtype, semantics, format_version):
     """Everything wrong with one listed case (empty when nothing is)."""
-    inputs = case.inputs(seed, dtype)
+    inputs = _case_inputs(case, seed, dtype, format_version)
     expected_inputs = _input_arrays(inputs, semantics)
-    expected_table = {**_array_table(expected_inputs), **_reference_table(case)}
+    expected_table = {**_array_table(expected_inputs), **_reference_table(case, format_version)}
     wide_dtype = reference_dtype(dtype)
     # the references in every dtype the checks need, each computed once: the
     # manifest's numbers (dtype against its reference dtype) and the stored
     # references' judgement (float64 against long double)
     references = {each: _reference_arrays(inputs, semantics, each) for each in
                   {dtype, wide_dtype, np.dtype(np.float64), reference_dtype(np.float64)}}
-    tolerance = {name: _tolerance(references[dtype][name], wide)
+    scales = {each: _value_scales(inputs, semantics, each, references[each])
+              for each in {wide_dtype, reference_dtype(np.float64)}}
+    tolerance = {name: _tolerance(references[dtype][name], wide, scales[wide_dtype][name])
                  for name, wide in references[wide_dtype].items()}
     problems = _entry_problems(entry, case, expected_table, tolerance)
     try:
@@ -617,7 +684,8 @@ def _case_problems(directory, entry, case, seed, dtype, semantics):
     arrays, archive_problems = _read_archive(archive, expected_table, path.name)
     return (problems + archive_problems
             + _array_problems(arrays, expected_inputs, references[np.dtype(np.float64)],
-                              references[reference_dtype(np.float64)]))
+                              references[reference_dtype(np.float64)],
+                              scales[reference_dtype(np.float64)]))
 
 
 def _entry_problems(entry, case, expected_table, tolerance):
@@ -783,10 +851,11 @@ def _one_line(error):
     return f"{' '.join(str(error).split()):.200}"
 
 
-def _array_problems(arrays, expected_inputs, baseline, wide):
+def _array_problems(arrays, expected_inputs, baseline, wide, scales):
     """Where the arrays read differ from the inputs attnref generates (bit
-    for bit) or from its references (``wide``, long double) beyond the
-    float64 rule (``baseline``: the same references in float64)."""
+    for bit) or from its references (``wide``, long double, whose value
+    scales are ``scales``) beyond the float64 rule (``baseline``: the same
+    references in float64)."""
     problems = []
     for input_name, expected in expected_inputs.items():
         if input_name in arrays and not _identical(arrays[input_name], expected):
@@ -795,7 +864,7 @@ def _array_problems(arrays, expected_inputs, baseline, wide):
     for reference_name in [name for name in wide if name in arrays]:
         stored, recomputed = arrays[reference_name], wide[reference_name]
         error = max_abs_error(stored, recomputed)
-        bound = _tolerance(baseline[reference_name], recomputed)["bound"]
+        bound = _tolerance(baseline[reference_name], recomputed, scales[reference_name])["bound"]
         if not error <= bound:
             problems.append(f"{reference_name} is {error:.3g} from attnref's reference, more "
                             f"than the float64 bound {bound:.3g}")

@@ -57,7 +57,7 @@ def test_manifest_names_the_format_suite_profile_and_rule(quick):
     directory, manifest = quick
     assert json.loads((directory / "manifest.json").read_text()) == manifest
     assert manifest["format"] == "attnref-vectors"
-    assert manifest["format_version"] == 1
+    assert manifest["format_version"] == 2
     assert manifest["attnref_version"] == attnref.__version__
     assert (manifest["suite"], manifest["seed"], manifest["dtype"]) == ("quick", 0, "float32")
     assert manifest["semantics"] == {
@@ -97,6 +97,11 @@ def test_case_entries_give_parameters_shapes_and_a_bound(quick):
         assert shapes["lse"] == (B, Hq, L)
         assert shapes["weights"] == (B, Hq, L, S)
         assert shapes["is_causal"] == shapes["enable_gqa"] == ()
+        assert shapes["grad_out"] == (B, Hq, L, case.value_dim)
+        assert (shapes["dq"], shapes["dk"], shapes["dv"]) == (
+            (B, Hq, L, case.E), (B, Hkv, S, case.E), (B, Hkv, S, case.value_dim))
+        assert entry["arrays"]["grad_out"]["dtype"] == "float32"
+        assert set(entry["tolerance"]) == {"output", "lse", "weights", "dq", "dk", "dv"}
         assert entry["arrays"]["query"]["dtype"] == "float32"
         assert entry["arrays"]["output"]["dtype"] == "float64"
         for numbers in entry["tolerance"].values():
@@ -271,7 +276,8 @@ def test_verify_reports_missing_and_unexpected_members(tmp_path):
     results = {name: (ok, message) for name, ok, message in verify(tmp_path, progress=False)}
     assert results["aligned"] == (False, f"{tmp_path / 'aligned.npz'} not found")
     ok, message = results["causal"]
-    assert not ok and "causal.npz holds ['enable_gqa.npy', 'is_causal.npy', 'key.npy'" in message
+    assert not ok and ("causal.npz holds ['dk.npy', 'dq.npy', 'dv.npy', 'enable_gqa.npy', "
+                       "'grad_out.npy', 'is_causal.npy', 'key.npy'" in message)
     assert ("weights.npy in causal.npz is '<f8' (1, 2, 33, 32) in C order, the case expects "
             "'<f8' (1, 2, 33, 33) in C order" in message)
     ok, message = results["gqa"]
@@ -289,8 +295,9 @@ def test_verify_rejects_a_malformed_directory_naming_the_path(tmp_path):
     manifest = export(tmp_path, "quick", progress=False)
     for change, message in (
             ({"format": "npz"}, r"format is 'npz', expected 'attnref-vectors'"),
-            ({"format_version": 2}, r"format_version is 2, this attnref reads version 1"),
-            ({"format_version": True}, r"format_version is True, this attnref reads version 1"),
+            ({"format_version": 3}, r"format_version is 3, this attnref reads versions 1 and 2"),
+            ({"format_version": True},
+             r"format_version is True, this attnref reads versions 1 and 2"),
             ({"suite": "huge"}, r"suite must be one of .*, got 'huge'"),
             ({"dtype": "int8"}, r"dtype must be float16, float32 or float64, got 'int8'"),
             ({"cases": {"aligned": {}}}, r"the field 'cases' must be an array")):
@@ -308,6 +315,10 @@ def test_export_rejects_bad_arguments(tmp_path):
         export(tmp_path, "quick", seed=-1)
     with pytest.raises(ValueError, match=r"semantics must be one of .*, got 'tf'"):
         export(tmp_path, "quick", semantics="tf")
+    for version in (0, 3, True):
+        with pytest.raises(ValueError, match=rf"format_version must be one of \(1, 2\), got "
+                                             rf"{version}"):
+            export(tmp_path, "quick", format_version=version)
 
 
 def test_plain_numpy_reads_vectors_that_attnref_reproduces_under_the_rule(standard):
@@ -327,6 +338,14 @@ def test_plain_numpy_reads_vectors_that_attnref_reproduces_under_the_rule(standa
                                                      for side in window))
         assert result.output.dtype == np.float32
         for name, candidate in (("output", result.output), ("lse", result.lse)):
+            error = max_abs_error(candidate, stored[name])
+            assert error <= entry["tolerance"][name]["bound"], (entry["name"], name, error)
+        gradients = attnref.scaled_dot_product_attention_backward(
+            stored["grad_out"], stored["query"], stored["key"], stored["value"],
+            attn_mask=stored.get("attn_mask"), is_causal=bool(stored["is_causal"]),
+            scale=None if scale is None else float(scale), enable_gqa=bool(stored["enable_gqa"]))
+        for name, candidate in zip(("dq", "dk", "dv"), gradients):
+            assert candidate.dtype == np.float32
             error = max_abs_error(candidate, stored[name])
             assert error <= entry["tolerance"][name]["bound"], (entry["name"], name, error)
 
@@ -417,8 +436,8 @@ def test_a_reference_dropped_from_the_tolerance_is_reported(exported):
     directory, _ = exported
     _edit_manifest(directory, lambda m: _entry(m, "bool_mask")["tolerance"].pop("weights"))
     assert _only_failure(directory, "bool_mask") == (
-        "the manifest's tolerance covers ['lse', 'output'], the references are "
-        "['lse', 'output', 'weights']")
+        "the manifest's tolerance covers ['dk', 'dq', 'dv', 'lse', 'output'], the references "
+        "are ['dk', 'dq', 'dv', 'lse', 'output', 'weights']")
 
 
 def test_a_nan_bound_is_refused_as_json(exported):
@@ -681,10 +700,11 @@ def test_other_npy_layouts_and_members_are_reported(exported):
     _write_members(directory, "aligned", members)
     message = _only_failure(directory, "aligned")
     for problem in (
-            "aligned.npz holds ['enable_gqa.npy', 'extra.npy', 'is_causal.npy', 'key.npy', "
-            "'lse.npy', 'output.npy', 'query.npy', 'value.npy', 'weights.npy'], expected "
-            "['enable_gqa.npy', 'is_causal.npy', 'key.npy', 'lse.npy', 'output.npy', "
-            "'query.npy', 'value.npy', 'weights.npy']",
+            "aligned.npz holds ['dk.npy', 'dq.npy', 'dv.npy', 'enable_gqa.npy', 'extra.npy', "
+            "'grad_out.npy', 'is_causal.npy', 'key.npy', 'lse.npy', 'output.npy', 'query.npy', "
+            "'value.npy', 'weights.npy'], expected ['dk.npy', 'dq.npy', 'dv.npy', "
+            "'enable_gqa.npy', 'grad_out.npy', 'is_causal.npy', 'key.npy', 'lse.npy', "
+            "'output.npy', 'query.npy', 'value.npy', 'weights.npy']",
             "query.npy in aligned.npz is '<f4' (1, 2, 64, 64) in Fortran order",
             "value.npy in aligned.npz is '>f4' (1, 2, 64, 64) in C order",
             "key.npy in aligned.npz holds 32764 bytes of data, '<f4' (1, 2, 64, 64) takes 32768",
@@ -848,7 +868,10 @@ def test_the_standard_suite_round_trips(standard):
 
 
 def test_the_full_suite_round_trips(tmp_path):
-    export(tmp_path, "full", dtype="float16", semantics="onnx", progress=False)
+    # format 1: the forward's references; the gradients (format 2) round-trip on the
+    # standard suite above, as their long double backward on the 512 x 512 cases of
+    # the full suite would triple this test's time
+    export(tmp_path, "full", dtype="float16", semantics="onnx", progress=False, format_version=1)
     results = verify(tmp_path, progress=False)
     assert [name for name, _, _ in results] == list(SUITES["full"])
     assert all(ok for _, ok, _ in results)
@@ -898,3 +921,49 @@ def test_a_name_or_path_with_control_characters_is_printed_as_a_repr(exported):
     message = _only_failure(directory, "aligned")
     assert message.isprintable() and message.startswith('"sha256 of a\\x1b[2J\\n.npz is ')
     assert "\x1b" not in message and message.endswith(r"the manifest says '\\x1b[31m'" + '"')
+
+
+def test_format_version_1_is_still_written_and_verified(tmp_path):
+    """Version 1 (before gradients): no grad_out, dq, dk or dv, the rule's
+    earlier text; verify reads it as it did, and a version 1 manifest
+    stating version 2's rule, or listing gradients, is refused."""
+    manifest = export(tmp_path, "quick", format_version=1, progress=False)
+    assert manifest["format_version"] == 1 and manifest["tolerance"]["rule"] == vectors.RULE_V1
+    for entry in manifest["cases"]:
+        assert not {"grad_out", "dq", "dk", "dv"} & set(entry["arrays"])
+        assert not {"dq", "dk", "dv"} & set(entry["tolerance"])
+        assert not {"grad_out", "dq"} & set(_load(tmp_path / entry["file"]))
+    assert all(ok for _, ok, _ in verify(tmp_path, progress=False))
+    manifest_path = tmp_path / "manifest.json"
+    manifest_path.write_text(json.dumps({**manifest, "tolerance": {
+        **manifest["tolerance"], "rule": vectors.RULE}}))
+    with pytest.raises(ValueError, match="a manifest cannot change the rule"):
+        verify(tmp_path, progress=False)
+    manifest_path.write_text(json.dumps({**manifest, "format_version": 2, "tolerance": {
+        **manifest["tolerance"], "rule": vectors.RULE}}))
+    results = dict((name, message) for name, _, message in verify(tmp_path, progress=False))
+    assert "the manifest describes ['dk', 'dq', 'dv', 'grad_out']" in results["aligned"]
+
+
+def test_version_1_and_2_share_their_forward_bytes(tmp_path):
+    """A version 2 archive is the version 1 archive plus grad_out and the
+    gradients: the forward's inputs and references are the same arrays."""
+    export(tmp_path / "one", "quick", format_version=1, progress=False)
+    export(tmp_path / "two", "quick", progress=False)
+    for name in SUITES["quick"]:
+        one, two = _load(tmp_path / "one" / f"{name}.npz"), _load(tmp_path / "two" / f"{name}.npz")
+        assert set(two) - set(one) == {"grad_out", "dq", "dk", "dv"}
+        for member, array in one.items():
+            assert array.tobytes() == two[member].tobytes(), (name, member)
+
+
+def test_verify_reports_a_changed_gradient(tmp_path):
+    manifest = export(tmp_path, "quick", progress=False)
+    stored = _load(tmp_path / "gqa.npz")
+    stored["dk"] = stored["dk"] * (1 + 1e-9)                      # far beyond float64 rounding
+    _rewrite_case(tmp_path, "gqa", stored)
+    results = {name: (ok, message) for name, ok, message in verify(tmp_path, progress=False)}
+    assert not results["gqa"][0]
+    assert re.search(r"dk is \S+ from attnref's reference, more than the float64 bound",
+                     results["gqa"][1])
+    assert sum(not ok for ok, _ in results.values()) == 1 and len(manifest["cases"]) == 8

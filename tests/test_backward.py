@@ -1,0 +1,368 @@
+"""The NumPy backward (attnref.backward): finite differences of the float64
+forward, masking, GQA, lse-combined halves, scale folding, mask gradients,
+and the forward's argument checks."""
+import doctest
+import re
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import attnref
+from attnref import scaled_dot_product_attention as forward
+from attnref import scaled_dot_product_attention_backward as backward
+from attnref.analysis import regularizers
+from attnref.backward import scores_backward, sum_to_shape
+
+
+def test_docstring_examples_run():
+    failures, tried = doctest.testmod(attnref.backward)
+    assert tried > 0 and failures == 0
+
+
+@st.composite
+def calls(draw, *, gqa=None, float_mask=None, max_length=4):
+    """Small float64 attention calls: ``(args, kwargs, grad_out)``."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    B, Hkv = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    G = draw(st.sampled_from([1, 2])) if gqa is None else (2 if gqa else 1)
+    L, S = draw(st.integers(1, max_length)), draw(st.integers(1, max_length))
+    E, Ev = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    query = rng.standard_normal((B, Hkv * G, L, E))
+    key = rng.standard_normal((B, Hkv, S, E))
+    value = rng.standard_normal((B, Hkv, S, Ev))
+    kind = draw(st.sampled_from(["none", "bool", "float"] if float_mask is None
+                                else ["float"] if float_mask else ["none", "bool"]))
+    mask_shape = draw(st.sampled_from([(L, S), (1, Hkv * G, L, S), (B, 1, 1, S)]))
+    mask = None
+    if kind == "bool":
+        mask = rng.random(mask_shape) < 0.6
+    elif kind == "float":
+        mask = rng.standard_normal(mask_shape)
+        mask[rng.random(mask_shape) < 0.2] = -np.inf
+    kwargs = {"attn_mask": mask, "is_causal": draw(st.booleans()),
+              "scale": draw(st.sampled_from([None, 0.3, 1.7])), "enable_gqa": G > 1,
+              "window": draw(st.sampled_from([None, (1, 1), (2, None)])),
+              "softcap": draw(st.sampled_from([None, 0.8, 5.0])),
+              "causal_alignment": draw(st.sampled_from(["top_left", "bottom_right"]))}
+    grad_out = rng.standard_normal((B, Hkv * G, L, Ev))
+    return (query, key, value), kwargs, grad_out
+
+
+def _loss(grad_out, args, kwargs):
+    return float(np.sum(grad_out * forward(*args, **kwargs, backend="numpy")))
+
+
+def _central_differences(array, loss, step=1e-6):
+    """d loss / d array by central differences, element by element."""
+    gradient = np.zeros_like(array)
+    for index in np.ndindex(array.shape):
+        if not np.isfinite(array[index]):
+            continue  # a -inf bias entry has no neighbourhood
+        saved = array[index]
+        array[index] = saved + step
+        upper = loss()
+        array[index] = saved - step
+        lower = loss()
+        array[index] = saved
+        gradient[index] = (upper - lower) / (2 * step)
+    return gradient
+
+
+@settings(max_examples=60)
+@given(calls())
+def test_gradients_equal_central_differences_of_the_float64_forward(call):
+    (query, key, value), kwargs, grad_out = call
+    mask = kwargs["attn_mask"]
+    has_bias = mask is not None and mask.dtype != bool
+    grads = backward(grad_out, query, key, value, **kwargs, mask_grad=has_bias)
+    operands = [("dq", query, grads.dq), ("dk", key, grads.dk), ("dv", value, grads.dv)]
+    if has_bias:
+        operands.append(("dmask", mask, grads.dmask))
+    for name, array, analytic in operands:
+        numeric = _central_differences(array, lambda: _loss(grad_out, (query, key, value),
+                                                            kwargs))
+        assert analytic.shape == array.shape, name
+        np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+@settings(max_examples=40)
+@given(calls(float_mask=False), st.sampled_from([np.nan, np.inf, 1e30]))
+def test_keys_no_query_sees_get_exactly_zero_gradients_whatever_they_hold(call, garbage):
+    (query, key, value), kwargs, grad_out = call
+    S = key.shape[-2]
+    mask = np.ones((query.shape[-2], S), bool) if kwargs["attn_mask"] is None else \
+        np.broadcast_to(kwargs["attn_mask"], query.shape[:-1] + (S,)).copy()
+    mask[..., -1] = False                               # the last key is hidden everywhere
+    kwargs["attn_mask"] = mask
+    key, value = key.copy(), value.copy()
+    key[..., -1, :] = garbage
+    value[..., -1, :] = garbage
+    grads = backward(grad_out, query, key, value, **kwargs)
+    assert np.all(grads.dk[..., -1, :] == 0) and np.all(grads.dv[..., -1, :] == 0)
+    assert all(np.isfinite(gradient).all() for gradient in grads[:3])
+
+
+@settings(max_examples=40)
+@given(calls(), st.sampled_from(["zero", "nan"]))
+def test_fully_masked_rows(call, masked_rows):
+    (query, key, value), kwargs, grad_out = call
+    S = key.shape[-2]
+    bias = np.zeros((query.shape[-2], S))
+    bias[0] = -np.inf                                   # the first query sees nothing
+    kwargs.update(attn_mask=bias, is_causal=False, window=None)
+    grads = backward(grad_out, query, key, value, **kwargs, masked_rows=masked_rows,
+                     mask_grad=True)
+    if masked_rows == "zero":
+        assert np.all(grads.dq[..., 0, :] == 0) and np.all(grads.dmask[0] == 0)
+        kept = backward(grad_out[..., 1:, :], query[..., 1:, :], key, value,
+                        **{**kwargs, "attn_mask": bias[1:]})
+        np.testing.assert_allclose(grads.dk, kept.dk, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(grads.dv, kept.dv, rtol=1e-12, atol=1e-14)
+    else:  # the forward's NaN row carries through the chain rule
+        assert np.isnan(grads.dq[..., 0, :]).all() and np.isnan(grads.dmask[0]).all()
+        assert np.isnan(grads.dk).all() and np.isnan(grads.dv).all()
+
+
+@settings(max_examples=40)
+@given(calls(gqa=True))
+def test_gqa_gradients_are_the_sums_over_the_repeated_head_call(call):
+    (query, key, value), kwargs, grad_out = call
+    G = query.shape[-3] // key.shape[-3]
+    grouped = backward(grad_out, query, key, value, **kwargs)
+    repeated = backward(grad_out, query, np.repeat(key, G, axis=-3),
+                        np.repeat(value, G, axis=-3), **{**kwargs, "enable_gqa": False})
+    np.testing.assert_allclose(grouped.dq, repeated.dq, rtol=1e-12, atol=1e-14)
+    for name in ("dk", "dv"):
+        summed = getattr(repeated, name).reshape(
+            key.shape[:-2] + (G,) + getattr(repeated, name).shape[-2:]).sum(axis=-3)
+        np.testing.assert_allclose(getattr(grouped, name), summed, rtol=1e-12, atol=1e-14)
+
+
+@settings(max_examples=40)
+@given(calls(float_mask=False, max_length=6), st.data())
+def test_lse_combined_halves_give_the_whole_gradient(call, data):
+    """Split-KV backward: each half, given the whole call's output and lse
+    (so that its weights are the whole softmax's), gives its keys' dK, dV
+    and its part of dQ."""
+    (query, key, value), kwargs, grad_out = call
+    kwargs.update(is_causal=False, window=None, attn_mask=None)  # a band is not split by keys
+    S = key.shape[-2]
+    cut = data.draw(st.integers(0, S))
+    whole = forward(query, key, value, **kwargs, return_lse=True, backend="numpy")
+    halves = [backward(grad_out, query, key[..., part, :], value[..., part, :], **kwargs,
+                       out=whole.output, lse=whole.lse)
+              for part in (slice(0, cut), slice(cut, S))]
+    expected = backward(grad_out, query, key, value, **kwargs)
+    np.testing.assert_allclose(halves[0].dq + halves[1].dq, expected.dq, rtol=1e-10, atol=1e-12)
+    for name in ("dk", "dv"):
+        joined = np.concatenate([getattr(half, name) for half in halves], axis=-2)
+        np.testing.assert_allclose(joined, getattr(expected, name), rtol=1e-10, atol=1e-12)
+
+
+@settings(max_examples=40)
+@given(calls(), st.floats(0.1, 3.0))
+def test_scale_folds_into_the_query(call, scale):
+    """sdpa(q, k, v, scale=s) = sdpa(s q, k, v, scale=1): dK and dV agree,
+    and dQ = s times the folded call's dQ (chain rule through s q)."""
+    (query, key, value), kwargs, grad_out = call
+    mask = kwargs["attn_mask"]
+    has_bias = mask is not None and mask.dtype != bool
+    scaled = backward(grad_out, query, key, value, **{**kwargs, "scale": scale},
+                      mask_grad=has_bias)
+    folded = backward(grad_out, scale * query, key, value, **{**kwargs, "scale": 1.0},
+                      mask_grad=has_bias)
+    np.testing.assert_allclose(scaled.dq, scale * folded.dq, rtol=1e-10, atol=1e-12)
+    for name in ("dk", "dv") + (("dmask",) if has_bias else ()):
+        np.testing.assert_allclose(getattr(scaled, name), getattr(folded, name),
+                                   rtol=1e-10, atol=1e-12)
+
+
+@settings(max_examples=40)
+@given(calls(float_mask=True))
+def test_bias_gradient_is_reduced_to_the_masks_broadcast_shape(call):
+    (query, key, value), kwargs, grad_out = call
+    bias = kwargs["attn_mask"]
+    full = np.broadcast_to(bias, grad_out.shape[:-1] + (key.shape[-2],)).copy()
+    shared = backward(grad_out, query, key, value, **kwargs, mask_grad=True)
+    own = backward(grad_out, query, key, value, **{**kwargs, "attn_mask": full},
+                   mask_grad=True)
+    assert shared.dmask.shape == bias.shape
+    np.testing.assert_allclose(shared.dmask, sum_to_shape(own.dmask, bias.shape),
+                               rtol=1e-12, atol=1e-14)
+
+
+@settings(max_examples=30)
+@given(calls())
+def test_saved_out_and_lse_give_the_recomputed_gradients(call):
+    (query, key, value), kwargs, grad_out = call
+    saved = forward(query, key, value, **kwargs, return_lse=True, backend="numpy")
+    fresh = backward(grad_out, query, key, value, **kwargs)
+    for out, lse in ((saved.output, None), (None, saved.lse), (saved.output, saved.lse)):
+        given_ = backward(grad_out, query, key, value, **kwargs, out=out, lse=lse)
+        for name in ("dq", "dk", "dv"):
+            np.testing.assert_allclose(getattr(given_, name), getattr(fresh, name),
+                                       rtol=1e-12, atol=1e-14)
+
+
+def test_scores_backward_is_the_tail_of_the_backward():
+    """The backward's dQ, dK equal scores_backward applied to its dS."""
+    rng = np.random.default_rng(3)
+    query, key, value = (rng.standard_normal((2, 5, 3)) for _ in range(3))
+    grad_out = rng.standard_normal((2, 5, 3))
+    bias = rng.standard_normal((5, 5))
+    grads = backward(grad_out, query, key, value, bias, softcap=2.0, mask_grad=True)
+    grad_scores = _dS(grad_out, query, key, value, bias)
+    np.testing.assert_allclose(grad_scores.sum(axis=0), grads.dmask, rtol=1e-12, atol=1e-15)
+    dq, dk = scores_backward(grad_scores, query, key, bias, softcap=2.0)
+    np.testing.assert_allclose(dq, grads.dq, rtol=1e-12)
+    np.testing.assert_allclose(dk, grads.dk, rtol=1e-12)
+
+
+def _dS(grad_out, query, key, value, bias):
+    """dS of the same call, through the weights: P (dP - D)."""
+    weights = attnref.attention_weights(query, key, bias, softcap=2.0)
+    grad_weights = grad_out @ np.swapaxes(value, -1, -2)
+    return weights * (grad_weights - np.sum(grad_weights * weights, -1, keepdims=True))
+
+
+def test_float32_inputs_give_float32_gradients_and_precision_raises_them():
+    rng = np.random.default_rng(0)
+    query, key, value, grad_out = (rng.standard_normal((2, 4, 3)).astype(np.float32)
+                                   for _ in range(4))
+    assert all(grad.dtype == np.float32 for grad in backward(grad_out, query, key, value)[:3])
+    wide = backward(grad_out, query, key, value, precision="float64")
+    assert all(grad.dtype == np.float64 for grad in wide[:3])
+
+
+def test_empty_lengths_give_empty_or_zero_gradients():
+    rng = np.random.default_rng(0)
+    query, key, value = rng.standard_normal((2, 3, 4)), np.empty((2, 0, 4)), np.empty((2, 0, 5))
+    grads = backward(np.ones((2, 3, 5)), query, key, value)
+    assert np.all(grads.dq == 0) and grads.dk.shape == (2, 0, 4) and grads.dv.shape == (2, 0, 5)
+    nan = backward(np.ones((2, 3, 5)), query, key, value, masked_rows="nan")
+    assert np.isnan(nan.dq).all()
+    empty = backward(np.ones((2, 0, 5)), np.empty((2, 0, 4)), rng.standard_normal((2, 6, 4)),
+                     rng.standard_normal((2, 6, 5)))
+    assert np.all(empty.dk == 0) and np.all(empty.dv == 0)
+
+
+@pytest.mark.parametrize("arguments, error, message", [
+    ({"grad_out": np.ones((2, 4, 4))}, ValueError, r"grad_out must have the forward's shape "
+                                                   r"\(2, 4, 3\), got shape \(2, 4, 4\)"),
+    ({"grad_out": np.ones((2, 4, 3), np.float32)}, TypeError,
+     r"grad_out must have the dtype of query \(float64\), got dtype float32"),
+    ({"grad_out": np.ones((2, 4, 3), int)}, TypeError, "grad_out must have a floating dtype"),
+    ({"dropout_p": 0.1}, ValueError, "dropout_p must be 0.0 for the backward, got 0.1"),
+    ({"dropout_p": "x"}, TypeError, "dropout_p must be a float in"),
+    ({"mask_grad": True}, ValueError, "mask_grad=True needs a float attn_mask"),
+    ({"attn_mask": np.ones((4, 4), bool), "mask_grad": True}, ValueError,
+     "got a bool mask"),
+    ({"mask_grad": 1}, TypeError, "mask_grad must be a bool, got int"),
+    ({"backend": "c"}, RuntimeError, "C kernel has no backward pass"),
+    ({"backend": "gpu"}, ValueError, "backend must be one of"),
+    ({"out": np.ones((2, 4))}, ValueError, "out must have the forward's shape"),
+    ({"lse": np.ones((2, 4, 1))}, ValueError, r"lse must have the forward's shape \(2, 4\)"),
+])
+def test_bad_arguments_are_named(arguments, error, message):
+    rng = np.random.default_rng(0)
+    call = {"grad_out": np.ones((2, 4, 3)), "query": rng.standard_normal((2, 4, 3)),
+            "key": rng.standard_normal((2, 4, 3)), "value": rng.standard_normal((2, 4, 3))}
+    call.update(arguments)
+    with pytest.raises(error, match=message):
+        backward(**call)
+
+
+@pytest.mark.parametrize("arguments", [
+    {"key": np.ones((2, 4, 5))}, {"scale": -1.0}, {"softcap": 0.0}, {"window": (1, 2, 3)},
+    {"masked_rows": "inf"}, {"causal_alignment": "middle"}, {"precision": "float16"},
+    {"attn_mask": np.ones((3, 4, 4))}, {"is_causal": 1},
+    {"query": np.ones((2, 8, 3)), "key": np.ones((1, 4, 3)), "enable_gqa": True},
+])
+def test_the_forwards_checks_and_messages(arguments):
+    rng = np.random.default_rng(0)
+    call = {"query": rng.standard_normal((2, 4, 3)), "key": rng.standard_normal((2, 4, 3)),
+            "value": rng.standard_normal((2, 4, 3))}
+    call.update(arguments)
+    with pytest.raises((ValueError, TypeError)) as expected:
+        forward(**call)
+    grad_out = np.ones((2, 4, 3))
+    with pytest.raises(type(expected.value), match=re.escape(str(expected.value))):
+        backward(grad_out, **call)
+
+
+# the regularisers' gradients carried on to query and key (scores_backward)
+REGULARIZER_FD_STEP = 1e-6
+REGULARIZER_FD_TOLERANCE = 1e-7   # as in tests/analysis/test_regularizers.py
+REGULARIZERS = {
+    "entropy": lambda weights: regularizers.entropy_regularizer(weights),
+    "sparsity": lambda weights: regularizers.sparsity_regularizer(weights, method="entropy"),
+    "diversity": lambda weights: regularizers.head_diversity_regularizer(weights),
+}
+
+
+@st.composite
+def query_key_calls(draw):
+    """Small float64 (query, key, options) with 2 query heads, options of
+    attnref.attention_weights."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    L, S, E = draw(st.integers(2, 4)), draw(st.integers(2, 4)), draw(st.integers(1, 3))
+    Hkv = draw(st.sampled_from([1, 2]))
+    query, key = rng.normal(size=(2, L, E)), rng.normal(size=(Hkv, S, E))
+    mask = rng.random((L, S)) < 0.7 if draw(st.booleans()) else None
+    options = {"attn_mask": mask, "is_causal": draw(st.booleans()), "enable_gqa": Hkv == 1,
+               "scale": draw(st.sampled_from([None, 0.7])),
+               "softcap": draw(st.sampled_from([None, 1.5]))}
+    return query, key, options
+
+
+@pytest.mark.parametrize("name", sorted(REGULARIZERS))
+@settings(max_examples=40)
+@given(call=query_key_calls())
+def test_regularizer_gradients_on_query_and_key_equal_central_differences(name, call):
+    query, key, options = call
+    regularizer = REGULARIZERS[name]
+
+    def loss(query, key):
+        return regularizer(attnref.attention_weights(query, key, **options)).loss
+
+    if not np.isfinite(loss(query, key)):
+        return                                          # every row masked: nothing to train
+    dq, dk = scores_backward(
+        regularizer(attnref.attention_weights(query, key, **options)).grad, query, key,
+        **options)
+    for array, analytic, other in ((query, dq, key), (key, dk, query)):
+        assert analytic.shape == array.shape and analytic.dtype == np.float64
+        numeric = np.zeros_like(array)
+        for index in np.ndindex(array.shape):
+            step = np.zeros_like(array)
+            step[index] = REGULARIZER_FD_STEP
+            if array is query:
+                upper, lower = loss(query + step, key), loss(query - step, key)
+            else:
+                upper, lower = loss(query, key + step), loss(query, key - step)
+            numeric[index] = (upper - lower) / (2 * REGULARIZER_FD_STEP)
+        np.testing.assert_allclose(analytic, numeric, atol=REGULARIZER_FD_TOLERANCE, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(REGULARIZERS))
+def test_gradient_steps_on_query_and_key_lower_the_regularizer(name):
+    rng = np.random.default_rng(1)
+    query, key = rng.normal(size=(4, 8, 16)), rng.normal(size=(4, 8, 16))
+    regularizer = REGULARIZERS[name]
+    losses = []
+    for _ in range(20):
+        result = regularizer(attnref.attention_weights(query, key, is_causal=True))
+        losses.append(result.loss)
+        dq, dk = scores_backward(result.grad, query, key, is_causal=True)
+        query, key = query - 2.0 * dq, key - 2.0 * dk
+    assert all(later < earlier for earlier, later in zip(losses, losses[1:])), losses
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+def test_scores_backward_checks_the_grad_shape():
+    query, key = np.ones((2, 3, 4)), np.ones((2, 5, 4))
+    with pytest.raises(ValueError, match=r"grad must have the forward's shape "
+                                         r"\(2, 3, 5\), got shape \(3, 5\)"):
+        scores_backward(np.ones((3, 5)), query, key)

@@ -456,7 +456,7 @@ def test_report_default_model_falls_back_to_demo_or_runs_minilm(capsys):
     else:
         assert out.startswith("attnref report -- all-MiniLM-L6-v2")
         # uncased BERT lower-cases and strips accents
-        assert "cora ##cao" in out.splitlines()[2]
+        assert "|cora|##cao|" in out.splitlines()[2]
 
 
 def test_report_refuses_an_unknown_model(capsys, tmp_path, monkeypatch):

@@ -212,6 +212,8 @@ def _matrix(arguments):
     if arguments.implementation is not None:
         arguments.parser.error("argument --matrix: measures every installed implementation; "
                                "leave out IMPLEMENTATION")
+    if arguments.backward:
+        arguments.parser.error("argument --matrix: measures forward passes; not with --backward")
     targets = matrix.installed_targets()
     print(f"attnref check --matrix: measuring {', '.join(targets)}", file=sys.stderr, flush=True)
     table = matrix.to_markdown(matrix.conformance_matrix(targets, progress=True))

@@ -727,6 +727,9 @@ def test_check_torch_lists_the_hazard_and_fails_only_under_strict(capsys):
      "leave out IMPLEMENTATION (see 'attnref check --help')"),
     (["check", "attnref-numpy", "--out", "table.md"],
      "attnref check: error: argument --out: only with --matrix (see 'attnref check --help')"),
+    (["check", "--matrix", "--backward"],
+     "attnref check: error: argument --matrix: measures forward passes; not with --backward "
+     "(see 'attnref check --help')"),
 ])
 def test_matrix_options_are_checked(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -744,6 +747,14 @@ def unscaled_dq(query, key, value, grad_out, attn_mask=None, dropout_p=0.0, is_c
     dq, dk, dv, _ = scaled_dot_product_attention_backward(
         grad_out, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     return 2 * dq, dk, dv
+
+
+def reads_hidden_keys(query, key, value, grad_out, attn_mask=None, dropout_p=0.0,
+                      is_causal=False, scale=None, enable_gqa=False):
+    dq, dk, dv, _ = scaled_dot_product_attention_backward(
+        grad_out, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+    leak = 0 * (key.sum() + value.sum())  # NaN when a key or value holds one, masked or not
+    return dq + leak, dk + leak, dv + leak
 """
 
 
@@ -752,7 +763,7 @@ def test_check_backward_judges_each_gradient(capsys):
     assert status == 0
     assert out.startswith("attnref-numpy: suite 'quick', float32, semantics 'torch'")
     assert "\naligned:dq " in out and "\nhuge_scores:dv " in out
-    assert "24 pass, 0 fail, 0 error, 0 skip" in out
+    assert "24 pass, 0 fail, 0 error, 0 hazard, 0 skip" in out
     assert err.splitlines()[0] == "[1/8] aligned: dq pass, dk pass, dv pass"
 
 
@@ -766,6 +777,19 @@ def test_check_backward_of_a_user_vjp_exits_1_when_a_gradient_fails(capsys, tmp_
     assert "aligned:dk               PASS" in out
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["counts"]["fail"] >= 7 and not report["passed"]
+
+
+def test_check_backward_lists_hazards_and_fails_on_them_only_under_strict(capsys, tmp_path,
+                                                                          monkeypatch):
+    (tmp_path / "broken_vjp.py").write_text(BROKEN_VJP_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    argv = ("check", "broken_vjp:reads_hidden_keys", "--backward", "--dtype", "float64")
+    status, out, _ = run(capsys, *argv)
+    assert status == 0 and "\nhazard nan_behind_mask:dq (NaN or inf in a key" in out
+    assert "\nsoftcap:dq               SKIP" in out   # no softcap keyword: not claimed
+    status, out, _ = run(capsys, *argv, "--strict")
+    assert status == 1 and "strict" in out.splitlines()[0]
+    assert "reproduce nan_behind_mask:dq" in out
 
 
 def test_check_backward_names_the_torch_version(capsys):

@@ -38,8 +38,11 @@ entry of the gradient's formula with every term taken in absolute value
     \gamma_{dQ} = \max\, \text{scale}\; M |K|, \quad
     \gamma_{dK} = \max\, \text{scale}\; M^\top |Q|, \quad
     M = P \circ \big(|dO|\,|V|^\top + \operatorname{rowsum}(|dO| \circ P|V|)\big)
+        \circ \big(1 - \tanh^2(A / c)\big)
 
-(GQA sums over each kv head's query heads, as the gradients do).
+(the last factor only with ``softcap`` c, A the scaled scores: the
+derivative of :math:`c \tanh(A / c)`; GQA sums over each kv head's query
+heads, as the gradients do).
 
 The factor 2 is FlashAttention's gradient check (Dao et al.,
 ``tests/test_flash_attn.py``: ``dq`` within twice the error of a PyTorch
@@ -76,11 +79,11 @@ import zlib
 
 import numpy as np
 
-from .. import masks
 from ..backward import scaled_dot_product_attention_backward
 from ..core import scaled_dot_product_attention
-from .cases import CAPABILITIES
-from .conformance import RULES, CaseResult, ConformanceReport, _pytorch_errors, _suite
+from .conformance import (RULES, CaseResult, ConformanceReport, _hazard_or, _output_problem,
+                          _pytorch_errors, _suite, claimed_capabilities, input_dtype,
+                          missing_capabilities)
 from .semantics import profile
 from .tolerance import equivalence_bound, max_abs_error, reference_dtype
 
@@ -92,7 +95,8 @@ def case_grad_out(case, seed=0, dtype="float32"):
     ``dtype``, from NumPy's PCG64 seeded with ``seed``, the CRC-32 of the
     case's name and 1 (the forward's inputs use the first two alone)."""
     rng = np.random.default_rng([seed, zlib.crc32(case.name.encode()), 1])
-    return rng.standard_normal((case.B, case.Hq, case.L, case.value_dim)).astype(dtype)
+    return rng.standard_normal((case.B, case.Hq, case.L, case.value_dim)).astype(
+        input_dtype(dtype))
 
 
 def case_inputs_backward(suite, name, seed=0, dtype="float32", semantics="torch"):
@@ -102,7 +106,8 @@ def case_inputs_backward(suite, name, seed=0, dtype="float32", semantics="torch"
     if name not in cases:
         raise ValueError(f"suite {suite!r} has no case {name!r}; it has {tuple(cases)}")
     case = cases[name]
-    (query, key, value), kwargs = profile(semantics).arguments(case.inputs(seed, dtype))
+    (query, key, value), kwargs = profile(semantics).arguments(
+        case.inputs(seed, input_dtype(dtype)))
     return (query, key, value, case_grad_out(case, seed, dtype)), kwargs
 
 
@@ -117,19 +122,23 @@ def reference_gradients(inputs, grad_out, semantics, dtype=None):
     mask = inputs["attn_mask"]
     if mask is not None and mask.dtype != bool and dtype is not None:
         mask = mask.astype(dtype)
+    elif mask is not None and mask.dtype.name == "bfloat16":
+        mask = mask.astype(np.float32)   # exact; attnref computes bfloat16 in float32
     options = {"attn_mask": mask, "is_causal": inputs["is_causal"], "scale": inputs["scale"],
                "enable_gqa": inputs["enable_gqa"],
-               "causal_alignment": semantics.causal_alignment,
+               "causal_alignment": semantics.alignment(arrays[0].shape[-2],
+                                                       arrays[1].shape[-2]),
+               "softcap": inputs.get("softcap"), "window": inputs.get("window"),
                "masked_rows": "nan" if semantics.masked_rows == "nan" else "zero"}
     grads = scaled_dot_product_attention_backward(grad_out, *arrays, **options,
                                                   backend="numpy")
     gradients = dict(zip(GRADIENTS, grads[:3]))
     if semantics.masked_rows == "uniform":
-        gradients = _uniform_rows(gradients, arrays, grad_out, inputs, options)
+        gradients = _uniform_rows(gradients, arrays, grad_out, inputs, options, semantics)
     return gradients
 
 
-def _uniform_rows(gradients, arrays, grad_out, inputs, options):
+def _uniform_rows(gradients, arrays, grad_out, inputs, options, semantics):
     """The gradients under JAX's fully masked rows (lse = -inf): uniform
     weights ``1/n`` over the row's ``n`` masked keys, constant in query and
     key, so ``dv`` of each masked key gains ``dO_i / n`` and ``dq``, ``dk``
@@ -139,14 +148,11 @@ def _uniform_rows(gradients, arrays, grad_out, inputs, options):
     lse = scaled_dot_product_attention(*arrays, **options, return_lse=True,
                                        backend="numpy").lse          # (B, Hq, L)
     masked = np.isneginf(lse)
-    L, S = query.shape[-2], key.shape[-2]
+    S = key.shape[-2]
     if S == 0 or not masked.any():
         return gradients                      # with no key, JAX's empty sums give 0
-    visible = (masks.causal_mask(L, S, alignment=options["causal_alignment"])
-               if inputs["is_causal"] else np.ones((L, S), dtype=bool))
-    if inputs["attn_mask"] is not None and inputs["attn_mask"].dtype == bool:
-        visible = visible & inputs["attn_mask"]
-    hidden = ~np.broadcast_to(visible, lse.shape + (S,))            # (B, Hq, L, S)
+    hidden = ~np.broadcast_to(semantics.visible(inputs, float_mask=False),
+                              lse.shape + (S,))                      # (B, Hq, L, S)
     count = hidden.sum(axis=-1)                                      # (B, Hq, L)
     spread = np.where((masked & (count > 0))[..., None],
                       hidden / np.maximum(count, 1)[..., None], 0).astype(value.dtype)
@@ -175,15 +181,24 @@ def gradient_magnitudes(inputs, grad_out, semantics, dtype):
         mask = mask.astype(dtype)
     weights = scaled_dot_product_attention(
         query, key, value, mask, is_causal=inputs["is_causal"], scale=inputs["scale"],
-        enable_gqa=inputs["enable_gqa"], causal_alignment=semantics.causal_alignment,
+        enable_gqa=inputs["enable_gqa"],
+        causal_alignment=semantics.alignment(query.shape[-2], key.shape[-2]),
+        softcap=inputs.get("softcap"), window=inputs.get("window"),
         return_weights=True, backend="numpy").weights               # P, (B, Hq, L, S)
     Hq, Hkv = query.shape[-3], key.shape[-3]
-    key, value = (np.repeat(array, Hq // Hkv, axis=-3) for array in (key, value))
+    key = np.repeat(key, Hq // Hkv, axis=-3)
+    value = np.repeat(value, Hq // Hkv, axis=-3)
+    scale = 1 / np.sqrt(query.shape[-1]) if inputs["scale"] is None else inputs["scale"]
+    softcap = inputs.get("softcap")
+    capped = 1.0                                             # softcap's factor 1 - tanh^2(A/c)
+    if softcap is not None:
+        with np.errstate(invalid="ignore", over="ignore"):
+            scores = scale * (query @ np.swapaxes(key, -1, -2))
+            capped = np.where(np.isfinite(scores), 1 - np.tanh(scores / softcap) ** 2, 0)
     key, value = (np.where(np.isfinite(array), np.abs(array), 0) for array in (key, value))
     grad_out = np.abs(grad_out.astype(dtype))
-    scale = 1 / np.sqrt(query.shape[-1]) if inputs["scale"] is None else inputs["scale"]
     delta = np.sum(grad_out * (weights @ value), axis=-1, keepdims=True)
-    terms = weights * (grad_out @ np.swapaxes(value, -1, -2) + delta)   # M, (B, Hq, L, S)
+    terms = capped * weights * (grad_out @ np.swapaxes(value, -1, -2) + delta)  # M, (B, Hq, L, S)
     magnitudes = {
         "dq": scale * terms @ key,
         "dk": _per_kv_head(scale * np.swapaxes(terms, -1, -2) @ np.abs(query), Hkv),
@@ -208,7 +223,8 @@ def gradient_errors(candidate, reference, baseline, magnitude):
 
 
 def check_backward(vjp, *, suite="standard", dtype="float32", semantics="torch",
-                   capabilities=None, seed=0, rule="flash", progress=True, name=None):
+                   capabilities=None, seed=0, rule="flash", progress=True, name=None,
+                   strict=False):
     """Run ``vjp`` over a suite and judge each gradient.
 
     Parameters
@@ -219,11 +235,16 @@ def check_backward(vjp, *, suite="standard", dtype="float32", semantics="torch",
         NumPy arrays (see :mod:`attnref.testing.vjp_adapters` for torch and
         JAX).
     suite : {"quick", "standard", "full"}
-    dtype : {"float16", "float32", "float64"}
-        The dtype of the inputs and ``grad_out`` the VJP receives.
-    semantics : {"torch", "torch_mha", "jax", "flash", "onnx"} or Semantics
+    dtype : {"float16", "bfloat16", "float32", "float64"}
+        The dtype of the inputs and ``grad_out`` the VJP receives (bfloat16
+        needs ml_dtypes); a dtype the capabilities do not name skips every
+        case, as for :func:`attnref.testing.check`.
+    semantics : {"torch", "torch_mha", "jax", "flash", "onnx", "onnx_attention", \
+"ort_mha", "ort_gqa"} or Semantics
     capabilities : iterable of str, optional
-        As for :func:`attnref.testing.check`; None claims everything.
+        As for :func:`attnref.testing.check`: None claims everything
+        ``vjp``'s signature can take, so a VJP without ``softcap`` and
+        ``window`` keywords has the cases that set them skipped.
     seed : int
         Together with a case's name, fixes its inputs and ``grad_out``.
     rule : {"flash", "pytorch"}
@@ -232,6 +253,9 @@ def check_backward(vjp, *, suite="standard", dtype="float32", semantics="torch",
         One line per case on stderr.
     name : str, optional
         What to call ``vjp`` in the report (default: its qualified name).
+    strict : bool
+        Count hazards (inputs outside the profile's promises on which a
+        gradient departs from attnref's) as failures.
 
     Returns
     -------
@@ -240,15 +264,12 @@ def check_backward(vjp, *, suite="standard", dtype="float32", semantics="torch",
     """
     cases = _suite(suite)
     semantics = profile(semantics)
-    dtype = np.dtype(dtype).name
+    dtype = input_dtype(dtype).name
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
-    claimed = CAPABILITIES if capabilities is None else frozenset(capabilities)
-    unknown = claimed - CAPABILITIES
-    if unknown:
-        raise ValueError(f"unknown capabilities {sorted(unknown)}; known: {sorted(CAPABILITIES)}")
+    claimed = claimed_capabilities(vjp, capabilities)
     report = ConformanceReport(name or getattr(vjp, "__qualname__", repr(vjp)), suite, dtype,
-                               semantics.name, rule, seed)
+                               semantics.name, rule, seed, strict=bool(strict))
     for position, case in enumerate(cases.values(), 1):
         results = _judge(vjp, case, suite, dtype, semantics, claimed, seed, rule)
         report.results.extend(results)
@@ -277,42 +298,47 @@ def _judge(vjp, case, suite, dtype, semantics, claimed, seed, rule):
                   f"seed={seed}, dtype={dtype!r}, semantics={semantics.name!r})")
     results = [CaseResult(f"{case.name}:{gradient}", case.description, "pass",
                           reproducer=reproducer) for gradient in GRADIENTS]
-    missing = case.requires - claimed
+    missing = missing_capabilities(case, dtype, claimed)
     if missing:
         for result in results:
             result.status, result.reason = "skip", f"needs {', '.join(sorted(missing))}"
         return results
-    inputs = case.inputs(seed, dtype)
+    inputs = case.inputs(seed, input_dtype(dtype))
     grad_out = case_grad_out(case, seed, dtype)
     (query, key, value), kwargs = semantics.arguments(inputs)
+    given = [(name, array) for name, array in zip(
+        ("query", "key", "value", "grad_out", "attn_mask"),
+        (query, key, value, grad_out, kwargs["attn_mask"])) if array is not None]
+    untouched = [np.array(array, copy=True) for _, array in given]
     try:
-        answer = vjp(query, key, value, grad_out, **kwargs)
-        answer = tuple(answer)
+        answer = tuple(vjp(query, key, value, grad_out, **kwargs))
         if len(answer) != 3:
             raise ValueError(f"returned {len(answer)} results, expected (dq, dk, dv)")
-        answer = [np.asarray(gradient) for gradient in answer]
     except Exception as exception:  # the implementation's failure is the verdict
         for result in results:
             result.status = "error"
             result.reason = f"{type(exception).__name__}: {exception}".splitlines()[0][:120]
-        return results
+        return [_hazard_or(result, semantics, inputs) for result in results]
     wide_dtype = reference_dtype(dtype)
     wide = reference_gradients(inputs, grad_out, semantics, wide_dtype)
     baseline = reference_gradients(inputs, grad_out, semantics)
     magnitudes = gradient_magnitudes(inputs, grad_out, semantics, wide_dtype)
-    for result, gradient, candidate in zip(results, GRADIENTS, answer):
+    expected_dtype = semantics.output_dtype or dtype
+    for result, gradient, returned in zip(results, GRADIENTS, answer):
+        problem, candidate = _output_problem(returned, wide[gradient].shape, expected_dtype,
+                                             given, untouched)
+        if problem:
+            result.status, result.reason = "fail", problem
+            continue
         _judge_gradient(result, candidate, wide[gradient], baseline[gradient],
                         magnitudes[gradient], dtype, rule)
+        _hazard_or(result, semantics, inputs)
     return results
 
 
 def _judge_gradient(result, candidate, wide, baseline, magnitude, dtype, rule):
     """Fill ``result`` with the verdict on one gradient (``magnitude``: its
-    :math:`\\gamma`)."""
-    if candidate.shape != wide.shape:
-        result.status = "fail"
-        result.reason = f"shape {candidate.shape}, expected {wide.shape}"
-        return
+    :math:`\\gamma`) of the right type, shape and dtype."""
     if rule == "flash":
         result.error, result.bound = gradient_errors(candidate, wide, baseline, magnitude)
     else:

@@ -205,6 +205,26 @@ def signature_capabilities(fn):
     return CAPABILITIES - {keyword for keyword in ("softcap", "window") if keyword not in names}
 
 
+def claimed_capabilities(fn, capabilities):
+    """What a run of ``fn`` claims: ``capabilities`` (None: what ``fn``'s
+    signature can take, :func:`signature_capabilities`), every dtype when
+    it names none; a ValueError names unknown ones."""
+    claimed = (signature_capabilities(fn) if capabilities is None
+               else frozenset(capabilities))
+    if not claimed & DTYPE_CAPABILITIES:   # a claim that names no dtype claims them all
+        claimed |= DTYPE_CAPABILITIES
+    unknown = claimed - CAPABILITIES
+    if unknown:
+        raise ValueError(f"unknown capabilities {sorted(unknown)}; known: {sorted(CAPABILITIES)}")
+    return claimed
+
+
+def missing_capabilities(case, dtype, claimed):
+    """The capabilities ``case`` in ``dtype`` needs and ``claimed`` lacks
+    (the case is skipped when there are any)."""
+    return (case.requires | ({dtype} & DTYPE_CAPABILITIES)) - claimed
+
+
 def available_dtypes():
     """:data:`DTYPES` that can be built here (bfloat16 needs ml_dtypes)."""
     try:
@@ -255,13 +275,7 @@ def check(fn, *, suite="standard", dtype="float32", semantics="torch", capabilit
     dtype = input_dtype(dtype).name
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
-    claimed = (signature_capabilities(fn) if capabilities is None
-               else frozenset(capabilities))
-    if not claimed & DTYPE_CAPABILITIES:   # a claim that names no dtype claims them all
-        claimed |= DTYPE_CAPABILITIES
-    unknown = claimed - CAPABILITIES
-    if unknown:
-        raise ValueError(f"unknown capabilities {sorted(unknown)}; known: {sorted(CAPABILITIES)}")
+    claimed = claimed_capabilities(fn, capabilities)
     report = ConformanceReport(name or getattr(fn, "__qualname__", repr(fn)), suite, dtype,
                                semantics.name, rule, seed, strict=bool(strict))
     for position, case in enumerate(cases.values(), 1):
@@ -293,7 +307,7 @@ def _judge(fn, case, suite, dtype, semantics, claimed, seed, rule):
     reproducer = (f"attnref.testing.case_inputs({suite!r}, {case.name!r}, seed={seed}, "
                   f"dtype={dtype!r}, semantics={semantics.name!r})")
     result = CaseResult(case.name, case.description, "pass", reproducer=reproducer)
-    missing = (case.requires | ({dtype} & DTYPE_CAPABILITIES)) - claimed
+    missing = missing_capabilities(case, dtype, claimed)
     if missing:
         result.status, result.reason = "skip", f"needs {', '.join(sorted(missing))}"
         return result

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..backward import scaled_dot_product_attention_backward
 from .adapters import (ATTNREF_CAPABILITIES, JAX_CAPABILITIES, TORCH_CAPABILITIES, Adapter,
-                       _four_dims, _framework, _require_no_dropout)
+                       _float32_if_bfloat16, _four_dims, _framework, _require_no_dropout)
 
 
 def torch_autograd(query, key, value, grad_out, attn_mask=None, dropout_p=0.0,
@@ -48,11 +48,12 @@ def torch_autograd(query, key, value, grad_out, attn_mask=None, dropout_p=0.0,
 
 
 def jax_vjp(query, key, value, grad_out, attn_mask=None, dropout_p=0.0, is_causal=False,
-            scale=None, enable_gqa=False):
+            scale=None, enable_gqa=False, *, window=None):
     """``jax.vjp`` of ``jax.nn.dot_product_attention`` (XLA implementation),
     in JAX's (B, T, N, H) layout as :func:`attnref.testing.adapters.
-    jax_dot_product_attention`, with 64-bit types enabled. Speaks the "jax"
-    profile."""
+    jax_dot_product_attention`, with 64-bit types enabled;
+    ``window=(left, right)`` is JAX's ``local_window_size``. Speaks the
+    "jax" profile."""
     jax = _framework("jax")
     _require_no_dropout(dropout_p)
     mask = bias = None
@@ -66,7 +67,8 @@ def jax_vjp(query, key, value, grad_out, attn_mask=None, dropout_p=0.0, is_causa
 
     def attention(query, key, value):
         return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask,
-                                            scale=scale, is_causal=is_causal)
+                                            scale=scale, is_causal=is_causal,
+                                            local_window_size=window)
 
     with jax.enable_x64(True):
         _, pullback = jax.vjp(attention, *to_jax_layout)
@@ -75,14 +77,16 @@ def jax_vjp(query, key, value, grad_out, attn_mask=None, dropout_p=0.0, is_causa
 
 
 def attnref_numpy_vjp(query, key, value, grad_out, attn_mask=None, dropout_p=0.0,
-                      is_causal=False, scale=None, enable_gqa=False, *,
-                      causal_alignment="top_left"):
+                      is_causal=False, scale=None, enable_gqa=False, *, softcap=None,
+                      window=None, causal_alignment="top_left"):
     """attnref's NumPy backward, for self-checks. Bind ``causal_alignment=
     "bottom_right"`` (``functools.partial``) for the "flash" and "onnx"
-    profiles."""
+    profiles. A bfloat16 float mask is handed over as float32, as
+    :func:`attnref.testing.adapters.attnref_numpy` does."""
     return tuple(scaled_dot_product_attention_backward(
-        grad_out, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
-        backend="numpy", causal_alignment=causal_alignment)[:3])
+        grad_out, query, key, value, _float32_if_bfloat16(attn_mask), dropout_p, is_causal,
+        scale, enable_gqa, softcap=softcap, window=window, backend="numpy",
+        causal_alignment=causal_alignment)[:3])
 
 
 VJP_ADAPTERS = {

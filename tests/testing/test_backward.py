@@ -99,7 +99,8 @@ def test_a_row_per_case_and_gradient():
     report = check_backward(attnref_numpy_vjp, suite="quick", dtype="float64", progress=False)
     names = [result.name for result in report.results]
     assert names == [f"{case}:{gradient}" for case in SUITES["quick"] for gradient in GRADIENTS]
-    assert report.to_dict()["counts"] == {"pass": 24, "fail": 0, "error": 0, "skip": 0}
+    assert report.to_dict()["counts"] == {"pass": 24, "fail": 0, "error": 0, "hazard": 0,
+                                          "skip": 0}
 
 
 def test_the_pytorch_rule_catches_a_missing_scale_and_passes_attnref():
@@ -199,3 +200,64 @@ def test_gradient_magnitudes_bound_the_gradients():
         for gradient in GRADIENTS:
             assert np.max(np.abs(gradients[gradient]), initial=0) <= \
                 magnitudes[gradient] * (1 + 1e-12), (name, gradient)
+
+
+def test_cases_a_vjp_cannot_express_are_skipped_and_softcap_window_are_judged():
+    """A VJP without softcap and window keywords has the cases that set them
+    skipped (as check() does); one that takes them and ignores softcap fails
+    those cases, while attnref's backward passes them."""
+    names = {name for name, case in SUITES["standard"].items() if case.softcap or case.window}
+    assert names == {"softcap", "softcap_masked", "causal_window"}
+    plain = check_backward(plain_vjp, suite="standard", dtype="float64", progress=False)
+    skipped = {result.name.split(":")[0] for result in plain.results if result.status == "skip"}
+    assert skipped == names and plain.passed, plain.summary()
+
+    def ignores_softcap(query, key, value, grad_out, *, softcap=None, window=None, **options):
+        return attnref_numpy_vjp(query, key, value, grad_out, window=window, **options)
+
+    broken = check_backward(ignores_softcap, suite="standard", dtype="float64", progress=False)
+    assert {result.name.split(":")[0] for result in broken.failures} == {"softcap",
+                                                                         "softcap_masked"}
+    assert check_backward(attnref_numpy_vjp, suite="standard", dtype="float64",
+                          progress=False).counts()["pass"] == 3 * len(SUITES["standard"])
+
+
+def test_nan_behind_the_mask_is_a_hazard_and_fails_only_under_strict():
+    def reads_hidden_keys(query, key, value, grad_out, **options):
+        leak = 0 * (key.sum() + value.sum())   # NaN when any key or value holds one
+        return tuple(gradient + leak for gradient in
+                     attnref_numpy_vjp(query, key, value, grad_out, **options))
+
+    report = check_backward(reads_hidden_keys, suite="standard", progress=False)
+    hazards = {result.name for result in report.hazards}
+    assert hazards == {f"nan_behind_mask:{gradient}" for gradient in GRADIENTS}
+    assert report.passed and "hazard nan_behind_mask:dq (NaN or inf" in report.summary()
+    assert all(result.hazard == "hidden_nonfinite" and "1536 NaN or inf entries" in result.reason
+               for result in report.hazards)
+    strict = check_backward(reads_hidden_keys, suite="standard", progress=False, strict=True)
+    assert not strict.passed and {result.name for result in strict.failures} == hazards
+
+
+def test_kv_cache_alignment_is_resolved_per_case():
+    """Under "onnx_attention" the causal frontier is bottom-right when the
+    keys outnumber the queries (a KV cache) and top-left otherwise."""
+    for name, same_as in (("causal_query_shorter", "onnx"), ("causal_query_longer", "torch")):
+        case = SUITES["standard"][name]
+        inputs, grad_out = case.inputs(0, "float64"), case_grad_out(case, 0, "float64")
+        kv_cache = reference_gradients(inputs, grad_out, "onnx_attention")
+        expected = reference_gradients(inputs, grad_out, same_as)
+        for gradient in GRADIENTS:
+            np.testing.assert_array_equal(kv_cache[gradient], expected[gradient])
+
+
+def test_a_gradient_of_the_wrong_dtype_or_type_fails():
+    def widened(*args, **kwargs):
+        dq, dk, dv = attnref_numpy_vjp(*args, **kwargs)
+        return dq.astype(np.float64), dk.tolist(), dv
+
+    report = check_backward(widened, suite="quick", progress=False)
+    first = {result.name: result for result in report.results[:3]}
+    assert first["aligned:dq"].status == "fail"
+    assert first["aligned:dq"].reason == "output dtype float64, expected float32"
+    assert first["aligned:dk"].reason.startswith("returned a list, expected an ndarray")
+    assert first["aligned:dv"].status == "pass"

@@ -64,7 +64,15 @@ CPU flash backward in float64 the bare forward floor failed ``huge_scores``
 (:mod:`attnref.testing.conformance`) on each gradient.
 
 Under both, a NaN where the reference has a number (or the reverse), a
-wrong shape, a wrong number of results or an exception fails the row. Under
+wrong number of results or an exception fails the row, and so does a
+gradient that is not what was asked for, as the forward's output
+(:mod:`attnref.testing.conformance`): not an ndarray or array-like, a
+wrong shape or dtype, memory shared with an input, or an input written to.
+As for the forward, a row that departs from attnref on an input the profile
+makes no promise about (:data:`attnref.testing.semantics.HAZARDS`, such as
+NaN behind a mask) is a ``hazard``, a failure only with ``strict=True``;
+a case needing a capability the VJP does not claim (by default, what its
+signature takes: ``softcap`` and ``window`` keywords) is skipped. Under
 the ``"torch"`` profile (and every profile whose fully masked rows give 0)
 a fully masked row's exact gradients are 0: ``dq`` row 0 and no
 contribution to ``dk``, ``dv``, so a NaN there fails. Under ``"jax"`` such a

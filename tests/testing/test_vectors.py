@@ -329,13 +329,13 @@ def test_plain_numpy_reads_vectors_that_attnref_reproduces_under_the_rule(standa
     for entry in manifest["cases"]:
         stored = _load(directory / entry["file"])
         scale, softcap, window = (stored.get(name) for name in ("scale", "softcap", "window"))
+        extras = {"softcap": None if softcap is None else float(softcap),
+                  "window": None if window is None else tuple(None if side < 0 else int(side)
+                                                              for side in window)}
         result = attnref.scaled_dot_product_attention(
             stored["query"], stored["key"], stored["value"], attn_mask=stored.get("attn_mask"),
             is_causal=bool(stored["is_causal"]), scale=None if scale is None else float(scale),
-            enable_gqa=bool(stored["enable_gqa"]), return_lse=True,
-            softcap=None if softcap is None else float(softcap),
-            window=None if window is None else tuple(None if side < 0 else int(side)
-                                                     for side in window))
+            enable_gqa=bool(stored["enable_gqa"]), return_lse=True, **extras)
         assert result.output.dtype == np.float32
         for name, candidate in (("output", result.output), ("lse", result.lse)):
             error = max_abs_error(candidate, stored[name])
@@ -343,7 +343,8 @@ def test_plain_numpy_reads_vectors_that_attnref_reproduces_under_the_rule(standa
         gradients = attnref.scaled_dot_product_attention_backward(
             stored["grad_out"], stored["query"], stored["key"], stored["value"],
             attn_mask=stored.get("attn_mask"), is_causal=bool(stored["is_causal"]),
-            scale=None if scale is None else float(scale), enable_gqa=bool(stored["enable_gqa"]))
+            scale=None if scale is None else float(scale), enable_gqa=bool(stored["enable_gqa"]),
+            **extras)
         for name, candidate in zip(("dq", "dk", "dv"), gradients):
             assert candidate.dtype == np.float32
             error = max_abs_error(candidate, stored[name])

@@ -56,10 +56,11 @@ __all__ = ["available", "info", "unsupported_reason", "attention",
 
 #: The kernel's code paths, as named by :func:`set_code_path`: ``portable``
 #: (scalar C99, one row at a time: the plain twin), ``avx2`` (tiled, AVX2 +
-#: FMA) and ``avx512`` (tiled, AVX-512F); ``auto`` picks the fastest the CPU
-#: supports. Every path computes the same contract; results are bit-identical
-#: across thread counts within a path, not across paths.
-CODE_PATHS = ("auto", "portable", "avx2", "avx512")
+#: FMA) and ``avx512`` (tiled, AVX-512F) on x86-64, ``neon`` (tiled, NEON) on
+#: aarch64; ``auto`` picks the fastest the CPU supports. Every path computes
+#: the same contract; results are bit-identical across thread counts within
+#: a path, not across paths. A name's index is its ``ATTNREF_PATH_*`` value.
+CODE_PATHS = ("auto", "portable", "avx2", "avx512", "neon")
 
 
 #: Written next to the extension by setup.py when the build fails.
@@ -212,7 +213,7 @@ def supported_code_paths():
 
 
 def get_code_path():
-    """The name of the code path in use (``portable``, ``avx2`` or ``avx512``)."""
+    """The name of the code path in use (``portable``, ``avx2``, ``avx512`` or ``neon``)."""
     if not available():
         raise RuntimeError(f"the C kernel is unavailable: {_unavailable_reason}")
     return _ffi.string(_lib.attnref_kernel_path()).decode().split(" ")[0]

@@ -6,7 +6,8 @@
  *                 instantiated in portable.c;
  *   tiled_impl.h  tiled: register-blocked SIMD micro-kernels, instantiated
  *                 in tiled.c for AVX-512 and for AVX2+FMA, chosen here at run
- *                 time from the CPU's features; GCC on x86-64 only.
+ *                 time from the CPU's features (x86-64), and for NEON
+ *                 (aarch64); GCC or clang.
  * Each is written once and instantiated for float and for double.
  */
 #include "internal.h"
@@ -28,6 +29,9 @@ static const code_path PATHS[] = {
     [ATTNREF_PATH_AVX512] = {"avx512 (tiled, AVX-512F)",
                              tiled_rows_avx512_f32, tiled_rows_avx512_f64},
 #endif
+#if ATTNREF_NEON
+    [ATTNREF_PATH_NEON] = {"neon (tiled, NEON)", tiled_rows_neon_f32, tiled_rows_neon_f64},
+#endif
 };
 
 int path_supported(int path)
@@ -40,14 +44,19 @@ int path_supported(int path)
     case ATTNREF_PATH_AVX512:
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
 #endif
+#if ATTNREF_NEON
+    case ATTNREF_PATH_NEON: return 1;   /* baseline on aarch64 */
+#endif
     case ATTNREF_PATH_AUTO: return 1;
     default: return 0;
     }
 }
 
+/* the tiled path the build and CPU have (x86-64: AVX-512 before AVX2), else
+   the portable one */
 static int best_path(void)
 {
-    for (int path = ATTNREF_PATH_AVX512; path > ATTNREF_PATH_PORTABLE; path--)
+    for (int path = ATTNREF_PATH_NEON; path > ATTNREF_PATH_PORTABLE; path--)
         if (path_supported(path)) return path;
     return ATTNREF_PATH_PORTABLE;
 }
@@ -157,6 +166,11 @@ static int exp_array(int is_double, void *out, const void *x, int64_t n)
     case ATTNREF_PATH_AVX2:
         return is_double ? tiled_exp_array_avx2_f64(out, x, n)
                          : tiled_exp_array_avx2_f32(out, x, n);
+#endif
+#if ATTNREF_NEON
+    case ATTNREF_PATH_NEON:
+        return is_double ? tiled_exp_array_neon_f64(out, x, n)
+                         : tiled_exp_array_neon_f32(out, x, n);
 #endif
     default:
         for (int64_t i = 0; i < n; i++) {

@@ -26,9 +26,10 @@
  * A NaN score on a visible key gives NaN out_i and lse_i.
  *
  * Code paths (attnref_select_path): ATTNREF_PATH_PORTABLE, scalar C99 one
- * row at a time (sdpa_impl.h), and the tiled AVX2 and AVX-512 paths
- * (tiled_impl.h, simd.h), chosen at run time from the CPU's features. All
- * compute the contract above; each is deterministic for any thread count.
+ * row at a time (sdpa_impl.h), the tiled AVX2 and AVX-512 paths on x86-64
+ * (tiled_impl.h, simd.h), chosen at run time from the CPU's features, and
+ * the tiled NEON path on aarch64. All compute the contract above; each is
+ * deterministic for any thread count.
  *
  * Everything the CFFI builder must declare lives between the CFFI markers;
  * the builder reads this file, so it is the single source of declarations.
@@ -69,7 +70,8 @@ enum {
     ATTNREF_PATH_AUTO = 0,      /* the fastest the CPU supports */
     ATTNREF_PATH_PORTABLE = 1,  /* scalar C99, one row at a time */
     ATTNREF_PATH_AVX2 = 2,      /* tiled, AVX2 + FMA */
-    ATTNREF_PATH_AVX512 = 3     /* tiled, AVX-512F */
+    ATTNREF_PATH_AVX512 = 3,    /* tiled, AVX-512F */
+    ATTNREF_PATH_NEON = 4       /* tiled, NEON (aarch64) */
 };
 
 typedef struct {

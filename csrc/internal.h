@@ -18,10 +18,19 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+/* The tiled SIMD paths this build compiles (GCC and clang both define
+   __GNUC__): ATTNREF_TILED the x86-64 ones, AVX2 and AVX-512, each in a
+   target region of tiled.c and chosen at run time from the CPU's features;
+   ATTNREF_NEON the aarch64 one, NEON being baseline there. */
+#if defined(__GNUC__) && defined(__x86_64__)
 #define ATTNREF_TILED 1
 #else
 #define ATTNREF_TILED 0
+#endif
+#if defined(__GNUC__) && defined(__aarch64__) && defined(__ARM_NEON)
+#define ATTNREF_NEON 1
+#else
+#define ATTNREF_NEON 0
 #endif
 
 /* shared between the kernel's files, never exported from the extension */
@@ -138,16 +147,19 @@ INTERNAL void nonfinite_dims_f64(const attnref_params *p, const double *q_bhi,
                                  int64_t j_begin, int64_t j_end, double m, double l,
                                  const double *acc, double *out_bhi);
 
-#if ATTNREF_TILED
 /* tiled.c: a thread's share of units, and the path's exp over an array */
 #define TILED_ENTRIES(isa) \
     INTERNAL int tiled_rows_##isa##_f32(const sdpa_job *job); \
     INTERNAL int tiled_rows_##isa##_f64(const sdpa_job *job); \
     INTERNAL int tiled_exp_array_##isa##_f32(float *out, const float *x, int64_t n); \
     INTERNAL int tiled_exp_array_##isa##_f64(double *out, const double *x, int64_t n);
+#if ATTNREF_TILED
 TILED_ENTRIES(avx2)
 TILED_ENTRIES(avx512)
-#undef TILED_ENTRIES
 #endif
+#if ATTNREF_NEON
+TILED_ENTRIES(neon)
+#endif
+#undef TILED_ENTRIES
 
 #endif

@@ -1,9 +1,10 @@
 /*
  * simd.h -- the vector operations the tiled kernel (tiled_impl.h) is written
  * in, for one instruction set and one float type. tiled.c includes it,
- * then tiled_impl.h, inside a `#pragma GCC target` region, once per
- * (ISA, REAL). The includer defines
- *   SIMD_AVX512 or SIMD_AVX2   the instruction set
+ * then tiled_impl.h, once per (ISA, REAL): on x86-64 inside a target region
+ * (TARGET_PUSH / TARGET_POP), on aarch64 as is (NEON is baseline). The
+ * includer defines
+ *   SIMD_AVX512, SIMD_AVX2 or SIMD_NEON   the instruction set
  *   REAL                       float or double (the operands' type)
  *   TILED(name)                name##_<isa>_<type>: this instance's names
  * and gets:
@@ -316,6 +317,157 @@ static inline __m256 TILED(exp_special)(__m256 y, __m256 x, float lo, float hi)
 }
 #endif
 
+#elif defined(SIMD_NEON)
+
+/* AArch64 Advanced SIMD: 32 registers of 128 bits. The same operations, in
+   the same order, as the sections above; where an instruction set lacks an
+   operation (scalef, roundscale, masks) the AVX2 section's construction is
+   used. Every FMA here is fused (vfmaq / vfmsq), as on x86. */
+
+#define DVEC float64x2_t
+#define DW 2
+#define DV_LOAD vld1q_f64
+#define DV_STORE vst1q_f64
+#define DV_SET1 vdupq_n_f64
+#define DV_ZERO() vdupq_n_f64(0.0)
+/* a b + c, fused */
+#define DV_FMA(a, b, c) vfmaq_f64(c, a, b)
+#define DV_MUL vmulq_f64
+#define DV_ADD vaddq_f64
+#define DV_SUB vsubq_f64
+/* a b - c, fused: -(c - a b), negation being exact */
+#define DV_FMSUB(a, b, c) vnegq_f64(vfmsq_f64(c, a, b))
+/* `corrected` where `error` is finite, else `plain` */
+#define DV_KEEP_FINITE(corrected, plain, error) vbslq_f64( \
+    vceqq_f64(vsubq_f64(error, error), vdupq_n_f64(0.0)), corrected, plain)
+
+/* rows[u][c] <-> rows[c][u]: a 2 x 2 transpose */
+static inline void TILED(transpose)(float64x2_t rows[2])
+{
+    const float64x2_t first = vtrn1q_f64(rows[0], rows[1]);
+    rows[1] = vtrn2q_f64(rows[0], rows[1]);
+    rows[0] = first;
+}
+
+#if REAL_IS_DOUBLE
+#define DV_FROM_REAL(p) vld1q_f64(p)
+#define RVEC float64x2_t
+#define RW 2
+#define RV_LOAD vld1q_f64
+#define RV_STORE vst1q_f64
+#define RV_SET1 vdupq_n_f64
+/* a b + c, fused */
+#define RV_FMA(a, b, c) vfmaq_f64(c, a, b)
+#define RV_MUL vmulq_f64
+#define RV_ADD vaddq_f64
+#define RV_SUB vsubq_f64
+/* lane max: NaN where either lane is NaN (x86: the second operand); the
+   kernel takes no decision on a max of NaN (finish_scores tests NaN apart,
+   vexp restores it through exp_special) */
+#define RV_MAX vmaxq_f64
+
+static inline double TILED(hmax)(float64x2_t x) { return vmaxvq_f64(x); }
+static inline float64x2_t TILED(from_scores)(const double *sd) { return vld1q_f64(sd); }
+static inline int TILED(any_nan)(float64x2_t x)
+{
+    /* x == x is all ones in a lane unless it is NaN */
+    return vminvq_u32(vreinterpretq_u32_u64(vceqq_f64(x, x))) == 0;
+}
+/* x where t0 + lane is in [lo, hi), else -inf */
+static inline float64x2_t TILED(keep_range)(float64x2_t x, int t0, int lo, int hi)
+{
+    static const int64_t lanes[2] = {0, 1};
+    const int64x2_t lane = vaddq_s64(vdupq_n_s64(t0), vld1q_s64(lanes));
+    const uint64x2_t keep = vandq_u64(vcgeq_s64(lane, vdupq_n_s64(lo)),
+                                      vcltq_s64(lane, vdupq_n_s64(hi)));
+    return vbslq_f64(keep, x, vdupq_n_f64(-INFINITY));
+}
+static inline double TILED(hsum)(float64x2_t x) { return vaddvq_f64(x); }
+
+/* the exp kernel's pieces (TILED(vexp) in tiled_impl.h puts them together) */
+#define RV_MIN vminq_f64
+/* c - a b, fused */
+#define RV_FNMADD(a, b, c) vfmsq_f64(c, a, b)
+/* to the nearest integer, ties to even */
+#define RV_ROUND(x) vrndnq_f64(x)
+
+/* x 2^n for integral n in [-1022, 1024], as (x 2^(n/2)) 2^(n - n/2): each
+   factor's exponent field stays in range, and so does the first product */
+static inline float64x2_t TILED(scale2)(float64x2_t x, float64x2_t n)
+{
+    const int64x2_t whole = vcvtq_s64_f64(n);
+    const int64x2_t half = vshrq_n_s64(whole, 1), rest = vsubq_s64(whole, half);
+    const int64x2_t bias = vdupq_n_s64(1023);
+    const float64x2_t a = vreinterpretq_f64_s64(vshlq_n_s64(vaddq_s64(half, bias), 52));
+    const float64x2_t b = vreinterpretq_f64_s64(vshlq_n_s64(vaddq_s64(rest, bias), 52));
+    return vmulq_f64(vmulq_f64(x, a), b);
+}
+
+/* y where lo <= x <= hi; 0 below, +inf above, x where x is NaN */
+static inline float64x2_t TILED(exp_special)(float64x2_t y, float64x2_t x, double lo, double hi)
+{
+    y = vbslq_f64(vcltq_f64(x, vdupq_n_f64(lo)), vdupq_n_f64(0.0), y);
+    y = vbslq_f64(vcgtq_f64(x, vdupq_n_f64(hi)), vdupq_n_f64(INFINITY), y);
+    return vbslq_f64(vceqq_f64(x, x), y, x);
+}
+#else /* float */
+#define DV_FROM_REAL(p) vcvt_f64_f32(vld1_f32(p))
+#define RVEC float32x4_t
+#define RW 4
+#define RV_LOAD vld1q_f32
+#define RV_STORE vst1q_f32
+#define RV_SET1 vdupq_n_f32
+/* a b + c, fused */
+#define RV_FMA(a, b, c) vfmaq_f32(c, a, b)
+#define RV_MUL vmulq_f32
+#define RV_ADD vaddq_f32
+#define RV_SUB vsubq_f32
+/* lane max: NaN where either lane is NaN (see the double section) */
+#define RV_MAX vmaxq_f32
+
+static inline float TILED(hmax)(float32x4_t x) { return vmaxvq_f32(x); }
+/* 4 double scores rounded to float */
+static inline float32x4_t TILED(from_scores)(const double *sd)
+{
+    return vcvt_high_f32_f64(vcvt_f32_f64(vld1q_f64(sd)), vld1q_f64(sd + 2));
+}
+static inline int TILED(any_nan)(float32x4_t x)
+{
+    return vminvq_u32(vceqq_f32(x, x)) == 0;
+}
+static inline float32x4_t TILED(keep_range)(float32x4_t x, int t0, int lo, int hi)
+{
+    static const int32_t lanes[4] = {0, 1, 2, 3};
+    const int32x4_t lane = vaddq_s32(vdupq_n_s32(t0), vld1q_s32(lanes));
+    const uint32x4_t keep = vandq_u32(vcgeq_s32(lane, vdupq_n_s32(lo)),
+                                      vcltq_s32(lane, vdupq_n_s32(hi)));
+    return vbslq_f32(keep, x, vdupq_n_f32(-INFINITY));
+}
+static inline float TILED(hsum)(float32x4_t x) { return vaddvq_f32(x); }
+
+#define RV_MIN vminq_f32
+#define RV_FNMADD(a, b, c) vfmsq_f32(c, a, b)
+#define RV_ROUND(x) vrndnq_f32(x)
+
+/* x 2^n for integral n in [-126, 128], as (x 2^(n/2)) 2^(n - n/2) */
+static inline float32x4_t TILED(scale2)(float32x4_t x, float32x4_t n)
+{
+    const int32x4_t whole = vcvtq_s32_f32(n);
+    const int32x4_t half = vshrq_n_s32(whole, 1), rest = vsubq_s32(whole, half);
+    const int32x4_t bias = vdupq_n_s32(127);
+    const float32x4_t a = vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(half, bias), 23));
+    const float32x4_t b = vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(rest, bias), 23));
+    return vmulq_f32(vmulq_f32(x, a), b);
+}
+
+static inline float32x4_t TILED(exp_special)(float32x4_t y, float32x4_t x, float lo, float hi)
+{
+    y = vbslq_f32(vcltq_f32(x, vdupq_n_f32(lo)), vdupq_n_f32(0.0f), y);
+    y = vbslq_f32(vcgtq_f32(x, vdupq_n_f32(hi)), vdupq_n_f32(INFINITY), y);
+    return vbslq_f32(vceqq_f32(x, x), y, x);
+}
+#endif
+
 #else
-#error "simd.h: define SIMD_AVX512 or SIMD_AVX2"
+#error "simd.h: define SIMD_AVX512, SIMD_AVX2 or SIMD_NEON"
 #endif

@@ -1,17 +1,37 @@
 /*
  * tiled.c -- the tiled paths: tiled_impl.h instantiated per instruction
- * set (AVX-512, AVX2+FMA, with GCC target pragmas, never -march=native) and
- * per float type; attnref.c picks one at run time from the CPU's features.
+ * set and per float type. On x86-64, AVX-512 and AVX2+FMA, each inside a
+ * target region (TARGET_PUSH / TARGET_POP: GCC's target pragmas or clang's
+ * attribute pragma, never -march=native), and attnref.c picks one at run
+ * time from the CPU's features; on aarch64, NEON (baseline there).
  */
 #define _POSIX_C_SOURCE 200809L
 
 #include "internal.h"
 
-#if ATTNREF_TILED
+#if ATTNREF_TILED || ATTNREF_NEON
 
-#include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
+#if ATTNREF_TILED
+#include <immintrin.h>
+#endif
+#if ATTNREF_NEON
+#include <arm_neon.h>
+#endif
+
+/* TARGET_PUSH("isa,..."): the functions defined until TARGET_POP may use
+   those instruction sets (GCC's target names, which clang shares); code
+   outside stays baseline, so the extension runs on any CPU of the arch. */
+#define TARGET_PRAGMA(text) _Pragma(#text)
+#if defined(__clang__)
+#define TARGET_PUSH(isa) \
+    TARGET_PRAGMA(clang attribute push(__attribute__((target(isa))), apply_to = function))
+#define TARGET_POP TARGET_PRAGMA(clang attribute pop)
+#else
+#define TARGET_PUSH(isa) TARGET_PRAGMA(GCC push_options) TARGET_PRAGMA(GCC target(isa))
+#define TARGET_POP TARGET_PRAGMA(GCC pop_options)
+#endif
 
 static int64_t next_unit(const sdpa_job *job)
 {
@@ -48,8 +68,9 @@ static void *aligned_scratch(size_t bytes)
     return posix_memalign(&memory, 64, bytes) == 0 ? memory : NULL;
 }
 
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512dq,fma")
+#if ATTNREF_TILED
+
+TARGET_PUSH("avx512f,avx512dq,fma")
 #define SIMD_AVX512 1
 #define VALUE_MR 4
 #define VALUE_NV 4
@@ -81,10 +102,9 @@ static void *aligned_scratch(size_t bytes)
 #undef SIMD_AVX512
 #undef VALUE_MR
 #undef VALUE_NV
-#pragma GCC pop_options
+TARGET_POP
 
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
+TARGET_PUSH("avx2,fma")
 #define SIMD_AVX2 1
 #define VALUE_MR 4      /* 4 rows x 2 x 8 dims: 8 accumulators of 16 */
 #define VALUE_NV 2
@@ -116,6 +136,44 @@ static void *aligned_scratch(size_t bytes)
 #undef SIMD_AVX2
 #undef VALUE_MR
 #undef VALUE_NV
-#pragma GCC pop_options
+TARGET_POP
 
 #endif /* ATTNREF_TILED */
+
+#if ATTNREF_NEON
+
+#define SIMD_NEON 1
+#define VALUE_MR 4      /* 4 rows x 4 x 4 floats (or 2 doubles): 16 accumulators of 32 */
+#define VALUE_NV 4
+
+#define REAL float
+#define REAL_IS_DOUBLE 0
+#define EXP expf
+#define LOG logf
+#define TILED(name) tiled_##name##_neon_f32
+#define SCORE_MR 4      /* 4 rows x 4 x 2 keys: 16 accumulators of 32 */
+#define SCORE_NV 4
+#include "simd.h"
+#include "tiled_impl.h"
+#undef SCORE_MR
+#undef SCORE_NV
+
+#define REAL double
+#define REAL_IS_DOUBLE 1
+#define EXP exp
+#define LOG log
+#define TILED(name) tiled_##name##_neon_f64
+#define SCORE_MR 4      /* Dot2: a sum and an error per lane, 16 of 32 */
+#define SCORE_NV 2
+#include "simd.h"
+#include "tiled_impl.h"
+#undef SCORE_MR
+#undef SCORE_NV
+
+#undef SIMD_NEON
+#undef VALUE_MR
+#undef VALUE_NV
+
+#endif /* ATTNREF_NEON */
+
+#endif /* ATTNREF_TILED || ATTNREF_NEON */

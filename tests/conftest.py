@@ -33,7 +33,7 @@ settings.load_profile(os.environ.get(
 
 BACKENDS = ["numpy", "c"]
 # the C kernel's code paths each property test runs on (attnref.kernel.CODE_PATHS)
-CODE_PATHS = ["portable", "avx2", "avx512"]
+CODE_PATHS = ["portable", "avx2", "avx512", "neon"]
 
 
 @pytest.fixture(params=CODE_PATHS)

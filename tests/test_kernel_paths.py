@@ -99,7 +99,7 @@ def test_unknown_path_in_the_environment_leaves_the_kernel_unavailable(name):
     run = _import_with_path(name, KERNEL_STATE)
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith(f"False ATTNREF_KERNEL_PATH={name!r} cannot be used: code "
-                                 f"path must be one of ('auto', 'portable', 'avx2', 'avx512')")
+                                 f"path must be one of ('auto', 'portable', 'avx2', 'avx512', 'neon')")
     assert "RuntimeWarning: attnref: the C kernel is unavailable" in run.stderr
 
 
@@ -121,7 +121,7 @@ def test_path_the_cpu_lacks_leaves_the_kernel_unavailable():
 
 
 @needs_kernel
-@pytest.mark.parametrize("path", ["portable", "avx2", "avx512"])
+@pytest.mark.parametrize("path", kernel.CODE_PATHS[1:])
 def test_environment_variable_forces_the_path(path):
     if path not in kernel.supported_code_paths():
         pytest.skip(f"code path {path} is not supported on this CPU")

@@ -9,6 +9,9 @@
  * and gets:
  *   DVEC, DW, DV_*             double vectors (scores are summed in double)
  *   DV_FROM_REAL(p)            DW REALs from p as a double vector
+ *   DV_STORE_REAL(p, x)        the DW doubles of x stored at p as REALs (rounded)
+ *   SIMD_REGISTERS             the number of vector registers (sizes the
+ *                              fast score micro-kernel of tiled_scores.h)
  *   TILED(transpose)(rows)     DW x DW transpose of double vectors, in place
  *   RVEC, RW, RV_*             REAL vectors (softmax and weighted values)
  *   RV_MIN, RV_FNMADD, RV_ROUND, TILED(scale2), TILED(exp_special)
@@ -22,6 +25,7 @@
 
 #if defined(SIMD_AVX512)
 
+#define SIMD_REGISTERS 32
 #define DVEC __m512d
 #define DW 8
 #define DV_LOAD _mm512_loadu_pd
@@ -64,6 +68,7 @@ static inline void TILED(transpose)(__m512d rows[8])
 
 #if REAL_IS_DOUBLE
 #define DV_FROM_REAL(p) _mm512_loadu_pd(p)
+#define DV_STORE_REAL(p, x) _mm512_storeu_pd(p, x)
 #define RVEC __m512d
 #define RW 8
 #define RV_LOAD _mm512_loadu_pd
@@ -108,6 +113,7 @@ static inline __m512d TILED(exp_special)(__m512d y, __m512d x, double lo, double
 }
 #else /* float */
 #define DV_FROM_REAL(p) _mm512_cvtps_pd(_mm256_loadu_ps(p))
+#define DV_STORE_REAL(p, x) _mm256_storeu_ps(p, _mm512_cvtpd_ps(x))
 #define RVEC __m512
 #define RW 16
 #define RV_LOAD _mm512_loadu_ps
@@ -156,6 +162,7 @@ static inline __m512 TILED(exp_special)(__m512 y, __m512 x, float lo, float hi)
 
 #elif defined(SIMD_AVX2)
 
+#define SIMD_REGISTERS 16
 #define DVEC __m256d
 #define DW 4
 #define DV_LOAD _mm256_loadu_pd
@@ -185,6 +192,7 @@ static inline void TILED(transpose)(__m256d rows[4])
 
 #if REAL_IS_DOUBLE
 #define DV_FROM_REAL(p) _mm256_loadu_pd(p)
+#define DV_STORE_REAL(p, x) _mm256_storeu_pd(p, x)
 #define RVEC __m256d
 #define RW 4
 #define RV_LOAD _mm256_loadu_pd
@@ -248,6 +256,7 @@ static inline __m256d TILED(exp_special)(__m256d y, __m256d x, double lo, double
 }
 #else /* float */
 #define DV_FROM_REAL(p) _mm256_cvtps_pd(_mm_loadu_ps(p))
+#define DV_STORE_REAL(p, x) _mm_storeu_ps(p, _mm256_cvtpd_ps(x))
 #define RVEC __m256
 #define RW 8
 #define RV_LOAD _mm256_loadu_ps

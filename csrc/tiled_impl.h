@@ -160,7 +160,7 @@ typedef struct {
     REAL *lse[TILE_ROWS];          /* NULL without lse */
     const void *mask[TILE_ROWS];   /* (S,) row of the mask or bias, or NULL */
     int64_t j_begin[TILE_ROWS], j_end[TILE_ROWS];
-    REAL m[TILE_ROWS], l[TILE_ROWS];
+    REAL m[TILE_ROWS], l[TILE_ROWS][RW];   /* l: RW partial sums */
     int nan[TILE_ROWS];
     int rows;
 } TILED(unit_rows);
@@ -207,7 +207,7 @@ static void TILED(gather_rows)(const attnref_params *p, const sdpa_job *job, int
                 : (const char *)job->mask + (*b * ms[0] + h * ms[1] + i * ms[2]) * mask_size;
             band_keys(p, i, &rows->j_begin[n], &rows->j_end[n]);
             rows->m[n] = -INFINITY;
-            rows->l[n] = 0;
+            for (int u = 0; u < RW; u++) rows->l[n][u] = 0;
             rows->nan[n] = 0;
         }
     rows->rows = n;
@@ -225,7 +225,12 @@ static REAL TILED(finish_scores)(const attnref_params *p, const TILED(unit_rows)
     const int hi = (int)(rows->j_end[r] - j0 < n ? rows->j_end[r] - j0 : n);
     const int64_t ms3 = p->mask_stride[3];
     const int direct = p->softcap == 0 && p->mask_kind == ATTNREF_MASK_NONE;
+    /* the whole tile is visible: no key to set to -inf */
+    const int whole = lo == 0 && hi == TILE_KEYS;
     RVEC max = RV_SET1(-INFINITY);
+    /* the sum of the scores is NaN when one is (or when inf meets -inf:
+       then the scores are looked at one by one) */
+    RVEC total = RV_SET1(0);
     int nan = 0;
     if (!direct) {
         if (p->softcap > 0)
@@ -244,11 +249,13 @@ static REAL TILED(finish_scores)(const attnref_params *p, const TILED(unit_rows)
     }
     for (int t = 0; t < TILE_KEYS; t += RW) {
         RVEC x = direct && sd != NULL ? TILED(from_scores)(sd + t) : RV_LOAD(s + t);
-        x = TILED(keep_range)(x, t, lo, hi);
+        if (!whole) x = TILED(keep_range)(x, t, lo, hi);
         RV_STORE(s + t, x);
         max = RV_MAX(x, max);
-        nan |= TILED(any_nan)(x);
+        total = RV_ADD(total, x);
     }
+    if (TILED(any_nan)(total))
+        for (int t = 0; t < TILE_KEYS; t += RW) nan |= TILED(any_nan)(RV_LOAD(s + t));
     return nan ? (REAL)NAN : TILED(hmax)(max);
 }
 
@@ -261,18 +268,20 @@ static void TILED(softmax_step)(TILED(unit_rows) *rows, int r, REAL tile_max, RE
     /* the policy of vexp: below EXP_LO the earlier keys weigh exactly 0 */
     const REAL rescale = m_new > m ? (m - m_new < EXP_LO ? 0 : EXP(m - m_new)) : 1;
     const RVEC shift = RV_SET1(m_new);
-    RVEC sum = RV_SET1(0);
+    /* l is kept as RW partial sums (summed once, in pass 5) */
+    RVEC sum = RV_MUL(RV_LOAD(rows->l[r]), RV_SET1(rescale));
     for (int t = 0; t < TILE_KEYS; t += RW) {
         const RVEC weight = TILED(vexp)(RV_SUB(RV_LOAD(s + t), shift));
         RV_STORE(s + t, weight);
         sum = RV_ADD(sum, weight);
     }
-    if (rescale != 1)
-        for (int64_t c = 0; c < Evp; c++)
-            /* rescale 0: the keys so far now weigh 0, and multiplying would
-               turn an inf or NaN value of theirs into NaN */
-            acc[c] = rescale > 0 ? acc[c] * rescale : 0;
-    rows->l[r] = rows->l[r] * rescale + TILED(hsum)(sum);
+    /* rescale 0: the keys so far now weigh 0, and multiplying would turn an
+       inf or NaN value of theirs into NaN */
+    if (rescale == 0)
+        for (int64_t c = 0; c < Evp; c++) acc[c] = 0;
+    else if (rescale != 1)
+        for (int64_t c = 0; c < Evp; c += RW) RV_STORE(acc + c, RV_MUL(RV_LOAD(acc + c), RV_SET1(rescale)));
+    RV_STORE(rows->l[r], sum);
     rows->m[r] = m_new;
 }
 
@@ -366,7 +375,7 @@ static void TILED(unit)(const sdpa_job *job, TILED(scratch) *w, int64_t u)
     /* pass 5: normalise (by division, as the NumPy reference) and the lse */
     for (int r = 0; r < rows->rows; r++) {
         const REAL *acc = w->acc + r * Evp;
-        const REAL m = rows->m[r], l = rows->l[r];
+        const REAL m = rows->m[r], l = TILED(hsum)(RV_LOAD(rows->l[r]));
         REAL *out = rows->out[r];
         if (rows->nan[r]) {
             for (int64_t c = 0; c < Ev; c++) out[c] = (REAL)NAN;

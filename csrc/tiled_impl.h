@@ -456,7 +456,6 @@ int TILED(exp_array)(REAL *out, const REAL *x, int64_t n)
 #undef DV_FMSUB
 #undef DV_KEEP_FINITE
 #undef DV_FROM_REAL
-#undef DV_STORE_REAL
 #undef SIMD_REGISTERS
 #undef RVEC
 #undef RW

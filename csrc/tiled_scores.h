@@ -164,22 +164,22 @@ static void TILED(scores_fast)(REAL *s, const REAL *q, const REAL *kr, int64_t E
 }
 
 /* kr (TILE_KEYS / RW, E, RW) <- keys 0 .. n-1 of k (rows ks2 apart),
-   transposed, in REAL; keys n .. TILE_KEYS-1 are 0. DW x DW blocks go
-   through the double transpose (exact: a float is a double) and back. */
+   transposed, in REAL; keys n .. TILE_KEYS-1 are 0. RW x RW blocks go
+   through registers. */
 static void TILED(pack_keys_fast)(REAL *kr, const REAL *k, int64_t ks2, int n, int64_t E)
 {
-    for (int t0 = 0; t0 < TILE_KEYS; t0 += DW) {
-        REAL *panel = kr + t0 / RW * E * RW + t0 % RW;
+    for (int t0 = 0; t0 < TILE_KEYS; t0 += RW) {
+        REAL *panel = kr + t0 * E;
         int64_t d = 0;
-        if (t0 + DW <= n)
-            for (; d + DW <= E; d += DW) {
-                DVEC block[DW];
-                for (int u = 0; u < DW; u++) block[u] = DV_FROM_REAL(k + (t0 + u) * ks2 + d);
-                TILED(transpose)(block);
-                for (int u = 0; u < DW; u++) DV_STORE_REAL(panel + (d + u) * RW, block[u]);
+        if (t0 + RW <= n)
+            for (; d + RW <= E; d += RW) {
+                RVEC block[RW];
+                for (int u = 0; u < RW; u++) block[u] = RV_LOAD(k + (t0 + u) * ks2 + d);
+                TILED(transpose_real)(block);
+                for (int u = 0; u < RW; u++) RV_STORE(panel + (d + u) * RW, block[u]);
             }
         for (; d < E; d++)
-            for (int u = 0; u < DW; u++)
+            for (int u = 0; u < RW; u++)
                 panel[d * RW + u] = t0 + u < n ? k[(t0 + u) * ks2 + d] : 0;
     }
 }

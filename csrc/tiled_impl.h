@@ -91,14 +91,18 @@ ALWAYS_INLINE RVEC TILED(vexp)(RVEC x)
 #include "tiled_scores.h"
 
 /* pass 4 micro-kernel: acc[r][c] += sum_{j < n} p[r][j] vt[j][c] for
-   r < mr (<= VALUE_MR), c < VALUE_PANEL.
+   r < mr (<= VALUE_MR), c < VALUE_PANEL. The tile's sum starts from 0 and is
+   added to acc once (as the portable path's block_acc): a row's weighted
+   values are summed in two levels, n terms per tile, then S / TILE_KEYS
+   tiles, so the rounding error grows with TILE_KEYS + S / TILE_KEYS rather
+   than with S (long rows).
    p (mr, TILE_KEYS); vt one value panel (TILE_KEYS, VALUE_PANEL); acc (mr, Evp). */
 ALWAYS_INLINE void TILED(value_block)(REAL *acc, const REAL *p, const REAL *vt,
                                       int64_t Evp, int n, int mr)
 {
     RVEC sum[VALUE_MR][VALUE_NV];
     for (int r = 0; r < mr; r++)
-        for (int v = 0; v < VALUE_NV; v++) sum[r][v] = RV_LOAD(acc + r * Evp + v * RW);
+        for (int v = 0; v < VALUE_NV; v++) sum[r][v] = RV_SET1(0);
     for (int64_t j = 0; j < n; j++) {
         RVEC value[VALUE_NV];
         for (int v = 0; v < VALUE_NV; v++) value[v] = RV_LOAD(vt + j * VALUE_PANEL + v * RW);
@@ -108,7 +112,8 @@ ALWAYS_INLINE void TILED(value_block)(REAL *acc, const REAL *p, const REAL *vt,
         }
     }
     for (int r = 0; r < mr; r++)
-        for (int v = 0; v < VALUE_NV; v++) RV_STORE(acc + r * Evp + v * RW, sum[r][v]);
+        for (int v = 0; v < VALUE_NV; v++)
+            RV_STORE(acc + r * Evp + v * RW, RV_ADD(RV_LOAD(acc + r * Evp + v * RW), sum[r][v]));
 }
 
 /* pass 4 for `rows` rows, n keys, all Evp value dims */
@@ -268,13 +273,15 @@ static void TILED(softmax_step)(TILED(unit_rows) *rows, int r, REAL tile_max, RE
     /* the policy of vexp: below EXP_LO the earlier keys weigh exactly 0 */
     const REAL rescale = m_new > m ? (m - m_new < EXP_LO ? 0 : EXP(m - m_new)) : 1;
     const RVEC shift = RV_SET1(m_new);
-    /* l is kept as RW partial sums (summed once, in pass 5) */
-    RVEC sum = RV_MUL(RV_LOAD(rows->l[r]), RV_SET1(rescale));
+    /* l is kept as RW partial sums (summed once, in pass 5), each the sum
+       of its tile sums (two levels, as the weighted values in value_block) */
+    RVEC sum = RV_SET1(0);
     for (int t = 0; t < TILE_KEYS; t += RW) {
         const RVEC weight = TILED(vexp)(RV_SUB(RV_LOAD(s + t), shift));
         RV_STORE(s + t, weight);
         sum = RV_ADD(sum, weight);
     }
+    sum = RV_FMA(RV_LOAD(rows->l[r]), RV_SET1(rescale), sum);
     /* rescale 0: the keys so far now weigh 0, and multiplying would turn an
        inf or NaN value of theirs into NaN */
     if (rescale == 0)
@@ -357,17 +364,18 @@ static void TILED(unit)(const sdpa_job *job, TILED(scratch) *w, int64_t u)
         } else {
             /* an inf or NaN value: keys of weight 0 must contribute nothing,
                not 0 * inf = NaN. The same fused multiply-adds in the same
-               order as value_block, so visible keys give the same bits. */
+               order as value_block (a tile sum from 0, added to acc once),
+               so visible keys give the same bits. */
             for (int r = 0; r < rows->rows; r++)
-                for (int t = 0; t < n; t++) {
-                    const RVEC weight = RV_SET1(w->p[r * TILE_KEYS + t]);
-                    if (w->p[r * TILE_KEYS + t] == 0) continue;
-                    for (int64_t c = 0; c < Evp; c += RW) {
-                        const REAL *value = w->vt + c / VALUE_PANEL * TILE_KEYS * VALUE_PANEL
-                                            + t * VALUE_PANEL + c % VALUE_PANEL;
-                        RV_STORE(w->acc + r * Evp + c, RV_FMA(weight, RV_LOAD(value),
-                                                            RV_LOAD(w->acc + r * Evp + c)));
-                    }
+                for (int64_t c = 0; c < Evp; c += RW) {
+                    const REAL *panel = w->vt + c / VALUE_PANEL * TILE_KEYS * VALUE_PANEL
+                                        + c % VALUE_PANEL;
+                    RVEC sum = RV_SET1(0);
+                    for (int t = 0; t < n; t++)
+                        if (w->p[r * TILE_KEYS + t] != 0)
+                            sum = RV_FMA(RV_SET1(w->p[r * TILE_KEYS + t]),
+                                         RV_LOAD(panel + t * VALUE_PANEL), sum);
+                    RV_STORE(w->acc + r * Evp + c, RV_ADD(RV_LOAD(w->acc + r * Evp + c), sum));
                 }
         }
     }

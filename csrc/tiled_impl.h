@@ -80,7 +80,11 @@ static const float TILED(exp_taylor)[] = {       /* 1/k!, k = 7 .. 0 */
 ALWAYS_INLINE RVEC TILED(vexp)(RVEC x)
 {
     const int terms = sizeof TILED(exp_taylor) / sizeof TILED(exp_taylor)[0];
-    const RVEC xc = RV_MIN(RV_MAX(x, RV_SET1(EXP_LO)), RV_SET1(EXP_HI));
+    /* x out of range gives 0 below EXP_LO (not EXP_LO: its result is
+       subnormal, and a subnormal operand or result costs a microcode assist
+       of about a hundred cycles per instruction; masked keys, -inf, are
+       common) and +inf above EXP_HI; either lane's result is replaced below */
+    const RVEC xc = TILED(exp_special)(x, x, EXP_LO, EXP_HI);
     const RVEC n = RV_ROUND(RV_MUL(xc, RV_SET1((REAL)1.4426950408889634)));   /* log2 e */
     const RVEC r = RV_FNMADD(n, RV_SET1(EXP_LN2_LO), RV_FNMADD(n, RV_SET1(EXP_LN2_HI), xc));
     RVEC p = RV_SET1(TILED(exp_taylor)[0]);

@@ -17,11 +17,11 @@ from . import masks
 
 BACKENDS = ("auto", "numpy", "c")
 MASKED_ROWS = ("zero", "nan")
-#: How the C kernel sums the score dot products q.k (``scores=``): "fast",
-#: plain fused multiply-add sums in the compute dtype (as torch and BLAS), or
-#: "exact", carried in twice the compute dtype's precision and rounded once
-#: (what the oracle and the golden vectors use).
-SCORE_MODES = ("fast", "exact")
+#: How the C kernel sums the score dot products q.k (``scores=``): "exact",
+#: carried in twice the compute dtype's precision and rounded once (the
+#: default), or "fast", plain fused multiply-add sums in the compute dtype
+#: (as torch and BLAS).
+SCORE_MODES = ("exact", "fast")
 PRECISIONS = (None, "float32", "float64", "longdouble")
 
 
@@ -197,7 +197,7 @@ def sdpa_call(query, key, value, attn_mask=None, dropout_p=0.0,
               is_causal=False, scale=None, enable_gqa=False, *, window=None,
               softcap=None, return_weights=False, return_lse=False,
               masked_rows="zero", precision=None, rng=None,
-              causal_alignment="top_left", scores="fast"):
+              causal_alignment="top_left", scores="exact"):
     """Check every argument of ``scaled_dot_product_attention``; see there."""
     query = float_array("query", query)
     key = float_array("key", key)

@@ -114,7 +114,7 @@ def scaled_dot_product_attention(
         scale=None, enable_gqa=False, *, window=None, softcap=None,
         return_weights=False, return_lse=False, masked_rows="zero",
         precision=None, backend="auto", rng=None, causal_alignment="top_left",
-        scores="fast"):
+        scores="exact"):
     r"""Scaled dot-product attention, as ``torch.nn.functional.scaled_dot_product_attention``.
 
     .. math::
@@ -174,15 +174,18 @@ def scaled_dot_product_attention(
         Source of dropout randomness.
     causal_alignment : {"top_left", "bottom_right"}
         Where the causal/window diagonal sits when ``L != S``.
-    scores : {"fast", "exact"}
+    scores : {"exact", "fast"}
         How the C kernel sums the score dot products :math:`q_i \cdot k_j`.
-        ``"fast"``: plain fused multiply-add sums in the compute dtype, as
-        torch and BLAS (error up to about :math:`E\,u \sum_d |q_d k_d|`,
-        Higham 2002, eq. 3.5). ``"exact"``: carried in twice the compute
-        dtype's precision (float32 products summed in double; Dot2 of Ogita,
-        Rump & Oishi 2005 in float64) and rounded once, the oracle's choice.
-        The NumPy reference always sums with ``matmul`` in the compute dtype
-        (widen it with ``precision``).
+        ``"exact"`` (the default): carried in twice the compute dtype's
+        precision (float32 products summed in double; Dot2 of Ogita, Rump &
+        Oishi 2005 in float64) and rounded once, within the equivalence rule
+        of :mod:`attnref.testing.tolerance` on every case. ``"fast"``: plain
+        fused multiply-add sums in the compute dtype, as torch and BLAS
+        (error up to :math:`\gamma_E \sum_d |q_d k_d|`, Higham 2002, eq.
+        3.5), faster, and held to that rule plus one score rounding
+        (:func:`attnref.testing.tolerance.plain_score_allowance`). The NumPy
+        reference always sums with ``matmul`` in the compute dtype (widen it
+        with ``precision``).
 
     Returns
     -------

@@ -45,6 +45,7 @@
         if ((MR) > 2 && r_ + 2 <= (rows)) { BLOCK(r_, 2); r_ += 2; } \
         if (r_ < (rows)) BLOCK(r_, 1);                            \
     } while (0)
+_Static_assert(VALUE_MR <= 8 && SCORE_MR <= 8, "ROW_BLOCKS covers blocks of at most 8 rows");
 #define VALUE_PANEL (VALUE_NV * RW)
 #define VALUE_PAD(Ev) (((Ev) + VALUE_PANEL - 1) / VALUE_PANEL * VALUE_PANEL)
 

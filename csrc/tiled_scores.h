@@ -24,6 +24,7 @@
 #define SCORE_FAST_NV (SIMD_REGISTERS >= 32 ? 4 : 2)
 #define SCORE_FAST_MR ((SIMD_REGISTERS - SCORE_FAST_NV - 2) / SCORE_FAST_NV)
 _Static_assert(TILE_KEYS % (SCORE_FAST_NV * RW) == 0, "a key tile is whole micro-kernel blocks");
+_Static_assert(SCORE_FAST_MR <= 8, "ROW_BLOCKS covers blocks of at most 8 rows");
 
 #if !REAL_IS_DOUBLE
 /* pass 1 micro-kernel, exact: sd[r][c] = scale * sum_d qd[r][d] kt[d][c] for

@@ -409,7 +409,7 @@ def _plan(call, arrays, threads, path):
     depend on: the plan for repeated calls of one shape is built once (the
     wrapper's cost matters for small calls)."""
     key = (call.L, call.S, call.E, call.Ev, call.kv_group, call.batch_shape, call.masked_rows,
-           call.scale, call.softcap, call.diag_offset, call.band_lower, call.band_upper,
+           call.scores, call.scale, call.softcap, call.diag_offset, call.band_lower, call.band_upper,
            threads, path, CHUNK_WORK, tuple((name, array.dtype.char, array.shape, array.strides)
                                 for name, array in arrays.items()))
     plan = _PLANS.get(key)
@@ -425,6 +425,8 @@ def _plan(call, arrays, threads, path):
                         _lib.ATTNREF_MASK_BIAS)
     params.masked_rows = (_lib.ATTNREF_ROWS_ZERO if call.masked_rows == "zero"
                           else _lib.ATTNREF_ROWS_NAN)
+    params.scores = (_lib.ATTNREF_SCORES_FAST if call.scores == "fast"
+                     else _lib.ATTNREF_SCORES_EXACT)
     params.scale = call.scale
     params.softcap = call.softcap or 0.0
     params.diag_offset = call.diag_offset

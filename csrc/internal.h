@@ -134,6 +134,8 @@ INTERNAL int run_shares(const sdpa_job *whole, int64_t count);
 /* portable.c */
 INTERNAL double dot_f32(const float *a, const float *b, int64_t n);
 INTERNAL double dot_f64(const double *a, const double *b, int64_t n);
+INTERNAL float dot_fast_f32(const float *a, const float *b, int64_t n);
+INTERNAL double dot_fast_f64(const double *a, const double *b, int64_t n);
 INTERNAL int sdpa_rows_f32(const sdpa_job *job);
 INTERNAL int sdpa_rows_f64(const sdpa_job *job);
 INTERNAL void nonfinite_dims_f32(const attnref_params *p, const float *q_bhi,

@@ -72,7 +72,7 @@ static void *aligned_scratch(size_t bytes)
 
 TARGET_PUSH("avx512f,avx512dq,fma")
 #define SIMD_AVX512 1
-#define VALUE_MR 4
+#define VALUE_MR 6      /* 6 rows x 4 vectors of dims: 24 accumulators of 32 */
 #define VALUE_NV 4
 
 #define REAL float
@@ -106,7 +106,7 @@ TARGET_POP
 
 TARGET_PUSH("avx2,fma")
 #define SIMD_AVX2 1
-#define VALUE_MR 4      /* 4 rows x 2 x 8 dims: 8 accumulators of 16 */
+#define VALUE_MR 6      /* 6 rows x 2 x 8 dims: 12 accumulators of 16 */
 #define VALUE_NV 2
 
 #define REAL float

@@ -17,7 +17,7 @@
  *   TILED(from_scores)(sd)     RW double scores as a REAL vector
  *   TILED(any_nan)(x)          whether a lane of x is NaN
  *   TILED(keep_range)(x, t0, lo, hi)  lanes t0 + u in [lo, hi) of x, -inf elsewhere
- * tiled_impl.h undefines all of it at its end.
+ * simd_end.h undefines all of it after the last kernel of an instance.
  */
 
 #if defined(SIMD_AVX512)

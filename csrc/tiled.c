@@ -1,7 +1,8 @@
 /*
- * tiled.c -- the tiled paths: tiled_impl.h instantiated per instruction
- * set (AVX-512, AVX2+FMA, with GCC target pragmas, never -march=native) and
- * per float type; attnref.c picks one at run time from the CPU's features.
+ * tiled.c -- the tiled paths: tiled_impl.h and decode_impl.h instantiated
+ * per instruction set (AVX-512, AVX2+FMA, with GCC target pragmas, never
+ * -march=native) and per float type; attnref.c picks one at run time from
+ * the CPU's features.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -63,6 +64,8 @@ static void *aligned_scratch(size_t bytes)
 #define SCORE_NV 4
 #include "simd.h"
 #include "tiled_impl.h"
+#include "decode_impl.h"
+#include "simd_end.h"
 #undef SCORE_MR
 #undef SCORE_NV
 
@@ -75,6 +78,8 @@ static void *aligned_scratch(size_t bytes)
 #define SCORE_NV 2
 #include "simd.h"
 #include "tiled_impl.h"
+#include "decode_impl.h"
+#include "simd_end.h"
 #undef SCORE_MR
 #undef SCORE_NV
 
@@ -98,6 +103,8 @@ static void *aligned_scratch(size_t bytes)
 #define SCORE_NV 2
 #include "simd.h"
 #include "tiled_impl.h"
+#include "decode_impl.h"
+#include "simd_end.h"
 #undef SCORE_MR
 #undef SCORE_NV
 
@@ -110,6 +117,8 @@ static void *aligned_scratch(size_t bytes)
 #define SCORE_NV 2
 #include "simd.h"
 #include "tiled_impl.h"
+#include "decode_impl.h"
+#include "simd_end.h"
 #undef SCORE_MR
 #undef SCORE_NV
 

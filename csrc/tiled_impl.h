@@ -102,6 +102,30 @@ ALWAYS_INLINE void TILED(score_block)(double *sd, const double *qd, const double
             DV_STORE(sd + r * TILE_KEYS + v * DW, DV_MUL(acc[r][v], DV_SET1(scale)));
 }
 #else
+/* One step of Dot2 in each lane (below): *sum + a * b == new *sum + the
+   rounding errors added to *error, exactly (TwoProduct with the FMA, then
+   Knuth's TwoSum). Half the additions are written as x * 1 + y (exactly
+   x + y, the same rounding) so that they run on the multiply-add units
+   beside the adders. decode_impl.h sums with it too. */
+ALWAYS_INLINE void TILED(dot2_step)(DVEC *sum, DVEC *error, DVEC a, DVEC b)
+{
+    const DVEC one = DV_SET1(1.0);
+    const DVEC product = DV_MUL(a, b);
+    const DVEC product_error = DV_FMSUB(a, b, product);
+    const DVEC total = DV_FMA(*sum, one, product);
+    const DVEC z = DV_SUB(total, *sum);
+    const DVEC sum_error = DV_ADD(DV_SUB(*sum, DV_SUB(total, z)), DV_FMSUB(product, one, z));
+    *error = DV_FMA(*error, one, DV_ADD(product_error, sum_error));
+    *sum = total;
+}
+
+/* The sum Dot2 carried: sum + error, or the plain sum where the error is
+   not finite (a product beyond DBL_MAX) */
+ALWAYS_INLINE DVEC TILED(dot2_result)(DVEC sum, DVEC error)
+{
+    return DV_KEEP_FINITE(DV_ADD(sum, error), sum, error);
+}
+
 /* pass 1 micro-kernel for double: as above, but each lane is Ogita, Rump &
    Oishi's Dot2 (SIAM J. Sci. Comput. 26(6), 2005, Alg. 5.3, with the FMA
    TwoProduct): the rounding error of every product and every sum is kept
@@ -111,7 +135,6 @@ ALWAYS_INLINE void TILED(score_block)(double *sd, const double *qd, const double
 ALWAYS_INLINE void TILED(score_block)(double *sd, const double *qd, const double *kt,
                                       int64_t E, double scale, int mr)
 {
-    const DVEC one = DV_SET1(1.0);
     DVEC sum[SCORE_MR][SCORE_NV], error[SCORE_MR][SCORE_NV];
     for (int r = 0; r < mr; r++)
         for (int v = 0; v < SCORE_NV; v++) sum[r][v] = error[r][v] = DV_ZERO();
@@ -120,27 +143,14 @@ ALWAYS_INLINE void TILED(score_block)(double *sd, const double *qd, const double
         for (int v = 0; v < SCORE_NV; v++) key[v] = DV_LOAD(kt + d * KEY_PANEL + v * DW);
         for (int r = 0; r < mr; r++) {
             const DVEC query = DV_SET1(qd[r * E + d]);
-            for (int v = 0; v < SCORE_NV; v++) {
-                /* TwoProduct and TwoSum. Half the additions are written as
-                   a * 1 + b (exactly a + b, the same rounding) so that they
-                   run on the multiply-add units beside the adders. */
-                const DVEC product = DV_MUL(query, key[v]);
-                const DVEC product_error = DV_FMSUB(query, key[v], product);
-                const DVEC total = DV_FMA(sum[r][v], one, product);
-                const DVEC z = DV_SUB(total, sum[r][v]);
-                const DVEC sum_error = DV_ADD(DV_SUB(sum[r][v], DV_SUB(total, z)),
-                                              DV_FMSUB(product, one, z));
-                error[r][v] = DV_FMA(error[r][v], one, DV_ADD(product_error, sum_error));
-                sum[r][v] = total;
-            }
+            for (int v = 0; v < SCORE_NV; v++)
+                TILED(dot2_step)(&sum[r][v], &error[r][v], query, key[v]);
         }
     }
     for (int r = 0; r < mr; r++)
-        for (int v = 0; v < SCORE_NV; v++) {
-            const DVEC corrected = DV_KEEP_FINITE(DV_ADD(sum[r][v], error[r][v]),
-                                                  sum[r][v], error[r][v]);
-            DV_STORE(sd + r * TILE_KEYS + v * DW, DV_MUL(corrected, DV_SET1(scale)));
-        }
+        for (int v = 0; v < SCORE_NV; v++)
+            DV_STORE(sd + r * TILE_KEYS + v * DW,
+                     DV_MUL(TILED(dot2_result)(sum[r][v], error[r][v]), DV_SET1(scale)));
 }
 #endif
 
@@ -363,13 +373,68 @@ static void TILED(softmax_step)(TILED(unit_rows) *rows, int r, REAL tile_max, RE
     rows->m[r] = m_new;
 }
 
+/* passes 2 and 3 for every row of a unit over the tile [j0, j0 + n): the
+   weights of its keys into weights (TILE_ROWS, TILE_KEYS), 0 for keys that
+   add nothing, from the scores sd (TILE_ROWS, TILE_KEYS), and each row's m,
+   l and acc (rows Evp apart) brought up to date. decode_impl.h weighs its
+   key blocks with it too. */
+static void TILED(weigh_tile)(const attnref_params *p, TILED(unit_rows) *rows, int64_t j0,
+                              int n, const double *sd, REAL *weights, REAL *acc, int64_t Evp)
+{
+    for (int r = 0; r < rows->rows; r++) {
+        REAL *s = weights + r * TILE_KEYS;
+        REAL tile_max;
+        if (rows->nan[r] || j0 >= rows->j_end[r] || j0 + n <= rows->j_begin[r]) {
+            for (int t = 0; t < TILE_KEYS; t++) s[t] = 0;
+            continue;
+        }
+        tile_max = TILED(finish_scores)(p, rows, r, j0, n, sd + r * TILE_KEYS, s);
+        if (tile_max != tile_max) {
+            rows->nan[r] = 1;
+            for (int t = 0; t < TILE_KEYS; t++) s[t] = 0;
+        } else if (tile_max == -INFINITY) {
+            /* no visible key of this tile scores above -inf: it adds nothing */
+            for (int t = 0; t < TILE_KEYS; t++) s[t] = 0;
+        } else {
+            TILED(softmax_step)(rows, r, tile_max, s, acc + r * Evp, Evp);
+        }
+    }
+}
+
+/* pass 5 for row r: out = acc / l (by division, as the NumPy reference) or
+   the masked-row or NaN rule, and the lse. Unless every value the row's
+   keys brought was finite, pass 6 (sdpa_impl.h) first sums again the dims
+   that an inf or NaN value of a key the final max drops made inf or NaN.
+   k_bh and v_bh are the row's kv head. decode_impl.h finishes rows with it. */
+static void TILED(finish_row)(const attnref_params *p, const TILED(unit_rows) *rows, int r,
+                              const REAL *acc, const REAL *k_bh, const REAL *v_bh,
+                              int values_seen_finite)
+{
+    const REAL m = rows->m[r], l = rows->l[r];
+    REAL *out = rows->out[r];
+    if (rows->nan[r]) {
+        for (int64_t c = 0; c < p->Ev; c++) out[c] = (REAL)NAN;
+    } else if (m == -INFINITY) {
+        const REAL masked_row_value = p->masked_rows == ATTNREF_ROWS_NAN ? (REAL)NAN : 0;
+        for (int64_t c = 0; c < p->Ev; c++) out[c] = masked_row_value;
+    } else {
+        for (int64_t c = 0; c < p->Ev; c++) out[c] = acc[c] / l;
+        if (!values_seen_finite)
+            TILED_nonfinite_dims(p, rows->q[r], k_bh, v_bh,
+                                  p->mask_kind == ATTNREF_MASK_BOOL ? rows->mask[r] : NULL,
+                                  p->mask_kind == ATTNREF_MASK_BIAS ? rows->mask[r] : NULL,
+                                  rows->j_begin[r], rows->j_end[r], m, l, acc, out);
+    }
+    if (rows->lse[r] != NULL)
+        *rows->lse[r] = rows->nan[r] ? (REAL)NAN : m == -INFINITY ? -INFINITY : m + LOG(l);
+}
+
 /* One unit: all its rows against all the key tiles any of them sees. */
 static void TILED(unit)(const sdpa_job *job, TILED(scratch) *w, int64_t u)
 {
     const attnref_params *p = job->params;
     const int64_t E = p->E, Ev = p->Ev, Evp = VALUE_PAD(Ev);
     const int64_t *ks = p->k_stride, *vs = p->v_stride;
-    const REAL masked_row_value = p->masked_rows == ATTNREF_ROWS_NAN ? (REAL)NAN : 0;
     TILED(unit_rows) *rows = w->rows;
     int64_t j_lo = INT64_MAX, j_hi = 0, kv_h, b;
     const REAL *k_bh, *v_bh;
@@ -398,25 +463,8 @@ static void TILED(unit)(const sdpa_job *job, TILED(scratch) *w, int64_t u)
         /* pass 1: scores */
         TILED(scores)(w->sd, w->qd, w->kt, E, p->scale, rows->rows);
 
-        /* passes 2 and 3, row by row */
-        for (int r = 0; r < rows->rows; r++) {
-            REAL *s = w->p + r * TILE_KEYS;
-            REAL tile_max;
-            if (rows->nan[r] || j0 >= rows->j_end[r] || j0 + n <= rows->j_begin[r]) {
-                for (int t = 0; t < TILE_KEYS; t++) s[t] = 0;
-                continue;
-            }
-            tile_max = TILED(finish_scores)(p, rows, r, j0, n, w->sd + r * TILE_KEYS, s);
-            if (tile_max != tile_max) {
-                rows->nan[r] = 1;
-                for (int t = 0; t < TILE_KEYS; t++) s[t] = 0;
-            } else if (tile_max == -INFINITY) {
-                /* no visible key of this tile scores above -inf: it adds nothing */
-                for (int t = 0; t < TILE_KEYS; t++) s[t] = 0;
-            } else {
-                TILED(softmax_step)(rows, r, tile_max, s, w->acc + r * Evp, Evp);
-            }
-        }
+        /* passes 2 and 3 */
+        TILED(weigh_tile)(p, rows, j0, n, w->sd, w->p, w->acc, Evp);
 
         /* pass 4: weighted values */
         if (values_finite) {
@@ -439,27 +487,9 @@ static void TILED(unit)(const sdpa_job *job, TILED(scratch) *w, int64_t u)
         }
     }
 
-    /* pass 5: normalise (by division, as the NumPy reference) and the lse */
-    for (int r = 0; r < rows->rows; r++) {
-        const REAL *acc = w->acc + r * Evp;
-        const REAL m = rows->m[r], l = rows->l[r];
-        REAL *out = rows->out[r];
-        if (rows->nan[r]) {
-            for (int64_t c = 0; c < Ev; c++) out[c] = (REAL)NAN;
-        } else if (m == -INFINITY) {
-            for (int64_t c = 0; c < Ev; c++) out[c] = masked_row_value;
-        } else {
-            for (int64_t c = 0; c < Ev; c++) out[c] = acc[c] / l;
-            /* pass 6 (sdpa_impl.h): dims made inf or NaN by a key the final max drops */
-            if (!values_seen_finite)
-                TILED_nonfinite_dims(p, rows->q[r], k_bh, v_bh,
-                                      p->mask_kind == ATTNREF_MASK_BOOL ? rows->mask[r] : NULL,
-                                      p->mask_kind == ATTNREF_MASK_BIAS ? rows->mask[r] : NULL,
-                                      rows->j_begin[r], rows->j_end[r], m, l, acc, out);
-        }
-        if (rows->lse[r] != NULL)
-            *rows->lse[r] = rows->nan[r] ? (REAL)NAN : m == -INFINITY ? -INFINITY : m + LOG(l);
-    }
+    /* pass 5 */
+    for (int r = 0; r < rows->rows; r++)
+        TILED(finish_row)(p, rows, r, w->acc + r * Evp, k_bh, v_bh, values_seen_finite);
 }
 
 /* A thread's share: units taken one at a time from the shared counter. */
@@ -501,44 +531,3 @@ int TILED(exp_array)(REAL *out, const REAL *x, int64_t n)
     }
     return ATTNREF_OK;
 }
-
-#undef ALWAYS_INLINE
-#undef TILED_nonfinite_dims
-#undef KEY_PANEL
-#undef VALUE_PANEL
-#undef VALUE_PAD
-#undef DVEC
-#undef DW
-#undef DV_LOAD
-#undef DV_STORE
-#undef DV_SET1
-#undef DV_ZERO
-#undef DV_FMA
-#undef DV_MUL
-#undef DV_ADD
-#undef DV_SUB
-#undef DV_FMSUB
-#undef DV_KEEP_FINITE
-#undef DV_FROM_REAL
-#undef RVEC
-#undef RW
-#undef RV_LOAD
-#undef RV_STORE
-#undef RV_SET1
-#undef RV_FMA
-#undef RV_MUL
-#undef RV_ADD
-#undef RV_SUB
-#undef RV_MAX
-#undef RV_MIN
-#undef RV_FNMADD
-#undef RV_ROUND
-#undef EXP_LO
-#undef EXP_HI
-#undef EXP_LN2_HI
-#undef EXP_LN2_LO
-#undef REAL
-#undef REAL_IS_DOUBLE
-#undef EXP
-#undef LOG
-#undef TILED

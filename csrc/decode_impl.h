@@ -15,7 +15,7 @@
  *   chunk     = keys [c C, (c + 1) C) with C from S alone (decode.c): the
  *               same chunks for any thread count and any split of the call
  *   unit      = a group x a chunk, over key blocks of TILE_KEYS keys:
- *   pass 1    scores of DECODE_MR rows x DW keys per micro-kernel, each a
+ *   pass 1    scores of a few rows x keys per micro-kernel (below), each a
  *             vector of partial sums along E, reduced by a transpose: for
  *             ATTNREF_SCORES_EXACT float products summed in double (the float
  *             score rounded once) and double ones by Dot2, as tiled_impl.h;
@@ -34,8 +34,12 @@
  *   thread count.
  */
 
-#define DECODE_MR 2   /* rows per score micro-kernel: 2 x DW (row, key) sums,
-                         8 of AVX2's 16 vector registers, 16 of AVX-512's 32 */
+/* Score micro-kernels hold 2 DW sums of (row, key) pairs: 8 of AVX2's 16
+   vector registers, 16 of AVX-512's 32. Exact float scores: DECODE_MR rows x
+   DW / 2 keys (a key converted to double once serves 4 rows); fast scores:
+   DECODE_FAST_MR rows x DW keys. */
+#define DECODE_MR 4
+#define DECODE_FAST_MR 2
 
 /* RW REALs of x, zero from `width` on (the edge of a row) */
 ALWAYS_INLINE RVEC TILED(decode_load)(const REAL *x, int64_t width)
@@ -56,16 +60,25 @@ ALWAYS_INLINE DVEC TILED(decode_lane_sums)(DVEC x[DW])
 }
 
 /* pass 1 micro-kernel, ATTNREF_SCORES_FAST: sd[r][u] = scale * q_r . key_u
-   for r < mr (<= DECODE_MR) and u < DW, summed in REAL with FMA.
+   for r < mr (<= DECODE_FAST_MR) and u < DW, summed in REAL with FMA.
    q[r] and key[u] point at rows of E REALs; sd rows are TILE_KEYS apart. */
 ALWAYS_INLINE void TILED(decode_fast_block)(double *sd, const REAL *const *q,
                                             const REAL *const *key, int64_t E, REAL scale,
                                             int mr)
 {
-    RVEC acc[DECODE_MR][DW];
+    RVEC acc[DECODE_FAST_MR][DW];
     for (int r = 0; r < mr; r++)
         for (int u = 0; u < DW; u++) acc[r][u] = RV_SET1(0);
-    for (int64_t d = 0; d < E; d += RW) {
+    int64_t d = 0;
+    for (; d + RW <= E; d += RW) {
+        RVEC k[DW];
+        for (int u = 0; u < DW; u++) k[u] = RV_LOAD(key[u] + d);
+        for (int r = 0; r < mr; r++) {
+            const RVEC query = RV_LOAD(q[r] + d);
+            for (int u = 0; u < DW; u++) acc[r][u] = RV_FMA(query, k[u], acc[r][u]);
+        }
+    }
+    if (d < E) {   /* the edge: the rest zero */
         RVEC k[DW];
         for (int u = 0; u < DW; u++) k[u] = TILED(decode_load)(key[u] + d, E - d);
         for (int r = 0; r < mr; r++) {
@@ -78,43 +91,60 @@ ALWAYS_INLINE void TILED(decode_fast_block)(double *sd, const REAL *const *q,
 }
 
 #if !REAL_IS_DOUBLE
-/* DW floats of x from d, zero from E on, as a double vector */
-ALWAYS_INLINE DVEC TILED(decode_load_wide)(const float *x, int64_t d, int64_t E)
+/* DW floats of x, zero from `width` on, as a double vector (the edge of a row) */
+ALWAYS_INLINE DVEC TILED(decode_load_wide)(const float *x, int64_t width)
 {
     float part[DW];
-    if (d + DW <= E) return DV_FROM_REAL(x + d);
-    for (int u = 0; u < DW; u++) part[u] = d + u < E ? x[d + u] : 0;
+    for (int u = 0; u < DW; u++) part[u] = u < width ? x[u] : 0;
     return DV_FROM_REAL(part);
 }
 
-/* pass 1 micro-kernel, ATTNREF_SCORES_EXACT for float: as above, but the
-   products are exact in double and summed in double, so the float score
-   is rounded once (as the portable path's dot_f32). qd (mr, E): the queries
-   in double. */
+/* pass 1 micro-kernel, ATTNREF_SCORES_EXACT for float: sd[r][u] = scale *
+   q_r . key_u for r < mr (<= DECODE_MR) and u < DW / 2, the products exact
+   in double and summed in double, so the float score is rounded once (as
+   the portable path's dot_f32). The sums of two rows make the DW vectors of
+   one lane sum. qd (mr, E): the queries in double. */
 ALWAYS_INLINE void TILED(decode_score_block)(double *sd, const double *qd,
                                              const float *const *key, int64_t E,
                                              double scale, int mr)
 {
-    DVEC acc[DECODE_MR][DW];
+    enum { KEYS = DW / 2 };
+    DVEC acc[DECODE_MR][KEYS];
+    int64_t d = 0;
     for (int r = 0; r < mr; r++)
-        for (int u = 0; u < DW; u++) acc[r][u] = DV_ZERO();
-    for (int64_t d = 0; d < E; d += DW) {
-        DVEC k[DW];
-        for (int u = 0; u < DW; u++) k[u] = TILED(decode_load_wide)(key[u], d, E);
+        for (int u = 0; u < KEYS; u++) acc[r][u] = DV_ZERO();
+    for (; d + DW <= E; d += DW) {
+        DVEC k[KEYS];
+        for (int u = 0; u < KEYS; u++) k[u] = DV_FROM_REAL(key[u] + d);
         for (int r = 0; r < mr; r++) {
-            double part[DW];
-            DVEC query;
-            if (d + DW <= E) {
-                query = DV_LOAD(qd + r * E + d);
-            } else {
-                for (int u = 0; u < DW; u++) part[u] = d + u < E ? qd[r * E + d + u] : 0;
-                query = DV_LOAD(part);
-            }
-            for (int u = 0; u < DW; u++) acc[r][u] = DV_FMA(query, k[u], acc[r][u]);
+            const DVEC query = DV_LOAD(qd + r * E + d);
+            for (int u = 0; u < KEYS; u++) acc[r][u] = DV_FMA(query, k[u], acc[r][u]);
         }
     }
-    for (int r = 0; r < mr; r++)
-        DV_STORE(sd + r * TILE_KEYS, DV_MUL(TILED(decode_lane_sums)(acc[r]), DV_SET1(scale)));
+    if (d < E) {   /* the edge: the rest zero */
+        DVEC k[KEYS];
+        for (int u = 0; u < KEYS; u++) k[u] = TILED(decode_load_wide)(key[u] + d, E - d);
+        for (int r = 0; r < mr; r++) {
+            double part[DW];
+            for (int u = 0; u < DW; u++) part[u] = d + u < E ? qd[r * E + d + u] : 0;
+            for (int u = 0; u < KEYS; u++) acc[r][u] = DV_FMA(DV_LOAD(part), k[u], acc[r][u]);
+        }
+    }
+    for (int r = 0; r < mr; r += 2) {
+        /* rows r and r + 1 (r again past the last) */
+        const int second = r + 1 < mr ? r + 1 : r;
+        DVEC pair[DW];
+        double scores[DW];
+        for (int u = 0; u < KEYS; u++) {
+            pair[u] = acc[r][u];
+            pair[KEYS + u] = acc[second][u];
+        }
+        DV_STORE(scores, DV_MUL(TILED(decode_lane_sums)(pair), DV_SET1(scale)));
+        for (int u = 0; u < KEYS; u++) {
+            sd[r * TILE_KEYS + u] = scores[u];
+            sd[second * TILE_KEYS + u] = scores[KEYS + u];
+        }
+    }
 }
 #else
 /* pass 1 micro-kernel, ATTNREF_SCORES_EXACT for double: sd[u] = scale *
@@ -127,7 +157,13 @@ ALWAYS_INLINE void TILED(decode_score_block)(double *sd, const double *q,
 {
     DVEC sum[DW], error[DW], total, total_error;
     for (int u = 0; u < DW; u++) sum[u] = error[u] = DV_ZERO();
-    for (int64_t d = 0; d < E; d += DW) {
+    int64_t d = 0;
+    for (; d + DW <= E; d += DW) {
+        const DVEC query = DV_LOAD(q + d);
+        for (int u = 0; u < DW; u++)
+            TILED(dot2_step)(&sum[u], &error[u], query, DV_LOAD(key[u] + d));
+    }
+    if (d < E) {   /* the edge: the rest zero */
         const DVEC query = TILED(decode_load)(q + d, E - d);
         for (int u = 0; u < DW; u++)
             TILED(dot2_step)(&sum[u], &error[u], query, TILED(decode_load)(key[u] + d, E - d));
@@ -157,9 +193,9 @@ static void TILED(decode_scores)(const attnref_params *p, const TILED(unit_rows)
         int r = 0;
         for (int u = 0; u < DW; u++) key[u] = k + (t0 + u < n ? t0 + u : n - 1) * ks2;
         if (p->scores == ATTNREF_SCORES_FAST) {
-            for (; r + DECODE_MR <= rows->rows; r += DECODE_MR)
+            for (; r + DECODE_FAST_MR <= rows->rows; r += DECODE_FAST_MR)
                 TILED(decode_fast_block)(sd + r * TILE_KEYS + t0, rows->q + r, key, E,
-                                         (REAL)p->scale, DECODE_MR);
+                                         (REAL)p->scale, DECODE_FAST_MR);
             for (; r < rows->rows; r++)
                 TILED(decode_fast_block)(sd + r * TILE_KEYS + t0, rows->q + r, key, E,
                                          (REAL)p->scale, 1);
@@ -170,11 +206,21 @@ static void TILED(decode_scores)(const attnref_params *p, const TILED(unit_rows)
         for (; r < rows->rows; r++)
             TILED(decode_score_block)(sd + r * TILE_KEYS + t0, rows->q[r], key, E, p->scale);
 #else
-        for (; r + DECODE_MR <= rows->rows; r += DECODE_MR)
-            TILED(decode_score_block)(sd + r * TILE_KEYS + t0, qd + r * E, key, E, p->scale,
-                                      DECODE_MR);
-        for (; r < rows->rows; r++)
-            TILED(decode_score_block)(sd + r * TILE_KEYS + t0, qd + r * E, key, E, p->scale, 1);
+        for (int h = 0; h < DW; h += DW / 2) {   /* two halves of the DW keys */
+            const float *half[DW / 2];
+            double *at = sd + t0 + h;
+            for (int u = 0; u < DW / 2; u++) half[u] = key[h + u];
+            for (r = 0; r + DECODE_MR <= rows->rows; r += DECODE_MR)
+                TILED(decode_score_block)(at + r * TILE_KEYS, qd + r * E, half, E, p->scale,
+                                          DECODE_MR);
+            /* the last rows, in blocks of a constant count */
+            if (rows->rows - r >= 2) {
+                TILED(decode_score_block)(at + r * TILE_KEYS, qd + r * E, half, E, p->scale, 2);
+                r += 2;
+            }
+            if (r < rows->rows)
+                TILED(decode_score_block)(at + r * TILE_KEYS, qd + r * E, half, E, p->scale, 1);
+        }
 #endif
     }
 }
@@ -368,3 +414,4 @@ int TILED(decode_rows)(const sdpa_job *job)
 }
 
 #undef DECODE_MR
+#undef DECODE_FAST_MR

@@ -4,9 +4,11 @@ One new token against S cached keys: L = 1, Hq = 32, Hkv = 8 (GQA 4:1),
 D = 128, B = 1, float32 and float64. Before each timed call EVICT_BYTES are
 read, so K and V come from memory (as in a model whose layers' caches do not
 fit in L3); the two libraries are timed in turn, round after round, and the
-medians compared. GB/s = 2 B Hkv S D itemsize (the K and V bytes) / median,
-beside the probe's streaming read bandwidth (benchmarks/probe.py) on as many
-threads.
+medians compared. GB/s = 2 B Hkv S D itemsize (the K and V bytes) / median.
+The read bandwidth they are measured against is timed in the same rounds:
+the probe's streaming read (benchmarks/probe.py) of as many bytes, evicted
+the same way, on as many threads; on a shared machine it moves with the
+load, so a figure taken once, apart from the calls, would not match them.
 
     python benchmarks/bench_decode.py --isa avx2 [--threads 1 2] [--lengths 4096 16384]
 
@@ -63,13 +65,13 @@ def main(argv=None):
     progress(f"attnref path {attnref.kernel.get_code_path()}, torch CPU capability "
              f"{torch.backends.cpu.get_cpu_capability()}")
     probes = probe.load()
-    read_gbs = {threads: probe.read_bandwidth(probes, threads) for threads in args.threads}
-    for threads, rate in read_gbs.items():
-        progress(f"probe ({probes.isa}): read {rate:.1f} GB/s on {threads} thread(s)")
+    if probes.isa is None:
+        progress(f"the read probe cannot run: {probes.reason}")
+        return 1
     evict = np.ones(EVICT_BYTES // 4, np.float32)
-    print(f"| dtype | S | threads | attnref GB/s | % of read | torch GB/s | % of read "
-          f"| attnref / torch |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"| dtype | S | threads | read GB/s | attnref GB/s | % of read | torch GB/s "
+          f"| % of read | attnref / torch |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for dtype in (np.float32, np.float64):
         for S in args.lengths:
             rng = np.random.default_rng([SEED, S])
@@ -87,7 +89,13 @@ def main(argv=None):
             progress(f"{np.dtype(dtype).name} S={S}: attnref and torch differ by "
                      f"{difference:.2e} at most")
             kv_bytes = 2 * KV_HEADS * S * D * np.dtype(dtype).itemsize
+            data = np.ones(kv_bytes // 4, np.float32)
+            pointer = probes.ffi.cast("const float *", probes.ffi.from_buffer(data))
             for threads in args.threads:
+                part = data.size // threads // probe.READ_ALIGN * probe.READ_ALIGN
+                work = [lambda start=index * part: probes.read(pointer + start, part)
+                        for index in range(threads)]
+                calls["read"] = lambda: probe.run_threads(work)
                 attnref.kernel.set_num_threads(threads)
                 torch.set_num_threads(threads)
                 times = {name: [] for name in calls}
@@ -98,13 +106,16 @@ def main(argv=None):
                             call()
                         evict.sum()
                         start = time.perf_counter()
-                        call()
-                        times[name].append(time.perf_counter() - start)
+                        result = call()
+                        # the read's own span: from its threads' start to their end
+                        times[name].append(result if name == "read"
+                                           else time.perf_counter() - start)
                 rate = {name: kv_bytes / statistics.median(seconds) / 1e9
                         for name, seconds in times.items()}
-                print(f"| {np.dtype(dtype).name} | {S} | {threads} | {rate['attnref']:.1f} "
-                      f"| {100 * rate['attnref'] / read_gbs[threads]:.0f}% "
-                      f"| {rate['torch']:.1f} | {100 * rate['torch'] / read_gbs[threads]:.0f}% "
+                rate["read"] = threads * part * 4 / statistics.median(times["read"]) / 1e9
+                print(f"| {np.dtype(dtype).name} | {S} | {threads} | {rate['read']:.1f} "
+                      f"| {rate['attnref']:.1f} | {100 * rate['attnref'] / rate['read']:.0f}% "
+                      f"| {rate['torch']:.1f} | {100 * rate['torch'] / rate['read']:.0f}% "
                       f"| {rate['attnref'] / rate['torch']:.2f}x |", flush=True)
     return 0
 

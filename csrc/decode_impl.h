@@ -180,17 +180,30 @@ ALWAYS_INLINE void TILED(decode_score_block)(double *sd, const double *q,
 }
 #endif
 
+/* The cache lines of x[0 .. n) on their way to L2 */
+ALWAYS_INLINE void TILED(decode_prefetch)(const REAL *x, int64_t n)
+{
+    for (int64_t c = 0; c < n; c += 64 / sizeof(REAL)) __builtin_prefetch(x + c, 0, 2);
+}
+
 /* pass 1 for every row and keys t < n of a block (k its first key, keys ks2
    apart): scaled scores sd (rows, TILE_KEYS) in double. Columns from n up
-   to a multiple of DW repeat key n - 1; pass 2 drops them. */
+   to a multiple of DW repeat key n - 1; pass 2 drops them. Meanwhile the
+   keys and values of the next block (k_next and v_next, `next` keys; K and V
+   are read from memory at the rate of this loop) are prefetched. */
 static void TILED(decode_scores)(const attnref_params *p, const TILED(unit_rows) *rows,
                                  const double *qd, const REAL *k, int64_t ks2, int n,
-                                 double *sd)
+                                 double *sd, const REAL *k_next, const REAL *v_next,
+                                 int next)
 {
-    const int64_t E = p->E;
+    const int64_t E = p->E, vs2 = p->v_stride[2];
     for (int t0 = 0; t0 < n; t0 += DW) {
         const REAL *key[DW];
         int r = 0;
+        for (int t = t0 * next / n; t < (t0 + DW) * next / n && t < next; t++) {
+            TILED(decode_prefetch)(k_next + t * ks2, E);
+            TILED(decode_prefetch)(v_next + t * vs2, p->Ev);
+        }
         for (int u = 0; u < DW; u++) key[u] = k + (t0 + u < n ? t0 + u : n - 1) * ks2;
         if (p->scores == ATTNREF_SCORES_FAST) {
             for (; r + DECODE_FAST_MR <= rows->rows; r += DECODE_FAST_MR)
@@ -361,7 +374,9 @@ static void TILED(decode_unit)(const sdpa_job *job, TILED(decode_scratch) *w, in
 
     for (int64_t j0 = j_lo; j0 < j_hi; j0 += TILE_KEYS) {
         const int n = (int)(j_hi - j0 < TILE_KEYS ? j_hi - j0 : TILE_KEYS);
-        TILED(decode_scores)(p, rows, w->qd, k_bh + j0 * ks[2], ks[2], n, w->sd);
+        const int next = (int)(j_hi - j0 - n < TILE_KEYS ? j_hi - j0 - n : TILE_KEYS);
+        TILED(decode_scores)(p, rows, w->qd, k_bh + j0 * ks[2], ks[2], n, w->sd,
+                             k_bh + (j0 + n) * ks[2], v_bh + (j0 + n) * vs[2], next);
         TILED(weigh_tile)(p, rows, j0, n, w->sd, w->p, w->acc, Evp);
         TILED(decode_values)(w->acc, w->p, v_bh + j0 * vs[2], vs[2], n, Ev, Evp, rows->rows);
     }

@@ -189,21 +189,18 @@ ALWAYS_INLINE void TILED(decode_prefetch)(const REAL *x, int64_t n)
 /* pass 1 for every row and keys t < n of a block (k its first key, keys ks2
    apart): scaled scores sd (rows, TILE_KEYS) in double. Columns from n up
    to a multiple of DW repeat key n - 1; pass 2 drops them. Meanwhile the
-   keys and values of the next block (k_next and v_next, `next` keys; K and V
-   are read from memory at the rate of this loop) are prefetched. */
+   keys of the next block (k_next, `next` keys) are prefetched, a few at each
+   step: a burst would stall on the line fill buffers. */
 static void TILED(decode_scores)(const attnref_params *p, const TILED(unit_rows) *rows,
                                  const double *qd, const REAL *k, int64_t ks2, int n,
-                                 double *sd, const REAL *k_next, const REAL *v_next,
-                                 int next)
+                                 double *sd, const REAL *k_next, int next)
 {
-    const int64_t E = p->E, vs2 = p->v_stride[2];
+    const int64_t E = p->E;
     for (int t0 = 0; t0 < n; t0 += DW) {
         const REAL *key[DW];
         int r = 0;
-        for (int t = t0 * next / n; t < (t0 + DW) * next / n && t < next; t++) {
+        for (int t = t0 * next / n; t < (t0 + DW) * next / n && t < next; t++)
             TILED(decode_prefetch)(k_next + t * ks2, E);
-            TILED(decode_prefetch)(v_next + t * vs2, p->Ev);
-        }
         for (int u = 0; u < DW; u++) key[u] = k + (t0 + u < n ? t0 + u : n - 1) * ks2;
         if (p->scores == ATTNREF_SCORES_FAST) {
             for (; r + DECODE_FAST_MR <= rows->rows; r += DECODE_FAST_MR)
@@ -274,13 +271,19 @@ ALWAYS_INLINE void TILED(decode_value_block)(REAL *acc, const REAL *p, const REA
         }
 }
 
-/* pass 4 for every row, n keys (v the first one's values, vs2 apart) */
+/* pass 4 for every row, n keys (v the first one's values, vs2 apart);
+   meanwhile the values of the next block (v_next, `next` keys) are
+   prefetched, spread over the passes along Ev */
 static void TILED(decode_values)(REAL *acc, const REAL *p, const REAL *v, int64_t vs2, int n,
-                                 int64_t Ev, int64_t Evp, int rows)
+                                 int64_t Ev, int64_t Evp, int rows, const REAL *v_next,
+                                 int next)
 {
     for (int64_t c0 = 0; c0 < Ev; c0 += VALUE_PANEL) {
+        const int64_t passes = (Ev - 1) / VALUE_PANEL + 1, pass = c0 / VALUE_PANEL;
         const int width = Ev - c0 < VALUE_PANEL ? (int)(Ev - c0) : VALUE_PANEL;
         int r = 0;
+        for (int64_t t = pass * next / passes; t < (pass + 1) * next / passes; t++)
+            TILED(decode_prefetch)(v_next + t * vs2, Ev);
         if (width == VALUE_PANEL)
             for (; r + VALUE_MR <= rows; r += VALUE_MR)
                 TILED(decode_value_block)(acc + r * Evp + c0, p + r * TILE_KEYS, v + c0, vs2, n,
@@ -375,10 +378,13 @@ static void TILED(decode_unit)(const sdpa_job *job, TILED(decode_scratch) *w, in
     for (int64_t j0 = j_lo; j0 < j_hi; j0 += TILE_KEYS) {
         const int n = (int)(j_hi - j0 < TILE_KEYS ? j_hi - j0 : TILE_KEYS);
         const int next = (int)(j_hi - j0 - n < TILE_KEYS ? j_hi - j0 - n : TILE_KEYS);
+        /* the keys of the block after this one, prefetched during this one:
+           K and V stream from memory at the rate of the passes */
         TILED(decode_scores)(p, rows, w->qd, k_bh + j0 * ks[2], ks[2], n, w->sd,
-                             k_bh + (j0 + n) * ks[2], v_bh + (j0 + n) * vs[2], next);
+                             k_bh + (j0 + n) * ks[2], next);
         TILED(weigh_tile)(p, rows, j0, n, w->sd, w->p, w->acc, Evp);
-        TILED(decode_values)(w->acc, w->p, v_bh + j0 * vs[2], vs[2], n, Ev, Evp, rows->rows);
+        TILED(decode_values)(w->acc, w->p, v_bh + j0 * vs[2], vs[2], n, Ev, Evp, rows->rows,
+                             v_bh + (j0 + n) * vs[2], next);
     }
 
     if (plan->chunks == 1) {

@@ -21,7 +21,7 @@
  *   TILED(from_scores)(sd)     RW double scores as a REAL vector
  *   TILED(any_nan)(x)          whether a lane of x is NaN
  *   TILED(keep_range)(x, t0, lo, hi)  lanes t0 + u in [lo, hi) of x, -inf elsewhere
- * tiled_impl.h undefines all of it at its end.
+ * simd_end.h undefines all of it after the last kernel of an instance.
  */
 
 #if defined(SIMD_AVX512)
@@ -382,6 +382,7 @@ static inline __m256 TILED(exp_special)(__m256 y, __m256 x, float lo, float hi)
    operation (scalef, roundscale, masks) the AVX2 section's construction is
    used. Every FMA here is fused (vfmaq / vfmsq), as on x86. */
 
+#define SIMD_REGISTERS 32
 #define DVEC float64x2_t
 #define DW 2
 #define DV_LOAD vld1q_f64
@@ -408,6 +409,7 @@ static inline void TILED(transpose)(float64x2_t rows[2])
 }
 
 #if REAL_IS_DOUBLE
+static inline void TILED(transpose_real)(float64x2_t rows[2]) { TILED(transpose)(rows); }
 #define DV_FROM_REAL(p) vld1q_f64(p)
 #define RVEC float64x2_t
 #define RW 2
@@ -469,6 +471,19 @@ static inline float64x2_t TILED(exp_special)(float64x2_t y, float64x2_t x, doubl
     return vbslq_f64(vceqq_f64(x, x), y, x);
 }
 #else /* float */
+/* rows[u][c] <-> rows[c][u]: a 4 x 4 transpose, pairs of floats then pairs
+   of those (as doubles' worth of bits) */
+static inline void TILED(transpose_real)(float32x4_t rows[4])
+{
+    const float64x2_t t0 = vreinterpretq_f64_f32(vtrn1q_f32(rows[0], rows[1]));
+    const float64x2_t t1 = vreinterpretq_f64_f32(vtrn2q_f32(rows[0], rows[1]));
+    const float64x2_t t2 = vreinterpretq_f64_f32(vtrn1q_f32(rows[2], rows[3]));
+    const float64x2_t t3 = vreinterpretq_f64_f32(vtrn2q_f32(rows[2], rows[3]));
+    rows[0] = vreinterpretq_f32_f64(vtrn1q_f64(t0, t2));
+    rows[1] = vreinterpretq_f32_f64(vtrn1q_f64(t1, t3));
+    rows[2] = vreinterpretq_f32_f64(vtrn2q_f64(t0, t2));
+    rows[3] = vreinterpretq_f32_f64(vtrn2q_f64(t1, t3));
+}
 #define DV_FROM_REAL(p) vcvt_f64_f32(vld1_f32(p))
 #define RVEC float32x4_t
 #define RW 4

@@ -1,9 +1,10 @@
 /*
- * tiled.c -- the tiled paths: tiled_impl.h instantiated per instruction
- * set and per float type. On x86-64, AVX-512 and AVX2+FMA, each inside a
- * target region (TARGET_PUSH / TARGET_POP: GCC's target pragmas or clang's
- * attribute pragma, never -march=native), and attnref.c picks one at run
- * time from the CPU's features; on aarch64, NEON (baseline there).
+ * tiled.c -- the tiled paths: tiled_impl.h and decode_impl.h instantiated
+ * per instruction set and per float type. On x86-64, AVX-512 and AVX2+FMA,
+ * each inside a target region (TARGET_PUSH / TARGET_POP: GCC's target
+ * pragmas or clang's attribute pragma, never -march=native), and attnref.c
+ * picks one at run time from the CPU's features; on aarch64, NEON (baseline
+ * there).
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -84,6 +85,8 @@ TARGET_PUSH("avx512f,avx512dq,fma")
 #define SCORE_NV 4
 #include "simd.h"
 #include "tiled_impl.h"
+#include "decode_impl.h"
+#include "simd_end.h"
 #undef SCORE_MR
 #undef SCORE_NV
 
@@ -96,6 +99,8 @@ TARGET_PUSH("avx512f,avx512dq,fma")
 #define SCORE_NV 2
 #include "simd.h"
 #include "tiled_impl.h"
+#include "decode_impl.h"
+#include "simd_end.h"
 #undef SCORE_MR
 #undef SCORE_NV
 
@@ -118,6 +123,8 @@ TARGET_PUSH("avx2,fma")
 #define SCORE_NV 2
 #include "simd.h"
 #include "tiled_impl.h"
+#include "decode_impl.h"
+#include "simd_end.h"
 #undef SCORE_MR
 #undef SCORE_NV
 
@@ -130,6 +137,8 @@ TARGET_PUSH("avx2,fma")
 #define SCORE_NV 2
 #include "simd.h"
 #include "tiled_impl.h"
+#include "decode_impl.h"
+#include "simd_end.h"
 #undef SCORE_MR
 #undef SCORE_NV
 
@@ -155,6 +164,8 @@ TARGET_POP
 #define SCORE_NV 4
 #include "simd.h"
 #include "tiled_impl.h"
+#include "decode_impl.h"
+#include "simd_end.h"
 #undef SCORE_MR
 #undef SCORE_NV
 
@@ -167,6 +178,8 @@ TARGET_POP
 #define SCORE_NV 2
 #include "simd.h"
 #include "tiled_impl.h"
+#include "decode_impl.h"
+#include "simd_end.h"
 #undef SCORE_MR
 #undef SCORE_NV
 

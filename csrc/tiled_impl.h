@@ -297,13 +297,70 @@ static void TILED(softmax_step)(TILED(unit_rows) *rows, int r, REAL tile_max, RE
     rows->m[r] = m_new;
 }
 
+/* passes 2 and 3 for every row of a unit over the tile [j0, j0 + n): the
+   weights of its keys into weights (TILE_ROWS, TILE_KEYS), 0 for keys that
+   add nothing, from the scores sd (TILE_ROWS, TILE_KEYS), and each row's m,
+   l and acc (rows Evp apart) brought up to date; sd NULL: the scaled scores
+   are already in weights (fast scores). decode_impl.h weighs its key blocks
+   with it too. */
+static void TILED(weigh_tile)(const attnref_params *p, TILED(unit_rows) *rows, int64_t j0,
+                              int n, const double *sd, REAL *weights, REAL *acc, int64_t Evp)
+{
+    for (int r = 0; r < rows->rows; r++) {
+        REAL *s = weights + r * TILE_KEYS;
+        REAL tile_max;
+        if (rows->nan[r] || j0 >= rows->j_end[r] || j0 + n <= rows->j_begin[r]) {
+            for (int t = 0; t < TILE_KEYS; t++) s[t] = 0;
+            continue;
+        }
+        tile_max = TILED(finish_scores)(p, rows, r, j0, n,
+                                        sd != NULL ? sd + r * TILE_KEYS : NULL, s);
+        if (tile_max != tile_max) {
+            rows->nan[r] = 1;
+            for (int t = 0; t < TILE_KEYS; t++) s[t] = 0;
+        } else if (tile_max == -INFINITY) {
+            /* no visible key of this tile scores above -inf: it adds nothing */
+            for (int t = 0; t < TILE_KEYS; t++) s[t] = 0;
+        } else {
+            TILED(softmax_step)(rows, r, tile_max, s, acc + r * Evp, Evp);
+        }
+    }
+}
+
+/* pass 5 for row r: out = acc / l (by division, as the NumPy reference) or
+   the masked-row or NaN rule, and the lse. Unless every value the row's
+   keys brought was finite, pass 6 (sdpa_impl.h) first sums again the dims
+   that an inf or NaN value of a key the final max drops made inf or NaN.
+   k_bh and v_bh are the row's kv head. decode_impl.h finishes rows with it. */
+static void TILED(finish_row)(const attnref_params *p, const TILED(unit_rows) *rows, int r,
+                              const REAL *acc, const REAL *k_bh, const REAL *v_bh,
+                              int values_seen_finite)
+{
+    const REAL m = rows->m[r], l = TILED(hsum)(RV_LOAD(rows->l[r]));
+    REAL *out = rows->out[r];
+    if (rows->nan[r]) {
+        for (int64_t c = 0; c < p->Ev; c++) out[c] = (REAL)NAN;
+    } else if (m == -INFINITY) {
+        const REAL masked_row_value = p->masked_rows == ATTNREF_ROWS_NAN ? (REAL)NAN : 0;
+        for (int64_t c = 0; c < p->Ev; c++) out[c] = masked_row_value;
+    } else {
+        for (int64_t c = 0; c < p->Ev; c++) out[c] = acc[c] / l;
+        if (!values_seen_finite)
+            TILED_nonfinite_dims(p, rows->q[r], k_bh, v_bh,
+                                  p->mask_kind == ATTNREF_MASK_BOOL ? rows->mask[r] : NULL,
+                                  p->mask_kind == ATTNREF_MASK_BIAS ? rows->mask[r] : NULL,
+                                  rows->j_begin[r], rows->j_end[r], m, l, acc, out);
+    }
+    if (rows->lse[r] != NULL)
+        *rows->lse[r] = rows->nan[r] ? (REAL)NAN : m == -INFINITY ? -INFINITY : m + LOG(l);
+}
+
 /* One unit: all its rows against all the key tiles any of them sees. */
 static void TILED(unit)(const sdpa_job *job, TILED(scratch) *w, int64_t u)
 {
     const attnref_params *p = job->params;
     const int64_t E = p->E, Ev = p->Ev, Evp = VALUE_PAD(Ev);
     const int64_t *ks = p->k_stride, *vs = p->v_stride;
-    const REAL masked_row_value = p->masked_rows == ATTNREF_ROWS_NAN ? (REAL)NAN : 0;
     const int fast = p->scores == ATTNREF_SCORES_FAST;
     TILED(unit_rows) *rows = w->rows;
     int64_t j_lo = INT64_MAX, j_hi = 0, kv_h, b;
@@ -342,26 +399,8 @@ static void TILED(unit)(const sdpa_job *job, TILED(scratch) *w, int64_t u)
         else
             TILED(scores_exact)(w->sd, w->qd, w->kt, E, p->scale, rows->rows);
 
-        /* passes 2 and 3, row by row */
-        for (int r = 0; r < rows->rows; r++) {
-            REAL *s = w->p + r * TILE_KEYS;
-            REAL tile_max;
-            if (rows->nan[r] || j0 >= rows->j_end[r] || j0 + n <= rows->j_begin[r]) {
-                for (int t = 0; t < TILE_KEYS; t++) s[t] = 0;
-                continue;
-            }
-            tile_max = TILED(finish_scores)(p, rows, r, j0, n,
-                                            fast ? NULL : w->sd + r * TILE_KEYS, s);
-            if (tile_max != tile_max) {
-                rows->nan[r] = 1;
-                for (int t = 0; t < TILE_KEYS; t++) s[t] = 0;
-            } else if (tile_max == -INFINITY) {
-                /* no visible key of this tile scores above -inf: it adds nothing */
-                for (int t = 0; t < TILE_KEYS; t++) s[t] = 0;
-            } else {
-                TILED(softmax_step)(rows, r, tile_max, s, w->acc + r * Evp, Evp);
-            }
-        }
+        /* passes 2 and 3 */
+        TILED(weigh_tile)(p, rows, j0, n, fast ? NULL : w->sd, w->p, w->acc, Evp);
 
         /* pass 4: weighted values */
         if (values_finite) {
@@ -385,27 +424,9 @@ static void TILED(unit)(const sdpa_job *job, TILED(scratch) *w, int64_t u)
         }
     }
 
-    /* pass 5: normalise (by division, as the NumPy reference) and the lse */
-    for (int r = 0; r < rows->rows; r++) {
-        const REAL *acc = w->acc + r * Evp;
-        const REAL m = rows->m[r], l = TILED(hsum)(RV_LOAD(rows->l[r]));
-        REAL *out = rows->out[r];
-        if (rows->nan[r]) {
-            for (int64_t c = 0; c < Ev; c++) out[c] = (REAL)NAN;
-        } else if (m == -INFINITY) {
-            for (int64_t c = 0; c < Ev; c++) out[c] = masked_row_value;
-        } else {
-            for (int64_t c = 0; c < Ev; c++) out[c] = acc[c] / l;
-            /* pass 6 (sdpa_impl.h): dims made inf or NaN by a key the final max drops */
-            if (!values_seen_finite)
-                TILED_nonfinite_dims(p, rows->q[r], k_bh, v_bh,
-                                      p->mask_kind == ATTNREF_MASK_BOOL ? rows->mask[r] : NULL,
-                                      p->mask_kind == ATTNREF_MASK_BIAS ? rows->mask[r] : NULL,
-                                      rows->j_begin[r], rows->j_end[r], m, l, acc, out);
-        }
-        if (rows->lse[r] != NULL)
-            *rows->lse[r] = rows->nan[r] ? (REAL)NAN : m == -INFINITY ? -INFINITY : m + LOG(l);
-    }
+    /* pass 5 */
+    for (int r = 0; r < rows->rows; r++)
+        TILED(finish_row)(p, rows, r, w->acc + r * Evp, k_bh, v_bh, values_seen_finite);
 }
 
 /* A thread's share: units taken one at a time from the shared counter. */
@@ -449,46 +470,3 @@ int TILED(exp_array)(REAL *out, const REAL *x, int64_t n)
     }
     return ATTNREF_OK;
 }
-
-#undef ALWAYS_INLINE
-#undef ROW_BLOCKS
-#undef TILED_nonfinite_dims
-#undef KEY_PANEL
-#undef VALUE_PANEL
-#undef VALUE_PAD
-#undef DVEC
-#undef DW
-#undef DV_LOAD
-#undef DV_STORE
-#undef DV_SET1
-#undef DV_ZERO
-#undef DV_FMA
-#undef DV_MUL
-#undef DV_ADD
-#undef DV_SUB
-#undef DV_FMSUB
-#undef DV_KEEP_FINITE
-#undef DV_FROM_REAL
-#undef SIMD_REGISTERS
-#undef RVEC
-#undef RW
-#undef RV_LOAD
-#undef RV_STORE
-#undef RV_SET1
-#undef RV_FMA
-#undef RV_MUL
-#undef RV_ADD
-#undef RV_SUB
-#undef RV_MAX
-#undef RV_MIN
-#undef RV_FNMADD
-#undef RV_ROUND
-#undef EXP_LO
-#undef EXP_HI
-#undef EXP_LN2_HI
-#undef EXP_LN2_LO
-#undef REAL
-#undef REAL_IS_DOUBLE
-#undef EXP
-#undef LOG
-#undef TILED

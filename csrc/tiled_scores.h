@@ -51,6 +51,30 @@ ALWAYS_INLINE void TILED(score_block)(double *sd, const double *qd, const double
             DV_STORE(sd + r * TILE_KEYS + v * DW, DV_MUL(acc[r][v], DV_SET1(scale)));
 }
 #else
+/* One step of Dot2 in each lane (below): *sum + a * b == new *sum + the
+   rounding errors added to *error, exactly (TwoProduct with the FMA, then
+   Knuth's TwoSum). Half the additions are written as x * 1 + y (exactly
+   x + y, the same rounding) so that they run on the multiply-add units
+   beside the adders. decode_impl.h sums with it too. */
+ALWAYS_INLINE void TILED(dot2_step)(DVEC *sum, DVEC *error, DVEC a, DVEC b)
+{
+    const DVEC one = DV_SET1(1.0);
+    const DVEC product = DV_MUL(a, b);
+    const DVEC product_error = DV_FMSUB(a, b, product);
+    const DVEC total = DV_FMA(*sum, one, product);
+    const DVEC z = DV_SUB(total, *sum);
+    const DVEC sum_error = DV_ADD(DV_SUB(*sum, DV_SUB(total, z)), DV_FMSUB(product, one, z));
+    *error = DV_FMA(*error, one, DV_ADD(product_error, sum_error));
+    *sum = total;
+}
+
+/* The sum Dot2 carried: sum + error, or the plain sum where the error is
+   not finite (a product beyond DBL_MAX) */
+ALWAYS_INLINE DVEC TILED(dot2_result)(DVEC sum, DVEC error)
+{
+    return DV_KEEP_FINITE(DV_ADD(sum, error), sum, error);
+}
+
 /* pass 1 micro-kernel, exact, for double: as above, but each lane is Ogita, Rump &
    Oishi's Dot2 (SIAM J. Sci. Comput. 26(6), 2005, Alg. 5.3, with the FMA
    TwoProduct): the rounding error of every product and every sum is kept
@@ -60,7 +84,6 @@ ALWAYS_INLINE void TILED(score_block)(double *sd, const double *qd, const double
 ALWAYS_INLINE void TILED(score_block)(double *sd, const double *qd, const double *kt,
                                       int64_t E, double scale, int mr)
 {
-    const DVEC one = DV_SET1(1.0);
     DVEC sum[SCORE_MR][SCORE_NV], error[SCORE_MR][SCORE_NV];
     for (int r = 0; r < mr; r++)
         for (int v = 0; v < SCORE_NV; v++) sum[r][v] = error[r][v] = DV_ZERO();
@@ -69,27 +92,14 @@ ALWAYS_INLINE void TILED(score_block)(double *sd, const double *qd, const double
         for (int v = 0; v < SCORE_NV; v++) key[v] = DV_LOAD(kt + d * KEY_PANEL + v * DW);
         for (int r = 0; r < mr; r++) {
             const DVEC query = DV_SET1(qd[r * E + d]);
-            for (int v = 0; v < SCORE_NV; v++) {
-                /* TwoProduct and TwoSum. Half the additions are written as
-                   a * 1 + b (exactly a + b, the same rounding) so that they
-                   run on the multiply-add units beside the adders. */
-                const DVEC product = DV_MUL(query, key[v]);
-                const DVEC product_error = DV_FMSUB(query, key[v], product);
-                const DVEC total = DV_FMA(sum[r][v], one, product);
-                const DVEC z = DV_SUB(total, sum[r][v]);
-                const DVEC sum_error = DV_ADD(DV_SUB(sum[r][v], DV_SUB(total, z)),
-                                              DV_FMSUB(product, one, z));
-                error[r][v] = DV_FMA(error[r][v], one, DV_ADD(product_error, sum_error));
-                sum[r][v] = total;
-            }
+            for (int v = 0; v < SCORE_NV; v++)
+                TILED(dot2_step)(&sum[r][v], &error[r][v], query, key[v]);
         }
     }
     for (int r = 0; r < mr; r++)
-        for (int v = 0; v < SCORE_NV; v++) {
-            const DVEC corrected = DV_KEEP_FINITE(DV_ADD(sum[r][v], error[r][v]),
-                                                  sum[r][v], error[r][v]);
-            DV_STORE(sd + r * TILE_KEYS + v * DW, DV_MUL(corrected, DV_SET1(scale)));
-        }
+        for (int v = 0; v < SCORE_NV; v++)
+            DV_STORE(sd + r * TILE_KEYS + v * DW,
+                     DV_MUL(TILED(dot2_result)(sum[r][v], error[r][v]), DV_SET1(scale)));
 }
 #endif
 

@@ -45,6 +45,14 @@
     check out, and with one line on stderr when the manifest is missing,
     malformed or changes the rule.
 
+``attnref bench [--quick] [--sizes N ...] [--dtypes ...] [--json PATH] [--plot PATH] [...]``
+    Times attnref's C kernel, its NumPy reference, and torch and JAX when
+    installed, on this machine (:mod:`attnref.bench`): medians of
+    interleaved rounds, ratios from the same run, each rate as a share of
+    the FMA peak and read bandwidth :mod:`attnref.probe` measures; a
+    progress line per case on stderr; ``--accuracy`` adds each one's error
+    against an exact reference. Exits 1 when the C kernel's output is wrong.
+
 ``attnref --version`` prints the version; ``python -m attnref`` is the same
 command line.
 
@@ -52,7 +60,7 @@ Exit status and errors
 ----------------------
 0 on success; 1 when the command ran and its answer is "no" (``check``: a
 case fails; ``vectors verify``: a vector does not check out; ``info``: the
-self-check fails); 2 on a usage error; 70 (``EX_SOFTWARE``) on a bug in
+self-check fails; ``bench``: the C kernel's output is wrong); 2 on a usage error; 70 (``EX_SOFTWARE``) on a bug in
 attnref; 130 on Ctrl-C.
 
 A usage error is one line on stderr, ``attnref <command>: error: <what was
@@ -98,6 +106,7 @@ from .testing.conformance import RULES
 from .testing.tolerance import reference_dtype, reference_errors
 
 DTYPES = ("float16", "float32", "float64")
+BENCH_SIZES, BENCH_QUICK_SIZES = (512, 1024, 2048), (256, 1024)  # attnref bench's N
 
 EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 2, 70, 130
 USAGE_ERRORS = (ValueError, TypeError, OSError, ImportError)  # what bad input raises
@@ -592,6 +601,35 @@ def _generate(arguments):
     return 0
 
 
+def _bench(arguments):
+    from . import bench
+    if arguments.plot:
+        bench.pyplot()  # before the run: a missing matplotlib is a usage error
+    quick = arguments.quick
+    record = bench.run(
+        dtypes=arguments.dtypes or ("float32",),
+        sizes=arguments.sizes or (BENCH_QUICK_SIZES if quick else BENCH_SIZES),
+        head_dims=arguments.head_dims or ((64,) if quick else (64, 128)),
+        causal={"no": (False,), "yes": (True,), "both": (False, True)}[arguments.causal],
+        thread_counts=arguments.threads or ([bench.probe.usable_cores()] if quick else None),
+        repeats=arguments.repeats or (3 if quick else 5),
+        decode_lengths=() if arguments.no_decode else arguments.decode,
+        implementations=arguments.implementations, measure_limits=not arguments.no_probe,
+        accuracy_cases=(bench.QUICK_ACCURACY_CASES if quick else bench.ACCURACY_CASES)
+        if arguments.accuracy else (),
+        probe_seconds=0.05 if quick else 0.2,
+        progress=lambda message: print(f"attnref bench: {message}", file=sys.stderr, flush=True))
+    print(bench.report(record, markdown=arguments.markdown), end="")
+    if arguments.json:
+        Path(arguments.json).write_text(
+            json.dumps(_finite_json(record), indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    if arguments.plot:
+        bench.plot(record, arguments.plot)
+    wrong = [entry for entry in record["cases"] + record["decode"]
+             if entry["results"].get("c", {}).get("skipped") == "wrong"]
+    return 1 if wrong else 0
+
+
 def _case_options(parser, *, default_semantics, semantics_default_text):
     """The options that choose and build cases, shared by check and export."""
     parser.add_argument("--suite", choices=tuple(SUITES), default="standard")
@@ -755,6 +793,54 @@ def build_parser():
         "verify", help="re-check a directory written by export against attnref")
     verify_parser.add_argument("directory", type=_input_directory)
     verify_parser.set_defaults(run=_verify_vectors, parser=verify_parser)
+
+    bench_parser = commands.add_parser(
+        "bench", help="time attnref's kernel, its NumPy reference, torch and JAX here",
+        description="Time CPU attention on this machine: attnref's C kernel and NumPy "
+                    "reference, torch and JAX when installed; medians, ratios from the same "
+                    "run, shares of the probed FMA peak and read bandwidth.")
+    bench_parser.add_argument(
+        "--quick", action="store_true",
+        help=f"a short run: N in {BENCH_QUICK_SIZES}, D=64, every usable core only, 3 rounds "
+             "(explicit options still win)")
+    bench_parser.add_argument("--dtypes", nargs="+", choices=("float32", "float64"),
+                              help="dtypes of the sweep (default float32)")
+    bench_parser.add_argument("--sizes", nargs="+", type=_int_from(1), metavar="N",
+                              help=f"sequence lengths L = S = N (default {BENCH_SIZES})")
+    bench_parser.add_argument("--head-dims", nargs="+", type=_int_from(1), metavar="D",
+                              help="head dims E = Ev = D (default 64 128)")
+    bench_parser.add_argument("--causal", choices=("no", "yes", "both"), default="both",
+                              help="causal, non-causal or both (default both)")
+    bench_parser.add_argument("--threads", nargs="+", type=_int_from(1), metavar="T",
+                              help="thread counts (default 1 and every usable core)")
+    bench_parser.add_argument("--repeats", type=_int_from(1), metavar="R",
+                              help="timed rounds per case; the medians are over them (default 5)")
+    bench_parser.add_argument(
+        "--decode", nargs="+", type=_int_from(1), default=[4096], metavar="S",
+        help="key lengths of the decoding cases: L=1, 32 query heads on 8 kv heads, D=128 "
+             "(default 4096)")
+    bench_parser.add_argument("--no-decode", action="store_true",
+                              help="skip the decoding cases")
+    bench_parser.add_argument(
+        "--implementations", nargs="+", choices=("c", "numpy", "torch", "jax"),
+        default=["c", "numpy", "torch", "jax"],
+        help="what to time (default all; torch and JAX only when installed)")
+    bench_parser.add_argument(
+        "--accuracy", action="store_true",
+        help="also measure each one's max error against an exact reference (float64 or long "
+             "double), with long rows and large scores, in each dtype of the sweep")
+    bench_parser.add_argument("--no-probe", action="store_true",
+                              help="skip the FMA-peak and read-bandwidth probe (it needs a C "
+                                   "compiler and takes a few seconds)")
+    bench_parser.add_argument("--markdown", action="store_true",
+                              help="print the tables as markdown")
+    bench_parser.add_argument("--json", metavar="PATH", type=_output_file,
+                              help="also write every timing, ratio and error as JSON")
+    bench_parser.add_argument("--plot", metavar="PATH", type=_output_file,
+                              help="also draw GFLOP/s against N as a PNG (needs matplotlib: "
+                                   "pip install 'attnref[plot]')")
+    bench_parser.set_defaults(run=_bench, parser=bench_parser)
+
     for subcommands in (commands, vector_commands):
         subcommands.metavar = _choices_metavar(subcommands)
     return parser

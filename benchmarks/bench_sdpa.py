@@ -1,63 +1,61 @@
-"""Benchmark scaled dot-product attention: NumPy reference vs C kernel vs torch.
+"""Benchmark scaled dot-product attention per instruction set: attnref's C
+kernel vs torch (and the NumPy reference), the sweeps behind RESULTS.md.
 
 Usage, from the repository root::
 
-    python benchmarks/bench_sdpa.py --markdown out.md --json out.json --plot out.png
-    python benchmarks/bench_sdpa.py --quick         # all sections, small, in seconds
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_sdpa.py \\
+        --markdown out.md --json out.json --plot out.png
+    python benchmarks/bench_sdpa.py --quick        # every section, small: about a minute
+    python benchmarks/bench_sdpa.py --isa avx2     # one instruction set only
 
-A sweep case is (dtype, D, causal, N, threads): query, key and value of shape
-(B, H, N, D), B = 1 and H = 8 (attnref's letters: L = S = N, E = Ev = D). The
-script
+Instruction sets (``--isa``, default: each of avx2 and avx512 that this CPU
+and kernel run, else native). Each ISA is measured in its own Python process
+(:data:`ISA_ENVIRONMENT` must be set before torch is imported), with both
+sides held to it:
 
-1. measures this machine's limits with the probes of ``probe.py``: peak
-   float32 FMA rate and streaming-read bandwidth, on each thread count (the
-   float64 peak is taken as half the float32 one: the same FMAs on half the
-   lanes);
-2. for each (dtype, D, causal, N) builds the inputs once, from a generator
-   seeded with SEED; at N <= CHECK_MAX_N[dtype] compares every
-   implementation's output with the wider NumPy reference under attnref's
-   equivalence rule (:mod:`attnref.testing.tolerance`): one that breaks it is
-   not timed, and the script exits with status 1, because the speed of a wrong
-   kernel means nothing;
-3. measures each implementation's peak memory beyond inputs and output once,
-   on the largest thread count (:mod:`memory` says how);
-4. for each thread count sets the C kernel's, torch's and, through
-   threadpoolctl when installed, NumPy's BLAS threads; calls each
-   runs ``--repeats`` rounds that time each implementation once in turn, so
-   that machine noise falls on all alike. Before its timed call, an
-   implementation runs untimed for at least LEAD_IN_SECONDS (one call or
-   more): OpenBLAS's idle threads spin for 2^28 TSC ticks after a call, and
-   torch's OpenMP threads for a while, so the lead-in keeps the previous
-   contender's spinning threads off the cores, and the timed call finds its
-   own thread pool awake, as in a loop of calls (on this VM a pool that slept
-   for 50 ms costs torch several ms to wake);
-5. reports median times, GFLOP/s = 4·B·H·N²·D / median (half that for causal,
-   which skips the upper triangle), the percentage of the probe's peak, and
-   the ratios of the C kernel to the others, all from the medians of this run.
+- attnref: ``ATTNREF_KERNEL_PATH`` (its code path);
+- torch: ``ATEN_CPU_CAPABILITY`` (ATen's vectorised kernels),
+  ``MKL_ENABLE_INSTRUCTIONS`` (MKL's GEMMs) and ``ONEDNN_MAX_CPU_ISA``
+  (oneDNN's);
+- NumPy under avx2: ``OPENBLAS_CORETYPE=Haswell``;
+- native sets none of them and removes any that were inherited.
 
-Then three fixed measurements: decoding (L = 1, GQA 4:1, K/V read rate
-against the probe's bandwidth, each call after evicting the caches), the
-Python wrapper's share of a small call, and the C kernel's memory at
-N = MEMORY_N. torch is optional: without it its columns say "not installed".
-The NumPy reference runs only up to NUMPY_MAX_N.
+The probe (:mod:`attnref.probe`) measures the FMA peak of that ISA, in
+float32 and in float64, and the read bandwidth. Each process runs
+:func:`attnref.bench.run` on the sweep, a case being (dtype, D, causal, N,
+threads) with query, key and value of shape (B, H, N, D), B = 1, H = 8
+(attnref's letters: L = S = N, E = Ev = D); its method is in that module's
+docstring: outputs checked against the wide NumPy reference before any
+timing (a wrong kernel is not timed, and the script exits 1), interleaved
+rounds with lead-ins, medians, ratios from the same run. Then, in the same
+process: decoding (L = 1, GQA 4:1, D = 128, each call after evicting the
+caches) against the probe's read bandwidth; the accuracy cases (each
+implementation's error against an exact reference, with long rows and large
+scores); peak memory beyond inputs and output per case (:mod:`memory`); the
+Python wrapper's share of a small call; and the kernel's memory at N =
+MEMORY_N.
+
+This process imports neither torch nor the kernel's ISA settings: it starts
+the per-ISA processes, reads their JSON, and prints the ISAs side by side
+(ratios and shares of each ISA's peak), then each ISA's full tables. Each
+table's heading names the CPU, the ISA and the versions. A per-ISA process
+that crashes makes the script exit non-zero; a slow number never does.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple, Optional
 from unittest import mock
 
 import numpy as np
-
-import machine
-import memory
-import probe
 
 try:
     import attnref
@@ -68,251 +66,54 @@ except ImportError:
     except ImportError as error:
         sys.exit(f"bench_sdpa: cannot import attnref ({error}). "
                  "Install it from the repository root first: pip install .")
+from attnref import bench, probe
 from attnref._validation import sdpa_call
-from attnref.testing.tolerance import reference_dtype, reference_errors
 
-try:
-    import torch
-except ImportError:
-    torch = None
+import machine
+import memory
 
-try:
-    from threadpoolctl import threadpool_limits
-except ImportError:
-    threadpool_limits = None
-
-B, H = 1, 8
-SEED = 0
 DTYPES = ("float32", "float64")
-SIZES = (128, 256, 512, 1024, 2048, 4096, 8192)
+SIZES = (512, 1024, 2048, 4096, 8192)
 HEAD_DIMS = (64, 128)
 REPEATS = 5
-QUICK_DTYPES, QUICK_SIZES, QUICK_HEAD_DIMS, QUICK_REPEATS = ("float32",), (128, 512), (64,), 3
-# The wide reference is float64 for float32 but long double for float64, which
-# NumPy computes without BLAS: 8 s at N = 1024, D = 128.
-CHECK_MAX_N = {"float32": 1024, "float64": 512}
-# The NumPy reference holds (B, H, N, N) score matrices; past this N it is
-# skipped (at N = 4096, float64: 1 GiB per matrix, and minutes per call).
-NUMPY_MAX_N = 2048
-
-DECODE_Q_HEADS, DECODE_KV_HEADS, DECODE_D = 32, 8, 128
 DECODE_LENGTHS = (1024, 4096, 16384, 32768)
-QUICK_DECODE_LENGTHS = (1024, 16384)
 DECODE_REPEATS = 21
-EVICT_BYTES = 256 * 2**20  # read before each decode call: 8x a 32 MiB L3
+QUICK = {"dtypes": DTYPES, "sizes": (512,), "head_dims": (64,), "repeats": 3,
+         "decode_lengths": (4096,), "decode_repeats": 5, "memory_n": 2048,
+         "overhead_samples": 5, "probe_seconds": 0.05}
 
 OVERHEAD_N, OVERHEAD_D = 128, 64
 OVERHEAD_SAMPLES, OVERHEAD_CALLS = 15, 100  # median over samples of the mean of calls
-QUICK_OVERHEAD_SAMPLES = 5
-
 MEMORY_N, MEMORY_D = 16384, 64
 MEMORY_LIMIT = 64 * 2**20  # issue 6: the C kernel beyond inputs and output
-
 PLOT_DTYPE = "float32"
-LEAD_IN_SECONDS = 0.12  # OpenBLAS spins 2^28 TSC ticks: 0.1 s at 2.6 GHz
+CONTENDERS = ("c", "numpy", "torch")
+
+#: The variables that hold each side to an instruction set (see the docstring).
+ISA_ENVIRONMENT = {
+    "avx2": {"ATTNREF_KERNEL_PATH": "avx2", "ATEN_CPU_CAPABILITY": "avx2",
+             "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+             "OPENBLAS_CORETYPE": "Haswell"},
+    "avx512": {"ATTNREF_KERNEL_PATH": "avx512", "ATEN_CPU_CAPABILITY": "avx512",
+               "MKL_ENABLE_INSTRUCTIONS": "AVX512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"},
+    "native": {},
+}
+ISA_VARIABLES = ("ATTNREF_KERNEL_PATH", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS",
+                 "ONEDNN_MAX_CPU_ISA")
+# what torch.backends.cpu.get_cpu_capability() says when it obeys
+TORCH_CAPABILITY = {"avx2": "AVX2", "avx512": "AVX512"}
 
 
-class Implementation(NamedTuple):
-    """One contender. ``bind(query, key, value, is_causal, enable_gqa)``
-    returns the call to time; ``unavailable`` says why it cannot run here."""
-    name: str
-    bind: Optional[Callable]
-    unavailable: Optional[str]
-
-
-@dataclass(frozen=True)
-class Shape:
-    """(dtype, D, causal, N): what the inputs and the reference depend on."""
-    dtype: str
-    D: int
-    causal: bool
-    N: int
-
-    @property
-    def flops(self):
-        full = 4 * B * H * self.N * self.N * self.D
-        return full // 2 if self.causal else full
-
-    @property
-    def cells(self):
-        """The D, causal and N columns of a table row."""
-        return [str(self.D), "yes" if self.causal else "no", str(self.N)]
-
-    @property
-    def label(self):
-        return f"{self.dtype} D={self.D} {'causal' if self.causal else 'non-causal'} N={self.N}"
-
-
-@dataclass
-class Outcome:
-    """What one implementation gave on one shape: ``times_ms`` per thread count."""
-    times_ms: dict = field(default_factory=dict)
-    error: Optional[float] = None         # max |output - wide reference|, when checked
-    bound: Optional[float] = None         # the largest error the equivalence rule accepts
-    memory_bytes: Optional[int] = None    # peak beyond inputs and output
-    skipped: Optional[str] = None         # short label for the table when not timed
-    reason: Optional[str] = None          # why not timed, in full
-
-    def median_ms(self, threads):
-        times = self.times_ms.get(threads)
-        return statistics.median(times) if times else None
-
-
-def attnref_backend(backend):
-    def bind(query, key, value, is_causal, enable_gqa=False):
-        return lambda: attnref.scaled_dot_product_attention(
-            query, key, value, is_causal=is_causal, enable_gqa=enable_gqa, backend=backend)
-    return bind
-
-
-def bind_torch(query, key, value, is_causal, enable_gqa=False):
-    tensors = [torch.from_numpy(array) for array in (query, key, value)]  # shares memory
-    return lambda: torch.nn.functional.scaled_dot_product_attention(
-        *tensors, is_causal=is_causal, enable_gqa=enable_gqa)
-
-
-def implementations():
-    """The contenders, in table order."""
-    kernel = attnref.kernel.info()
-    return [
-        Implementation("numpy", attnref_backend("numpy"), None),
-        Implementation("c", attnref_backend("c"), None if kernel["available"]
-                       else kernel["reason"]),
-        Implementation("torch", bind_torch, None) if torch is not None else
-        Implementation("torch", None, "not installed (pip install torch to compare)"),
-    ]
-
-
-def set_threads(threads):
-    """Run the C kernel, torch and (with threadpoolctl) NumPy's BLAS on ``threads``."""
-    attnref.kernel.set_num_threads(threads)
-    if torch is not None:
-        torch.set_num_threads(threads)
-    if threadpool_limits is not None:
-        threadpool_limits(limits=threads, user_api="blas")
+STARTED = time.perf_counter()
+PER_ISA_DETAILS = ("numpy", "torch", "attnref kernel")  # rows of machine.details an ISA sets
 
 
 def progress(message):
-    print(message, file=sys.stderr, flush=True)
+    print(f"bench_sdpa [{time.perf_counter() - STARTED:5.0f} s]: {message}", file=sys.stderr,
+          flush=True)
 
 
-def checked_errors(inputs, calls, is_causal, enable_gqa=False):
-    """``{name: (error, bound)}`` of each call against the wide NumPy reference."""
-    wide = reference_dtype(inputs[0].dtype)
-    reference = attnref.scaled_dot_product_attention(
-        *(array.astype(wide) for array in inputs), is_causal=is_causal,
-        enable_gqa=enable_gqa, backend="numpy")
-    baseline = attnref.scaled_dot_product_attention(
-        *inputs, is_causal=is_causal, enable_gqa=enable_gqa, backend="numpy")
-    return {name: reference_errors(np.asarray(call()), reference, baseline, inputs[2])
-            for name, call in calls.items()}
-
-
-def drop_wrong(label, calls, outcomes, errors):
-    """Record ``errors`` in ``outcomes``; remove from ``calls`` (and mark) every
-    implementation over its bound."""
-    for name, (error, bound) in errors.items():
-        outcome = outcomes[name]
-        outcome.error, outcome.bound = error, bound
-        verdict = "ok" if error <= bound else "WRONG"
-        progress(f"  {name}: max error {error:.2e} (bound {bound:.2e}) {verdict}")
-        if error > bound:
-            outcome.skipped = "wrong"
-            outcome.reason = (f"wrong at {label}: max error {error:.2e} over the "
-                              f"bound {bound:.2e}; not timed")
-            del calls[name]
-
-
-def lead_in(call):
-    """Call ``call`` untimed until LEAD_IN_SECONDS have passed, at least once."""
-    start = time.perf_counter()
-    while True:
-        call()
-        if time.perf_counter() - start >= LEAD_IN_SECONDS:
-            return
-
-
-def time_round_robin(calls, repeats, before=None):
-    """``{name: [ms per call]}`` over ``repeats`` rounds that time each call
-    once in turn, each after its :func:`lead_in` and then ``before()`` when
-    given."""
-    times = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            lead_in(call)
-            if before is not None:
-                before()
-            start = time.perf_counter()
-            output = call()
-            elapsed = time.perf_counter() - start
-            del output  # freed after the clock stops
-            times[name].append(elapsed * 1e3)
-    return times
-
-
-def run_shape(shape, contenders, thread_counts, repeats, measure_memory):
-    """``{name: Outcome}`` for one shape on every thread count."""
-    rng = np.random.default_rng([SEED, shape.N, shape.D])
-    inputs = [rng.standard_normal((B, H, shape.N, shape.D), dtype=shape.dtype) for _ in range(3)]
-    outcomes = {contender.name: Outcome() for contender in contenders}
-    calls = {}
-    for contender in contenders:
-        outcome = outcomes[contender.name]
-        if contender.unavailable:
-            outcome.skipped, outcome.reason = "unavailable", contender.unavailable
-        elif contender.name == "numpy" and shape.N > NUMPY_MAX_N:
-            outcome.skipped = "skipped"
-            outcome.reason = f"skipped at N > {NUMPY_MAX_N} (slow, and holds the N x N scores)"
-        else:
-            calls[contender.name] = contender.bind(*inputs, shape.causal)
-
-    set_threads(max(thread_counts))
-    if shape.N <= CHECK_MAX_N[shape.dtype]:
-        drop_wrong(shape.label, calls, outcomes, checked_errors(inputs, calls, shape.causal))
-    if measure_memory:
-        for name, call in calls.items():
-            outcomes[name].memory_bytes = (
-                memory.numpy_peak(call) if name == "numpy" else memory.in_subprocess(
-                    name, shape.dtype, [B, H, H, shape.N, shape.N, shape.D], shape.causal,
-                    False, max(thread_counts)))
-    for threads in thread_counts:
-        set_threads(threads)
-        for name, times in time_round_robin(calls, repeats).items():
-            outcomes[name].times_ms[threads] = times
-    return outcomes
-
-
-def decode(contenders, thread_counts, lengths, limits):
-    """Decoding: L = 1 against S keys, GQA 4:1, float32; each call after
-    reading EVICT_BYTES so K and V come from memory, as in a model whose
-    layers' caches do not fit in L3. Returns a list of row dicts."""
-    evict = np.ones(EVICT_BYTES // 4, np.float32)
-    rows = []
-    for S in lengths:
-        rng = np.random.default_rng([SEED, S])
-        query = rng.standard_normal((B, DECODE_Q_HEADS, 1, DECODE_D), dtype=np.float32)
-        key, value = (rng.standard_normal((B, DECODE_KV_HEADS, S, DECODE_D), dtype=np.float32)
-                      for _ in range(2))
-        calls = {c.name: c.bind(query, key, value, False, True) for c in contenders
-                 if c.name != "numpy" and not c.unavailable}
-        label = f"decode S={S}"
-        progress(f"{label}")
-        outcomes = {name: Outcome() for name in calls}
-        drop_wrong(label, calls, outcomes, checked_errors([query, key, value], calls, False, True))
-        kv_bytes = 2 * B * DECODE_KV_HEADS * S * DECODE_D * 4
-        for threads in thread_counts:
-            set_threads(threads)
-            times = time_round_robin(calls, DECODE_REPEATS, before=evict.sum)
-            row = {"S": S, "threads": threads, "kv_bytes": kv_bytes,
-                   "read_gbs": limits["read_gbs"].get(threads), "results": {}}
-            for name, outcome in outcomes.items():
-                median = statistics.median(times[name]) if name in times else None
-                row["results"][name] = {
-                    "times_ms": times.get(name), "median_ms": median,
-                    "max_error": outcome.error, "skipped": outcome.reason,
-                    "gbs": kv_bytes / median / 1e6 if median else None}
-            rows.append(row)
-    return rows
+# ---------------------------------------------------------------- per-ISA process
 
 
 class _RecordingLib:
@@ -336,20 +137,25 @@ class _RecordingLib:
 def overhead(threads, samples):
     """Per-call microseconds of a small float32 call (B=1, H=8, N=128, D=64)
     at three depths: the public function, ``attnref.kernel.attention`` on a
-    validated call, and the CFFI call alone. Returns a dict."""
-    rng = np.random.default_rng([SEED, OVERHEAD_N, OVERHEAD_D])
-    query, key, value = (rng.standard_normal((B, H, OVERHEAD_N, OVERHEAD_D), dtype=np.float32)
+    validated call, and the CFFI call alone (all the kernel's pieces)."""
+    rng = np.random.default_rng([bench.SEED, OVERHEAD_N, OVERHEAD_D])
+    query, key, value = (rng.standard_normal((1, 8, OVERHEAD_N, OVERHEAD_D), dtype=np.float32)
                          for _ in range(3))
-    set_threads(threads)
+    bench.set_threads(threads)
     call = sdpa_call(query, key, value)
     recorder = _RecordingLib(attnref.kernel._lib)
     with mock.patch.object(attnref.kernel, "_lib", recorder):
         output, _ = attnref.kernel.attention(call)  # its pointers stay valid while it lives
-    (entry, arguments), = recorder.calls
+    pieces = list(recorder.calls)
+
+    def cffi_calls():
+        for entry, arguments in pieces:
+            entry(*arguments)
+
     depths = {
         "public": lambda: attnref.scaled_dot_product_attention(query, key, value, backend="c"),
         "kernel.attention": lambda: attnref.kernel.attention(call),
-        "cffi call": lambda: entry(*arguments),
+        "cffi call": cffi_calls,
     }
 
     def batch(function):
@@ -358,316 +164,437 @@ def overhead(threads, samples):
                 function()
         return run
 
-    times = time_round_robin({name: batch(function) for name, function in depths.items()},
-                             samples)
+    times = bench.time_round_robin({name: batch(function) for name, function in depths.items()},
+                                   samples)
     per_call_us = {name: statistics.median(ms) * 1e3 / OVERHEAD_CALLS
                    for name, ms in times.items()}
     public, cffi_call = per_call_us["public"], per_call_us["cffi call"]
     del output
-    return {"threads": threads, "per_call_us": per_call_us,
+    return {"threads": threads, "per_call_us": per_call_us, "pieces": len(pieces),
             "wrapper_share": (public - cffi_call) / public,
             "validation_share": (public - per_call_us["kernel.attention"]) / public}
 
 
-def memory_at_scale(contenders, threads):
-    """Peak bytes beyond inputs and output at N = MEMORY_N, D = MEMORY_D, float32,
+def memory_per_case(record, threads):
+    """``{name: bytes}`` beyond inputs and output for each sweep case, added
+    to the case as ``memory_bytes`` (C and torch in a fresh process, NumPy
+    through tracemalloc)."""
+    found = {contender.name: contender for contender in bench.contenders(CONTENDERS)}
+    for case in record["cases"]:
+        measured = {}
+        for name, result in case["results"].items():
+            if result["skipped"]:
+                continue
+            if name == "numpy":
+                rng = np.random.default_rng([bench.SEED, case["N"], case["D"]])
+                inputs = [rng.standard_normal((1, case["H"], case["N"], case["D"]),
+                                              dtype=case["dtype"]) for _ in range(3)]
+                measured[name] = memory.numpy_peak(found[name].bind(*inputs, case["causal"]))
+            else:
+                measured[name] = memory.in_subprocess(
+                    name, case["dtype"], [1, case["H"], case["H"], case["N"], case["N"],
+                                          case["D"]], case["causal"], False, threads)
+        case["memory_bytes"] = measured
+
+
+def memory_at_scale(names, threads, N):
+    """Peak bytes beyond inputs and output at N, D = MEMORY_D, H = 8, float32,
     non-causal, for the C kernel and torch; NumPy's score matrix is stated."""
-    result = {"N": MEMORY_N, "D": MEMORY_D, "threads": threads, "limit_bytes": MEMORY_LIMIT,
-              "numpy_scores_bytes": B * H * MEMORY_N * MEMORY_N * 4, "measured": {}}
-    for contender in contenders:
-        if contender.name == "numpy" or contender.unavailable:
-            continue
-        progress(f"memory at N={MEMORY_N}: {contender.name}")
-        result["measured"][contender.name] = memory.in_subprocess(
-            contender.name, "float32", [B, H, H, MEMORY_N, MEMORY_N, MEMORY_D], False, False,
-            threads)
+    result = {"N": N, "D": MEMORY_D, "threads": threads, "limit_bytes": MEMORY_LIMIT,
+              "numpy_scores_bytes": 8 * N * N * 4, "measured": {}}
+    for name in names:
+        progress(f"memory at N={N}: {name}")
+        result["measured"][name] = memory.in_subprocess(
+            name, "float32", [1, 8, 8, N, N, MEMORY_D], False, False, threads)
     return result
 
 
-def render(header, rows, markdown):
-    """A table as fixed-width text (right-aligned) or as markdown."""
-    if markdown:
-        lines = [header, ["---:"] * len(header)] + rows
-        return "\n".join("| " + " | ".join(row) + " |" for row in lines)
-    widths = [max(len(row[column]) for row in [header] + rows) for column in range(len(header))]
-    return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(row, widths)).rstrip()
-                     for row in [header] + rows)
+def worker(arguments):
+    """Measure everything for the ISA this process was started with; write
+    the JSON payload to ``arguments.worker``. Returns the exit status (1
+    when the C kernel gave a wrong answer)."""
+    try:
+        import torch  # after the ISA's variables are set: the parent set them
+    except ImportError:
+        torch = None  # its columns say why (attnref.bench.contenders)
+
+    quick = arguments.quick
+    record = bench.run(
+        dtypes=arguments.dtypes, sizes=arguments.sizes, head_dims=arguments.head_dims,
+        thread_counts=arguments.threads, repeats=arguments.repeats,
+        decode_lengths=QUICK["decode_lengths"] if quick else DECODE_LENGTHS,
+        decode_repeats=QUICK["decode_repeats"] if quick else DECODE_REPEATS,
+        implementations=CONTENDERS,
+        accuracy_cases=bench.QUICK_ACCURACY_CASES if quick else bench.ACCURACY_CASES,
+        probe_seconds=QUICK["probe_seconds"] if quick else 0.2, progress=progress)
+    threads = max(record["settings"]["threads"])
+    if arguments.memory:
+        progress("peak memory of each case")
+        memory_per_case(record, threads)
+    timed = [name for name in ("c", "torch") if name in record["machine"]
+             and not record["machine"][name].startswith("unavailable")]
+    payload = {
+        "isa": arguments.isa,
+        "environment": {name: os.environ.get(name) for name in
+                        ISA_VARIABLES + machine.OPENBLAS_CORE_VARIABLES},
+        "details": machine.details(attnref, torch),
+        "record": record,
+        "overhead": overhead(threads, QUICK["overhead_samples"] if quick else OVERHEAD_SAMPLES)
+                    if attnref.kernel.available() else None,
+        "memory_at_scale": memory_at_scale(timed, threads,
+                                           QUICK["memory_n"] if quick else MEMORY_N),
+        "notes": isa_notes(arguments.isa, torch),
+    }
+    Path(arguments.worker).write_text(json.dumps(payload) + "\n")
+    wrong = any(case["results"].get("c", {}).get("skipped") == "wrong"
+                for case in record["cases"] + record["decode"])
+    return 1 if wrong else 0
 
 
-def peak_for(limits, dtype, threads):
-    """The probe's peak GFLOP/s for ``dtype`` on ``threads``, or None."""
-    peak = limits["peak_gflops"].get(threads)
-    if peak is None:
-        return None
-    return peak if dtype == "float32" else peak / 2
+def isa_notes(isa, torch):
+    """What did not obey the ISA's settings, if anything."""
+    notes = []
+    capability = torch.backends.cpu.get_cpu_capability() if torch is not None else None
+    if capability and isa in TORCH_CAPABILITY and capability != TORCH_CAPABILITY[isa]:
+        notes.append(f"torch ran with CPU capability {capability}, not "
+                     f"{TORCH_CAPABILITY[isa]}: ATEN_CPU_CAPABILITY was not obeyed")
+    if attnref.kernel.available() and isa in TORCH_CAPABILITY \
+            and attnref.kernel.get_code_path() != isa:
+        notes.append(f"attnref's kernel ran {attnref.kernel.get_code_path()}, not {isa}")
+    if importlib.util.find_spec("threadpoolctl") is None:
+        notes.append("threadpoolctl is not installed, so NumPy's BLAS keeps the threads it chose "
+                     f"when NumPy loaded ({machine.blas_threads() or 'all cores'}) whatever the "
+                     "row's thread count; pip install threadpoolctl to match them")
+    return notes
 
 
-def gflops(shape, median_ms):
-    return shape.flops / median_ms / 1e6
+# ---------------------------------------------------------------- this process
 
 
-def timing_table(results, names, dtype, threads, limits, markdown):
-    others = [name for name in names if name != "c"]
+def isa_environment(isa):
+    """This process's environment with ``isa``'s settings (native: none)."""
+    environment = {name: value for name, value in os.environ.items()
+                   if name not in ISA_VARIABLES}
+    environment.update(ISA_ENVIRONMENT[isa])
+    return environment
+
+
+def run_isa(isa, argv):
+    """Run this script as the per-ISA process for ``isa``; its payload and
+    exit status (0, or 1 when the kernel was wrong). A crash raises
+    RuntimeError with its status (its stderr went to ours)."""
+    with tempfile.TemporaryDirectory(prefix="bench-sdpa-") as directory:
+        output = Path(directory) / "payload.json"
+        finished = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), *argv, "--worker", str(output),
+             "--isa", isa], env=isa_environment(isa))
+        if finished.returncode not in (0, 1) or not output.exists():
+            raise RuntimeError(f"the {isa} run crashed (exit status {finished.returncode}); "
+                               "its error is above")
+        return thread_keys(json.loads(output.read_text())), finished.returncode
+
+
+def thread_keys(value):
+    """``value`` read from JSON with the thread-count keys (strings there)
+    back to ints."""
+    if isinstance(value, dict):
+        return {int(key) if key.isdigit() else key: thread_keys(item)
+                for key, item in value.items()}
+    if isinstance(value, list):
+        return [thread_keys(item) for item in value]
+    return value
+
+
+def heading(text, markdown):
+    return f"### {text}" if markdown else f"== {text} =="
+
+
+def versions(payloads):
+    """CPU and versions, for a side-by-side heading."""
+    machine_of = next(iter(payloads.values()))["record"]["machine"]
+    torch = machine_of["torch"].split(" ")[0]
+    return f"{machine_of['cpu']}, attnref {machine_of['attnref']}, torch {torch}"
+
+
+def side_by_side_sweep(payloads, dtype, threads, markdown):
+    """c/torch and the shares of each ISA's peak, one column group per ISA."""
     header = ["D", "causal", "N"]
-    for name in names:
-        header += [f"{name} ms", f"{name} GFLOP/s"] + (["% peak"] if name != "numpy" else [])
-    header += [f"c/{name}" for name in others] + ["checked"]
-    peak = peak_for(limits, dtype, threads)
+    for isa in payloads:
+        header += [f"{isa} c/torch", f"{isa} c %peak", f"{isa} torch %peak"]
+    keys = [(case["D"], case["causal"], case["N"])
+            for case in next(iter(payloads.values()))["record"]["cases"]
+            if case["dtype"] == dtype]
     rows = []
-    for shape, outcomes in results:
-        if shape.dtype != dtype:
-            continue
-        row = shape.cells
-        for name in names:
-            median = outcomes[name].median_ms(threads)
-            if median is None:
-                row += [outcomes[name].skipped or "-", ""]
-            else:
-                row += [f"{median:.3f}", f"{gflops(shape, median):.1f}"]
-            if name != "numpy":
-                row.append(f"{100 * gflops(shape, median) / peak:.0f}%"
-                           if median is not None and peak else "")
-        c_median = outcomes["c"].median_ms(threads)
-        for name in others:
-            other_median = outcomes[name].median_ms(threads)
-            row.append(f"{other_median / c_median:.2f}x"
-                       if c_median is not None and other_median is not None else "-")
-        checked = [outcome for outcome in outcomes.values() if outcome.error is not None]
-        row.append("-" if not checked else
-                   "ok" if all(o.error <= o.bound for o in checked) else "FAILED")
+    for D, causal, N in keys:
+        row = [str(D), "yes" if causal else "no", str(N)]
+        for payload in payloads.values():
+            case = next(case for case in payload["record"]["cases"] if case["dtype"] == dtype
+                        and (case["D"], case["causal"], case["N"]) == (D, causal, N))
+            ratio = case["c_speedup"][threads].get("torch")
+            row.append(f"{ratio:.2f}x" if ratio else "-")
+            for name in ("c", "torch"):
+                percent = case["results"].get(name, {}).get("percent_of_peak", {}).get(threads)
+                row.append(f"{percent:.0f}%" if percent is not None else "-")
         rows.append(row)
-    return render(header, rows, markdown)
+    return bench.render(header, rows, markdown)
 
 
-def scaling_table(results, names, thread_counts, markdown):
-    """Throughput on the most threads over one thread, per implementation."""
-    low, high = min(thread_counts), max(thread_counts)
-    timed = [name for name in names if name != "numpy"]
-    header = ["dtype", "D", "causal", "N"] + [f"{name} {high}t/{low}t" for name in timed]
+def side_by_side_decode(payloads, markdown):
+    header = ["S", "threads"]
+    for isa in payloads:
+        header += [f"{isa} read GB/s", f"{isa} c GB/s", f"{isa} c %read", f"{isa} torch GB/s",
+                   f"{isa} c/torch"]
+    first = next(iter(payloads.values()))["record"]
     rows = []
-    for shape, outcomes in results:
-        row = [shape.dtype] + shape.cells
-        for name in timed:
-            slow, fast = outcomes[name].median_ms(low), outcomes[name].median_ms(high)
-            row.append(f"{slow / fast:.2f}x" if slow and fast else "-")
+    for index, case in enumerate(first["decode"]):
+        for threads in first["settings"]["threads"]:
+            row = [str(case["S"]), str(threads)]
+            for payload in payloads.values():
+                record = payload["record"]
+                entry = record["decode"][index]
+                read = (record["limits"] or {}).get("read_gbs", {}).get(threads)
+                c, torch = (entry["results"].get(name, {}) for name in ("c", "torch"))
+                percent = c.get("percent_of_read", {}).get(threads)
+                ratio = entry["c_speedup"][threads].get("torch")
+                row += [f"{read:.1f}" if read else "-",
+                        f"{c['gbs'][threads]:.1f}" if threads in c.get("gbs", {}) else "-",
+                        f"{percent:.0f}%" if percent is not None else "-",
+                        f"{torch['gbs'][threads]:.1f}" if threads in torch.get("gbs", {})
+                        else "-",
+                        f"{ratio:.2f}x" if ratio else "-"]
+            rows.append(row)
+    return bench.render(header, rows, markdown)
+
+
+def side_by_side_accuracy(payloads, markdown):
+    header = ["case", "dtype"]
+    for isa in payloads:
+        header += [f"{isa} c error", f"{isa} torch error", f"{isa} c/torch"]
+    first = next(iter(payloads.values()))["record"]
+    rows = []
+    for index, entry in enumerate(first["accuracy"]):
+        row = [entry["case"], entry["dtype"]]
+        for payload in payloads.values():
+            errors = payload["record"]["accuracy"][index]["errors"]
+            c, torch = errors.get("c"), errors.get("torch")
+            row += ["-" if c is None else f"{c:.2e}", "-" if torch is None else f"{torch:.2e}",
+                    f"{c / torch:.2f}" if c is not None and torch else "-"]
         rows.append(row)
-    return render(header, rows, markdown)
+    return bench.render(header, rows, markdown)
 
 
-def memory_table(results, names, dtype, markdown):
-    header = ["D", "causal", "N"] + [f"{name} MiB" for name in names]
+def limits_table(payloads, markdown):
+    header = ["ISA", "threads", "float32 peak GFLOP/s", "float64 peak GFLOP/s", "read GB/s"]
     rows = []
-    for shape, outcomes in results:
-        if shape.dtype != dtype:
+    for isa, payload in payloads.items():
+        limits = payload["record"]["limits"]
+        if limits["reason"]:
+            rows.append([isa, "-", f"unavailable: {limits['reason']}", "", ""])
             continue
-        rows.append(shape.cells + [
-            "-" if outcomes[name].memory_bytes is None else
-            f"{outcomes[name].memory_bytes / 2**20:.2f}" for name in names])
-    return render(header, rows, markdown)
+        for threads, read in limits["read_gbs"].items():
+            peaks = [limits["peak_gflops"][dtype].get(threads) for dtype in DTYPES]
+            rows.append([f"{isa} ({limits['isa']} probe)", str(threads)]
+                        + [f"{peak:.1f}" if peak else "-" for peak in peaks] + [f"{read:.1f}"])
+    return bench.render(header, rows, markdown)
 
 
-def error_table(results, names, markdown):
-    header = ["dtype", "D", "causal", "N"] + [f"{name} max error" for name in names]
-    rows = []
-    for shape, outcomes in results:
-        if shape.N > CHECK_MAX_N[shape.dtype]:
-            continue
-        row = [shape.dtype] + shape.cells
-        for name in names:
-            outcome = outcomes[name]
-            row.append("-" if outcome.error is None else
-                       f"{outcome.error:.1e} (bound {outcome.bound:.1e})")
-        rows.append(row)
-    return render(header, rows, markdown) if rows else None
-
-
-def decode_table(rows, markdown):
-    names = list(rows[0]["results"]) if rows else []
-    header = ["S", "threads", "K/V MiB", "read GB/s (probe)"]
-    for name in names:
-        header += [f"{name} ms", f"{name} GB/s", f"{name} % of read"]
-    if "c" in names and "torch" in names:
-        header.append("c/torch")
+def isa_settings_lines(payloads):
+    """Per ISA: the variables set, and what the kernel, torch and NumPy ran."""
     lines = []
-    for row in rows:
-        line = [str(row["S"]), str(row["threads"]), f"{row['kv_bytes'] / 2**20:.0f}",
-                f"{row['read_gbs']:.1f}" if row["read_gbs"] else "-"]
-        for name in names:
-            result = row["results"][name]
-            if result["median_ms"] is None:
-                line += ["wrong", "", ""]
-                continue
-            line += [f"{result['median_ms']:.3f}", f"{result['gbs']:.1f}",
-                     f"{100 * result['gbs'] / row['read_gbs']:.0f}%" if row["read_gbs"] else ""]
-        if "c" in names and "torch" in names:
-            c, other = (row["results"][name]["median_ms"] for name in ("c", "torch"))
-            line.append(f"{other / c:.2f}x" if c and other else "-")
-        lines.append(line)
-    return render(header, lines, markdown)
+    for isa, payload in payloads.items():
+        details = payload["details"]
+        held = ", ".join(f"{name}={value}" for name, value in payload["environment"].items()
+                         if value) or "none set"
+        lines.append(f"{isa}: variables {held}; attnref kernel {details['attnref kernel']}; "
+                     f"torch {payload['record']['machine']['torch']}; numpy {details['numpy']}")
+    return lines
 
 
-def limits_lines(limits):
-    if limits["isa"] is None:
-        return [f"probe unavailable: {limits['reason']}"]
-    return [f"{threads} thread{'s' * (threads > 1)}: peak {limits['peak_gflops'][threads]:.1f} "
-            f"GFLOP/s float32 ({limits['isa']} FMA chains), streaming read "
-            f"{limits['read_gbs'][threads]:.1f} GB/s over {probe.BANDWIDTH_BYTES // 2**20} MiB"
-            for threads in limits["peak_gflops"]]
-
-
-def report(run, names, markdown):
-    """The whole report as text or markdown, from the dict :func:`main` builds."""
-    def heading(text):
-        return f"### {text}" if markdown else f"== {text} =="
-
-    def bullets(lines):
-        return "\n".join(("- " if markdown else "  ") + line for line in lines)
-
-    details = run["machine"]
-    width = max(map(len, details))
-    sections = [bullets([f"{label}: {text}" for label, text in details.items()]) if markdown
-                else "\n".join(f"{label.ljust(width)}  {text}" for label, text in details.items()),
-                f"Command: `{run['command']}`" if markdown else f"command: {run['command']}",
-                heading("Machine limits (probe.py, medians)"), bullets(limits_lines(run["limits"]))]
-    results, thread_counts = run["results"], run["settings"]["threads"]
-    for dtype in dict.fromkeys(shape.dtype for shape, _ in results):
-        for threads in thread_counts:
-            sections += [heading(f"{dtype}, {threads} thread{'s' * (threads > 1)}"),
-                         timing_table(results, names, dtype, threads, run["limits"], markdown)]
+def per_isa_sections(isa, payload, markdown):
+    """One ISA's full tables: the sweep, scaling, memory, decoding, accuracy,
+    small-call overhead, memory at scale and its notes."""
+    record = payload["record"]
+    tag = bench.table_tag(record)
+    settings = record["settings"]
+    sections = [heading(f"{isa}: full tables", markdown) if not markdown
+                else f"## {isa}: full tables"]
+    for dtype in dict.fromkeys(case["dtype"] for case in record["cases"]):
+        for threads in settings["threads"]:
+            sections += [heading(f"{dtype}, {threads} thread{'s' * (threads > 1)}: {tag}",
+                                 markdown), bench.sweep_table(record, dtype, threads, markdown)]
     sections.append(
-        f"ms: median of {run['settings']['repeats']} interleaved rounds. GFLOP/s: "
-        f"4*B*H*N^2*D (half when causal) / median, B={B}, H={H}. % peak: of the probe's "
-        "float32 FMA peak on the same threads (float64: half of it). c/x: x median / c "
-        "median from this run (above 1: the C kernel is faster). checked: outputs match the "
-        "wider NumPy reference under attnref.testing.tolerance (at N <= "
-        + ", ".join(f"{n} in {dtype}" for dtype, n in CHECK_MAX_N.items()) + ").")
-    if len(thread_counts) > 1:
-        sections += [heading("Thread scaling (throughput ratio)"),
-                     scaling_table(results, names, thread_counts, markdown)]
-    if run["settings"]["memory"]:
-        for dtype in dict.fromkeys(shape.dtype for shape, _ in results):
-            sections += [heading(f"Peak memory beyond inputs and output, {dtype}, "
-                                 f"{max(thread_counts)} threads"),
-                         memory_table(results, names, dtype, markdown)]
-        sections.append(f"c, torch: {memory.METHOD_RSS}. numpy: {memory.METHOD_TRACEMALLOC}.")
-    errors = error_table(results, names, markdown)
-    if errors:
-        sections += [heading("Max |output - wide reference| and the bound the rule accepts"),
-                     errors]
-    sections += [heading(f"Decoding: L=1, Hq={DECODE_Q_HEADS}, Hkv={DECODE_KV_HEADS} "
-                         f"(enable_gqa), D={DECODE_D}, float32"),
-                 decode_table(run["decode"], markdown),
-                 f"Each call after reading {EVICT_BYTES // 2**20} MiB (caches evicted); median "
-                 f"of {DECODE_REPEATS}. GB/s: 2*B*Hkv*S*D*4 bytes of K and V / median, "
-                 "against the probe's streaming read on the same threads."]
-    cost = run["overhead"]
-    sections.append(heading(f"Small-call overhead: B={B}, H={H}, N={OVERHEAD_N}, "
-                            f"D={OVERHEAD_D}, float32"
-                            + (f", {cost['threads']} threads" if cost else "")))
-    if cost is None:
-        sections.append("not measured: the C kernel is unavailable")
-    else:
-        sections += [
-            render(["depth", "us per call"],
-                   [[name, f"{us:.1f}"] for name, us in cost["per_call_us"].items()], markdown),
-            f"Wrapper share (public - cffi call) / public: {100 * cost['wrapper_share']:.1f}%; "
-            f"of which validation (public - kernel.attention): "
-            f"{100 * cost['validation_share']:.1f}%. Median over samples of "
-            f"{OVERHEAD_CALLS} calls each, the three depths interleaved."]
-    at_scale = run["memory_at_scale"]
-    sections += [heading(f"Memory at N={at_scale['N']}, D={at_scale['D']}, H={H}, float32, "
-                         f"non-causal, {at_scale['threads']} threads"),
-                 bullets([f"{name}: {'not measured' if peak is None else f'{peak / 2**20:.2f} MiB'}"
-                          " beyond inputs and output"
-                          + (f" (limit {at_scale['limit_bytes'] // 2**20} MiB)"
-                             if name == "c" else "")
-                          for name, peak in at_scale["measured"].items()]
-                         + [f"numpy: not run; its score matrix alone is L*S*H*4 = "
-                            f"{at_scale['numpy_scores_bytes'] / 2**30:.0f} GiB"])]
-    if run["notes"]:
-        sections += [heading("Notes"), bullets(run["notes"])]
+        f"ms: median of {settings['repeats']} interleaved rounds, B=1, H=8, L=S=N, E=Ev=D. "
+        "GFLOP/s: 4*B*H*N^2*D (half when causal) / median. %peak: of the probe's FMA peak "
+        f"for {record['limits']['isa']} in the same dtype on the same threads. c/x: x's "
+        "median / c's median (above 1: attnref's kernel is faster).")
+    if len(settings["threads"]) > 1:
+        sections += [heading(f"thread scaling (throughput ratio): {tag}", markdown),
+                     scaling_table(record, markdown)]
+    if any("memory_bytes" in case for case in record["cases"]):
+        sections += [heading(f"peak memory beyond inputs and output, "
+                             f"{max(settings['threads'])} threads: {tag}", markdown),
+                     memory_table(record, markdown),
+                     f"c, torch: {memory.METHOD_RSS}. numpy: {memory.METHOD_TRACEMALLOC}."]
+    sections += [heading(f"decoding, L=1, Hq={bench.DECODE_Q_HEADS}, Hkv={bench.DECODE_KV_HEADS}"
+                         f", D={bench.DECODE_D}, float32: {tag}", markdown),
+                 bench.decode_table(record, markdown),
+                 heading(f"accuracy, max |output - exact reference|: {tag}", markdown),
+                 bench.accuracy_table(record, markdown)]
+    cost = payload["overhead"]
+    if cost is not None:
+        sections += [heading(f"small-call overhead: B=1, H=8, N={OVERHEAD_N}, D={OVERHEAD_D}, "
+                             f"float32, {cost['threads']} threads: {tag}", markdown),
+                     bench.render(["depth", "us per call"],
+                                  [[name, f"{us:.1f}"] for name, us in cost["per_call_us"].items()],
+                                  markdown),
+                     f"Wrapper share (public - cffi calls) / public: "
+                     f"{100 * cost['wrapper_share']:.1f}%; of which validation (public - "
+                     f"kernel.attention): {100 * cost['validation_share']:.1f}%. The kernel ran "
+                     f"as {cost['pieces']} CFFI call(s). Median over samples of {OVERHEAD_CALLS} "
+                     "calls each, the three depths interleaved."]
+    at_scale = payload["memory_at_scale"]
+    sections += [heading(f"memory at N={at_scale['N']}, D={at_scale['D']}, H=8, float32, "
+                         f"non-causal, {at_scale['threads']} threads: {tag}", markdown),
+                 "\n".join(f"- {name}: " + ("not measured" if peak is None else
+                                            f"{peak / 2**20:.2f} MiB")
+                           + " beyond inputs and output"
+                           + (f" (limit {at_scale['limit_bytes'] // 2**20} MiB)"
+                              if name == "c" else "")
+                           for name, peak in at_scale["measured"].items())
+                 + f"\n- numpy: not run; its score matrix alone is L*S*H*4 = "
+                   f"{at_scale['numpy_scores_bytes'] / 2**20:.0f} MiB"]
+    notes = payload["notes"] + bench.skipped_notes(record)
+    if notes:
+        sections += [heading(f"{isa}: notes", markdown), "\n".join(f"- {n}" for n in notes)]
+    return sections
+
+
+def scaling_table(record, markdown):
+    """Throughput on the most threads over one thread, per implementation."""
+    low, high = min(record["settings"]["threads"]), max(record["settings"]["threads"])
+    names = [name for name in record["settings"]["implementations"] if name != "numpy"]
+    header = ["dtype", "D", "causal", "N"] + [f"{name} {high}t/{low}t" for name in names]
+    rows = []
+    for case in record["cases"]:
+        row = [case["dtype"], str(case["D"]), "yes" if case["causal"] else "no", str(case["N"])]
+        for name in names:
+            medians = case["results"][name]["median_ms"]
+            row.append(f"{medians[low] / medians[high]:.2f}x"
+                       if medians.get(low) and medians.get(high) else "-")
+        rows.append(row)
+    return bench.render(header, rows, markdown)
+
+
+def memory_table(record, markdown):
+    names = record["settings"]["implementations"]
+    header = ["dtype", "D", "causal", "N"] + [f"{name} MiB" for name in names]
+    rows = [[case["dtype"], str(case["D"]), "yes" if case["causal"] else "no", str(case["N"])]
+            + ["-" if case["memory_bytes"].get(name) is None
+               else f"{case['memory_bytes'][name] / 2**20:.2f}" for name in names]
+            for case in record["cases"]]
+    return bench.render(header, rows, markdown)
+
+
+def report(payloads, command, notes, markdown):
+    """The whole report: machine, ISA settings and limits, the ISAs side by
+    side, each ISA's full tables, then ``notes``."""
+    first = next(iter(payloads.values()))
+    details = {label: text for label, text in first["details"].items()
+               if label not in PER_ISA_DETAILS}
+    width = max(map(len, details))
+    record = first["record"]
+    tag = versions(payloads)
+    sections = [
+        "\n".join(f"- {label}: {text}" for label, text in details.items()) if markdown
+        else "\n".join(f"{label.ljust(width)}  {text}" for label, text in details.items()),
+        f"Command: `{command}`" if markdown else f"command: {command}",
+        heading("instruction sets: what each run held to", markdown),
+        "\n".join(("- " if markdown else "  ") + line for line in isa_settings_lines(payloads)),
+        heading(f"machine limits (attnref.probe, medians): {record['machine']['cpu']}", markdown),
+        limits_table(payloads, markdown)]
+    for dtype in dict.fromkeys(case["dtype"] for case in record["cases"]):
+        for threads in record["settings"]["threads"]:
+            sections += [heading(f"{dtype}, {threads} thread{'s' * (threads > 1)}, c/torch and "
+                                 f"% of each ISA's FMA peak: {tag}", markdown),
+                         side_by_side_sweep(payloads, dtype, threads, markdown)]
+    if record["decode"]:
+        sections += [heading(f"decoding, L=1, Hq={bench.DECODE_Q_HEADS}, Hkv="
+                             f"{bench.DECODE_KV_HEADS}, D={bench.DECODE_D}, float32, GB/s of K "
+                             f"and V against the probe's read bandwidth: {tag}", markdown),
+                     side_by_side_decode(payloads, markdown)]
+    if record["accuracy"]:
+        sections += [heading(f"accuracy, max |output - exact reference| (float64 reference "
+                             f"for float32, long double for float64): {tag}", markdown),
+                     side_by_side_accuracy(payloads, markdown)]
+    for isa, payload in payloads.items():
+        sections += per_isa_sections(isa, payload, markdown)
+    if notes:
+        sections += [heading("notes", markdown), "\n".join(f"- {note}" for note in notes)]
     return "\n\n".join(sections) + "\n"
 
 
-def raw_results(run):
-    """The run as JSON-ready data: every timing, error and memory figure."""
-    return {
-        "machine": run["machine"], "command": run["command"], "settings": run["settings"],
-        "limits": run["limits"],
-        "cases": [{"B": B, "H": H, "N": shape.N, "D": shape.D, "causal": shape.causal,
-                   "dtype": shape.dtype, "flops": shape.flops,
-                   "results": {name: {"times_ms": outcome.times_ms,
-                                      "median_ms": {threads: outcome.median_ms(threads)
-                                                    for threads in outcome.times_ms},
-                                      "max_error": outcome.error,
-                                      "error_bound": outcome.bound,
-                                      "memory_bytes": outcome.memory_bytes,
-                                      "skipped": outcome.reason}
-                               for name, outcome in outcomes.items()}}
-                  for shape, outcomes in run["results"]],
-        "decode": run["decode"], "overhead": run["overhead"],
-        "memory_at_scale": run["memory_at_scale"], "notes": run["notes"],
-    }
-
-
-def plot(run, names, path):
-    """GFLOP/s against N, one line per implementation, one panel per (D,
-    causal), for PLOT_DTYPE on the most threads; the probe's peak dashed."""
-    try:
-        import matplotlib
-    except ImportError:
-        sys.exit("bench_sdpa: --plot needs matplotlib, an optional extra: "
-                 "pip install 'attnref[plot]' (or 'attnref[bench]', which adds torch)")
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    threads = max(run["settings"]["threads"])
-    results = [(shape, outcomes) for shape, outcomes in run["results"]
-               if shape.dtype == PLOT_DTYPE]
-    panels = sorted({(shape.D, shape.causal) for shape, _ in results})
+def plot(payloads, path):
+    """GFLOP/s against N for PLOT_DTYPE on the most threads: one panel per
+    (D, causal), the C kernel and torch of each ISA, each ISA's peak dashed."""
+    plt = bench.pyplot()
+    first = next(iter(payloads.values()))["record"]
+    threads = max(first["settings"]["threads"])
+    panels = sorted({(case["D"], case["causal"]) for case in first["cases"]
+                     if case["dtype"] == PLOT_DTYPE})
+    if not panels:
+        progress(f"no {PLOT_DTYPE} case: no plot")
+        return
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8),
                                 sharey=True, squeeze=False)
-    peak = peak_for(run["limits"], PLOT_DTYPE, threads)
+    styles = dict(zip(payloads, ("-", "--", ":")))
     for axis, (D, causal) in zip(axes[0], panels):
-        for name in names:
-            points = [(shape.N, gflops(shape, outcomes[name].median_ms(threads)))
-                      for shape, outcomes in results
-                      if (shape.D, shape.causal) == (D, causal)
-                      and outcomes[name].median_ms(threads) is not None]
-            if points:
-                axis.plot(*zip(*points), marker="o", label=name)
-        if peak:
-            axis.axhline(peak, linestyle="--", color="grey", label="FMA peak (probe)")
+        for number, (isa, payload) in enumerate(payloads.items()):
+            record = payload["record"]
+            cases = [case for case in record["cases"] if case["dtype"] == PLOT_DTYPE
+                     and (case["D"], case["causal"]) == (D, causal)]
+            for color, name in zip(("C0", "C1"), ("c", "torch")):
+                points = [(case["N"], case["results"][name]["gflops"][threads])
+                          for case in cases if threads in case["results"][name]["gflops"]]
+                if points:
+                    axis.plot(*zip(*points), styles[isa], marker="o", color=color,
+                              label=f"{name} {isa}")
+            peak = ((record["limits"] or {}).get("peak_gflops", {})
+                    .get(PLOT_DTYPE, {}).get(threads))
+            if peak:
+                axis.axhline(peak, linestyle=styles[isa], color="grey",
+                             label=f"{isa} FMA peak")
         axis.set_xscale("log", base=2)
         axis.set_ylim(bottom=0)
         axis.set_title(f"D={D}, {'causal' if causal else 'non-causal'}")
         axis.set_xlabel("N")
         axis.grid(True, alpha=0.3)
     axes[0][0].set_ylabel(f"GFLOP/s ({PLOT_DTYPE}, {threads} threads)")
-    axes[0][0].legend(loc="lower right")
-    figure.suptitle(f"scaled dot-product attention, B={B}, H={H}: {run['machine']['cpu']}")
+    axes[0][0].legend(loc="lower right", fontsize="small")
+    figure.suptitle(f"scaled dot-product attention, B=1, H=8: {first['machine']['cpu']}")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     progress(f"plot written to {path}")
 
 
-def blas_thread_note():
-    """Why NumPy may run on other threads than the sweep asks, or None."""
-    if threadpool_limits is not None:
-        return None
-    return ("threadpoolctl is not installed, so NumPy's BLAS keeps the threads it chose when "
-            f"NumPy loaded ({machine.blas_threads() or 'all cores'}) whatever the sweep's "
-            "thread count; pip install threadpoolctl to match them.")
+def default_isas():
+    """avx2 and avx512 where this kernel and CPU run them, else native."""
+    supported = attnref.kernel.supported_code_paths()
+    return [isa for isa in ("avx2", "avx512") if isa in supported] or ["native"]
 
 
 def parse_arguments(argv):
     parser = argparse.ArgumentParser(
-        description="Time attnref's NumPy reference and C kernel (and torch when installed) "
-                    "on scaled dot-product attention; see the module docstring for the method.")
+        description="Time attnref's C kernel against torch (and its NumPy reference) per "
+                    "instruction set; see the module docstring for the method.")
+    parser.add_argument("--isa", nargs="+", choices=tuple(ISA_ENVIRONMENT),
+                        help="instruction sets, each in its own process with attnref and torch "
+                             "held to it (default: avx2 and avx512 where this CPU runs them, "
+                             "else native)")
     parser.add_argument("--quick", action="store_true",
-                        help=f"smoke run: {QUICK_DTYPES}, N in {QUICK_SIZES}, D in "
-                             f"{QUICK_HEAD_DIMS}, all cores only, {QUICK_REPEATS} repeats, "
-                             f"decode S in {QUICK_DECODE_LENGTHS} (explicit options still win)")
+                        help=f"every section, small (about a minute): N={QUICK['sizes']}, "
+                             f"D={QUICK['head_dims']}, both dtypes, every usable core only, "
+                             f"{QUICK['repeats']} rounds, decode S={QUICK['decode_lengths']}, "
+                             "no per-case memory (explicit options still win)")
     parser.add_argument("--dtypes", nargs="+", choices=DTYPES,
                         help=f"dtypes of the sweep (default {DTYPES})")
     parser.add_argument("--sizes", type=int, nargs="+", metavar="N",
@@ -676,97 +603,94 @@ def parse_arguments(argv):
                         help=f"head dims D = E = Ev (default {HEAD_DIMS})")
     parser.add_argument("--threads", type=int, nargs="+", metavar="T",
                         help="thread counts for all implementations (default: 1 and all "
-                             f"usable cores, {machine.usable_cores()} here)")
+                             f"usable cores, {probe.usable_cores()} here)")
     parser.add_argument("--repeats", type=int,
                         help=f"timed rounds per case (default {REPEATS}, "
-                             f"{QUICK_REPEATS} with --quick)")
-    parser.add_argument("--no-memory", dest="memory", action="store_false",
-                        help="skip the per-case peak-memory measurements of the sweep")
+                             f"{QUICK['repeats']} with --quick)")
+    parser.add_argument("--no-memory", dest="memory", action="store_false", default=None,
+                        help="skip the per-case peak-memory measurements (--quick skips them)")
     parser.add_argument("--markdown", type=Path, metavar="PATH",
                         help="also write the report as markdown (the format of RESULTS.md)")
     parser.add_argument("--json", type=Path, metavar="PATH",
                         help="also write every timing, error and the machine details as JSON")
     parser.add_argument("--plot", type=Path, metavar="PATH",
-                        help=f"also draw GFLOP/s against N ({PLOT_DTYPE}, most threads) as a "
-                             "PNG; needs matplotlib (extra 'plot' or 'bench')")
+                        help=f"also draw GFLOP/s against N ({PLOT_DTYPE}, most threads, each "
+                             "ISA) as a PNG; needs matplotlib (extra 'plot' or 'bench')")
+    parser.add_argument("--worker", metavar="PATH", help=argparse.SUPPRESS)
     arguments = parser.parse_args(argv)
     quick = arguments.quick
-    arguments.dtypes = arguments.dtypes or (QUICK_DTYPES if quick else DTYPES)
-    arguments.sizes = arguments.sizes or (QUICK_SIZES if quick else SIZES)
-    arguments.head_dims = arguments.head_dims or (QUICK_HEAD_DIMS if quick else HEAD_DIMS)
-    arguments.repeats = arguments.repeats or (QUICK_REPEATS if quick else REPEATS)
+    arguments.dtypes = arguments.dtypes or (QUICK["dtypes"] if quick else DTYPES)
+    arguments.sizes = arguments.sizes or (QUICK["sizes"] if quick else SIZES)
+    arguments.head_dims = arguments.head_dims or (QUICK["head_dims"] if quick else HEAD_DIMS)
+    arguments.repeats = arguments.repeats or (QUICK["repeats"] if quick else REPEATS)
     arguments.threads = sorted(set(arguments.threads or (
-        [machine.usable_cores()] if quick else [1, machine.usable_cores()])))
+        [probe.usable_cores()] if quick else [1, probe.usable_cores()])))
+    arguments.memory = (not quick) if arguments.memory is None else arguments.memory
     for name in ("sizes", "head_dims", "threads"):
         if min(getattr(arguments, name)) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(arguments, name)}")
     if arguments.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {arguments.repeats}")
+    if arguments.worker is not None:
+        arguments.isa = arguments.isa[0]
+        return arguments
+    arguments.isa = list(dict.fromkeys(arguments.isa or default_isas()))
+    supported = attnref.kernel.supported_code_paths()
+    for isa in arguments.isa:
+        if isa != "native" and isa not in supported:
+            reason = (f"supports {', '.join(supported)}" if attnref.kernel.available()
+                      else f"is unavailable: {attnref.kernel.info()['reason']}")
+            parser.error(f"--isa {isa}: attnref's kernel cannot run it here (it {reason})")
+    for path in (arguments.markdown, arguments.json, arguments.plot):
+        if path is not None and not path.parent.is_dir():
+            parser.error(f"cannot write {path}: {path.parent} is not a directory")
+    if arguments.plot:
+        try:
+            bench.pyplot()
+        except ImportError as error:
+            parser.error(str(error))
     return arguments
+
+
+def worker_argv(arguments):
+    """The options a per-ISA process gets: the sweep, as this one resolved it."""
+    argv = ["--dtypes", *arguments.dtypes, "--sizes", *map(str, arguments.sizes),
+            "--head-dims", *map(str, arguments.head_dims), "--threads",
+            *map(str, arguments.threads), "--repeats", str(arguments.repeats)]
+    return argv + (["--quick"] if arguments.quick else []) + (
+        [] if arguments.memory else ["--no-memory"])
 
 
 def main(argv=None):
     arguments = parse_arguments(argv)
-    quick = arguments.quick
+    if arguments.worker is not None:
+        return worker(arguments)
     given = sys.argv[1:] if argv is None else argv
-    contenders = implementations()
-    names = [contender.name for contender in contenders]
-    notes = [f"{contender.name}: unavailable: {contender.unavailable}"
-             for contender in contenders if contender.unavailable]
-    blas_note = blas_thread_note()
-    if blas_note:
-        notes.append(blas_note)
-        progress(f"note: {blas_note}")
+    command = " ".join(["python", Path(sys.argv[0]).as_posix()] + given)
     load = machine.OtherLoad()
-    limits = probe.measure(arguments.threads, progress)
-
-    shapes = [Shape(dtype, D, causal, N) for dtype in arguments.dtypes
-              for D in arguments.head_dims for causal in (False, True) for N in arguments.sizes]
-    results = []
-    for number, shape in enumerate(shapes, start=1):
-        progress(f"[{number}/{len(shapes)}] {shape.label}")
-        start = time.perf_counter()
-        outcomes = run_shape(shape, contenders, arguments.threads, arguments.repeats,
-                             arguments.memory)
-        progress(f"  done in {time.perf_counter() - start:.1f} s")
-        results.append((shape, outcomes))
-        notes += [f"{name}: {outcome.reason}" for name, outcome in outcomes.items()
-                  if outcome.skipped in ("skipped", "wrong")]
-
-    run = {
-        "machine": machine.details(attnref, torch),
-        "command": " ".join(["python", Path(sys.argv[0]).as_posix()] + given),
-        "settings": {"threads": arguments.threads, "repeats": arguments.repeats, "seed": SEED,
-                     "check_max_n": CHECK_MAX_N, "numpy_max_n": NUMPY_MAX_N,
-                     "memory": arguments.memory},
-        "limits": limits,
-        "results": results,
-        "decode": decode(contenders, arguments.threads,
-                         QUICK_DECODE_LENGTHS if quick else DECODE_LENGTHS, limits),
-        "overhead": overhead(max(arguments.threads),
-                             QUICK_OVERHEAD_SAMPLES if quick else OVERHEAD_SAMPLES)
-                    if attnref.kernel.available() else None,
-        "memory_at_scale": memory_at_scale(contenders, max(arguments.threads)),
-    }
-    notes += [f"{name}: {result['skipped']}" for row in run["decode"]
-              for name, result in row["results"].items() if result["skipped"]]
+    payloads, statuses = {}, []
+    for isa in arguments.isa:
+        held = ", ".join(f"{name}={value}" for name, value in ISA_ENVIRONMENT[isa].items())
+        progress(f"{isa}: its own process, {held or 'no ISA variable set'}")
+        try:
+            payloads[isa], status = run_isa(isa, worker_argv(arguments))
+        except RuntimeError as error:
+            progress(str(error))
+            return 3
+        statuses.append(status)
+        progress(f"{isa}: done")
     other = load.share()
-    if other is not None:
-        notes.append(f"other processes used {100 * other:.0f}% of the machine's CPU time "
-                     "during this run")
-    run["notes"] = list(dict.fromkeys(notes))  # a skip repeats for every D and causal
-
-    print(report(run, names, markdown=False))
+    notes = [] if other is None else [f"other processes used {100 * other:.0f}% of the "
+                                      "machine's CPU time during the run"]
+    print(report(payloads, command, notes, markdown=False))
     if arguments.markdown:
-        arguments.markdown.write_text(report(run, names, markdown=True))
+        arguments.markdown.write_text(report(payloads, command, notes, markdown=True))
     if arguments.json:
-        arguments.json.write_text(json.dumps(raw_results(run), indent=1) + "\n")
+        arguments.json.write_text(json.dumps({"command": command, "isas": payloads,
+                                              "notes": notes}, indent=1) + "\n")
     if arguments.plot:
-        plot(run, names, arguments.plot)
-    wrong = any(outcome.skipped == "wrong" for _, outcomes in results
-                for outcome in outcomes.values()) or any(
-        result["skipped"] for row in run["decode"] for result in row["results"].values())
-    return 1 if wrong else 0
+        plot(payloads, arguments.plot)
+    return max(statuses)
 
 
 if __name__ == "__main__":

@@ -10,28 +10,23 @@ import os
 import platform
 import resource
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+try:
+    from attnref.probe import cpuinfo_field, usable_cores
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # a checkout, not installed
+    from attnref.probe import cpuinfo_field, usable_cores
 
 BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
 # Set on some machines to work around old OpenBLAS bugs; they also pick a slower
 # OpenBLAS kernel, so a NumPy timing must say whether they were set.
 OPENBLAS_CORE_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 SIMD_FLAGS = ("avx512f", "avx512vl", "avx512bw", "avx512_bf16", "avx2", "fma")
-
-
-def cpuinfo_field(name):
-    """The first value of ``name`` in /proc/cpuinfo, or None (not Linux)."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.split(":", 1)[0].strip() == name:
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
 
 
 def cpu_model():
@@ -64,13 +59,6 @@ def caches():
             continue
         found.append(f"L{level}{dict(Data='d', Instruction='i').get(kind, '')} {size}")
     return ", ".join(found) or "unknown"
-
-
-def usable_cores():
-    """Cores this process may run on (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def blas_threads():

@@ -140,11 +140,11 @@ REPORT_HELP = " (see 'attnref report --help')"
 
 @pytest.mark.parametrize("argv, line", [
     ([], "attnref: error: the following arguments are required: "
-         "{info,check,report,generate,vectors} (see 'attnref --help')"),
-    (["nope"], "attnref: error: argument {info,check,report,generate,vectors}: invalid choice: 'nope' "
-               "(choose from 'info', 'check', 'report', 'generate', 'vectors') (see 'attnref --help')"),
+         "{info,check,report,generate,vectors,bench} (see 'attnref --help')"),
+    (["nope"], "attnref: error: argument {info,check,report,generate,vectors,bench}: invalid choice: 'nope' "
+               "(choose from 'info', 'check', 'report', 'generate', 'vectors', 'bench') (see 'attnref --help')"),
     (["--bogus"], "attnref: error: the following arguments are required: "
-                  "{info,check,report,generate,vectors} (see 'attnref --help')"),
+                  "{info,check,report,generate,vectors,bench} (see 'attnref --help')"),
     (["info", "extra"], "attnref: error: unrecognized arguments: extra (see 'attnref --help')"),
     (["vectors"], "attnref vectors: error: the following arguments are required: "
                   "{export,verify} (see 'attnref vectors --help')"),
@@ -325,7 +325,7 @@ def python_m_attnref(*argv):
 
 
 @pytest.mark.parametrize("argv, line", [
-    ([], "attnref: error: the following arguments are required: {info,check,report,generate,vectors} "
+    ([], "attnref: error: the following arguments are required: {info,check,report,generate,vectors,bench} "
          "(see 'attnref --help')"),
     (["report", "   "], "attnref report: error: argument text: expected a text to read, got "
                         "'   '" + REPORT_HELP),

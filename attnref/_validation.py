@@ -17,6 +17,11 @@ from . import masks
 
 BACKENDS = ("auto", "numpy", "c")
 MASKED_ROWS = ("zero", "nan")
+#: How the C kernel sums the score dot products q.k (``scores=``): "exact",
+#: carried in twice the compute dtype's precision and rounded once (the
+#: default), or "fast", plain fused multiply-add sums in the compute dtype
+#: (as torch and BLAS).
+SCORE_MODES = ("exact", "fast")
 PRECISIONS = (None, "float32", "float64", "longdouble")
 
 
@@ -49,6 +54,7 @@ class SdpaCall:
     dropout_p: float
     rng: Optional[np.random.Generator]
     masked_rows: str
+    scores: str                # one of SCORE_MODES: how the C kernel sums q.k
     compute_dtype: np.dtype
     output_dtype: np.dtype
     return_weights: bool
@@ -191,7 +197,7 @@ def sdpa_call(query, key, value, attn_mask=None, dropout_p=0.0,
               is_causal=False, scale=None, enable_gqa=False, *, window=None,
               softcap=None, return_weights=False, return_lse=False,
               masked_rows="zero", precision=None, rng=None,
-              causal_alignment="top_left"):
+              causal_alignment="top_left", scores="exact"):
     """Check every argument of ``scaled_dot_product_attention``; see there."""
     query = float_array("query", query)
     key = float_array("key", key)
@@ -265,6 +271,8 @@ def sdpa_call(query, key, value, attn_mask=None, dropout_p=0.0,
 
     if masked_rows not in MASKED_ROWS:
         raise ValueError(f"masked_rows must be one of {MASKED_ROWS}, got {masked_rows!r}")
+    if not isinstance(scores, str) or scores not in SCORE_MODES:
+        raise ValueError(f"scores must be one of {SCORE_MODES}, got {scores!r}")
     diag_offset, band_lower, band_upper = _band(
         _flag("is_causal", is_causal), window, causal_alignment, L, S)
     mask = None if attn_mask is None else _check_mask(
@@ -277,7 +285,7 @@ def sdpa_call(query, key, value, attn_mask=None, dropout_p=0.0,
         mask=mask, batch_shape=tuple(batch_shape), L=L, S=S, E=E, Ev=Ev,
         kv_group=kv_group, scale=scale, softcap=softcap,
         diag_offset=diag_offset, band_lower=band_lower, band_upper=band_upper,
-        dropout_p=dropout_p, rng=rng, masked_rows=masked_rows,
+        dropout_p=dropout_p, rng=rng, masked_rows=masked_rows, scores=scores,
         compute_dtype=np.dtype(compute_dtype), output_dtype=np.dtype(output_dtype),
         return_weights=_flag("return_weights", return_weights),
         return_lse=_flag("return_lse", return_lse))

@@ -1,6 +1,9 @@
 """``attnref bench``: time CPU attention implementations on this machine.
 
-Contenders (:data:`CONTENDERS`): ``c``, attnref's fused kernel; ``numpy``,
+Contenders (:data:`CONTENDERS`): ``c``, attnref's fused kernel (with the
+score mode ``scores`` chooses: ``"fast"`` by default, plain fused
+multiply-add score sums as torch's; ``"exact"``, scores rounded once, is the
+library's default); ``numpy``,
 attnref's reference; ``torch``
 (``torch.nn.functional.scaled_dot_product_attention``) and ``jax``
 (``jax.nn.dot_product_attention``, jitted), each when installed (imported
@@ -56,6 +59,7 @@ from typing import Callable, NamedTuple, Optional
 import numpy as np
 
 from . import __version__, kernel, probe
+from ._validation import SCORE_MODES
 from .core import scaled_dot_product_attention
 from .testing.cases import Case
 from .testing.tolerance import reference_dtype, reference_errors
@@ -110,10 +114,11 @@ class Contender(NamedTuple):
     version: Optional[str] = None
 
 
-def _bind_attnref(backend, query, key, value, is_causal=False, enable_gqa=False, scale=None):
+def _bind_attnref(backend, query, key, value, is_causal=False, enable_gqa=False, scale=None,
+                  scores="exact"):
     return lambda: scaled_dot_product_attention(
         query, key, value, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa,
-        backend=backend)
+        backend=backend, scores=scores)
 
 
 def _bind_torch(torch, query, key, value, is_causal=False, enable_gqa=False, scale=None):
@@ -147,9 +152,12 @@ def _framework(name):
         return None, f"not installed ({INSTALL[name]} to compare): {error}"
 
 
-def contenders(names=CONTENDERS):
+def contenders(names=CONTENDERS, scores="fast"):
     """The :class:`Contender` of each of ``names`` (a subset of
-    :data:`CONTENDERS`), in :data:`CONTENDERS` order."""
+    :data:`CONTENDERS`), in :data:`CONTENDERS` order; ``c`` computes its
+    scores in mode ``scores`` (``"fast"`` or ``"exact"``)."""
+    if scores not in SCORE_MODES:
+        raise ValueError(f"scores must be one of {SCORE_MODES}, got {scores!r}")
     unknown = sorted(set(names) - set(CONTENDERS))
     if unknown:
         raise ValueError(f"implementations must be among {CONTENDERS}, got {unknown}")
@@ -157,7 +165,8 @@ def contenders(names=CONTENDERS):
     for name in (name for name in CONTENDERS if name in names):
         if name == "c":
             details = kernel.info()
-            found.append(Contender("c", partial(_bind_attnref, "c"), None, details["path"])
+            found.append(Contender("c", partial(_bind_attnref, "c", scores=scores), None,
+                                   f"{details['path']}, scores={scores}")
                          if details["available"] else Contender("c", None, details["reason"]))
         elif name == "numpy":
             found.append(Contender("numpy", partial(_bind_attnref, "numpy"), None,
@@ -382,7 +391,7 @@ def machine(found):
 def run(*, dtypes=("float32",), sizes=(512, 1024, 2048), head_dims=(64, 128),
         causal=(False, True), thread_counts=None, repeats=5, decode_lengths=(4096,),
         decode_repeats=None, implementations=CONTENDERS, measure_limits=True,
-        accuracy_cases=(), probe_seconds=0.2, read_bytes=None, progress=None):
+        accuracy_cases=(), probe_seconds=0.2, read_bytes=None, progress=None, scores="fast"):
     """Run the benchmark and return its record (a JSON-ready dict).
 
     Parameters
@@ -411,6 +420,8 @@ def run(*, dtypes=("float32",), sizes=(512, 1024, 2048), head_dims=(64, 128),
         :func:`attnref.probe.bandwidth_bytes`).
     progress : callable, optional
         Called with each progress message (a case starts, a probe result).
+    scores : {"fast", "exact"}
+        The C kernel's score mode (see :func:`attnref.scaled_dot_product_attention`).
 
     Returns
     -------
@@ -421,7 +432,7 @@ def run(*, dtypes=("float32",), sizes=(512, 1024, 2048), head_dims=(64, 128),
     """
     say = progress or (lambda message: None)
     thread_counts = sorted(set(thread_counts or (1, probe.usable_cores())))
-    found = contenders(implementations)
+    found = contenders(implementations, scores)
     isa = probe.isa_of_code_path(kernel.get_code_path()) if kernel.available() else "native"
     limits = (probe.measure(isa, thread_counts, dtypes=("float32", "float64"),
                             seconds=probe_seconds, read_bytes=read_bytes, progress=say)
@@ -430,6 +441,7 @@ def run(*, dtypes=("float32",), sizes=(512, 1024, 2048), head_dims=(64, 128),
               "settings": {"implementations": [contender.name for contender in found],
                            "B": B, "threads": thread_counts, "repeats": repeats,
                            "decode_repeats": decode_repeats or repeats, "seed": SEED,
+                           "scores": scores,
                            "check_max_n": CHECK_MAX_N, "numpy_max_n": NUMPY_MAX_N},
               "cases": [], "decode": [], "accuracy": []}
     shapes = [SweepCase(dtype, D, is_causal, N) for dtype in dtypes for D in head_dims

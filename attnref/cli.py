@@ -674,7 +674,8 @@ def _bench(arguments):
         accuracy_cases=(bench.QUICK_ACCURACY_CASES if quick else bench.ACCURACY_CASES)
         if arguments.accuracy else (),
         probe_seconds=0.05 if quick else 0.2,
-        progress=lambda message: print(f"attnref bench: {message}", file=sys.stderr, flush=True))
+        progress=lambda message: print(f"attnref bench: {message}", file=sys.stderr, flush=True),
+        scores=arguments.scores)
     print(bench.report(record, markdown=arguments.markdown), end="")
     if arguments.json:
         Path(arguments.json).write_text(
@@ -898,6 +899,10 @@ def build_parser():
         "--implementations", nargs="+", choices=("c", "numpy", "torch", "jax"),
         default=["c", "numpy", "torch", "jax"],
         help="what to time (default all; torch and JAX only when installed)")
+    bench_parser.add_argument(
+        "--scores", choices=("fast", "exact"), default="fast",
+        help="the C kernel's score mode (default fast: plain FMA sums, as torch's; exact: "
+             "scores rounded once, the library's default)")
     bench_parser.add_argument(
         "--accuracy", action="store_true",
         help="also measure each one's max error against an exact reference (float64 or long "

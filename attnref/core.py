@@ -113,7 +113,8 @@ def scaled_dot_product_attention(
         query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
         scale=None, enable_gqa=False, *, window=None, softcap=None,
         return_weights=False, return_lse=False, masked_rows="zero",
-        precision=None, backend="auto", rng=None, causal_alignment="top_left"):
+        precision=None, backend="auto", rng=None, causal_alignment="top_left",
+        scores="exact"):
     r"""Scaled dot-product attention, as ``torch.nn.functional.scaled_dot_product_attention``.
 
     .. math::
@@ -173,6 +174,18 @@ def scaled_dot_product_attention(
         Source of dropout randomness.
     causal_alignment : {"top_left", "bottom_right"}
         Where the causal/window diagonal sits when ``L != S``.
+    scores : {"exact", "fast"}
+        How the C kernel sums the score dot products :math:`q_i \cdot k_j`.
+        ``"exact"`` (the default): carried in twice the compute dtype's
+        precision (float32 products summed in double; Dot2 of Ogita, Rump &
+        Oishi 2005 in float64) and rounded once, within the equivalence rule
+        of :mod:`attnref.testing.tolerance` on every case. ``"fast"``: plain
+        fused multiply-add sums in the compute dtype, as torch and BLAS
+        (error up to :math:`\gamma_E \sum_d |q_d k_d|`, Higham 2002, eq.
+        3.5), faster, and held to that rule plus one score rounding
+        (:func:`attnref.testing.tolerance.plain_score_allowance`). The NumPy
+        reference always sums with ``matmul`` in the compute dtype (widen it
+        with ``precision``).
 
     Returns
     -------
@@ -191,7 +204,7 @@ def scaled_dot_product_attention(
         query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
         window=window, softcap=softcap, return_weights=return_weights,
         return_lse=return_lse, masked_rows=masked_rows, precision=precision,
-        rng=rng, causal_alignment=causal_alignment)
+        rng=rng, causal_alignment=causal_alignment, scores=scores)
     backend = check_backend(backend)
     match backend:
         case _ if _nothing_to_compute(call):

@@ -409,7 +409,7 @@ def _plan(call, arrays, threads, path):
     depend on: the plan for repeated calls of one shape is built once (the
     wrapper's cost matters for small calls)."""
     key = (call.L, call.S, call.E, call.Ev, call.kv_group, call.batch_shape, call.masked_rows,
-           call.scale, call.softcap, call.diag_offset, call.band_lower, call.band_upper,
+           call.scores, call.scale, call.softcap, call.diag_offset, call.band_lower, call.band_upper,
            threads, path, CHUNK_WORK, tuple((name, array.dtype.char, array.shape, array.strides)
                                 for name, array in arrays.items()))
     plan = _PLANS.get(key)
@@ -425,6 +425,8 @@ def _plan(call, arrays, threads, path):
                         _lib.ATTNREF_MASK_BIAS)
     params.masked_rows = (_lib.ATTNREF_ROWS_ZERO if call.masked_rows == "zero"
                           else _lib.ATTNREF_ROWS_NAN)
+    params.scores = (_lib.ATTNREF_SCORES_FAST if call.scores == "fast"
+                     else _lib.ATTNREF_SCORES_EXACT)
     params.scale = call.scale
     params.softcap = call.softcap or 0.0
     params.diag_offset = call.diag_offset
@@ -452,7 +454,8 @@ def _spans(B, H, L, row_work, work, kv_group):
     in the same order and the result is bit-identical to one C call: whole
     batch entries first, then whole kv groups of heads (query head ``h``
     reads kv head ``h // kv_group``), then positions at multiples of
-    ``attnref_row_block``.
+    ``attnref_row_block``, no piece shorter than that block (so each piece
+    takes the code path the whole call takes: see ``attnref_row_block``).
     """
     rows = max(1, work // row_work)
     if B * H * L <= rows:
@@ -466,8 +469,14 @@ def _spans(B, H, L, row_work, work, kv_group):
                 for b in range(B) for h in range(0, H, step)]
     block = _lib.attnref_row_block(kv_group)
     step = max(1, rows // (kv_group * block)) * block
-    return [(b, b + 1, h, h + kv_group, i, min(L, i + step))
-            for b in range(B) for h in range(0, H, kv_group) for i in range(0, L, step)]
+    starts = list(range(0, L, step))
+    if len(starts) > 1 and L - starts[-1] < block:
+        # a piece shorter than a block would be a call with few rows per kv
+        # group, which C computes on its decoding path: it joins the one before
+        starts.pop()
+    ends = starts[1:] + [L]
+    return [(b, b + 1, h, h + kv_group, i, end)
+            for b in range(B) for h in range(0, H, kv_group) for i, end in zip(starts, ends)]
 
 
 def _pieces(params, spans, strides, kv_group):

@@ -226,7 +226,8 @@ def worker(arguments):
         decode_repeats=QUICK["decode_repeats"] if quick else DECODE_REPEATS,
         implementations=CONTENDERS,
         accuracy_cases=bench.QUICK_ACCURACY_CASES if quick else bench.ACCURACY_CASES,
-        probe_seconds=QUICK["probe_seconds"] if quick else 0.2, progress=progress)
+        probe_seconds=QUICK["probe_seconds"] if quick else 0.2, progress=progress,
+        scores=arguments.scores)
     threads = max(record["settings"]["threads"])
     if arguments.memory:
         progress("peak memory of each case")
@@ -607,6 +608,9 @@ def parse_arguments(argv):
     parser.add_argument("--repeats", type=int,
                         help=f"timed rounds per case (default {REPEATS}, "
                              f"{QUICK['repeats']} with --quick)")
+    parser.add_argument("--scores", choices=("fast", "exact"), default="fast",
+                        help="the C kernel's score mode (default fast, plain FMA sums as "
+                             "torch's; exact: scores rounded once, the library's default)")
     parser.add_argument("--no-memory", dest="memory", action="store_false", default=None,
                         help="skip the per-case peak-memory measurements (--quick skips them)")
     parser.add_argument("--markdown", type=Path, metavar="PATH",
@@ -656,7 +660,8 @@ def worker_argv(arguments):
     """The options a per-ISA process gets: the sweep, as this one resolved it."""
     argv = ["--dtypes", *arguments.dtypes, "--sizes", *map(str, arguments.sizes),
             "--head-dims", *map(str, arguments.head_dims), "--threads",
-            *map(str, arguments.threads), "--repeats", str(arguments.repeats)]
+            *map(str, arguments.threads), "--repeats", str(arguments.repeats),
+            "--scores", arguments.scores]
     return argv + (["--quick"] if arguments.quick else []) + (
         [] if arguments.memory else ["--no-memory"])
 

@@ -7,7 +7,10 @@
  *   tiled_impl.h  tiled: register-blocked SIMD micro-kernels, instantiated
  *                 in tiled.c for AVX-512 and for AVX2+FMA, chosen here at run
  *                 time from the CPU's features (x86-64), and for NEON
- *                 (aarch64); GCC or clang.
+ *                 (aarch64); GCC or clang;
+ *   decode_impl.h the SIMD paths' kernel for calls with few rows per kv head
+ *                 (decoding): K and V streamed unpacked, keys in chunks
+ *                 (decode.c), instantiated beside tiled_impl.h.
  * Each is written once and instantiated for float and for double.
  */
 #include "internal.h"
@@ -15,22 +18,28 @@
 #include <math.h>
 #include <string.h>
 
+/* A code path's workers: f32 and f64 for any call, and decode_f32 and
+   decode_f64 (NULL where the path has none) for calls decode_suits. */
 typedef struct {
     const char *name;
     rows_fn f32, f64;
+    rows_fn decode_f32, decode_f64;
 } code_path;
 
 static const code_path PATHS[] = {
     [ATTNREF_PATH_PORTABLE] = {"portable (scalar C99, one row at a time)",
-                               sdpa_rows_f32, sdpa_rows_f64},
+                               sdpa_rows_f32, sdpa_rows_f64, NULL, NULL},
 #if ATTNREF_TILED
     [ATTNREF_PATH_AVX2] = {"avx2 (tiled, AVX2 + FMA)",
-                           tiled_rows_avx2_f32, tiled_rows_avx2_f64},
+                           tiled_rows_avx2_f32, tiled_rows_avx2_f64,
+                           tiled_decode_rows_avx2_f32, tiled_decode_rows_avx2_f64},
     [ATTNREF_PATH_AVX512] = {"avx512 (tiled, AVX-512F)",
-                             tiled_rows_avx512_f32, tiled_rows_avx512_f64},
+                             tiled_rows_avx512_f32, tiled_rows_avx512_f64,
+                             tiled_decode_rows_avx512_f32, tiled_decode_rows_avx512_f64},
 #endif
 #if ATTNREF_NEON
-    [ATTNREF_PATH_NEON] = {"neon (tiled, NEON)", tiled_rows_neon_f32, tiled_rows_neon_f64},
+    [ATTNREF_PATH_NEON] = {"neon (tiled, NEON)", tiled_rows_neon_f32, tiled_rows_neon_f64,
+                           tiled_decode_rows_neon_f32, tiled_decode_rows_neon_f64},
 #endif
 };
 
@@ -101,9 +110,13 @@ int64_t attnref_band_unbounded(void)
 
 /* Query positions per tiled unit for a kv group size (see sdpa below): a
    call split into calls over positions [i0, i1) with i0 a multiple of this
-   (and diag_offset raised by i0) computes every row from the same key tiles
-   in the same order, so the split gives the same bits. The portable path
-   computes each row on its own: any split gives the same bits there. */
+   (and diag_offset raised by i0), each as long as this at least (but for a
+   call that is not split), computes every row from the same key tiles in
+   the same order, so the split gives the same bits. A piece that long has
+   more than DECODE_ROWS rows per kv group, so it takes the decoding path
+   (decode_suits) only when the whole call does, and that path splits keys
+   by S alone. The portable path computes each row on its own: any split
+   gives the same bits there. */
 int64_t attnref_row_block(int64_t kv_group)
 {
     return TILE_ROWS / (kv_group >= 1 && kv_group <= TILE_ROWS ? kv_group : 1);
@@ -129,6 +142,14 @@ static int sdpa(const attnref_params *params, int is_double, void *out, void *ls
     job.v = v;
     job.mask = mask;
     if (path == ATTNREF_PATH_PORTABLE) return run_shares(&job, rows);
+    if (PATHS[path].decode_f32 != NULL && decode_suits(params)) {
+        /* a group: all positions of the query heads of one kv head */
+        job.rows = is_double ? PATHS[path].decode_f64 : PATHS[path].decode_f32;
+        job.head_chunk = params->kv_group;
+        job.block = params->L;
+        job.blocks = 1;
+        return run_decode(&job, is_double ? sizeof(double) : sizeof(float));
+    }
     {
         /* a unit: the query heads of one kv head (or one head, when a group
            is larger than a unit) x a block of positions */

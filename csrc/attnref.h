@@ -27,9 +27,10 @@
  *
  * Code paths (attnref_select_path): ATTNREF_PATH_PORTABLE, scalar C99 one
  * row at a time (sdpa_impl.h), the tiled AVX2 and AVX-512 paths on x86-64
- * (tiled_impl.h, simd.h), chosen at run time from the CPU's features, and
- * the tiled NEON path on aarch64. All compute the contract above; each is
- * deterministic for any thread count.
+ * (tiled_impl.h, simd.h; decode_impl.h for calls with at most 16 rows per
+ * kv head), chosen at run time from the CPU's features, and the tiled NEON
+ * path on aarch64. All compute the contract above; each is deterministic
+ * for any thread count.
  *
  * Everything the CFFI builder must declare lives between the CFFI markers;
  * the builder reads this file, so it is the single source of declarations.

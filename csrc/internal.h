@@ -7,7 +7,8 @@
  *   checks.c    argument checks of a call
  *   threads.c   rows and units over threads (a pool of workers)
  *   portable.c  the portable path: score dot products and sdpa_impl.h
- *   tiled.c     the tiled SIMD paths: tiled_impl.h per instruction set
+ *   tiled.c     the SIMD paths: tiled_impl.h and decode_impl.h per instruction set
+ *   decode.c    how a decoding call (few rows per kv head) is cut into units
  *   attnref.c   code paths and the public entries
  */
 #ifndef ATTNREF_INTERNAL_H
@@ -47,6 +48,17 @@
    O(TILE_ROWS (E + Ev + TILE_KEYS) + TILE_KEYS (E + Ev)). */
 #define TILE_ROWS 64
 #define TILE_KEYS 64
+/* Decoding (decode_impl.h, decode.c): a call whose kv groups hold at most
+   DECODE_ROWS query rows (kv_group * L) streams K and V rows as they are,
+   keys split into chunks of DECODE_CHUNK keys or more (at most
+   DECODE_MAX_CHUNKS per row) whose partial results are combined in chunk
+   order; the partial results of one wave of groups take at most about
+   DECODE_PARTIAL_BYTES. DECODE_ROWS stays below TILE_ROWS / 2: a piece of a
+   split call (attnref_row_block) then chooses the path the whole call does. */
+#define DECODE_ROWS 16
+#define DECODE_CHUNK 1024
+#define DECODE_MAX_CHUNKS 256
+#define DECODE_PARTIAL_BYTES ((int64_t)16 << 20)
 /* Independent partial sums in a dot product: the compiler can vectorise them
    without reassociating (no -ffast-math). */
 #define DOT_LANES 16
@@ -103,11 +115,23 @@ static inline void band_keys(const attnref_params *p, int64_t i,
 /* ------------------------------------------------------------------------ */
 /* the work of a call                                                        */
 
+/* A decoding call's key chunks and the partial results of one wave of its
+   groups (decode.c; decode_impl.h says what a group and a unit are). */
+typedef struct decode_plan {
+    int64_t chunk;         /* keys per chunk: chunk c is [c chunk, (c + 1) chunk) */
+    int64_t chunks;        /* chunks per row, units per group */
+    int64_t group_begin;   /* the wave's first group */
+    int64_t group_rows;    /* rows of a whole group, kv_group L */
+    void *partial;         /* (groups of the wave, chunks, group_rows, Ev + 2) REALs:
+                              m (NaN for a NaN row), l, acc; NULL with one chunk */
+    int64_t *done;         /* per group of the wave: its chunks finished */
+} decode_plan;
+
 /* The work of one call, or a thread's share of it. The portable path takes
    the contiguous range [row_begin, row_end) of flattened (b, h, i) rows;
-   the tiled path takes units (see tiled_impl.h) from the shared counter
-   *next until it reaches row_end, the number of units. `rows` is the float
-   or double worker of the path. */
+   the tiled and decoding paths take units (see tiled_impl.h, decode_impl.h)
+   from the shared counter *next until it reaches row_end, the number of
+   units. `rows` is the float or double worker of the path. */
 typedef struct sdpa_job {
     int (*rows)(const struct sdpa_job *job);
     const attnref_params *params;
@@ -116,6 +140,7 @@ typedef struct sdpa_job {
     int64_t row_begin, row_end;
     int64_t block, blocks, head_chunk;   /* tiled: positions per unit, ... */
     int64_t *next;                       /* tiled: next unit to take */
+    const decode_plan *decode;           /* decoding: chunks and partial results */
     int status;
 } sdpa_job;
 
@@ -134,6 +159,8 @@ INTERNAL int run_shares(const sdpa_job *whole, int64_t count);
 /* portable.c */
 INTERNAL double dot_f32(const float *a, const float *b, int64_t n);
 INTERNAL double dot_f64(const double *a, const double *b, int64_t n);
+INTERNAL float dot_fast_f32(const float *a, const float *b, int64_t n);
+INTERNAL double dot_fast_f64(const double *a, const double *b, int64_t n);
 INTERNAL int sdpa_rows_f32(const sdpa_job *job);
 INTERNAL int sdpa_rows_f64(const sdpa_job *job);
 INTERNAL void nonfinite_dims_f32(const attnref_params *p, const float *q_bhi,
@@ -147,10 +174,21 @@ INTERNAL void nonfinite_dims_f64(const attnref_params *p, const double *q_bhi,
                                  int64_t j_begin, int64_t j_end, double m, double l,
                                  const double *acc, double *out_bhi);
 
-/* tiled.c: a thread's share of units, and the path's exp over an array */
+/* decode.c: whether a call suits the decoding path, its run (rows_fn the
+   path's decoding worker, real_size sizeof(REAL)), and the byte offsets of
+   a decoding thread's scratch (0 when they overflow) */
+INTERNAL int decode_suits(const attnref_params *p);
+INTERNAL int run_decode(const sdpa_job *whole, size_t real_size);
+INTERNAL int decode_scratch_layout(int64_t E, int64_t Evp, size_t real, size_t rows_size,
+                                   size_t offset[5]);
+
+/* tiled.c: a thread's share of units (tiled or decoding), and the path's
+   exp over an array */
 #define TILED_ENTRIES(isa) \
     INTERNAL int tiled_rows_##isa##_f32(const sdpa_job *job); \
     INTERNAL int tiled_rows_##isa##_f64(const sdpa_job *job); \
+    INTERNAL int tiled_decode_rows_##isa##_f32(const sdpa_job *job); \
+    INTERNAL int tiled_decode_rows_##isa##_f64(const sdpa_job *job); \
     INTERNAL int tiled_exp_array_##isa##_f32(float *out, const float *x, int64_t n); \
     INTERNAL int tiled_exp_array_##isa##_f64(double *out, const double *x, int64_t n);
 #if ATTNREF_TILED

@@ -1,6 +1,7 @@
 /*
  * portable.c -- the portable path: score dot products about twice as
- * precise as their operands, and sdpa_impl.h instantiated for float and for
+ * precise as their operands (ATTNREF_SCORES_EXACT) or plain
+ * (ATTNREF_SCORES_FAST), and sdpa_impl.h instantiated for float and for
  * double (scalar C99, one row at a time, any compiler).
  */
 #define _POSIX_C_SOURCE 200809L
@@ -85,11 +86,43 @@ double dot_f64(const double *a, const double *b, int64_t n)
     return isfinite(total_error) ? total + total_error : total;
 }
 
+/* ATTNREF_SCORES_FAST: a plain sum in the operands' type, in DOT_LANES
+   partial sums added pairwise at the end (as the tiled paths' registers do,
+   the error of a plain dot product: Higham 2002, eq. 3.5) */
+float dot_fast_f32(const float *a, const float *b, int64_t n)
+{
+    float lane[DOT_LANES] = {0};
+    int64_t c = 0;
+    for (; c + DOT_LANES <= n; c += DOT_LANES)
+        for (int u = 0; u < DOT_LANES; u++)
+            lane[u] += a[c + u] * b[c + u];
+    for (int u = 0; c < n; c++, u++)
+        lane[u] += a[c] * b[c];
+    for (int width = DOT_LANES / 2; width > 0; width /= 2)
+        for (int u = 0; u < width; u++)
+            lane[u] += lane[u + width];
+    return lane[0];
+}
+
+double dot_fast_f64(const double *a, const double *b, int64_t n)
+{
+    double lane[DOT_LANES] = {0};
+    int64_t c = 0;
+    for (; c + DOT_LANES <= n; c += DOT_LANES)
+        for (int u = 0; u < DOT_LANES; u++)
+            lane[u] += a[c + u] * b[c + u];
+    for (int u = 0; c < n; c++, u++)
+        lane[u] += a[c] * b[c];
+    return sum_lanes(lane);
+}
+
 #define REAL float
 #define EXP expf
 #define LOG logf
 #define LOG_MIN LOG_FLT_MIN
 #define DOT dot_f32
+#define DOT_FAST dot_fast_f32
+#define SCORE_DOT score_dot_f32
 #define AXPY axpy_f32
 #define SDPA_ROWS sdpa_rows_f32
 #define NONFINITE_DIMS nonfinite_dims_f32
@@ -100,6 +133,8 @@ double dot_f64(const double *a, const double *b, int64_t n)
 #define LOG log
 #define LOG_MIN LOG_DBL_MIN
 #define DOT dot_f64
+#define DOT_FAST dot_fast_f64
+#define SCORE_DOT score_dot_f64
 #define AXPY axpy_f64
 #define SDPA_ROWS sdpa_rows_f64
 #define NONFINITE_DIMS nonfinite_dims_f64

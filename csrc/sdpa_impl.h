@@ -5,11 +5,12 @@
  *   EXP, LOG             the libm functions for REAL
  *   LOG_MIN              ln of REAL's smallest normal number: exp(x) for
  *                        x < LOG_MIN counts as 0 (the weight policy of attnref.h)
- *   DOT                  the score dot product for REAL, returned in double
- *                        (in portable.c: computed more precisely than REAL,
- *                        differently per type)
+ *   DOT                  the exact score dot product for REAL, returned in
+ *                        double (in portable.c: computed more precisely than
+ *                        REAL, differently per type)
+ *   DOT_FAST             the fast one: a plain sum in REAL
  *   AXPY, SDPA_ROWS,     names of this file's functions for REAL
- *   NONFINITE_DIMS
+ *   NONFINITE_DIMS, SCORE_DOT
  * and this file undefines them at its end. SDPA_ROWS is the portable code
  * path: scalar C99 that any compiler builds, and the plain twin the tiled
  * paths (tiled_impl.h) are tested against. NONFINITE_DIMS serves both. No
@@ -18,6 +19,12 @@
 
 /* exp(x), or exactly 0 where that is below the smallest normal REAL */
 #define WEIGHT(x) ((x) < LOG_MIN ? (REAL)0 : EXP(x))
+
+/* q.k by the call's score mode (attnref_params.scores), in double */
+static double SCORE_DOT(const attnref_params *p, const REAL *q, const REAL *k)
+{
+    return p->scores == ATTNREF_SCORES_FAST ? (double)DOT_FAST(q, k, p->E) : DOT(q, k, p->E);
+}
 
 /* acc[c] += p * x[c] */
 static void AXPY(REAL *restrict acc, REAL p, const REAL *restrict x, int64_t n)
@@ -53,7 +60,7 @@ void NONFINITE_DIMS(const attnref_params *p, const REAL *q_bhi, const REAL *k_bh
         double s_wide;
         REAL s, x, weight;
         if (allowed_bhi != NULL && allowed_bhi[j * ms3] == 0) continue;
-        s_wide = p->scale * DOT(q_bhi, k_bh + j * ks2, p->E);
+        s_wide = p->scale * SCORE_DOT(p, q_bhi, k_bh + j * ks2);
         if (p->softcap > 0) s_wide = p->softcap * tanh(s_wide / p->softcap);
         s = (REAL)s_wide;
         if (bias_bhi != NULL) s += bias_bhi[j * ms3];
@@ -122,9 +129,10 @@ int SDPA_ROWS(const sdpa_job *job)
                 /* a masked key is never read: k and v behind it may hold anything */
                 if (allowed_bhi != NULL && allowed_bhi[j * ms[3]] == 0) continue;
                 {
-                    /* scaled and capped in double, rounded to REAL once: a
-                       score as exact as its inputs allow (see DOT) */
-                    double s_wide = p->scale * DOT(q_bhi, k_bh + j * ks[2], p->E);
+                    /* scaled and capped in double, rounded to REAL once:
+                       exact scores are as exact as their inputs allow (see
+                       DOT), fast ones carry the error of a plain REAL dot */
+                    double s_wide = p->scale * SCORE_DOT(p, q_bhi, k_bh + j * ks[2]);
                     if (p->softcap > 0) s_wide = p->softcap * tanh(s_wide / p->softcap);
                     s = (REAL)s_wide;
                 }
@@ -196,6 +204,8 @@ int SDPA_ROWS(const sdpa_job *job)
 #undef LOG_MIN
 #undef WEIGHT
 #undef DOT
+#undef DOT_FAST
+#undef SCORE_DOT
 #undef AXPY
 #undef SDPA_ROWS
 #undef NONFINITE_DIMS

@@ -10,6 +10,9 @@
  * and gets:
  *   DVEC, DW, DV_*             double vectors (scores are summed in double)
  *   DV_FROM_REAL(p)            DW REALs from p as a double vector
+ *   SIMD_REGISTERS             the number of vector registers (sizes the
+ *                              fast score micro-kernel of tiled_scores.h)
+ *   TILED(transpose_real)(rows)  RW x RW transpose of REAL vectors, in place
  *   TILED(transpose)(rows)     DW x DW transpose of double vectors, in place
  *   RVEC, RW, RV_*             REAL vectors (softmax and weighted values)
  *   RV_MIN, RV_FNMADD, RV_ROUND, TILED(scale2), TILED(exp_special)
@@ -18,11 +21,12 @@
  *   TILED(from_scores)(sd)     RW double scores as a REAL vector
  *   TILED(any_nan)(x)          whether a lane of x is NaN
  *   TILED(keep_range)(x, t0, lo, hi)  lanes t0 + u in [lo, hi) of x, -inf elsewhere
- * tiled_impl.h undefines all of it at its end.
+ * simd_end.h undefines all of it after the last kernel of an instance.
  */
 
 #if defined(SIMD_AVX512)
 
+#define SIMD_REGISTERS 32
 #define DVEC __m512d
 #define DW 8
 #define DV_LOAD _mm512_loadu_pd
@@ -65,6 +69,7 @@ static inline void TILED(transpose)(__m512d rows[8])
 
 #if REAL_IS_DOUBLE
 #define DV_FROM_REAL(p) _mm512_loadu_pd(p)
+static inline void TILED(transpose_real)(__m512d rows[8]) { TILED(transpose)(rows); }
 #define RVEC __m512d
 #define RW 8
 #define RV_LOAD _mm512_loadu_pd
@@ -109,6 +114,35 @@ static inline __m512d TILED(exp_special)(__m512d y, __m512d x, double lo, double
 }
 #else /* float */
 #define DV_FROM_REAL(p) _mm512_cvtps_pd(_mm256_loadu_ps(p))
+
+/* rows[u][c] <-> rows[c][u]: a 16 x 16 transpose. Within each 128-bit lane
+   L, u[4g + c] gathers column 4L + c of rows 4g .. 4g + 3; then two rounds
+   of 128-bit lane shuffles put the four groups of a column together. */
+static inline void TILED(transpose_real)(__m512 rows[16])
+{
+    __m512 t[16], u[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(rows[i], rows[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(rows[i], rows[i + 1]);
+    }
+    for (int g = 0; g < 16; g += 4) {
+        u[g] = _mm512_shuffle_ps(t[g], t[g + 2], 0x44);
+        u[g + 1] = _mm512_shuffle_ps(t[g], t[g + 2], 0xEE);
+        u[g + 2] = _mm512_shuffle_ps(t[g + 1], t[g + 3], 0x44);
+        u[g + 3] = _mm512_shuffle_ps(t[g + 1], t[g + 3], 0xEE);
+    }
+    for (int c = 0; c < 4; c++) {
+        /* lanes 0 and 2 (0x88), 1 and 3 (0xDD) of groups 0-1 and of groups 2-3 */
+        const __m512 even01 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88);
+        const __m512 odd01 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xDD);
+        const __m512 even23 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88);
+        const __m512 odd23 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xDD);
+        rows[c] = _mm512_shuffle_f32x4(even01, even23, 0x88);
+        rows[8 + c] = _mm512_shuffle_f32x4(even01, even23, 0xDD);
+        rows[4 + c] = _mm512_shuffle_f32x4(odd01, odd23, 0x88);
+        rows[12 + c] = _mm512_shuffle_f32x4(odd01, odd23, 0xDD);
+    }
+}
 #define RVEC __m512
 #define RW 16
 #define RV_LOAD _mm512_loadu_ps
@@ -157,6 +191,7 @@ static inline __m512 TILED(exp_special)(__m512 y, __m512 x, float lo, float hi)
 
 #elif defined(SIMD_AVX2)
 
+#define SIMD_REGISTERS 16
 #define DVEC __m256d
 #define DW 4
 #define DV_LOAD _mm256_loadu_pd
@@ -186,6 +221,7 @@ static inline void TILED(transpose)(__m256d rows[4])
 
 #if REAL_IS_DOUBLE
 #define DV_FROM_REAL(p) _mm256_loadu_pd(p)
+static inline void TILED(transpose_real)(__m256d rows[4]) { TILED(transpose)(rows); }
 #define RVEC __m256d
 #define RW 4
 #define RV_LOAD _mm256_loadu_pd
@@ -249,6 +285,28 @@ static inline __m256d TILED(exp_special)(__m256d y, __m256d x, double lo, double
 }
 #else /* float */
 #define DV_FROM_REAL(p) _mm256_cvtps_pd(_mm_loadu_ps(p))
+
+/* rows[u][c] <-> rows[c][u]: an 8 x 8 transpose. Within each 128-bit half
+   L, u[4g + c] gathers column 4L + c of rows 4g .. 4g + 3; then the halves
+   of the two groups are put together. */
+static inline void TILED(transpose_real)(__m256 rows[8])
+{
+    __m256 t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(rows[i], rows[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(rows[i], rows[i + 1]);
+    }
+    for (int g = 0; g < 8; g += 4) {
+        u[g] = _mm256_shuffle_ps(t[g], t[g + 2], 0x44);
+        u[g + 1] = _mm256_shuffle_ps(t[g], t[g + 2], 0xEE);
+        u[g + 2] = _mm256_shuffle_ps(t[g + 1], t[g + 3], 0x44);
+        u[g + 3] = _mm256_shuffle_ps(t[g + 1], t[g + 3], 0xEE);
+    }
+    for (int c = 0; c < 4; c++) {
+        rows[c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x20);
+        rows[4 + c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x31);
+    }
+}
 #define RVEC __m256
 #define RW 8
 #define RV_LOAD _mm256_loadu_ps
@@ -324,6 +382,7 @@ static inline __m256 TILED(exp_special)(__m256 y, __m256 x, float lo, float hi)
    operation (scalef, roundscale, masks) the AVX2 section's construction is
    used. Every FMA here is fused (vfmaq / vfmsq), as on x86. */
 
+#define SIMD_REGISTERS 32
 #define DVEC float64x2_t
 #define DW 2
 #define DV_LOAD vld1q_f64
@@ -350,6 +409,7 @@ static inline void TILED(transpose)(float64x2_t rows[2])
 }
 
 #if REAL_IS_DOUBLE
+static inline void TILED(transpose_real)(float64x2_t rows[2]) { TILED(transpose)(rows); }
 #define DV_FROM_REAL(p) vld1q_f64(p)
 #define RVEC float64x2_t
 #define RW 2
@@ -411,6 +471,19 @@ static inline float64x2_t TILED(exp_special)(float64x2_t y, float64x2_t x, doubl
     return vbslq_f64(vceqq_f64(x, x), y, x);
 }
 #else /* float */
+/* rows[u][c] <-> rows[c][u]: a 4 x 4 transpose, pairs of floats then pairs
+   of those (as doubles' worth of bits) */
+static inline void TILED(transpose_real)(float32x4_t rows[4])
+{
+    const float64x2_t t0 = vreinterpretq_f64_f32(vtrn1q_f32(rows[0], rows[1]));
+    const float64x2_t t1 = vreinterpretq_f64_f32(vtrn2q_f32(rows[0], rows[1]));
+    const float64x2_t t2 = vreinterpretq_f64_f32(vtrn1q_f32(rows[2], rows[3]));
+    const float64x2_t t3 = vreinterpretq_f64_f32(vtrn2q_f32(rows[2], rows[3]));
+    rows[0] = vreinterpretq_f32_f64(vtrn1q_f64(t0, t2));
+    rows[1] = vreinterpretq_f32_f64(vtrn1q_f64(t1, t3));
+    rows[2] = vreinterpretq_f32_f64(vtrn2q_f64(t0, t2));
+    rows[3] = vreinterpretq_f32_f64(vtrn2q_f64(t1, t3));
+}
 #define DV_FROM_REAL(p) vcvt_f64_f32(vld1_f32(p))
 #define RVEC float32x4_t
 #define RW 4

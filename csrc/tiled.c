@@ -1,9 +1,10 @@
 /*
- * tiled.c -- the tiled paths: tiled_impl.h instantiated per instruction
- * set and per float type. On x86-64, AVX-512 and AVX2+FMA, each inside a
- * target region (TARGET_PUSH / TARGET_POP: GCC's target pragmas or clang's
- * attribute pragma, never -march=native), and attnref.c picks one at run
- * time from the CPU's features; on aarch64, NEON (baseline there).
+ * tiled.c -- the tiled paths: tiled_impl.h and decode_impl.h instantiated
+ * per instruction set and per float type. On x86-64, AVX-512 and AVX2+FMA,
+ * each inside a target region (TARGET_PUSH / TARGET_POP: GCC's target
+ * pragmas or clang's attribute pragma, never -march=native), and attnref.c
+ * picks one at run time from the CPU's features; on aarch64, NEON (baseline
+ * there).
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -72,7 +73,7 @@ static void *aligned_scratch(size_t bytes)
 
 TARGET_PUSH("avx512f,avx512dq,fma")
 #define SIMD_AVX512 1
-#define VALUE_MR 4
+#define VALUE_MR 6      /* 6 rows x 4 vectors of dims: 24 accumulators of 32 */
 #define VALUE_NV 4
 
 #define REAL float
@@ -84,6 +85,8 @@ TARGET_PUSH("avx512f,avx512dq,fma")
 #define SCORE_NV 4
 #include "simd.h"
 #include "tiled_impl.h"
+#include "decode_impl.h"
+#include "simd_end.h"
 #undef SCORE_MR
 #undef SCORE_NV
 
@@ -96,6 +99,8 @@ TARGET_PUSH("avx512f,avx512dq,fma")
 #define SCORE_NV 2
 #include "simd.h"
 #include "tiled_impl.h"
+#include "decode_impl.h"
+#include "simd_end.h"
 #undef SCORE_MR
 #undef SCORE_NV
 
@@ -106,7 +111,7 @@ TARGET_POP
 
 TARGET_PUSH("avx2,fma")
 #define SIMD_AVX2 1
-#define VALUE_MR 4      /* 4 rows x 2 x 8 dims: 8 accumulators of 16 */
+#define VALUE_MR 6      /* 6 rows x 2 x 8 dims: 12 accumulators of 16 */
 #define VALUE_NV 2
 
 #define REAL float
@@ -118,6 +123,8 @@ TARGET_PUSH("avx2,fma")
 #define SCORE_NV 2
 #include "simd.h"
 #include "tiled_impl.h"
+#include "decode_impl.h"
+#include "simd_end.h"
 #undef SCORE_MR
 #undef SCORE_NV
 
@@ -130,6 +137,8 @@ TARGET_PUSH("avx2,fma")
 #define SCORE_NV 2
 #include "simd.h"
 #include "tiled_impl.h"
+#include "decode_impl.h"
+#include "simd_end.h"
 #undef SCORE_MR
 #undef SCORE_NV
 
@@ -155,6 +164,8 @@ TARGET_POP
 #define SCORE_NV 4
 #include "simd.h"
 #include "tiled_impl.h"
+#include "decode_impl.h"
+#include "simd_end.h"
 #undef SCORE_MR
 #undef SCORE_NV
 
@@ -167,6 +178,8 @@ TARGET_POP
 #define SCORE_NV 2
 #include "simd.h"
 #include "tiled_impl.h"
+#include "decode_impl.h"
+#include "simd_end.h"
 #undef SCORE_MR
 #undef SCORE_NV
 

@@ -9,14 +9,15 @@
  *               query rows: the kv group's query heads x a run of positions i
  *               (GQA heads that share K/V share their packing)
  *   key tile  = TILE_KEYS keys, packed once per unit into panels that the
- *               micro-kernels stream through: K transposed, in double, as
- *               (TILE_KEYS / KEY_PANEL, E, KEY_PANEL); V zero-padded to Evp
- *               (a multiple of VALUE_PANEL) as (Evp / VALUE_PANEL, TILE_KEYS,
- *               VALUE_PANEL). Rows of a panel are contiguous: no cache-set
- *               conflicts between them, whatever E or Ev
- *   pass 1    scores of MR rows x (NV * DW) keys per micro-kernel, summed in
- *             double (float products are exact in double: a float score is
- *             rounded once, as in the portable kernel)
+ *               micro-kernels stream through: K transposed (tiled_scores.h:
+ *               in double for exact scores, in REAL for fast ones); V
+ *               zero-padded to Evp (a multiple of VALUE_PANEL) as
+ *               (Evp / VALUE_PANEL, TILE_KEYS, VALUE_PANEL). Rows of a panel
+ *               are contiguous: no cache-set conflicts between them, whatever
+ *               E or Ev
+ *   pass 1    scores, a register block of rows x keys per micro-kernel,
+ *             exact (summed in double or by Dot2, rounded once, as in the
+ *             portable kernel) or fast (plain REAL sums): tiled_scores.h
  *   pass 2    softcap, bias, band and bool mask, NaN check
  *   pass 3    online softmax: running max m, rescale, p = exp(s - m), sum l
  *   pass 4    acc += p V, MR rows x (NV * RW) value dims per micro-kernel
@@ -34,6 +35,17 @@
 #define TILED_nonfinite_dims nonfinite_dims_f32
 #endif
 #define KEY_PANEL (SCORE_NV * DW)
+/* Rows [0, rows) of a pass in blocks of MR (<= 8) rows, then the rest in
+   blocks of 4, 2 and 1: each a constant, so that a block's accumulators stay
+   in registers. BLOCK(r, mr) computes rows r .. r + mr - 1. */
+#define ROW_BLOCKS(rows, MR, BLOCK) do {                          \
+        int r_ = 0;                                               \
+        for (; r_ + (MR) <= (rows); r_ += (MR)) BLOCK(r_, (MR));  \
+        if ((MR) > 4 && r_ + 4 <= (rows)) { BLOCK(r_, 4); r_ += 4; } \
+        if ((MR) > 2 && r_ + 2 <= (rows)) { BLOCK(r_, 2); r_ += 2; } \
+        if (r_ < (rows)) BLOCK(r_, 1);                            \
+    } while (0)
+_Static_assert(VALUE_MR <= 8 && SCORE_MR <= 8, "ROW_BLOCKS covers blocks of at most 8 rows");
 #define VALUE_PANEL (VALUE_NV * RW)
 #define VALUE_PAD(Ev) (((Ev) + VALUE_PANEL - 1) / VALUE_PANEL * VALUE_PANEL)
 
@@ -69,7 +81,11 @@ static const float TILED(exp_taylor)[] = {       /* 1/k!, k = 7 .. 0 */
 ALWAYS_INLINE RVEC TILED(vexp)(RVEC x)
 {
     const int terms = sizeof TILED(exp_taylor) / sizeof TILED(exp_taylor)[0];
-    const RVEC xc = RV_MIN(RV_MAX(x, RV_SET1(EXP_LO)), RV_SET1(EXP_HI));
+    /* x out of range gives 0 below EXP_LO (not EXP_LO: its result is
+       subnormal, and a subnormal operand or result costs a microcode assist
+       of about a hundred cycles per instruction; masked keys, -inf, are
+       common) and +inf above EXP_HI; either lane's result is replaced below */
+    const RVEC xc = TILED(exp_special)(x, x, EXP_LO, EXP_HI);
     const RVEC n = RV_ROUND(RV_MUL(xc, RV_SET1((REAL)1.4426950408889634)));   /* log2 e */
     const RVEC r = RV_FNMADD(n, RV_SET1(EXP_LN2_LO), RV_FNMADD(n, RV_SET1(EXP_LN2_HI), xc));
     RVEC p = RV_SET1(TILED(exp_taylor)[0]);
@@ -77,83 +93,22 @@ ALWAYS_INLINE RVEC TILED(vexp)(RVEC x)
     return TILED(exp_special)(TILED(scale2)(p, n), x, EXP_LO, EXP_HI);
 }
 
-#if !REAL_IS_DOUBLE
-/* pass 1 micro-kernel: sd[r][c] = scale * sum_d qd[r][d] kt[d][c] for
-   r < mr (<= SCORE_MR), c < SCORE_NV * DW. Float products are exact in
-   double and the sum is carried in double, so the float score is rounded
-   once (as the portable path's dot_f32).
-   qd (mr, E) rows E apart; kt one key panel (E, KEY_PANEL); sd (mr, TILE_KEYS). */
-ALWAYS_INLINE void TILED(score_block)(double *sd, const double *qd, const double *kt,
-                                      int64_t E, double scale, int mr)
-{
-    DVEC acc[SCORE_MR][SCORE_NV];
-    for (int r = 0; r < mr; r++)
-        for (int v = 0; v < SCORE_NV; v++) acc[r][v] = DV_ZERO();
-    for (int64_t d = 0; d < E; d++) {
-        DVEC key[SCORE_NV];
-        for (int v = 0; v < SCORE_NV; v++) key[v] = DV_LOAD(kt + d * KEY_PANEL + v * DW);
-        for (int r = 0; r < mr; r++) {
-            const DVEC query = DV_SET1(qd[r * E + d]);
-            for (int v = 0; v < SCORE_NV; v++) acc[r][v] = DV_FMA(query, key[v], acc[r][v]);
-        }
-    }
-    for (int r = 0; r < mr; r++)
-        for (int v = 0; v < SCORE_NV; v++)
-            DV_STORE(sd + r * TILE_KEYS + v * DW, DV_MUL(acc[r][v], DV_SET1(scale)));
-}
-#else
-/* pass 1 micro-kernel for double: as above, but each lane is Ogita, Rump &
-   Oishi's Dot2 (SIAM J. Sci. Comput. 26(6), 2005, Alg. 5.3, with the FMA
-   TwoProduct): the rounding error of every product and every sum is kept
-   and added back once, as if summed in twice the precision (as the portable
-   path's dot_f64). Where an error term is not finite (a product beyond
-   DBL_MAX) the plain sum is kept. */
-ALWAYS_INLINE void TILED(score_block)(double *sd, const double *qd, const double *kt,
-                                      int64_t E, double scale, int mr)
-{
-    const DVEC one = DV_SET1(1.0);
-    DVEC sum[SCORE_MR][SCORE_NV], error[SCORE_MR][SCORE_NV];
-    for (int r = 0; r < mr; r++)
-        for (int v = 0; v < SCORE_NV; v++) sum[r][v] = error[r][v] = DV_ZERO();
-    for (int64_t d = 0; d < E; d++) {
-        DVEC key[SCORE_NV];
-        for (int v = 0; v < SCORE_NV; v++) key[v] = DV_LOAD(kt + d * KEY_PANEL + v * DW);
-        for (int r = 0; r < mr; r++) {
-            const DVEC query = DV_SET1(qd[r * E + d]);
-            for (int v = 0; v < SCORE_NV; v++) {
-                /* TwoProduct and TwoSum. Half the additions are written as
-                   a * 1 + b (exactly a + b, the same rounding) so that they
-                   run on the multiply-add units beside the adders. */
-                const DVEC product = DV_MUL(query, key[v]);
-                const DVEC product_error = DV_FMSUB(query, key[v], product);
-                const DVEC total = DV_FMA(sum[r][v], one, product);
-                const DVEC z = DV_SUB(total, sum[r][v]);
-                const DVEC sum_error = DV_ADD(DV_SUB(sum[r][v], DV_SUB(total, z)),
-                                              DV_FMSUB(product, one, z));
-                error[r][v] = DV_FMA(error[r][v], one, DV_ADD(product_error, sum_error));
-                sum[r][v] = total;
-            }
-        }
-    }
-    for (int r = 0; r < mr; r++)
-        for (int v = 0; v < SCORE_NV; v++) {
-            const DVEC corrected = DV_KEEP_FINITE(DV_ADD(sum[r][v], error[r][v]),
-                                                  sum[r][v], error[r][v]);
-            DV_STORE(sd + r * TILE_KEYS + v * DW, DV_MUL(corrected, DV_SET1(scale)));
-        }
-}
-#endif
+#include "tiled_scores.h"
 
 /* pass 4 micro-kernel: acc[r][c] += sum_{j < n} p[r][j] vt[j][c] for
-   r < mr (<= VALUE_MR), c < VALUE_PANEL.
+   r < mr (<= VALUE_MR), c < VALUE_PANEL. The tile's sum starts from 0 and is
+   added to acc once (as the portable path's block_acc): a row's weighted
+   values are summed in two levels, n terms per tile, then S / TILE_KEYS
+   tiles, so the rounding error grows with TILE_KEYS + S / TILE_KEYS rather
+   than with S (long rows).
    p (mr, TILE_KEYS); vt one value panel (TILE_KEYS, VALUE_PANEL); acc (mr, Evp). */
 ALWAYS_INLINE void TILED(value_block)(REAL *acc, const REAL *p, const REAL *vt,
                                       int64_t Evp, int n, int mr)
 {
     RVEC sum[VALUE_MR][VALUE_NV];
     for (int r = 0; r < mr; r++)
-        for (int v = 0; v < VALUE_NV; v++) sum[r][v] = RV_LOAD(acc + r * Evp + v * RW);
-    for (int j = 0; j < n; j++) {
+        for (int v = 0; v < VALUE_NV; v++) sum[r][v] = RV_SET1(0);
+    for (int64_t j = 0; j < n; j++) {
         RVEC value[VALUE_NV];
         for (int v = 0; v < VALUE_NV; v++) value[v] = RV_LOAD(vt + j * VALUE_PANEL + v * RW);
         for (int r = 0; r < mr; r++) {
@@ -162,21 +117,8 @@ ALWAYS_INLINE void TILED(value_block)(REAL *acc, const REAL *p, const REAL *vt,
         }
     }
     for (int r = 0; r < mr; r++)
-        for (int v = 0; v < VALUE_NV; v++) RV_STORE(acc + r * Evp + v * RW, sum[r][v]);
-}
-
-/* pass 1 for `rows` rows and the whole tile */
-static void TILED(scores)(double *sd, const double *qd, const double *kt, int64_t E,
-                          double scale, int rows)
-{
-    for (int c = 0; c < TILE_KEYS; c += KEY_PANEL) {
-        const double *panel = kt + c * E;
-        int r = 0;
-        for (; r + SCORE_MR <= rows; r += SCORE_MR)
-            TILED(score_block)(sd + r * TILE_KEYS + c, qd + r * E, panel, E, scale, SCORE_MR);
-        for (; r < rows; r++)
-            TILED(score_block)(sd + r * TILE_KEYS + c, qd + r * E, panel, E, scale, 1);
-    }
+        for (int v = 0; v < VALUE_NV; v++)
+            RV_STORE(acc + r * Evp + v * RW, RV_ADD(RV_LOAD(acc + r * Evp + v * RW), sum[r][v]));
 }
 
 /* pass 4 for `rows` rows, n keys, all Evp value dims */
@@ -185,32 +127,10 @@ static void TILED(values)(REAL *acc, const REAL *p, const REAL *vt, int64_t Evp,
 {
     for (int64_t c = 0; c < Evp; c += VALUE_PANEL) {
         const REAL *panel = vt + c * TILE_KEYS;
-        int r = 0;
-        for (; r + VALUE_MR <= rows; r += VALUE_MR)
-            TILED(value_block)(acc + r * Evp + c, p + r * TILE_KEYS, panel, Evp, n, VALUE_MR);
-        for (; r < rows; r++)
-            TILED(value_block)(acc + r * Evp + c, p + r * TILE_KEYS, panel, Evp, n, 1);
-    }
-}
-
-/* kt (TILE_KEYS / KEY_PANEL, E, KEY_PANEL) <- keys 0 .. n-1 of k (rows ks2
-   apart), transposed to double; keys n .. TILE_KEYS-1 are 0. DW x DW blocks
-   go through registers. */
-static void TILED(pack_keys)(double *kt, const REAL *k, int64_t ks2, int n, int64_t E)
-{
-    for (int t0 = 0; t0 < TILE_KEYS; t0 += DW) {
-        double *panel = kt + t0 / KEY_PANEL * E * KEY_PANEL + t0 % KEY_PANEL;
-        int64_t d = 0;
-        if (t0 + DW <= n)
-            for (; d + DW <= E; d += DW) {
-                DVEC block[DW];
-                for (int u = 0; u < DW; u++) block[u] = DV_FROM_REAL(k + (t0 + u) * ks2 + d);
-                TILED(transpose)(block);
-                for (int u = 0; u < DW; u++) DV_STORE(panel + (d + u) * KEY_PANEL, block[u]);
-            }
-        for (; d < E; d++)
-            for (int u = 0; u < DW; u++)
-                panel[d * KEY_PANEL + u] = t0 + u < n ? k[(t0 + u) * ks2 + d] : 0;
+#define VALUE_ROWS(r, mr) TILED(value_block)(acc + (r) * Evp + c, p + (r) * TILE_KEYS, panel, \
+                                             Evp, n, mr)
+        ROW_BLOCKS(rows, VALUE_MR, VALUE_ROWS);
+#undef VALUE_ROWS
     }
 }
 
@@ -250,15 +170,17 @@ typedef struct {
     REAL *lse[TILE_ROWS];          /* NULL without lse */
     const void *mask[TILE_ROWS];   /* (S,) row of the mask or bias, or NULL */
     int64_t j_begin[TILE_ROWS], j_end[TILE_ROWS];
-    REAL m[TILE_ROWS], l[TILE_ROWS];
+    REAL m[TILE_ROWS], l[TILE_ROWS][RW];   /* l: RW partial sums */
     int nan[TILE_ROWS];
     int rows;
 } TILED(unit_rows);
 
 /* Scratch of one thread, laid out by tiled_scratch_layout (tiled.c). */
 typedef struct {
-    double *qd;    /* (TILE_ROWS, E) queries in double */
+    double *qd;    /* (TILE_ROWS, E) queries in double (exact scores) */
     double *kt;    /* (TILE_KEYS / KEY_PANEL, E, KEY_PANEL) keys of the tile, in double */
+    REAL *qr;      /* fast scores: (TILE_ROWS, E) queries, in qd's memory */
+    REAL *kr;      /* fast scores: (TILE_KEYS / RW, E, RW) keys of the tile, in kt's */
     REAL *vt;      /* (Evp / VALUE_PANEL, TILE_KEYS, VALUE_PANEL) values, zero-padded */
     double *sd;    /* (TILE_ROWS, TILE_KEYS) scaled scores in double */
     REAL *p;       /* (TILE_ROWS, TILE_KEYS) scores, then weights */
@@ -295,14 +217,15 @@ static void TILED(gather_rows)(const attnref_params *p, const sdpa_job *job, int
                 : (const char *)job->mask + (*b * ms[0] + h * ms[1] + i * ms[2]) * mask_size;
             band_keys(p, i, &rows->j_begin[n], &rows->j_end[n]);
             rows->m[n] = -INFINITY;
-            rows->l[n] = 0;
+            for (int u = 0; u < RW; u++) rows->l[n][u] = 0;
             rows->nan[n] = 0;
         }
     rows->rows = n;
 }
 
 /* pass 2 for row r over the tile [j0, j0 + n): softcap, bias, band and mask;
-   invisible keys get -inf. Returns the tile's max score (NaN when a visible
+   invisible keys get -inf. The scaled scores are sd (exact) or, when sd is
+   NULL, s itself (fast). Returns the tile's max score (NaN when a visible
    score is NaN). */
 static REAL TILED(finish_scores)(const attnref_params *p, const TILED(unit_rows) *rows,
                                  int r, int64_t j0, int n, const double *sd, REAL *s)
@@ -312,13 +235,18 @@ static REAL TILED(finish_scores)(const attnref_params *p, const TILED(unit_rows)
     const int hi = (int)(rows->j_end[r] - j0 < n ? rows->j_end[r] - j0 : n);
     const int64_t ms3 = p->mask_stride[3];
     const int direct = p->softcap == 0 && p->mask_kind == ATTNREF_MASK_NONE;
+    /* the whole tile is visible: no key to set to -inf */
+    const int whole = lo == 0 && hi == TILE_KEYS;
     RVEC max = RV_SET1(-INFINITY);
+    /* the sum of the scores is NaN when one is (or when inf meets -inf:
+       then the scores are looked at one by one) */
+    RVEC total = RV_SET1(0);
     int nan = 0;
     if (!direct) {
         if (p->softcap > 0)
             for (int t = 0; t < TILE_KEYS; t++)
-                s[t] = (REAL)(p->softcap * tanh(sd[t] / p->softcap));
-        else
+                s[t] = (REAL)(p->softcap * tanh((sd != NULL ? sd[t] : s[t]) / p->softcap));
+        else if (sd != NULL)
             for (int t = 0; t < TILE_KEYS; t++) s[t] = (REAL)sd[t];
         if (p->mask_kind == ATTNREF_MASK_BIAS) {
             const REAL *bias = (const REAL *)rows->mask[r] + j0 * ms3;
@@ -330,12 +258,14 @@ static REAL TILED(finish_scores)(const attnref_params *p, const TILED(unit_rows)
         }
     }
     for (int t = 0; t < TILE_KEYS; t += RW) {
-        RVEC x = direct ? TILED(from_scores)(sd + t) : RV_LOAD(s + t);
-        x = TILED(keep_range)(x, t, lo, hi);
+        RVEC x = direct && sd != NULL ? TILED(from_scores)(sd + t) : RV_LOAD(s + t);
+        if (!whole) x = TILED(keep_range)(x, t, lo, hi);
         RV_STORE(s + t, x);
         max = RV_MAX(x, max);
-        nan |= TILED(any_nan)(x);
+        total = RV_ADD(total, x);
     }
+    if (TILED(any_nan)(total))
+        for (int t = 0; t < TILE_KEYS; t += RW) nan |= TILED(any_nan)(RV_LOAD(s + t));
     return nan ? (REAL)NAN : TILED(hmax)(max);
 }
 
@@ -348,19 +278,81 @@ static void TILED(softmax_step)(TILED(unit_rows) *rows, int r, REAL tile_max, RE
     /* the policy of vexp: below EXP_LO the earlier keys weigh exactly 0 */
     const REAL rescale = m_new > m ? (m - m_new < EXP_LO ? 0 : EXP(m - m_new)) : 1;
     const RVEC shift = RV_SET1(m_new);
+    /* l is kept as RW partial sums (summed once, in pass 5), each the sum
+       of its tile sums (two levels, as the weighted values in value_block) */
     RVEC sum = RV_SET1(0);
     for (int t = 0; t < TILE_KEYS; t += RW) {
         const RVEC weight = TILED(vexp)(RV_SUB(RV_LOAD(s + t), shift));
         RV_STORE(s + t, weight);
         sum = RV_ADD(sum, weight);
     }
-    if (rescale != 1)
-        for (int64_t c = 0; c < Evp; c++)
-            /* rescale 0: the keys so far now weigh 0, and multiplying would
-               turn an inf or NaN value of theirs into NaN */
-            acc[c] = rescale > 0 ? acc[c] * rescale : 0;
-    rows->l[r] = rows->l[r] * rescale + TILED(hsum)(sum);
+    sum = RV_FMA(RV_LOAD(rows->l[r]), RV_SET1(rescale), sum);
+    /* rescale 0: the keys so far now weigh 0, and multiplying would turn an
+       inf or NaN value of theirs into NaN */
+    if (rescale == 0)
+        for (int64_t c = 0; c < Evp; c++) acc[c] = 0;
+    else if (rescale != 1)
+        for (int64_t c = 0; c < Evp; c += RW) RV_STORE(acc + c, RV_MUL(RV_LOAD(acc + c), RV_SET1(rescale)));
+    RV_STORE(rows->l[r], sum);
     rows->m[r] = m_new;
+}
+
+/* passes 2 and 3 for every row of a unit over the tile [j0, j0 + n): the
+   weights of its keys into weights (TILE_ROWS, TILE_KEYS), 0 for keys that
+   add nothing, from the scores sd (TILE_ROWS, TILE_KEYS), and each row's m,
+   l and acc (rows Evp apart) brought up to date; sd NULL: the scaled scores
+   are already in weights (fast scores). decode_impl.h weighs its key blocks
+   with it too. */
+static void TILED(weigh_tile)(const attnref_params *p, TILED(unit_rows) *rows, int64_t j0,
+                              int n, const double *sd, REAL *weights, REAL *acc, int64_t Evp)
+{
+    for (int r = 0; r < rows->rows; r++) {
+        REAL *s = weights + r * TILE_KEYS;
+        REAL tile_max;
+        if (rows->nan[r] || j0 >= rows->j_end[r] || j0 + n <= rows->j_begin[r]) {
+            for (int t = 0; t < TILE_KEYS; t++) s[t] = 0;
+            continue;
+        }
+        tile_max = TILED(finish_scores)(p, rows, r, j0, n,
+                                        sd != NULL ? sd + r * TILE_KEYS : NULL, s);
+        if (tile_max != tile_max) {
+            rows->nan[r] = 1;
+            for (int t = 0; t < TILE_KEYS; t++) s[t] = 0;
+        } else if (tile_max == -INFINITY) {
+            /* no visible key of this tile scores above -inf: it adds nothing */
+            for (int t = 0; t < TILE_KEYS; t++) s[t] = 0;
+        } else {
+            TILED(softmax_step)(rows, r, tile_max, s, acc + r * Evp, Evp);
+        }
+    }
+}
+
+/* pass 5 for row r: out = acc / l (by division, as the NumPy reference) or
+   the masked-row or NaN rule, and the lse. Unless every value the row's
+   keys brought was finite, pass 6 (sdpa_impl.h) first sums again the dims
+   that an inf or NaN value of a key the final max drops made inf or NaN.
+   k_bh and v_bh are the row's kv head. decode_impl.h finishes rows with it. */
+static void TILED(finish_row)(const attnref_params *p, const TILED(unit_rows) *rows, int r,
+                              const REAL *acc, const REAL *k_bh, const REAL *v_bh,
+                              int values_seen_finite)
+{
+    const REAL m = rows->m[r], l = TILED(hsum)(RV_LOAD(rows->l[r]));
+    REAL *out = rows->out[r];
+    if (rows->nan[r]) {
+        for (int64_t c = 0; c < p->Ev; c++) out[c] = (REAL)NAN;
+    } else if (m == -INFINITY) {
+        const REAL masked_row_value = p->masked_rows == ATTNREF_ROWS_NAN ? (REAL)NAN : 0;
+        for (int64_t c = 0; c < p->Ev; c++) out[c] = masked_row_value;
+    } else {
+        for (int64_t c = 0; c < p->Ev; c++) out[c] = acc[c] / l;
+        if (!values_seen_finite)
+            TILED_nonfinite_dims(p, rows->q[r], k_bh, v_bh,
+                                  p->mask_kind == ATTNREF_MASK_BOOL ? rows->mask[r] : NULL,
+                                  p->mask_kind == ATTNREF_MASK_BIAS ? rows->mask[r] : NULL,
+                                  rows->j_begin[r], rows->j_end[r], m, l, acc, out);
+    }
+    if (rows->lse[r] != NULL)
+        *rows->lse[r] = rows->nan[r] ? (REAL)NAN : m == -INFINITY ? -INFINITY : m + LOG(l);
 }
 
 /* One unit: all its rows against all the key tiles any of them sees. */
@@ -369,7 +361,7 @@ static void TILED(unit)(const sdpa_job *job, TILED(scratch) *w, int64_t u)
     const attnref_params *p = job->params;
     const int64_t E = p->E, Ev = p->Ev, Evp = VALUE_PAD(Ev);
     const int64_t *ks = p->k_stride, *vs = p->v_stride;
-    const REAL masked_row_value = p->masked_rows == ATTNREF_ROWS_NAN ? (REAL)NAN : 0;
+    const int fast = p->scores == ATTNREF_SCORES_FAST;
     TILED(unit_rows) *rows = w->rows;
     int64_t j_lo = INT64_MAX, j_hi = 0, kv_h, b;
     const REAL *k_bh, *v_bh;
@@ -383,40 +375,32 @@ static void TILED(unit)(const sdpa_job *job, TILED(scratch) *w, int64_t u)
             if (rows->j_begin[r] < j_lo) j_lo = rows->j_begin[r];
             if (rows->j_end[r] > j_hi) j_hi = rows->j_end[r];
         }
-        for (int64_t d = 0; d < E; d++) w->qd[r * E + d] = rows->q[r][d];
+        if (fast)
+            for (int64_t d = 0; d < E; d++) w->qr[r * E + d] = rows->q[r][d];
+        else
+            for (int64_t d = 0; d < E; d++) w->qd[r * E + d] = rows->q[r][d];
         for (int64_t c = 0; c < Evp; c++) w->acc[r * Evp + c] = 0;
     }
 
     for (int64_t j0 = j_lo; j0 < j_hi; j0 += TILE_KEYS) {
         const int n = (int)(j_hi - j0 < TILE_KEYS ? j_hi - j0 : TILE_KEYS);
-        /* pack: K^T in double, V zero-padded to Evp, both into panels */
-        TILED(pack_keys)(w->kt, k_bh + j0 * ks[2], ks[2], n, E);
+        /* pack: K^T (tiled_scores.h), V zero-padded to Evp, both into panels */
+        if (fast)
+            TILED(pack_keys_fast)(w->kr, k_bh + j0 * ks[2], ks[2], n, E);
+        else
+            TILED(pack_keys_exact)(w->kt, k_bh + j0 * ks[2], ks[2], n, E);
         const int values_finite = TILED(pack_values)(w->vt, v_bh + j0 * vs[2], vs[2], n,
                                                      Ev, Evp);
         values_seen_finite &= values_finite;
 
-        /* pass 1: scores */
-        TILED(scores)(w->sd, w->qd, w->kt, E, p->scale, rows->rows);
+        /* pass 1: scores, into sd (exact) or straight into p (fast) */
+        if (fast)
+            TILED(scores_fast)(w->p, w->qr, w->kr, E, (REAL)p->scale, rows->rows);
+        else
+            TILED(scores_exact)(w->sd, w->qd, w->kt, E, p->scale, rows->rows);
 
-        /* passes 2 and 3, row by row */
-        for (int r = 0; r < rows->rows; r++) {
-            REAL *s = w->p + r * TILE_KEYS;
-            REAL tile_max;
-            if (rows->nan[r] || j0 >= rows->j_end[r] || j0 + n <= rows->j_begin[r]) {
-                for (int t = 0; t < TILE_KEYS; t++) s[t] = 0;
-                continue;
-            }
-            tile_max = TILED(finish_scores)(p, rows, r, j0, n, w->sd + r * TILE_KEYS, s);
-            if (tile_max != tile_max) {
-                rows->nan[r] = 1;
-                for (int t = 0; t < TILE_KEYS; t++) s[t] = 0;
-            } else if (tile_max == -INFINITY) {
-                /* no visible key of this tile scores above -inf: it adds nothing */
-                for (int t = 0; t < TILE_KEYS; t++) s[t] = 0;
-            } else {
-                TILED(softmax_step)(rows, r, tile_max, s, w->acc + r * Evp, Evp);
-            }
-        }
+        /* passes 2 and 3 */
+        TILED(weigh_tile)(p, rows, j0, n, fast ? NULL : w->sd, w->p, w->acc, Evp);
 
         /* pass 4: weighted values */
         if (values_finite) {
@@ -424,42 +408,25 @@ static void TILED(unit)(const sdpa_job *job, TILED(scratch) *w, int64_t u)
         } else {
             /* an inf or NaN value: keys of weight 0 must contribute nothing,
                not 0 * inf = NaN. The same fused multiply-adds in the same
-               order as value_block, so visible keys give the same bits. */
+               order as value_block (a tile sum from 0, added to acc once),
+               so visible keys give the same bits. */
             for (int r = 0; r < rows->rows; r++)
-                for (int t = 0; t < n; t++) {
-                    const RVEC weight = RV_SET1(w->p[r * TILE_KEYS + t]);
-                    if (w->p[r * TILE_KEYS + t] == 0) continue;
-                    for (int64_t c = 0; c < Evp; c += RW) {
-                        const REAL *value = w->vt + c / VALUE_PANEL * TILE_KEYS * VALUE_PANEL
-                                            + t * VALUE_PANEL + c % VALUE_PANEL;
-                        RV_STORE(w->acc + r * Evp + c, RV_FMA(weight, RV_LOAD(value),
-                                                            RV_LOAD(w->acc + r * Evp + c)));
-                    }
+                for (int64_t c = 0; c < Evp; c += RW) {
+                    const REAL *panel = w->vt + c / VALUE_PANEL * TILE_KEYS * VALUE_PANEL
+                                        + c % VALUE_PANEL;
+                    RVEC sum = RV_SET1(0);
+                    for (int t = 0; t < n; t++)
+                        if (w->p[r * TILE_KEYS + t] != 0)
+                            sum = RV_FMA(RV_SET1(w->p[r * TILE_KEYS + t]),
+                                         RV_LOAD(panel + t * VALUE_PANEL), sum);
+                    RV_STORE(w->acc + r * Evp + c, RV_ADD(RV_LOAD(w->acc + r * Evp + c), sum));
                 }
         }
     }
 
-    /* pass 5: normalise (by division, as the NumPy reference) and the lse */
-    for (int r = 0; r < rows->rows; r++) {
-        const REAL *acc = w->acc + r * Evp;
-        const REAL m = rows->m[r], l = rows->l[r];
-        REAL *out = rows->out[r];
-        if (rows->nan[r]) {
-            for (int64_t c = 0; c < Ev; c++) out[c] = (REAL)NAN;
-        } else if (m == -INFINITY) {
-            for (int64_t c = 0; c < Ev; c++) out[c] = masked_row_value;
-        } else {
-            for (int64_t c = 0; c < Ev; c++) out[c] = acc[c] / l;
-            /* pass 6 (sdpa_impl.h): dims made inf or NaN by a key the final max drops */
-            if (!values_seen_finite)
-                TILED_nonfinite_dims(p, rows->q[r], k_bh, v_bh,
-                                      p->mask_kind == ATTNREF_MASK_BOOL ? rows->mask[r] : NULL,
-                                      p->mask_kind == ATTNREF_MASK_BIAS ? rows->mask[r] : NULL,
-                                      rows->j_begin[r], rows->j_end[r], m, l, acc, out);
-        }
-        if (rows->lse[r] != NULL)
-            *rows->lse[r] = rows->nan[r] ? (REAL)NAN : m == -INFINITY ? -INFINITY : m + LOG(l);
-    }
+    /* pass 5 */
+    for (int r = 0; r < rows->rows; r++)
+        TILED(finish_row)(p, rows, r, w->acc + r * Evp, k_bh, v_bh, values_seen_finite);
 }
 
 /* A thread's share: units taken one at a time from the shared counter. */
@@ -477,6 +444,8 @@ int TILED(rows)(const sdpa_job *job)
     if (memory == NULL) return ATTNREF_ERR_NOMEM;
     w.qd = (double *)((char *)memory + offset[0]);
     w.kt = (double *)((char *)memory + offset[1]);
+    w.qr = (REAL *)w.qd;
+    w.kr = (REAL *)w.kt;
     w.vt = (REAL *)((char *)memory + offset[2]);
     w.sd = (double *)((char *)memory + offset[3]);
     w.p = (REAL *)((char *)memory + offset[4]);
@@ -501,44 +470,3 @@ int TILED(exp_array)(REAL *out, const REAL *x, int64_t n)
     }
     return ATTNREF_OK;
 }
-
-#undef ALWAYS_INLINE
-#undef TILED_nonfinite_dims
-#undef KEY_PANEL
-#undef VALUE_PANEL
-#undef VALUE_PAD
-#undef DVEC
-#undef DW
-#undef DV_LOAD
-#undef DV_STORE
-#undef DV_SET1
-#undef DV_ZERO
-#undef DV_FMA
-#undef DV_MUL
-#undef DV_ADD
-#undef DV_SUB
-#undef DV_FMSUB
-#undef DV_KEEP_FINITE
-#undef DV_FROM_REAL
-#undef RVEC
-#undef RW
-#undef RV_LOAD
-#undef RV_STORE
-#undef RV_SET1
-#undef RV_FMA
-#undef RV_MUL
-#undef RV_ADD
-#undef RV_SUB
-#undef RV_MAX
-#undef RV_MIN
-#undef RV_FNMADD
-#undef RV_ROUND
-#undef EXP_LO
-#undef EXP_HI
-#undef EXP_LN2_HI
-#undef EXP_LN2_LO
-#undef REAL
-#undef REAL_IS_DOUBLE
-#undef EXP
-#undef LOG
-#undef TILED

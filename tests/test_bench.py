@@ -44,7 +44,7 @@ def test_every_ratio_divides_two_medians_of_the_same_run():
 
 
 def test_a_wrong_contender_is_not_timed(monkeypatch):
-    monkeypatch.setattr(bench, "contenders", lambda names: [broken("numpy")])
+    monkeypatch.setattr(bench, "contenders", lambda names, scores: [broken("numpy")])
     messages = []
     record = bench.run(implementations=("numpy",), progress=messages.append, **TINY)
     result = record["cases"][0]["results"]["numpy"]
@@ -179,7 +179,7 @@ def test_the_command_prints_tables_progress_and_a_strict_json_record(capsys, tmp
 
 
 def test_the_command_exits_1_when_the_kernel_is_wrong(capsys, monkeypatch):
-    monkeypatch.setattr(bench, "contenders", lambda names: [broken("c")])
+    monkeypatch.setattr(bench, "contenders", lambda names, scores: [broken("c")])
     status, out, _ = command(capsys, "--no-probe", "--no-decode", "--sizes", "16",
                              "--head-dims", "8", "--threads", "1", "--repeats", "1",
                              "--causal", "no")
@@ -221,3 +221,21 @@ def test_float64_inputs_stay_float64_for_every_contender():
     query, key, value = (rng.standard_normal((1, 2, 5, 4)) for _ in range(3))
     for contender in bench.contenders(("numpy",) + (("c",) if kernel.available() else ())):
         assert contender.bind(query, key, value)().dtype == np.float64
+
+
+@needs_kernel
+@pytest.mark.parametrize("scores", ["fast", "exact"])
+def test_the_kernel_runs_in_the_score_mode_asked_for(scores, monkeypatch):
+    asked = []
+    real = bench.scaled_dot_product_attention
+
+    def spy(*args, **options):
+        asked.append(options.get("backend") == "c" and options["scores"])
+        return real(*args, **options)
+    monkeypatch.setattr(bench, "scaled_dot_product_attention", spy)
+    record = bench.run(implementations=("c",), scores=scores, **dict(TINY, causal=(False,)))
+    assert record["settings"]["scores"] == scores
+    assert record["machine"]["c"].endswith(f"scores={scores}")
+    assert scores in asked and set(asked) <= {scores, False}
+    with pytest.raises(ValueError, match=r"scores must be one of \('exact', 'fast'\), got 'x'"):
+        bench.contenders(["c"], scores="x")

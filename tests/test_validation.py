@@ -40,6 +40,8 @@ CASES = [
     ({"causal_alignment": "center"}, ValueError, r"causal_alignment must be one of \('top_left', 'bottom_right'\), got 'center'"),
     ({"backend": "cuda"}, ValueError, r"backend must be one of \('auto', 'numpy', 'c'\), got 'cuda'"),
     ({"masked_rows": "inf"}, ValueError, r"masked_rows must be one of \('zero', 'nan'\), got 'inf'"),
+    ({"scores": "float64"}, ValueError, r"scores must be one of \('exact', 'fast'\), got 'float64'"),
+    ({"scores": None}, ValueError, r"scores must be one of \('exact', 'fast'\), got None"),
     ({"precision": "float16"}, ValueError, r"precision must be one of \(None, 'float32', 'float64', 'longdouble'\), got 'float16'"),
     ({"dropout_p": 0.1}, ValueError, r"dropout_p=0.1 needs rng, a numpy.random.Generator"),
     ({"dropout_p": 0.1, "rng": 0}, ValueError, r"needs rng, a numpy.random.Generator .* got 0"),

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from attnref.testing.tolerance import equivalence_bound, max_abs_error, reference_errors
+from attnref.testing.tolerance import (equivalence_bound, max_abs_error, plain_score_allowance,
+                                       reference_errors)
 
 
 def test_max_abs_error_treats_nan_and_inf_as_values():
@@ -30,3 +31,18 @@ def test_reference_errors_reads_the_value_scale():
     assert error == pytest.approx(2e-6)
     assert bound == pytest.approx(2 * abs(np.float32(2.0 + 1e-6) - 2.0)
                                   + 4 * np.finfo(np.float32).eps * 3.0)
+
+
+def test_plain_score_allowance_is_one_eps_of_the_largest_absolute_score():
+    """eps * scale * max_ij sum_c |q_ic| |k_jc|, key heads repeated under GQA,
+    inf and NaN magnitudes left out."""
+    query = np.array([[[1.0, -2.0]], [[0.5, 0.5]]])          # (Hq=2, L=1, E=2)
+    key = np.array([[[3.0, 1.0], [-1.0, 4.0]]])               # (Hkv=1, S=2, E=2)
+    eps32 = float(np.finfo(np.float32).eps)
+    # head 0: |q|.|k| = 1*3 + 2*1 = 5 and 1*1 + 2*4 = 9; head 1: 2 and 2.5
+    assert plain_score_allowance(query, key, 0.5, np.float32, enable_gqa=True) == pytest.approx(
+        eps32 * 0.5 * 9.0)
+    assert plain_score_allowance(query[:1, 0], key[0], 1.0, np.float64) == pytest.approx(
+        float(np.finfo(np.float64).eps) * 9.0)
+    assert plain_score_allowance(np.full((1, 2), np.inf), key[0], 1.0, np.float32) == 0.0
+    assert plain_score_allowance(np.zeros((0, 2)), key[0], 1.0, np.float32) == 0.0

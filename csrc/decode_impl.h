@@ -1,0 +1,439 @@
+/*
+ * decode_impl.h -- the decoding kernel: calls with few query rows per kv
+ * head (kv_group L <= DECODE_ROWS: one new token, or a few, under GQA), one
+ * instruction set and one float type per inclusion. tiled.c includes it
+ * after simd.h and tiled_impl.h, whose vector exp, Dot2 step, row table,
+ * softmax passes and row finish it uses; simd_end.h undefines it all.
+ *
+ * With so few rows, packing K and V into panels (tiled_impl.h) costs about
+ * as much as using them, and the call is bound by reading K and V. So K and
+ * V rows are streamed as they are, each read once for all the query rows
+ * that share them:
+ *
+ *   group     = batch entry b x kv head: the kv group's query heads x all L
+ *               positions (the row table of tiled_impl.h, up to DECODE_ROWS)
+ *   chunk     = keys [c C, (c + 1) C) with C from S alone (decode.c): the
+ *               same chunks for any thread count and any split of the call
+ *   unit      = a group x a chunk, over key blocks of TILE_KEYS keys:
+ *   pass 1    scores of a few rows x keys per micro-kernel (below), each a
+ *             vector of partial sums along E, reduced by a transpose: for
+ *             ATTNREF_SCORES_EXACT float products summed in double (the float
+ *             score rounded once) and double ones by Dot2, as tiled_impl.h;
+ *             for ATTNREF_SCORES_FAST plain FMA sums in REAL
+ *   pass 2-3  softcap, bias, band and mask, NaN check and online softmax:
+ *             tiled_impl.h's weigh_tile
+ *   pass 4    acc += p V for VALUE_MR rows x VALUE_NV vectors of value dims,
+ *             the block's sums apart: one that is inf or NaN is summed again
+ *             without the keys of weight 0 (0 x inf must not reach acc)
+ *   after the last block, with one chunk: tiled_impl.h's finish_row (pass 5,
+ *   and pass 6 of sdpa_impl.h where acc is not finite). With more, the
+ *   chunk's m, l and acc go to the wave's partial table, and the unit that
+ *   finishes a group's last chunk folds the chunks in chunk order, as the
+ *   online softmax folds key blocks, then finishes the rows. Which thread
+ *   does it does not change the order: results are bit-identical for any
+ *   thread count.
+ */
+
+/* Score micro-kernels hold 2 DW sums of (row, key) pairs: 8 of AVX2's 16
+   vector registers, 16 of AVX-512's 32. Exact float scores: DECODE_MR rows x
+   DW / 2 keys (a key converted to double once serves 4 rows); fast scores:
+   DECODE_FAST_MR rows x DW keys. */
+#define DECODE_MR 4
+#define DECODE_FAST_MR 2
+
+/* RW REALs of x, zero from `width` on (the edge of a row) */
+ALWAYS_INLINE RVEC TILED(decode_load)(const REAL *x, int64_t width)
+{
+    REAL part[RW];
+    if (width >= RW) return RV_LOAD(x);
+    for (int u = 0; u < RW; u++) part[u] = u < width ? x[u] : 0;
+    return RV_LOAD(part);
+}
+
+/* lane u: the sum of the lanes of x[u] (a transpose, then a pairwise sum) */
+ALWAYS_INLINE DVEC TILED(decode_lane_sums)(DVEC x[DW])
+{
+    TILED(transpose)(x);
+    for (int width = DW / 2; width > 0; width /= 2)
+        for (int u = 0; u < width; u++) x[u] = DV_ADD(x[u], x[u + width]);
+    return x[0];
+}
+
+/* pass 1 micro-kernel, ATTNREF_SCORES_FAST: sd[r][u] = scale * q_r . key_u
+   for r < mr (<= DECODE_FAST_MR) and u < DW, summed in REAL with FMA.
+   q[r] and key[u] point at rows of E REALs; sd rows are TILE_KEYS apart. */
+ALWAYS_INLINE void TILED(decode_fast_block)(double *sd, const REAL *const *q,
+                                            const REAL *const *key, int64_t E, REAL scale,
+                                            int mr)
+{
+    RVEC acc[DECODE_FAST_MR][DW];
+    for (int r = 0; r < mr; r++)
+        for (int u = 0; u < DW; u++) acc[r][u] = RV_SET1(0);
+    int64_t d = 0;
+    for (; d + RW <= E; d += RW) {
+        RVEC k[DW];
+        for (int u = 0; u < DW; u++) k[u] = RV_LOAD(key[u] + d);
+        for (int r = 0; r < mr; r++) {
+            const RVEC query = RV_LOAD(q[r] + d);
+            for (int u = 0; u < DW; u++) acc[r][u] = RV_FMA(query, k[u], acc[r][u]);
+        }
+    }
+    if (d < E) {   /* the edge: the rest zero */
+        RVEC k[DW];
+        for (int u = 0; u < DW; u++) k[u] = TILED(decode_load)(key[u] + d, E - d);
+        for (int r = 0; r < mr; r++) {
+            const RVEC query = TILED(decode_load)(q[r] + d, E - d);
+            for (int u = 0; u < DW; u++) acc[r][u] = RV_FMA(query, k[u], acc[r][u]);
+        }
+    }
+    for (int r = 0; r < mr; r++)
+        for (int u = 0; u < DW; u++) sd[r * TILE_KEYS + u] = TILED(hsum)(acc[r][u]) * scale;
+}
+
+#if !REAL_IS_DOUBLE
+/* DW floats of x, zero from `width` on, as a double vector (the edge of a row) */
+ALWAYS_INLINE DVEC TILED(decode_load_wide)(const float *x, int64_t width)
+{
+    float part[DW];
+    for (int u = 0; u < DW; u++) part[u] = u < width ? x[u] : 0;
+    return DV_FROM_REAL(part);
+}
+
+/* pass 1 micro-kernel, ATTNREF_SCORES_EXACT for float: sd[r][u] = scale *
+   q_r . key_u for r < mr (<= DECODE_MR) and u < DW / 2, the products exact
+   in double and summed in double, so the float score is rounded once (as
+   the portable path's dot_f32). The sums of two rows make the DW vectors of
+   one lane sum. qd (mr, E): the queries in double. */
+ALWAYS_INLINE void TILED(decode_score_block)(double *sd, const double *qd,
+                                             const float *const *key, int64_t E,
+                                             double scale, int mr)
+{
+    enum { KEYS = DW / 2 };
+    DVEC acc[DECODE_MR][KEYS];
+    int64_t d = 0;
+    for (int r = 0; r < mr; r++)
+        for (int u = 0; u < KEYS; u++) acc[r][u] = DV_ZERO();
+    for (; d + DW <= E; d += DW) {
+        DVEC k[KEYS];
+        for (int u = 0; u < KEYS; u++) k[u] = DV_FROM_REAL(key[u] + d);
+        for (int r = 0; r < mr; r++) {
+            const DVEC query = DV_LOAD(qd + r * E + d);
+            for (int u = 0; u < KEYS; u++) acc[r][u] = DV_FMA(query, k[u], acc[r][u]);
+        }
+    }
+    if (d < E) {   /* the edge: the rest zero */
+        DVEC k[KEYS];
+        for (int u = 0; u < KEYS; u++) k[u] = TILED(decode_load_wide)(key[u] + d, E - d);
+        for (int r = 0; r < mr; r++) {
+            double part[DW];
+            for (int u = 0; u < DW; u++) part[u] = d + u < E ? qd[r * E + d + u] : 0;
+            for (int u = 0; u < KEYS; u++) acc[r][u] = DV_FMA(DV_LOAD(part), k[u], acc[r][u]);
+        }
+    }
+    for (int r = 0; r < mr; r += 2) {
+        /* rows r and r + 1 (r again past the last) */
+        const int second = r + 1 < mr ? r + 1 : r;
+        DVEC pair[DW];
+        double scores[DW];
+        for (int u = 0; u < KEYS; u++) {
+            pair[u] = acc[r][u];
+            pair[KEYS + u] = acc[second][u];
+        }
+        DV_STORE(scores, DV_MUL(TILED(decode_lane_sums)(pair), DV_SET1(scale)));
+        for (int u = 0; u < KEYS; u++) {
+            sd[r * TILE_KEYS + u] = scores[u];
+            sd[second * TILE_KEYS + u] = scores[KEYS + u];
+        }
+    }
+}
+#else
+/* pass 1 micro-kernel, ATTNREF_SCORES_EXACT for double: sd[u] = scale *
+   q . key_u for u < DW, each lane a Dot2 sum (tiled_impl.h's dot2_step);
+   the lanes of a score are then added by Dot2 too, their errors summed
+   apart and added back once. */
+ALWAYS_INLINE void TILED(decode_score_block)(double *sd, const double *q,
+                                             const double *const *key, int64_t E,
+                                             double scale)
+{
+    DVEC sum[DW], error[DW], total, total_error;
+    for (int u = 0; u < DW; u++) sum[u] = error[u] = DV_ZERO();
+    int64_t d = 0;
+    for (; d + DW <= E; d += DW) {
+        const DVEC query = DV_LOAD(q + d);
+        for (int u = 0; u < DW; u++)
+            TILED(dot2_step)(&sum[u], &error[u], query, DV_LOAD(key[u] + d));
+    }
+    if (d < E) {   /* the edge: the rest zero */
+        const DVEC query = TILED(decode_load)(q + d, E - d);
+        for (int u = 0; u < DW; u++)
+            TILED(dot2_step)(&sum[u], &error[u], query, TILED(decode_load)(key[u] + d, E - d));
+    }
+    TILED(transpose)(sum);
+    TILED(transpose)(error);
+    total = sum[0];
+    total_error = error[0];
+    for (int c = 1; c < DW; c++) {
+        TILED(dot2_step)(&total, &total_error, sum[c], DV_SET1(1.0));
+        total_error = DV_ADD(total_error, error[c]);
+    }
+    DV_STORE(sd, DV_MUL(TILED(dot2_result)(total, total_error), DV_SET1(scale)));
+}
+#endif
+
+/* The cache lines of x[0 .. n) on their way to L2 */
+ALWAYS_INLINE void TILED(decode_prefetch)(const REAL *x, int64_t n)
+{
+    for (int64_t c = 0; c < n; c += 64 / sizeof(REAL)) __builtin_prefetch(x + c, 0, 2);
+}
+
+/* pass 1 for every row and keys t < n of a block (k its first key, keys ks2
+   apart): scaled scores sd (rows, TILE_KEYS) in double. Columns from n up
+   to a multiple of DW repeat key n - 1; pass 2 drops them. Meanwhile the
+   keys of the next block (k_next, `next` keys) are prefetched, a few at each
+   step: a burst would stall on the line fill buffers. */
+static void TILED(decode_scores)(const attnref_params *p, const TILED(unit_rows) *rows,
+                                 const double *qd, const REAL *k, int64_t ks2, int n,
+                                 double *sd, const REAL *k_next, int next)
+{
+    const int64_t E = p->E;
+    for (int t0 = 0; t0 < n; t0 += DW) {
+        const REAL *key[DW];
+        int r = 0;
+        for (int t = t0 * next / n; t < (t0 + DW) * next / n && t < next; t++)
+            TILED(decode_prefetch)(k_next + t * ks2, E);
+        for (int u = 0; u < DW; u++) key[u] = k + (t0 + u < n ? t0 + u : n - 1) * ks2;
+        if (p->scores == ATTNREF_SCORES_FAST) {
+            for (; r + DECODE_FAST_MR <= rows->rows; r += DECODE_FAST_MR)
+                TILED(decode_fast_block)(sd + r * TILE_KEYS + t0, rows->q + r, key, E,
+                                         (REAL)p->scale, DECODE_FAST_MR);
+            for (; r < rows->rows; r++)
+                TILED(decode_fast_block)(sd + r * TILE_KEYS + t0, rows->q + r, key, E,
+                                         (REAL)p->scale, 1);
+            continue;
+        }
+#if REAL_IS_DOUBLE
+        (void)qd;
+        for (; r < rows->rows; r++)
+            TILED(decode_score_block)(sd + r * TILE_KEYS + t0, rows->q[r], key, E, p->scale);
+#else
+        for (int h = 0; h < DW; h += DW / 2) {   /* two halves of the DW keys */
+            const float *half[DW / 2];
+            double *at = sd + t0 + h;
+            for (int u = 0; u < DW / 2; u++) half[u] = key[h + u];
+            for (r = 0; r + DECODE_MR <= rows->rows; r += DECODE_MR)
+                TILED(decode_score_block)(at + r * TILE_KEYS, qd + r * E, half, E, p->scale,
+                                          DECODE_MR);
+            /* the last rows, in blocks of a constant count */
+            if (rows->rows - r >= 2) {
+                TILED(decode_score_block)(at + r * TILE_KEYS, qd + r * E, half, E, p->scale, 2);
+                r += 2;
+            }
+            if (r < rows->rows)
+                TILED(decode_score_block)(at + r * TILE_KEYS, qd + r * E, half, E, p->scale, 1);
+        }
+#endif
+    }
+}
+
+/* pass 4 micro-kernel: acc[r][c] += sum_{t < n} p[r][t] v_t[c] for r < mr
+   (<= VALUE_MR) and c < width (<= VALUE_PANEL), v_t = v + t vs2. The block's
+   sums start from 0; one that is inf or NaN is summed again without the
+   keys of weight 0. p (mr, TILE_KEYS); acc (mr, Evp). */
+ALWAYS_INLINE void TILED(decode_value_block)(REAL *acc, const REAL *p, const REAL *v,
+                                             int64_t vs2, int n, int64_t Evp, int mr,
+                                             int width)
+{
+    RVEC sum[VALUE_MR][VALUE_NV];
+    for (int r = 0; r < mr; r++)
+        for (int c = 0; c < VALUE_NV; c++) sum[r][c] = RV_SET1(0);
+    for (int t = 0; t < n; t++) {
+        RVEC value[VALUE_NV];
+        for (int c = 0; c < VALUE_NV; c++)
+            value[c] = TILED(decode_load)(v + t * vs2 + c * RW, width - c * RW);
+        for (int r = 0; r < mr; r++) {
+            const RVEC weight = RV_SET1(p[r * TILE_KEYS + t]);
+            for (int c = 0; c < VALUE_NV; c++) sum[r][c] = RV_FMA(weight, value[c], sum[r][c]);
+        }
+    }
+    for (int r = 0; r < mr; r++)
+        for (int c = 0; c < VALUE_NV; c++) {
+            RVEC block = sum[r][c];
+            /* x * 0 is 0 for finite x and NaN for inf or NaN */
+            if (TILED(any_nan)(RV_MUL(block, RV_SET1(0)))) {
+                block = RV_SET1(0);
+                for (int t = 0; t < n; t++)
+                    if (p[r * TILE_KEYS + t] != 0)
+                        block = RV_FMA(RV_SET1(p[r * TILE_KEYS + t]),
+                                       TILED(decode_load)(v + t * vs2 + c * RW, width - c * RW),
+                                       block);
+            }
+            RV_STORE(acc + r * Evp + c * RW, RV_ADD(RV_LOAD(acc + r * Evp + c * RW), block));
+        }
+}
+
+/* pass 4 for every row, n keys (v the first one's values, vs2 apart);
+   meanwhile the values of the next block (v_next, `next` keys) are
+   prefetched, spread over the passes along Ev */
+static void TILED(decode_values)(REAL *acc, const REAL *p, const REAL *v, int64_t vs2, int n,
+                                 int64_t Ev, int64_t Evp, int rows, const REAL *v_next,
+                                 int next)
+{
+    for (int64_t c0 = 0; c0 < Ev; c0 += VALUE_PANEL) {
+        const int64_t passes = (Ev - 1) / VALUE_PANEL + 1, pass = c0 / VALUE_PANEL;
+        const int width = Ev - c0 < VALUE_PANEL ? (int)(Ev - c0) : VALUE_PANEL;
+        int r = 0;
+        for (int64_t t = pass * next / passes; t < (pass + 1) * next / passes; t++)
+            TILED(decode_prefetch)(v_next + t * vs2, Ev);
+        if (width == VALUE_PANEL)
+            for (; r + VALUE_MR <= rows; r += VALUE_MR)
+                TILED(decode_value_block)(acc + r * Evp + c0, p + r * TILE_KEYS, v + c0, vs2, n,
+                                          Evp, VALUE_MR, VALUE_PANEL);
+        for (; r < rows; r++)
+            TILED(decode_value_block)(acc + r * Evp + c0, p + r * TILE_KEYS, v + c0, vs2, n,
+                                      Evp, 1, width);
+    }
+}
+
+/* Scratch of one thread, laid out by decode_scratch_layout (decode.c). */
+typedef struct {
+    double *qd;    /* (DECODE_ROWS, E) queries in double (exact scores of float) */
+    double *sd;    /* (DECODE_ROWS, TILE_KEYS) scaled scores in double */
+    REAL *p;       /* (DECODE_ROWS, TILE_KEYS) scores, then weights */
+    REAL *acc;     /* (DECODE_ROWS, Evp) weighted sums of values */
+    TILED(unit_rows) *rows;
+} TILED(decode_scratch);
+
+/* The rows of wave group `group` (rows->rows of them) from its chunks'
+   partial results: folded in chunk order as the online softmax folds key
+   blocks (rescaled to the larger max; a factor below the smallest normal
+   weighs exactly 0), then finished. acc (DECODE_ROWS, Evp): room for the
+   sums. */
+static void TILED(decode_combine)(const attnref_params *p, const decode_plan *plan,
+                                  int64_t group, TILED(unit_rows) *rows, REAL *acc,
+                                  const REAL *k_bh, const REAL *v_bh)
+{
+    const int64_t Ev = p->Ev, Evp = VALUE_PAD(Ev), entry = Ev + 2;
+    const REAL *partial = (const REAL *)plan->partial + group * plan->chunks * plan->group_rows
+                          * entry;
+    for (int r = 0; r < rows->rows; r++) {
+        REAL *sum = acc + r * Evp;
+        REAL m = -INFINITY, l = 0;
+        int nan = 0;
+        for (int64_t c = 0; c < Ev; c++) sum[c] = 0;
+        for (int64_t chunk = 0; chunk < plan->chunks; chunk++) {
+            const REAL *part = partial + (chunk * plan->group_rows + r) * entry;
+            const REAL m_part = part[0];
+            REAL m_new, keep, add;
+            if (m_part != m_part) {
+                nan = 1;
+                continue;
+            }
+            if (m_part == -INFINITY) continue;
+            m_new = m_part > m ? m_part : m;
+            keep = m_new > m ? (m - m_new < EXP_LO ? 0 : EXP(m - m_new)) : 1;
+            add = m_part < m_new ? (m_part - m_new < EXP_LO ? 0 : EXP(m_part - m_new)) : 1;
+            /* a factor 0 leaves those keys out: multiplying would turn an
+               inf or NaN value of theirs into NaN */
+            for (int64_t c = 0; c < Ev; c++)
+                sum[c] = (keep > 0 ? sum[c] * keep : 0) + (add > 0 ? part[2 + c] * add : 0);
+            l = l * keep + part[1] * add;
+            m = m_new;
+        }
+        rows->m[r] = m;
+        /* l as the tiled path keeps it: RW partial sums (here one) */
+        for (int u = 0; u < RW; u++) rows->l[r][u] = u == 0 ? l : 0;
+        rows->nan[r] = nan;
+        TILED(finish_row)(p, rows, r, sum, k_bh, v_bh, 0);
+    }
+}
+
+/* Unit u of the wave: group u / chunks, chunk u % chunks. */
+static void TILED(decode_unit)(const sdpa_job *job, TILED(decode_scratch) *w, int64_t u)
+{
+    const attnref_params *p = job->params;
+    const decode_plan *plan = job->decode;
+    const int64_t E = p->E, Ev = p->Ev, Evp = VALUE_PAD(Ev);
+    const int64_t *ks = p->k_stride, *vs = p->v_stride;
+    const int64_t group = u / plan->chunks, chunk = u % plan->chunks;
+    const int exact_float = !REAL_IS_DOUBLE && p->scores != ATTNREF_SCORES_FAST;
+    TILED(unit_rows) *rows = w->rows;
+    int64_t j_lo = INT64_MAX, j_hi = 0, kv_h, b;
+    const REAL *k_bh, *v_bh;
+
+    TILED(gather_rows)(p, job, plan->group_begin + group, rows, &kv_h, &b);
+    k_bh = (const REAL *)job->k + (b * ks[0] + kv_h * ks[1]);
+    v_bh = (const REAL *)job->v + (b * vs[0] + kv_h * vs[1]);
+    for (int r = 0; r < rows->rows; r++) {
+        if (rows->j_end[r] > rows->j_begin[r]) {
+            if (rows->j_begin[r] < j_lo) j_lo = rows->j_begin[r];
+            if (rows->j_end[r] > j_hi) j_hi = rows->j_end[r];
+        }
+        if (exact_float)
+            for (int64_t d = 0; d < E; d++) w->qd[r * E + d] = rows->q[r][d];
+        for (int64_t c = 0; c < Evp; c++) w->acc[r * Evp + c] = 0;
+    }
+    /* the chunk's keys that some row sees */
+    if (j_lo < chunk * plan->chunk) j_lo = chunk * plan->chunk;
+    if (j_hi > (chunk + 1) * plan->chunk) j_hi = (chunk + 1) * plan->chunk;
+
+    for (int64_t j0 = j_lo; j0 < j_hi; j0 += TILE_KEYS) {
+        const int n = (int)(j_hi - j0 < TILE_KEYS ? j_hi - j0 : TILE_KEYS);
+        const int next = (int)(j_hi - j0 - n < TILE_KEYS ? j_hi - j0 - n : TILE_KEYS);
+        /* the keys of the block after this one, prefetched during this one:
+           K and V stream from memory at the rate of the passes */
+        TILED(decode_scores)(p, rows, w->qd, k_bh + j0 * ks[2], ks[2], n, w->sd,
+                             k_bh + (j0 + n) * ks[2], next);
+        TILED(weigh_tile)(p, rows, j0, n, w->sd, w->p, w->acc, Evp);
+        TILED(decode_values)(w->acc, w->p, v_bh + j0 * vs[2], vs[2], n, Ev, Evp, rows->rows,
+                             v_bh + (j0 + n) * vs[2], next);
+    }
+
+    if (plan->chunks == 1) {
+        for (int r = 0; r < rows->rows; r++)
+            TILED(finish_row)(p, rows, r, w->acc + r * Evp, k_bh, v_bh, 0);
+        return;
+    }
+    {
+        REAL *partial = (REAL *)plan->partial
+                        + (group * plan->chunks + chunk) * plan->group_rows * (Ev + 2);
+        for (int r = 0; r < rows->rows; r++) {
+            REAL *part = partial + r * (Ev + 2);
+            part[0] = rows->nan[r] ? (REAL)NAN : rows->m[r];
+            part[1] = TILED(hsum)(RV_LOAD(rows->l[r]));
+            for (int64_t c = 0; c < Ev; c++) part[2 + c] = w->acc[r * Evp + c];
+        }
+    }
+    /* the last of the group's chunks to finish combines them (acquiring the
+       others' partial results, releasing this one's) */
+    if (__atomic_add_fetch(&plan->done[group], 1, __ATOMIC_ACQ_REL) == plan->chunks)
+        TILED(decode_combine)(p, plan, group, rows, w->acc, k_bh, v_bh);
+}
+
+/* A thread's share of a decoding wave: units from the shared counter. */
+int TILED(decode_rows)(const sdpa_job *job)
+{
+    const attnref_params *p = job->params;
+    const int64_t Evp = VALUE_PAD(p->Ev);
+    TILED(decode_scratch) w;
+    void *memory;
+    size_t offset[5];
+    int64_t u;
+    if (!decode_scratch_layout(p->E, Evp, sizeof(REAL), sizeof(TILED(unit_rows)), offset))
+        return ATTNREF_ERR_NOMEM;
+    memory = aligned_scratch(offset[4]);
+    if (memory == NULL) return ATTNREF_ERR_NOMEM;
+    w.qd = (double *)((char *)memory + offset[0]);
+    w.sd = (double *)((char *)memory + offset[1]);
+    w.p = (REAL *)((char *)memory + offset[2]);
+    w.acc = (REAL *)((char *)memory + offset[3]);
+    w.rows = (TILED(unit_rows) *)((char *)memory + offset[4] - sizeof(TILED(unit_rows)));
+    /* the columns of sd past a block's keys are read (then dropped) by pass 2 */
+    for (int64_t c = 0; c < (int64_t)DECODE_ROWS * TILE_KEYS; c++) w.sd[c] = 0;
+    while ((u = next_unit(job)) < job->row_end)
+        TILED(decode_unit)(job, &w, u);
+    free(memory);
+    return ATTNREF_OK;
+}
+
+#undef DECODE_MR
+#undef DECODE_FAST_MR

@@ -60,7 +60,7 @@ class KVCache:
     def extend(self, key, value):
         """Append ``key`` (..., Hkv, L, E) and ``value`` (..., Hkv, L, Ev); return
         the stored ``(..., Hkv, length, E)`` keys and ``(..., Hkv, length, Ev)`` values."""
-        L, needed = key.shape[-2], self.length + key.shape[-2]
+        needed = self.length + key.shape[-2]
         if value.shape[:-1] != key.shape[:-1] or value.dtype != key.dtype:
             raise ValueError(f"KVCache needs keys (..., Hkv, L, E) and values (..., Hkv, L, Ev) "
                              f"of one dtype, got {key.shape} {key.dtype} and {value.shape} "

@@ -105,13 +105,7 @@ def jax_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
     """
     jax = _framework("jax")
     _require_no_dropout(dropout_p)
-    mask = bias = None
-    if attn_mask is not None:
-        attn_mask = np.asarray(attn_mask)
-        if attn_mask.dtype == bool:
-            mask = _four_dims(attn_mask)
-        else:
-            bias = _four_dims(attn_mask)
+    mask, bias = _jax_mask_and_bias(attn_mask)
     to_jax_layout = [np.swapaxes(array, -2, -3) for array in (query, key, value)]
     with jax.enable_x64(True):
         output = jax.nn.dot_product_attention(
@@ -199,6 +193,17 @@ def _framework(module):
 def _require_no_dropout(dropout_p):
     if dropout_p != 0.0:
         raise ValueError(f"dropout_p must be 0.0 for a conformance run, got {dropout_p!r}")
+
+
+def _jax_mask_and_bias(attn_mask):
+    """``attn_mask`` as JAX's ``(mask, bias)`` keywords: a bool mask goes to
+    ``mask``, a float one to ``bias``, each 4-D; the other is None."""
+    if attn_mask is None:
+        return None, None
+    attn_mask = np.asarray(attn_mask)
+    if attn_mask.dtype == bool:
+        return _four_dims(attn_mask), None
+    return None, _four_dims(attn_mask)
 
 
 def _four_dims(mask):

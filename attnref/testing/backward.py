@@ -89,9 +89,8 @@ import numpy as np
 
 from ..backward import scaled_dot_product_attention_backward
 from ..core import scaled_dot_product_attention
-from .conformance import (RULES, CaseResult, ConformanceReport, _hazard_or, _output_problem,
-                          _pytorch_errors, _suite, claimed_capabilities, input_dtype,
-                          missing_capabilities)
+from .conformance import (CaseResult, _hazard_or, _output_problem, _pytorch_errors, _suite,
+                          input_dtype, missing_capabilities, start_report)
 from .semantics import profile
 from .tolerance import equivalence_bound, max_abs_error, reference_dtype
 
@@ -270,16 +269,11 @@ def check_backward(vjp, *, suite="standard", dtype="float32", semantics="torch",
     ConformanceReport
         Three rows per case, named ``CASE:dq``, ``CASE:dk``, ``CASE:dv``.
     """
-    cases = _suite(suite)
-    semantics = profile(semantics)
-    dtype = input_dtype(dtype).name
-    if rule not in RULES:
-        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
-    claimed = claimed_capabilities(vjp, capabilities)
-    report = ConformanceReport(name or getattr(vjp, "__qualname__", repr(vjp)), suite, dtype,
-                               semantics.name, rule, seed, strict=bool(strict))
+    cases, semantics, claimed, report = start_report(
+        vjp, suite=suite, dtype=dtype, semantics=semantics, capabilities=capabilities,
+        seed=seed, rule=rule, name=name, strict=strict)
     for position, case in enumerate(cases.values(), 1):
-        results = _judge(vjp, case, suite, dtype, semantics, claimed, seed, rule)
+        results = _judge(vjp, case, suite, report.dtype, semantics, claimed, seed, rule)
         report.results.extend(results)
         if progress:
             verdicts = ", ".join(f"{result.name.rsplit(':', 1)[1]} {result.status}"

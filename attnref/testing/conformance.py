@@ -205,6 +205,22 @@ def signature_capabilities(fn):
     return CAPABILITIES - {keyword for keyword in ("softcap", "window") if keyword not in names}
 
 
+def start_report(fn, *, suite, dtype, semantics, capabilities, seed, rule, name, strict):
+    """What :func:`check` and :func:`~attnref.testing.backward.check_backward`
+    share before their first case: the suite's cases, the semantics profile,
+    the capabilities ``fn`` claims and an empty :class:`ConformanceReport`
+    (its ``dtype`` the input dtype's name), each argument checked."""
+    cases = _suite(suite)
+    semantics = profile(semantics)
+    dtype = input_dtype(dtype).name
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    claimed = claimed_capabilities(fn, capabilities)
+    report = ConformanceReport(name or getattr(fn, "__qualname__", repr(fn)), suite, dtype,
+                               semantics.name, rule, seed, strict=bool(strict))
+    return cases, semantics, claimed, report
+
+
 def claimed_capabilities(fn, capabilities):
     """What a run of ``fn`` claims: ``capabilities`` (None: what ``fn``'s
     signature can take, :func:`signature_capabilities`), every dtype when
@@ -270,16 +286,11 @@ def check(fn, *, suite="standard", dtype="float32", semantics="torch", capabilit
     -------
     ConformanceReport
     """
-    cases = _suite(suite)
-    semantics = profile(semantics)
-    dtype = input_dtype(dtype).name
-    if rule not in RULES:
-        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
-    claimed = claimed_capabilities(fn, capabilities)
-    report = ConformanceReport(name or getattr(fn, "__qualname__", repr(fn)), suite, dtype,
-                               semantics.name, rule, seed, strict=bool(strict))
+    cases, semantics, claimed, report = start_report(
+        fn, suite=suite, dtype=dtype, semantics=semantics, capabilities=capabilities,
+        seed=seed, rule=rule, name=name, strict=strict)
     for position, case in enumerate(cases.values(), 1):
-        result = _judge(fn, case, suite, dtype, semantics, claimed, seed, rule)
+        result = _judge(fn, case, suite, report.dtype, semantics, claimed, seed, rule)
         report.results.append(result)
         if progress:
             print(f"[{position}/{len(cases)}] {case.name}: {result.status}", file=sys.stderr,

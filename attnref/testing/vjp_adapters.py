@@ -25,7 +25,8 @@ import numpy as np
 
 from ..backward import scaled_dot_product_attention_backward
 from .adapters import (ATTNREF_CAPABILITIES, JAX_CAPABILITIES, TORCH_CAPABILITIES, Adapter,
-                       _float32_if_bfloat16, _four_dims, _framework, _require_no_dropout)
+                       _float32_if_bfloat16, _framework, _jax_mask_and_bias,
+                       _require_no_dropout)
 
 
 def torch_autograd(query, key, value, grad_out, attn_mask=None, dropout_p=0.0,
@@ -56,13 +57,7 @@ def jax_vjp(query, key, value, grad_out, attn_mask=None, dropout_p=0.0, is_causa
     "jax" profile."""
     jax = _framework("jax")
     _require_no_dropout(dropout_p)
-    mask = bias = None
-    if attn_mask is not None:
-        attn_mask = np.asarray(attn_mask)
-        if attn_mask.dtype == bool:
-            mask = _four_dims(attn_mask)
-        else:
-            bias = _four_dims(attn_mask)
+    mask, bias = _jax_mask_and_bias(attn_mask)
     to_jax_layout = [np.swapaxes(array, -2, -3) for array in (query, key, value)]
 
     def attention(query, key, value):

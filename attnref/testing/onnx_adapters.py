@@ -42,7 +42,8 @@ from .cases import CAPABILITIES
 
 OPSET = 23
 CONTRIB_DOMAIN = "com.microsoft"
-INSTALL = {"onnx": "pip install onnx", "onnxruntime": "pip install onnxruntime"}
+INSTALL = {"onnx": "pip install onnx", "onnxruntime": "pip install onnxruntime",
+           "ml_dtypes": "pip install ml_dtypes"}
 # Opset-23 Attention has no window inputs (left_window_size is opset 25).
 # ORT's CPU Attention refuses L = 0 ("Q sequence length must be greater than
 # 0") and has no bfloat16 kernel; the reference evaluator fails on S = 0

@@ -16,13 +16,16 @@
  *   TILED(transpose)(rows)     DW x DW transpose of double vectors, in place
  *   RVEC, RW, RV_*             REAL vectors (softmax and weighted values)
  *   RV_MIN, RV_FNMADD, RV_ROUND, TILED(scale2), TILED(exp_special)
- *                              the pieces of tiled_impl.h's vector exp
+ *                              the pieces of simd_exp.h's vector exp
+ *   ALWAYS_INLINE              static inline, always inlined
  *   TILED(hmax), TILED(hsum)   horizontal max / sum of a REAL vector
  *   TILED(from_scores)(sd)     RW double scores as a REAL vector
  *   TILED(any_nan)(x)          whether a lane of x is NaN
  *   TILED(keep_range)(x, t0, lo, hi)  lanes t0 + u in [lo, hi) of x, -inf elsewhere
  * simd_end.h undefines all of it after the last kernel of an instance.
  */
+
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
 
 #if defined(SIMD_AVX512)
 
@@ -95,7 +98,7 @@ static inline __m512d TILED(keep_range)(__m512d x, int t0, int lo, int hi)
 }
 static inline double TILED(hsum)(__m512d x) { return _mm512_reduce_add_pd(x); }
 
-/* the exp kernel's pieces (TILED(vexp) in tiled_impl.h puts them together) */
+/* the exp kernel's pieces (TILED(vexp) in simd_exp.h puts them together) */
 #define RV_MIN _mm512_min_pd
 #define RV_FNMADD _mm512_fnmadd_pd
 #define RV_ROUND(x) _mm512_roundscale_pd(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
@@ -444,7 +447,7 @@ static inline float64x2_t TILED(keep_range)(float64x2_t x, int t0, int lo, int h
 }
 static inline double TILED(hsum)(float64x2_t x) { return vaddvq_f64(x); }
 
-/* the exp kernel's pieces (TILED(vexp) in tiled_impl.h puts them together) */
+/* the exp kernel's pieces (TILED(vexp) in simd_exp.h puts them together) */
 #define RV_MIN vminq_f64
 /* c - a b, fused */
 #define RV_FNMADD(a, b, c) vfmsq_f64(c, a, b)

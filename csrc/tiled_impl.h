@@ -28,7 +28,6 @@
  * a fixed order of tiles, so results do not depend on the thread count.
  */
 
-#define ALWAYS_INLINE static inline __attribute__((always_inline))
 #if REAL_IS_DOUBLE
 #define TILED_nonfinite_dims nonfinite_dims_f64
 #else
@@ -49,50 +48,7 @@ _Static_assert(VALUE_MR <= 8 && SCORE_MR <= 8, "ROW_BLOCKS covers blocks of at m
 #define VALUE_PANEL (VALUE_NV * RW)
 #define VALUE_PAD(Ev) (((Ev) + VALUE_PANEL - 1) / VALUE_PANEL * VALUE_PANEL)
 
-/*
- * exp, for x in [ln(min normal), ln(max)]: n = round(x / ln 2) and
- * r = x - n ln 2 (Cody & Waite's two-constant split, exact to r's
- * rounding), exp(r) by its Taylor polynomial of degree 7 (float) or 13
- * (double) in Horner form (truncation below 0.1 ulp on |r| <= ln2 / 2),
- * scaled by 2^n. Below ln(min normal) the result is 0 (subnormal results
- * are flushed: they are below any weight that can change a float sum of
- * weights >= 1), above ln(max) it is +inf, and NaN stays NaN. Measured
- * below 1 ulp (0.92 float, 0.86 double) against a wider exp on 10^7 and 10^6
- * random points; tests/test_kernel_paths.py checks the stated bound, 2 ulp.
- */
-#if REAL_IS_DOUBLE
-#define EXP_LO LOG_DBL_MIN
-#define EXP_HI 709.78271289338397    /* ln(DBL_MAX) */
-#define EXP_LN2_HI 6.93147180369123816490e-01   /* fdlibm's split of ln 2 */
-#define EXP_LN2_LO 1.90821492927058770002e-10
-static const double TILED(exp_taylor)[] = {      /* 1/k!, k = 13 .. 0 */
-    1.0 / 6227020800.0, 1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0,
-    1.0 / 362880.0, 1.0 / 40320.0, 1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0,
-    1.0 / 6.0, 0.5, 1.0, 1.0};
-#else
-#define EXP_LO LOG_FLT_MIN
-#define EXP_HI 88.72283905f          /* ln(FLT_MAX) */
-#define EXP_LN2_HI 0.693359375f      /* Cephes' split of ln 2 */
-#define EXP_LN2_LO -2.12194440e-4f
-static const float TILED(exp_taylor)[] = {       /* 1/k!, k = 7 .. 0 */
-    1.0f / 5040.0f, 1.0f / 720.0f, 1.0f / 120.0f, 1.0f / 24.0f, 1.0f / 6.0f, 0.5f, 1.0f, 1.0f};
-#endif
-
-ALWAYS_INLINE RVEC TILED(vexp)(RVEC x)
-{
-    const int terms = sizeof TILED(exp_taylor) / sizeof TILED(exp_taylor)[0];
-    /* x out of range gives 0 below EXP_LO (not EXP_LO: its result is
-       subnormal, and a subnormal operand or result costs a microcode assist
-       of about a hundred cycles per instruction; masked keys, -inf, are
-       common) and +inf above EXP_HI; either lane's result is replaced below */
-    const RVEC xc = TILED(exp_special)(x, x, EXP_LO, EXP_HI);
-    const RVEC n = RV_ROUND(RV_MUL(xc, RV_SET1((REAL)1.4426950408889634)));   /* log2 e */
-    const RVEC r = RV_FNMADD(n, RV_SET1(EXP_LN2_LO), RV_FNMADD(n, RV_SET1(EXP_LN2_HI), xc));
-    RVEC p = RV_SET1(TILED(exp_taylor)[0]);
-    for (int k = 1; k < terms; k++) p = RV_FMA(p, r, RV_SET1(TILED(exp_taylor)[k]));
-    return TILED(exp_special)(TILED(scale2)(p, n), x, EXP_LO, EXP_HI);
-}
-
+#include "simd_exp.h"
 #include "tiled_scores.h"
 
 /* pass 4 micro-kernel: acc[r][c] += sum_{j < n} p[r][j] vt[j][c] for

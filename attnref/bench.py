@@ -46,7 +46,6 @@ all cores), which the report says.
 """
 from __future__ import annotations
 
-import importlib
 import os
 import platform
 import statistics
@@ -59,6 +58,7 @@ from typing import Callable, NamedTuple, Optional
 import numpy as np
 
 from . import __version__, kernel, probe
+from ._optional import import_optional
 from ._validation import SCORE_MODES
 from .core import scaled_dot_product_attention
 from .testing.cases import Case
@@ -71,7 +71,6 @@ __all__ = ["CONTENDERS", "Contender", "SweepCase", "contenders", "set_threads",
 
 #: The contenders in table order; ``c`` is the one every ratio divides by.
 CONTENDERS = ("c", "numpy", "torch", "jax")
-INSTALL = {"torch": "pip install torch", "jax": "pip install jax jaxlib"}
 B = 1
 SEED = 0
 LEAD_IN_SECONDS = 0.12  # OpenBLAS's idle threads spin 2^28 TSC ticks: 0.1 s at 2.6 GHz
@@ -147,9 +146,9 @@ def _bind_jax(jax, query, key, value, is_causal=False, enable_gqa=False, scale=N
 def _framework(name):
     """The imported module ``name``, or the reason it cannot be imported."""
     try:
-        return importlib.import_module(name), None
+        return import_optional(name, f"the {name} contender"), None
     except ImportError as error:
-        return None, f"not installed ({INSTALL[name]} to compare): {error}"
+        return None, str(error)
 
 
 def contenders(names=CONTENDERS, scores="fast"):

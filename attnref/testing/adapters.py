@@ -25,13 +25,14 @@ every adapter with the semantics profile it speaks and those claims::
 """
 from __future__ import annotations
 
-import importlib
 from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
+from .._optional import import_optional as _framework
 from ..core import scaled_dot_product_attention
 from . import onnx_adapters
+from .onnx_adapters import _require_no_dropout
 from .cases import CAPABILITIES
 
 # Measured with torch 2.13.0 (CPU): every case shape runs, including a mask
@@ -43,8 +44,6 @@ TORCH_MHA_CAPABILITIES = TORCH_CAPABILITIES
 # is refused ("value shape should be ..."); it has local_window_size but no softcap.
 JAX_CAPABILITIES = CAPABILITIES - {"e_ne_ev", "softcap"}
 ATTNREF_CAPABILITIES = CAPABILITIES
-INSTALL_COMMANDS = {"torch": "pip install torch", "jax": "pip install jax jaxlib",
-                    "onnx": "pip install onnx", "onnxruntime": "pip install onnxruntime"}
 
 
 def torch_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
@@ -179,20 +178,6 @@ ADAPTERS = {
     "attnref-numpy": Adapter(attnref_numpy, "torch", ATTNREF_CAPABILITIES),
     "attnref-c": Adapter(attnref_c, "torch", ATTNREF_CAPABILITIES),
 }
-
-
-def _framework(module):
-    """Import ``module`` or raise an ImportError saying how to install it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        raise ImportError(f"this adapter needs {module}, which is not installed: "
-                          f"{INSTALL_COMMANDS[module]}") from error
-
-
-def _require_no_dropout(dropout_p):
-    if dropout_p != 0.0:
-        raise ValueError(f"dropout_p must be 0.0 for a conformance run, got {dropout_p!r}")
 
 
 def _jax_mask_and_bias(attn_mask):

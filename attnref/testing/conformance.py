@@ -50,6 +50,7 @@ from typing import Optional
 
 import numpy as np
 
+from .._optional import import_optional
 from .cases import CAPABILITIES, DTYPE_CAPABILITIES, SUITES
 from .semantics import HAZARDS, profile
 from .tolerance import max_abs_error, reference_dtype, reference_errors
@@ -175,12 +176,7 @@ def input_dtype(dtype):
     says how to install it when it is missing (JAX brings it).
     """
     if isinstance(dtype, str) and dtype == "bfloat16":
-        try:
-            import ml_dtypes
-        except ImportError as error:
-            raise ImportError("dtype 'bfloat16' needs ml_dtypes, which is not installed: "
-                              "pip install ml_dtypes") from error
-        return np.dtype(ml_dtypes.bfloat16)
+        return np.dtype(import_optional("ml_dtypes", "dtype 'bfloat16'").bfloat16)
     try:
         resolved = np.dtype(dtype)
     except TypeError:

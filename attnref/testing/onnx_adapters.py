@@ -38,12 +38,11 @@ import importlib
 
 import numpy as np
 
+from .._optional import import_optional
 from .cases import CAPABILITIES
 
 OPSET = 23
 CONTRIB_DOMAIN = "com.microsoft"
-INSTALL = {"onnx": "pip install onnx", "onnxruntime": "pip install onnxruntime",
-           "ml_dtypes": "pip install ml_dtypes"}
 # Opset-23 Attention has no window inputs (left_window_size is opset 25).
 # ORT's CPU Attention refuses L = 0 ("Q sequence length must be greater than
 # 0") and has no bfloat16 kernel; the reference evaluator fails on S = 0
@@ -195,16 +194,6 @@ def onnxruntime_gqa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=
     return outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=0)
 
 
-def _module(name):
-    """Import ``name`` (onnx, onnxruntime) or raise an ImportError with the
-    command that installs it."""
-    try:
-        return importlib.import_module(name)
-    except ImportError as error:
-        raise ImportError(f"this adapter needs {name}, which is not installed: "
-                          f"{INSTALL[name]}") from error
-
-
 def _require_no_dropout(dropout_p):
     if dropout_p != 0.0:
         raise ValueError(f"dropout_p must be 0.0 for a conformance run, got {dropout_p!r}")
@@ -292,7 +281,7 @@ def _attention_model(feed_types, attributes):
     """A serialized one-node model: ``Attention`` (opset 23) on the feeds,
     with ``present_key`` and ``present_value`` when a past is fed (ORT's
     CPU kernel requires them then)."""
-    onnx = _module("onnx")
+    onnx = import_optional("onnx")
     helper = onnx.helper
     names = dict(feed_types)
     inputs = [name if name in names else "" for name in
@@ -309,7 +298,7 @@ def _attention_model(feed_types, attributes):
 def _contrib_model(operator, feed_types, input_order, output_count, attributes_items=()):
     """A serialized one-node model of a ``com.microsoft`` operator; inputs
     in ``input_order`` that are not fed are left empty."""
-    onnx = _module("onnx")
+    onnx = import_optional("onnx")
     helper = onnx.helper
     names = dict(feed_types)
     inputs = [name if name in names else "" for name in input_order]
@@ -339,13 +328,13 @@ def _serialized_model(onnx, node, feed_types, outputs, output_dtype, opsets):
 
 def _numpy_dtype(name):
     if name == "bfloat16":
-        return np.dtype(_module("ml_dtypes").bfloat16)
+        return np.dtype(import_optional("ml_dtypes").bfloat16)
     return np.dtype(name)
 
 
 @functools.lru_cache(maxsize=128)
 def _session(model):
-    onnxruntime = _module("onnxruntime")
+    onnxruntime = import_optional("onnxruntime")
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 4     # failures come back as exceptions, not log lines
     return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
@@ -353,7 +342,7 @@ def _session(model):
 
 @functools.lru_cache(maxsize=128)
 def _reference_evaluator(model):
-    onnx = _module("onnx")
+    onnx = import_optional("onnx")
     reference = importlib.import_module("onnx.reference")
     return reference.ReferenceEvaluator(onnx.load_from_string(model))
 

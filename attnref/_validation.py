@@ -77,7 +77,7 @@ def float_array(name, value):
     if isinstance(value, np.ndarray) and value.dtype in _NATIVE_FLOATS:
         return value  # the common case, checked cheaply: small calls are wrapper-bound
     array = np.asarray(value)
-    if not np.issubdtype(array.dtype, np.floating) and array.dtype.name != "bfloat16":
+    if not masks.is_floating(array.dtype):
         raise TypeError(
             f"{name} must have a floating dtype (float16, bfloat16, float32 or "
             f"float64), got dtype {array.dtype}")
@@ -152,7 +152,7 @@ def _broadcast_batch(shapes_by_name, hint=""):
 
 def _check_mask(attn_mask, batch_shape, L, S, compute_dtype):
     mask = np.asarray(attn_mask)
-    if mask.dtype != bool and not np.issubdtype(mask.dtype, np.floating):
+    if mask.dtype != bool and not masks.is_floating(mask.dtype):
         raise TypeError(
             f"attn_mask must be bool (True = may attend) or floating (added to "
             f"the scores), got dtype {mask.dtype}")

@@ -217,6 +217,12 @@ def block_diagonal_mask(query_lengths, key_lengths=None, *, causal=False,
     return mask
 
 
+def is_floating(dtype):
+    """Whether ``dtype`` is a float NumPy knows (float16/32/64, longdouble) or
+    ml_dtypes' bfloat16, which NumPy does not count as ``np.floating``."""
+    return np.issubdtype(dtype, np.floating) or np.dtype(dtype).name == "bfloat16"
+
+
 def mask_to_bias(mask, dtype=np.float32):
     """Turn a bool mask into an additive one: 0 where True, -inf where False.
 
@@ -225,7 +231,7 @@ def mask_to_bias(mask, dtype=np.float32):
     mask = np.asarray(mask)
     if mask.dtype == bool:
         return np.where(mask, 0, -np.inf).astype(dtype)
-    if not np.issubdtype(mask.dtype, np.floating):
+    if not is_floating(mask.dtype):
         raise TypeError(f"mask must be bool or floating, got dtype {mask.dtype}")
     return mask.astype(dtype)
 
@@ -242,7 +248,7 @@ def combine_masks(*masks):
     if not present:
         return None
     for position, mask in enumerate(present):
-        if mask.dtype != bool and not np.issubdtype(mask.dtype, np.floating):
+        if mask.dtype != bool and not is_floating(mask.dtype):
             raise TypeError(
                 f"mask {position} must be bool or floating, got dtype {mask.dtype}")
     if all(m.dtype == bool for m in present):

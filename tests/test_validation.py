@@ -67,3 +67,17 @@ def test_bad_input_is_rejected_by_the_c_backend_too(backend):
 def test_array_likes_are_accepted():
     output = sdpa([[1.0, 0.0]], [[1.0, 0.0], [0.0, 1.0]], [[1.0], [2.0]], backend="numpy")
     assert output.shape == (1, 1)
+
+
+def test_a_bfloat16_float_mask_is_a_float_mask():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    bfloat16 = np.dtype(ml_dtypes.bfloat16)
+    rng = np.random.default_rng(0)
+    query, key, value = (rng.standard_normal((1, 2, 4, 8)).astype(bfloat16) for _ in range(3))
+    bias = rng.standard_normal((4, 4)).astype(bfloat16)
+    output = sdpa(query, key, value, bias)
+    # bfloat16 inputs are computed in float32 and the result rounded once
+    expected = sdpa(*(x.astype(np.float32) for x in (query, key, value)),
+                    bias.astype(np.float32)).astype(bfloat16)
+    assert output.dtype == bfloat16
+    np.testing.assert_array_equal(output.astype(np.float32), expected.astype(np.float32))

@@ -543,20 +543,29 @@ def sweep_table(record, dtype, threads, markdown=False):
     for case in record["cases"]:
         if case["dtype"] != dtype:
             continue
-        row = [str(case["D"]), "yes" if case["causal"] else "no", str(case["N"])]
-        for name in names:
-            result = case["results"][name]
-            median = result["median_ms"].get(threads)
-            if median is None:
-                row += [result["skipped"] or "-", "", ""]
-                continue
-            percent = result["percent_of_peak"].get(threads)
-            row += [f"{median:.3f}", f"{result['gflops'][threads]:.1f}",
-                    f"{percent:.0f}%" if percent is not None else "-"]
-        ratios = case["c_speedup"][threads]
-        row += [f"{ratios[name]:.2f}x" if name in ratios else "-" for name in others]
-        rows.append(row)
+        rows.append([str(case["D"]), "yes" if case["causal"] else "no", str(case["N"])]
+                    + _timing_cells(case, names, threads, "gflops", "percent_of_peak"))
     return render(header, rows, markdown)
+
+
+def _timing_cells(case, names, threads, rate, percent):
+    """A case's cells at ``threads``: each contender's median ms, its
+    ``rate`` (the result's key: ``"gflops"`` or ``"gbs"``) and ``percent``
+    (``"percent_of_peak"`` or ``"percent_of_read"``), then the kernel's speed
+    relative to each other contender."""
+    cells = []
+    for name in names:
+        result = case["results"][name]
+        median = result["median_ms"].get(threads)
+        if median is None:
+            cells += [result["skipped"] or "-", "", ""]
+            continue
+        share = result[percent].get(threads)
+        cells += [f"{median:.3f}", f"{result[rate][threads]:.1f}",
+                  f"{share:.0f}%" if share is not None else "-"]
+    ratios = case["c_speedup"][threads]
+    return cells + [f"{ratios[name]:.2f}x" if name in ratios else "-"
+                    for name in names if name != "c"]
 
 
 def decode_table(record, markdown=False):
@@ -571,21 +580,9 @@ def decode_table(record, markdown=False):
     rows = []
     for case in record["decode"]:
         for threads in record["settings"]["threads"]:
-            row = [str(case["S"]), str(threads), f"{case['kv_bytes'] / 2**20:.0f}",
-                   f"{read[threads]:.1f}" if read.get(threads) else "-"]
-            for name in names:
-                result = case["results"][name]
-                median = result["median_ms"].get(threads)
-                if median is None:
-                    row += [result["skipped"] or "-", "", ""]
-                    continue
-                percent = result["percent_of_read"].get(threads)
-                row += [f"{median:.3f}", f"{result['gbs'][threads]:.1f}",
-                        f"{percent:.0f}%" if percent is not None else "-"]
-            ratios = case["c_speedup"][threads]
-            row += [f"{ratios[name]:.2f}x" if name in ratios else "-"
-                    for name in names if name != "c"]
-            rows.append(row)
+            rows.append([str(case["S"]), str(threads), f"{case['kv_bytes'] / 2**20:.0f}",
+                         f"{read[threads]:.1f}" if read.get(threads) else "-"]
+                        + _timing_cells(case, names, threads, "gbs", "percent_of_read"))
     return render(header, rows, markdown)
 
 

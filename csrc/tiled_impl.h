@@ -238,7 +238,7 @@ static void TILED(softmax_step)(TILED(unit_rows) *rows, int r, REAL tile_max, RE
        of its tile sums (two levels, as the weighted values in value_block) */
     RVEC sum = RV_SET1(0);
     for (int t = 0; t < TILE_KEYS; t += RW) {
-        const RVEC weight = TILED(vexp)(RV_SUB(RV_LOAD(s + t), shift));
+        const RVEC weight = TILED(vexp_weight)(RV_SUB(RV_LOAD(s + t), shift));
         RV_STORE(s + t, weight);
         sum = RV_ADD(sum, weight);
     }

@@ -46,7 +46,7 @@
 #define KEY_BLOCK 64
 /* Tiled path: query rows per unit and keys per tile; scratch per thread is
    O(TILE_ROWS (E + Ev + TILE_KEYS) + TILE_KEYS (E + Ev)). */
-#define TILE_ROWS 64
+#define TILE_ROWS 256
 #define TILE_KEYS 64
 /* Decoding (decode_impl.h, decode.c): a call whose kv groups hold at most
    DECODE_ROWS query rows (kv_group * L) streams K and V rows as they are,

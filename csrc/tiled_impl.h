@@ -24,8 +24,11 @@
  *   pass 5    out = acc / l, lse = m + log l
  *
  * Tiles whose keys are all outside every row's band are never visited
- * (causal and window block skipping). Each row is computed by one unit in
- * a fixed order of tiles, so results do not depend on the thread count.
+ * (causal and window block skipping), and passes 1 to 4 of a tile run only
+ * over the unit's rows from the first to the last whose band meets it. Each
+ * row is computed by one unit in a fixed order of tiles, so results do not
+ * depend on the thread count (nor on the unit size: a row's result is the
+ * same whichever rows share its unit).
  */
 
 #if REAL_IS_DOUBLE

@@ -45,8 +45,12 @@
    O(KEY_BLOCK + Ev). */
 #define KEY_BLOCK 64
 /* Tiled path: query rows per unit and keys per tile; scratch per thread is
-   O(TILE_ROWS (E + Ev + TILE_KEYS) + TILE_KEYS (E + Ev)). */
-#define TILE_ROWS 64
+   O(TILE_ROWS (E + Ev + TILE_KEYS) + TILE_KEYS (E + Ev)). A unit packs each
+   key tile once for all its rows: 256 rows (rather than 64) cut that
+   packing per row by 4 (2-6% faster than 128 rows, 5-10% than 64, non-causal
+   float32 on an AVX-512 Xeon, both paths); its scores and weights
+   (TILE_ROWS x TILE_KEYS) then sit in the second-level cache. */
+#define TILE_ROWS 256
 #define TILE_KEYS 64
 /* Decoding (decode_impl.h, decode.c): a call whose kv groups hold at most
    DECODE_ROWS query rows (kv_group * L) streams K and V rows as they are,

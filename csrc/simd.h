@@ -17,6 +17,9 @@
  *   RVEC, RW, RV_*             REAL vectors (softmax and weighted values)
  *   RV_MIN, RV_FNMADD, RV_ROUND, TILED(scale2), TILED(exp_special)
  *                              the pieces of simd_exp.h's vector exp
+ *   TILED(scale2_normal), TILED(zero_below)
+ *                              the cheaper ones of its exp of weights
+ *                              (arguments <= 0: no overflow, no NaN)
  *   ALWAYS_INLINE              static inline, always inlined
  *   TILED(hmax), TILED(hsum)   horizontal max / sum of a REAL vector
  *   TILED(from_scores)(sd)     RW double scores as a REAL vector
@@ -115,6 +118,13 @@ static inline __m512d TILED(exp_special)(__m512d y, __m512d x, double lo, double
                            _mm512_set1_pd(INFINITY));
     return _mm512_mask_mov_pd(y, _mm512_cmp_pd_mask(x, x, _CMP_UNORD_Q), x);
 }
+/* p 2^n for integral n with 2^n normal (vexp_weight's range) */
+static inline __m512d TILED(scale2_normal)(__m512d p, __m512d n) { return _mm512_scalef_pd(p, n); }
+/* y where x >= lo, else 0 (x -inf or below lo) */
+static inline __m512d TILED(zero_below)(__m512d y, __m512d x, double lo)
+{
+    return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(x, _mm512_set1_pd(lo), _CMP_GE_OQ), y);
+}
 #else /* float */
 #define DV_FROM_REAL(p) _mm512_cvtps_pd(_mm256_loadu_ps(p))
 
@@ -189,6 +199,11 @@ static inline __m512 TILED(exp_special)(__m512 y, __m512 x, float lo, float hi)
     y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, _mm512_set1_ps(hi), _CMP_GT_OQ),
                            _mm512_set1_ps(INFINITY));
     return _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x);
+}
+static inline __m512 TILED(scale2_normal)(__m512 p, __m512 n) { return _mm512_scalef_ps(p, n); }
+static inline __m512 TILED(zero_below)(__m512 y, __m512 x, float lo)
+{
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(lo), _CMP_GE_OQ), y);
 }
 #endif
 
@@ -286,6 +301,19 @@ static inline __m256d TILED(exp_special)(__m256d y, __m256d x, double lo, double
                          _mm256_cmp_pd(x, _mm256_set1_pd(hi), _CMP_GT_OQ));
     return _mm256_blendv_pd(y, x, _mm256_cmp_pd(x, x, _CMP_UNORD_Q));
 }
+/* p 2^n for integral n in [-1022, 1023] (2^n normal): one exact product
+   with 2^n built in its exponent field, the same bits as scale2 */
+static inline __m256d TILED(scale2_normal)(__m256d p, __m256d n)
+{
+    const __m256i field = _mm256_add_epi64(_mm256_cvtepi32_epi64(_mm256_cvtpd_epi32(n)),
+                                           _mm256_set1_epi64x(1023));
+    return _mm256_mul_pd(p, _mm256_castsi256_pd(_mm256_slli_epi64(field, 52)));
+}
+/* y where x >= lo, else 0 (x -inf or below lo) */
+static inline __m256d TILED(zero_below)(__m256d y, __m256d x, double lo)
+{
+    return _mm256_and_pd(y, _mm256_cmp_pd(x, _mm256_set1_pd(lo), _CMP_GE_OQ));
+}
 #else /* float */
 #define DV_FROM_REAL(p) _mm256_cvtps_pd(_mm_loadu_ps(p))
 
@@ -375,6 +403,16 @@ static inline __m256 TILED(exp_special)(__m256 y, __m256 x, float lo, float hi)
     y = _mm256_blendv_ps(y, _mm256_set1_ps(INFINITY),
                          _mm256_cmp_ps(x, _mm256_set1_ps(hi), _CMP_GT_OQ));
     return _mm256_blendv_ps(y, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+}
+/* p 2^n for integral n in [-126, 127] (2^n normal) */
+static inline __m256 TILED(scale2_normal)(__m256 p, __m256 n)
+{
+    const __m256i field = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(field, 23)));
+}
+static inline __m256 TILED(zero_below)(__m256 y, __m256 x, float lo)
+{
+    return _mm256_and_ps(y, _mm256_cmp_ps(x, _mm256_set1_ps(lo), _CMP_GE_OQ));
 }
 #endif
 
@@ -473,6 +511,17 @@ static inline float64x2_t TILED(exp_special)(float64x2_t y, float64x2_t x, doubl
     y = vbslq_f64(vcgtq_f64(x, vdupq_n_f64(hi)), vdupq_n_f64(INFINITY), y);
     return vbslq_f64(vceqq_f64(x, x), y, x);
 }
+/* p 2^n for integral n in [-1022, 1023] (2^n normal) */
+static inline float64x2_t TILED(scale2_normal)(float64x2_t p, float64x2_t n)
+{
+    const int64x2_t field = vaddq_s64(vcvtq_s64_f64(n), vdupq_n_s64(1023));
+    return vmulq_f64(p, vreinterpretq_f64_s64(vshlq_n_s64(field, 52)));
+}
+/* y where x >= lo, else 0 (x -inf or below lo) */
+static inline float64x2_t TILED(zero_below)(float64x2_t y, float64x2_t x, double lo)
+{
+    return vbslq_f64(vcgeq_f64(x, vdupq_n_f64(lo)), y, vdupq_n_f64(0.0));
+}
 #else /* float */
 /* rows[u][c] <-> rows[c][u]: a 4 x 4 transpose, pairs of floats then pairs
    of those (as doubles' worth of bits) */
@@ -541,6 +590,16 @@ static inline float32x4_t TILED(exp_special)(float32x4_t y, float32x4_t x, float
     y = vbslq_f32(vcltq_f32(x, vdupq_n_f32(lo)), vdupq_n_f32(0.0f), y);
     y = vbslq_f32(vcgtq_f32(x, vdupq_n_f32(hi)), vdupq_n_f32(INFINITY), y);
     return vbslq_f32(vceqq_f32(x, x), y, x);
+}
+/* p 2^n for integral n in [-126, 127] (2^n normal) */
+static inline float32x4_t TILED(scale2_normal)(float32x4_t p, float32x4_t n)
+{
+    const int32x4_t field = vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127));
+    return vmulq_f32(p, vreinterpretq_f32_s32(vshlq_n_s32(field, 23)));
+}
+static inline float32x4_t TILED(zero_below)(float32x4_t y, float32x4_t x, float lo)
+{
+    return vbslq_f32(vcgeq_f32(x, vdupq_n_f32(lo)), y, vdupq_n_f32(0.0f));
 }
 #endif
 

@@ -24,8 +24,11 @@
  *   pass 5    out = acc / l, lse = m + log l
  *
  * Tiles whose keys are all outside every row's band are never visited
- * (causal and window block skipping). Each row is computed by one unit in
- * a fixed order of tiles, so results do not depend on the thread count.
+ * (causal and window block skipping), and passes 1 to 4 of a tile run only
+ * over the unit's rows from the first to the last whose band meets it. Each
+ * row is computed by one unit in a fixed order of tiles, so results do not
+ * depend on the thread count (nor on the unit size: a row's result is the
+ * same whichever rows share its unit).
  */
 
 #if REAL_IS_DOUBLE
@@ -179,6 +182,12 @@ static void TILED(gather_rows)(const attnref_params *p, const sdpa_job *job, int
     rows->rows = n;
 }
 
+/* whether row r's band meets the keys [j0, j0 + n) */
+static inline int TILED(sees)(const TILED(unit_rows) *rows, int r, int64_t j0, int n)
+{
+    return j0 < rows->j_end[r] && j0 + n > rows->j_begin[r];
+}
+
 /* pass 2 for row r over the tile [j0, j0 + n): softcap, bias, band and mask;
    invisible keys get -inf. The scaled scores are sd (exact) or, when sd is
    NULL, s itself (fast). Returns the tile's max score (NaN when a visible
@@ -238,7 +247,7 @@ static void TILED(softmax_step)(TILED(unit_rows) *rows, int r, REAL tile_max, RE
        of its tile sums (two levels, as the weighted values in value_block) */
     RVEC sum = RV_SET1(0);
     for (int t = 0; t < TILE_KEYS; t += RW) {
-        const RVEC weight = TILED(vexp)(RV_SUB(RV_LOAD(s + t), shift));
+        const RVEC weight = TILED(vexp_weight)(RV_SUB(RV_LOAD(s + t), shift));
         RV_STORE(s + t, weight);
         sum = RV_ADD(sum, weight);
     }
@@ -265,7 +274,7 @@ static void TILED(weigh_tile)(const attnref_params *p, TILED(unit_rows) *rows, i
     for (int r = 0; r < rows->rows; r++) {
         REAL *s = weights + r * TILE_KEYS;
         REAL tile_max;
-        if (rows->nan[r] || j0 >= rows->j_end[r] || j0 + n <= rows->j_begin[r]) {
+        if (rows->nan[r] || !TILED(sees)(rows, r, j0, n)) {
             for (int t = 0; t < TILE_KEYS; t++) s[t] = 0;
             continue;
         }
@@ -340,6 +349,12 @@ static void TILED(unit)(const sdpa_job *job, TILED(scratch) *w, int64_t u)
 
     for (int64_t j0 = j_lo; j0 < j_hi; j0 += TILE_KEYS) {
         const int n = (int)(j_hi - j0 < TILE_KEYS ? j_hi - j0 : TILE_KEYS);
+        /* rows [r0, r1) hold every row whose band meets the tile (under a
+           causal band, the later rows): passes 1 and 4 skip the others,
+           whose weights weigh_tile sets to 0 (they would add exactly 0) */
+        int r0 = 0, r1 = rows->rows;
+        while (r0 < r1 && !TILED(sees)(rows, r0, j0, n)) r0++;
+        while (r1 > r0 && !TILED(sees)(rows, r1 - 1, j0, n)) r1--;
         /* pack: K^T (tiled_scores.h), V zero-padded to Evp, both into panels */
         if (fast)
             TILED(pack_keys_fast)(w->kr, k_bh + j0 * ks[2], ks[2], n, E);
@@ -351,22 +366,24 @@ static void TILED(unit)(const sdpa_job *job, TILED(scratch) *w, int64_t u)
 
         /* pass 1: scores, into sd (exact) or straight into p (fast) */
         if (fast)
-            TILED(scores_fast)(w->p, w->qr, w->kr, E, (REAL)p->scale, rows->rows);
+            TILED(scores_fast)(w->p + r0 * TILE_KEYS, w->qr + r0 * E, w->kr, E,
+                               (REAL)p->scale, r1 - r0);
         else
-            TILED(scores_exact)(w->sd, w->qd, w->kt, E, p->scale, rows->rows);
+            TILED(scores_exact)(w->sd + r0 * TILE_KEYS, w->qd + r0 * E, w->kt, E, p->scale,
+                                r1 - r0);
 
         /* passes 2 and 3 */
         TILED(weigh_tile)(p, rows, j0, n, fast ? NULL : w->sd, w->p, w->acc, Evp);
 
         /* pass 4: weighted values */
         if (values_finite) {
-            TILED(values)(w->acc, w->p, w->vt, Evp, n, rows->rows);
+            TILED(values)(w->acc + r0 * Evp, w->p + r0 * TILE_KEYS, w->vt, Evp, n, r1 - r0);
         } else {
             /* an inf or NaN value: keys of weight 0 must contribute nothing,
                not 0 * inf = NaN. The same fused multiply-adds in the same
                order as value_block (a tile sum from 0, added to acc once),
                so visible keys give the same bits. */
-            for (int r = 0; r < rows->rows; r++)
+            for (int r = r0; r < r1; r++)
                 for (int64_t c = 0; c < Evp; c += RW) {
                     const REAL *panel = w->vt + c / VALUE_PANEL * TILE_KEYS * VALUE_PANEL
                                         + c % VALUE_PANEL;

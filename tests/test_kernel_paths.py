@@ -167,3 +167,37 @@ def test_concurrent_callers_and_forked_children_get_the_same_answer():
 
 def _attention_in_child(query, key, value):
     return sdpa(query, key, value, backend="c")
+
+
+@needs_kernel
+@pytest.mark.parametrize("scores", ["fast", "exact"])
+@pytest.mark.parametrize("heads, options", [
+    ((2, 2), {"is_causal": True}),
+    ((4, 2), {"is_causal": True, "causal_alignment": "bottom_right", "enable_gqa": True}),
+    ((2, 2), {"window": (150, 40)}),
+    ((6, 2), {"window": (None, 60), "enable_gqa": True}),
+    ((4, 1), {"window": (200, 0), "causal_alignment": "bottom_right", "enable_gqa": True}),
+])
+def test_rows_of_a_unit_that_see_different_key_tiles(code_path, scores, heads, options):
+    """A tiled unit holds up to 256 rows (the heads of a kv group x a run of
+    positions) and runs the scores and the weighted values of a key tile
+    only over the rows whose band meets it (csrc/tiled_impl.h): under causal
+    and sliding-window bands, with GQA heads sharing a unit, each row still
+    matches the NumPy reference, bit for bit across thread counts."""
+    rng = np.random.default_rng(12)
+    (hq, hkv), L, S = heads, 600, 700
+    query = rng.standard_normal((1, hq, L, 64))
+    key, value = (rng.standard_normal((1, hkv, S, 64)) for _ in range(2))
+    if not options.get("enable_gqa"):
+        key, value = key[:, :1].repeat(hq, 1), value[:, :1].repeat(hq, 1)
+    expected = sdpa(query, key, value, backend="numpy", **options)
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            kernel.set_num_threads(threads)
+            results.append(sdpa(query, key, value, backend="c", scores=scores, **options))
+    finally:
+        kernel.set_num_threads(DEFAULT_THREADS)
+    np.testing.assert_allclose(results[0], expected, rtol=0, atol=1e-13)
+    for result in results[1:]:
+        assert np.array_equal(result, results[0])

@@ -414,6 +414,7 @@ typedef struct {
     REAL *p;       /* (DECODE_ROWS, TILE_KEYS) scores, then weights */
     REAL *acc;     /* (DECODE_ROWS, Evp) weighted sums of values */
     TILED(unit_rows) *rows;
+    TILED(unit_rows) *ahead;   /* the rows of the unit computed next */
 } TILED(decode_scratch);
 
 /* The rows of wave group `group` (rows->rows of them) from its chunks'
@@ -460,8 +461,36 @@ static void TILED(decode_combine)(const attnref_params *p, const decode_plan *pl
     }
 }
 
-/* Unit u of the wave: group u / chunks, chunk u % chunks. */
-static void TILED(decode_unit)(const sdpa_job *job, TILED(decode_scratch) *w, int64_t u)
+/* The rows of unit u of the wave (group u / chunks, chunk u % chunks) into
+   rows, their kv head's keys and values (*k_bh, *v_bh) and the keys
+   [*j_lo, *j_hi) of the chunk that some row sees (none: *j_lo >= *j_hi). */
+static void TILED(decode_unit_keys)(const sdpa_job *job, int64_t u, TILED(unit_rows) *rows,
+                                    const REAL **k_bh, const REAL **v_bh, int64_t *j_lo,
+                                    int64_t *j_hi)
+{
+    const attnref_params *p = job->params;
+    const decode_plan *plan = job->decode;
+    const int64_t chunk = u % plan->chunks;
+    int64_t kv_h, b;
+    TILED(gather_rows)(p, job, plan->group_begin + u / plan->chunks, rows, &kv_h, &b);
+    *k_bh = (const REAL *)job->k + (b * p->k_stride[0] + kv_h * p->k_stride[1]);
+    *v_bh = (const REAL *)job->v + (b * p->v_stride[0] + kv_h * p->v_stride[1]);
+    *j_lo = INT64_MAX;
+    *j_hi = 0;
+    for (int r = 0; r < rows->rows; r++)
+        if (rows->j_end[r] > rows->j_begin[r]) {
+            if (rows->j_begin[r] < *j_lo) *j_lo = rows->j_begin[r];
+            if (rows->j_end[r] > *j_hi) *j_hi = rows->j_end[r];
+        }
+    if (*j_lo < chunk * plan->chunk) *j_lo = chunk * plan->chunk;
+    if (*j_hi > (chunk + 1) * plan->chunk) *j_hi = (chunk + 1) * plan->chunk;
+}
+
+/* Unit u of the wave. `following` is the unit this thread computes next (or
+   -1): the last key block prefetches its first one, so that K and V keep
+   streaming from one unit to the next. */
+static void TILED(decode_unit)(const sdpa_job *job, TILED(decode_scratch) *w, int64_t u,
+                               int64_t following)
 {
     const attnref_params *p = job->params;
     const decode_plan *plan = job->decode;
@@ -471,40 +500,40 @@ static void TILED(decode_unit)(const sdpa_job *job, TILED(decode_scratch) *w, in
     const int fast = p->scores == ATTNREF_SCORES_FAST;
     const int exact_float = !REAL_IS_DOUBLE && !fast;
     TILED(unit_rows) *rows = w->rows;
-    int64_t j_lo = INT64_MAX, j_hi = 0, kv_h, b;
-    const REAL *k_bh, *v_bh;
+    int64_t j_lo, j_hi, ahead_lo = 0, ahead_hi = 0;
+    const REAL *k_bh, *v_bh, *k_ahead = NULL, *v_ahead = NULL;
 
-    TILED(gather_rows)(p, job, plan->group_begin + group, rows, &kv_h, &b);
-    k_bh = (const REAL *)job->k + (b * ks[0] + kv_h * ks[1]);
-    v_bh = (const REAL *)job->v + (b * vs[0] + kv_h * vs[1]);
+    if (following >= 0)
+        TILED(decode_unit_keys)(job, following, w->ahead, &k_ahead, &v_ahead, &ahead_lo,
+                                &ahead_hi);
+    TILED(decode_unit_keys)(job, u, rows, &k_bh, &v_bh, &j_lo, &j_hi);
     for (int r = 0; r < rows->rows; r++) {
-        if (rows->j_end[r] > rows->j_begin[r]) {
-            if (rows->j_begin[r] < j_lo) j_lo = rows->j_begin[r];
-            if (rows->j_end[r] > j_hi) j_hi = rows->j_end[r];
-        }
         if (exact_float)
             for (int64_t d = 0; d < E; d++) w->qd[r * E + d] = rows->q[r][d];
         for (int64_t c = 0; c < Evp; c++) w->acc[r * Evp + c] = 0;
     }
-    /* the chunk's keys that some row sees */
-    if (j_lo < chunk * plan->chunk) j_lo = chunk * plan->chunk;
-    if (j_hi > (chunk + 1) * plan->chunk) j_hi = (chunk + 1) * plan->chunk;
 
     for (int64_t j0 = j_lo; j0 < j_hi; j0 += TILE_KEYS) {
         const int n = (int)(j_hi - j0 < TILE_KEYS ? j_hi - j0 : TILE_KEYS);
-        const int next = (int)(j_hi - j0 - n < TILE_KEYS ? j_hi - j0 - n : TILE_KEYS);
-        /* the keys of the block after this one, prefetched during this one:
-           K and V stream from memory at the rate of the passes */
+        /* the keys of the block after this one (after the last: the
+           following unit's first), prefetched during this one: K and V
+           stream from memory at the rate of the passes */
+        const int last = j0 + n >= j_hi;
+        const int64_t ahead = last ? ahead_lo : j0 + n, ahead_end = last ? ahead_hi : j_hi;
+        const int next = (int)(ahead_end - ahead <= 0 ? 0 : ahead_end - ahead < TILE_KEYS
+                               ? ahead_end - ahead : TILE_KEYS);
+        const REAL *k_next = (last ? k_ahead : k_bh) + (next > 0 ? ahead * ks[2] : 0);
+        const REAL *v_next = (last ? v_ahead : v_bh) + (next > 0 ? ahead * vs[2] : 0);
         if (fast) {
-            TILED(decode_scores_fast)(p, rows, k_bh + j0 * ks[2], ks[2], n, w->p,
-                                      k_bh + (j0 + n) * ks[2], next);
+            TILED(decode_scores_fast)(p, rows, k_bh + j0 * ks[2], ks[2], n, w->p, k_next,
+                                      next);
         } else {
             TILED(decode_scores_exact)(p, rows, w->qd, k_bh + j0 * ks[2], ks[2], n, w->sd,
-                                       k_bh + (j0 + n) * ks[2], next);
+                                       k_next, next);
         }
         TILED(weigh_tile)(p, rows, j0, n, fast ? NULL : w->sd, w->p, w->acc, Evp);
         TILED(decode_values)(w->acc, w->p, v_bh + j0 * vs[2], vs[2], n, Ev, Evp, rows->rows,
-                             v_bh + (j0 + n) * vs[2], next);
+                             v_next, next);
     }
 
     if (plan->chunks == 1) {
@@ -528,7 +557,8 @@ static void TILED(decode_unit)(const sdpa_job *job, TILED(decode_scratch) *w, in
         TILED(decode_combine)(p, plan, group, rows, w->acc, k_bh, v_bh);
 }
 
-/* A thread's share of a decoding wave: units from the shared counter. */
+/* A thread's share of a decoding wave: the units [row_begin, row_end), in
+   order (contiguous in memory within a group), each knowing the next. */
 int TILED(decode_rows)(const sdpa_job *job)
 {
     const attnref_params *p = job->params;
@@ -536,8 +566,7 @@ int TILED(decode_rows)(const sdpa_job *job)
     TILED(decode_scratch) w;
     void *memory;
     size_t offset[5];
-    int64_t u;
-    if (!decode_scratch_layout(p->E, Evp, sizeof(REAL), sizeof(TILED(unit_rows)), offset))
+    if (!decode_scratch_layout(p->E, Evp, sizeof(REAL), 2 * sizeof(TILED(unit_rows)), offset))
         return ATTNREF_ERR_NOMEM;
     memory = aligned_scratch(offset[4]);
     if (memory == NULL) return ATTNREF_ERR_NOMEM;
@@ -545,11 +574,12 @@ int TILED(decode_rows)(const sdpa_job *job)
     w.sd = (double *)((char *)memory + offset[1]);
     w.p = (REAL *)((char *)memory + offset[2]);
     w.acc = (REAL *)((char *)memory + offset[3]);
-    w.rows = (TILED(unit_rows) *)((char *)memory + offset[4] - sizeof(TILED(unit_rows)));
+    w.rows = (TILED(unit_rows) *)((char *)memory + offset[4] - 2 * sizeof(TILED(unit_rows)));
+    w.ahead = w.rows + 1;
     /* the columns of sd and p past a block's keys are read (then dropped) by pass 2 */
     for (int64_t c = 0; c < (int64_t)DECODE_ROWS * TILE_KEYS; c++) w.sd[c] = w.p[c] = 0;
-    while ((u = next_unit(job)) < job->row_end)
-        TILED(decode_unit)(job, &w, u);
+    for (int64_t u = job->row_begin; u < job->row_end; u++)
+        TILED(decode_unit)(job, &w, u, u + 1 < job->row_end ? u + 1 : -1);
     free(memory);
     return ATTNREF_OK;
 }

@@ -16,15 +16,25 @@
  *               same chunks for any thread count and any split of the call
  *   unit      = a group x a chunk, over key blocks of TILE_KEYS keys:
  *   pass 1    scores of a few rows x keys per micro-kernel (below), each a
- *             vector of partial sums along E, reduced by a transpose: for
- *             ATTNREF_SCORES_EXACT float products summed in double (the float
- *             score rounded once) and double ones by Dot2, as tiled_impl.h;
- *             for ATTNREF_SCORES_FAST plain FMA sums in REAL
+ *             vector of partial sums along E, whose lanes a tree of shuffles
+ *             and adds (sums_ps / sums_pd) sums for a whole vector of pairs
+ *             at once: for ATTNREF_SCORES_EXACT float products summed in
+ *             double (the float score rounded once) and double ones by Dot2
+ *             (their lanes and errors by a transpose), as tiled_impl.h; for
+ *             ATTNREF_SCORES_FAST plain FMA sums in
+ *             REAL, written straight into the weights
  *   pass 2-3  softcap, bias, band and mask, NaN check and online softmax:
  *             tiled_impl.h's weigh_tile
- *   pass 4    acc += p V for VALUE_MR rows x VALUE_NV vectors of value dims,
- *             the block's sums apart: one that is inf or NaN is summed again
- *             without the keys of weight 0 (0 x inf must not reach acc)
+ *   pass 4    acc += p V for 4, 2 or 1 rows x DECODE_VALUE_NV vectors of
+ *             value dims, the block's sums apart: one that is inf or NaN is
+ *             summed again without the keys of weight 0 (0 x inf must not
+ *             reach acc)
+ *   prefetch  pass 1 fetches the next block's keys and pass 4 its values
+ *             (after a unit's last block, the first block of the unit the
+ *             thread computes next), key by key along with the keys of this
+ *             block, into L2: one full block ahead of the loads, a few
+ *             lines at each step, so that the line fill buffers never fill
+ *             up in a burst. Each of K and V is read from memory once.
  *   after the last block, with one chunk: tiled_impl.h's finish_row (pass 5,
  *   and pass 6 of sdpa_impl.h where acc is not finite). With more, the
  *   chunk's m, l and acc go to the wave's partial table, and the unit that

@@ -532,8 +532,9 @@ static void TILED(decode_unit)(const sdpa_job *job, TILED(decode_scratch) *w, in
         const int64_t ahead = last ? ahead_lo : j0 + n, ahead_end = last ? ahead_hi : j_hi;
         const int next = (int)(ahead_end - ahead <= 0 ? 0 : ahead_end - ahead < TILE_KEYS
                                ? ahead_end - ahead : TILE_KEYS);
-        const REAL *k_next = (last ? k_ahead : k_bh) + (next > 0 ? ahead * ks[2] : 0);
-        const REAL *v_next = (last ? v_ahead : v_bh) + (next > 0 ? ahead * vs[2] : 0);
+        /* (with no key ahead, no prefetch: any pointer will do) */
+        const REAL *k_next = next > 0 ? (last ? k_ahead : k_bh) + ahead * ks[2] : k_bh;
+        const REAL *v_next = next > 0 ? (last ? v_ahead : v_bh) + ahead * vs[2] : v_bh;
         if (fast) {
             TILED(decode_scores_fast)(p, rows, k_bh + j0 * ks[2], ks[2], n, w->p, k_next,
                                       next);

@@ -37,7 +37,11 @@ static int64_t chunk_keys(int64_t S)
    finishes its rows; with more, each writes its chunk's partial results and
    the unit that finishes a group's last chunk combines them, in chunk
    order. Groups run in waves whose partial results fit in about
-   DECODE_PARTIAL_BYTES (at least one group a wave). */
+   DECODE_PARTIAL_BYTES (at least one group a wave). Each thread takes a
+   contiguous run of a wave's units (run_shares' static split, not the
+   shared counter): a thread then knows the unit it computes next, whose
+   keys follow in memory, and prefetches them while it ends the current
+   one. The units are of equal work but where masks or bands differ. */
 int run_decode(const sdpa_job *whole, size_t real_size)
 {
     const attnref_params *p = whole->params;
@@ -71,10 +75,10 @@ int run_decode(const sdpa_job *whole, size_t real_size)
     job.decode = &plan;
     for (int64_t g0 = 0; g0 < groups && status == ATTNREF_OK; g0 += wave) {
         const int64_t g1 = groups - g0 < wave ? groups : g0 + wave;
-        int64_t next = 0;
         plan.group_begin = g0;
         if (plan.done != NULL) memset(plan.done, 0, (size_t)wave * sizeof *plan.done);
-        job.next = &next;
+        job.next = NULL;
+        job.row_begin = 0;
         job.row_end = (g1 - g0) * plan.chunks;
         status = run_shares(&job, job.row_end);
     }

@@ -16,15 +16,25 @@
  *               same chunks for any thread count and any split of the call
  *   unit      = a group x a chunk, over key blocks of TILE_KEYS keys:
  *   pass 1    scores of a few rows x keys per micro-kernel (below), each a
- *             vector of partial sums along E, reduced by a transpose: for
- *             ATTNREF_SCORES_EXACT float products summed in double (the float
- *             score rounded once) and double ones by Dot2, as tiled_impl.h;
- *             for ATTNREF_SCORES_FAST plain FMA sums in REAL
+ *             vector of partial sums along E, whose lanes a tree of shuffles
+ *             and adds (sums_ps / sums_pd) sums for a whole vector of pairs
+ *             at once: for ATTNREF_SCORES_EXACT float products summed in
+ *             double (the float score rounded once) and double ones by Dot2
+ *             (their lanes and errors by a transpose), as tiled_impl.h; for
+ *             ATTNREF_SCORES_FAST plain FMA sums in
+ *             REAL, written straight into the weights
  *   pass 2-3  softcap, bias, band and mask, NaN check and online softmax:
  *             tiled_impl.h's weigh_tile
- *   pass 4    acc += p V for VALUE_MR rows x VALUE_NV vectors of value dims,
- *             the block's sums apart: one that is inf or NaN is summed again
- *             without the keys of weight 0 (0 x inf must not reach acc)
+ *   pass 4    acc += p V for 4, 2 or 1 rows x DECODE_VALUE_NV vectors of
+ *             value dims, the block's sums apart: one that is inf or NaN is
+ *             summed again without the keys of weight 0 (0 x inf must not
+ *             reach acc)
+ *   prefetch  pass 1 fetches the next block's keys and pass 4 its values
+ *             (after a unit's last block, the first block of the unit the
+ *             thread computes next), key by key along with the keys of this
+ *             block, into L2: one full block ahead of the loads, a few
+ *             lines at each step, so that the line fill buffers never fill
+ *             up in a burst. Each of K and V is read from memory once.
  *   after the last block, with one chunk: tiled_impl.h's finish_row (pass 5,
  *   and pass 6 of sdpa_impl.h where acc is not finite). With more, the
  *   chunk's m, l and acc go to the wave's partial table, and the unit that
@@ -34,12 +44,16 @@
  *   thread count.
  */
 
-/* Score micro-kernels hold 2 DW sums of (row, key) pairs: 8 of AVX2's 16
-   vector registers, 16 of AVX-512's 32. Exact float scores: DECODE_MR rows x
-   DW / 2 keys (a key converted to double once serves 4 rows); fast scores:
-   DECODE_FAST_MR rows x DW keys. */
+/* Register blocks. Exact float scores: DECODE_MR rows x DW / 2 keys, 2 DW
+   double sums (a key converted to double once serves 4 rows). Fast scores:
+   mr rows x DECODE_SUMS / mr keys (mr = 4, 2 or 1), DECODE_SUMS REAL sums:
+   half of the vector registers, the rest holding queries and keys. Values:
+   mr rows x DECODE_VALUE_NV vectors of dims, at most DECODE_SUMS sums. */
 #define DECODE_MR 4
-#define DECODE_FAST_MR 2
+#define DECODE_SUMS (SIMD_REGISTERS / 2)
+#define DECODE_VALUE_NV (DECODE_SUMS / 4)
+_Static_assert(DECODE_SUMS % RW == 0 && DECODE_SUMS / RW >= 1 && DECODE_SUMS >= 4,
+               "DECODE_SUMS is a multiple of the lanes, and 4 rows share it");
 
 /* RW REALs of x, zero from `width` on (the edge of a row) */
 ALWAYS_INLINE RVEC TILED(decode_load)(const REAL *x, int64_t width)
@@ -50,44 +64,119 @@ ALWAYS_INLINE RVEC TILED(decode_load)(const REAL *x, int64_t width)
     return RV_LOAD(part);
 }
 
-/* lane u: the sum of the lanes of x[u] (a transpose, then a pairwise sum) */
-ALWAYS_INLINE DVEC TILED(decode_lane_sums)(DVEC x[DW])
+/* Lane sums: lane u of the result is the sum of the lanes of x[u], for as
+   many vectors as a vector has lanes. A tree of shuffles and adds, each
+   level halving the vectors (log2(lanes) levels, lanes - 1 adds): about
+   half the shuffles of a transpose followed by adds. sums_ps: float
+   vectors, sums_pd: double vectors. */
+#if defined(SIMD_AVX512)
+ALWAYS_INLINE __m512 TILED(sums_ps)(const __m512 x[16])
 {
-    TILED(transpose)(x);
-    for (int width = DW / 2; width > 0; width /= 2)
-        for (int u = 0; u < width; u++) x[u] = DV_ADD(x[u], x[u + width]);
-    return x[0];
+    __m512 a[8], b[4], c[2];
+    /* within each 128-bit lane: [x0 + x2, y0 + y2, x1 + x3, y1 + y3] */
+    for (int i = 0; i < 8; i++)
+        a[i] = _mm512_add_ps(_mm512_unpacklo_ps(x[2 * i], x[2 * i + 1]),
+                             _mm512_unpackhi_ps(x[2 * i], x[2 * i + 1]));
+    /* lane 4L + v: vector 4i + v's sum over 128-bit lane L */
+    for (int i = 0; i < 4; i++)
+        b[i] = _mm512_add_ps(_mm512_shuffle_ps(a[2 * i], a[2 * i + 1], 0x44),
+                             _mm512_shuffle_ps(a[2 * i], a[2 * i + 1], 0xEE));
+    /* 128-bit lanes: 0 + 1 and 2 + 3 of b[2i], then of b[2i + 1] */
+    for (int i = 0; i < 2; i++)
+        c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0xDD));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], 0x88),
+                         _mm512_shuffle_f32x4(c[0], c[1], 0xDD));
 }
 
-/* pass 1 micro-kernel, ATTNREF_SCORES_FAST: sd[r][u] = scale * q_r . key_u
-   for r < mr (<= DECODE_FAST_MR) and u < DW, summed in REAL with FMA.
-   q[r] and key[u] point at rows of E REALs; sd rows are TILE_KEYS apart. */
-ALWAYS_INLINE void TILED(decode_fast_block)(double *sd, const REAL *const *q,
+ALWAYS_INLINE __m512d TILED(sums_pd)(const __m512d x[8])
+{
+    __m512d a[4], b[2];
+    /* within each 128-bit lane: [x0 + x1, y0 + y1] */
+    for (int i = 0; i < 4; i++)
+        a[i] = _mm512_add_pd(_mm512_unpacklo_pd(x[2 * i], x[2 * i + 1]),
+                             _mm512_unpackhi_pd(x[2 * i], x[2 * i + 1]));
+    for (int i = 0; i < 2; i++)
+        b[i] = _mm512_add_pd(_mm512_shuffle_f64x2(a[2 * i], a[2 * i + 1], 0x88),
+                             _mm512_shuffle_f64x2(a[2 * i], a[2 * i + 1], 0xDD));
+    return _mm512_add_pd(_mm512_shuffle_f64x2(b[0], b[1], 0x88),
+                         _mm512_shuffle_f64x2(b[0], b[1], 0xDD));
+}
+#elif defined(SIMD_AVX2)
+ALWAYS_INLINE __m256 TILED(sums_ps)(const __m256 x[8])
+{
+    __m256 a[4], b[2];
+    for (int i = 0; i < 4; i++)
+        a[i] = _mm256_add_ps(_mm256_unpacklo_ps(x[2 * i], x[2 * i + 1]),
+                             _mm256_unpackhi_ps(x[2 * i], x[2 * i + 1]));
+    for (int i = 0; i < 2; i++)
+        b[i] = _mm256_add_ps(_mm256_shuffle_ps(a[2 * i], a[2 * i + 1], 0x44),
+                             _mm256_shuffle_ps(a[2 * i], a[2 * i + 1], 0xEE));
+    return _mm256_add_ps(_mm256_permute2f128_ps(b[0], b[1], 0x20),
+                         _mm256_permute2f128_ps(b[0], b[1], 0x31));
+}
+
+ALWAYS_INLINE __m256d TILED(sums_pd)(const __m256d x[4])
+{
+    /* [x0 + x1, y0 + y1, x2 + x3, y2 + y3] */
+    const __m256d a = _mm256_hadd_pd(x[0], x[1]), b = _mm256_hadd_pd(x[2], x[3]);
+    return _mm256_add_pd(_mm256_permute2f128_pd(a, b, 0x20),
+                         _mm256_permute2f128_pd(a, b, 0x31));
+}
+#elif defined(SIMD_NEON)
+ALWAYS_INLINE float32x4_t TILED(sums_ps)(const float32x4_t x[4])
+{
+    return vpaddq_f32(vpaddq_f32(x[0], x[1]), vpaddq_f32(x[2], x[3]));
+}
+
+ALWAYS_INLINE float64x2_t TILED(sums_pd)(const float64x2_t x[2])
+{
+    return vpaddq_f64(x[0], x[1]);
+}
+#else
+#error "decode_impl.h: no lane sums for this instruction set"
+#endif
+#if REAL_IS_DOUBLE
+#define DECODE_SUMS_REAL TILED(sums_pd)
+#else
+#define DECODE_SUMS_REAL TILED(sums_ps)
+#endif
+
+/* pass 1 micro-kernel, ATTNREF_SCORES_FAST: s[r][u] = scale q_r . key_u for
+   r < mr (4, 2 or 1) and u < DECODE_SUMS / mr keys, each (row, key) a vector
+   of partial sums along E in REAL (FMA), then DECODE_SUMS / RW trees of
+   lane sums (sums_ps / sums_pd): pair a = r keys + u is lane a % RW of
+   tree a / RW. q[r] and key[u] point at rows of E REALs; s rows are
+   TILE_KEYS apart. */
+ALWAYS_INLINE void TILED(decode_fast_block)(REAL *s, const REAL *const *q,
                                             const REAL *const *key, int64_t E, REAL scale,
                                             int mr)
 {
-    RVEC acc[DECODE_FAST_MR][DW];
-    for (int r = 0; r < mr; r++)
-        for (int u = 0; u < DW; u++) acc[r][u] = RV_SET1(0);
+    const int keys = DECODE_SUMS / mr;
+    RVEC acc[DECODE_SUMS];
+    REAL sums[DECODE_SUMS];
     int64_t d = 0;
+    for (int a = 0; a < DECODE_SUMS; a++) acc[a] = RV_SET1(0);
     for (; d + RW <= E; d += RW) {
-        RVEC k[DW];
-        for (int u = 0; u < DW; u++) k[u] = RV_LOAD(key[u] + d);
-        for (int r = 0; r < mr; r++) {
-            const RVEC query = RV_LOAD(q[r] + d);
-            for (int u = 0; u < DW; u++) acc[r][u] = RV_FMA(query, k[u], acc[r][u]);
+        RVEC query[4];
+        for (int r = 0; r < mr; r++) query[r] = RV_LOAD(q[r] + d);
+        for (int u = 0; u < keys; u++) {
+            const RVEC k = RV_LOAD(key[u] + d);
+            for (int r = 0; r < mr; r++) acc[r * keys + u] = RV_FMA(query[r], k, acc[r * keys + u]);
         }
     }
     if (d < E) {   /* the edge: the rest zero */
-        RVEC k[DW];
-        for (int u = 0; u < DW; u++) k[u] = TILED(decode_load)(key[u] + d, E - d);
-        for (int r = 0; r < mr; r++) {
-            const RVEC query = TILED(decode_load)(q[r] + d, E - d);
-            for (int u = 0; u < DW; u++) acc[r][u] = RV_FMA(query, k[u], acc[r][u]);
+        RVEC query[4];
+        for (int r = 0; r < mr; r++) query[r] = TILED(decode_load)(q[r] + d, E - d);
+        for (int u = 0; u < keys; u++) {
+            const RVEC k = TILED(decode_load)(key[u] + d, E - d);
+            for (int r = 0; r < mr; r++) acc[r * keys + u] = RV_FMA(query[r], k, acc[r * keys + u]);
         }
     }
+    for (int a = 0; a < DECODE_SUMS; a += RW)
+        RV_STORE(sums + a, RV_MUL(DECODE_SUMS_REAL(acc + a), RV_SET1(scale)));
     for (int r = 0; r < mr; r++)
-        for (int u = 0; u < DW; u++) sd[r * TILE_KEYS + u] = TILED(hsum)(acc[r][u]) * scale;
+        for (int u = 0; u < keys; u++) s[r * TILE_KEYS + u] = sums[r * keys + u];
 }
 
 #if !REAL_IS_DOUBLE
@@ -139,7 +228,7 @@ ALWAYS_INLINE void TILED(decode_score_block)(double *sd, const double *qd,
             pair[u] = acc[r][u];
             pair[KEYS + u] = acc[second][u];
         }
-        DV_STORE(scores, DV_MUL(TILED(decode_lane_sums)(pair), DV_SET1(scale)));
+        DV_STORE(scores, DV_MUL(TILED(sums_pd)(pair), DV_SET1(scale)));
         for (int u = 0; u < KEYS; u++) {
             sd[r * TILE_KEYS + u] = scores[u];
             sd[second * TILE_KEYS + u] = scores[KEYS + u];
@@ -186,30 +275,53 @@ ALWAYS_INLINE void TILED(decode_prefetch)(const REAL *x, int64_t n)
     for (int64_t c = 0; c < n; c += 64 / sizeof(REAL)) __builtin_prefetch(x + c, 0, 2);
 }
 
-/* pass 1 for every row and keys t < n of a block (k its first key, keys ks2
-   apart): scaled scores sd (rows, TILE_KEYS) in double. Columns from n up
-   to a multiple of DW repeat key n - 1; pass 2 drops them. Meanwhile the
-   keys of the next block (k_next, `next` keys) are prefetched, a few at each
-   step: a burst would stall on the line fill buffers. */
-static void TILED(decode_scores)(const attnref_params *p, const TILED(unit_rows) *rows,
-                                 const double *qd, const REAL *k, int64_t ks2, int n,
-                                 double *sd, const REAL *k_next, int next)
+/* pass 1, ATTNREF_SCORES_FAST, rows r0 .. r0 + mr - 1 and keys t < n of a
+   block (k its first key, keys ks2 apart): scaled scores s (rows,
+   TILE_KEYS) in REAL. Columns from n up to a multiple of the micro-kernel's
+   keys repeat key n - 1; pass 2 drops them. With `next` > 0 the keys of the
+   next block (k_next) are prefetched, each along with the key of this block
+   at its place: a burst would stall on the line fill buffers. */
+ALWAYS_INLINE void TILED(decode_fast_rows)(const attnref_params *p, const TILED(unit_rows) *rows,
+                                           int r0, int mr, const REAL *k, int64_t ks2, int n,
+                                           REAL *s, const REAL *k_next, int next)
+{
+    const int keys = DECODE_SUMS / mr;
+    for (int t0 = 0; t0 < n; t0 += keys) {
+        const REAL *key[DECODE_SUMS];
+        for (int u = 0; u < keys; u++) {
+            key[u] = k + (t0 + u < n ? t0 + u : n - 1) * ks2;
+            if (t0 + u < next) TILED(decode_prefetch)(k_next + (t0 + u) * ks2, p->E);
+        }
+        TILED(decode_fast_block)(s + r0 * TILE_KEYS + t0, rows->q + r0, key, p->E,
+                                 (REAL)p->scale, mr);
+    }
+}
+
+/* pass 1, ATTNREF_SCORES_FAST, for every row: rows in blocks of 4, 2 and 1
+   (the first block prefetches the next block's keys) */
+static void TILED(decode_scores_fast)(const attnref_params *p, const TILED(unit_rows) *rows,
+                                      const REAL *k, int64_t ks2, int n, REAL *s,
+                                      const REAL *k_next, int next)
+{
+#define FAST_ROWS(r, mr) TILED(decode_fast_rows)(p, rows, r, mr, k, ks2, n, s, k_next, \
+                                                 (r) == 0 ? next : 0)
+    ROW_BLOCKS(rows->rows, 4, FAST_ROWS);
+#undef FAST_ROWS
+}
+
+/* pass 1, ATTNREF_SCORES_EXACT, for every row and keys t < n of a block (as
+   decode_scores_fast): scaled scores sd (rows, TILE_KEYS) in double. */
+static void TILED(decode_scores_exact)(const attnref_params *p, const TILED(unit_rows) *rows,
+                                       const double *qd, const REAL *k, int64_t ks2, int n,
+                                       double *sd, const REAL *k_next, int next)
 {
     const int64_t E = p->E;
     for (int t0 = 0; t0 < n; t0 += DW) {
         const REAL *key[DW];
         int r = 0;
-        for (int t = t0 * next / n; t < (t0 + DW) * next / n && t < next; t++)
-            TILED(decode_prefetch)(k_next + t * ks2, E);
-        for (int u = 0; u < DW; u++) key[u] = k + (t0 + u < n ? t0 + u : n - 1) * ks2;
-        if (p->scores == ATTNREF_SCORES_FAST) {
-            for (; r + DECODE_FAST_MR <= rows->rows; r += DECODE_FAST_MR)
-                TILED(decode_fast_block)(sd + r * TILE_KEYS + t0, rows->q + r, key, E,
-                                         (REAL)p->scale, DECODE_FAST_MR);
-            for (; r < rows->rows; r++)
-                TILED(decode_fast_block)(sd + r * TILE_KEYS + t0, rows->q + r, key, E,
-                                         (REAL)p->scale, 1);
-            continue;
+        for (int u = 0; u < DW; u++) {
+            key[u] = k + (t0 + u < n ? t0 + u : n - 1) * ks2;
+            if (t0 + u < next) TILED(decode_prefetch)(k_next + (t0 + u) * ks2, E);
         }
 #if REAL_IS_DOUBLE
         (void)qd;
@@ -236,61 +348,72 @@ static void TILED(decode_scores)(const attnref_params *p, const TILED(unit_rows)
 }
 
 /* pass 4 micro-kernel: acc[r][c] += sum_{t < n} p[r][t] v_t[c] for r < mr
-   (<= VALUE_MR) and c < width (<= VALUE_PANEL), v_t = v + t vs2. The block's
-   sums start from 0; one that is inf or NaN is summed again without the
-   keys of weight 0. p (mr, TILE_KEYS); acc (mr, Evp). */
+   (4, 2 or 1) and c < nv RW (nv <= DECODE_VALUE_NV), dims from `width` on
+   taken as 0, v_t = v + t vs2. The block's sums start from 0 (two levels,
+   as tiled_impl.h's value_block); one that is inf or NaN is summed again
+   without the keys of weight 0 (0 x inf must not reach acc). With a
+   v_next, the same dims of the next block's key t are prefetched along
+   with key t. p (mr, TILE_KEYS); acc (mr, Evp). */
 ALWAYS_INLINE void TILED(decode_value_block)(REAL *acc, const REAL *p, const REAL *v,
-                                             int64_t vs2, int n, int64_t Evp, int mr,
-                                             int width)
+                                             int64_t vs2, int n, int64_t Evp, int mr, int nv,
+                                             int width, const REAL *v_next, int next)
 {
-    RVEC sum[VALUE_MR][VALUE_NV];
+    RVEC sum[4][DECODE_VALUE_NV];
+    RVEC zero_if_finite = RV_SET1(0);   /* x * 0 is 0 for finite x, NaN for inf or NaN */
     for (int r = 0; r < mr; r++)
-        for (int c = 0; c < VALUE_NV; c++) sum[r][c] = RV_SET1(0);
+        for (int c = 0; c < nv; c++) sum[r][c] = RV_SET1(0);
     for (int t = 0; t < n; t++) {
-        RVEC value[VALUE_NV];
-        for (int c = 0; c < VALUE_NV; c++)
+        RVEC value[DECODE_VALUE_NV];
+        if (t < next) TILED(decode_prefetch)(v_next + t * vs2, width);
+        for (int c = 0; c < nv; c++)
             value[c] = TILED(decode_load)(v + t * vs2 + c * RW, width - c * RW);
         for (int r = 0; r < mr; r++) {
             const RVEC weight = RV_SET1(p[r * TILE_KEYS + t]);
-            for (int c = 0; c < VALUE_NV; c++) sum[r][c] = RV_FMA(weight, value[c], sum[r][c]);
+            for (int c = 0; c < nv; c++) sum[r][c] = RV_FMA(weight, value[c], sum[r][c]);
         }
     }
     for (int r = 0; r < mr; r++)
-        for (int c = 0; c < VALUE_NV; c++) {
-            RVEC block = sum[r][c];
-            /* x * 0 is 0 for finite x and NaN for inf or NaN */
-            if (TILED(any_nan)(RV_MUL(block, RV_SET1(0)))) {
-                block = RV_SET1(0);
+        for (int c = 0; c < nv; c++)
+            zero_if_finite = RV_ADD(zero_if_finite, RV_MUL(sum[r][c], RV_SET1(0)));
+    if (TILED(any_nan)(zero_if_finite))
+        for (int r = 0; r < mr; r++)
+            for (int c = 0; c < nv; c++) {
+                if (!TILED(any_nan)(RV_MUL(sum[r][c], RV_SET1(0)))) continue;
+                sum[r][c] = RV_SET1(0);
                 for (int t = 0; t < n; t++)
                     if (p[r * TILE_KEYS + t] != 0)
-                        block = RV_FMA(RV_SET1(p[r * TILE_KEYS + t]),
-                                       TILED(decode_load)(v + t * vs2 + c * RW, width - c * RW),
-                                       block);
+                        sum[r][c] = RV_FMA(RV_SET1(p[r * TILE_KEYS + t]),
+                                           TILED(decode_load)(v + t * vs2 + c * RW,
+                                                              width - c * RW),
+                                           sum[r][c]);
             }
-            RV_STORE(acc + r * Evp + c * RW, RV_ADD(RV_LOAD(acc + r * Evp + c * RW), block));
-        }
+    for (int r = 0; r < mr; r++)
+        for (int c = 0; c < nv; c++)
+            RV_STORE(acc + r * Evp + c * RW, RV_ADD(RV_LOAD(acc + r * Evp + c * RW), sum[r][c]));
 }
 
-/* pass 4 for every row, n keys (v the first one's values, vs2 apart);
-   meanwhile the values of the next block (v_next, `next` keys) are
-   prefetched, spread over the passes along Ev */
+/* pass 4 for every row, n keys (v the first one's values, vs2 apart): dims
+   in passes of DECODE_VALUE_NV vectors, rows in blocks of 4, 2 and 1; the
+   first block of each pass prefetches that pass's dims of the next block's
+   values (v_next, `next` keys) */
 static void TILED(decode_values)(REAL *acc, const REAL *p, const REAL *v, int64_t vs2, int n,
                                  int64_t Ev, int64_t Evp, int rows, const REAL *v_next,
                                  int next)
 {
-    for (int64_t c0 = 0; c0 < Ev; c0 += VALUE_PANEL) {
-        const int64_t passes = (Ev - 1) / VALUE_PANEL + 1, pass = c0 / VALUE_PANEL;
-        const int width = Ev - c0 < VALUE_PANEL ? (int)(Ev - c0) : VALUE_PANEL;
-        int r = 0;
-        for (int64_t t = pass * next / passes; t < (pass + 1) * next / passes; t++)
-            TILED(decode_prefetch)(v_next + t * vs2, Ev);
-        if (width == VALUE_PANEL)
-            for (; r + VALUE_MR <= rows; r += VALUE_MR)
-                TILED(decode_value_block)(acc + r * Evp + c0, p + r * TILE_KEYS, v + c0, vs2, n,
-                                          Evp, VALUE_MR, VALUE_PANEL);
-        for (; r < rows; r++)
-            TILED(decode_value_block)(acc + r * Evp + c0, p + r * TILE_KEYS, v + c0, vs2, n,
-                                      Evp, 1, width);
+    enum { PANEL = DECODE_VALUE_NV * RW };
+    int64_t c0 = 0;
+    for (; c0 + PANEL <= Ev; c0 += PANEL) {
+#define VALUE_ROWS(r, mr) TILED(decode_value_block)(acc + (r) * Evp + c0, p + (r) * TILE_KEYS, \
+        v + c0, vs2, n, Evp, mr, DECODE_VALUE_NV, PANEL, v_next + c0, (r) == 0 ? next : 0)
+        ROW_BLOCKS(rows, 4, VALUE_ROWS);
+#undef VALUE_ROWS
+    }
+    if (c0 < Ev) {   /* the edge: fewer vectors, the last one part zero */
+        const int width = (int)(Ev - c0), nv = (width - 1) / RW + 1;
+#define VALUE_ROWS(r, mr) TILED(decode_value_block)(acc + (r) * Evp + c0, p + (r) * TILE_KEYS, \
+        v + c0, vs2, n, Evp, mr, nv, width, v_next + c0, (r) == 0 ? next : 0)
+        ROW_BLOCKS(rows, 4, VALUE_ROWS);
+#undef VALUE_ROWS
     }
 }
 
@@ -301,6 +424,7 @@ typedef struct {
     REAL *p;       /* (DECODE_ROWS, TILE_KEYS) scores, then weights */
     REAL *acc;     /* (DECODE_ROWS, Evp) weighted sums of values */
     TILED(unit_rows) *rows;
+    TILED(unit_rows) *ahead;   /* the rows of the unit computed next */
 } TILED(decode_scratch);
 
 /* The rows of wave group `group` (rows->rows of them) from its chunks'
@@ -347,45 +471,80 @@ static void TILED(decode_combine)(const attnref_params *p, const decode_plan *pl
     }
 }
 
-/* Unit u of the wave: group u / chunks, chunk u % chunks. */
-static void TILED(decode_unit)(const sdpa_job *job, TILED(decode_scratch) *w, int64_t u)
+/* The rows of unit u of the wave (group u / chunks, chunk u % chunks) into
+   rows, their kv head's keys and values (*k_bh, *v_bh) and the keys
+   [*j_lo, *j_hi) of the chunk that some row sees (none: *j_lo >= *j_hi). */
+static void TILED(decode_unit_keys)(const sdpa_job *job, int64_t u, TILED(unit_rows) *rows,
+                                    const REAL **k_bh, const REAL **v_bh, int64_t *j_lo,
+                                    int64_t *j_hi)
+{
+    const attnref_params *p = job->params;
+    const decode_plan *plan = job->decode;
+    const int64_t chunk = u % plan->chunks;
+    int64_t kv_h, b;
+    TILED(gather_rows)(p, job, plan->group_begin + u / plan->chunks, rows, &kv_h, &b);
+    *k_bh = (const REAL *)job->k + (b * p->k_stride[0] + kv_h * p->k_stride[1]);
+    *v_bh = (const REAL *)job->v + (b * p->v_stride[0] + kv_h * p->v_stride[1]);
+    *j_lo = INT64_MAX;
+    *j_hi = 0;
+    for (int r = 0; r < rows->rows; r++)
+        if (rows->j_end[r] > rows->j_begin[r]) {
+            if (rows->j_begin[r] < *j_lo) *j_lo = rows->j_begin[r];
+            if (rows->j_end[r] > *j_hi) *j_hi = rows->j_end[r];
+        }
+    if (*j_lo < chunk * plan->chunk) *j_lo = chunk * plan->chunk;
+    if (*j_hi > (chunk + 1) * plan->chunk) *j_hi = (chunk + 1) * plan->chunk;
+}
+
+/* Unit u of the wave. `following` is the unit this thread computes next (or
+   -1): the last key block prefetches its first one, so that K and V keep
+   streaming from one unit to the next. */
+static void TILED(decode_unit)(const sdpa_job *job, TILED(decode_scratch) *w, int64_t u,
+                               int64_t following)
 {
     const attnref_params *p = job->params;
     const decode_plan *plan = job->decode;
     const int64_t E = p->E, Ev = p->Ev, Evp = VALUE_PAD(Ev);
     const int64_t *ks = p->k_stride, *vs = p->v_stride;
     const int64_t group = u / plan->chunks, chunk = u % plan->chunks;
-    const int exact_float = !REAL_IS_DOUBLE && p->scores != ATTNREF_SCORES_FAST;
+    const int fast = p->scores == ATTNREF_SCORES_FAST;
+    const int exact_float = !REAL_IS_DOUBLE && !fast;
     TILED(unit_rows) *rows = w->rows;
-    int64_t j_lo = INT64_MAX, j_hi = 0, kv_h, b;
-    const REAL *k_bh, *v_bh;
+    int64_t j_lo, j_hi, ahead_lo = 0, ahead_hi = 0;
+    const REAL *k_bh, *v_bh, *k_ahead = NULL, *v_ahead = NULL;
 
-    TILED(gather_rows)(p, job, plan->group_begin + group, rows, &kv_h, &b);
-    k_bh = (const REAL *)job->k + (b * ks[0] + kv_h * ks[1]);
-    v_bh = (const REAL *)job->v + (b * vs[0] + kv_h * vs[1]);
+    if (following >= 0)
+        TILED(decode_unit_keys)(job, following, w->ahead, &k_ahead, &v_ahead, &ahead_lo,
+                                &ahead_hi);
+    TILED(decode_unit_keys)(job, u, rows, &k_bh, &v_bh, &j_lo, &j_hi);
     for (int r = 0; r < rows->rows; r++) {
-        if (rows->j_end[r] > rows->j_begin[r]) {
-            if (rows->j_begin[r] < j_lo) j_lo = rows->j_begin[r];
-            if (rows->j_end[r] > j_hi) j_hi = rows->j_end[r];
-        }
         if (exact_float)
             for (int64_t d = 0; d < E; d++) w->qd[r * E + d] = rows->q[r][d];
         for (int64_t c = 0; c < Evp; c++) w->acc[r * Evp + c] = 0;
     }
-    /* the chunk's keys that some row sees */
-    if (j_lo < chunk * plan->chunk) j_lo = chunk * plan->chunk;
-    if (j_hi > (chunk + 1) * plan->chunk) j_hi = (chunk + 1) * plan->chunk;
 
     for (int64_t j0 = j_lo; j0 < j_hi; j0 += TILE_KEYS) {
         const int n = (int)(j_hi - j0 < TILE_KEYS ? j_hi - j0 : TILE_KEYS);
-        const int next = (int)(j_hi - j0 - n < TILE_KEYS ? j_hi - j0 - n : TILE_KEYS);
-        /* the keys of the block after this one, prefetched during this one:
-           K and V stream from memory at the rate of the passes */
-        TILED(decode_scores)(p, rows, w->qd, k_bh + j0 * ks[2], ks[2], n, w->sd,
-                             k_bh + (j0 + n) * ks[2], next);
-        TILED(weigh_tile)(p, rows, j0, n, w->sd, w->p, w->acc, Evp);
+        /* the keys of the block after this one (after the last: the
+           following unit's first), prefetched during this one: K and V
+           stream from memory at the rate of the passes */
+        const int last = j0 + n >= j_hi;
+        const int64_t ahead = last ? ahead_lo : j0 + n, ahead_end = last ? ahead_hi : j_hi;
+        const int next = (int)(ahead_end - ahead <= 0 ? 0 : ahead_end - ahead < TILE_KEYS
+                               ? ahead_end - ahead : TILE_KEYS);
+        /* (with no key ahead, no prefetch: any pointer will do) */
+        const REAL *k_next = next > 0 ? (last ? k_ahead : k_bh) + ahead * ks[2] : k_bh;
+        const REAL *v_next = next > 0 ? (last ? v_ahead : v_bh) + ahead * vs[2] : v_bh;
+        if (fast) {
+            TILED(decode_scores_fast)(p, rows, k_bh + j0 * ks[2], ks[2], n, w->p, k_next,
+                                      next);
+        } else {
+            TILED(decode_scores_exact)(p, rows, w->qd, k_bh + j0 * ks[2], ks[2], n, w->sd,
+                                       k_next, next);
+        }
+        TILED(weigh_tile)(p, rows, j0, n, fast ? NULL : w->sd, w->p, w->acc, Evp);
         TILED(decode_values)(w->acc, w->p, v_bh + j0 * vs[2], vs[2], n, Ev, Evp, rows->rows,
-                             v_bh + (j0 + n) * vs[2], next);
+                             v_next, next);
     }
 
     if (plan->chunks == 1) {
@@ -409,7 +568,8 @@ static void TILED(decode_unit)(const sdpa_job *job, TILED(decode_scratch) *w, in
         TILED(decode_combine)(p, plan, group, rows, w->acc, k_bh, v_bh);
 }
 
-/* A thread's share of a decoding wave: units from the shared counter. */
+/* A thread's share of a decoding wave: the units [row_begin, row_end), in
+   order (contiguous in memory within a group), each knowing the next. */
 int TILED(decode_rows)(const sdpa_job *job)
 {
     const attnref_params *p = job->params;
@@ -417,8 +577,7 @@ int TILED(decode_rows)(const sdpa_job *job)
     TILED(decode_scratch) w;
     void *memory;
     size_t offset[5];
-    int64_t u;
-    if (!decode_scratch_layout(p->E, Evp, sizeof(REAL), sizeof(TILED(unit_rows)), offset))
+    if (!decode_scratch_layout(p->E, Evp, sizeof(REAL), 2 * sizeof(TILED(unit_rows)), offset))
         return ATTNREF_ERR_NOMEM;
     memory = aligned_scratch(offset[4]);
     if (memory == NULL) return ATTNREF_ERR_NOMEM;
@@ -426,14 +585,17 @@ int TILED(decode_rows)(const sdpa_job *job)
     w.sd = (double *)((char *)memory + offset[1]);
     w.p = (REAL *)((char *)memory + offset[2]);
     w.acc = (REAL *)((char *)memory + offset[3]);
-    w.rows = (TILED(unit_rows) *)((char *)memory + offset[4] - sizeof(TILED(unit_rows)));
-    /* the columns of sd past a block's keys are read (then dropped) by pass 2 */
-    for (int64_t c = 0; c < (int64_t)DECODE_ROWS * TILE_KEYS; c++) w.sd[c] = 0;
-    while ((u = next_unit(job)) < job->row_end)
-        TILED(decode_unit)(job, &w, u);
+    w.rows = (TILED(unit_rows) *)((char *)memory + offset[4] - 2 * sizeof(TILED(unit_rows)));
+    w.ahead = w.rows + 1;
+    /* the columns of sd and p past a block's keys are read (then dropped) by pass 2 */
+    for (int64_t c = 0; c < (int64_t)DECODE_ROWS * TILE_KEYS; c++) w.sd[c] = w.p[c] = 0;
+    for (int64_t u = job->row_begin; u < job->row_end; u++)
+        TILED(decode_unit)(job, &w, u, u + 1 < job->row_end ? u + 1 : -1);
     free(memory);
     return ATTNREF_OK;
 }
 
 #undef DECODE_MR
-#undef DECODE_FAST_MR
+#undef DECODE_SUMS
+#undef DECODE_VALUE_NV
+#undef DECODE_SUMS_REAL

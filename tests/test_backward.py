@@ -17,18 +17,9 @@ from attnref.analysis import regularizers
 from attnref.backward import scores_backward, sum_to_shape
 
 
-@pytest.fixture(params=["numpy", "c"])
-def backend(request):
-    """Each backward in turn: a function ``(backend, grad_out, query, ...)``
-    running NumPy, then the C kernel (skipped when it is not compiled); a
-    call asking for ``mask_grad`` runs on NumPy, the only one that has it."""
-    if request.param == "c" and not attnref.kernel.available():
-        pytest.skip(f"C kernel unavailable: {attnref.kernel.info()['reason']}")
-    return request.param
-
-
 def backward(backend, *args, **kwargs):
-    """The backward on ``backend``, NumPy for ``mask_grad``."""
+    """The backward on ``backend`` (conftest's fixture: NumPy, then the C
+    kernel on each of its code paths), NumPy for ``mask_grad``."""
     if kwargs.get("mask_grad"):
         backend = "numpy"
     return scaled_dot_product_attention_backward(*args, **kwargs, backend=backend)
@@ -390,22 +381,42 @@ def test_scores_backward_checks_the_grad_shape():
 
 
 # ---------------------------------------------------------------------------
-# the C kernel's backward (csrc/backward.c) against this reference
+# the C kernel's backward (csrc/backward.c, backward_tiled.c) against this
+# reference, on each code path (conftest's code_path fixture)
 
-def _kernel_or_skip():
-    if not attnref.kernel.available():
-        pytest.skip(f"C kernel unavailable: {attnref.kernel.info()['reason']}")
+@st.composite
+def block_calls(draw):
+    """Calls of the lengths that cross the SIMD backward's blocks
+    (csrc/backward.h: BWD_ROWS 4 rows, BWD_KEYS 32 keys, BWD_QBLOCK 32 rows):
+    ``(args, kwargs, grad_out)`` in float64 as :func:`calls` draws them."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    Hkv, G = draw(st.integers(1, 2)), draw(st.sampled_from([1, 3]))
+    L, S = draw(st.integers(1, 70)), draw(st.integers(1, 70))
+    E, Ev = draw(st.sampled_from([1, 5, 16, 33])), draw(st.sampled_from([1, 8, 17]))
+    query = rng.standard_normal((1, Hkv * G, L, E))
+    key, value = rng.standard_normal((1, Hkv, S, E)), rng.standard_normal((1, Hkv, S, Ev))
+    kind = draw(st.sampled_from(["none", "bool", "float"]))
+    mask = None
+    if kind == "bool":
+        mask = rng.random((L, S)) < 0.7
+    elif kind == "float":
+        mask = rng.standard_normal((L, S))
+        mask[rng.random((L, S)) < 0.2] = -np.inf
+    kwargs = {"attn_mask": mask, "is_causal": draw(st.booleans()),
+              "scale": draw(st.sampled_from([None, 0.3])), "enable_gqa": G > 1,
+              "window": draw(st.sampled_from([None, (5, 3), (40, 0)])),
+              "softcap": draw(st.sampled_from([None, 2.0])),
+              "causal_alignment": draw(st.sampled_from(["top_left", "bottom_right"]))}
+    return (query, key, value), kwargs, rng.standard_normal((1, Hkv * G, L, Ev))
 
 
-@settings(max_examples=60)
-@given(calls(), st.sampled_from(["float32", "float64"]), st.sampled_from(["zero", "nan"]))
-def test_the_c_backward_agrees_with_the_reference_under_the_gradient_rule(call, dtype,
-                                                                          masked_rows):
-    """The rule of attnref.testing.backward (2 x the same-dtype reference's
-    error + the floor at gamma); window and softcap, which that rule's
-    profiles do not express, are covered by the properties above."""
+def _assert_under_the_gradient_rule(call, dtype, masked_rows, given_lse):
+    """The C backward (on the path selected) within the rule of
+    attnref.testing.backward: 2 x the same-dtype NumPy backward's error
+    against the wider reference + the floor at gamma, gradient by gradient;
+    NaN exactly where the reference has NaN. ``given_lse``: the forward's
+    output and lse are passed, as a training step does."""
     from attnref.testing.backward import gradient_errors, gradient_magnitudes
-    _kernel_or_skip()
     (query, key, value), kwargs, grad_out = call
     query, key, value, grad_out = (array.astype(dtype) for array in (query, key, value,
                                                                      grad_out))
@@ -420,9 +431,13 @@ def test_the_c_backward_agrees_with_the_reference_under_the_gradient_rule(call, 
               "enable_gqa": kwargs["enable_gqa"]}
     wide_dtype = np.longdouble if dtype == "float64" else np.float64
     magnitudes = gradient_magnitudes(inputs, grad_out, profile, wide_dtype)
+    saved = {}
+    if given_lse:
+        result = forward(query, key, value, **options, return_lse=True, backend="c")
+        saved = {"out": result.output, "lse": result.lse}
     run = functools.partial(scaled_dot_product_attention_backward, grad_out, query, key,
                             value, **options)
-    kernel_grads, baseline = run(backend="c"), run(backend="numpy")
+    kernel_grads, baseline = run(backend="c", **saved), run(backend="numpy")
     wide = run(backend="numpy", precision="longdouble" if dtype == "float64" else "float64")
     for name, candidate, reference, same in zip(("dq", "dk", "dv"), kernel_grads, wide,
                                                 baseline):
@@ -432,23 +447,56 @@ def test_the_c_backward_agrees_with_the_reference_under_the_gradient_rule(call, 
         assert error <= bound, (name, error, bound)
 
 
-def test_the_c_backward_is_bit_identical_for_any_thread_count():
-    _kernel_or_skip()
+@settings(max_examples=25)
+@given(calls(), st.sampled_from(["float32", "float64"]), st.sampled_from(["zero", "nan"]),
+       st.booleans())
+def test_the_c_backward_agrees_with_the_reference_under_the_gradient_rule(code_path, call,
+                                                                          dtype, masked_rows,
+                                                                          given_lse):
+    """Window and softcap, which the rule's profiles do not express, are
+    covered by the properties above."""
+    _assert_under_the_gradient_rule(call, dtype, masked_rows, given_lse)
+
+
+@settings(max_examples=15)
+@given(block_calls(), st.sampled_from(["float32", "float64"]), st.booleans())
+def test_the_c_backward_agrees_with_the_reference_across_its_blocks(code_path, call, dtype,
+                                                                    given_lse):
+    _assert_under_the_gradient_rule(call, dtype, "zero", given_lse)
+
+
+@settings(max_examples=10)
+@given(block_calls())
+def test_the_c_backward_keeps_window_and_softcap_across_its_blocks(code_path, call):
+    """Window and softcap on lengths that cross the blocks: the C backward
+    against the NumPy one, both float64 (the finite-difference property
+    above ties the NumPy one to the forward)."""
+    (query, key, value), kwargs, grad_out = call
+    run = functools.partial(scaled_dot_product_attention_backward, grad_out, query, key, value,
+                            **kwargs)
+    for candidate, reference in zip(run(backend="c")[:3], run(backend="numpy")[:3]):
+        np.testing.assert_allclose(candidate, reference, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_c_backward_is_bit_identical_for_any_thread_count_and_repeat(code_path, dtype):
     rng = np.random.default_rng(2)
-    query = rng.standard_normal((2, 4, 37, 16)).astype(np.float32)
-    key, value = (rng.standard_normal((2, 2, 53, 16)).astype(np.float32) for _ in range(2))
-    grad_out = rng.standard_normal((2, 4, 37, 16)).astype(np.float32)
+    query = rng.standard_normal((2, 4, 71, 16)).astype(dtype)
+    key, value = (rng.standard_normal((2, 2, 67, 16)).astype(dtype) for _ in range(2))
+    grad_out = rng.standard_normal((2, 4, 71, 16)).astype(dtype)
     options = {"is_causal": True, "enable_gqa": True, "causal_alignment": "bottom_right",
                "softcap": 3.0}
-    saved = attnref.kernel.get_num_threads()
+    saved = forward(query, key, value, **options, return_lse=True, backend="c")
+    previous = attnref.kernel.get_num_threads()
     try:
         results = []
-        for threads in (1, 2, 3, 2):
+        for threads in (1, 2, 3, 2, 1):
             attnref.kernel.set_num_threads(threads)
-            results.append(scaled_dot_product_attention_backward(
-                grad_out, query, key, value, **options, backend="c"))
+            for given_ in ({}, {"out": saved.output, "lse": saved.lse}):
+                results.append(scaled_dot_product_attention_backward(
+                    grad_out, query, key, value, **options, **given_, backend="c"))
     finally:
-        attnref.kernel.set_num_threads(saved)
-    for other in results[1:]:
-        for first, again in zip(results[0][:3], other[:3]):
+        attnref.kernel.set_num_threads(previous)
+    for index, other in enumerate(results[2:], 2):
+        for first, again in zip(results[index % 2][:3], other[:3]):
             assert first.tobytes() == again.tobytes()

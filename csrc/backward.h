@@ -22,8 +22,8 @@ enum { BWD_PASS_STATS = 1, BWD_PASS_DQ = 2, BWD_PASS_DKDV = 3 };
    of twice every vector width), query rows per dq unit. Scratch per worker
    is O(BWD_KEYS (E + Ev) + BWD_QBLOCK E). */
 #define BWD_ROWS 4
-#define BWD_KEYS 32
-#define BWD_QBLOCK 32
+#define BWD_KEYS 64
+#define BWD_QBLOCK 128
 
 /* One backward call. The row statistics: with the forward's lse, m = lse
    and l = 1; without it, `stats` holds (m, l) per query row (2 B H L REALs,

@@ -57,24 +57,47 @@ static const REAL *TILED(bwd_at)(const void *base, const int64_t *stride, int64_
     return (const REAL *)base + b * stride[0] + h * stride[1] + i * stride[2];
 }
 
+/* out[e][j] = rows j0 + j of (b, kvh) at dim e, for j < nk, e < n: RW x RW
+   blocks by simd.h's transpose, the edges one by one. */
+static void TILED(bwd_transpose)(REAL *out, const void *base, const int64_t *stride, int64_t b,
+                                 int64_t kvh, int64_t j0, int nk, int64_t n)
+{
+    int j = 0;
+    for (; j + RW <= nk; j += RW) {
+        int64_t e = 0;
+        for (; e + RW <= n; e += RW) {
+            RVEC block[RW];
+            for (int u = 0; u < RW; u++)
+                block[u] = RV_LOAD(TILED(bwd_at)(base, stride, b, kvh, j0 + j + u) + e);
+            TILED(transpose_real)(block);
+            for (int u = 0; u < RW; u++) RV_STORE(out + (e + u) * BWD_KEYS + j, block[u]);
+        }
+        for (int u = 0; u < RW; u++) {
+            const REAL *row = TILED(bwd_at)(base, stride, b, kvh, j0 + j + u);
+            for (int64_t f = e; f < n; f++) out[f * BWD_KEYS + j + u] = row[f];
+        }
+    }
+    for (; j < nk; j++) {
+        const REAL *row = TILED(bwd_at)(base, stride, b, kvh, j0 + j);
+        for (int64_t e = 0; e < n; e++) out[e * BWD_KEYS + j] = row[e];
+    }
+}
+
 /* Packs keys [j0, j0 + nk) of (b, kvh): kt and vt, and kp when `rows`. */
 static void TILED(bwd_keys)(TILED(bwd_work) *w, int64_t b, int64_t kvh, int64_t j0, int nk,
                             int rows)
 {
     const attnref_params *p = w->c->p;
-    for (int64_t e = 0; e < p->E; e++)
-        for (int j = 0; j < BWD_KEYS; j++)
-            w->kt[e * BWD_KEYS + j] = j < nk
-                ? TILED(bwd_at)(w->c->k, p->k_stride, b, kvh, j0 + j)[e] : 0;
-    for (int64_t e = 0; e < p->Ev; e++)
-        for (int j = 0; j < BWD_KEYS; j++)
-            w->vt[e * BWD_KEYS + j] = j < nk
-                ? TILED(bwd_at)(w->c->v, p->v_stride, b, kvh, j0 + j)[e] : 0;
-    if (!rows) return;
-    for (int j = 0; j < nk; j++) {
-        const REAL *kj = TILED(bwd_at)(w->c->k, p->k_stride, b, kvh, j0 + j);
-        for (int64_t e = 0; e < w->Ep; e++)
-            w->kp[j * w->Ep + e] = e < p->E ? kj[e] : 0;
+    if (nk < BWD_KEYS) {   /* padded keys are 0 */
+        memset(w->kt, 0, (size_t)(p->E * BWD_KEYS) * sizeof(REAL));
+        memset(w->vt, 0, (size_t)(p->Ev * BWD_KEYS) * sizeof(REAL));
+    }
+    TILED(bwd_transpose)(w->kt, w->c->k, p->k_stride, b, kvh, j0, nk, p->E);
+    TILED(bwd_transpose)(w->vt, w->c->v, p->v_stride, b, kvh, j0, nk, p->Ev);
+    for (int j = 0; j < nk && rows; j++) {
+        memcpy(w->kp + j * w->Ep, TILED(bwd_at)(w->c->k, p->k_stride, b, kvh, j0 + j),
+               (size_t)p->E * sizeof(REAL));
+        memset(w->kp + j * w->Ep + p->E, 0, (size_t)(w->Ep - p->E) * sizeof(REAL));
     }
 }
 
@@ -107,16 +130,18 @@ static void TILED(bwd_load_rows)(TILED(bwd_work) *w, int64_t b, int64_t h, int64
             active = TILED(bwd_stats)(w, b, h, i0 + r, &w->m[r], &w->linv[r]);
         w->active[r] = active;
         w->d[r] = 0;
-        const REAL *q = active ? TILED(bwd_at)(w->c->q, p->q_stride, b, h, i0 + r) : NULL;
-        for (int64_t e = 0; e < w->Ep; e++)
-            qr[e] = active && e < p->E ? q[e] : 0;
+        memset(qr, 0, (size_t)w->Ep * sizeof(REAL));
+        if (active)
+            memcpy(qr, TILED(bwd_at)(w->c->q, p->q_stride, b, h, i0 + r),
+                   (size_t)p->E * sizeof(REAL));
         if (stats_only) continue;
-        const REAL *dO = active ? TILED(bwd_at)(w->c->grad_out, p->out_stride, b, h, i0 + r) : NULL;
-        const REAL *O = active ? TILED(bwd_at)(w->c->out, p->out_stride, b, h, i0 + r) : NULL;
-        for (int64_t e = 0; e < w->Evp; e++) {
-            dor[e] = active && e < p->Ev ? dO[e] : 0;
-            w->orow[e] = active && e < p->Ev ? O[e] : 0;
-        }
+        memset(dor, 0, (size_t)w->Evp * sizeof(REAL));
+        memset(w->orow, 0, (size_t)w->Evp * sizeof(REAL));
+        if (!active) continue;
+        memcpy(dor, TILED(bwd_at)(w->c->grad_out, p->out_stride, b, h, i0 + r),
+               (size_t)p->Ev * sizeof(REAL));
+        memcpy(w->orow, TILED(bwd_at)(w->c->out, p->out_stride, b, h, i0 + r),
+               (size_t)p->Ev * sizeof(REAL));
         RVEC sum = RV_SET1(0);
         for (int64_t e = 0; e < w->Evp; e += RW)
             sum = RV_FMA(RV_LOAD(dor + e), RV_LOAD(w->orow + e), sum);
@@ -168,23 +193,28 @@ static void TILED(bwd_scores)(TILED(bwd_work) *w, int64_t b, int64_t h, int64_t 
         int64_t jb, je;
         band_keys(p, i0 + r, &jb, &je);
         const int64_t at = b * p->mask_stride[0] + h * p->mask_stride[1]
-                           + (i0 + r) * p->mask_stride[2];
-        for (int j = 0; j < BWD_KEYS; j++) {
-            REAL s = sc[j] * scale;
-            fac[j] = 1;
-            if (cap > 0) {
-                const REAL t = cap * BWD_TANH(s / cap);
+                           + (i0 + r) * p->mask_stride[2] + j0 * p->mask_stride[3];
+        for (int j = 0; j < BWD_KEYS; j += RW)
+            RV_STORE(sc + j, RV_MUL(RV_LOAD(sc + j), RV_SET1(scale)));
+        if (cap > 0)
+            for (int j = 0; j < BWD_KEYS; j++) {
+                const REAL t = cap * BWD_TANH(sc[j] / cap);
                 fac[j] = 1 - (t / cap) * (t / cap);
-                s = t;
+                sc[j] = t;
             }
-            const int64_t key = j0 + j, m = at + key * p->mask_stride[3];
-            if (j >= nk || key < jb || key >= je
-                    || (p->mask_kind == ATTNREF_MASK_BOOL
-                        && !((const unsigned char *)w->c->mask)[m]))
-                s = -INFINITY;
-            else if (p->mask_kind == ATTNREF_MASK_BIAS)
-                s += ((const REAL *)w->c->mask)[m];
-            sc[j] = s;
+        if (p->mask_kind == ATTNREF_MASK_BIAS) {
+            const REAL *bias = (const REAL *)w->c->mask + at;
+            for (int j = 0; j < nk; j++) sc[j] += bias[j * p->mask_stride[3]];
+        }
+        /* keys outside the band or the block are hidden */
+        const int lo = (int)clamp(jb - j0, 0, nk), hi = (int)clamp(je - j0, 0, nk);
+        if (lo > 0 || hi < BWD_KEYS)
+            for (int j = 0; j < BWD_KEYS; j += RW)
+                RV_STORE(sc + j, TILED(keep_range)(RV_LOAD(sc + j), j, lo, hi));
+        if (p->mask_kind == ATTNREF_MASK_BOOL) {
+            const unsigned char *allowed = (const unsigned char *)w->c->mask + at;
+            for (int j = 0; j < nk; j++)
+                if (!allowed[j * p->mask_stride[3]]) sc[j] = -INFINITY;
         }
     }
 }
@@ -209,48 +239,108 @@ static void TILED(bwd_weights)(TILED(bwd_work) *w)
         const REAL d = w->d[r];
         for (int j = 0; j < BWD_KEYS; j++) {
             pw[j] = sc[j] == -INFINITY ? 0 : pw[j];   /* hidden, even on a NaN row */
-            da[j] = pw[j] == 0 ? 0 : scale * (pw[j] * (dp[j] - d)) * fac[j];
+            da[j] = pw[j] == 0 ? 0 : scale * (pw[j] * (dp[j] - d));
         }
+        if (p->softcap > 0)   /* a hidden key's factor may be NaN: its da stays 0 */
+            for (int j = 0; j < BWD_KEYS; j++) da[j] = pw[j] == 0 ? 0 : da[j] * fac[j];
     }
 }
 
-/* acc[j][:] += sum_r weight[r][j] rows[r][:] for j < nk (width n, a
-   multiple of RW); a key no row weighs is not touched. */
+/* The keys j < nk (ascending) that some row of the block weighs (a key with
+   weight[r][j] = 0 for every r is left out: a hidden key's k and v are not
+   read); returns their count. */
+static int TILED(bwd_weighed)(const REAL *weight, int nk, int *keys)
+{
+    int n = 0;
+    for (int j = 0; j < nk; j++)
+        if (weight[j] != 0 || weight[BWD_KEYS + j] != 0 || weight[2 * BWD_KEYS + j] != 0
+                || weight[3 * BWD_KEYS + j] != 0)
+            keys[n++] = j;
+    return n;
+}
+
+/* acc[j][:] += sum_r weight[r][j] rows[r][:] for the weighed keys (width n,
+   a multiple of RW): two vectors of the four rows held, the keys streamed. */
 static void TILED(bwd_update_keys)(REAL *acc, const REAL *weight, const REAL *rows, int64_t n,
                                    int nk)
 {
-    for (int j = 0; j < nk; j++) {
-        const REAL w0 = weight[j], w1 = weight[BWD_KEYS + j], w2 = weight[2 * BWD_KEYS + j],
-                   w3 = weight[3 * BWD_KEYS + j];
-        if (w0 == 0 && w1 == 0 && w2 == 0 && w3 == 0) continue;
-        const RVEC a0 = RV_SET1(w0), a1 = RV_SET1(w1), a2 = RV_SET1(w2), a3 = RV_SET1(w3);
-        REAL *row = acc + j * n;
-        for (int64_t e = 0; e < n; e += RW) {
-            RVEC x = RV_LOAD(row + e);
-            x = RV_FMA(a0, RV_LOAD(rows + e), x);
-            x = RV_FMA(a1, RV_LOAD(rows + n + e), x);
-            x = RV_FMA(a2, RV_LOAD(rows + 2 * n + e), x);
-            x = RV_FMA(a3, RV_LOAD(rows + 3 * n + e), x);
-            RV_STORE(row + e, x);
+    int keys[BWD_KEYS];
+    const int count = TILED(bwd_weighed)(weight, nk, keys);
+    int64_t e = 0;
+    for (; e + 2 * RW <= n; e += 2 * RW) {
+        const RVEC q00 = RV_LOAD(rows + e), q01 = RV_LOAD(rows + e + RW);
+        const RVEC q10 = RV_LOAD(rows + n + e), q11 = RV_LOAD(rows + n + e + RW);
+        const RVEC q20 = RV_LOAD(rows + 2 * n + e), q21 = RV_LOAD(rows + 2 * n + e + RW);
+        const RVEC q30 = RV_LOAD(rows + 3 * n + e), q31 = RV_LOAD(rows + 3 * n + e + RW);
+        for (int u = 0; u < count; u++) {
+            const int j = keys[u];
+            REAL *row = acc + j * n + e;
+            RVEC a = RV_SET1(weight[j]);
+            RVEC x0 = RV_FMA(a, q00, RV_LOAD(row)), x1 = RV_FMA(a, q01, RV_LOAD(row + RW));
+            a = RV_SET1(weight[BWD_KEYS + j]);
+            x0 = RV_FMA(a, q10, x0); x1 = RV_FMA(a, q11, x1);
+            a = RV_SET1(weight[2 * BWD_KEYS + j]);
+            x0 = RV_FMA(a, q20, x0); x1 = RV_FMA(a, q21, x1);
+            a = RV_SET1(weight[3 * BWD_KEYS + j]);
+            x0 = RV_FMA(a, q30, x0); x1 = RV_FMA(a, q31, x1);
+            RV_STORE(row, x0);
+            RV_STORE(row + RW, x1);
+        }
+    }
+    if (e < n) {
+        const RVEC q0 = RV_LOAD(rows + e), q1 = RV_LOAD(rows + n + e);
+        const RVEC q2 = RV_LOAD(rows + 2 * n + e), q3 = RV_LOAD(rows + 3 * n + e);
+        for (int u = 0; u < count; u++) {
+            const int j = keys[u];
+            REAL *row = acc + j * n + e;
+            RVEC x = RV_FMA(RV_SET1(weight[j]), q0, RV_LOAD(row));
+            x = RV_FMA(RV_SET1(weight[BWD_KEYS + j]), q1, x);
+            x = RV_FMA(RV_SET1(weight[2 * BWD_KEYS + j]), q2, x);
+            x = RV_FMA(RV_SET1(weight[3 * BWD_KEYS + j]), q3, x);
+            RV_STORE(row, x);
         }
     }
 }
 
-/* acc[r][:] += sum_j da[r][j] kp[j][:] for the row block (acc BWD_ROWS x Ep). */
+/* acc[r][:] += sum_j da[r][j] kp[j][:] for the row block (acc BWD_ROWS x Ep)
+   over the weighed keys: 4 rows x 2 vectors of accumulators. */
 static void TILED(bwd_update_rows)(REAL *acc, const REAL *da, const REAL *kp, int64_t Ep, int nk)
 {
-    for (int64_t e = 0; e < Ep; e += RW) {
+    int keys[BWD_KEYS];
+    const int count = TILED(bwd_weighed)(da, nk, keys);
+    int64_t e = 0;
+    for (; e + 2 * RW <= Ep; e += 2 * RW) {
+        RVEC c00 = RV_LOAD(acc + e), c01 = RV_LOAD(acc + e + RW);
+        RVEC c10 = RV_LOAD(acc + Ep + e), c11 = RV_LOAD(acc + Ep + e + RW);
+        RVEC c20 = RV_LOAD(acc + 2 * Ep + e), c21 = RV_LOAD(acc + 2 * Ep + e + RW);
+        RVEC c30 = RV_LOAD(acc + 3 * Ep + e), c31 = RV_LOAD(acc + 3 * Ep + e + RW);
+        for (int u = 0; u < count; u++) {
+            const int j = keys[u];
+            const RVEC k0 = RV_LOAD(kp + j * Ep + e), k1 = RV_LOAD(kp + j * Ep + e + RW);
+            RVEC a = RV_SET1(da[j]);
+            c00 = RV_FMA(a, k0, c00); c01 = RV_FMA(a, k1, c01);
+            a = RV_SET1(da[BWD_KEYS + j]);
+            c10 = RV_FMA(a, k0, c10); c11 = RV_FMA(a, k1, c11);
+            a = RV_SET1(da[2 * BWD_KEYS + j]);
+            c20 = RV_FMA(a, k0, c20); c21 = RV_FMA(a, k1, c21);
+            a = RV_SET1(da[3 * BWD_KEYS + j]);
+            c30 = RV_FMA(a, k0, c30); c31 = RV_FMA(a, k1, c31);
+        }
+        RV_STORE(acc + e, c00); RV_STORE(acc + e + RW, c01);
+        RV_STORE(acc + Ep + e, c10); RV_STORE(acc + Ep + e + RW, c11);
+        RV_STORE(acc + 2 * Ep + e, c20); RV_STORE(acc + 2 * Ep + e + RW, c21);
+        RV_STORE(acc + 3 * Ep + e, c30); RV_STORE(acc + 3 * Ep + e + RW, c31);
+    }
+    if (e < Ep) {
         RVEC c0 = RV_LOAD(acc + e), c1 = RV_LOAD(acc + Ep + e), c2 = RV_LOAD(acc + 2 * Ep + e),
              c3 = RV_LOAD(acc + 3 * Ep + e);
-        for (int j = 0; j < nk; j++) {
-            const REAL w0 = da[j], w1 = da[BWD_KEYS + j], w2 = da[2 * BWD_KEYS + j],
-                       w3 = da[3 * BWD_KEYS + j];
-            if (w0 == 0 && w1 == 0 && w2 == 0 && w3 == 0) continue;
+        for (int u = 0; u < count; u++) {
+            const int j = keys[u];
             const RVEC k = RV_LOAD(kp + j * Ep + e);
-            c0 = RV_FMA(RV_SET1(w0), k, c0);
-            c1 = RV_FMA(RV_SET1(w1), k, c1);
-            c2 = RV_FMA(RV_SET1(w2), k, c2);
-            c3 = RV_FMA(RV_SET1(w3), k, c3);
+            c0 = RV_FMA(RV_SET1(da[j]), k, c0);
+            c1 = RV_FMA(RV_SET1(da[BWD_KEYS + j]), k, c1);
+            c2 = RV_FMA(RV_SET1(da[2 * BWD_KEYS + j]), k, c2);
+            c3 = RV_FMA(RV_SET1(da[3 * BWD_KEYS + j]), k, c3);
         }
         RV_STORE(acc + e, c0); RV_STORE(acc + Ep + e, c1);
         RV_STORE(acc + 2 * Ep + e, c2); RV_STORE(acc + 3 * Ep + e, c3);

@@ -113,9 +113,12 @@ static int bwd(const attnref_params *p, int is_double, void *dq, void *dk, void 
     }
     const int64_t qblocks = (p->L + BWD_QBLOCK - 1) / BWD_QBLOCK;
     const int64_t kblocks = (p->S + BWD_KEYS - 1) / BWD_KEYS;
-    for (int pass = lse ? BWD_PASS_DQ : BWD_PASS_STATS; pass <= BWD_PASS_DKDV && status == ATTNREF_OK;
+    const int fused = tiled && p->B * Hkv >= BWD_FUSED_UNITS;
+    const int last = fused ? BWD_PASS_FUSED : BWD_PASS_DKDV;
+    for (int pass = lse ? BWD_PASS_DQ : BWD_PASS_STATS; pass <= last && status == ATTNREF_OK;
          pass++) {
         int64_t next = 0, units;
+        if (fused && (pass == BWD_PASS_DQ || pass == BWD_PASS_DKDV)) continue;
         sdpa_job job;
         memset(&job, 0, sizeof job);
         call.pass = pass;
@@ -123,7 +126,8 @@ static int bwd(const attnref_params *p, int is_double, void *dq, void *dk, void 
         job.out = &call;
         job.rows = tiled ? tiled : portable;
         if (tiled) {
-            units = pass == BWD_PASS_DKDV ? p->B * Hkv * kblocks : p->B * p->H * qblocks;
+            units = pass == BWD_PASS_FUSED ? p->B * Hkv
+                    : pass == BWD_PASS_DKDV ? p->B * Hkv * kblocks : p->B * p->H * qblocks;
             job.next = &next;
             job.row_end = units;
         } else {

@@ -10,13 +10,17 @@
  *   BWD_PASS_STATS  (only without lse) each query row's max m and sum l
  *   BWD_PASS_DQ     dq, owned by query rows (portable: a row; tiled: a block)
  *   BWD_PASS_DKDV   dk and dv, owned by keys (portable: a key; tiled: a block)
+ *   BWD_PASS_FUSED  (tiled, instead of the two above, when the call has at
+ *                   least BWD_FUSED_UNITS (b, kv head) pairs) dq, dk and dv
+ *                   of one (b, kv head), each product computed once
+ * Which passes run depends on the shapes only, never on the thread count.
  */
 #ifndef ATTNREF_BACKWARD_H
 #define ATTNREF_BACKWARD_H
 
 #include "internal.h"
 
-enum { BWD_PASS_STATS = 1, BWD_PASS_DQ = 2, BWD_PASS_DKDV = 3 };
+enum { BWD_PASS_STATS = 1, BWD_PASS_DQ = 2, BWD_PASS_DKDV = 3, BWD_PASS_FUSED = 4 };
 
 /* Tiled backward: query rows per register block, keys per block (a multiple
    of twice every vector width), query rows per dq unit. Scratch per worker
@@ -24,6 +28,10 @@ enum { BWD_PASS_STATS = 1, BWD_PASS_DQ = 2, BWD_PASS_DKDV = 3 };
 #define BWD_ROWS 4
 #define BWD_KEYS 64
 #define BWD_QBLOCK 128
+/* (b, kv head) pairs from which the tiled path fuses dq with dk, dv: 5
+   products per score instead of 7, but units only as many as the pairs
+   (enough for the threads of a desktop CPU from 8). */
+#define BWD_FUSED_UNITS 8
 
 /* One backward call. The row statistics: with the forward's lse, m = lse
    and l = 1; without it, `stats` holds (m, l) per query row (2 B H L REALs,

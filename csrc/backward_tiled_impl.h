@@ -49,6 +49,7 @@ typedef struct {
     REAL *sc, *dp, *fac, *pw, *da;   /* BWD_ROWS x BWD_KEYS */
     REAL m[BWD_ROWS], linv[BWD_ROWS], d[BWD_ROWS];
     int active[BWD_ROWS];
+    int keys[BWD_KEYS], weighed;   /* the keys some row weighs (bwd_weights) */
 } TILED(bwd_work);
 
 static const REAL *TILED(bwd_at)(const void *base, const int64_t *stride, int64_t b,
@@ -219,6 +220,19 @@ static void TILED(bwd_scores)(TILED(bwd_work) *w, int64_t b, int64_t h, int64_t 
     }
 }
 
+/* The keys j < nk (ascending) that some row of the block weighs (a key with
+   weight[r][j] = 0 for every r is left out: a hidden key's k and v are not
+   read; da is 0 wherever p is); returns their count. */
+static int TILED(bwd_weighed)(const REAL *weight, int nk, int *keys)
+{
+    int n = 0;
+    for (int j = 0; j < nk; j++)
+        if (weight[j] != 0 || weight[BWD_KEYS + j] != 0 || weight[2 * BWD_KEYS + j] != 0
+                || weight[3 * BWD_KEYS + j] != 0)
+            keys[n++] = j;
+    return n;
+}
+
 /* pw = p and da (see the top) of the row block from sc and fac; dp from dO V^T. */
 static void TILED(bwd_weights)(TILED(bwd_work) *w)
 {
@@ -244,28 +258,14 @@ static void TILED(bwd_weights)(TILED(bwd_work) *w)
         if (p->softcap > 0)   /* a hidden key's factor may be NaN: its da stays 0 */
             for (int j = 0; j < BWD_KEYS; j++) da[j] = pw[j] == 0 ? 0 : da[j] * fac[j];
     }
-}
-
-/* The keys j < nk (ascending) that some row of the block weighs (a key with
-   weight[r][j] = 0 for every r is left out: a hidden key's k and v are not
-   read); returns their count. */
-static int TILED(bwd_weighed)(const REAL *weight, int nk, int *keys)
-{
-    int n = 0;
-    for (int j = 0; j < nk; j++)
-        if (weight[j] != 0 || weight[BWD_KEYS + j] != 0 || weight[2 * BWD_KEYS + j] != 0
-                || weight[3 * BWD_KEYS + j] != 0)
-            keys[n++] = j;
-    return n;
+    w->weighed = TILED(bwd_weighed)(w->pw, BWD_KEYS, w->keys);
 }
 
 /* acc[j][:] += sum_r weight[r][j] rows[r][:] for the weighed keys (width n,
    a multiple of RW): two vectors of the four rows held, the keys streamed. */
 static void TILED(bwd_update_keys)(REAL *acc, const REAL *weight, const REAL *rows, int64_t n,
-                                   int nk)
+                                   const int *keys, int count)
 {
-    int keys[BWD_KEYS];
-    const int count = TILED(bwd_weighed)(weight, nk, keys);
     int64_t e = 0;
     for (; e + 2 * RW <= n; e += 2 * RW) {
         const RVEC q00 = RV_LOAD(rows + e), q01 = RV_LOAD(rows + e + RW);
@@ -304,10 +304,9 @@ static void TILED(bwd_update_keys)(REAL *acc, const REAL *weight, const REAL *ro
 
 /* acc[r][:] += sum_j da[r][j] kp[j][:] for the row block (acc BWD_ROWS x Ep)
    over the weighed keys: 4 rows x 2 vectors of accumulators. */
-static void TILED(bwd_update_rows)(REAL *acc, const REAL *da, const REAL *kp, int64_t Ep, int nk)
+static void TILED(bwd_update_rows)(REAL *acc, const REAL *da, const REAL *kp, int64_t Ep,
+                                   const int *keys, int count)
 {
-    int keys[BWD_KEYS];
-    const int count = TILED(bwd_weighed)(da, nk, keys);
     int64_t e = 0;
     for (; e + 2 * RW <= Ep; e += 2 * RW) {
         RVEC c00 = RV_LOAD(acc + e), c01 = RV_LOAD(acc + e + RW);
@@ -410,6 +409,21 @@ static void TILED(bwd_unit_stats)(TILED(bwd_work) *w, int64_t b, int64_t h, int6
         }
 }
 
+/* dq of rows [i0, i1) of (b, h) from acc_q (0 or NaN on a fully masked row). */
+static void TILED(bwd_store_dq)(const TILED(bwd_work) *w, int64_t b, int64_t h, int64_t i0,
+                                int64_t i1)
+{
+    const attnref_params *p = w->c->p;
+    for (int64_t i = i0; i < i1; i++) {
+        REAL *dq = (REAL *)w->c->dq + ((b * p->H + h) * p->L + i) * p->E, m, linv;
+        const REAL *acc = w->acc_q + (i - i0) * w->Ep;
+        const int active = TILED(bwd_stats)(w, b, h, i, &m, &linv);
+        for (int64_t e = 0; e < p->E; e++)
+            dq[e] = active ? acc[e]
+                    : p->masked_rows == ATTNREF_ROWS_NAN ? (REAL)NAN : 0;
+    }
+}
+
 /* BWD_PASS_DQ: dq of the rows of unit (b, h, row block). */
 static void TILED(bwd_unit_dq)(TILED(bwd_work) *w, int64_t b, int64_t h, int64_t i0, int64_t i1)
 {
@@ -428,17 +442,11 @@ static void TILED(bwd_unit_dq)(TILED(bwd_work) *w, int64_t b, int64_t h, int64_t
             if (!(w->active[0] | w->active[1] | w->active[2] | w->active[3])) continue;
             TILED(bwd_scores)(w, b, h, r0, j0, nk);
             TILED(bwd_weights)(w);
-            TILED(bwd_update_rows)(w->acc_q + (r0 - i0) * w->Ep, w->da, w->kp, w->Ep, nk);
+            TILED(bwd_update_rows)(w->acc_q + (r0 - i0) * w->Ep, w->da, w->kp, w->Ep, w->keys,
+                                           w->weighed);
         }
     }
-    for (int64_t i = i0; i < i1; i++) {
-        REAL *dq = (REAL *)w->c->dq + ((b * p->H + h) * p->L + i) * p->E, m, linv;
-        const REAL *acc = w->acc_q + (i - i0) * w->Ep;
-        const int active = TILED(bwd_stats)(w, b, h, i, &m, &linv);
-        for (int64_t e = 0; e < p->E; e++)
-            dq[e] = active ? acc[e]
-                    : p->masked_rows == ATTNREF_ROWS_NAN ? (REAL)NAN : 0;
-    }
+    TILED(bwd_store_dq)(w, b, h, i0, i1);
 }
 
 /* BWD_PASS_DKDV: dk and dv of the keys of unit (b, kv head, key block). */
@@ -465,8 +473,8 @@ static void TILED(bwd_unit_dkdv)(TILED(bwd_work) *w, int64_t b, int64_t kvh, int
             if (!(w->active[0] | w->active[1] | w->active[2] | w->active[3])) continue;
             TILED(bwd_scores)(w, b, h, r0, j0, nk);
             TILED(bwd_weights)(w);
-            TILED(bwd_update_keys)(w->acc_v, w->pw, w->dor, w->Evp, nk);
-            TILED(bwd_update_keys)(w->acc_k, w->da, w->qr, w->Ep, nk);
+            TILED(bwd_update_keys)(w->acc_v, w->pw, w->dor, w->Evp, w->keys, w->weighed);
+            TILED(bwd_update_keys)(w->acc_k, w->da, w->qr, w->Ep, w->keys, w->weighed);
         }
     }
     for (int j = 0; j < nk; j++) {
@@ -476,6 +484,67 @@ static void TILED(bwd_unit_dkdv)(TILED(bwd_work) *w, int64_t b, int64_t kvh, int
             dk[e] = nan_rows ? (REAL)NAN : w->acc_k[j * w->Ep + e];
         for (int64_t e = 0; e < p->Ev; e++)
             dv[e] = nan_rows ? (REAL)NAN : w->acc_v[j * w->Evp + e];
+    }
+}
+
+/* BWD_PASS_FUSED: dq, dk and dv of unit (b, kv head), in one sweep over
+   its query heads, their row blocks and each block's key blocks (every
+   product computed once: 5 per score instead of the two passes' 7). dk and
+   dv are summed in the outputs, block by block, in ascending row order. */
+static void TILED(bwd_unit_fused)(TILED(bwd_work) *w, int64_t b, int64_t kvh)
+{
+    const attnref_params *p = w->c->p;
+    const int64_t Hkv = p->H / p->kv_group;
+    REAL *dk = (REAL *)w->c->dk + (b * Hkv + kvh) * p->S * p->E;
+    REAL *dv = (REAL *)w->c->dv + (b * Hkv + kvh) * p->S * p->Ev;
+    int nan_rows = 0;
+    for (int64_t g = 0; g < p->kv_group; g++) {
+        const int64_t h = kvh * p->kv_group + g;
+        for (int64_t i0 = 0; i0 < p->L; i0 += BWD_QBLOCK) {
+            const int64_t i1 = i0 + BWD_QBLOCK < p->L ? i0 + BWD_QBLOCK : p->L;
+            int64_t kb0, kb1;
+            TILED(bwd_key_blocks)(p, i0, i1, &kb0, &kb1);
+            memset(w->acc_q, 0, (size_t)(BWD_QBLOCK * w->Ep) * sizeof(REAL));
+            for (int64_t kb = kb0; kb < kb1; kb++) {
+                const int64_t j0 = kb * BWD_KEYS;
+                const int nk = (int)(p->S - j0 < BWD_KEYS ? p->S - j0 : BWD_KEYS);
+                TILED(bwd_keys)(w, b, kvh, j0, nk, 1);
+                for (int j = 0; j < nk; j++) {   /* the keys' sums so far */
+                    memcpy(w->acc_k + j * w->Ep, dk + (j0 + j) * p->E, (size_t)p->E * sizeof(REAL));
+                    memset(w->acc_k + j * w->Ep + p->E, 0, (size_t)(w->Ep - p->E) * sizeof(REAL));
+                    memcpy(w->acc_v + j * w->Evp, dv + (j0 + j) * p->Ev,
+                           (size_t)p->Ev * sizeof(REAL));
+                    memset(w->acc_v + j * w->Evp + p->Ev, 0,
+                           (size_t)(w->Evp - p->Ev) * sizeof(REAL));
+                }
+                for (int64_t r0 = i0; r0 < i1; r0 += BWD_ROWS) {
+                    const int nr = (int)(i1 - r0 < BWD_ROWS ? i1 - r0 : BWD_ROWS);
+                    TILED(bwd_load_rows)(w, b, h, r0, nr, 0);
+                    if (!(w->active[0] | w->active[1] | w->active[2] | w->active[3])) continue;
+                    TILED(bwd_scores)(w, b, h, r0, j0, nk);
+                    TILED(bwd_weights)(w);
+                    TILED(bwd_update_keys)(w->acc_v, w->pw, w->dor, w->Evp, w->keys, w->weighed);
+                    TILED(bwd_update_keys)(w->acc_k, w->da, w->qr, w->Ep, w->keys, w->weighed);
+                    TILED(bwd_update_rows)(w->acc_q + (r0 - i0) * w->Ep, w->da, w->kp, w->Ep, w->keys,
+                                           w->weighed);
+                }
+                for (int j = 0; j < nk; j++) {
+                    memcpy(dk + (j0 + j) * p->E, w->acc_k + j * w->Ep, (size_t)p->E * sizeof(REAL));
+                    memcpy(dv + (j0 + j) * p->Ev, w->acc_v + j * w->Evp,
+                           (size_t)p->Ev * sizeof(REAL));
+                }
+            }
+            TILED(bwd_store_dq)(w, b, h, i0, i1);
+        }
+        /* a fully masked row's NaN weights reach every key of its head */
+        for (int64_t i = 0; i < p->L && p->masked_rows == ATTNREF_ROWS_NAN && !nan_rows; i++) {
+            REAL m, linv;
+            nan_rows = !TILED(bwd_stats)(w, b, h, i, &m, &linv);
+        }
+    }
+    if (nan_rows) {
+        for (int64_t x = 0; x < p->S * p->E; x++) dk[x] = (REAL)NAN;
+        for (int64_t x = 0; x < p->S * p->Ev; x++) dv[x] = (REAL)NAN;
     }
 }
 
@@ -516,7 +585,9 @@ INTERNAL int TILED(bwd_rows)(const sdpa_job *job)
     const int64_t kblocks = (p->S + BWD_KEYS - 1) / BWD_KEYS;
     for (int64_t unit = __atomic_fetch_add(job->next, 1, __ATOMIC_RELAXED); unit < job->row_end;
          unit = __atomic_fetch_add(job->next, 1, __ATOMIC_RELAXED)) {
-        if (c->pass == BWD_PASS_DKDV) {
+        if (c->pass == BWD_PASS_FUSED) {
+            TILED(bwd_unit_fused)(&w, unit / Hkv, unit % Hkv);
+        } else if (c->pass == BWD_PASS_DKDV) {
             const int64_t kb = unit % kblocks, kvh = unit / kblocks % Hkv, b = unit / kblocks / Hkv;
             const int64_t j0 = kb * BWD_KEYS;
             TILED(bwd_unit_dkdv)(&w, b, kvh, j0, (int)(p->S - j0 < BWD_KEYS ? p->S - j0 : BWD_KEYS));

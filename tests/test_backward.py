@@ -387,14 +387,16 @@ def test_scores_backward_checks_the_grad_shape():
 @st.composite
 def block_calls(draw):
     """Calls of the lengths that cross the SIMD backward's blocks
-    (csrc/backward.h: BWD_ROWS 4 rows, BWD_KEYS 32 keys, BWD_QBLOCK 32 rows):
-    ``(args, kwargs, grad_out)`` in float64 as :func:`calls` draws them."""
+    (csrc/backward.h: BWD_ROWS 4 rows, BWD_KEYS 64 keys, BWD_QBLOCK 128
+    rows), with B x Hkv below and at BWD_FUSED_UNITS (8: the two passes, and
+    the fused one): ``(args, kwargs, grad_out)`` in float64 as :func:`calls`
+    draws them."""
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    Hkv, G = draw(st.integers(1, 2)), draw(st.sampled_from([1, 3]))
-    L, S = draw(st.integers(1, 70)), draw(st.integers(1, 70))
+    B, Hkv, G = draw(st.sampled_from([1, 4])), draw(st.integers(1, 2)), draw(st.sampled_from([1, 3]))
+    L, S = draw(st.integers(1, 140)), draw(st.integers(1, 140))
     E, Ev = draw(st.sampled_from([1, 5, 16, 33])), draw(st.sampled_from([1, 8, 17]))
-    query = rng.standard_normal((1, Hkv * G, L, E))
-    key, value = rng.standard_normal((1, Hkv, S, E)), rng.standard_normal((1, Hkv, S, Ev))
+    query = rng.standard_normal((B, Hkv * G, L, E))
+    key, value = rng.standard_normal((B, Hkv, S, E)), rng.standard_normal((B, Hkv, S, Ev))
     kind = draw(st.sampled_from(["none", "bool", "float"]))
     mask = None
     if kind == "bool":
@@ -407,7 +409,7 @@ def block_calls(draw):
               "window": draw(st.sampled_from([None, (5, 3), (40, 0)])),
               "softcap": draw(st.sampled_from([None, 2.0])),
               "causal_alignment": draw(st.sampled_from(["top_left", "bottom_right"]))}
-    return (query, key, value), kwargs, rng.standard_normal((1, Hkv * G, L, Ev))
+    return (query, key, value), kwargs, rng.standard_normal((B, Hkv * G, L, Ev))
 
 
 def _assert_under_the_gradient_rule(call, dtype, masked_rows, given_lse):
@@ -479,11 +481,12 @@ def test_the_c_backward_keeps_window_and_softcap_across_its_blocks(code_path, ca
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_the_c_backward_is_bit_identical_for_any_thread_count_and_repeat(code_path, dtype):
+@pytest.mark.parametrize("B", [2, 4])   # B x Hkv = 4, 8: the two passes, the fused one
+def test_the_c_backward_is_bit_identical_for_any_thread_count_and_repeat(code_path, dtype, B):
     rng = np.random.default_rng(2)
-    query = rng.standard_normal((2, 4, 71, 16)).astype(dtype)
-    key, value = (rng.standard_normal((2, 2, 67, 16)).astype(dtype) for _ in range(2))
-    grad_out = rng.standard_normal((2, 4, 71, 16)).astype(dtype)
+    query = rng.standard_normal((B, 4, 141, 16)).astype(dtype)
+    key, value = (rng.standard_normal((B, 2, 133, 16)).astype(dtype) for _ in range(2))
+    grad_out = rng.standard_normal((B, 4, 141, 16)).astype(dtype)
     options = {"is_causal": True, "enable_gqa": True, "causal_alignment": "bottom_right",
                "softcap": 3.0}
     saved = forward(query, key, value, **options, return_lse=True, backend="c")

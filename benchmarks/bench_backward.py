@@ -17,7 +17,10 @@ torch's ``ATEN_CPU_CAPABILITY``, MKL's and oneDNN's limits; the same helpers
 as ``bench_sdpa.py``).
 
 What is timed, per case, in interleaved rounds (:func:`attnref.bench.time_round_robin`:
-each call after a lead-in, medians over ``--repeats`` rounds):
+each call after a lead-in, medians over ``--repeats`` rounds); one-thread
+rows in CPU seconds (``time.process_time`` as that function's clock: on a
+machine shared with other jobs the wall clock of one thread mostly measures
+them), rows of more threads in wall-clock seconds:
 
 - ``c bwd``: :func:`attnref.scaled_dot_product_attention_backward` on the C
   backend, given the forward's output and lse (as a training step saves
@@ -45,6 +48,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -142,7 +146,9 @@ def worker(arguments):
                 for threads in arguments.threads:
                     progress(f"{arguments.isa}: D={D} causal={causal} N={N} threads={threads}")
                     bench.set_threads(threads)
-                    times = bench.time_round_robin(calls, arguments.repeats)
+                    clock = time.process_time if threads == 1 else time.perf_counter
+                    with mock.patch.object(bench.time, "perf_counter", clock):
+                        times = bench.time_round_robin(calls, arguments.repeats)
                     case["median_ms"][threads] = {name: statistics.median(ms)
                                                   for name, ms in times.items()}
                 cases.append(case)
@@ -202,7 +208,8 @@ def report(payloads, command, threads_list, notes, markdown):
     lines += notes
     for threads in threads_list:
         lines += ["", f"{'### ' if markdown else '== '}float32, B=1, H={H}, {threads} "
-                      f"thread{'s' if threads > 1 else ''}: medians (ms) and torch/c"
+                      f"thread{'s' if threads > 1 else ''} "
+                      f"({'CPU time' if threads == 1 else 'wall clock'}): medians (ms) and torch/c"
                       f"{'' if markdown else ' =='}", "",
                   table(payloads, threads, markdown)]
     return "\n".join(lines) + "\n"

@@ -115,10 +115,11 @@ def scaled_dot_product_attention_backward(
         Must be 0: the forward draws its dropout mask from ``rng`` and does
         not return it, so the backward could not apply the same one.
     backend : {"auto", "numpy", "c"}
-        ``"auto"`` uses the C kernel's backward (``csrc/backward.c``, portable
-        C) when it is compiled and can serve the call (no ``mask_grad``),
-        else this NumPy reference; ``"c"`` raises a RuntimeError when it
-        cannot serve.
+        ``"auto"`` uses the C kernel's backward (``csrc/backward.c``, on the
+        forward's code path: portable C, or the SIMD paths of
+        ``csrc/backward_tiled.c``) when it is compiled and can serve the
+        call (no ``mask_grad``), else this NumPy reference; ``"c"`` raises a
+        RuntimeError when it cannot serve.
     out : (..., L, Ev), optional
         The forward's output :math:`O`; saves recomputing it for :math:`D`.
     lse : (..., L), optional
@@ -127,7 +128,8 @@ def scaled_dot_product_attention_backward(
         fresh softmax, as FlashAttention-2's backward does; so does the C
         backward, which without it rebuilds :math:`P` from each row's
         maximum and sum (more accurate at large scores:
-        ``csrc/backward_impl.h``).
+        ``csrc/backward_impl.h``), at the cost of a first pass over the
+        scores and two numbers per query row.
     mask_grad : bool
         Also return the gradient of a float ``attn_mask``, reduced to the
         mask's own (broadcast) shape; needs a float mask.

@@ -393,7 +393,8 @@ def attention(call, *, threads=None, out=None, lse_out=None):
 
 
 def attention_backward(call, grad_out, out, lse=None, *, threads=None):
-    """The C kernel's backward pass (``csrc/backward.c``) on a validated
+    """The C kernel's backward pass (``csrc/backward.c``, on the code path
+    :func:`set_code_path` chose, as the forward) on a validated
     ``SdpaCall``: ``(dq, dk, dv)`` in the dense shapes ``batch + (L, E)``,
     ``batch[:-1] + (Hkv, S, E)`` and ``batch[:-1] + (Hkv, S, Ev)``, summed
     over GQA groups (the caller reduces broadcast dims).

@@ -111,7 +111,9 @@ int attnref_sdpa_f64(const attnref_params *params, double *out, double *lse,
 /* The backward pass (backward.c): dq dense [B, H, L, E], dk [B, H/kv_group, S, E],
    dv [B, H/kv_group, S, Ev]; grad_out and the forward's out use out_stride.
    lse (lse_stride) may be NULL: the weights then come from each row's max
-   and sum. Portable C, whatever params->path says. */
+   and sum (2 numbers per query row, the call's one buffer beyond its
+   workers' blocks). Runs on params->path as the forward (the SIMD paths in
+   backward_tiled.c); bit-identical for any thread count. */
 int attnref_sdpa_backward_f32(const attnref_params *params, float *dq, float *dk, float *dv,
                               const float *grad_out, const float *out, const float *lse,
                               const float *q, const float *k, const float *v,

@@ -118,8 +118,8 @@ def scaled_dot_product_attention_backward(
         ``"auto"`` uses the C kernel's backward (``csrc/backward.c``, on the
         forward's code path: portable C, or the SIMD paths of
         ``csrc/backward_tiled.c``) when it is compiled and can serve the
-        call (no ``mask_grad``), else this NumPy reference; ``"c"`` raises a
-        RuntimeError when it cannot serve.
+        call, else this NumPy reference; ``"c"`` raises a RuntimeError when
+        it cannot serve.
     out : (..., L, Ev), optional
         The forward's output :math:`O`; saves recomputing it for :math:`D`.
     lse : (..., L), optional
@@ -162,11 +162,11 @@ def scaled_dot_product_attention_backward(
                       input_dtype=np.asarray(query).dtype)
     out = None if out is None else _saved("out", out, call.output_shape, call)
     lse = None if lse is None else _saved("lse", lse, call.lse_shape, call)
-    reason = _kernel_reason(call, mask_grad)
+    reason = kernel.unsupported_reason(call)
     if backend == "c" and reason is not None:
         raise RuntimeError(f"backend='c' cannot serve the backward: {reason}")
     if backend != "numpy" and reason is None:
-        dq, dk, dv, dmask = _kernel_backward(call, grad_out, out, lse)
+        dq, dk, dv, dmask = _kernel_backward(call, grad_out, out, lse, mask_grad)
     else:
         dq, dk, dv, dmask = _reference_backward(call, grad_out, out, lse, mask_grad)
     dtype = call.output_dtype
@@ -239,22 +239,17 @@ def scores_backward(grad, query, key, attn_mask=None, is_causal=False, scale=Non
     return dq.astype(call.output_dtype, copy=False), dk.astype(call.output_dtype, copy=False)
 
 
-def _kernel_reason(call, mask_grad):
-    """Why the C backward cannot serve ``call``, or None."""
-    if mask_grad:
-        return "mask_grad=True (the C backward returns no mask gradient)"
-    return kernel.unsupported_reason(call)
-
-
-def _kernel_backward(call, grad_out, out, lse):
-    """The C backward (``csrc/backward.c``): ``(dq, dk, dv, None)`` in the
-    operands' shapes. The forward's output comes from the C forward when not
-    given."""
+def _kernel_backward(call, grad_out, out, lse, mask_grad):
+    """The C backward (``csrc/backward.c``): ``(dq, dk, dv, dmask)`` in the
+    operands' shapes (``dmask`` None unless ``mask_grad``). The forward's
+    output comes from the C forward when not given."""
     if out is None:
         out, _ = kernel.attention(call)
-    dq, dk, dv = kernel.attention_backward(call, grad_out, out, lse)
+    dq, dk, dv, dmask = kernel.attention_backward(call, grad_out, out, lse,
+                                                  mask_grad=mask_grad)
     return (sum_to_shape(dq, call.query.shape), sum_to_shape(dk, call.key.shape),
-            sum_to_shape(dv, call.value.shape), None)
+            sum_to_shape(dv, call.value.shape),
+            None if dmask is None else sum_to_shape(dmask, call.mask.shape))
 
 
 def _check_no_dropout(dropout_p):

@@ -392,7 +392,7 @@ def attention(call, *, threads=None, out=None, lse_out=None):
     return output, lse
 
 
-def attention_backward(call, grad_out, out, lse=None, *, threads=None):
+def attention_backward(call, grad_out, out, lse=None, *, threads=None, mask_grad=False):
     """The C kernel's backward pass (``csrc/backward.c``, on the code path
     :func:`set_code_path` chose, as the forward) on a validated
     ``SdpaCall``: ``(dq, dk, dv)`` in the dense shapes ``batch + (L, E)``,
@@ -403,7 +403,9 @@ def attention_backward(call, grad_out, out, lse=None, *, threads=None):
     in the compute dtype; ``lse`` (``batch + (L,)``), when given, makes the
     weights ``exp(s - lse)``, else they come from each row's maximum and sum.
     Operands are passed as dense copies of their broadcast shapes; the result
-    is bit-identical for any thread count.
+    is bit-identical for any thread count. With ``mask_grad``, a fourth
+    array: the gradient of the scores after softcap, dense
+    ``batch + (L, S)`` (the caller reduces it to the mask's shape); else None.
     """
     reason = unsupported_reason(call)
     if reason is not None:
@@ -456,12 +458,14 @@ def attention_backward(call, grad_out, out, lse=None, *, threads=None):
     params.path = _path
     pointers = {name: _pointer(array, "uint8_t" if array.dtype == np.uint8 else c_type,
                                writable=False) for name, array in arrays.items()}
+    dmask = np.zeros(batch + (call.L, call.S), dtype) if mask_grad else None
     outputs = [_pointer(array, c_type, writable=True) for array in (dq, dk, dv)]
     run = getattr(_lib, entry.replace("sdpa", "sdpa_backward"))
     _raise_for(run(params, *outputs, pointers["grad_out"], pointers["out"],
                    pointers.get("lse", _ffi.NULL), pointers["q"], pointers["k"], pointers["v"],
-                   pointers.get("mask", _ffi.NULL)))
-    return dq, dk, dv
+                   pointers.get("mask", _ffi.NULL),
+                   _ffi.NULL if dmask is None else _pointer(dmask, c_type, writable=True)))
+    return dq, dk, dv, dmask
 
 
 #: Multiply-adds per thread in one C call of a long call on the tiled paths:

@@ -83,27 +83,30 @@ static rows_fn bwd_tiled_worker(int path, int is_double)
 
 static int bwd(const attnref_params *p, int is_double, void *dq, void *dk, void *dv,
                const void *grad_out, const void *out, const void *lse, const void *q,
-               const void *k, const void *v, const void *mask)
+               const void *k, const void *v, const void *mask, void *dmask)
 {
     int status = bwd_check(p, dq, dk, dv, grad_out, out, q, k, v, mask);
     if (status != ATTNREF_OK)
         return status;
     const size_t real = is_double ? sizeof(double) : sizeof(float);
     const int64_t Hkv = p->H / p->kv_group;
-    int64_t rows, keys, dq_size, dk_size, dv_size;
+    int64_t rows, keys, dq_size, dk_size, dv_size, dmask_size;
     if (!mul_fits(p->B, p->H, &rows) || !mul_fits(rows, p->L, &rows)
             || !mul_fits(p->B, Hkv, &keys) || !mul_fits(keys, p->S, &keys)
             || !mul_fits(rows, p->E, &dq_size) || !mul_fits(keys, p->E, &dk_size)
-            || !mul_fits(keys, p->Ev, &dv_size) || rows > INT64_MAX / 2
+            || !mul_fits(keys, p->Ev, &dv_size) || !mul_fits(rows, p->S, &dmask_size)
+            || rows > INT64_MAX / 2 || (uint64_t)dmask_size > SIZE_MAX / real
             || (uint64_t)dq_size > SIZE_MAX / real || (uint64_t)dk_size > SIZE_MAX / real
             || (uint64_t)dv_size > SIZE_MAX / real || (uint64_t)rows > SIZE_MAX / 16)
         return ATTNREF_ERR_OVERFLOW;
     memset(dq, 0, (size_t)dq_size * real);
     memset(dk, 0, (size_t)dk_size * real);
     memset(dv, 0, (size_t)dv_size * real);
+    if (dmask)
+        memset(dmask, 0, (size_t)dmask_size * real);
     const rows_fn tiled = bwd_tiled_worker(bwd_path(p), is_double);
     const rows_fn portable = is_double ? bwd_portable_rows_f64 : bwd_portable_rows_f32;
-    bwd_call call = {p, dq, dk, dv, grad_out, out, lse, q, k, v, mask, NULL, 0};
+    bwd_call call = {p, dq, dk, dv, dmask, grad_out, out, lse, q, k, v, mask, NULL, 0};
     /* without the forward's lse: each row's m and l (the tiled path keeps
        them in REAL, the portable one in double) */
     if (!lse && rows > 0) {
@@ -141,15 +144,16 @@ static int bwd(const attnref_params *p, int is_double, void *dq, void *dk, void 
 
 int attnref_sdpa_backward_f32(const attnref_params *params, float *dq, float *dk, float *dv,
                               const float *grad_out, const float *out, const float *lse,
-                              const float *q, const float *k, const float *v, const void *mask)
+                              const float *q, const float *k, const float *v, const void *mask,
+                              float *dmask)
 {
-    return bwd(params, 0, dq, dk, dv, grad_out, out, lse, q, k, v, mask);
+    return bwd(params, 0, dq, dk, dv, grad_out, out, lse, q, k, v, mask, dmask);
 }
 
 int attnref_sdpa_backward_f64(const attnref_params *params, double *dq, double *dk,
                               double *dv, const double *grad_out, const double *out,
                               const double *lse, const double *q, const double *k,
-                              const double *v, const void *mask)
+                              const double *v, const void *mask, double *dmask)
 {
-    return bwd(params, 1, dq, dk, dv, grad_out, out, lse, q, k, v, mask);
+    return bwd(params, 1, dq, dk, dv, grad_out, out, lse, q, k, v, mask, dmask);
 }

@@ -39,7 +39,7 @@ enum { BWD_PASS_STATS = 1, BWD_PASS_DQ = 2, BWD_PASS_DKDV = 3, BWD_PASS_FUSED = 
    at this through its `out` field. */
 typedef struct bwd_call {
     const attnref_params *p;
-    void *dq, *dk, *dv;
+    void *dq, *dk, *dv, *dmask;   /* dmask: NULL, or dense [B, H, L, S] */
     const void *grad_out, *out, *lse, *q, *k, *v, *mask;
     void *stats;
     int pass;

@@ -16,7 +16,7 @@
  *   D_i   = dot(dO_i, O_i)
  *   ds_ij = p_ij (dot(dO_i, v_j) - D_i),  da_ij = ds_ij (1 - (t_ij / c)^2)
  *   dv_j  = sum_i p_ij dO_i,  dk_j = scale sum_i da_ij q_i,
- *   dq_i  = scale sum_j da_ij k_j
+ *   dq_i  = scale sum_j da_ij k_j,  dmask_ij = ds_ij (the bias's gradient)
  * with s, t, the band and the mask exactly as the forward (attnref.h), every
  * sum accumulated in double. No L x S matrix is formed and there are no
  * atomics (backward.h's passes): without lse, BWD_PASS_STATS gives each
@@ -139,10 +139,14 @@ static void BWD_NAME(bwd_unit_dq)(const bwd_call *c, double *sum, int64_t unit)
     BWD_NAME(bwd_stats)(c, b, h, i, &m, &l);
     for (int64_t e = 0; e < p->E; e++)
         dq[e] = 0;
+    BWD_T *dmask = c->dmask ? (BWD_T *)c->dmask + unit * p->S : NULL;
     if (isinf(m) && m < 0) {
-        if (p->masked_rows == ATTNREF_ROWS_NAN)
+        if (p->masked_rows == ATTNREF_ROWS_NAN) {
             for (int64_t e = 0; e < p->E; e++)
                 dq[e] = (BWD_T)NAN;
+            for (int64_t j = 0; j < p->S && dmask; j++)
+                dmask[j] = (BWD_T)NAN;
+        }
         return;
     }
     const BWD_T *dO = BWD_NAME(bwd_row)(c->grad_out, p->out_stride, b, h, i);
@@ -161,6 +165,8 @@ static void BWD_NAME(bwd_unit_dq)(const bwd_call *c, double *sum, int64_t unit)
         double dp = 0;
         for (int64_t e = 0; e < p->Ev; e++)
             dp += (double)dO[e] * (double)vj[e];
+        if (dmask)
+            dmask[j] = (BWD_T)(weight * (dp - d));
         double da = weight * (dp - d) * factor * p->scale;
         for (int64_t e = 0; e < p->E; e++)
             sum[e] += da * (double)kj[e];

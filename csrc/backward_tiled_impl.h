@@ -9,6 +9,8 @@
  *   D_i   = dot(dO_i, O_i),  dp_ij = dot(dO_i, v_j)
  *   da_ij = scale p_ij (dp_ij - D_i) (1 - (t_ij / c)^2)   (0 where p_ij = 0)
  *   dv_j  = sum_i p_ij dO_i,  dk_j = sum_i da_ij q_i,  dq_i = sum_j da_ij k_j
+ *   dmask_ij = p_ij (dp_ij - D_i)   (the bias's gradient; written by the
+ *           pass that owns dq)
  * Every sum is carried in REAL (float32 sums in float: each is a dot product
  * or a sum over rows or keys with the error of a float GEMM, the error the
  * NumPy float32 reference has too); D_i is recomputed per block rather than
@@ -409,7 +411,23 @@ static void TILED(bwd_unit_stats)(TILED(bwd_work) *w, int64_t b, int64_t h, int6
         }
 }
 
-/* dq of rows [i0, i1) of (b, h) from acc_q (0 or NaN on a fully masked row). */
+/* dmask of the row block's rows against keys [j0, j0 + nk), when asked. */
+static void TILED(bwd_store_dmask)(const TILED(bwd_work) *w, int64_t b, int64_t h, int64_t i0,
+                                   int nr, int64_t j0, int nk)
+{
+    const attnref_params *p = w->c->p;
+    if (!w->c->dmask) return;
+    for (int r = 0; r < nr; r++) {
+        if (!w->active[r]) continue;
+        REAL *row = (REAL *)w->c->dmask + ((b * p->H + h) * p->L + i0 + r) * p->S + j0;
+        const REAL *pw = w->pw + r * BWD_KEYS, *dp = w->dp + r * BWD_KEYS;
+        for (int j = 0; j < nk; j++)
+            row[j] = pw[j] == 0 ? 0 : pw[j] * (dp[j] - w->d[r]);
+    }
+}
+
+/* dq of rows [i0, i1) of (b, h) from acc_q (0 or NaN on a fully masked row;
+   so is the row of dmask under ATTNREF_ROWS_NAN). */
 static void TILED(bwd_store_dq)(const TILED(bwd_work) *w, int64_t b, int64_t h, int64_t i0,
                                 int64_t i1)
 {
@@ -421,6 +439,9 @@ static void TILED(bwd_store_dq)(const TILED(bwd_work) *w, int64_t b, int64_t h, 
         for (int64_t e = 0; e < p->E; e++)
             dq[e] = active ? acc[e]
                     : p->masked_rows == ATTNREF_ROWS_NAN ? (REAL)NAN : 0;
+        if (!active && w->c->dmask && p->masked_rows == ATTNREF_ROWS_NAN)
+            for (int64_t j = 0; j < p->S; j++)
+                ((REAL *)w->c->dmask)[((b * p->H + h) * p->L + i) * p->S + j] = (REAL)NAN;
     }
 }
 
@@ -442,6 +463,7 @@ static void TILED(bwd_unit_dq)(TILED(bwd_work) *w, int64_t b, int64_t h, int64_t
             if (!(w->active[0] | w->active[1] | w->active[2] | w->active[3])) continue;
             TILED(bwd_scores)(w, b, h, r0, j0, nk);
             TILED(bwd_weights)(w);
+            TILED(bwd_store_dmask)(w, b, h, r0, nr, j0, nk);
             TILED(bwd_update_rows)(w->acc_q + (r0 - i0) * w->Ep, w->da, w->kp, w->Ep, w->keys,
                                            w->weighed);
         }
@@ -523,6 +545,7 @@ static void TILED(bwd_unit_fused)(TILED(bwd_work) *w, int64_t b, int64_t kvh)
                     if (!(w->active[0] | w->active[1] | w->active[2] | w->active[3])) continue;
                     TILED(bwd_scores)(w, b, h, r0, j0, nk);
                     TILED(bwd_weights)(w);
+                    TILED(bwd_store_dmask)(w, b, h, r0, nr, j0, nk);
                     TILED(bwd_update_keys)(w->acc_v, w->pw, w->dor, w->Evp, w->keys, w->weighed);
                     TILED(bwd_update_keys)(w->acc_k, w->da, w->qr, w->Ep, w->keys, w->weighed);
                     TILED(bwd_update_rows)(w->acc_q + (r0 - i0) * w->Ep, w->da, w->kp, w->Ep, w->keys,

@@ -57,6 +57,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from . import kernel
 from ._validation import _flag, as_dtype, check_backend, float_array, sdpa_call
 from .core import _drop_negligible, _grouped, _scores, _visible
 from .numerics import softmax
@@ -114,15 +115,21 @@ def scaled_dot_product_attention_backward(
         Must be 0: the forward draws its dropout mask from ``rng`` and does
         not return it, so the backward could not apply the same one.
     backend : {"auto", "numpy", "c"}
-        ``"auto"`` and ``"numpy"`` use this NumPy reference: attnref's C
-        kernel has no backward pass yet, so ``"c"`` raises a RuntimeError
-        saying so.
+        ``"auto"`` uses the C kernel's backward (``csrc/backward.c``, on the
+        forward's code path: portable C, or the SIMD paths of
+        ``csrc/backward_tiled.c``) when it is compiled and can serve the
+        call, else this NumPy reference; ``"c"`` raises a RuntimeError when
+        it cannot serve.
     out : (..., L, Ev), optional
         The forward's output :math:`O`; saves recomputing it for :math:`D`.
     lse : (..., L), optional
-        The forward's log-sum-exp (``return_lse=True``); :math:`P` is then
-        rebuilt as :math:`e^{s - \text{lse}}` instead of a fresh softmax, as
-        FlashAttention-2's backward does.
+        The forward's log-sum-exp (``return_lse=True``); the NumPy backward
+        then rebuilds :math:`P` as :math:`e^{s - \text{lse}}` instead of a
+        fresh softmax, as FlashAttention-2's backward does; so does the C
+        backward, which without it rebuilds :math:`P` from each row's
+        maximum and sum (more accurate at large scores:
+        ``csrc/backward_impl.h``), at the cost of a first pass over the
+        scores and two numbers per query row.
     mask_grad : bool
         Also return the gradient of a float ``attn_mask``, reduced to the
         mask's own (broadcast) shape; needs a float mask.
@@ -155,11 +162,13 @@ def scaled_dot_product_attention_backward(
                       input_dtype=np.asarray(query).dtype)
     out = None if out is None else _saved("out", out, call.output_shape, call)
     lse = None if lse is None else _saved("lse", lse, call.lse_shape, call)
-    if backend == "c":
-        raise RuntimeError(
-            "backend='c' cannot serve the backward: attnref's C kernel has no backward "
-            "pass yet (only the forward is compiled); use backend='numpy' or 'auto'")
-    dq, dk, dv, dmask = _reference_backward(call, grad_out, out, lse, mask_grad)
+    reason = kernel.unsupported_reason(call)
+    if backend == "c" and reason is not None:
+        raise RuntimeError(f"backend='c' cannot serve the backward: {reason}")
+    if backend != "numpy" and reason is None:
+        dq, dk, dv, dmask = _kernel_backward(call, grad_out, out, lse, mask_grad)
+    else:
+        dq, dk, dv, dmask = _reference_backward(call, grad_out, out, lse, mask_grad)
     dtype = call.output_dtype
     return AttentionGradients(dq.astype(dtype, copy=False), dk.astype(dtype, copy=False),
                               dv.astype(dtype, copy=False),
@@ -228,6 +237,19 @@ def scores_backward(grad, query, key, attn_mask=None, is_causal=False, scale=Non
         dq, dk = _query_key_gradients(call, grad_scores, scores, query_g, key_g,
                                       grad_scores != 0)
     return dq.astype(call.output_dtype, copy=False), dk.astype(call.output_dtype, copy=False)
+
+
+def _kernel_backward(call, grad_out, out, lse, mask_grad):
+    """The C backward (``csrc/backward.c``): ``(dq, dk, dv, dmask)`` in the
+    operands' shapes (``dmask`` None unless ``mask_grad``). The forward's
+    output comes from the C forward when not given."""
+    if out is None:
+        out, _ = kernel.attention(call)
+    dq, dk, dv, dmask = kernel.attention_backward(call, grad_out, out, lse,
+                                                  mask_grad=mask_grad)
+    return (sum_to_shape(dq, call.query.shape), sum_to_shape(dk, call.key.shape),
+            sum_to_shape(dv, call.value.shape),
+            None if dmask is None else sum_to_shape(dmask, call.mask.shape))
 
 
 def _check_no_dropout(dropout_p):

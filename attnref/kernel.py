@@ -392,6 +392,82 @@ def attention(call, *, threads=None, out=None, lse_out=None):
     return output, lse
 
 
+def attention_backward(call, grad_out, out, lse=None, *, threads=None, mask_grad=False):
+    """The C kernel's backward pass (``csrc/backward.c``, on the code path
+    :func:`set_code_path` chose, as the forward) on a validated
+    ``SdpaCall``: ``(dq, dk, dv)`` in the dense shapes ``batch + (L, E)``,
+    ``batch[:-1] + (Hkv, S, E)`` and ``batch[:-1] + (Hkv, S, Ev)``, summed
+    over GQA groups (the caller reduces broadcast dims).
+
+    ``grad_out`` and ``out`` (the forward's output) are ``batch + (L, Ev)``
+    in the compute dtype; ``lse`` (``batch + (L,)``), when given, makes the
+    weights ``exp(s - lse)``, else they come from each row's maximum and sum.
+    Operands are passed as dense copies of their broadcast shapes; the result
+    is bit-identical for any thread count. With ``mask_grad``, a fourth
+    array: the gradient of the scores after softcap, dense
+    ``batch + (L, S)`` (the caller reduces it to the mask's shape); else None.
+    """
+    reason = unsupported_reason(call)
+    if reason is not None:
+        raise RuntimeError(reason)
+    threads = _threads if threads is None else _check_threads(threads)
+    dtype = call.compute_dtype
+    c_type, entry = _ENTRIES[dtype]
+    batch = call.batch_shape or (1,)
+    H, G = batch[-1], call.kv_group
+    B, Hkv = int(np.prod(batch[:-1])), batch[-1] // G
+    kv_batch = batch[:-1] + (Hkv,)
+
+    def dense(array, shape, array_dtype=dtype):
+        return np.ascontiguousarray(np.broadcast_to(array, shape), dtype=array_dtype)
+
+    arrays = {"q": dense(call.query, batch + (call.L, call.E)),
+              "k": dense(call.key, kv_batch + (call.S, call.E)),
+              "v": dense(call.value, kv_batch + (call.S, call.Ev)),
+              "grad_out": dense(grad_out, batch + (call.L, call.Ev)),
+              "out": dense(out, batch + (call.L, call.Ev))}
+    if lse is not None:
+        arrays["lse"] = dense(lse, batch + (call.L,))
+    if call.mask is not None:
+        mask_shape = batch + (call.L, call.S)
+        arrays["mask"] = (dense(call.mask, mask_shape, np.bool_).view(np.uint8)
+                          if call.mask.dtype == bool else dense(call.mask, mask_shape))
+    dq = np.zeros(batch + (call.L, call.E), dtype)
+    dk = np.zeros(kv_batch + (call.S, call.E), dtype)
+    dv = np.zeros(kv_batch + (call.S, call.Ev), dtype)
+    params = _ffi.new("attnref_params *")
+    params.B, params.H, params.L, params.S = B, H, call.L, call.S
+    params.E, params.Ev, params.kv_group = call.E, call.Ev, G
+    params.q_stride = [H * call.L * call.E, call.L * call.E, call.E]
+    params.k_stride = [Hkv * call.S * call.E, call.S * call.E, call.E]
+    params.v_stride = [Hkv * call.S * call.Ev, call.S * call.Ev, call.Ev]
+    params.out_stride = [H * call.L * call.Ev, call.L * call.Ev, call.Ev]
+    params.lse_stride = [H * call.L, call.L, 1]
+    params.mask_stride = [H * call.L * call.S, call.L * call.S, call.S, 1]
+    params.mask_kind = (_lib.ATTNREF_MASK_NONE if call.mask is None else
+                        _lib.ATTNREF_MASK_BOOL if call.mask.dtype == bool else
+                        _lib.ATTNREF_MASK_BIAS)
+    params.masked_rows = (_lib.ATTNREF_ROWS_ZERO if call.masked_rows == "zero"
+                          else _lib.ATTNREF_ROWS_NAN)
+    params.scale = call.scale
+    params.softcap = call.softcap or 0.0
+    params.diag_offset = call.diag_offset
+    params.band_lower = -_UNBOUNDED if call.band_lower is None else call.band_lower
+    params.band_upper = _UNBOUNDED if call.band_upper is None else call.band_upper
+    params.threads = threads
+    params.path = _path
+    pointers = {name: _pointer(array, "uint8_t" if array.dtype == np.uint8 else c_type,
+                               writable=False) for name, array in arrays.items()}
+    dmask = np.zeros(batch + (call.L, call.S), dtype) if mask_grad else None
+    outputs = [_pointer(array, c_type, writable=True) for array in (dq, dk, dv)]
+    run = getattr(_lib, entry.replace("sdpa", "sdpa_backward"))
+    _raise_for(run(params, *outputs, pointers["grad_out"], pointers["out"],
+                   pointers.get("lse", _ffi.NULL), pointers["q"], pointers["k"], pointers["v"],
+                   pointers.get("mask", _ffi.NULL),
+                   _ffi.NULL if dmask is None else _pointer(dmask, c_type, writable=True)))
+    return dq, dk, dv, dmask
+
+
 #: Multiply-adds per thread in one C call of a long call on the tiled paths:
 #: about 0.04 s on avx512 and 0.1 s on avx2 (measured on this project's
 #: Xeon), so KeyboardInterrupt waits at most that long and a mid-size call

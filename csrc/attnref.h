@@ -108,6 +108,24 @@ int attnref_sdpa_f64(const attnref_params *params, double *out, double *lse,
                      const double *q, const double *k, const double *v,
                      const void *mask);
 
+/* The backward pass (backward.c): dq dense [B, H, L, E], dk [B, H/kv_group, S, E],
+   dv [B, H/kv_group, S, Ev]; grad_out and the forward's out use out_stride.
+   lse (lse_stride) may be NULL: the weights then come from each row's max
+   and sum (2 numbers per query row, the call's one buffer beyond its
+   workers' blocks). dmask, when not NULL, gets dense [B, H, L, S] the
+   gradient of the scores after softcap (of a bias mask): p (dp - D), 0 where
+   the weight is 0, NaN on a fully masked row under ATTNREF_ROWS_NAN. Runs on
+   params->path as the forward (the SIMD paths in backward_tiled.c);
+   bit-identical for any thread count. */
+int attnref_sdpa_backward_f32(const attnref_params *params, float *dq, float *dk, float *dv,
+                              const float *grad_out, const float *out, const float *lse,
+                              const float *q, const float *k, const float *v,
+                              const void *mask, float *dmask);
+int attnref_sdpa_backward_f64(const attnref_params *params, double *dq, double *dk,
+                              double *dv, const double *grad_out, const double *out,
+                              const double *lse, const double *q, const double *k,
+                              const double *v, const void *mask, double *dmask);
+
 const char *attnref_kernel_path(void);   /* name of the code path in use */
 int attnref_select_path(int path);       /* ATTNREF_PATH_*; ERR_OPTION if the CPU lacks it */
 int attnref_path_supported(int path);    /* 1 when this build and CPU can run it */

@@ -2,6 +2,7 @@
 forward, masking, GQA, lse-combined halves, scale folding, mask gradients,
 and the forward's argument checks."""
 import doctest
+import functools
 import re
 
 import numpy as np
@@ -11,9 +12,15 @@ from hypothesis import strategies as st
 
 import attnref
 from attnref import scaled_dot_product_attention as forward
-from attnref import scaled_dot_product_attention_backward as backward
+from attnref import scaled_dot_product_attention_backward
 from attnref.analysis import regularizers
 from attnref.backward import scores_backward, sum_to_shape
+
+
+def backward(backend, *args, **kwargs):
+    """The backward on ``backend`` (conftest's fixture: NumPy, then the C
+    kernel on each of its code paths)."""
+    return scaled_dot_product_attention_backward(*args, **kwargs, backend=backend)
 
 
 def test_docstring_examples_run():
@@ -72,14 +79,15 @@ def _central_differences(array, loss, step=1e-6):
 
 @settings(max_examples=60)
 @given(calls())
-def test_gradients_equal_central_differences_of_the_float64_forward(call):
+def test_gradients_equal_central_differences_of_the_float64_forward(backend, call):
     (query, key, value), kwargs, grad_out = call
     mask = kwargs["attn_mask"]
     has_bias = mask is not None and mask.dtype != bool
-    grads = backward(grad_out, query, key, value, **kwargs, mask_grad=has_bias)
+    grads = backward(backend, grad_out, query, key, value, **kwargs)
     operands = [("dq", query, grads.dq), ("dk", key, grads.dk), ("dv", value, grads.dv)]
     if has_bias:
-        operands.append(("dmask", mask, grads.dmask))
+        operands.append(("dmask", mask, backward(backend, grad_out, query, key, value,
+                                                 **kwargs, mask_grad=True).dmask))
     for name, array, analytic in operands:
         numeric = _central_differences(array, lambda: _loss(grad_out, (query, key, value),
                                                             kwargs))
@@ -89,7 +97,7 @@ def test_gradients_equal_central_differences_of_the_float64_forward(call):
 
 @settings(max_examples=40)
 @given(calls(float_mask=False), st.sampled_from([np.nan, np.inf, 1e30]))
-def test_keys_no_query_sees_get_exactly_zero_gradients_whatever_they_hold(call, garbage):
+def test_keys_no_query_sees_get_exactly_zero_gradients_whatever_they_hold(backend, call, garbage):
     (query, key, value), kwargs, grad_out = call
     S = key.shape[-2]
     mask = np.ones((query.shape[-2], S), bool) if kwargs["attn_mask"] is None else \
@@ -99,24 +107,24 @@ def test_keys_no_query_sees_get_exactly_zero_gradients_whatever_they_hold(call, 
     key, value = key.copy(), value.copy()
     key[..., -1, :] = garbage
     value[..., -1, :] = garbage
-    grads = backward(grad_out, query, key, value, **kwargs)
+    grads = backward(backend, grad_out, query, key, value, **kwargs)
     assert np.all(grads.dk[..., -1, :] == 0) and np.all(grads.dv[..., -1, :] == 0)
     assert all(np.isfinite(gradient).all() for gradient in grads[:3])
 
 
 @settings(max_examples=40)
 @given(calls(), st.sampled_from(["zero", "nan"]))
-def test_fully_masked_rows(call, masked_rows):
+def test_fully_masked_rows(backend, call, masked_rows):
     (query, key, value), kwargs, grad_out = call
     S = key.shape[-2]
     bias = np.zeros((query.shape[-2], S))
     bias[0] = -np.inf                                   # the first query sees nothing
     kwargs.update(attn_mask=bias, is_causal=False, window=None)
-    grads = backward(grad_out, query, key, value, **kwargs, masked_rows=masked_rows,
+    grads = backward(backend, grad_out, query, key, value, **kwargs, masked_rows=masked_rows,
                      mask_grad=True)
     if masked_rows == "zero":
         assert np.all(grads.dq[..., 0, :] == 0) and np.all(grads.dmask[0] == 0)
-        kept = backward(grad_out[..., 1:, :], query[..., 1:, :], key, value,
+        kept = backward(backend, grad_out[..., 1:, :], query[..., 1:, :], key, value,
                         **{**kwargs, "attn_mask": bias[1:]})
         np.testing.assert_allclose(grads.dk, kept.dk, rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(grads.dv, kept.dv, rtol=1e-12, atol=1e-14)
@@ -127,11 +135,11 @@ def test_fully_masked_rows(call, masked_rows):
 
 @settings(max_examples=40)
 @given(calls(gqa=True))
-def test_gqa_gradients_are_the_sums_over_the_repeated_head_call(call):
+def test_gqa_gradients_are_the_sums_over_the_repeated_head_call(backend, call):
     (query, key, value), kwargs, grad_out = call
     G = query.shape[-3] // key.shape[-3]
-    grouped = backward(grad_out, query, key, value, **kwargs)
-    repeated = backward(grad_out, query, np.repeat(key, G, axis=-3),
+    grouped = backward(backend, grad_out, query, key, value, **kwargs)
+    repeated = backward(backend, grad_out, query, np.repeat(key, G, axis=-3),
                         np.repeat(value, G, axis=-3), **{**kwargs, "enable_gqa": False})
     np.testing.assert_allclose(grouped.dq, repeated.dq, rtol=1e-12, atol=1e-14)
     for name in ("dk", "dv"):
@@ -142,7 +150,7 @@ def test_gqa_gradients_are_the_sums_over_the_repeated_head_call(call):
 
 @settings(max_examples=40)
 @given(calls(float_mask=False, max_length=6), st.data())
-def test_lse_combined_halves_give_the_whole_gradient(call, data):
+def test_lse_combined_halves_give_the_whole_gradient(backend, call, data):
     """Split-KV backward: each half, given the whole call's output and lse
     (so that its weights are the whole softmax's), gives its keys' dK, dV
     and its part of dQ."""
@@ -151,10 +159,10 @@ def test_lse_combined_halves_give_the_whole_gradient(call, data):
     S = key.shape[-2]
     cut = data.draw(st.integers(0, S))
     whole = forward(query, key, value, **kwargs, return_lse=True, backend="numpy")
-    halves = [backward(grad_out, query, key[..., part, :], value[..., part, :], **kwargs,
+    halves = [backward(backend, grad_out, query, key[..., part, :], value[..., part, :], **kwargs,
                        out=whole.output, lse=whole.lse)
               for part in (slice(0, cut), slice(cut, S))]
-    expected = backward(grad_out, query, key, value, **kwargs)
+    expected = backward(backend, grad_out, query, key, value, **kwargs)
     np.testing.assert_allclose(halves[0].dq + halves[1].dq, expected.dq, rtol=1e-10, atol=1e-12)
     for name in ("dk", "dv"):
         joined = np.concatenate([getattr(half, name) for half in halves], axis=-2)
@@ -163,15 +171,15 @@ def test_lse_combined_halves_give_the_whole_gradient(call, data):
 
 @settings(max_examples=40)
 @given(calls(), st.floats(0.1, 3.0))
-def test_scale_folds_into_the_query(call, scale):
+def test_scale_folds_into_the_query(backend, call, scale):
     """sdpa(q, k, v, scale=s) = sdpa(s q, k, v, scale=1): dK and dV agree,
     and dQ = s times the folded call's dQ (chain rule through s q)."""
     (query, key, value), kwargs, grad_out = call
     mask = kwargs["attn_mask"]
     has_bias = mask is not None and mask.dtype != bool
-    scaled = backward(grad_out, query, key, value, **{**kwargs, "scale": scale},
+    scaled = backward(backend, grad_out, query, key, value, **{**kwargs, "scale": scale},
                       mask_grad=has_bias)
-    folded = backward(grad_out, scale * query, key, value, **{**kwargs, "scale": 1.0},
+    folded = backward(backend, grad_out, scale * query, key, value, **{**kwargs, "scale": 1.0},
                       mask_grad=has_bias)
     np.testing.assert_allclose(scaled.dq, scale * folded.dq, rtol=1e-10, atol=1e-12)
     for name in ("dk", "dv") + (("dmask",) if has_bias else ()):
@@ -181,12 +189,12 @@ def test_scale_folds_into_the_query(call, scale):
 
 @settings(max_examples=40)
 @given(calls(float_mask=True))
-def test_bias_gradient_is_reduced_to_the_masks_broadcast_shape(call):
+def test_bias_gradient_is_reduced_to_the_masks_broadcast_shape(backend, call):
     (query, key, value), kwargs, grad_out = call
     bias = kwargs["attn_mask"]
     full = np.broadcast_to(bias, grad_out.shape[:-1] + (key.shape[-2],)).copy()
-    shared = backward(grad_out, query, key, value, **kwargs, mask_grad=True)
-    own = backward(grad_out, query, key, value, **{**kwargs, "attn_mask": full},
+    shared = backward(backend, grad_out, query, key, value, **kwargs, mask_grad=True)
+    own = backward(backend, grad_out, query, key, value, **{**kwargs, "attn_mask": full},
                    mask_grad=True)
     assert shared.dmask.shape == bias.shape
     np.testing.assert_allclose(shared.dmask, sum_to_shape(own.dmask, bias.shape),
@@ -195,12 +203,12 @@ def test_bias_gradient_is_reduced_to_the_masks_broadcast_shape(call):
 
 @settings(max_examples=30)
 @given(calls())
-def test_saved_out_and_lse_give_the_recomputed_gradients(call):
+def test_saved_out_and_lse_give_the_recomputed_gradients(backend, call):
     (query, key, value), kwargs, grad_out = call
     saved = forward(query, key, value, **kwargs, return_lse=True, backend="numpy")
-    fresh = backward(grad_out, query, key, value, **kwargs)
+    fresh = backward(backend, grad_out, query, key, value, **kwargs)
     for out, lse in ((saved.output, None), (None, saved.lse), (saved.output, saved.lse)):
-        given_ = backward(grad_out, query, key, value, **kwargs, out=out, lse=lse)
+        given_ = backward(backend, grad_out, query, key, value, **kwargs, out=out, lse=lse)
         for name in ("dq", "dk", "dv"):
             np.testing.assert_allclose(getattr(given_, name), getattr(fresh, name),
                                        rtol=1e-12, atol=1e-14)
@@ -212,7 +220,8 @@ def test_scores_backward_is_the_tail_of_the_backward():
     query, key, value = (rng.standard_normal((2, 5, 3)) for _ in range(3))
     grad_out = rng.standard_normal((2, 5, 3))
     bias = rng.standard_normal((5, 5))
-    grads = backward(grad_out, query, key, value, bias, softcap=2.0, mask_grad=True)
+    grads = scaled_dot_product_attention_backward(grad_out, query, key, value, bias,
+                                                  softcap=2.0, mask_grad=True)
     grad_scores = _dS(grad_out, query, key, value, bias)
     np.testing.assert_allclose(grad_scores.sum(axis=0), grads.dmask, rtol=1e-12, atol=1e-15)
     dq, dk = scores_backward(grad_scores, query, key, bias, softcap=2.0)
@@ -227,23 +236,23 @@ def _dS(grad_out, query, key, value, bias):
     return weights * (grad_weights - np.sum(grad_weights * weights, -1, keepdims=True))
 
 
-def test_float32_inputs_give_float32_gradients_and_precision_raises_them():
+def test_float32_inputs_give_float32_gradients_and_precision_raises_them(backend):
     rng = np.random.default_rng(0)
     query, key, value, grad_out = (rng.standard_normal((2, 4, 3)).astype(np.float32)
                                    for _ in range(4))
-    assert all(grad.dtype == np.float32 for grad in backward(grad_out, query, key, value)[:3])
-    wide = backward(grad_out, query, key, value, precision="float64")
+    assert all(grad.dtype == np.float32 for grad in backward(backend, grad_out, query, key, value)[:3])
+    wide = backward(backend, grad_out, query, key, value, precision="float64")
     assert all(grad.dtype == np.float64 for grad in wide[:3])
 
 
-def test_empty_lengths_give_empty_or_zero_gradients():
+def test_empty_lengths_give_empty_or_zero_gradients(backend):
     rng = np.random.default_rng(0)
     query, key, value = rng.standard_normal((2, 3, 4)), np.empty((2, 0, 4)), np.empty((2, 0, 5))
-    grads = backward(np.ones((2, 3, 5)), query, key, value)
+    grads = backward(backend, np.ones((2, 3, 5)), query, key, value)
     assert np.all(grads.dq == 0) and grads.dk.shape == (2, 0, 4) and grads.dv.shape == (2, 0, 5)
-    nan = backward(np.ones((2, 3, 5)), query, key, value, masked_rows="nan")
+    nan = backward(backend, np.ones((2, 3, 5)), query, key, value, masked_rows="nan")
     assert np.isnan(nan.dq).all()
-    empty = backward(np.ones((2, 0, 5)), np.empty((2, 0, 4)), rng.standard_normal((2, 6, 4)),
+    empty = backward(backend, np.ones((2, 0, 5)), np.empty((2, 0, 4)), rng.standard_normal((2, 6, 4)),
                      rng.standard_normal((2, 6, 5)))
     assert np.all(empty.dk == 0) and np.all(empty.dv == 0)
 
@@ -260,7 +269,6 @@ def test_empty_lengths_give_empty_or_zero_gradients():
     ({"attn_mask": np.ones((4, 4), bool), "mask_grad": True}, ValueError,
      "got a bool mask"),
     ({"mask_grad": 1}, TypeError, "mask_grad must be a bool, got int"),
-    ({"backend": "c"}, RuntimeError, "C kernel has no backward pass"),
     ({"backend": "gpu"}, ValueError, "backend must be one of"),
     ({"out": np.ones((2, 4))}, ValueError, "out must have the forward's shape"),
     ({"lse": np.ones((2, 4, 1))}, ValueError, r"lse must have the forward's shape \(2, 4\)"),
@@ -271,7 +279,7 @@ def test_bad_arguments_are_named(arguments, error, message):
             "key": rng.standard_normal((2, 4, 3)), "value": rng.standard_normal((2, 4, 3))}
     call.update(arguments)
     with pytest.raises(error, match=message):
-        backward(**call)
+        scaled_dot_product_attention_backward(**call)
 
 
 @pytest.mark.parametrize("arguments", [
@@ -289,7 +297,7 @@ def test_the_forwards_checks_and_messages(arguments):
         forward(**call)
     grad_out = np.ones((2, 4, 3))
     with pytest.raises(type(expected.value), match=re.escape(str(expected.value))):
-        backward(grad_out, **call)
+        scaled_dot_product_attention_backward(grad_out, **call)
 
 
 # the regularisers' gradients carried on to query and key (scores_backward)
@@ -366,3 +374,133 @@ def test_scores_backward_checks_the_grad_shape():
     with pytest.raises(ValueError, match=r"grad must have the forward's shape "
                                          r"\(2, 3, 5\), got shape \(3, 5\)"):
         scores_backward(np.ones((3, 5)), query, key)
+
+
+# ---------------------------------------------------------------------------
+# the C kernel's backward (csrc/backward.c, backward_tiled.c) against this
+# reference, on each code path (conftest's code_path fixture)
+
+@st.composite
+def block_calls(draw):
+    """Calls of the lengths that cross the SIMD backward's blocks
+    (csrc/backward.h: BWD_ROWS 4 rows, BWD_KEYS 64 keys, BWD_QBLOCK 128
+    rows), with B x Hkv below and at BWD_FUSED_UNITS (8: the two passes, and
+    the fused one): ``(args, kwargs, grad_out)`` in float64 as :func:`calls`
+    draws them."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    B, Hkv, G = draw(st.sampled_from([1, 4])), draw(st.integers(1, 2)), draw(st.sampled_from([1, 3]))
+    L, S = draw(st.integers(1, 140)), draw(st.integers(1, 140))
+    E, Ev = draw(st.sampled_from([1, 5, 16, 33])), draw(st.sampled_from([1, 8, 17]))
+    query = rng.standard_normal((B, Hkv * G, L, E))
+    key, value = rng.standard_normal((B, Hkv, S, E)), rng.standard_normal((B, Hkv, S, Ev))
+    kind = draw(st.sampled_from(["none", "bool", "float"]))
+    mask = None
+    if kind == "bool":
+        mask = rng.random((L, S)) < 0.7
+    elif kind == "float":
+        mask = rng.standard_normal((L, S))
+        mask[rng.random((L, S)) < 0.2] = -np.inf
+    kwargs = {"attn_mask": mask, "is_causal": draw(st.booleans()),
+              "scale": draw(st.sampled_from([None, 0.3])), "enable_gqa": G > 1,
+              "window": draw(st.sampled_from([None, (5, 3), (40, 0)])),
+              "softcap": draw(st.sampled_from([None, 2.0])),
+              "causal_alignment": draw(st.sampled_from(["top_left", "bottom_right"]))}
+    return (query, key, value), kwargs, rng.standard_normal((B, Hkv * G, L, Ev))
+
+
+def _assert_under_the_gradient_rule(call, dtype, masked_rows, given_lse):
+    """The C backward (on the path selected) within the rule of
+    attnref.testing.backward: 2 x the same-dtype NumPy backward's error
+    against the wider reference + the floor at gamma, gradient by gradient;
+    NaN exactly where the reference has NaN. ``given_lse``: the forward's
+    output and lse are passed, as a training step does."""
+    from attnref.testing.backward import gradient_errors, gradient_magnitudes
+    (query, key, value), kwargs, grad_out = call
+    query, key, value, grad_out = (array.astype(dtype) for array in (query, key, value,
+                                                                     grad_out))
+    mask = kwargs["attn_mask"]
+    if mask is not None and mask.dtype != bool:
+        mask = mask.astype(dtype)
+    options = {**kwargs, "attn_mask": mask, "window": None, "softcap": None,
+               "masked_rows": masked_rows}
+    profile = "torch" if kwargs["causal_alignment"] == "top_left" else "flash"
+    inputs = {"query": query, "key": key, "value": value, "attn_mask": mask,
+              "is_causal": kwargs["is_causal"], "scale": kwargs["scale"],
+              "enable_gqa": kwargs["enable_gqa"]}
+    wide_dtype = np.longdouble if dtype == "float64" else np.float64
+    magnitudes = gradient_magnitudes(inputs, grad_out, profile, wide_dtype)
+    saved = {}
+    if given_lse:
+        result = forward(query, key, value, **options, return_lse=True, backend="c")
+        saved = {"out": result.output, "lse": result.lse}
+    run = functools.partial(scaled_dot_product_attention_backward, grad_out, query, key,
+                            value, **options)
+    kernel_grads, baseline = run(backend="c", **saved), run(backend="numpy")
+    wide = run(backend="numpy", precision="longdouble" if dtype == "float64" else "float64")
+    for name, candidate, reference, same in zip(("dq", "dk", "dv"), kernel_grads, wide,
+                                                baseline):
+        assert candidate.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(np.isnan(candidate), np.isnan(reference), err_msg=name)
+        error, bound = gradient_errors(candidate, reference, same, magnitudes[name])
+        assert error <= bound, (name, error, bound)
+
+
+@settings(max_examples=25)
+@given(calls(), st.sampled_from(["float32", "float64"]), st.sampled_from(["zero", "nan"]),
+       st.booleans())
+def test_the_c_backward_agrees_with_the_reference_under_the_gradient_rule(code_path, call,
+                                                                          dtype, masked_rows,
+                                                                          given_lse):
+    """Window and softcap, which the rule's profiles do not express, are
+    covered by the properties above."""
+    _assert_under_the_gradient_rule(call, dtype, masked_rows, given_lse)
+
+
+@settings(max_examples=15)
+@given(block_calls(), st.sampled_from(["float32", "float64"]), st.booleans())
+def test_the_c_backward_agrees_with_the_reference_across_its_blocks(code_path, call, dtype,
+                                                                    given_lse):
+    _assert_under_the_gradient_rule(call, dtype, "zero", given_lse)
+
+
+@settings(max_examples=10)
+@given(block_calls())
+def test_the_c_backward_keeps_window_and_softcap_across_its_blocks(code_path, call):
+    """Window and softcap on lengths that cross the blocks: the C backward
+    (with the bias's gradient when the mask is a float one) against the
+    NumPy one, both float64 (the finite-difference property above ties the
+    NumPy one to the forward)."""
+    (query, key, value), kwargs, grad_out = call
+    mask = kwargs["attn_mask"]
+    run = functools.partial(scaled_dot_product_attention_backward, grad_out, query, key, value,
+                            **kwargs, mask_grad=mask is not None and mask.dtype != bool)
+    for candidate, reference in zip(run(backend="c"), run(backend="numpy")):
+        if reference is None:   # dmask without a float mask
+            assert candidate is None
+            continue
+        np.testing.assert_allclose(candidate, reference, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B", [2, 4])   # B x Hkv = 4, 8: the two passes, the fused one
+def test_the_c_backward_is_bit_identical_for_any_thread_count_and_repeat(code_path, dtype, B):
+    rng = np.random.default_rng(2)
+    query = rng.standard_normal((B, 4, 141, 16)).astype(dtype)
+    key, value = (rng.standard_normal((B, 2, 133, 16)).astype(dtype) for _ in range(2))
+    grad_out = rng.standard_normal((B, 4, 141, 16)).astype(dtype)
+    options = {"is_causal": True, "enable_gqa": True, "causal_alignment": "bottom_right",
+               "softcap": 3.0}
+    saved = forward(query, key, value, **options, return_lse=True, backend="c")
+    previous = attnref.kernel.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3, 2, 1):
+            attnref.kernel.set_num_threads(threads)
+            for given_ in ({}, {"out": saved.output, "lse": saved.lse}):
+                results.append(scaled_dot_product_attention_backward(
+                    grad_out, query, key, value, **options, **given_, backend="c"))
+    finally:
+        attnref.kernel.set_num_threads(previous)
+    for index, other in enumerate(results[2:], 2):
+        for first, again in zip(results[index % 2][:3], other[:3]):
+            assert first.tobytes() == again.tobytes()

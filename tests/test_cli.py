@@ -800,7 +800,8 @@ def test_check_backward_names_the_torch_version(capsys):
 
 
 def test_check_backward_of_a_forward_only_adapter_is_a_usage_error(capsys):
-    assert usage_error(capsys, "check", "attnref-c", "--backward") == [
-        "attnref check: error: --backward has no adapter for 'attnref-c'; backward adapters: "
-        "torch, jax, attnref-numpy, or package.module:function taking (query, key, value, "
+    assert usage_error(capsys, "check", "torch-mha", "--backward") == [
+        "attnref check: error: --backward has no adapter for 'torch-mha'; backward adapters: "
+        "torch, jax, attnref-numpy, attnref-c, or package.module:function taking (query, key, "
+        "value, "
         "grad_out, attn_mask, dropout_p, is_causal, scale, enable_gqa) -> (dq, dk, dv)"]

@@ -84,8 +84,20 @@ def attnref_numpy_vjp(query, key, value, grad_out, attn_mask=None, dropout_p=0.0
         causal_alignment=causal_alignment)[:3])
 
 
+def attnref_c_vjp(query, key, value, grad_out, attn_mask=None, dropout_p=0.0,
+                  is_causal=False, scale=None, enable_gqa=False, *,
+                  causal_alignment="top_left"):
+    """attnref's C backward (``csrc/backward.c``), for self-checks; raises
+    RuntimeError when the kernel is not compiled. ``causal_alignment`` as in
+    :func:`attnref_numpy_vjp`."""
+    return tuple(scaled_dot_product_attention_backward(
+        grad_out, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+        backend="c", causal_alignment=causal_alignment)[:3])
+
+
 VJP_ADAPTERS = {
     "torch": Adapter(torch_autograd, "torch", TORCH_CAPABILITIES, "torch"),
     "jax": Adapter(jax_vjp, "jax", JAX_CAPABILITIES, "jax"),
     "attnref-numpy": Adapter(attnref_numpy_vjp, "torch", ATTNREF_CAPABILITIES),
+    "attnref-c": Adapter(attnref_c_vjp, "torch", ATTNREF_CAPABILITIES),
 }

@@ -14,7 +14,8 @@ from attnref.testing import SUITES
 from attnref.testing.backward import (GRADIENTS, assert_conforms_backward, case_grad_out,
                                       case_inputs_backward, check_backward,
                                       gradient_magnitudes, reference_gradients)
-from attnref.testing.vjp_adapters import attnref_numpy_vjp
+from attnref import kernel
+from attnref.testing.vjp_adapters import attnref_c_vjp, attnref_numpy_vjp
 
 
 def plain_vjp(query, key, value, grad_out, attn_mask=None, dropout_p=0.0, is_causal=False,
@@ -85,6 +86,16 @@ def test_the_plain_backward_and_attnref_pass(reports):
     assert reports[None].passed, reports[None].summary()
     for dtype in ("float32", "float64"):
         assert_conforms_backward(attnref_numpy_vjp, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("semantics", ["torch", "flash"])
+def test_the_c_backward_passes(dtype, semantics):
+    if not kernel.available():
+        pytest.skip(f"C kernel unavailable: {kernel.info()['reason']}")
+    alignment = "top_left" if semantics == "torch" else "bottom_right"
+    assert_conforms_backward(functools.partial(attnref_c_vjp, causal_alignment=alignment),
+                             dtype=dtype, semantics=semantics)
 
 
 @pytest.mark.parametrize("bug", sorted(BUGS))

@@ -1,0 +1,631 @@
+/*
+ * backward_tiled_impl.h -- the SIMD backward, one instruction set and one
+ * float type per inclusion (backward_tiled.c; simd.h says what the includer
+ * defines). FlashAttention-2's backward (Dao 2023, arXiv:2307.08691,
+ * Algorithm 2) blocked for a CPU, with the formulas of backward_impl.h:
+ *   s_ij  = scale dot(q_i, k_j), t_ij = c tanh(s_ij / c) (softcap c), + bias
+ *   p_ij  = exp(s_ij - m_i) / l_i   (m_i = lse_i, l_i = 1 with the forward's
+ *           lse; 0 where s_ij - m_i < ln REAL_MIN, the forward's rule)
+ *   D_i   = dot(dO_i, O_i),  dp_ij = dot(dO_i, v_j)
+ *   da_ij = scale p_ij (dp_ij - D_i) (1 - (t_ij / c)^2)   (0 where p_ij = 0)
+ *   dv_j  = sum_i p_ij dO_i,  dk_j = sum_i da_ij q_i,  dq_i = sum_j da_ij k_j
+ *   dmask_ij = p_ij (dp_ij - D_i)   (the bias's gradient; written by the
+ *           pass that owns dq)
+ * Every sum is carried in REAL (float32 sums in float: each is a dot product
+ * or a sum over rows or keys with the error of a float GEMM, the error the
+ * NumPy float32 reference has too); D_i is recomputed per block rather than
+ * stored.
+ *
+ *   key block   BWD_KEYS keys of one (b, kv head), packed transposed
+ *               (kt: E x BWD_KEYS, vt: Ev x BWD_KEYS, padded keys 0) and, for
+ *               dq, as rows padded to Ep (kp)
+ *   row block   BWD_ROWS query rows, q and dO copied into rows padded to Ep
+ *               and Evp (rows of masked or missing positions are 0)
+ *   micro-kernel  BWD_ROWS rows x 2 vectors of keys, summed over E (scores)
+ *               or Ev (dp): 8 accumulators
+ *   BWD_PASS_DKDV  unit = a key block: dk, dv summed over the kv head's query
+ *               heads and the band's rows, row blocks in ascending order
+ *   BWD_PASS_DQ    unit = (b, h, BWD_QBLOCK rows): dq summed over the band's
+ *               key blocks in ascending order
+ *   BWD_PASS_STATS unit as for dq: m_i (first sweep) and l_i (second)
+ * Key blocks outside a row block's band are never visited.
+ */
+
+#include "simd_exp.h"
+
+#if REAL_IS_DOUBLE
+#define BWD_TANH tanh
+#else
+#define BWD_TANH tanhf
+#endif
+
+#define BWD_PAD(n) (((n) + RW - 1) / RW * RW)
+_Static_assert(BWD_KEYS % (2 * RW) == 0, "a key block is whole pairs of vectors");
+
+typedef struct {
+    const bwd_call *c;
+    int64_t Ep, Evp;
+    REAL *kt, *vt, *kp;          /* the key block */
+    REAL *acc_k, *acc_v, *acc_q; /* BWD_KEYS x Ep, BWD_KEYS x Evp, BWD_QBLOCK x Ep */
+    REAL *qr, *dor, *orow;       /* BWD_ROWS x Ep, BWD_ROWS x Evp, Evp */
+    REAL *sc, *dp, *fac, *pw, *da;   /* BWD_ROWS x BWD_KEYS */
+    REAL m[BWD_ROWS], linv[BWD_ROWS], d[BWD_ROWS];
+    int active[BWD_ROWS];
+    int keys[BWD_KEYS], weighed;   /* the keys some row weighs (bwd_weights) */
+} TILED(bwd_work);
+
+static const REAL *TILED(bwd_at)(const void *base, const int64_t *stride, int64_t b,
+                                 int64_t h, int64_t i)
+{
+    return (const REAL *)base + b * stride[0] + h * stride[1] + i * stride[2];
+}
+
+/* out[e][j] = rows j0 + j of (b, kvh) at dim e, for j < nk, e < n: RW x RW
+   blocks by simd.h's transpose, the edges one by one. */
+static void TILED(bwd_transpose)(REAL *out, const void *base, const int64_t *stride, int64_t b,
+                                 int64_t kvh, int64_t j0, int nk, int64_t n)
+{
+    int j = 0;
+    for (; j + RW <= nk; j += RW) {
+        int64_t e = 0;
+        for (; e + RW <= n; e += RW) {
+            RVEC block[RW];
+            for (int u = 0; u < RW; u++)
+                block[u] = RV_LOAD(TILED(bwd_at)(base, stride, b, kvh, j0 + j + u) + e);
+            TILED(transpose_real)(block);
+            for (int u = 0; u < RW; u++) RV_STORE(out + (e + u) * BWD_KEYS + j, block[u]);
+        }
+        for (int u = 0; u < RW; u++) {
+            const REAL *row = TILED(bwd_at)(base, stride, b, kvh, j0 + j + u);
+            for (int64_t f = e; f < n; f++) out[f * BWD_KEYS + j + u] = row[f];
+        }
+    }
+    for (; j < nk; j++) {
+        const REAL *row = TILED(bwd_at)(base, stride, b, kvh, j0 + j);
+        for (int64_t e = 0; e < n; e++) out[e * BWD_KEYS + j] = row[e];
+    }
+}
+
+/* Packs keys [j0, j0 + nk) of (b, kvh): kt and vt, and kp when `rows`. */
+static void TILED(bwd_keys)(TILED(bwd_work) *w, int64_t b, int64_t kvh, int64_t j0, int nk,
+                            int rows)
+{
+    const attnref_params *p = w->c->p;
+    if (nk < BWD_KEYS) {   /* padded keys are 0 */
+        memset(w->kt, 0, (size_t)(p->E * BWD_KEYS) * sizeof(REAL));
+        memset(w->vt, 0, (size_t)(p->Ev * BWD_KEYS) * sizeof(REAL));
+    }
+    TILED(bwd_transpose)(w->kt, w->c->k, p->k_stride, b, kvh, j0, nk, p->E);
+    TILED(bwd_transpose)(w->vt, w->c->v, p->v_stride, b, kvh, j0, nk, p->Ev);
+    for (int j = 0; j < nk && rows; j++) {
+        memcpy(w->kp + j * w->Ep, TILED(bwd_at)(w->c->k, p->k_stride, b, kvh, j0 + j),
+               (size_t)p->E * sizeof(REAL));
+        memset(w->kp + j * w->Ep + p->E, 0, (size_t)(w->Ep - p->E) * sizeof(REAL));
+    }
+}
+
+/* Row i's statistics (m, 1 / l); 0 when the row has no visible key. */
+static int TILED(bwd_stats)(const TILED(bwd_work) *w, int64_t b, int64_t h, int64_t i,
+                            REAL *m, REAL *linv)
+{
+    const attnref_params *p = w->c->p;
+    if (w->c->lse) {
+        *m = *TILED(bwd_at)(w->c->lse, p->lse_stride, b, h, i);
+        *linv = 1;
+    } else {
+        const REAL *row = (const REAL *)w->c->stats + 2 * ((b * p->H + h) * p->L + i);
+        *m = row[0];
+        *linv = 1 / row[1];
+    }
+    return !(isinf(*m) && *m < 0);
+}
+
+/* Loads rows [i0, i0 + nr) of (b, h): q (and, unless `stats_only`, dO, the
+   statistics and D); a missing or fully masked row is 0 and inactive. */
+static void TILED(bwd_load_rows)(TILED(bwd_work) *w, int64_t b, int64_t h, int64_t i0, int nr,
+                            int stats_only)
+{
+    const attnref_params *p = w->c->p;
+    for (int r = 0; r < BWD_ROWS; r++) {
+        REAL *qr = w->qr + r * w->Ep, *dor = w->dor + r * w->Evp;
+        int active = r < nr;
+        if (active && !stats_only)
+            active = TILED(bwd_stats)(w, b, h, i0 + r, &w->m[r], &w->linv[r]);
+        w->active[r] = active;
+        w->d[r] = 0;
+        memset(qr, 0, (size_t)w->Ep * sizeof(REAL));
+        if (active)
+            memcpy(qr, TILED(bwd_at)(w->c->q, p->q_stride, b, h, i0 + r),
+                   (size_t)p->E * sizeof(REAL));
+        if (stats_only) continue;
+        memset(dor, 0, (size_t)w->Evp * sizeof(REAL));
+        memset(w->orow, 0, (size_t)w->Evp * sizeof(REAL));
+        if (!active) continue;
+        memcpy(dor, TILED(bwd_at)(w->c->grad_out, p->out_stride, b, h, i0 + r),
+               (size_t)p->Ev * sizeof(REAL));
+        memcpy(w->orow, TILED(bwd_at)(w->c->out, p->out_stride, b, h, i0 + r),
+               (size_t)p->Ev * sizeof(REAL));
+        RVEC sum = RV_SET1(0);
+        for (int64_t e = 0; e < w->Evp; e += RW)
+            sum = RV_FMA(RV_LOAD(dor + e), RV_LOAD(w->orow + e), sum);
+        w->d[r] = TILED(hsum)(sum);
+    }
+}
+
+/* out[r][j] = sum_{e < n} a[r][e] bt[e][j]: BWD_ROWS rows x BWD_KEYS keys. */
+static void TILED(bwd_gemm)(const REAL *a, int64_t lda, const REAL *bt, int64_t n, REAL *out)
+{
+    for (int jv = 0; jv < BWD_KEYS; jv += 2 * RW) {
+        RVEC c00 = RV_SET1(0), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
+             c30 = c00, c31 = c00;
+        for (int64_t e = 0; e < n; e++) {
+            const RVEC b0 = RV_LOAD(bt + e * BWD_KEYS + jv);
+            const RVEC b1 = RV_LOAD(bt + e * BWD_KEYS + jv + RW);
+            RVEC a0 = RV_SET1(a[e]);
+            c00 = RV_FMA(a0, b0, c00); c01 = RV_FMA(a0, b1, c01);
+            a0 = RV_SET1(a[lda + e]);
+            c10 = RV_FMA(a0, b0, c10); c11 = RV_FMA(a0, b1, c11);
+            a0 = RV_SET1(a[2 * lda + e]);
+            c20 = RV_FMA(a0, b0, c20); c21 = RV_FMA(a0, b1, c21);
+            a0 = RV_SET1(a[3 * lda + e]);
+            c30 = RV_FMA(a0, b0, c30); c31 = RV_FMA(a0, b1, c31);
+        }
+        RV_STORE(out + jv, c00); RV_STORE(out + jv + RW, c01);
+        RV_STORE(out + BWD_KEYS + jv, c10); RV_STORE(out + BWD_KEYS + jv + RW, c11);
+        RV_STORE(out + 2 * BWD_KEYS + jv, c20); RV_STORE(out + 2 * BWD_KEYS + jv + RW, c21);
+        RV_STORE(out + 3 * BWD_KEYS + jv, c30); RV_STORE(out + 3 * BWD_KEYS + jv + RW, c31);
+    }
+}
+
+_Static_assert(BWD_ROWS == 4, "bwd_gemm and the updates are written for 4 rows");
+
+/* The scores of the row block against keys [j0, j0 + nk): sc (-inf where
+   hidden: band, bool mask, padding) and, with softcap, fac = dt/ds. */
+static void TILED(bwd_scores)(TILED(bwd_work) *w, int64_t b, int64_t h, int64_t i0,
+                              int64_t j0, int nk)
+{
+    const attnref_params *p = w->c->p;
+    const REAL scale = (REAL)p->scale, cap = (REAL)p->softcap;
+    TILED(bwd_gemm)(w->qr, w->Ep, w->kt, p->E, w->sc);
+    for (int r = 0; r < BWD_ROWS; r++) {
+        REAL *sc = w->sc + r * BWD_KEYS, *fac = w->fac + r * BWD_KEYS;
+        if (!w->active[r]) {   /* padding or a fully masked row: mask not read */
+            for (int j = 0; j < BWD_KEYS; j++) sc[j] = -INFINITY;
+            continue;
+        }
+        int64_t jb, je;
+        band_keys(p, i0 + r, &jb, &je);
+        const int64_t at = b * p->mask_stride[0] + h * p->mask_stride[1]
+                           + (i0 + r) * p->mask_stride[2] + j0 * p->mask_stride[3];
+        for (int j = 0; j < BWD_KEYS; j += RW)
+            RV_STORE(sc + j, RV_MUL(RV_LOAD(sc + j), RV_SET1(scale)));
+        if (cap > 0)
+            for (int j = 0; j < BWD_KEYS; j++) {
+                const REAL t = cap * BWD_TANH(sc[j] / cap);
+                fac[j] = 1 - (t / cap) * (t / cap);
+                sc[j] = t;
+            }
+        if (p->mask_kind == ATTNREF_MASK_BIAS) {
+            const REAL *bias = (const REAL *)w->c->mask + at;
+            for (int j = 0; j < nk; j++) sc[j] += bias[j * p->mask_stride[3]];
+        }
+        /* keys outside the band or the block are hidden */
+        const int lo = (int)clamp(jb - j0, 0, nk), hi = (int)clamp(je - j0, 0, nk);
+        if (lo > 0 || hi < BWD_KEYS)
+            for (int j = 0; j < BWD_KEYS; j += RW)
+                RV_STORE(sc + j, TILED(keep_range)(RV_LOAD(sc + j), j, lo, hi));
+        if (p->mask_kind == ATTNREF_MASK_BOOL) {
+            const unsigned char *allowed = (const unsigned char *)w->c->mask + at;
+            for (int j = 0; j < nk; j++)
+                if (!allowed[j * p->mask_stride[3]]) sc[j] = -INFINITY;
+        }
+    }
+}
+
+/* The keys j < nk (ascending) that some row of the block weighs (a key with
+   weight[r][j] = 0 for every r is left out: a hidden key's k and v are not
+   read; da is 0 wherever p is); returns their count. */
+static int TILED(bwd_weighed)(const REAL *weight, int nk, int *keys)
+{
+    int n = 0;
+    for (int j = 0; j < nk; j++)
+        if (weight[j] != 0 || weight[BWD_KEYS + j] != 0 || weight[2 * BWD_KEYS + j] != 0
+                || weight[3 * BWD_KEYS + j] != 0)
+            keys[n++] = j;
+    return n;
+}
+
+/* pw = p and da (see the top) of the row block from sc and fac; dp from dO V^T. */
+static void TILED(bwd_weights)(TILED(bwd_work) *w)
+{
+    const attnref_params *p = w->c->p;
+    const REAL scale = (REAL)p->scale;
+    TILED(bwd_gemm)(w->dor, w->Evp, w->vt, p->Ev, w->dp);
+    for (int r = 0; r < BWD_ROWS; r++) {
+        REAL *pw = w->pw + r * BWD_KEYS, *da = w->da + r * BWD_KEYS;
+        const REAL *sc = w->sc + r * BWD_KEYS, *dp = w->dp + r * BWD_KEYS;
+        const REAL *fac = w->fac + r * BWD_KEYS;
+        if (!w->active[r]) {
+            for (int j = 0; j < BWD_KEYS; j++) pw[j] = da[j] = 0;
+            continue;
+        }
+        const RVEC m = RV_SET1(w->m[r]), linv = RV_SET1(w->linv[r]);
+        for (int j = 0; j < BWD_KEYS; j += RW)
+            RV_STORE(pw + j, RV_MUL(TILED(vexp)(RV_SUB(RV_LOAD(sc + j), m)), linv));
+        const REAL d = w->d[r];
+        for (int j = 0; j < BWD_KEYS; j++) {
+            pw[j] = sc[j] == -INFINITY ? 0 : pw[j];   /* hidden, even on a NaN row */
+            da[j] = pw[j] == 0 ? 0 : scale * (pw[j] * (dp[j] - d));
+        }
+        if (p->softcap > 0)   /* a hidden key's factor may be NaN: its da stays 0 */
+            for (int j = 0; j < BWD_KEYS; j++) da[j] = pw[j] == 0 ? 0 : da[j] * fac[j];
+    }
+    w->weighed = TILED(bwd_weighed)(w->pw, BWD_KEYS, w->keys);
+}
+
+/* acc[j][:] += sum_r weight[r][j] rows[r][:] for the weighed keys (width n,
+   a multiple of RW): two vectors of the four rows held, the keys streamed. */
+static void TILED(bwd_update_keys)(REAL *acc, const REAL *weight, const REAL *rows, int64_t n,
+                                   const int *keys, int count)
+{
+    int64_t e = 0;
+    for (; e + 2 * RW <= n; e += 2 * RW) {
+        const RVEC q00 = RV_LOAD(rows + e), q01 = RV_LOAD(rows + e + RW);
+        const RVEC q10 = RV_LOAD(rows + n + e), q11 = RV_LOAD(rows + n + e + RW);
+        const RVEC q20 = RV_LOAD(rows + 2 * n + e), q21 = RV_LOAD(rows + 2 * n + e + RW);
+        const RVEC q30 = RV_LOAD(rows + 3 * n + e), q31 = RV_LOAD(rows + 3 * n + e + RW);
+        for (int u = 0; u < count; u++) {
+            const int j = keys[u];
+            REAL *row = acc + j * n + e;
+            RVEC a = RV_SET1(weight[j]);
+            RVEC x0 = RV_FMA(a, q00, RV_LOAD(row)), x1 = RV_FMA(a, q01, RV_LOAD(row + RW));
+            a = RV_SET1(weight[BWD_KEYS + j]);
+            x0 = RV_FMA(a, q10, x0); x1 = RV_FMA(a, q11, x1);
+            a = RV_SET1(weight[2 * BWD_KEYS + j]);
+            x0 = RV_FMA(a, q20, x0); x1 = RV_FMA(a, q21, x1);
+            a = RV_SET1(weight[3 * BWD_KEYS + j]);
+            x0 = RV_FMA(a, q30, x0); x1 = RV_FMA(a, q31, x1);
+            RV_STORE(row, x0);
+            RV_STORE(row + RW, x1);
+        }
+    }
+    if (e < n) {
+        const RVEC q0 = RV_LOAD(rows + e), q1 = RV_LOAD(rows + n + e);
+        const RVEC q2 = RV_LOAD(rows + 2 * n + e), q3 = RV_LOAD(rows + 3 * n + e);
+        for (int u = 0; u < count; u++) {
+            const int j = keys[u];
+            REAL *row = acc + j * n + e;
+            RVEC x = RV_FMA(RV_SET1(weight[j]), q0, RV_LOAD(row));
+            x = RV_FMA(RV_SET1(weight[BWD_KEYS + j]), q1, x);
+            x = RV_FMA(RV_SET1(weight[2 * BWD_KEYS + j]), q2, x);
+            x = RV_FMA(RV_SET1(weight[3 * BWD_KEYS + j]), q3, x);
+            RV_STORE(row, x);
+        }
+    }
+}
+
+/* acc[r][:] += sum_j da[r][j] kp[j][:] for the row block (acc BWD_ROWS x Ep)
+   over the weighed keys: 4 rows x 2 vectors of accumulators. */
+static void TILED(bwd_update_rows)(REAL *acc, const REAL *da, const REAL *kp, int64_t Ep,
+                                   const int *keys, int count)
+{
+    int64_t e = 0;
+    for (; e + 2 * RW <= Ep; e += 2 * RW) {
+        RVEC c00 = RV_LOAD(acc + e), c01 = RV_LOAD(acc + e + RW);
+        RVEC c10 = RV_LOAD(acc + Ep + e), c11 = RV_LOAD(acc + Ep + e + RW);
+        RVEC c20 = RV_LOAD(acc + 2 * Ep + e), c21 = RV_LOAD(acc + 2 * Ep + e + RW);
+        RVEC c30 = RV_LOAD(acc + 3 * Ep + e), c31 = RV_LOAD(acc + 3 * Ep + e + RW);
+        for (int u = 0; u < count; u++) {
+            const int j = keys[u];
+            const RVEC k0 = RV_LOAD(kp + j * Ep + e), k1 = RV_LOAD(kp + j * Ep + e + RW);
+            RVEC a = RV_SET1(da[j]);
+            c00 = RV_FMA(a, k0, c00); c01 = RV_FMA(a, k1, c01);
+            a = RV_SET1(da[BWD_KEYS + j]);
+            c10 = RV_FMA(a, k0, c10); c11 = RV_FMA(a, k1, c11);
+            a = RV_SET1(da[2 * BWD_KEYS + j]);
+            c20 = RV_FMA(a, k0, c20); c21 = RV_FMA(a, k1, c21);
+            a = RV_SET1(da[3 * BWD_KEYS + j]);
+            c30 = RV_FMA(a, k0, c30); c31 = RV_FMA(a, k1, c31);
+        }
+        RV_STORE(acc + e, c00); RV_STORE(acc + e + RW, c01);
+        RV_STORE(acc + Ep + e, c10); RV_STORE(acc + Ep + e + RW, c11);
+        RV_STORE(acc + 2 * Ep + e, c20); RV_STORE(acc + 2 * Ep + e + RW, c21);
+        RV_STORE(acc + 3 * Ep + e, c30); RV_STORE(acc + 3 * Ep + e + RW, c31);
+    }
+    if (e < Ep) {
+        RVEC c0 = RV_LOAD(acc + e), c1 = RV_LOAD(acc + Ep + e), c2 = RV_LOAD(acc + 2 * Ep + e),
+             c3 = RV_LOAD(acc + 3 * Ep + e);
+        for (int u = 0; u < count; u++) {
+            const int j = keys[u];
+            const RVEC k = RV_LOAD(kp + j * Ep + e);
+            c0 = RV_FMA(RV_SET1(da[j]), k, c0);
+            c1 = RV_FMA(RV_SET1(da[BWD_KEYS + j]), k, c1);
+            c2 = RV_FMA(RV_SET1(da[2 * BWD_KEYS + j]), k, c2);
+            c3 = RV_FMA(RV_SET1(da[3 * BWD_KEYS + j]), k, c3);
+        }
+        RV_STORE(acc + e, c0); RV_STORE(acc + Ep + e, c1);
+        RV_STORE(acc + 2 * Ep + e, c2); RV_STORE(acc + 3 * Ep + e, c3);
+    }
+}
+
+/* Key blocks [*kb_begin, *kb_end) the rows [i0, i1) can see. */
+static void TILED(bwd_key_blocks)(const attnref_params *p, int64_t i0, int64_t i1,
+                                  int64_t *kb_begin, int64_t *kb_end)
+{
+    int64_t jb, je, unused;
+    band_keys(p, i0, &jb, &unused);
+    band_keys(p, i1 - 1, &unused, &je);
+    *kb_begin = jb / BWD_KEYS;
+    *kb_end = je > jb ? (je - 1) / BWD_KEYS + 1 : *kb_begin;
+}
+
+/* Rows [*i_begin, *i_end) that can see a key of [j0, j1): i with
+   band_lower <= j - i - diag_offset <= band_upper for some j. */
+static void TILED(bwd_row_range)(const attnref_params *p, int64_t j0, int64_t j1,
+                                 int64_t *i_begin, int64_t *i_end)
+{
+    *i_begin = clamp(add_saturated(add_saturated(j0, -p->diag_offset), -p->band_upper), 0, p->L);
+    *i_end = clamp(add_saturated(add_saturated(add_saturated(j1 - 1, -p->diag_offset),
+                                               -p->band_lower), 1), 0, p->L);
+    if (*i_end < *i_begin) *i_end = *i_begin;
+}
+
+/* BWD_PASS_STATS: m and l of the rows of unit (b, h, row block). */
+static void TILED(bwd_unit_stats)(TILED(bwd_work) *w, int64_t b, int64_t h, int64_t i0,
+                                  int64_t i1)
+{
+    const attnref_params *p = w->c->p;
+    const int64_t kvh = h / p->kv_group;
+    REAL *stats = (REAL *)w->c->stats + 2 * ((b * p->H + h) * p->L);
+    int64_t kb0, kb1;
+    TILED(bwd_key_blocks)(p, i0, i1, &kb0, &kb1);
+    for (int64_t i = i0; i < i1; i++) {
+        stats[2 * i] = -INFINITY;
+        stats[2 * i + 1] = 0;
+    }
+    for (int sweep = 0; sweep < 2; sweep++)
+        for (int64_t kb = kb0; kb < kb1; kb++) {
+            const int64_t j0 = kb * BWD_KEYS;
+            const int nk = (int)(p->S - j0 < BWD_KEYS ? p->S - j0 : BWD_KEYS);
+            TILED(bwd_keys)(w, b, kvh, j0, nk, 0);
+            for (int64_t r0 = i0; r0 < i1; r0 += BWD_ROWS) {
+                const int nr = (int)(i1 - r0 < BWD_ROWS ? i1 - r0 : BWD_ROWS);
+                TILED(bwd_load_rows)(w, b, h, r0, nr, 1);
+                TILED(bwd_scores)(w, b, h, r0, j0, nk);
+                for (int r = 0; r < nr; r++) {
+                    REAL *row = stats + 2 * (r0 + r);
+                    const REAL *sc = w->sc + r * BWD_KEYS;
+                    if (sweep == 0) {
+                        for (int j = 0; j < nk; j++)
+                            row[0] = isnan(sc[j]) || isnan(row[0]) ? (REAL)NAN
+                                     : sc[j] > row[0] ? sc[j] : row[0];
+                    } else if (!(isinf(row[0]) && row[0] < 0)) {
+                        const RVEC m = RV_SET1(row[0]);
+                        REAL *pw = w->pw;
+                        for (int j = 0; j < BWD_KEYS; j += RW)
+                            RV_STORE(pw + j, TILED(vexp)(RV_SUB(RV_LOAD(sc + j), m)));
+                        for (int j = 0; j < nk; j++) row[1] += pw[j];
+                    }
+                }
+            }
+        }
+}
+
+/* dmask of the row block's rows against keys [j0, j0 + nk), when asked. */
+static void TILED(bwd_store_dmask)(const TILED(bwd_work) *w, int64_t b, int64_t h, int64_t i0,
+                                   int nr, int64_t j0, int nk)
+{
+    const attnref_params *p = w->c->p;
+    if (!w->c->dmask) return;
+    for (int r = 0; r < nr; r++) {
+        if (!w->active[r]) continue;
+        REAL *row = (REAL *)w->c->dmask + ((b * p->H + h) * p->L + i0 + r) * p->S + j0;
+        const REAL *pw = w->pw + r * BWD_KEYS, *dp = w->dp + r * BWD_KEYS;
+        for (int j = 0; j < nk; j++)
+            row[j] = pw[j] == 0 ? 0 : pw[j] * (dp[j] - w->d[r]);
+    }
+}
+
+/* dq of rows [i0, i1) of (b, h) from acc_q (0 or NaN on a fully masked row;
+   so is the row of dmask under ATTNREF_ROWS_NAN). */
+static void TILED(bwd_store_dq)(const TILED(bwd_work) *w, int64_t b, int64_t h, int64_t i0,
+                                int64_t i1)
+{
+    const attnref_params *p = w->c->p;
+    for (int64_t i = i0; i < i1; i++) {
+        REAL *dq = (REAL *)w->c->dq + ((b * p->H + h) * p->L + i) * p->E, m, linv;
+        const REAL *acc = w->acc_q + (i - i0) * w->Ep;
+        const int active = TILED(bwd_stats)(w, b, h, i, &m, &linv);
+        for (int64_t e = 0; e < p->E; e++)
+            dq[e] = active ? acc[e]
+                    : p->masked_rows == ATTNREF_ROWS_NAN ? (REAL)NAN : 0;
+        if (!active && w->c->dmask && p->masked_rows == ATTNREF_ROWS_NAN)
+            for (int64_t j = 0; j < p->S; j++)
+                ((REAL *)w->c->dmask)[((b * p->H + h) * p->L + i) * p->S + j] = (REAL)NAN;
+    }
+}
+
+/* BWD_PASS_DQ: dq of the rows of unit (b, h, row block). */
+static void TILED(bwd_unit_dq)(TILED(bwd_work) *w, int64_t b, int64_t h, int64_t i0, int64_t i1)
+{
+    const attnref_params *p = w->c->p;
+    const int64_t kvh = h / p->kv_group;
+    int64_t kb0, kb1;
+    TILED(bwd_key_blocks)(p, i0, i1, &kb0, &kb1);
+    memset(w->acc_q, 0, (size_t)(BWD_QBLOCK * w->Ep) * sizeof(REAL));
+    for (int64_t kb = kb0; kb < kb1; kb++) {
+        const int64_t j0 = kb * BWD_KEYS;
+        const int nk = (int)(p->S - j0 < BWD_KEYS ? p->S - j0 : BWD_KEYS);
+        TILED(bwd_keys)(w, b, kvh, j0, nk, 1);
+        for (int64_t r0 = i0; r0 < i1; r0 += BWD_ROWS) {
+            const int nr = (int)(i1 - r0 < BWD_ROWS ? i1 - r0 : BWD_ROWS);
+            TILED(bwd_load_rows)(w, b, h, r0, nr, 0);
+            if (!(w->active[0] | w->active[1] | w->active[2] | w->active[3])) continue;
+            TILED(bwd_scores)(w, b, h, r0, j0, nk);
+            TILED(bwd_weights)(w);
+            TILED(bwd_store_dmask)(w, b, h, r0, nr, j0, nk);
+            TILED(bwd_update_rows)(w->acc_q + (r0 - i0) * w->Ep, w->da, w->kp, w->Ep, w->keys,
+                                           w->weighed);
+        }
+    }
+    TILED(bwd_store_dq)(w, b, h, i0, i1);
+}
+
+/* BWD_PASS_DKDV: dk and dv of the keys of unit (b, kv head, key block). */
+static void TILED(bwd_unit_dkdv)(TILED(bwd_work) *w, int64_t b, int64_t kvh, int64_t j0, int nk)
+{
+    const attnref_params *p = w->c->p;
+    const int64_t Hkv = p->H / p->kv_group;
+    int nan_rows = 0;
+    memset(w->acc_k, 0, (size_t)(BWD_KEYS * w->Ep) * sizeof(REAL));
+    memset(w->acc_v, 0, (size_t)(BWD_KEYS * w->Evp) * sizeof(REAL));
+    TILED(bwd_keys)(w, b, kvh, j0, nk, 0);
+    int64_t i_begin, i_end;
+    TILED(bwd_row_range)(p, j0, j0 + nk, &i_begin, &i_end);
+    for (int64_t g = 0; g < p->kv_group; g++) {
+        const int64_t h = kvh * p->kv_group + g;
+        /* a fully masked row's NaN weights reach every key of its head */
+        for (int64_t i = 0; i < p->L && p->masked_rows == ATTNREF_ROWS_NAN && !nan_rows; i++) {
+            REAL m, linv;
+            nan_rows = !TILED(bwd_stats)(w, b, h, i, &m, &linv);
+        }
+        for (int64_t r0 = i_begin; r0 < i_end; r0 += BWD_ROWS) {
+            const int nr = (int)(i_end - r0 < BWD_ROWS ? i_end - r0 : BWD_ROWS);
+            TILED(bwd_load_rows)(w, b, h, r0, nr, 0);
+            if (!(w->active[0] | w->active[1] | w->active[2] | w->active[3])) continue;
+            TILED(bwd_scores)(w, b, h, r0, j0, nk);
+            TILED(bwd_weights)(w);
+            TILED(bwd_update_keys)(w->acc_v, w->pw, w->dor, w->Evp, w->keys, w->weighed);
+            TILED(bwd_update_keys)(w->acc_k, w->da, w->qr, w->Ep, w->keys, w->weighed);
+        }
+    }
+    for (int j = 0; j < nk; j++) {
+        const int64_t key = (b * Hkv + kvh) * p->S + j0 + j;
+        REAL *dk = (REAL *)w->c->dk + key * p->E, *dv = (REAL *)w->c->dv + key * p->Ev;
+        for (int64_t e = 0; e < p->E; e++)
+            dk[e] = nan_rows ? (REAL)NAN : w->acc_k[j * w->Ep + e];
+        for (int64_t e = 0; e < p->Ev; e++)
+            dv[e] = nan_rows ? (REAL)NAN : w->acc_v[j * w->Evp + e];
+    }
+}
+
+/* BWD_PASS_FUSED: dq, dk and dv of unit (b, kv head), in one sweep over
+   its query heads, their row blocks and each block's key blocks (every
+   product computed once: 5 per score instead of the two passes' 7). dk and
+   dv are summed in the outputs, block by block, in ascending row order. */
+static void TILED(bwd_unit_fused)(TILED(bwd_work) *w, int64_t b, int64_t kvh)
+{
+    const attnref_params *p = w->c->p;
+    const int64_t Hkv = p->H / p->kv_group;
+    REAL *dk = (REAL *)w->c->dk + (b * Hkv + kvh) * p->S * p->E;
+    REAL *dv = (REAL *)w->c->dv + (b * Hkv + kvh) * p->S * p->Ev;
+    int nan_rows = 0;
+    for (int64_t g = 0; g < p->kv_group; g++) {
+        const int64_t h = kvh * p->kv_group + g;
+        for (int64_t i0 = 0; i0 < p->L; i0 += BWD_QBLOCK) {
+            const int64_t i1 = i0 + BWD_QBLOCK < p->L ? i0 + BWD_QBLOCK : p->L;
+            int64_t kb0, kb1;
+            TILED(bwd_key_blocks)(p, i0, i1, &kb0, &kb1);
+            memset(w->acc_q, 0, (size_t)(BWD_QBLOCK * w->Ep) * sizeof(REAL));
+            for (int64_t kb = kb0; kb < kb1; kb++) {
+                const int64_t j0 = kb * BWD_KEYS;
+                const int nk = (int)(p->S - j0 < BWD_KEYS ? p->S - j0 : BWD_KEYS);
+                TILED(bwd_keys)(w, b, kvh, j0, nk, 1);
+                for (int j = 0; j < nk; j++) {   /* the keys' sums so far */
+                    memcpy(w->acc_k + j * w->Ep, dk + (j0 + j) * p->E, (size_t)p->E * sizeof(REAL));
+                    memset(w->acc_k + j * w->Ep + p->E, 0, (size_t)(w->Ep - p->E) * sizeof(REAL));
+                    memcpy(w->acc_v + j * w->Evp, dv + (j0 + j) * p->Ev,
+                           (size_t)p->Ev * sizeof(REAL));
+                    memset(w->acc_v + j * w->Evp + p->Ev, 0,
+                           (size_t)(w->Evp - p->Ev) * sizeof(REAL));
+                }
+                for (int64_t r0 = i0; r0 < i1; r0 += BWD_ROWS) {
+                    const int nr = (int)(i1 - r0 < BWD_ROWS ? i1 - r0 : BWD_ROWS);
+                    TILED(bwd_load_rows)(w, b, h, r0, nr, 0);
+                    if (!(w->active[0] | w->active[1] | w->active[2] | w->active[3])) continue;
+                    TILED(bwd_scores)(w, b, h, r0, j0, nk);
+                    TILED(bwd_weights)(w);
+                    TILED(bwd_store_dmask)(w, b, h, r0, nr, j0, nk);
+                    TILED(bwd_update_keys)(w->acc_v, w->pw, w->dor, w->Evp, w->keys, w->weighed);
+                    TILED(bwd_update_keys)(w->acc_k, w->da, w->qr, w->Ep, w->keys, w->weighed);
+                    TILED(bwd_update_rows)(w->acc_q + (r0 - i0) * w->Ep, w->da, w->kp, w->Ep, w->keys,
+                                           w->weighed);
+                }
+                for (int j = 0; j < nk; j++) {
+                    memcpy(dk + (j0 + j) * p->E, w->acc_k + j * w->Ep, (size_t)p->E * sizeof(REAL));
+                    memcpy(dv + (j0 + j) * p->Ev, w->acc_v + j * w->Evp,
+                           (size_t)p->Ev * sizeof(REAL));
+                }
+            }
+            TILED(bwd_store_dq)(w, b, h, i0, i1);
+        }
+        /* a fully masked row's NaN weights reach every key of its head */
+        for (int64_t i = 0; i < p->L && p->masked_rows == ATTNREF_ROWS_NAN && !nan_rows; i++) {
+            REAL m, linv;
+            nan_rows = !TILED(bwd_stats)(w, b, h, i, &m, &linv);
+        }
+    }
+    if (nan_rows) {
+        for (int64_t x = 0; x < p->S * p->E; x++) dk[x] = (REAL)NAN;
+        for (int64_t x = 0; x < p->S * p->Ev; x++) dv[x] = (REAL)NAN;
+    }
+}
+
+/* A worker: its scratch, then units from job->next until job->row_end. */
+INTERNAL int TILED(bwd_rows)(const sdpa_job *job)
+{
+    const bwd_call *c = (const bwd_call *)job->out;
+    const attnref_params *p = c->p;
+    TILED(bwd_work) w;
+    memset(&w, 0, sizeof w);
+    w.c = c;
+    w.Ep = BWD_PAD(p->E);
+    w.Evp = BWD_PAD(p->Ev > 0 ? p->Ev : 1);
+    /* kt, vt, kp, acc_k, acc_v, acc_q, qr, dor, orow, then sc, dp, fac, pw, da */
+    const size_t sizes[10] = {
+        (size_t)(p->E * BWD_KEYS), (size_t)(w.Evp * BWD_KEYS), (size_t)(BWD_KEYS * w.Ep),
+        (size_t)(BWD_KEYS * w.Ep), (size_t)(BWD_KEYS * w.Evp), (size_t)(BWD_QBLOCK * w.Ep),
+        (size_t)(BWD_ROWS * w.Ep), (size_t)(BWD_ROWS * w.Evp), (size_t)w.Evp,
+        5 * BWD_ROWS * BWD_KEYS};
+    REAL **parts[9] = {&w.kt, &w.vt, &w.kp, &w.acc_k, &w.acc_v, &w.acc_q, &w.qr, &w.dor,
+                       &w.orow};
+    size_t total = 0;
+    for (int u = 0; u < 10; u++) total += (sizes[u] + 15) / 16 * 16;   /* 64-byte aligned parts */
+    void *memory = NULL;
+    if (posix_memalign(&memory, 64, total * sizeof(REAL)) != 0) return ATTNREF_ERR_NOMEM;
+    REAL *at = (REAL *)memory;
+    for (int u = 0; u < 9; u++) {
+        *parts[u] = at;
+        at += (sizes[u] + 15) / 16 * 16;
+    }
+    w.sc = at;
+    w.dp = at + BWD_ROWS * BWD_KEYS;
+    w.fac = at + 2 * BWD_ROWS * BWD_KEYS;
+    w.pw = at + 3 * BWD_ROWS * BWD_KEYS;
+    w.da = at + 4 * BWD_ROWS * BWD_KEYS;
+    const int64_t Hkv = p->H / p->kv_group;
+    const int64_t qblocks = (p->L + BWD_QBLOCK - 1) / BWD_QBLOCK;
+    const int64_t kblocks = (p->S + BWD_KEYS - 1) / BWD_KEYS;
+    for (int64_t unit = __atomic_fetch_add(job->next, 1, __ATOMIC_RELAXED); unit < job->row_end;
+         unit = __atomic_fetch_add(job->next, 1, __ATOMIC_RELAXED)) {
+        if (c->pass == BWD_PASS_FUSED) {
+            TILED(bwd_unit_fused)(&w, unit / Hkv, unit % Hkv);
+        } else if (c->pass == BWD_PASS_DKDV) {
+            const int64_t kb = unit % kblocks, kvh = unit / kblocks % Hkv, b = unit / kblocks / Hkv;
+            const int64_t j0 = kb * BWD_KEYS;
+            TILED(bwd_unit_dkdv)(&w, b, kvh, j0, (int)(p->S - j0 < BWD_KEYS ? p->S - j0 : BWD_KEYS));
+        } else {
+            const int64_t qb = unit % qblocks, h = unit / qblocks % p->H, b = unit / qblocks / p->H;
+            const int64_t i0 = qb * BWD_QBLOCK, i1 = i0 + BWD_QBLOCK < p->L ? i0 + BWD_QBLOCK : p->L;
+            if (c->pass == BWD_PASS_STATS)
+                TILED(bwd_unit_stats)(&w, b, h, i0, i1);
+            else
+                TILED(bwd_unit_dq)(&w, b, h, i0, i1);
+        }
+    }
+    free(memory);
+    return ATTNREF_OK;
+}
+
+#undef BWD_PAD
+#undef BWD_TANH

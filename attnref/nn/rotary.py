@@ -85,22 +85,18 @@ def apply_rotary(x, angles, *, interleaved=False):
                  interleaved)
 
 
-def _turn(x, cos, sin, interleaved, out=None):
+def _turn(x, cos, sin, interleaved):
     """``x`` (..., T, E) turned pair by pair by the angles whose ``cos`` and
-    ``sin`` (T, E/2) are given, in ``x``'s dtype, into ``out`` (a new array
-    when None; ``x`` itself turns it in place). Two half-size temporaries."""
-    if out is None:
-        out = np.empty_like(x)
-    halves = ((lambda a: (a[..., 0::2], a[..., 1::2])) if interleaved    # (..., T, E/2) views
-              else (lambda a: np.split(a, 2, axis=-1)))
-    first, second = halves(x)
-    out_first, out_second = halves(out)
-    first_sin, second_sin = first * sin, second * sin   # before out (maybe x) is written
-    np.multiply(first, cos, out=out_first)
-    out_first -= second_sin
-    np.multiply(second, cos, out=out_second)
-    out_second += first_sin
-    return out
+    ``sin`` (T, E/2) are given, in ``x``'s dtype."""
+    if interleaved:
+        first, second = x[..., 0::2], x[..., 1::2]                              # (..., T, E/2)
+    else:
+        first, second = np.split(x, 2, axis=-1)                                 # (..., T, E/2)
+    turned_first = first * cos - second * sin
+    turned_second = second * cos + first * sin
+    if not interleaved:
+        return np.concatenate([turned_first, turned_second], axis=-1)
+    return np.stack([turned_first, turned_second], axis=-1).reshape(x.shape)
 
 
 def _check_rows(weight, num_heads):
@@ -165,28 +161,14 @@ class Rotary:
         return (f"Rotary({self.head_dim}, base={self.base:g}, "
                 f"interleaved={self.interleaved})")
 
-    def __call__(self, x, offset=0, *, out=None):
-        """``x`` (..., T, E) at positions ``offset .. offset + T - 1`` -> (..., T, E).
-
-        ``out``: an array of ``x``'s shape and dtype to write into, any
-        strides: ``x`` itself (turns the heads in place, e.g. views of a
-        fused Q|K|V projection) or an array sharing no memory with it; None
-        returns a new array.
-        """
+    def __call__(self, x, offset=0):
+        """``x`` (..., T, E) at positions ``offset .. offset + T - 1`` -> (..., T, E)."""
         if np.shape(x)[-1] != self.head_dim:
             raise ValueError(f"Rotary for head_dim {self.head_dim} got heads of shape "
                              f"{np.shape(x)}")
         x = np.asarray(x)
         if x.ndim < 2:
             raise ValueError(f"Rotary needs heads (..., T, E), got shape {x.shape}")
-        if out is not None and not (isinstance(out, np.ndarray) and out.shape == x.shape
-                                    and out.dtype == x.dtype and out.flags.writeable):
-            raise ValueError(f"out must be a writeable numpy array of shape {x.shape} and "
-                             f"dtype {x.dtype}, got "
-                             f"{getattr(out, 'shape', type(out).__name__)} "
-                             f"{getattr(out, 'dtype', '')}".rstrip())
-        if out is not None and out is not x and np.may_share_memory(out, x):
-            raise ValueError("out must be x itself or share no memory with it")
         key = (offset, x.shape[-2], x.dtype)
         cached, cos, sin = self._tables
         if cached != key:
@@ -194,4 +176,4 @@ class Rotary:
                                    base=self.base)                          # (T, E/2)
             cos, sin = np.cos(angles).astype(x.dtype), np.sin(angles).astype(x.dtype)
             self._tables = (key, cos, sin)
-        return _turn(x, cos, sin, self.interleaved, out)
+        return _turn(x, cos, sin, self.interleaved)

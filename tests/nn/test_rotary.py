@@ -144,27 +144,3 @@ def test_permutation_rejects_bad_shapes():
         interleaved_to_rotate_half(np.zeros(8), 0)
     with pytest.raises(ValueError, match="weight must be"):
         interleaved_to_rotate_half(np.zeros((2, 2, 2)), 1)
-
-
-@pytest.mark.parametrize("interleaved", [False, True])
-def test_rotary_turns_in_place_and_into_out(interleaved, dtype):
-    rotary = Rotary(8, base=500.0, interleaved=interleaved)
-    rng = np.random.default_rng(9)
-    projected = rng.standard_normal((5, 3 * 8)).astype(dtype)     # (T, H*E), as a projection
-    heads = projected.reshape(5, 3, 8).swapaxes(0, 1)              # (H, T, E) strided view
-    expected = rotary(heads, 2)
-    out = np.empty_like(heads)
-    assert rotary(heads, 2, out=out) is out
-    np.testing.assert_array_equal(out, expected)
-    assert rotary(heads, 2, out=heads) is heads
-    np.testing.assert_array_equal(heads, expected)
-    np.testing.assert_array_equal(projected.reshape(5, 3, 8).swapaxes(0, 1), expected)
-
-
-def test_rotary_rejects_a_bad_out():
-    rotary, x = Rotary(4), np.zeros((3, 4), np.float32)
-    with pytest.raises(ValueError, match=r"out must be a writeable numpy array of shape "
-                                         r"\(3, 4\) and dtype float32, got \(3, 4\) float64"):
-        rotary(x, out=np.zeros((3, 4)))
-    with pytest.raises(ValueError, match="out must be x itself or share no memory with it"):
-        rotary(x[:2], out=x[1:])

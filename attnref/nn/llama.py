@@ -45,17 +45,31 @@ class LlamaBlock:
                    GatedFeedForward.init(dim, hidden, rng=rng, dtype=dtype),
                    RMSNorm.init(dim, eps=eps, dtype=dtype))
 
-    def __call__(self, x, *, cache=None, trace=None, backend="auto", name="decoder"):
-        """(..., T, D) -> (..., T, D); ``x`` starts at position ``cache.length`` (0 without)."""
-        if trace is None:
-            x = x + self.attention(self.attention_norm(x), is_causal=True, cache=cache,
-                                   backend=backend)
-            return x + self.feed_forward(self.feed_forward_norm(x))
-        attended, record = self.attention(self.attention_norm(x), is_causal=True, cache=cache,
-                                          record=True)
-        mid = x + attended
-        out = mid + self.feed_forward(self.feed_forward_norm(mid))
-        trace.layers.append(LayerRecord(name, x, mid, out, record))
+    def __call__(self, x, *, cache=None, trace=None, backend="auto", name="decoder",
+                 scores="exact", out=None):
+        """(..., T, D) -> (..., T, D); ``x`` starts at position ``cache.length`` (0 without).
+
+        ``backend`` and ``scores`` go to the attention (see
+        :meth:`MultiHeadAttention.__call__`; a ``trace`` records the weights,
+        so its attention runs the NumPy reference). ``out``: an array of
+        ``x``'s shape and dtype to write the result into (not ``x``); the
+        residual sums are otherwise computed in the sub-layers' new outputs.
+        """
+        record = trace is not None
+        attended = self.attention(self.attention_norm(x), is_causal=True, cache=cache,
+                                  record=record, backend=backend, scores=scores)
+        if record:
+            attended, attention_record = attended
+        mid = attended                                            # a new array: add in place
+        mid += x
+        transformed = self.feed_forward(self.feed_forward_norm(mid))
+        if out is None:
+            transformed += mid
+            out = transformed
+        else:
+            np.add(mid, transformed, out=out)
+        if record:
+            trace.layers.append(LayerRecord(name, x, mid, out, attention_record))
         return out
 
 
@@ -86,23 +100,35 @@ class LlamaStack:
         """One empty :class:`KVCache` per block, for :meth:`__call__`'s ``cache``."""
         return [KVCache() for _ in self.blocks]
 
-    def __call__(self, x, *, cache=None, trace=None, backend="auto"):
+    def __call__(self, x, *, cache=None, trace=None, backend="auto", scores="exact"):
         """(..., T, D) -> (..., T, D), the residual stream leaving the last block."""
-        for x in self._states(x, cache, trace, backend):
-            pass  # run every block; unlike states(), keep only the last state
+        self._check_cache(cache)
+        for index, block in enumerate(self.blocks):
+            x = block(x, cache=None if cache is None else cache[index], trace=trace,
+                      backend=backend, name=f"decoder.{index}", scores=scores)
         return x
 
-    def states(self, x, *, cache=None, trace=None, backend="auto"):
+    def states(self, x, *, cache=None, trace=None, backend="auto", scores="exact"):
         """``(blocks + 1, ..., T, D)``: the residual stream entering each block,
-        then leaving the last one (no final norm)."""
-        return np.stack(list(self._states(x, cache, trace, backend)))
+        then leaving the last one (no final norm).
 
-    def _states(self, x, cache, trace, backend):
+        Each block but the last writes its output straight into the result
+        (no stacking copy); the last one is copied in, so a trace's last
+        ``residual_out`` is an array of its own.
+        """
+        self._check_cache(cache)
+        x = np.asarray(x)
+        states = np.empty((len(self.blocks) + 1,) + x.shape, x.dtype)
+        states[0] = x
+        for index, block in enumerate(self.blocks):
+            last = index == len(self.blocks) - 1
+            x = block(states[index], cache=None if cache is None else cache[index],
+                      trace=trace, backend=backend, name=f"decoder.{index}", scores=scores,
+                      out=None if last else states[index + 1])
+        states[-1] = x
+        return states
+
+    def _check_cache(self, cache):
         if cache is not None and len(cache) != len(self.blocks):
             raise ValueError(f"cache must hold one KVCache per block ({len(self.blocks)}), "
                              f"got {len(cache)}")
-        yield x
-        for index, block in enumerate(self.blocks):
-            x = block(x, cache=None if cache is None else cache[index], trace=trace,
-                      backend=backend, name=f"decoder.{index}")
-            yield x

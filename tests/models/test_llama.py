@@ -154,6 +154,13 @@ def test_loading_reports_progress():
     assert len(lines) == 10 and lines[-1] == "attnref: tiny: read 20/20 tensors"
 
 
+def test_loading_reads_each_tensor_once():
+    """Tensors are dequantised as the blocks are built, each once."""
+    file = FakeGGUF(METADATA, gguf_layout(random_weights(CONFIG), CONFIG))
+    model_from_gguf(file, tokenizer=Tokenizer())
+    assert sorted(file.reads) == sorted(CONFIG.tensor_shapes())
+
+
 def test_untied_head_is_read_and_used():
     config = dataclasses.replace(CONFIG, tied_embeddings=False)
     weights = random_weights(config, seed=1)

@@ -369,3 +369,33 @@ def test_kv_cache_and_rotary_errors():
         MultiHeadAttention.init(16, 4, rng=rng, rotary=Rotary(8))
     with pytest.raises(ValueError, match="rotary must be an attnref.nn.Rotary"):
         MultiHeadAttention.init(16, 4, rng=rng, rotary="rope")
+
+
+def test_self_attention_projects_q_k_v_at_once(dtype, assert_close):
+    mha = make(dtype, heads=4, kv_heads=2)
+    assert mha.w_qkv.weight.shape == (8 + 4 + 4, 8)
+    for part, rows in ((mha.w_q, slice(0, 8)), (mha.w_k, slice(8, 12)), (mha.w_v, slice(12, 16))):
+        assert np.shares_memory(part.weight, mha.w_qkv.weight)
+        np.testing.assert_array_equal(part.weight, mha.w_qkv.weight[rows])
+        np.testing.assert_array_equal(part.bias, mha.w_qkv.bias[rows])
+    with pytest.raises(AttributeError):
+        mha.w_q = mha.w_k                # the stacked product would not see the change
+    x = inputs(dtype, 2, 5, 8)
+    assert_close(mha(x, context=x.copy()), mha(x))      # separate products, same answer
+
+
+def test_fast_scores_reach_the_kernel_and_stay_close(assert_close, monkeypatch):
+    import attnref
+    if not attnref.kernel.available():
+        pytest.skip("the C kernel is not built")
+    seen, original = [], attnref.kernel.attention
+
+    def recording(call, **options):
+        seen.append(call.scores)
+        return original(call, **options)
+    monkeypatch.setattr(attnref.kernel, "attention", recording)
+    mha = make(np.float32, heads=4, kv_heads=2)
+    x = inputs(np.float32, 2, 5, 8)
+    assert_close(mha(x, backend="c", scores="fast"), mha(x, backend="numpy"))
+    mha(x, backend="c")
+    assert seen == ["fast", "exact"]

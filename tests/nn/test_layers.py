@@ -11,6 +11,7 @@ from hypothesis.extra.numpy import arrays
 from attnref.nn import (ACTIVATIONS, Embedding, FeedForward, GatedFeedForward, LayerNorm,
                         LearnedPositions, Linear, RMSNorm, gelu, gelu_tanh, relu, silu,
                         sinusoidal_positions)
+from attnref.nn.layers import stack_outputs
 
 finite = {"min_value": -8, "max_value": 8, "allow_nan": False, "allow_subnormal": False}
 
@@ -420,3 +421,48 @@ def test_llama_pieces_agree_with_torch(assert_close):
         torch_norm.weight.copy_(torch.from_numpy(gamma))
         assert_close(RMSNorm(gamma, 1e-5)(x), torch_norm(torch.from_numpy(x)).numpy())
         assert_close(silu(x * 10), torch.nn.functional.silu(torch.from_numpy(x * 10)).numpy())
+
+
+def test_silu_leaves_its_input_alone_and_widens_integers():
+    x = np.array([-3.0, 0.5, 4.0], np.float32)
+    kept = x.copy()
+    silu(x)
+    np.testing.assert_array_equal(x, kept)
+    result = silu(np.array([-2, 0, 3]))
+    assert result.dtype == np.float64
+    np.testing.assert_allclose(result, [-2 / (1 + math.exp(2)), 0.0, 3 / (1 + math.exp(-3))],
+                               rtol=1e-15)
+
+
+def test_stack_outputs_is_one_product_of_views(dtype, assert_close):
+    rng = np.random.default_rng(24)
+    first, second = Linear.init(5, 3, rng=rng, dtype=dtype), Linear.init(5, 4, rng=rng,
+                                                                         bias=False, dtype=dtype)
+    stacked, (one, two) = stack_outputs(first, second)
+    assert stacked.weight.shape == (7, 5) and stacked.bias.shape == (7,)
+    np.testing.assert_array_equal(one.weight, first.weight)
+    np.testing.assert_array_equal(one.bias, first.bias)
+    np.testing.assert_array_equal(two.weight, second.weight)
+    assert two.bias is None and not stacked.bias[3:].any()        # zeros stand for no bias
+    assert np.shares_memory(one.weight, stacked.weight)
+    assert np.shares_memory(two.weight, stacked.weight)
+    assert np.shares_memory(one.bias, stacked.bias)
+    x = rng.standard_normal((2, 5)).astype(dtype)
+    assert_close(stacked(x), np.concatenate([first(x), second(x)], axis=-1))
+
+
+def test_stack_outputs_refuses_other_widths_and_dtypes():
+    rng = np.random.default_rng(25)
+    assert stack_outputs(Linear.init(5, 3, rng=rng), Linear.init(4, 3, rng=rng)) is None
+    assert stack_outputs(Linear.init(5, 3, rng=rng),
+                         Linear.init(5, 3, rng=rng, dtype=np.float64)) is None
+
+
+def test_gated_feed_forward_projects_gate_and_up_at_once(dtype):
+    ffn = GatedFeedForward.init(5, 7, rng=np.random.default_rng(26), dtype=dtype)
+    assert ffn.gate_up.weight.shape == (14, 5)
+    np.testing.assert_array_equal(ffn.gate_up.weight, np.concatenate([ffn.gate.weight,
+                                                                      ffn.up.weight]))
+    assert np.shares_memory(ffn.gate.weight, ffn.gate_up.weight)
+    with pytest.raises(AttributeError):
+        ffn.gate = ffn.up                # the stacked product would not see the change

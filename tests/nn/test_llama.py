@@ -112,3 +112,20 @@ def test_rejects_bad_parts():
         LlamaStack(["block"], layers.final_norm)
     with pytest.raises(ValueError, match=r"cache must hold one KVCache per block \(2\), got 1"):
         layers(inputs(np.float64), cache=layers.new_cache()[:1])
+
+
+def test_block_writes_into_out(dtype, assert_close):
+    block, x = stack(dtype).blocks[0], inputs(dtype)
+    out = np.empty_like(x)
+    assert block(x, out=out) is out
+    assert_close(out, block(x))
+
+
+def test_states_are_the_stacked_outputs_and_the_trace_keeps_its_own(dtype):
+    layers, x = stack(dtype, layers=3), inputs(dtype)
+    trace = Trace()
+    states = layers.states(x, trace=trace, backend="numpy")
+    np.testing.assert_array_equal(states[-1], trace.layers[-1].residual_out)
+    assert not np.shares_memory(states, trace.layers[-1].residual_out)
+    for index, layer in enumerate(trace.layers):
+        np.testing.assert_array_equal(states[index], layer.residual_in)

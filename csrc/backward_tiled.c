@@ -21,18 +21,6 @@
 #include <arm_neon.h>
 #endif
 
-/* TARGET_PUSH("isa,...") / TARGET_POP: as in tiled.c (GCC's target pragmas
-   or clang's attribute pragma); code outside stays baseline. */
-#define TARGET_PRAGMA(text) _Pragma(#text)
-#if defined(__clang__)
-#define TARGET_PUSH(isa) \
-    TARGET_PRAGMA(clang attribute push(__attribute__((target(isa))), apply_to = function))
-#define TARGET_POP TARGET_PRAGMA(clang attribute pop)
-#else
-#define TARGET_PUSH(isa) TARGET_PRAGMA(GCC push_options) TARGET_PRAGMA(GCC target(isa))
-#define TARGET_POP TARGET_PRAGMA(GCC pop_options)
-#endif
-
 
 #if ATTNREF_TILED
 

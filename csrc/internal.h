@@ -34,6 +34,19 @@
 #define ATTNREF_NEON 0
 #endif
 
+/* TARGET_PUSH("isa,..."): the functions defined until TARGET_POP may use
+   those instruction sets (GCC's target names, which clang shares); code
+   outside stays baseline, so the extension runs on any CPU of the arch. */
+#define TARGET_PRAGMA(text) _Pragma(#text)
+#if defined(__clang__)
+#define TARGET_PUSH(isa) \
+    TARGET_PRAGMA(clang attribute push(__attribute__((target(isa))), apply_to = function))
+#define TARGET_POP TARGET_PRAGMA(clang attribute pop)
+#else
+#define TARGET_PUSH(isa) TARGET_PRAGMA(GCC push_options) TARGET_PRAGMA(GCC target(isa))
+#define TARGET_POP TARGET_PRAGMA(GCC pop_options)
+#endif
+
 /* shared between the kernel's files, never exported from the extension */
 #if defined(__GNUC__)
 #define INTERNAL __attribute__((visibility("hidden")))

@@ -21,19 +21,6 @@
 #include <arm_neon.h>
 #endif
 
-/* TARGET_PUSH("isa,..."): the functions defined until TARGET_POP may use
-   those instruction sets (GCC's target names, which clang shares); code
-   outside stays baseline, so the extension runs on any CPU of the arch. */
-#define TARGET_PRAGMA(text) _Pragma(#text)
-#if defined(__clang__)
-#define TARGET_PUSH(isa) \
-    TARGET_PRAGMA(clang attribute push(__attribute__((target(isa))), apply_to = function))
-#define TARGET_POP TARGET_PRAGMA(clang attribute pop)
-#else
-#define TARGET_PUSH(isa) TARGET_PRAGMA(GCC push_options) TARGET_PRAGMA(GCC target(isa))
-#define TARGET_POP TARGET_PRAGMA(GCC pop_options)
-#endif
-
 static int64_t next_unit(const sdpa_job *job)
 {
     return __atomic_fetch_add(job->next, 1, __ATOMIC_RELAXED);

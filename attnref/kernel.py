@@ -435,27 +435,13 @@ def attention_backward(call, grad_out, out, lse=None, *, threads=None, mask_grad
     dq = np.zeros(batch + (call.L, call.E), dtype)
     dk = np.zeros(kv_batch + (call.S, call.E), dtype)
     dv = np.zeros(kv_batch + (call.S, call.Ev), dtype)
-    params = _ffi.new("attnref_params *")
-    params.B, params.H, params.L, params.S = B, H, call.L, call.S
-    params.E, params.Ev, params.kv_group = call.E, call.Ev, G
+    params = _new_params(call, B, H, G, call.mask, threads, _path)
     params.q_stride = [H * call.L * call.E, call.L * call.E, call.E]
     params.k_stride = [Hkv * call.S * call.E, call.S * call.E, call.E]
     params.v_stride = [Hkv * call.S * call.Ev, call.S * call.Ev, call.Ev]
     params.out_stride = [H * call.L * call.Ev, call.L * call.Ev, call.Ev]
     params.lse_stride = [H * call.L, call.L, 1]
     params.mask_stride = [H * call.L * call.S, call.L * call.S, call.S, 1]
-    params.mask_kind = (_lib.ATTNREF_MASK_NONE if call.mask is None else
-                        _lib.ATTNREF_MASK_BOOL if call.mask.dtype == bool else
-                        _lib.ATTNREF_MASK_BIAS)
-    params.masked_rows = (_lib.ATTNREF_ROWS_ZERO if call.masked_rows == "zero"
-                          else _lib.ATTNREF_ROWS_NAN)
-    params.scale = call.scale
-    params.softcap = call.softcap or 0.0
-    params.diag_offset = call.diag_offset
-    params.band_lower = -_UNBOUNDED if call.band_lower is None else call.band_lower
-    params.band_upper = _UNBOUNDED if call.band_upper is None else call.band_upper
-    params.threads = threads
-    params.path = _path
     pointers = {name: _pointer(array, "uint8_t" if array.dtype == np.uint8 else c_type,
                                writable=False) for name, array in arrays.items()}
     dmask = np.zeros(batch + (call.L, call.S), dtype) if mask_grad else None
@@ -466,6 +452,30 @@ def attention_backward(call, grad_out, out, lse=None, *, threads=None, mask_grad
                    pointers.get("mask", _ffi.NULL),
                    _ffi.NULL if dmask is None else _pointer(dmask, c_type, writable=True)))
     return dq, dk, dv, dmask
+
+
+def _new_params(call, B, H, kv_group, mask, threads, path):
+    """A new ``attnref_params`` with what the forward and the backward share:
+    the sizes (B, H loops folded as the caller says), the mask's kind (None,
+    bool or its uint8 view, else a float bias), the masked-row policy, scale,
+    softcap, band, thread count and code path. Strides and the score mode are
+    the caller's."""
+    params = _ffi.new("attnref_params *")
+    params.B, params.H, params.L, params.S = B, H, call.L, call.S
+    params.E, params.Ev, params.kv_group = call.E, call.Ev, kv_group
+    params.mask_kind = (_lib.ATTNREF_MASK_NONE if mask is None else
+                        _lib.ATTNREF_MASK_BOOL if mask.dtype in (np.bool_, np.uint8) else
+                        _lib.ATTNREF_MASK_BIAS)
+    params.masked_rows = (_lib.ATTNREF_ROWS_ZERO if call.masked_rows == "zero"
+                          else _lib.ATTNREF_ROWS_NAN)
+    params.scale = call.scale
+    params.softcap = call.softcap or 0.0
+    params.diag_offset = call.diag_offset
+    params.band_lower = -_UNBOUNDED if call.band_lower is None else call.band_lower
+    params.band_upper = _UNBOUNDED if call.band_upper is None else call.band_upper
+    params.threads = threads
+    params.path = path
+    return params
 
 
 #: Multiply-adds per thread in one C call of a long call on the tiled paths:
@@ -492,24 +502,9 @@ def _plan(call, arrays, threads, path):
     if plan is not None:
         return plan
     loops, (B, H), strides = _layout(call, arrays)
-    params = _ffi.new("attnref_params *")
-    params.B, params.H, params.L, params.S = B, H, call.L, call.S
-    params.E, params.Ev, params.kv_group = call.E, call.Ev, call.kv_group
-    mask = arrays.get("mask")
-    params.mask_kind = (_lib.ATTNREF_MASK_NONE if mask is None else
-                        _lib.ATTNREF_MASK_BOOL if mask.dtype == np.uint8 else
-                        _lib.ATTNREF_MASK_BIAS)
-    params.masked_rows = (_lib.ATTNREF_ROWS_ZERO if call.masked_rows == "zero"
-                          else _lib.ATTNREF_ROWS_NAN)
+    params = _new_params(call, B, H, call.kv_group, arrays.get("mask"), threads, path)
     params.scores = (_lib.ATTNREF_SCORES_FAST if call.scores == "fast"
                      else _lib.ATTNREF_SCORES_EXACT)
-    params.scale = call.scale
-    params.softcap = call.softcap or 0.0
-    params.diag_offset = call.diag_offset
-    params.band_lower = -_UNBOUNDED if call.band_lower is None else call.band_lower
-    params.band_upper = _UNBOUNDED if call.band_upper is None else call.band_upper
-    params.threads = threads
-    params.path = path
     for name in strides:
         setattr(params, f"{name}_stride", strides[name])
     work = CHUNK_WORK // 32 if path == _lib.ATTNREF_PATH_PORTABLE else CHUNK_WORK

@@ -248,15 +248,19 @@ static void TILED(bwd_scores)(TILED(bwd_work) *w, int64_t b, int64_t h, int64_t 
 
 /* The keys j < nk (ascending) that some row of the block weighs (a key with
    weight[r][j] = 0 for every r is left out: a hidden key's k and v are not
-   read; da is 0 wherever p is); returns their count. */
+   read; da is 0 wherever p is); returns their count. The weights are p:
+   0, positive or NaN, so their column sum is 0 exactly when every one is. */
 static int TILED(bwd_weighed)(const REAL *weight, int nk, int *keys)
 {
-    int n = 0;
-    for (int j = 0; j < nk; j++) {
-        int weighs = 0;
-        for (int r = 0; r < BWD_ROWS; r++) weighs |= weight[r * BWD_KEYS + j] != 0;
-        if (weighs) keys[n++] = j;
+    REAL total[BWD_KEYS];
+    for (int j = 0; j < BWD_KEYS; j += RW) {
+        RVEC sum = RV_LOAD(weight + j);
+        for (int r = 1; r < BWD_ROWS; r++) sum = RV_ADD(sum, RV_LOAD(weight + r * BWD_KEYS + j));
+        RV_STORE(total + j, sum);
     }
+    int n = 0;
+    for (int j = 0; j < nk; j++)
+        if (total[j] != 0) keys[n++] = j;
     return n;
 }
 

@@ -22,10 +22,12 @@
 
 enum { BWD_PASS_STATS = 1, BWD_PASS_DQ = 2, BWD_PASS_DKDV = 3, BWD_PASS_FUSED = 4 };
 
-/* Tiled backward: query rows per register block, keys per block (a multiple
-   of twice every vector width), query rows per dq unit. Scratch per worker
+/* Tiled backward: query rows per row block (the rows a dk, dv register
+   block is held across; a multiple of 4), keys per block (a multiple of
+   four times every vector width), query rows per dq unit (a multiple of
+   BWD_ROWS). Scratch per worker
    is O(BWD_KEYS (E + Ev) + BWD_QBLOCK E). */
-#define BWD_ROWS 4
+#define BWD_ROWS 16
 #define BWD_KEYS 64
 #define BWD_QBLOCK 128
 /* (b, kv head) pairs from which the tiled path fuses dq with dk, dv: 5

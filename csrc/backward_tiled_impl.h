@@ -21,8 +21,12 @@
  *               dq, as rows padded to Ep (kp)
  *   row block   BWD_ROWS query rows, q and dO copied into rows padded to Ep
  *               and Evp (rows of masked or missing positions are 0)
- *   micro-kernel  BWD_ROWS rows x 2 vectors of keys, summed over E (scores)
- *               or Ev (dp): 8 accumulators
+ *   register block  4 rows (or keys) x BWD_VECS vectors of accumulators
+ *               (AVX-512: 4, its 32 registers; else 2): scores and dp are 4
+ *               rows x BWD_VECS vectors of keys summed over E or Ev; dv and
+ *               dk are 4 keys x BWD_VECS vectors of E held across the
+ *               BWD_ROWS rows of a row block; dq is 4 rows x BWD_VECS
+ *               vectors held across the key block's keys
  *   BWD_PASS_DKDV  unit = a key block: dk, dv summed over the kv head's query
  *               heads and the band's rows, row blocks in ascending order
  *   BWD_PASS_DQ    unit = (b, h, BWD_QBLOCK rows): dq summed over the band's
@@ -51,6 +55,7 @@ typedef struct {
     REAL *sc, *dp, *fac, *pw, *da;   /* BWD_ROWS x BWD_KEYS */
     REAL m[BWD_ROWS], linv[BWD_ROWS], d[BWD_ROWS];
     int active[BWD_ROWS];
+    int rows;                      /* the loaded rows, nr */
     int keys[BWD_KEYS], weighed;   /* the keys some row weighs (bwd_weights) */
 } TILED(bwd_work);
 
@@ -150,34 +155,53 @@ static void TILED(bwd_load_rows)(TILED(bwd_work) *w, int64_t b, int64_t h, int64
             sum = RV_FMA(RV_LOAD(dor + e), RV_LOAD(w->orow + e), sum);
         w->d[r] = TILED(hsum)(sum);
     }
+    w->rows = nr;
 }
 
-/* out[r][j] = sum_{e < n} a[r][e] bt[e][j]: BWD_ROWS rows x BWD_KEYS keys. */
-static void TILED(bwd_gemm)(const REAL *a, int64_t lda, const REAL *bt, int64_t n, REAL *out)
+/* Vectors per register block: AVX-512 has 32 registers, 4 rows (or keys)
+   x 4 vectors of accumulators + 4 operands + a broadcast; the others 16,
+   4 x 2 + 2 + 1. */
+#if defined(SIMD_AVX512)
+#define BWD_VECS 4
+#else
+#define BWD_VECS 2
+#endif
+#define BWD_GROUP 4   /* rows (or keys) per register block */
+_Static_assert(BWD_KEYS % (BWD_VECS * RW) == 0, "a key block is whole register blocks");
+_Static_assert(BWD_ROWS % BWD_GROUP == 0, "a row block is whole groups of rows");
+
+/* out[r][j] = sum_{e < n} a[r][e] bt[e][j]: rows r < nr rounded up to a
+   group, BWD_KEYS keys; register blocks of BWD_GROUP rows x BWD_VECS
+   vectors, summed over e in ascending order. */
+static void TILED(bwd_gemm)(const REAL *a, int64_t lda, const REAL *bt, int64_t n, REAL *out,
+                            int nr)
 {
-    for (int jv = 0; jv < BWD_KEYS; jv += 2 * RW) {
-        RVEC c00 = RV_SET1(0), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
-             c30 = c00, c31 = c00;
-        for (int64_t e = 0; e < n; e++) {
-            const RVEC b0 = RV_LOAD(bt + e * BWD_KEYS + jv);
-            const RVEC b1 = RV_LOAD(bt + e * BWD_KEYS + jv + RW);
-            RVEC a0 = RV_SET1(a[e]);
-            c00 = RV_FMA(a0, b0, c00); c01 = RV_FMA(a0, b1, c01);
-            a0 = RV_SET1(a[lda + e]);
-            c10 = RV_FMA(a0, b0, c10); c11 = RV_FMA(a0, b1, c11);
-            a0 = RV_SET1(a[2 * lda + e]);
-            c20 = RV_FMA(a0, b0, c20); c21 = RV_FMA(a0, b1, c21);
-            a0 = RV_SET1(a[3 * lda + e]);
-            c30 = RV_FMA(a0, b0, c30); c31 = RV_FMA(a0, b1, c31);
+    for (int r0 = 0; r0 < nr; r0 += BWD_GROUP)
+        for (int jv = 0; jv < BWD_KEYS; jv += BWD_VECS * RW) {
+            RVEC c[BWD_GROUP][BWD_VECS];
+            for (int t = 0; t < BWD_GROUP; t++)
+                for (int v = 0; v < BWD_VECS; v++) c[t][v] = RV_SET1(0);
+            for (int64_t e = 0; e < n; e++) {
+                RVEC x[BWD_VECS];
+                for (int v = 0; v < BWD_VECS; v++) x[v] = RV_LOAD(bt + e * BWD_KEYS + jv + v * RW);
+                for (int t = 0; t < BWD_GROUP; t++) {
+                    const RVEC s = RV_SET1(a[(r0 + t) * lda + e]);
+                    for (int v = 0; v < BWD_VECS; v++) c[t][v] = RV_FMA(s, x[v], c[t][v]);
+                }
+            }
+            for (int t = 0; t < BWD_GROUP; t++)
+                for (int v = 0; v < BWD_VECS; v++)
+                    RV_STORE(out + (r0 + t) * BWD_KEYS + jv + v * RW, c[t][v]);
         }
-        RV_STORE(out + jv, c00); RV_STORE(out + jv + RW, c01);
-        RV_STORE(out + BWD_KEYS + jv, c10); RV_STORE(out + BWD_KEYS + jv + RW, c11);
-        RV_STORE(out + 2 * BWD_KEYS + jv, c20); RV_STORE(out + 2 * BWD_KEYS + jv + RW, c21);
-        RV_STORE(out + 3 * BWD_KEYS + jv, c30); RV_STORE(out + 3 * BWD_KEYS + jv + RW, c31);
-    }
 }
 
-_Static_assert(BWD_ROWS == 4, "bwd_gemm and the updates are written for 4 rows");
+/* Whether some row of the block is active. */
+static int TILED(bwd_any_active)(const TILED(bwd_work) *w)
+{
+    int any = 0;
+    for (int r = 0; r < BWD_ROWS; r++) any |= w->active[r];
+    return any;
+}
 
 /* The scores of the row block against keys [j0, j0 + nk): sc (-inf where
    hidden: band, bool mask, padding) and, with softcap, fac = dt/ds. */
@@ -186,7 +210,7 @@ static void TILED(bwd_scores)(TILED(bwd_work) *w, int64_t b, int64_t h, int64_t 
 {
     const attnref_params *p = w->c->p;
     const REAL scale = (REAL)p->scale, cap = (REAL)p->softcap;
-    TILED(bwd_gemm)(w->qr, w->Ep, w->kt, p->E, w->sc);
+    TILED(bwd_gemm)(w->qr, w->Ep, w->kt, p->E, w->sc, w->rows);
     for (int r = 0; r < BWD_ROWS; r++) {
         REAL *sc = w->sc + r * BWD_KEYS, *fac = w->fac + r * BWD_KEYS;
         if (!w->active[r]) {   /* padding or a fully masked row: mask not read */
@@ -224,14 +248,19 @@ static void TILED(bwd_scores)(TILED(bwd_work) *w, int64_t b, int64_t h, int64_t 
 
 /* The keys j < nk (ascending) that some row of the block weighs (a key with
    weight[r][j] = 0 for every r is left out: a hidden key's k and v are not
-   read; da is 0 wherever p is); returns their count. */
+   read; da is 0 wherever p is); returns their count. The weights are p:
+   0, positive or NaN, so their column sum is 0 exactly when every one is. */
 static int TILED(bwd_weighed)(const REAL *weight, int nk, int *keys)
 {
+    REAL total[BWD_KEYS];
+    for (int j = 0; j < BWD_KEYS; j += RW) {
+        RVEC sum = RV_LOAD(weight + j);
+        for (int r = 1; r < BWD_ROWS; r++) sum = RV_ADD(sum, RV_LOAD(weight + r * BWD_KEYS + j));
+        RV_STORE(total + j, sum);
+    }
     int n = 0;
     for (int j = 0; j < nk; j++)
-        if (weight[j] != 0 || weight[BWD_KEYS + j] != 0 || weight[2 * BWD_KEYS + j] != 0
-                || weight[3 * BWD_KEYS + j] != 0)
-            keys[n++] = j;
+        if (total[j] != 0) keys[n++] = j;
     return n;
 }
 
@@ -240,7 +269,7 @@ static void TILED(bwd_weights)(TILED(bwd_work) *w)
 {
     const attnref_params *p = w->c->p;
     const REAL scale = (REAL)p->scale;
-    TILED(bwd_gemm)(w->dor, w->Evp, w->vt, p->Ev, w->dp);
+    TILED(bwd_gemm)(w->dor, w->Evp, w->vt, p->Ev, w->dp, w->rows);
     for (int r = 0; r < BWD_ROWS; r++) {
         REAL *pw = w->pw + r * BWD_KEYS, *da = w->da + r * BWD_KEYS;
         const REAL *sc = w->sc + r * BWD_KEYS, *dp = w->dp + r * BWD_KEYS;
@@ -263,88 +292,95 @@ static void TILED(bwd_weights)(TILED(bwd_work) *w)
     w->weighed = TILED(bwd_weighed)(w->pw, BWD_KEYS, w->keys);
 }
 
-/* acc[j][:] += sum_r weight[r][j] rows[r][:] for the weighed keys (width n,
-   a multiple of RW): two vectors of the four rows held, the keys streamed. */
+/* acc[j][:] += sum_{r < nr} weight[r][j] rows[r][:] for the weighed keys
+   (width n, a multiple of RW): register blocks of BWD_GROUP keys x
+   BWD_VECS vectors of acc held across the rows, summed in ascending r. */
 static void TILED(bwd_update_keys)(REAL *acc, const REAL *weight, const REAL *rows, int64_t n,
-                                   const int *keys, int count)
+                                   const int *keys, int count, int nr)
 {
-    int64_t e = 0;
-    for (; e + 2 * RW <= n; e += 2 * RW) {
-        const RVEC q00 = RV_LOAD(rows + e), q01 = RV_LOAD(rows + e + RW);
-        const RVEC q10 = RV_LOAD(rows + n + e), q11 = RV_LOAD(rows + n + e + RW);
-        const RVEC q20 = RV_LOAD(rows + 2 * n + e), q21 = RV_LOAD(rows + 2 * n + e + RW);
-        const RVEC q30 = RV_LOAD(rows + 3 * n + e), q31 = RV_LOAD(rows + 3 * n + e + RW);
-        for (int u = 0; u < count; u++) {
-            const int j = keys[u];
-            REAL *row = acc + j * n + e;
-            RVEC a = RV_SET1(weight[j]);
-            RVEC x0 = RV_FMA(a, q00, RV_LOAD(row)), x1 = RV_FMA(a, q01, RV_LOAD(row + RW));
-            a = RV_SET1(weight[BWD_KEYS + j]);
-            x0 = RV_FMA(a, q10, x0); x1 = RV_FMA(a, q11, x1);
-            a = RV_SET1(weight[2 * BWD_KEYS + j]);
-            x0 = RV_FMA(a, q20, x0); x1 = RV_FMA(a, q21, x1);
-            a = RV_SET1(weight[3 * BWD_KEYS + j]);
-            x0 = RV_FMA(a, q30, x0); x1 = RV_FMA(a, q31, x1);
-            RV_STORE(row, x0);
-            RV_STORE(row + RW, x1);
+    int u = 0;
+    for (; u + BWD_GROUP <= count; u += BWD_GROUP) {
+        REAL *at[BWD_GROUP];
+        const REAL *wt[BWD_GROUP];
+        for (int t = 0; t < BWD_GROUP; t++) {
+            at[t] = acc + keys[u + t] * n;
+            wt[t] = weight + keys[u + t];
+        }
+        int64_t e = 0;
+        for (; e + BWD_VECS * RW <= n; e += BWD_VECS * RW) {
+            RVEC c[BWD_GROUP][BWD_VECS];
+            for (int t = 0; t < BWD_GROUP; t++)
+                for (int v = 0; v < BWD_VECS; v++) c[t][v] = RV_LOAD(at[t] + e + v * RW);
+            for (int r = 0; r < nr; r++) {
+                RVEC x[BWD_VECS];
+                for (int v = 0; v < BWD_VECS; v++) x[v] = RV_LOAD(rows + r * n + e + v * RW);
+                for (int t = 0; t < BWD_GROUP; t++) {
+                    const RVEC s = RV_SET1(wt[t][r * BWD_KEYS]);
+                    for (int v = 0; v < BWD_VECS; v++) c[t][v] = RV_FMA(s, x[v], c[t][v]);
+                }
+            }
+            for (int t = 0; t < BWD_GROUP; t++)
+                for (int v = 0; v < BWD_VECS; v++) RV_STORE(at[t] + e + v * RW, c[t][v]);
+        }
+        for (; e < n; e += RW) {
+            RVEC c[BWD_GROUP];
+            for (int t = 0; t < BWD_GROUP; t++) c[t] = RV_LOAD(at[t] + e);
+            for (int r = 0; r < nr; r++) {
+                const RVEC x = RV_LOAD(rows + r * n + e);
+                for (int t = 0; t < BWD_GROUP; t++)
+                    c[t] = RV_FMA(RV_SET1(wt[t][r * BWD_KEYS]), x, c[t]);
+            }
+            for (int t = 0; t < BWD_GROUP; t++) RV_STORE(at[t] + e, c[t]);
         }
     }
-    if (e < n) {
-        const RVEC q0 = RV_LOAD(rows + e), q1 = RV_LOAD(rows + n + e);
-        const RVEC q2 = RV_LOAD(rows + 2 * n + e), q3 = RV_LOAD(rows + 3 * n + e);
-        for (int u = 0; u < count; u++) {
-            const int j = keys[u];
-            REAL *row = acc + j * n + e;
-            RVEC x = RV_FMA(RV_SET1(weight[j]), q0, RV_LOAD(row));
-            x = RV_FMA(RV_SET1(weight[BWD_KEYS + j]), q1, x);
-            x = RV_FMA(RV_SET1(weight[2 * BWD_KEYS + j]), q2, x);
-            x = RV_FMA(RV_SET1(weight[3 * BWD_KEYS + j]), q3, x);
-            RV_STORE(row, x);
+    for (; u < count; u++) {
+        REAL *at = acc + keys[u] * n;
+        const REAL *wt = weight + keys[u];
+        for (int64_t e = 0; e < n; e += RW) {
+            RVEC c = RV_LOAD(at + e);
+            for (int r = 0; r < nr; r++)
+                c = RV_FMA(RV_SET1(wt[r * BWD_KEYS]), RV_LOAD(rows + r * n + e), c);
+            RV_STORE(at + e, c);
         }
     }
 }
 
-/* acc[r][:] += sum_j da[r][j] kp[j][:] for the row block (acc BWD_ROWS x Ep)
-   over the weighed keys: 4 rows x 2 vectors of accumulators. */
+/* acc[r][:] += sum_j da[r][j] kp[j][:] for rows r < nr (rounded up to a
+   group; acc rows of Ep) over the weighed keys, in ascending order:
+   register blocks of BWD_GROUP rows x BWD_VECS vectors. */
 static void TILED(bwd_update_rows)(REAL *acc, const REAL *da, const REAL *kp, int64_t Ep,
-                                   const int *keys, int count)
+                                   const int *keys, int count, int nr)
 {
-    int64_t e = 0;
-    for (; e + 2 * RW <= Ep; e += 2 * RW) {
-        RVEC c00 = RV_LOAD(acc + e), c01 = RV_LOAD(acc + e + RW);
-        RVEC c10 = RV_LOAD(acc + Ep + e), c11 = RV_LOAD(acc + Ep + e + RW);
-        RVEC c20 = RV_LOAD(acc + 2 * Ep + e), c21 = RV_LOAD(acc + 2 * Ep + e + RW);
-        RVEC c30 = RV_LOAD(acc + 3 * Ep + e), c31 = RV_LOAD(acc + 3 * Ep + e + RW);
-        for (int u = 0; u < count; u++) {
-            const int j = keys[u];
-            const RVEC k0 = RV_LOAD(kp + j * Ep + e), k1 = RV_LOAD(kp + j * Ep + e + RW);
-            RVEC a = RV_SET1(da[j]);
-            c00 = RV_FMA(a, k0, c00); c01 = RV_FMA(a, k1, c01);
-            a = RV_SET1(da[BWD_KEYS + j]);
-            c10 = RV_FMA(a, k0, c10); c11 = RV_FMA(a, k1, c11);
-            a = RV_SET1(da[2 * BWD_KEYS + j]);
-            c20 = RV_FMA(a, k0, c20); c21 = RV_FMA(a, k1, c21);
-            a = RV_SET1(da[3 * BWD_KEYS + j]);
-            c30 = RV_FMA(a, k0, c30); c31 = RV_FMA(a, k1, c31);
+    for (int r0 = 0; r0 < nr; r0 += BWD_GROUP) {
+        REAL *a = acc + r0 * Ep;
+        const REAL *d = da + r0 * BWD_KEYS;
+        int64_t e = 0;
+        for (; e + BWD_VECS * RW <= Ep; e += BWD_VECS * RW) {
+            RVEC c[BWD_GROUP][BWD_VECS];
+            for (int t = 0; t < BWD_GROUP; t++)
+                for (int v = 0; v < BWD_VECS; v++) c[t][v] = RV_LOAD(a + t * Ep + e + v * RW);
+            for (int u = 0; u < count; u++) {
+                const int j = keys[u];
+                RVEC k[BWD_VECS];
+                for (int v = 0; v < BWD_VECS; v++) k[v] = RV_LOAD(kp + j * Ep + e + v * RW);
+                for (int t = 0; t < BWD_GROUP; t++) {
+                    const RVEC s = RV_SET1(d[t * BWD_KEYS + j]);
+                    for (int v = 0; v < BWD_VECS; v++) c[t][v] = RV_FMA(s, k[v], c[t][v]);
+                }
+            }
+            for (int t = 0; t < BWD_GROUP; t++)
+                for (int v = 0; v < BWD_VECS; v++) RV_STORE(a + t * Ep + e + v * RW, c[t][v]);
         }
-        RV_STORE(acc + e, c00); RV_STORE(acc + e + RW, c01);
-        RV_STORE(acc + Ep + e, c10); RV_STORE(acc + Ep + e + RW, c11);
-        RV_STORE(acc + 2 * Ep + e, c20); RV_STORE(acc + 2 * Ep + e + RW, c21);
-        RV_STORE(acc + 3 * Ep + e, c30); RV_STORE(acc + 3 * Ep + e + RW, c31);
-    }
-    if (e < Ep) {
-        RVEC c0 = RV_LOAD(acc + e), c1 = RV_LOAD(acc + Ep + e), c2 = RV_LOAD(acc + 2 * Ep + e),
-             c3 = RV_LOAD(acc + 3 * Ep + e);
-        for (int u = 0; u < count; u++) {
-            const int j = keys[u];
-            const RVEC k = RV_LOAD(kp + j * Ep + e);
-            c0 = RV_FMA(RV_SET1(da[j]), k, c0);
-            c1 = RV_FMA(RV_SET1(da[BWD_KEYS + j]), k, c1);
-            c2 = RV_FMA(RV_SET1(da[2 * BWD_KEYS + j]), k, c2);
-            c3 = RV_FMA(RV_SET1(da[3 * BWD_KEYS + j]), k, c3);
+        for (; e < Ep; e += RW) {
+            RVEC c[BWD_GROUP];
+            for (int t = 0; t < BWD_GROUP; t++) c[t] = RV_LOAD(a + t * Ep + e);
+            for (int u = 0; u < count; u++) {
+                const int j = keys[u];
+                const RVEC k = RV_LOAD(kp + j * Ep + e);
+                for (int t = 0; t < BWD_GROUP; t++) c[t] = RV_FMA(RV_SET1(d[t * BWD_KEYS + j]), k, c[t]);
+            }
+            for (int t = 0; t < BWD_GROUP; t++) RV_STORE(a + t * Ep + e, c[t]);
         }
-        RV_STORE(acc + e, c0); RV_STORE(acc + Ep + e, c1);
-        RV_STORE(acc + 2 * Ep + e, c2); RV_STORE(acc + 3 * Ep + e, c3);
     }
 }
 
@@ -460,12 +496,12 @@ static void TILED(bwd_unit_dq)(TILED(bwd_work) *w, int64_t b, int64_t h, int64_t
         for (int64_t r0 = i0; r0 < i1; r0 += BWD_ROWS) {
             const int nr = (int)(i1 - r0 < BWD_ROWS ? i1 - r0 : BWD_ROWS);
             TILED(bwd_load_rows)(w, b, h, r0, nr, 0);
-            if (!(w->active[0] | w->active[1] | w->active[2] | w->active[3])) continue;
+            if (!TILED(bwd_any_active)(w)) continue;
             TILED(bwd_scores)(w, b, h, r0, j0, nk);
             TILED(bwd_weights)(w);
             TILED(bwd_store_dmask)(w, b, h, r0, nr, j0, nk);
             TILED(bwd_update_rows)(w->acc_q + (r0 - i0) * w->Ep, w->da, w->kp, w->Ep, w->keys,
-                                           w->weighed);
+                                           w->weighed, nr);
         }
     }
     TILED(bwd_store_dq)(w, b, h, i0, i1);
@@ -492,11 +528,11 @@ static void TILED(bwd_unit_dkdv)(TILED(bwd_work) *w, int64_t b, int64_t kvh, int
         for (int64_t r0 = i_begin; r0 < i_end; r0 += BWD_ROWS) {
             const int nr = (int)(i_end - r0 < BWD_ROWS ? i_end - r0 : BWD_ROWS);
             TILED(bwd_load_rows)(w, b, h, r0, nr, 0);
-            if (!(w->active[0] | w->active[1] | w->active[2] | w->active[3])) continue;
+            if (!TILED(bwd_any_active)(w)) continue;
             TILED(bwd_scores)(w, b, h, r0, j0, nk);
             TILED(bwd_weights)(w);
-            TILED(bwd_update_keys)(w->acc_v, w->pw, w->dor, w->Evp, w->keys, w->weighed);
-            TILED(bwd_update_keys)(w->acc_k, w->da, w->qr, w->Ep, w->keys, w->weighed);
+            TILED(bwd_update_keys)(w->acc_v, w->pw, w->dor, w->Evp, w->keys, w->weighed, nr);
+            TILED(bwd_update_keys)(w->acc_k, w->da, w->qr, w->Ep, w->keys, w->weighed, nr);
         }
     }
     for (int j = 0; j < nk; j++) {
@@ -542,14 +578,14 @@ static void TILED(bwd_unit_fused)(TILED(bwd_work) *w, int64_t b, int64_t kvh)
                 for (int64_t r0 = i0; r0 < i1; r0 += BWD_ROWS) {
                     const int nr = (int)(i1 - r0 < BWD_ROWS ? i1 - r0 : BWD_ROWS);
                     TILED(bwd_load_rows)(w, b, h, r0, nr, 0);
-                    if (!(w->active[0] | w->active[1] | w->active[2] | w->active[3])) continue;
+                    if (!TILED(bwd_any_active)(w)) continue;
                     TILED(bwd_scores)(w, b, h, r0, j0, nk);
                     TILED(bwd_weights)(w);
                     TILED(bwd_store_dmask)(w, b, h, r0, nr, j0, nk);
-                    TILED(bwd_update_keys)(w->acc_v, w->pw, w->dor, w->Evp, w->keys, w->weighed);
-                    TILED(bwd_update_keys)(w->acc_k, w->da, w->qr, w->Ep, w->keys, w->weighed);
+                    TILED(bwd_update_keys)(w->acc_v, w->pw, w->dor, w->Evp, w->keys, w->weighed, nr);
+                    TILED(bwd_update_keys)(w->acc_k, w->da, w->qr, w->Ep, w->keys, w->weighed, nr);
                     TILED(bwd_update_rows)(w->acc_q + (r0 - i0) * w->Ep, w->da, w->kp, w->Ep, w->keys,
-                                           w->weighed);
+                                           w->weighed, nr);
                 }
                 for (int j = 0; j < nk; j++) {
                     memcpy(dk + (j0 + j) * p->E, w->acc_k + j * w->Ep, (size_t)p->E * sizeof(REAL));
@@ -628,4 +664,6 @@ INTERNAL int TILED(bwd_rows)(const sdpa_job *job)
 }
 
 #undef BWD_PAD
+#undef BWD_VECS
+#undef BWD_GROUP
 #undef BWD_TANH

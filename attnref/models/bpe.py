@@ -90,6 +90,7 @@ PRE_TOKENIZER_SPLITS = {
 
 #: At most this many pre-tokens keep their merged ids in a tokenizer's cache.
 _CACHE_LIMIT = 100_000
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")   # UTF-16 halves: no UTF-8 bytes
 
 
 @lru_cache(maxsize=None)
@@ -429,6 +430,13 @@ class ByteLevelBPE:
         """
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
+        surrogate = _LONE_SURROGATE.search(text)
+        if surrogate is not None:
+            # a byte-level BPE encodes UTF-8 bytes, and a lone surrogate has
+            # none (transformers' tokenizers refuse such text too)
+            raise ValueError(f"text must be valid Unicode, got a lone surrogate "
+                             f"U+{ord(surrogate.group()):04X} at index {surrogate.start()} "
+                             f"(text decoded with errors='surrogateescape'?)")
         ids = [self.bos_id] if add_special_tokens and self.add_bos else []
         start = 0
         if self._added is not None:

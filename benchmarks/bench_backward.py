@@ -43,9 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from unittest import mock
@@ -54,10 +52,11 @@ import numpy as np
 
 import machine
 # this directory's forward benchmark: the ISA settings and the per-ISA process helpers
-from bench_sdpa import ISA_ENVIRONMENT, default_isas, isa_environment, thread_keys
+from bench_sdpa import ISA_ENVIRONMENT, default_isas, run_isa
 
 import attnref  # bench_sdpa made a checkout importable
 from attnref import bench, probe
+from attnref._optional import import_optional
 
 SIZES = (512, 1024, 2048)
 HEAD_DIMS = (64, 128)
@@ -159,20 +158,6 @@ def worker(arguments):
     return 1 if wrong else 0
 
 
-def run_isa(isa, argv):
-    """This script as the per-ISA process for ``isa``: its payload and exit
-    status. A crash raises RuntimeError (its stderr went to ours)."""
-    with tempfile.TemporaryDirectory(prefix="bench-backward-") as directory:
-        output = Path(directory) / "payload.json"
-        finished = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), *argv, "--worker", str(output),
-             "--isa", isa], env=isa_environment(isa))
-        if finished.returncode not in (0, 1) or not output.exists():
-            raise RuntimeError(f"the {isa} run crashed (exit status {finished.returncode}); "
-                               "its error is above")
-        return thread_keys(json.loads(output.read_text())), finished.returncode
-
-
 def table(payloads, threads, markdown):
     """Per case: each ISA's medians and torch / c ratios at ``threads``."""
     header = ["D", "causal", "N"]
@@ -248,9 +233,9 @@ def parse_arguments(argv):
     if not attnref.kernel.available():
         parser.error(f"attnref's C kernel is unavailable: {attnref.kernel.info()['reason']}")
     try:
-        import torch  # noqa: F401  (the parent only checks it is there)
-    except ImportError:
-        parser.error("torch is not installed: pip install torch (the CPU build)")
+        import_optional("torch", "bench_backward.py")   # the parent only checks it is there
+    except ImportError as error:
+        parser.error(str(error))
     arguments.isa = list(dict.fromkeys(arguments.isa or default_isas()))
     supported = attnref.kernel.supported_code_paths()
     for isa in arguments.isa:
@@ -277,7 +262,7 @@ def main(argv=None):
     for isa in arguments.isa:
         progress(f"{isa}: its own process")
         try:
-            payloads[isa], status = run_isa(isa, worker_argv)
+            payloads[isa], status = run_isa(isa, worker_argv, __file__)
         except RuntimeError as error:
             progress(str(error))
             return 3

@@ -280,14 +280,15 @@ def isa_environment(isa):
     return environment
 
 
-def run_isa(isa, argv):
-    """Run this script as the per-ISA process for ``isa``; its payload and
-    exit status (0, or 1 when the kernel was wrong). A crash raises
-    RuntimeError with its status (its stderr went to ours)."""
-    with tempfile.TemporaryDirectory(prefix="bench-sdpa-") as directory:
+def run_isa(isa, argv, script=__file__):
+    """Run ``script`` (this one, or another benchmark built on it) as the
+    per-ISA process for ``isa``; its payload and exit status (0, or 1 when
+    the kernel was wrong). A crash raises RuntimeError with its status (its
+    stderr went to ours)."""
+    with tempfile.TemporaryDirectory(prefix=f"{Path(script).stem}-") as directory:
         output = Path(directory) / "payload.json"
         finished = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), *argv, "--worker", str(output),
+            [sys.executable, str(Path(script).resolve()), *argv, "--worker", str(output),
              "--isa", isa], env=isa_environment(isa))
         if finished.returncode not in (0, 1) or not output.exists():
             raise RuntimeError(f"the {isa} run crashed (exit status {finished.returncode}); "

@@ -508,15 +508,18 @@ def _plan(call, arrays, threads, path):
     for name in strides:
         setattr(params, f"{name}_stride", strides[name])
     work = CHUNK_WORK // 32 if path == _lib.ATTNREF_PATH_PORTABLE else CHUNK_WORK
+    # the portable path computes each row on its own (any split gives the
+    # same bits) and has no decoding path: its pieces need no whole units
+    block = 1 if path == _lib.ATTNREF_PATH_PORTABLE else _lib.attnref_row_block(call.kv_group)
     spans = _spans(B, H, call.L, call.S * (call.E + call.Ev) + 1, max(1, work) * threads,
-                   call.kv_group)
+                   call.kv_group, block)
     if len(_PLANS) >= _PLANS_LIMIT:
         _PLANS.clear()
     _PLANS[key] = plan = params, loops, spans, strides
     return plan
 
 
-def _spans(B, H, L, row_work, work, kv_group):
+def _spans(B, H, L, row_work, work, kv_group, block):
     """The ``(b0, b1, h0, h1, i0, i1)`` ranges of batch entries, heads and
     positions of a call's C calls, each of about ``work`` multiply-adds
     (``row_work`` per row) or one unit of the tiled paths.
@@ -525,8 +528,9 @@ def _spans(B, H, L, row_work, work, kv_group):
     in the same order and the result is bit-identical to one C call: whole
     batch entries first, then whole kv groups of heads (query head ``h``
     reads kv head ``h // kv_group``), then positions at multiples of
-    ``attnref_row_block``, no piece shorter than that block (so each piece
-    takes the code path the whole call takes: see ``attnref_row_block``).
+    ``block`` (``attnref_row_block`` on the tiled paths, 1 on the portable
+    one), no piece shorter than that block (so each piece takes the code path
+    the whole call takes: see ``attnref_row_block``).
     """
     rows = max(1, work // row_work)
     if B * H * L <= rows:
@@ -538,7 +542,6 @@ def _spans(B, H, L, row_work, work, kv_group):
         step = rows // (kv_group * L) * kv_group
         return [(b, b + 1, h, min(H, h + step), 0, L)
                 for b in range(B) for h in range(0, H, step)]
-    block = _lib.attnref_row_block(kv_group)
     step = max(1, rows // (kv_group * block)) * block
     starts = list(range(0, L, step))
     if len(starts) > 1 and L - starts[-1] < block:

@@ -78,21 +78,26 @@ def attnref_numpy_vjp(query, key, value, grad_out, attn_mask=None, dropout_p=0.0
     "bottom_right"`` (``functools.partial``) for the "flash" and "onnx"
     profiles. A bfloat16 float mask is handed over as float32, as
     :func:`attnref.testing.adapters.attnref_numpy` does."""
-    return tuple(scaled_dot_product_attention_backward(
-        grad_out, query, key, value, _float32_if_bfloat16(attn_mask), dropout_p, is_causal,
-        scale, enable_gqa, softcap=softcap, window=window, backend="numpy",
-        causal_alignment=causal_alignment)[:3])
+    return _attnref_vjp("numpy", query, key, value, grad_out, attn_mask, dropout_p, is_causal,
+                        scale, enable_gqa, softcap, window, causal_alignment)
 
 
 def attnref_c_vjp(query, key, value, grad_out, attn_mask=None, dropout_p=0.0,
-                  is_causal=False, scale=None, enable_gqa=False, *,
-                  causal_alignment="top_left"):
+                  is_causal=False, scale=None, enable_gqa=False, *, softcap=None,
+                  window=None, causal_alignment="top_left"):
     """attnref's C backward (``csrc/backward.c``), for self-checks; raises
-    RuntimeError when the kernel is not compiled. ``causal_alignment`` as in
+    RuntimeError when the kernel is not compiled. Keywords as in
     :func:`attnref_numpy_vjp`."""
+    return _attnref_vjp("c", query, key, value, grad_out, attn_mask, dropout_p, is_causal,
+                        scale, enable_gqa, softcap, window, causal_alignment)
+
+
+def _attnref_vjp(backend, query, key, value, grad_out, attn_mask, dropout_p, is_causal, scale,
+                 enable_gqa, softcap, window, causal_alignment):
     return tuple(scaled_dot_product_attention_backward(
-        grad_out, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
-        backend="c", causal_alignment=causal_alignment)[:3])
+        grad_out, query, key, value, _float32_if_bfloat16(attn_mask), dropout_p, is_causal,
+        scale, enable_gqa, softcap=softcap, window=window, backend=backend,
+        causal_alignment=causal_alignment)[:3])
 
 
 VJP_ADAPTERS = {

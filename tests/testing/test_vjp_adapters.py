@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from attnref import scaled_dot_product_attention_backward
+from attnref import kernel, scaled_dot_product_attention_backward
 from attnref.testing import CAPABILITIES, PROFILES
 from attnref.testing import vjp_adapters
 from attnref.testing.backward import check_backward
@@ -130,3 +130,16 @@ def test_torch_math_backend_passes_all_but_nan_behind_the_mask():
                 if result.status not in ("pass", "skip")}
     assert verdicts == {**dict.fromkeys(rows("nan_behind_mask"), "hazard"),
                         **dict.fromkeys(rows("causal_with_mask"), "error")}
+
+
+@pytest.mark.parametrize("name", ["attnref-numpy", "attnref-c"])
+def test_attnref_vjps_pass_every_case_they_claim(name):
+    """Both of attnref's own VJPs take every keyword their capabilities claim
+    (softcap and window included) and pass the standard suite."""
+    if name == "attnref-c" and not kernel.available():
+        pytest.skip("the C kernel is not compiled")
+    adapter = VJP_ADAPTERS[name]
+    report = check_backward(adapter.fn, suite="standard", semantics=adapter.semantics,
+                            capabilities=adapter.capabilities, progress=False)
+    assert report.passed, report.summary()
+    assert report.counts()["pass"] == len(report.results), report.counts()

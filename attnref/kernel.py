@@ -508,9 +508,7 @@ def _plan(call, arrays, threads, path):
     for name in strides:
         setattr(params, f"{name}_stride", strides[name])
     work = CHUNK_WORK // 32 if path == _lib.ATTNREF_PATH_PORTABLE else CHUNK_WORK
-    # the portable path computes each row on its own (any split gives the
-    # same bits) and has no decoding path: its pieces need no whole units
-    block = 1 if path == _lib.ATTNREF_PATH_PORTABLE else _lib.attnref_row_block(call.kv_group)
+    block = _lib.attnref_row_block(call.kv_group, path)
     spans = _spans(B, H, call.L, call.S * (call.E + call.Ev) + 1, max(1, work) * threads,
                    call.kv_group, block)
     if len(_PLANS) >= _PLANS_LIMIT:
@@ -528,9 +526,9 @@ def _spans(B, H, L, row_work, work, kv_group, block):
     in the same order and the result is bit-identical to one C call: whole
     batch entries first, then whole kv groups of heads (query head ``h``
     reads kv head ``h // kv_group``), then positions at multiples of
-    ``block`` (``attnref_row_block`` on the tiled paths, 1 on the portable
-    one), no piece shorter than that block (so each piece takes the code path
-    the whole call takes: see ``attnref_row_block``).
+    ``block`` (``attnref_row_block``: a tiled unit's positions, 1 on the
+    portable path), no piece shorter than that block (so each piece takes
+    the code path the whole call takes).
     """
     rows = max(1, work // row_work)
     if B * H * L <= rows:

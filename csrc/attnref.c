@@ -108,17 +108,19 @@ int64_t attnref_band_unbounded(void)
     return ATTNREF_BAND_UNBOUNDED;
 }
 
-/* Query positions per tiled unit for a kv group size (see sdpa below): a
-   call split into calls over positions [i0, i1) with i0 a multiple of this
-   (and diag_offset raised by i0), each as long as this at least (but for a
-   call that is not split), computes every row from the same key tiles in
-   the same order, so the split gives the same bits. A piece that long has
-   more than DECODE_ROWS rows per kv group, so it takes the decoding path
-   (decode_suits) only when the whole call does, and that path splits keys
-   by S alone. The portable path computes each row on its own: any split
-   gives the same bits there. */
-int64_t attnref_row_block(int64_t kv_group)
+/* The positions a split may not cut, for a kv group size on a code path
+   (ATTNREF_PATH_*; auto is the path in use): a call split into calls over
+   positions [i0, i1) with i0 a multiple of this (and diag_offset raised by
+   i0), each as long as this at least (but for a call that is not split),
+   gives the bits of the whole call. On the tiled paths it is the query
+   positions of a unit (see sdpa below): every row then sees the same key
+   tiles in the same order, and a piece that long has more than DECODE_ROWS
+   rows per kv group, so it takes the decoding path (decode_suits) only when
+   the whole call does, and that path splits keys by S alone. The portable
+   path computes each row on its own and has no decoding path: 1. */
+int64_t attnref_row_block(int64_t kv_group, int path)
 {
+    if ((path == ATTNREF_PATH_AUTO ? path_in_use() : path) == ATTNREF_PATH_PORTABLE) return 1;
     return TILE_ROWS / (kv_group >= 1 && kv_group <= TILE_ROWS ? kv_group : 1);
 }
 
@@ -155,7 +157,7 @@ static int sdpa(const attnref_params *params, int is_double, void *out, void *ls
            is larger than a unit) x a block of positions */
         int64_t next = 0;
         job.head_chunk = params->kv_group <= TILE_ROWS ? params->kv_group : 1;
-        job.block = attnref_row_block(params->kv_group);
+        job.block = attnref_row_block(params->kv_group, path);
         job.blocks = (params->L - 1) / job.block + 1;
         job.row_end = params->B * ((params->H - 1) / job.head_chunk + 1) * job.blocks;
         job.next = &next;

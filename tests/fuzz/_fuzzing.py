@@ -89,21 +89,6 @@ def json_documents_like(base):
     )
 
 
-def safetensors_bytes(arrays):
-    """The bytes of a safetensors file holding ``name -> ndarray`` back to back
-    (8-byte little-endian header length, JSON header, data)."""
-    names = {"float64": "F64", "float32": "F32", "float16": "F16", "int64": "I64",
-             "int32": "I32"}
-    header, data = {}, b""
-    for name, array in arrays.items():
-        raw = array.astype(array.dtype.newbyteorder("<")).tobytes()
-        header[name] = {"dtype": names[array.dtype.name], "shape": list(array.shape),
-                        "data_offsets": [len(data), len(data) + len(raw)]}
-        data += raw
-    text = json.dumps(header).encode()
-    return len(text).to_bytes(8, "little") + text + data
-
-
 def damaged(draw, blob, kind, *, extend_max=16):
     """``blob`` with the byte-level damage ``kind``: "truncate" (cut
     anywhere), "extend" (random bytes appended), "flip" (one byte changed);

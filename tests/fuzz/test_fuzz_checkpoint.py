@@ -14,8 +14,9 @@ from hypothesis import given, settings, strategies as st
 from attnref.models import load_model
 from attnref.models.wordpiece import SPECIAL_TOKENS
 
-from ._fuzzing import (corpus, damaged, json_documents_like, safetensors_bytes, scratch,
-                       value_error_or)
+from checkpoint_files import bert_tensor_shapes, safetensors_bytes
+
+from ._fuzzing import corpus, damaged, json_documents_like, scratch, value_error_or
 
 EXAMPLES = int(os.environ.get("ATTNREF_FUZZ_EXAMPLES", "100"))
 READER = "checkpoint"
@@ -25,27 +26,6 @@ CONFIG = {"vocab_size": 12, "hidden_size": 4, "num_hidden_layers": 1,
           "model_type": "bert"}
 TOKENIZER_CONFIG = {"do_lower_case": True, "model_max_length": 8, "cls_token": "[CLS]"}
 VOCAB_LINES = list(SPECIAL_TOKENS) + ["the", "cat", "##s", "sat", ".", "a", "b"]
-
-
-def tensor_shapes(config):
-    """BertModel tensor name -> shape for ``config`` (the pooler is not read)."""
-    V, D, F = config["vocab_size"], config["hidden_size"], config["intermediate_size"]
-    shapes = {"embeddings.word_embeddings.weight": (V, D),
-              "embeddings.position_embeddings.weight": (config["max_position_embeddings"], D),
-              "embeddings.token_type_embeddings.weight": (config["type_vocab_size"], D),
-              "embeddings.LayerNorm.weight": (D,), "embeddings.LayerNorm.bias": (D,)}
-    for index in range(config["num_hidden_layers"]):
-        layer = f"encoder.layer.{index}"
-        for name in ("attention.self.query", "attention.self.key", "attention.self.value",
-                     "attention.output.dense"):
-            shapes[f"{layer}.{name}.weight"], shapes[f"{layer}.{name}.bias"] = (D, D), (D,)
-        shapes[f"{layer}.intermediate.dense.weight"] = (F, D)
-        shapes[f"{layer}.intermediate.dense.bias"] = (F,)
-        shapes[f"{layer}.output.dense.weight"] = (D, F)
-        shapes[f"{layer}.output.dense.bias"] = (D,)
-        for name in ("attention.output.LayerNorm", "output.LayerNorm"):
-            shapes[f"{layer}.{name}.weight"], shapes[f"{layer}.{name}.bias"] = (D,), (D,)
-    return shapes
 
 
 def check(directory):
@@ -69,7 +49,7 @@ def checkpoints(draw):
     checkpoint with one or two kinds of damage from DAMAGE."""
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     tensors = {name: rng.standard_normal(shape).astype(np.float32)
-               for name, shape in tensor_shapes(CONFIG).items()}
+               for name, shape in bert_tensor_shapes(CONFIG, pooler=False).items()}
     files = {"config.json": json.dumps(CONFIG).encode(),
              "tokenizer_config.json": json.dumps(TOKENIZER_CONFIG).encode(),
              "vocab.txt": "".join(line + "\n" for line in VOCAB_LINES).encode()}

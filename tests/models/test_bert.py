@@ -15,6 +15,7 @@ import attnref
 from attnref.models import bert as bert_module
 from attnref.models import BertConfig, find_minilm, load_bert, load_minilm
 from attnref.models.wordpiece import SPECIAL_TOKENS
+from checkpoint_files import bert_tensor_shapes
 
 CONFIG = {"vocab_size": 12, "hidden_size": 8, "num_hidden_layers": 2,
           "num_attention_heads": 2, "intermediate_size": 16, "hidden_act": "gelu",
@@ -24,25 +25,8 @@ WORDS = ["the", "cat", "sat", ".", "##s", "a", "b"]
 
 
 def checkpoint_tensors(config, rng, prefix=""):
-    V, D, F = config["vocab_size"], config["hidden_size"], config["intermediate_size"]
-    shapes = {"embeddings.word_embeddings.weight": (V, D),
-              "embeddings.position_embeddings.weight": (config["max_position_embeddings"], D),
-              "embeddings.token_type_embeddings.weight": (config["type_vocab_size"], D),
-              "embeddings.LayerNorm.weight": (D,), "embeddings.LayerNorm.bias": (D,),
-              "pooler.dense.weight": (D, D), "pooler.dense.bias": (D,)}
-    for index in range(config["num_hidden_layers"]):
-        layer = f"encoder.layer.{index}"
-        for name in ("attention.self.query", "attention.self.key", "attention.self.value",
-                     "attention.output.dense"):
-            shapes[f"{layer}.{name}.weight"], shapes[f"{layer}.{name}.bias"] = (D, D), (D,)
-        shapes[f"{layer}.intermediate.dense.weight"] = (F, D)
-        shapes[f"{layer}.intermediate.dense.bias"] = (F,)
-        shapes[f"{layer}.output.dense.weight"] = (D, F)
-        shapes[f"{layer}.output.dense.bias"] = (D,)
-        for name in ("attention.output.LayerNorm", "output.LayerNorm"):
-            shapes[f"{layer}.{name}.weight"], shapes[f"{layer}.{name}.bias"] = (D,), (D,)
     return {prefix + name: rng.standard_normal(shape).astype(np.float32)
-            for name, shape in shapes.items()}
+            for name, shape in bert_tensor_shapes(config).items()}
 
 
 @pytest.fixture

@@ -112,13 +112,12 @@ import numpy as np
 from . import __version__, kernel
 from .core import scaled_dot_product_attention
 from .testing import CAPABILITIES, PROFILES, SUITES, adapters, check, matrix, vectors
-from .testing.conformance import DTYPES as CHECK_DTYPES
+from .testing.conformance import DTYPES
 from .testing.conformance import RULES, signature_capabilities
 from .testing.backward import check_backward
 from .testing.tolerance import reference_dtype, reference_errors
 from .testing.vjp_adapters import VJP_ADAPTERS
 
-DTYPES = ("float16", "float32", "float64")
 BENCH_SIZES, BENCH_QUICK_SIZES = (512, 1024, 2048), (256, 1024)  # attnref bench's N
 
 EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 2, 70, 130
@@ -687,12 +686,11 @@ def _bench(arguments):
     return 1 if wrong else 0
 
 
-def _case_options(parser, *, default_semantics, semantics_default_text, dtypes=DTYPES):
+def _case_options(parser, *, default_semantics, semantics_default_text):
     """The options that choose and build cases, shared by check and export."""
     parser.add_argument("--suite", choices=tuple(SUITES), default="standard")
-    parser.add_argument("--dtype", choices=dtypes, default="float32",
-                        help="dtype of the inputs (default float32; bfloat16 needs ml_dtypes)"
-                        if "bfloat16" in dtypes else "dtype of the inputs (default float32)")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32",
+                        help="dtype of the inputs (default float32; bfloat16 needs ml_dtypes)")
     parser.add_argument("--semantics", choices=tuple(PROFILES), default=default_semantics,
                         help=f"conventions of masks, causal alignment and fully masked "
                              f"rows (default {semantics_default_text})")
@@ -764,8 +762,7 @@ def build_parser():
         help=f"one of {', '.join(adapters.ADAPTERS)}, or package.module:function taking "
              f"the torch SDPA signature on NumPy arrays")
     _case_options(check_parser, default_semantics=None,
-                  semantics_default_text="the adapter's own; torch for package.module:function",
-                  dtypes=CHECK_DTYPES)
+                  semantics_default_text="the adapter's own; torch for package.module:function")
     check_parser.add_argument(
         "--strict", action="store_true",
         help="a hazard (input outside what the semantics promises, on which the "

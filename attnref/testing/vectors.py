@@ -40,7 +40,7 @@ from .. import __version__
 from .._files import field, load_json, read_limited
 from ..core import scaled_dot_product_attention
 from .backward import case_grad_out, gradient_magnitudes, reference_gradients
-from .conformance import _suite
+from .conformance import _suite, input_dtype
 from .semantics import ALIGNMENTS, PROFILES, REFERENCE_FIELDS, Semantics, profile
 from .tolerance import (FACTOR, FLOOR_EPS, equivalence_bound, max_abs_error,
                         reference_dtype)
@@ -154,8 +154,10 @@ def export(directory, suite="standard", *, seed=0, dtype="float32", semantics="t
     suite : {"quick", "standard", "full"}
     seed : int
         Together with a case's name, fixes its inputs.
-    dtype : {"float16", "float32", "float64"}
-        The dtype of query, key, value and a float mask.
+    dtype : {"float16", "bfloat16", "float32", "float64"}
+        The dtype of query, key, value, a float mask and ``grad_out``
+        (bfloat16 is ml_dtypes', stored as its bit patterns: see
+        :func:`_stored_dtype`).
     semantics : {"torch", "torch_mha", "jax", "flash", "onnx"} or Semantics
         The conventions the inputs are written in (bool mask polarity) and the
         reference is computed under (causal alignment, fully masked rows).
@@ -178,7 +180,7 @@ def export(directory, suite="standard", *, seed=0, dtype="float32", semantics="t
     holds nothing that depends on the time or the path.
     """
     cases = _suite(suite)
-    dtype = _input_dtype(dtype)
+    dtype = input_dtype(dtype)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     semantics = profile(semantics)
@@ -302,15 +304,11 @@ def verify(directory, *, progress=True):
     return results
 
 
-def _input_dtype(dtype):
-    """``dtype`` as a NumPy dtype; a ValueError unless float16/32/64."""
-    try:
-        resolved = np.dtype(dtype)
-    except TypeError:
-        resolved = None
-    if resolved is None or resolved.name not in ("float16", "float32", "float64"):
-        raise ValueError(f"dtype must be float16, float32 or float64, got {dtype!r}")
-    return resolved
+def _stored_dtype(name):
+    """The little-endian dtype an array of dtype ``name`` is stored in: a
+    bfloat16 array (which NumPy's .npy header cannot name) as its bit
+    patterns, uint16."""
+    return np.dtype("<u2") if name == "bfloat16" else np.dtype(name).newbyteorder("<")
 
 
 def _rule_numbers(dtype, format_version):
@@ -477,7 +475,9 @@ def _npz_bytes(arrays):
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
         for name, array in arrays.items():
-            array = np.asarray(array, dtype=array.dtype.newbyteorder("<"), order="C")
+            if array.dtype.name == "bfloat16":
+                array = np.asarray(array, order="C").view(np.uint16)   # its bits
+            array = np.asarray(array, dtype=_stored_dtype(array.dtype.name), order="C")
             member = io.BytesIO()
             np.lib.format.write_array(member, array, version=(1, 0), allow_pickle=False)
             info = zipfile.ZipInfo(f"{name}.npy", date_time=ZIP_DATE_TIME)
@@ -525,7 +525,7 @@ def _read_manifest(directory):
     _check_json(manifest, _MANIFEST_FIELDS, str(path), "")
     try:
         cases = _suite(manifest["suite"])
-        dtype = _input_dtype(manifest["dtype"])
+        dtype = input_dtype(manifest["dtype"])
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
     if manifest["seed"] < 0:
@@ -750,7 +750,7 @@ def _inside(directory, name):
 
 def _npy_bytes(description):
     """The data bytes of an array of ``description`` ({"shape", "dtype"})."""
-    return math.prod(description["shape"]) * np.dtype(description["dtype"]).itemsize
+    return math.prod(description["shape"]) * _stored_dtype(description["dtype"]).itemsize
 
 
 def _archive_limit(expected_table):
@@ -822,7 +822,7 @@ def _npy_array(data, description, label):
     dtype and shape of ``description`` (little-endian, C order) and whose
     data has exactly their size; else ``(None, problem)``."""
     shape = tuple(description["shape"])
-    dtype = np.dtype(description["dtype"]).newbyteorder("<")
+    dtype = _stored_dtype(description["dtype"])
     stream = io.BytesIO(data)
     readers = {(1, 0): np.lib.format.read_array_header_1_0,
                (2, 0): np.lib.format.read_array_header_2_0}
@@ -842,8 +842,10 @@ def _npy_array(data, description, label):
     if held != size:
         return None, f"{label} holds {held} bytes of data, {dtype.str!r} {shape} takes {size}"
     stream.seek(0)
-    return np.lib.format.read_array(stream, allow_pickle=False,
-                                    max_header_size=NPY_HEADER_LIMIT), None
+    array = np.lib.format.read_array(stream, allow_pickle=False, max_header_size=NPY_HEADER_LIMIT)
+    if description["dtype"] == "bfloat16":
+        array = array.view(input_dtype("bfloat16"))
+    return array, None
 
 
 def _one_line(error):

@@ -39,8 +39,9 @@ Policy (that of the forward, :mod:`attnref.core`):
 * A key of weight :math:`P_{ij} = 0` (masked by a bool mask, ``is_causal``,
   ``window``, a ``-inf`` bias, or negligible under the forward's rule 5)
   takes no part: ``dS``, ``dA`` and ``d bias`` are exactly 0 there, and a
-  NaN or ``inf`` in its key or value reaches no gradient. So a key no query
-  sees has ``dK = dV = 0``.
+  NaN or ``inf`` in its key or value reaches no gradient, nor does one in
+  the query of a row that does not see it. So a key no query sees has
+  ``dK = dV = 0``.
 * A fully masked row has :math:`P_{i\cdot} = 0`; under
   ``masked_rows="zero"`` its ``dQ`` row and ``d bias`` row are exactly 0
   and it adds nothing to ``dK``, ``dV``. Under ``masked_rows="nan"`` its
@@ -337,7 +338,9 @@ def _reference_backward(call, grad_out, out, lse, mask_grad):
         logits = _drop_negligible(logits)
         masked = np.all(np.isneginf(logits), axis=-1)            # (..., L): fully masked rows
         if lse is None:
-            weights = softmax(logits)
+            # a hidden key's weight is 0 even in a row of NaN scores (a NaN
+            # query), where softmax would make every weight NaN
+            weights = np.where(np.isneginf(logits), 0, softmax(logits))
         else:
             lse = _split_heads(lse, call)[..., None]
             weights = np.where(np.isneginf(logits) | np.isneginf(lse), 0,

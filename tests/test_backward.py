@@ -113,6 +113,23 @@ def test_keys_no_query_sees_get_exactly_zero_gradients_whatever_they_hold(backen
 
 
 @settings(max_examples=40)
+@given(calls(float_mask=False), st.sampled_from([np.nan, np.inf]))
+def test_a_non_finite_query_row_reaches_no_key_it_does_not_see(backend, call, garbage):
+    # the policy's "a key of weight 0 takes no part", from the query side: the
+    # row's scores are all NaN, and softmax alone would weigh its hidden keys NaN
+    (query, key, value), kwargs, grad_out = call
+    S = key.shape[-2]
+    mask = np.ones((query.shape[-2], S), bool) if kwargs["attn_mask"] is None else \
+        np.broadcast_to(kwargs["attn_mask"], query.shape[:-1] + (S,)).copy()
+    mask[..., -1] = False                               # the last key is hidden everywhere
+    kwargs["attn_mask"] = mask
+    query = query.copy()
+    query[..., 0, :] = garbage
+    grads = backward(backend, grad_out, query, key, value, **kwargs)
+    assert np.all(grads.dk[..., -1, :] == 0) and np.all(grads.dv[..., -1, :] == 0)
+
+
+@settings(max_examples=40)
 @given(calls(), st.sampled_from(["zero", "nan"]))
 def test_fully_masked_rows(backend, call, masked_rows):
     (query, key, value), kwargs, grad_out = call

@@ -52,7 +52,8 @@ import numpy as np
 
 import machine
 # this directory's forward benchmark: the ISA settings and the per-ISA process helpers
-from bench_sdpa import ISA_ENVIRONMENT, default_isas, run_isa
+from bench_sdpa import (add_isa_arguments, check_isa_arguments, check_isas, check_writable,
+                        run_isa)
 
 import attnref  # bench_sdpa made a checkout importable
 from attnref import bench, probe
@@ -204,31 +205,13 @@ def parse_arguments(argv):
     parser = argparse.ArgumentParser(
         description="Time attnref's C backward against torch autograd through SDPA on the "
                     "CPU, per instruction set; see the module docstring for the method.")
-    parser.add_argument("--isa", nargs="+", choices=tuple(ISA_ENVIRONMENT),
-                        help="instruction sets, each in its own process with attnref and torch "
-                             "held to it (default: avx2 and avx512 where this CPU runs them, "
-                             "else native)")
-    parser.add_argument("--sizes", type=int, nargs="+", metavar="N", default=list(SIZES),
-                        help=f"sequence lengths N = L = S (default {SIZES})")
-    parser.add_argument("--head-dims", type=int, nargs="+", metavar="D",
-                        default=list(HEAD_DIMS), help=f"head dims D (default {HEAD_DIMS})")
-    parser.add_argument("--threads", type=int, nargs="+", metavar="T",
-                        help="thread counts for both sides (default: 1 and all usable cores, "
-                             f"{probe.usable_cores()} here)")
-    parser.add_argument("--repeats", type=int, default=REPEATS,
-                        help=f"timed rounds per case (default {REPEATS})")
-    parser.add_argument("--markdown", type=Path, metavar="PATH",
-                        help="also write the report as markdown (the format of RESULTS.md)")
-    parser.add_argument("--worker", metavar="PATH", help=argparse.SUPPRESS)
+    add_isa_arguments(parser, {"sizes": SIZES, "head_dims": HEAD_DIMS, "repeats": REPEATS},
+                      threads_for="both sides")
     arguments = parser.parse_args(argv)
-    arguments.threads = sorted(set(arguments.threads or [1, probe.usable_cores()]))
-    for name in ("sizes", "head_dims", "threads"):
-        if min(getattr(arguments, name)) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(arguments, name)}")
-    if arguments.repeats < 1:
-        parser.error(f"--repeats must be >= 1, got {arguments.repeats}")
+    check_isa_arguments(parser, arguments, {"sizes": list(SIZES), "head_dims": list(HEAD_DIMS),
+                                            "repeats": REPEATS,
+                                            "threads": [1, probe.usable_cores()]})
     if arguments.worker is not None:
-        arguments.isa = arguments.isa[0]
         return arguments
     if not attnref.kernel.available():
         parser.error(f"attnref's C kernel is unavailable: {attnref.kernel.info()['reason']}")
@@ -236,15 +219,8 @@ def parse_arguments(argv):
         import_optional("torch", "bench_backward.py")   # the parent only checks it is there
     except ImportError as error:
         parser.error(str(error))
-    arguments.isa = list(dict.fromkeys(arguments.isa or default_isas()))
-    supported = attnref.kernel.supported_code_paths()
-    for isa in arguments.isa:
-        if isa != "native" and isa not in supported:
-            parser.error(f"--isa {isa}: attnref's kernel cannot run it here (it supports "
-                         f"{', '.join(supported)})")
-    if arguments.markdown is not None and not arguments.markdown.parent.is_dir():
-        parser.error(f"cannot write {arguments.markdown}: {arguments.markdown.parent} is not a "
-                     "directory")
+    check_isas(parser, arguments)
+    check_writable(parser, arguments.markdown)
     return arguments
 
 

@@ -584,53 +584,47 @@ def default_isas():
     return [isa for isa in ("avx2", "avx512") if isa in supported] or ["native"]
 
 
-def parse_arguments(argv):
-    parser = argparse.ArgumentParser(
-        description="Time attnref's C kernel against torch (and its NumPy reference) per "
-                    "instruction set; see the module docstring for the method.")
+def add_isa_arguments(parser, defaults, *, threads_for, repeats_note=""):
+    """Add to ``parser`` the options of a per-ISA benchmark (this script's and
+    bench_backward.py's): ``--isa``, ``--sizes``, ``--head-dims``,
+    ``--threads``, ``--repeats``, ``--markdown`` and the hidden ``--worker``
+    (:func:`run_isa` passes it to a per-ISA process).
+
+    Sizes, head dims, threads and repeats parse to None when not given
+    (:func:`check_isa_arguments` fills them); ``defaults`` ({"sizes",
+    "head_dims", "repeats"}) are the values the help states,
+    ``threads_for`` says whom the thread counts hold for and
+    ``repeats_note`` follows the repeats default in its help.
+    """
     parser.add_argument("--isa", nargs="+", choices=tuple(ISA_ENVIRONMENT),
                         help="instruction sets, each in its own process with attnref and torch "
                              "held to it (default: avx2 and avx512 where this CPU runs them, "
                              "else native)")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"every section, small (about a minute): N={QUICK['sizes']}, "
-                             f"D={QUICK['head_dims']}, both dtypes, every usable core only, "
-                             f"{QUICK['repeats']} rounds, decode S={QUICK['decode_lengths']}, "
-                             "no per-case memory (explicit options still win)")
-    parser.add_argument("--dtypes", nargs="+", choices=DTYPES,
-                        help=f"dtypes of the sweep (default {DTYPES})")
     parser.add_argument("--sizes", type=int, nargs="+", metavar="N",
-                        help=f"sequence lengths N = L = S (default {SIZES})")
+                        help=f"sequence lengths N = L = S (default {defaults['sizes']})")
     parser.add_argument("--head-dims", type=int, nargs="+", metavar="D",
-                        help=f"head dims D = E = Ev (default {HEAD_DIMS})")
+                        help=f"head dims D = E = Ev (default {defaults['head_dims']})")
     parser.add_argument("--threads", type=int, nargs="+", metavar="T",
-                        help="thread counts for all implementations (default: 1 and all "
-                             f"usable cores, {probe.usable_cores()} here)")
+                        help=f"thread counts for {threads_for} (default: 1 and all usable "
+                             f"cores, {probe.usable_cores()} here)")
     parser.add_argument("--repeats", type=int,
-                        help=f"timed rounds per case (default {REPEATS}, "
-                             f"{QUICK['repeats']} with --quick)")
-    parser.add_argument("--scores", choices=("fast", "exact"), default="fast",
-                        help="the C kernel's score mode (default fast, plain FMA sums as "
-                             "torch's; exact: scores rounded once, the library's default)")
-    parser.add_argument("--no-memory", dest="memory", action="store_false", default=None,
-                        help="skip the per-case peak-memory measurements (--quick skips them)")
+                        help=f"timed rounds per case (default {defaults['repeats']}"
+                             f"{repeats_note})")
     parser.add_argument("--markdown", type=Path, metavar="PATH",
                         help="also write the report as markdown (the format of RESULTS.md)")
-    parser.add_argument("--json", type=Path, metavar="PATH",
-                        help="also write every timing, error and the machine details as JSON")
-    parser.add_argument("--plot", type=Path, metavar="PATH",
-                        help=f"also draw GFLOP/s against N ({PLOT_DTYPE}, most threads, each "
-                             "ISA) as a PNG; needs matplotlib (extra 'plot' or 'bench')")
     parser.add_argument("--worker", metavar="PATH", help=argparse.SUPPRESS)
-    arguments = parser.parse_args(argv)
-    quick = arguments.quick
-    arguments.dtypes = arguments.dtypes or (QUICK["dtypes"] if quick else DTYPES)
-    arguments.sizes = arguments.sizes or (QUICK["sizes"] if quick else SIZES)
-    arguments.head_dims = arguments.head_dims or (QUICK["head_dims"] if quick else HEAD_DIMS)
-    arguments.repeats = arguments.repeats or (QUICK["repeats"] if quick else REPEATS)
-    arguments.threads = sorted(set(arguments.threads or (
-        [probe.usable_cores()] if quick else [1, probe.usable_cores()])))
-    arguments.memory = (not quick) if arguments.memory is None else arguments.memory
+
+
+def check_isa_arguments(parser, arguments, defaults):
+    """Fill the options of :func:`add_isa_arguments` not given from
+    ``defaults`` ({"sizes", "head_dims", "threads", "repeats"}), the thread
+    counts sorted without repeats; a usage error (``parser.error``) when a
+    size, head dim, thread count or the repeats is below 1. A per-ISA
+    process keeps its one ``--isa``."""
+    for name in ("sizes", "head_dims", "threads", "repeats"):
+        if getattr(arguments, name) is None:
+            setattr(arguments, name, defaults[name])
+    arguments.threads = sorted(set(arguments.threads))
     for name in ("sizes", "head_dims", "threads"):
         if min(getattr(arguments, name)) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(arguments, name)}")
@@ -638,7 +632,11 @@ def parse_arguments(argv):
         parser.error(f"--repeats must be >= 1, got {arguments.repeats}")
     if arguments.worker is not None:
         arguments.isa = arguments.isa[0]
-        return arguments
+
+
+def check_isas(parser, arguments):
+    """``arguments.isa`` without repeats (:func:`default_isas` when not
+    given); a usage error naming an ISA attnref's kernel cannot run here."""
     arguments.isa = list(dict.fromkeys(arguments.isa or default_isas()))
     supported = attnref.kernel.supported_code_paths()
     for isa in arguments.isa:
@@ -646,9 +644,53 @@ def parse_arguments(argv):
             reason = (f"supports {', '.join(supported)}" if attnref.kernel.available()
                       else f"is unavailable: {attnref.kernel.info()['reason']}")
             parser.error(f"--isa {isa}: attnref's kernel cannot run it here (it {reason})")
-    for path in (arguments.markdown, arguments.json, arguments.plot):
+
+
+def check_writable(parser, *paths):
+    """A usage error for an output path (None: not asked for) whose folder
+    does not exist."""
+    for path in paths:
         if path is not None and not path.parent.is_dir():
             parser.error(f"cannot write {path}: {path.parent} is not a directory")
+
+
+def parse_arguments(argv):
+    parser = argparse.ArgumentParser(
+        description="Time attnref's C kernel against torch (and its NumPy reference) per "
+                    "instruction set; see the module docstring for the method.")
+    add_isa_arguments(parser, {"sizes": SIZES, "head_dims": HEAD_DIMS, "repeats": REPEATS},
+                      threads_for="all implementations",
+                      repeats_note=f", {QUICK['repeats']} with --quick")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"every section, small (about a minute): N={QUICK['sizes']}, "
+                             f"D={QUICK['head_dims']}, both dtypes, every usable core only, "
+                             f"{QUICK['repeats']} rounds, decode S={QUICK['decode_lengths']}, "
+                             "no per-case memory (explicit options still win)")
+    parser.add_argument("--dtypes", nargs="+", choices=DTYPES,
+                        help=f"dtypes of the sweep (default {DTYPES})")
+    parser.add_argument("--scores", choices=("fast", "exact"), default="fast",
+                        help="the C kernel's score mode (default fast, plain FMA sums as "
+                             "torch's; exact: scores rounded once, the library's default)")
+    parser.add_argument("--no-memory", dest="memory", action="store_false", default=None,
+                        help="skip the per-case peak-memory measurements (--quick skips them)")
+    parser.add_argument("--json", type=Path, metavar="PATH",
+                        help="also write every timing, error and the machine details as JSON")
+    parser.add_argument("--plot", type=Path, metavar="PATH",
+                        help=f"also draw GFLOP/s against N ({PLOT_DTYPE}, most threads, each "
+                             "ISA) as a PNG; needs matplotlib (extra 'plot' or 'bench')")
+    arguments = parser.parse_args(argv)
+    quick = arguments.quick
+    arguments.dtypes = arguments.dtypes or (QUICK["dtypes"] if quick else DTYPES)
+    check_isa_arguments(parser, arguments, {
+        "sizes": QUICK["sizes"] if quick else SIZES,
+        "head_dims": QUICK["head_dims"] if quick else HEAD_DIMS,
+        "repeats": QUICK["repeats"] if quick else REPEATS,
+        "threads": [probe.usable_cores()] if quick else [1, probe.usable_cores()]})
+    arguments.memory = (not quick) if arguments.memory is None else arguments.memory
+    if arguments.worker is not None:
+        return arguments
+    check_isas(parser, arguments)
+    check_writable(parser, arguments.markdown, arguments.json, arguments.plot)
     if arguments.plot:
         try:
             bench.pyplot()

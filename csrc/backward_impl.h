@@ -109,6 +109,29 @@ static double BWD_NAME(bwd_d)(const bwd_call *c, int64_t b, int64_t h, int64_t i
     return d;
 }
 
+/* The pair (row i of (b, h), key j) both passes recompute: 0 when it adds
+   nothing (key j hidden from row i, or p_ij = 0), else 1 with p_ij, dp_ij =
+   dot(dO_i, v_j) (dO: row i of grad_out) and the softcap factor. m and l
+   are row i's statistics (bwd_stats). */
+static int BWD_NAME(bwd_pair)(const bwd_call *c, int64_t b, int64_t h, int64_t i, int64_t j,
+                              double m, double l, const BWD_T *dO, double *weight, double *dp,
+                              double *factor)
+{
+    const attnref_params *p = c->p;
+    double score;
+    if (!BWD_NAME(bwd_score)(c, b, h, i, j, &score, factor))
+        return 0;
+    *weight = BWD_NAME(bwd_weight)(score, m, l);
+    if (*weight == 0)
+        return 0;
+    const BWD_T *vj = BWD_NAME(bwd_row)(c->v, p->v_stride, b, h / p->kv_group, j);
+    double sum = 0;
+    for (int64_t e = 0; e < p->Ev; e++)
+        sum += (double)dO[e] * (double)vj[e];
+    *dp = sum;
+    return 1;
+}
+
 /* BWD_PASS_STATS, unit = one query row (b, h, i): m_i and l_i. A NaN score
    makes m_i NaN, and so every weight of the row. */
 static void BWD_NAME(bwd_unit_stats)(const bwd_call *c, int64_t unit)
@@ -154,20 +177,14 @@ static void BWD_NAME(bwd_unit_dq)(const bwd_call *c, double *sum, int64_t unit)
     for (int64_t e = 0; e < p->E; e++)
         sum[e] = 0;
     for (int64_t j = 0; j < p->S; j++) {
-        double score, factor;
-        if (!BWD_NAME(bwd_score)(c, b, h, i, j, &score, &factor))
+        double weight, dp, factor;
+        if (!BWD_NAME(bwd_pair)(c, b, h, i, j, m, l, dO, &weight, &dp, &factor))
             continue;
-        double weight = BWD_NAME(bwd_weight)(score, m, l);
-        if (weight == 0)
-            continue;
-        const BWD_T *vj = BWD_NAME(bwd_row)(c->v, p->v_stride, b, kvh, j);
         const BWD_T *kj = BWD_NAME(bwd_row)(c->k, p->k_stride, b, kvh, j);
-        double dp = 0;
-        for (int64_t e = 0; e < p->Ev; e++)
-            dp += (double)dO[e] * (double)vj[e];
+        double ds = weight * (dp - d);
         if (dmask)
-            dmask[j] = (BWD_T)(weight * (dp - d));
-        double da = weight * (dp - d) * factor * p->scale;
+            dmask[j] = (BWD_T)ds;
+        double da = ds * factor * p->scale;
         for (int64_t e = 0; e < p->E; e++)
             sum[e] += da * (double)kj[e];
     }
@@ -189,7 +206,6 @@ static void BWD_NAME(bwd_unit_dkdv)(const bwd_call *c, double *sum_k, int64_t un
         sum_k[e] = 0;
     for (int64_t e = 0; e < p->Ev; e++)
         sum_v[e] = 0;
-    const BWD_T *vj = BWD_NAME(bwd_row)(c->v, p->v_stride, b, kvh, j);
     int nan_rows = 0;
     for (int64_t g = 0; g < p->kv_group; g++) {
         int64_t h = kvh * p->kv_group + g;
@@ -200,19 +216,13 @@ static void BWD_NAME(bwd_unit_dkdv)(const bwd_call *c, double *sum_k, int64_t un
                 nan_rows |= p->masked_rows == ATTNREF_ROWS_NAN;
                 continue;
             }
-            double score, factor;
-            if (!BWD_NAME(bwd_score)(c, b, h, i, j, &score, &factor))
-                continue;
-            double weight = BWD_NAME(bwd_weight)(score, m, l);
-            if (weight == 0)
-                continue;
             const BWD_T *dO = BWD_NAME(bwd_row)(c->grad_out, p->out_stride, b, h, i);
+            double weight, dp, factor;
+            if (!BWD_NAME(bwd_pair)(c, b, h, i, j, m, l, dO, &weight, &dp, &factor))
+                continue;
             const BWD_T *qi = BWD_NAME(bwd_row)(c->q, p->q_stride, b, h, i);
-            double dp = 0;
-            for (int64_t e = 0; e < p->Ev; e++) {
+            for (int64_t e = 0; e < p->Ev; e++)
                 sum_v[e] += weight * (double)dO[e];
-                dp += (double)dO[e] * (double)vj[e];
-            }
             double da = weight * (dp - BWD_NAME(bwd_d)(c, b, h, i)) * factor * p->scale;
             for (int64_t e = 0; e < p->E; e++)
                 sum_k[e] += da * (double)qi[e];

@@ -5,7 +5,9 @@ and natively whatever paths this CPU has.
 Each path must agree with attnref's NumPy reference under the equivalence
 rule the Python tests use (:mod:`attnref.testing.tolerance`), as the
 portable path does on the same inputs, and give the same bits for every
-thread count. The emulated tests skip unless ``aarch64-linux-gnu-gcc`` (with
+thread count; its backward likewise, under the gradient rule
+(:mod:`attnref.testing.backward`), with exactly zero gradients from fully
+masked rows and for keys no row weighs. The emulated tests skip unless ``aarch64-linux-gnu-gcc`` (with
 its static C library, Debian's libc6-dev-arm64-cross) and ``qemu-aarch64``
 are installed (Debian: gcc-aarch64-linux-gnu, qemu-user); CI installs them.
 """
@@ -20,7 +22,9 @@ import numpy as np
 import pytest
 
 from attnref import kernel, scaled_dot_product_attention as sdpa
+from attnref import scaled_dot_product_attention_backward as sdpa_backward
 from attnref._validation import sdpa_call
+from attnref.testing.backward import gradient_errors, gradient_magnitudes
 from attnref.testing.strategies import AttentionCase
 from attnref.testing.tolerance import reference_dtype, reference_errors
 
@@ -37,6 +41,19 @@ BAND_UNBOUNDED = 1 << 62
 RANDOM_CASES = 12
 #: thread counts every path runs with; the "threads" case is large enough to use them all
 THREADS = (1, 2, 3)
+#: the cases of cases() the backward runs as well: every option and edge,
+#: not the forward's large "threads" case (the backward's units are blocks
+#: of keys and of rows, more than 3 in "ragged" and "fused" already), and
+#: 4 random ones (under qemu the backward's cases cost about 1 s of CPU
+#: each per path)
+BACKWARD_CASES = ("ragged", "one_of_each", "wide_rows", "causal_bottom_right",
+                  "causal_query_longer", "window", "gqa_causal", "gqa_group_beyond_a_unit",
+                  "softcap", "large_scores", "small_scores", "no_keys", "bool_mask",
+                  "masked_rows_nan", "bias_mask", "nan_and_inf_inputs", "random_0", "random_1",
+                  "random_2", "random_3")
+#: the thread counts of the backward: 1 and more than 1 (each run is a
+#: forward and two backward calls)
+BACKWARD_THREADS = (1, 3)
 #: the vector exp's stated bound (csrc/tiled_impl.h), as tests/test_kernel_paths.py checks it
 MAX_ULP = 2.0
 #: kernel_driver and qemu together: a hung emulator fails the test instead of CI
@@ -152,38 +169,47 @@ def _params(low):
     return np.array(fields, np.int64), np.array([call.scale, call.softcap or 0.0]), mask
 
 
-def write_cases(path, lows):
-    """The case file of ``lows`` ({name: case}) for kernel_driver."""
+def write_cases(path, lows, grad_outs=None):
+    """The case file of ``lows`` ({name: case}) for kernel_driver: its sdpa
+    file, or with ``grad_outs`` ({name: (B, H, L, Ev) array}) its backward
+    file."""
     with open(path, "wb") as file:
-        file.write(b"ATTNCASE")
+        file.write(b"ATTNCASE" if grad_outs is None else b"ATTNGRAD")
         file.write(np.int64(len(lows)).tobytes())
-        for low in lows.values():
+        for name, low in lows.items():
             fields, reals, mask = _params(low)
             file.write(fields.tobytes())
             file.write(reals.tobytes())
-            for array in (low.query, low.key, low.value) + (() if mask is None else (mask,)):
+            arrays = (low.query, low.key, low.value) + (() if mask is None else (mask,))
+            for array in arrays + (() if grad_outs is None else (grad_outs[name],)):
                 file.write(np.ascontiguousarray(array).tobytes())
 
 
-def read_results(path, lows, paths):
-    """{(case name, path): [(out, lse) for each of THREADS]} for ``lows``
-    ({name: case}), and checks that the file holds exactly that."""
+def read_runs(path, lows, paths, threads, shapes):
+    """{(case name, path): [arrays for each of ``threads``]} for ``lows``
+    ({name: case}), ``shapes(case)`` being the shapes of the arrays one run
+    writes, in order; checks that the file holds exactly that."""
     data = Path(path).read_bytes()
     results, at = {}, 0
     for case_name, low in lows.items():
-        B, H, L, _ = low.query.shape
-        dtype, Ev = low.query.dtype, low.value.shape[-1]
         for name in paths:
             runs = []
-            for _ in THREADS:
-                out = np.frombuffer(data, dtype, B * H * L * Ev, at).reshape(B, H, L, Ev)
-                at += out.nbytes
-                lse = np.frombuffer(data, dtype, B * H * L, at).reshape(B, H, L)
-                at += lse.nbytes
-                runs.append((out, lse))
+            for _ in threads:
+                run = []
+                for shape in shapes(low):
+                    count = int(np.prod(shape))
+                    run.append(np.frombuffer(data, low.query.dtype, count, at).reshape(shape))
+                    at += run[-1].nbytes
+                runs.append(run)
             results[case_name, name] = runs
     assert at == len(data), (at, len(data))
     return results
+
+
+def _forward_shapes(low):
+    """What kernel_driver sdpa writes per run: out (B, H, L, Ev), lse (B, H, L)."""
+    B, H, L, _ = low.query.shape
+    return [(B, H, L, low.value.shape[-1]), (B, H, L)]
 
 
 def _environment():
@@ -238,7 +264,7 @@ def check_paths(driver, paths, dtype, tmp_path):
     write_cases(tmp_path / "cases", lows)
     _run([*driver, "sdpa", str(tmp_path / "cases"), str(tmp_path / "results"),
           ",".join(paths), ",".join(map(str, THREADS))])
-    results = read_results(tmp_path / "results", lows, paths)
+    results = read_runs(tmp_path / "results", lows, paths, THREADS, _forward_shapes)
     failures = []
     for case_name, low in lows.items():
         wide = low.astype(reference_dtype(dtype))   # the exact answer for the inputs given
@@ -284,6 +310,193 @@ def test_native_paths_through_the_driver(native, dtype, tmp_path):
     if platform.machine() == "x86_64" and kernel.available():
         assert tuple(paths) == kernel.supported_code_paths()
     assert check_paths(native, paths, dtype, tmp_path) == []
+
+
+def backward_cases():
+    """``{name: AttentionCase}`` in float64, the calls the backward runs:
+    those of :func:`cases` named in BACKWARD_CASES, then enough (b, kv head)
+    pairs for the fused pass (csrc/backward.h: BWD_FUSED_UNITS, 8) with a
+    bias mask, softcap and fully masked rows, and more query rows than a dq
+    unit (BWD_QBLOCK, 128) under a window and a bool mask."""
+    made = {name: case for name, case in cases().items() if name in BACKWARD_CASES}
+    # a NaN query row reaches the dk, dv of keys no row sees in the NumPy
+    # backward (0 x NaN in its products) and not in the kernel's, which
+    # skips hidden keys as its forward does: the backward cases keep the
+    # NaN key and the inf values, not the NaN row
+    made["nan_and_inf_inputs"].query[..., 7, :] = 1.0
+    rng = np.random.default_rng(18)
+    name, fused = _case("fused", B=2, H=8, Hkv=4, L=40, S=70, E=20, Ev=12, softcap=5.0,
+                        is_causal=True, causal_alignment="bottom_right")
+    bias = rng.standard_normal((2, 1, 40, 70))
+    bias[rng.random(bias.shape) < 0.2] = -np.inf
+    bias[:, :, ::7] = -np.inf                        # rows whose scores are all -inf
+    fused.options["attn_mask"] = bias
+    made[name] = fused
+    name, blocks = _case("row_blocks", L=150, S=40, E=8, Ev=8, window=(20, 3))
+    allowed = rng.random((150, 40)) < 0.8
+    allowed[::9] = False                             # rows that see no key
+    blocks.options["attn_mask"] = allowed
+    made[name] = blocks
+    return made
+
+
+def _grad_out(name, low):
+    """The grad_out of case ``name``: standard normal in the shape of the
+    output and the case's dtype, from a seed made of the name."""
+    B, H, L, _ = low.query.shape
+    rng = np.random.default_rng([zlib.crc32(name.encode()), 1])
+    return rng.standard_normal((B, H, L, low.value.shape[-1])).astype(low.query.dtype)
+
+
+def _has_bias(low):
+    mask = low.options.get("attn_mask")
+    return mask is not None and mask.dtype != bool
+
+
+def _backward_shapes(low):
+    """What kernel_driver backward writes per run: the forward's out and lse,
+    then dq, dk, dv and (with a bias mask) dmask given them, then the same
+    given out alone."""
+    B, H, L, E = low.query.shape
+    _, Hkv, S, Ev = low.value.shape
+    gradients = [(B, H, L, E), (B, Hkv, S, E), (B, Hkv, S, Ev)] + [(B, H, L, S)] * _has_bias(low)
+    return [(B, H, L, Ev), (B, H, L)] + gradients * 2
+
+
+def _dense(low):
+    """``low`` with its mask broadcast to (B, H, L, S), as the driver passes
+    it: the bias's gradient is then per score, as the kernel writes it."""
+    B, H, L, _ = low.query.shape
+    mask = low.options.get("attn_mask")
+    if mask is None:
+        return low
+    dense = np.broadcast_to(mask, (B, H, L, low.key.shape[-2])).copy()
+    return AttentionCase(low.query, low.key, low.value, {**low.options, "attn_mask": dense})
+
+
+def _reference_backward(case, grad_out, out, lse):
+    """attnref's NumPy backward of ``case`` (mask dense) in its dtype, given
+    the forward's ``out`` and ``lse`` (None: recomputed) in that dtype: dq,
+    dk, dv and, with a bias mask, dmask."""
+    dtype = case.query.dtype
+    grads = sdpa_backward(grad_out.astype(dtype), case.query, case.key, case.value,
+                          **case.options, backend="numpy", mask_grad=_has_bias(case),
+                          out=out.astype(dtype), lse=None if lse is None else lse.astype(dtype))
+    return list(grads[:3]) + ([grads.dmask] if _has_bias(case) else [])
+
+
+def _magnitudes(wide, grad_out, weights):
+    """The gradient rule's gamma of dq, dk, dv (attnref.testing.backward)
+    and, with a bias mask, of dmask = P o (dP - D): the largest entry of
+    P o (|dO| |V|^T + rowsum(|dO| o P |V|)), its terms in absolute value."""
+    inputs = {"query": wide.query, "key": wide.key, "value": wide.value,
+              "attn_mask": wide.options.get("attn_mask"),
+              "is_causal": wide.options.get("is_causal", False),
+              "scale": wide.options.get("scale"), "enable_gqa": wide.options.get("enable_gqa", False),
+              "softcap": wide.options.get("softcap"), "window": wide.options.get("window")}
+    alignment = wide.options.get("causal_alignment", "top_left")
+    magnitudes = gradient_magnitudes(inputs, grad_out, "torch" if alignment == "top_left"
+                                     else "flash", wide.query.dtype)
+    gammas = [magnitudes[name] for name in ("dq", "dk", "dv")]
+    if _has_bias(wide):
+        value = np.repeat(np.where(np.isfinite(wide.value), np.abs(wide.value), 0),
+                          wide.query.shape[1] // wide.value.shape[1], axis=1)
+        grad_out = np.abs(grad_out.astype(wide.query.dtype))
+        delta = np.sum(grad_out * (weights @ value), axis=-1, keepdims=True)
+        terms = weights * (grad_out @ np.swapaxes(value, -1, -2) + delta)
+        gammas.append(float(np.max(terms, initial=0.0)))
+    return gammas
+
+
+def check_backward_paths(driver, paths, dtype, tmp_path):
+    """Runs every backward case on ``paths`` through ``driver`` and returns
+    what fails: a gradient outside the gradient rule, bits that differ
+    between thread counts, a fully masked row whose dq or dmask is not
+    exactly 0 (NaN under masked_rows="nan"), or a key no row weighs whose
+    dk or dv is not exactly 0.
+
+    The backward is given the forward's out and lse (or out alone), so
+    they are inputs of the call as query, key and value are: the rule's
+    wide reference and same-dtype baseline are the NumPy backward given
+    the same out (and lse), the exact answer for what the kernel was given
+    (attnref.testing.tolerance). With the forward's lse the weights are
+    exp(s - lse), off by the lse's rounding, about eps |lse| relative;
+    against a reference that recomputes the softmax, large scores would
+    charge the kernel for the forward's rounding (the "large_scores" case:
+    dv at 1.7 to 2.0 times the bound in float64 on every path, portable
+    included, and 1.9 times in float32 on the SIMD paths)."""
+    lows = {name: case.astype(dtype) for name, case in backward_cases().items()}
+    grad_outs = {name: _grad_out(name, low) for name, low in lows.items()}
+    write_cases(tmp_path / "cases", lows, grad_outs)
+    _run([*driver, "backward", str(tmp_path / "cases"), str(tmp_path / "results"),
+          ",".join(paths), ",".join(map(str, BACKWARD_THREADS))])
+    results = read_runs(tmp_path / "results", lows, paths, BACKWARD_THREADS, _backward_shapes)
+    names = ["dq", "dk", "dv", "dmask"]
+    failures = []
+    for case_name, low in lows.items():
+        grad_out = grad_outs[case_name]
+        dense, wide = _dense(low), _dense(low.astype(reference_dtype(dtype)))
+        forward = sdpa(wide.query, wide.key, wide.value, backend="numpy", return_lse=True,
+                       return_weights=True, **wide.options)
+        gammas = _magnitudes(wide, grad_out, forward.weights)
+        masked = np.isneginf(forward.lse)                            # (B, H, L)
+        B, H, _, _ = low.query.shape
+        _, Hkv, S, _ = low.key.shape
+        unweighed = np.all(np.all(forward.weights == 0, axis=2).reshape(B, Hkv, H // Hkv, S),
+                           axis=2)                                   # (B, Hkv, S)
+        for path in paths:
+            first, *others = results[case_name, path]
+            for threads, other in zip(BACKWARD_THREADS[1:], others):
+                if any(a.tobytes() != b.tobytes() for a, b in zip(first, other)):
+                    failures.append(f"{case_name} on {path}: {threads} threads give other bits")
+            out, lse, *gradients = first
+            count = len(gradients) // 2
+            for given, run in (("given lse", gradients[:count]), ("no lse", gradients[count:])):
+                where = f"{case_name} on {path}, {given}"
+                saved = lse if given == "given lse" else None
+                reference = _reference_backward(wide, grad_out, out, saved)
+                baseline = _reference_backward(dense, grad_out, out, saved)
+                for name, candidate, wide_g, same, gamma in zip(names, run, reference, baseline,
+                                                                 gammas):
+                    error, bound = gradient_errors(candidate, wide_g, same, gamma)
+                    if not error <= bound:
+                        failures.append(f"{where}: {name} error {error:.3g} (bound {bound:.3g})")
+                dq, dk, dv = run[:3]
+                rows = [dq[masked]] + ([run[3][masked]] if count == 4 else [])
+                zero = low.options.get("masked_rows", "zero") == "zero"
+                if not all(np.all(row == 0) if zero else np.all(np.isnan(row)) for row in rows):
+                    failures.append(f"{where}: a fully masked row's dq or dmask is not "
+                                    f"{'0' if zero else 'NaN'}")
+                if not (np.all(dk[unweighed] == 0) and np.all(dv[unweighed] == 0)):
+                    failures.append(f"{where}: a key no row weighs has nonzero dk or dv")
+    return failures
+
+
+def test_the_backward_cases_reach_what_is_checked():
+    """The backward's cases hold what check_backward_paths judges: fully
+    masked rows under both policies, keys no row weighs, a call of the fused
+    pass and one of more than one dq unit (csrc/backward.h)."""
+    made = backward_cases()
+    masked, unweighed = set(), False
+    for low in made.values():
+        result = sdpa(low.query, low.key, low.value, backend="numpy", return_lse=True,
+                      return_weights=True, **low.options)
+        if np.isneginf(result.lse).any():
+            masked.add(low.options.get("masked_rows", "zero"))
+        unweighed |= bool(np.all(result.weights == 0, axis=(0, 1, 2)).any())
+    assert masked == {"zero", "nan"} and unweighed
+    fused, blocks = made["fused"], made["row_blocks"]
+    assert fused.key.shape[0] * fused.key.shape[1] >= 8 and blocks.query.shape[2] > 128
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_neon_backward_under_emulation(emulated, dtype, tmp_path):
+    assert check_backward_paths(emulated, ["portable", "neon"], dtype, tmp_path) == []
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_native_backward_paths_through_the_driver(native, dtype, tmp_path):
+    assert check_backward_paths(native, _run([*native, "paths"]).split(), dtype, tmp_path) == []
 
 
 def _exp(driver, x, path, tmp_path):

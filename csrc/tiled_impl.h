@@ -202,10 +202,15 @@ static REAL TILED(finish_scores)(const attnref_params *p, const TILED(unit_rows)
     const int direct = p->softcap == 0 && p->mask_kind == ATTNREF_MASK_NONE;
     /* the whole tile is visible: no key to set to -inf */
     const int whole = lo == 0 && hi == TILE_KEYS;
-    RVEC max = RV_SET1(-INFINITY);
+    /* the scores in s are final as they are (fast scores, no softcap, mask
+       or band edge): read, not written back */
+    const int final = direct && sd == NULL && whole;
+    /* two of each, for the even and odd vectors of the tile: two chains of
+       dependent operations instead of one (a max is the same in any order) */
+    RVEC max[2] = {RV_SET1(-INFINITY), RV_SET1(-INFINITY)};
     /* the sum of the scores is NaN when one is (or when inf meets -inf:
        then the scores are looked at one by one) */
-    RVEC total = RV_SET1(0);
+    RVEC total[2] = {RV_SET1(0), RV_SET1(0)};
     int nan = 0;
     if (!direct) {
         if (p->softcap > 0)
@@ -222,16 +227,18 @@ static REAL TILED(finish_scores)(const attnref_params *p, const TILED(unit_rows)
                 if (allowed[t * ms3] == 0) s[t] = -INFINITY;
         }
     }
+    _Static_assert(TILE_KEYS % (2 * RW) == 0, "a key tile is an even number of vectors");
     for (int t = 0; t < TILE_KEYS; t += RW) {
+        const int odd = t / RW % 2;
         RVEC x = direct && sd != NULL ? TILED(from_scores)(sd + t) : RV_LOAD(s + t);
         if (!whole) x = TILED(keep_range)(x, t, lo, hi);
-        RV_STORE(s + t, x);
-        max = RV_MAX(x, max);
-        total = RV_ADD(total, x);
+        if (!final) RV_STORE(s + t, x);
+        max[odd] = RV_MAX(x, max[odd]);
+        total[odd] = RV_ADD(total[odd], x);
     }
-    if (TILED(any_nan)(total))
+    if (TILED(any_nan)(RV_ADD(total[0], total[1])))
         for (int t = 0; t < TILE_KEYS; t += RW) nan |= TILED(any_nan)(RV_LOAD(s + t));
-    return nan ? (REAL)NAN : TILED(hmax)(max);
+    return nan ? (REAL)NAN : TILED(hmax)(RV_MAX(max[0], max[1]));
 }
 
 /* pass 3 for row r: weights p = exp(s - m_new) in place, l and acc rescaled */

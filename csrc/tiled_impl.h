@@ -93,33 +93,48 @@ static void TILED(values)(REAL *acc, const REAL *p, const REAL *vt, int64_t Evp,
     }
 }
 
+/* One panel row of pack_values: row t of the panel <- the VALUE_PANEL
+   values of key t from dim c0 (value), zero-padded from Ev; x * 0 (0 for
+   finite x, NaN for inf or NaN) added to sums, one per vector. */
+ALWAYS_INLINE void TILED(pack_value_row)(REAL *row, const REAL *value, int64_t c0, int64_t Ev,
+                                         RVEC sums[VALUE_NV])
+{
+    for (int c = 0; c < VALUE_PANEL; c += RW) {
+        RVEC x;
+        if (c0 + c + RW <= Ev) {
+            x = RV_LOAD(value + c);
+        } else {   /* the zero-padded edge */
+            REAL edge[RW];
+            for (int u = 0; u < RW; u++) edge[u] = c0 + c + u < Ev ? value[c + u] : 0;
+            x = RV_LOAD(edge);
+        }
+        RV_STORE(row + c, x);
+        sums[c / RW] = RV_ADD(sums[c / RW], RV_MUL(x, RV_SET1(0)));
+    }
+}
+
 /* vt (Evp / VALUE_PANEL, TILE_KEYS, VALUE_PANEL) <- values 0 .. n-1 of v
    (rows vs2 apart), each zero-padded from Ev to Evp. Returns whether every
-   value is finite. */
+   value is finite: the finiteness sums are kept apart for even and odd keys
+   and per vector of a panel row, 2 VALUE_NV independent chains of additions
+   rather than one (a chain costs an addition's latency per vector). */
 static int TILED(pack_values)(REAL *vt, const REAL *v, int64_t vs2, int n, int64_t Ev,
                               int64_t Evp)
 {
-    /* x * 0 is 0 for finite x and NaN for inf or NaN */
-    RVEC zero_if_finite = RV_SET1(0);
+    RVEC even[VALUE_NV], odd[VALUE_NV], all = RV_SET1(0);
+    for (int u = 0; u < VALUE_NV; u++) even[u] = odd[u] = RV_SET1(0);
     for (int64_t c0 = 0; c0 < Evp; c0 += VALUE_PANEL) {
         REAL *panel = vt + c0 * TILE_KEYS;
-        for (int t = 0; t < n; t++) {
-            const REAL *value = v + t * vs2 + c0;
-            for (int c = 0; c < VALUE_PANEL; c += RW) {
-                RVEC x;
-                if (c0 + c + RW <= Ev) {
-                    x = RV_LOAD(value + c);
-                } else {   /* the zero-padded edge */
-                    REAL edge[RW];
-                    for (int u = 0; u < RW; u++) edge[u] = c0 + c + u < Ev ? value[c + u] : 0;
-                    x = RV_LOAD(edge);
-                }
-                RV_STORE(panel + t * VALUE_PANEL + c, x);
-                zero_if_finite = RV_ADD(zero_if_finite, RV_MUL(x, RV_SET1(0)));
-            }
+        int t = 0;
+        for (; t + 2 <= n; t += 2) {
+            TILED(pack_value_row)(panel + t * VALUE_PANEL, v + t * vs2 + c0, c0, Ev, even);
+            TILED(pack_value_row)(panel + (t + 1) * VALUE_PANEL, v + (t + 1) * vs2 + c0, c0, Ev,
+                                  odd);
         }
+        if (t < n) TILED(pack_value_row)(panel + t * VALUE_PANEL, v + t * vs2 + c0, c0, Ev, even);
     }
-    return TILED(hsum)(zero_if_finite) == 0;
+    for (int u = 0; u < VALUE_NV; u++) all = RV_ADD(all, RV_ADD(even[u], odd[u]));
+    return TILED(hsum)(all) == 0;
 }
 
 /* The rows of one unit and everything a row needs. */

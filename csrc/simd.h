@@ -17,9 +17,13 @@
  *   RVEC, RW, RV_*             REAL vectors (softmax and weighted values)
  *   RV_MIN, RV_FNMADD, RV_ROUND, TILED(scale2), TILED(exp_special)
  *                              the pieces of simd_exp.h's vector exp
- *   TILED(scale2_normal), TILED(zero_below)
+ *   TILED(round_scale), TILED(scale2_normal), TILED(zero_below)
  *                              the cheaper ones of its exp of weights
- *                              (arguments <= 0: no overflow, no NaN)
+ *                              (arguments <= 0: no overflow, no NaN):
+ *                              n = round(y) and its scale operand k, then
+ *                              p 2^n from k and ROUND_SCALE_PRESCALE p (1/2
+ *                              where k gives 2^(n + 1), else 1), then the lanes
+ *                              below a bound to 0
  *   ALWAYS_INLINE              static inline, always inlined
  *   TILED(hmax), TILED(hsum)   horizontal max / sum of a REAL vector
  *   TILED(from_scores)(sd)     RW double scores as a REAL vector
@@ -118,8 +122,15 @@ static inline __m512d TILED(exp_special)(__m512d y, __m512d x, double lo, double
                            _mm512_set1_pd(INFINITY));
     return _mm512_mask_mov_pd(y, _mm512_cmp_pd_mask(x, x, _CMP_UNORD_Q), x);
 }
-/* p 2^n for integral n with 2^n normal (vexp_weight's range) */
-static inline __m512d TILED(scale2_normal)(__m512d p, __m512d n) { return _mm512_scalef_pd(p, n); }
+/* n = y rounded to the nearest integer (ties to even), and in *k the
+   operand of scale2_normal for 2^n: n itself here */
+static inline __m512d TILED(round_scale)(__m512d y, __m512d *k)
+{
+    return *k = _mm512_roundscale_pd(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+#define ROUND_SCALE_PRESCALE 1
+/* p 2^n for integral n with 2^n normal (vexp_weight's range), k from round_scale */
+static inline __m512d TILED(scale2_normal)(__m512d p, __m512d k) { return _mm512_scalef_pd(p, k); }
 /* y where x >= lo, else 0 (x -inf or below lo) */
 static inline __m512d TILED(zero_below)(__m512d y, __m512d x, double lo)
 {
@@ -200,7 +211,12 @@ static inline __m512 TILED(exp_special)(__m512 y, __m512 x, float lo, float hi)
                            _mm512_set1_ps(INFINITY));
     return _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x);
 }
-static inline __m512 TILED(scale2_normal)(__m512 p, __m512 n) { return _mm512_scalef_ps(p, n); }
+#define ROUND_SCALE_PRESCALE 1
+static inline __m512 TILED(round_scale)(__m512 y, __m512 *k)
+{
+    return *k = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+static inline __m512 TILED(scale2_normal)(__m512 p, __m512 k) { return _mm512_scalef_ps(p, k); }
 static inline __m512 TILED(zero_below)(__m512 y, __m512 x, float lo)
 {
     return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(lo), _CMP_GE_OQ), y);
@@ -301,13 +317,27 @@ static inline __m256d TILED(exp_special)(__m256d y, __m256d x, double lo, double
                          _mm256_cmp_pd(x, _mm256_set1_pd(hi), _CMP_GT_OQ));
     return _mm256_blendv_pd(y, x, _mm256_cmp_pd(x, x, _CMP_UNORD_Q));
 }
-/* p 2^n for integral n in [-1022, 1023] (2^n normal): one exact product
-   with 2^n built in its exponent field, the same bits as scale2 */
-static inline __m256d TILED(scale2_normal)(__m256d p, __m256d n)
+/* n = y rounded to the nearest integer (ties to even) for |y| < 2^50, by
+   adding and taking away 1.5 2^52 + 1024 (even, so that its ties go where
+   RV_ROUND's go): k = y + that is rounded to an integer (the unit of its
+   binade is 1), and its low bits hold n + 1024, the exponent field of
+   2^(n + 1), which scale2_normal shifts into place. Two additions instead
+   of a rounding (two micro-ops) and a conversion: the same n. */
+#define ROUND_SCALE_SHIFTER (6755399441055744.0 + 1024.0)
+/* what the polynomial is multiplied by before scale2_normal's 2^(n + 1):
+   1/2, exactly, in each of its coefficients */
+#define ROUND_SCALE_PRESCALE 0.5
+static inline __m256d TILED(round_scale)(__m256d y, __m256d *k)
 {
-    const __m256i field = _mm256_add_epi64(_mm256_cvtepi32_epi64(_mm256_cvtpd_epi32(n)),
-                                           _mm256_set1_epi64x(1023));
-    return _mm256_mul_pd(p, _mm256_castsi256_pd(_mm256_slli_epi64(field, 52)));
+    *k = _mm256_add_pd(y, _mm256_set1_pd(ROUND_SCALE_SHIFTER));
+    return _mm256_sub_pd(*k, _mm256_set1_pd(ROUND_SCALE_SHIFTER));
+}
+/* p 2^(n + 1) for integral n in [-1022, 1022], k from round_scale: one
+   exact product with 2^(n + 1) built in its exponent field; for p half
+   the polynomial, the same bits as scale2 */
+static inline __m256d TILED(scale2_normal)(__m256d p, __m256d k)
+{
+    return _mm256_mul_pd(p, _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_castpd_si256(k), 52)));
 }
 /* y where x >= lo, else 0 (x -inf or below lo) */
 static inline __m256d TILED(zero_below)(__m256d y, __m256d x, double lo)
@@ -404,11 +434,20 @@ static inline __m256 TILED(exp_special)(__m256 y, __m256 x, float lo, float hi)
                          _mm256_cmp_ps(x, _mm256_set1_ps(hi), _CMP_GT_OQ));
     return _mm256_blendv_ps(y, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
 }
-/* p 2^n for integral n in [-126, 127] (2^n normal) */
-static inline __m256 TILED(scale2_normal)(__m256 p, __m256 n)
+/* n = round(y) for |y| < 2^21 and k, as in the double section: with
+   1.5 2^23 + 128, whose unit is 1 and whose low bits after the addition are
+   n + 128, the exponent field of 2^(n + 1) */
+#define ROUND_SCALE_SHIFTER (12582912.0f + 128.0f)
+#define ROUND_SCALE_PRESCALE 0.5f
+static inline __m256 TILED(round_scale)(__m256 y, __m256 *k)
 {
-    const __m256i field = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(field, 23)));
+    *k = _mm256_add_ps(y, _mm256_set1_ps(ROUND_SCALE_SHIFTER));
+    return _mm256_sub_ps(*k, _mm256_set1_ps(ROUND_SCALE_SHIFTER));
+}
+/* p 2^(n + 1) for integral n in [-126, 126], k from round_scale */
+static inline __m256 TILED(scale2_normal)(__m256 p, __m256 k)
+{
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(k), 23)));
 }
 static inline __m256 TILED(zero_below)(__m256 y, __m256 x, float lo)
 {
@@ -511,7 +550,14 @@ static inline float64x2_t TILED(exp_special)(float64x2_t y, float64x2_t x, doubl
     y = vbslq_f64(vcgtq_f64(x, vdupq_n_f64(hi)), vdupq_n_f64(INFINITY), y);
     return vbslq_f64(vceqq_f64(x, x), y, x);
 }
-/* p 2^n for integral n in [-1022, 1023] (2^n normal) */
+/* n = y rounded to the nearest integer (ties to even), and in *k the
+   operand of scale2_normal for 2^n: n itself here */
+#define ROUND_SCALE_PRESCALE 1
+static inline float64x2_t TILED(round_scale)(float64x2_t y, float64x2_t *k)
+{
+    return *k = vrndnq_f64(y);
+}
+/* p 2^n for integral n in [-1022, 1023] (2^n normal), n from round_scale */
 static inline float64x2_t TILED(scale2_normal)(float64x2_t p, float64x2_t n)
 {
     const int64x2_t field = vaddq_s64(vcvtq_s64_f64(n), vdupq_n_s64(1023));
@@ -591,7 +637,12 @@ static inline float32x4_t TILED(exp_special)(float32x4_t y, float32x4_t x, float
     y = vbslq_f32(vcgtq_f32(x, vdupq_n_f32(hi)), vdupq_n_f32(INFINITY), y);
     return vbslq_f32(vceqq_f32(x, x), y, x);
 }
-/* p 2^n for integral n in [-126, 127] (2^n normal) */
+#define ROUND_SCALE_PRESCALE 1
+static inline float32x4_t TILED(round_scale)(float32x4_t y, float32x4_t *k)
+{
+    return *k = vrndnq_f32(y);
+}
+/* p 2^n for integral n in [-126, 127] (2^n normal), n from round_scale */
 static inline float32x4_t TILED(scale2_normal)(float32x4_t p, float32x4_t n)
 {
     const int32x4_t field = vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127));

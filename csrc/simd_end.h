@@ -37,6 +37,8 @@
 #undef RV_MIN
 #undef RV_FNMADD
 #undef RV_ROUND
+#undef ROUND_SCALE_SHIFTER
+#undef ROUND_SCALE_PRESCALE
 #undef EXP_LO
 #undef EXP_HI
 #undef EXP_LN2_HI

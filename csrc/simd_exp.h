@@ -54,16 +54,21 @@ ALWAYS_INLINE RVEC TILED(vexp)(RVEC x)
  * exp of weights, for x <= 0 or x = -inf (never NaN, never above 0): the
  * softmax's exp(s - m), s <= m. The same bits as TILED(vexp) there, with
  * fewer checks: x is clamped from below to EXP_LO (so n >= the smallest
- * normal exponent and 2^n is built directly, TILED(scale2_normal)), and the
+ * normal exponent and 2^n is built directly: TILED(round_scale) rounds
+ * (the same n as RV_ROUND) into the operand of TILED(scale2_normal)), and the
  * lanes below EXP_LO (masked keys among them) are set to exactly 0 once.
  */
 ALWAYS_INLINE RVEC TILED(vexp_weight)(RVEC x)
 {
     const int terms = sizeof TILED(exp_taylor) / sizeof TILED(exp_taylor)[0];
     const RVEC xc = RV_MAX(x, RV_SET1(EXP_LO));
-    const RVEC n = RV_ROUND(RV_MUL(xc, RV_SET1((REAL)1.4426950408889634)));   /* log2 e */
+    RVEC scale;
+    const RVEC n = TILED(round_scale)(RV_MUL(xc, RV_SET1((REAL)1.4426950408889634)), &scale);
     const RVEC r = RV_FNMADD(n, RV_SET1(EXP_LN2_LO), RV_FNMADD(n, RV_SET1(EXP_LN2_HI), xc));
-    RVEC p = RV_SET1(TILED(exp_taylor)[0]);
-    for (int k = 1; k < terms; k++) p = RV_FMA(p, r, RV_SET1(TILED(exp_taylor)[k]));
-    return TILED(zero_below)(TILED(scale2_normal)(p, n), x, EXP_LO);
+    /* the polynomial times ROUND_SCALE_PRESCALE, a power of 2: each step
+       scaled exactly, the same bits once scaled back */
+    RVEC p = RV_SET1(ROUND_SCALE_PRESCALE * TILED(exp_taylor)[0]);
+    for (int k = 1; k < terms; k++)
+        p = RV_FMA(p, r, RV_SET1(ROUND_SCALE_PRESCALE * TILED(exp_taylor)[k]));
+    return TILED(zero_below)(TILED(scale2_normal)(p, scale), x, EXP_LO);
 }

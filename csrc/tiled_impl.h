@@ -93,33 +93,48 @@ static void TILED(values)(REAL *acc, const REAL *p, const REAL *vt, int64_t Evp,
     }
 }
 
+/* One panel row of pack_values: row t of the panel <- the VALUE_PANEL
+   values of key t from dim c0 (value), zero-padded from Ev; x * 0 (0 for
+   finite x, NaN for inf or NaN) added to sums, one per vector. */
+ALWAYS_INLINE void TILED(pack_value_row)(REAL *row, const REAL *value, int64_t c0, int64_t Ev,
+                                         RVEC sums[VALUE_NV])
+{
+    for (int c = 0; c < VALUE_PANEL; c += RW) {
+        RVEC x;
+        if (c0 + c + RW <= Ev) {
+            x = RV_LOAD(value + c);
+        } else {   /* the zero-padded edge */
+            REAL edge[RW];
+            for (int u = 0; u < RW; u++) edge[u] = c0 + c + u < Ev ? value[c + u] : 0;
+            x = RV_LOAD(edge);
+        }
+        RV_STORE(row + c, x);
+        sums[c / RW] = RV_ADD(sums[c / RW], RV_MUL(x, RV_SET1(0)));
+    }
+}
+
 /* vt (Evp / VALUE_PANEL, TILE_KEYS, VALUE_PANEL) <- values 0 .. n-1 of v
    (rows vs2 apart), each zero-padded from Ev to Evp. Returns whether every
-   value is finite. */
+   value is finite: the finiteness sums are kept apart for even and odd keys
+   and per vector of a panel row, 2 VALUE_NV independent chains of additions
+   rather than one (a chain costs an addition's latency per vector). */
 static int TILED(pack_values)(REAL *vt, const REAL *v, int64_t vs2, int n, int64_t Ev,
                               int64_t Evp)
 {
-    /* x * 0 is 0 for finite x and NaN for inf or NaN */
-    RVEC zero_if_finite = RV_SET1(0);
+    RVEC even[VALUE_NV], odd[VALUE_NV], all = RV_SET1(0);
+    for (int u = 0; u < VALUE_NV; u++) even[u] = odd[u] = RV_SET1(0);
     for (int64_t c0 = 0; c0 < Evp; c0 += VALUE_PANEL) {
         REAL *panel = vt + c0 * TILE_KEYS;
-        for (int t = 0; t < n; t++) {
-            const REAL *value = v + t * vs2 + c0;
-            for (int c = 0; c < VALUE_PANEL; c += RW) {
-                RVEC x;
-                if (c0 + c + RW <= Ev) {
-                    x = RV_LOAD(value + c);
-                } else {   /* the zero-padded edge */
-                    REAL edge[RW];
-                    for (int u = 0; u < RW; u++) edge[u] = c0 + c + u < Ev ? value[c + u] : 0;
-                    x = RV_LOAD(edge);
-                }
-                RV_STORE(panel + t * VALUE_PANEL + c, x);
-                zero_if_finite = RV_ADD(zero_if_finite, RV_MUL(x, RV_SET1(0)));
-            }
+        int t = 0;
+        for (; t + 2 <= n; t += 2) {
+            TILED(pack_value_row)(panel + t * VALUE_PANEL, v + t * vs2 + c0, c0, Ev, even);
+            TILED(pack_value_row)(panel + (t + 1) * VALUE_PANEL, v + (t + 1) * vs2 + c0, c0, Ev,
+                                  odd);
         }
+        if (t < n) TILED(pack_value_row)(panel + t * VALUE_PANEL, v + t * vs2 + c0, c0, Ev, even);
     }
-    return TILED(hsum)(zero_if_finite) == 0;
+    for (int u = 0; u < VALUE_NV; u++) all = RV_ADD(all, RV_ADD(even[u], odd[u]));
+    return TILED(hsum)(all) == 0;
 }
 
 /* The rows of one unit and everything a row needs. */
@@ -202,10 +217,15 @@ static REAL TILED(finish_scores)(const attnref_params *p, const TILED(unit_rows)
     const int direct = p->softcap == 0 && p->mask_kind == ATTNREF_MASK_NONE;
     /* the whole tile is visible: no key to set to -inf */
     const int whole = lo == 0 && hi == TILE_KEYS;
-    RVEC max = RV_SET1(-INFINITY);
+    /* the scores in s are final as they are (fast scores, no softcap, mask
+       or band edge): read, not written back */
+    const int final = direct && sd == NULL && whole;
+    /* two of each, for the even and odd vectors of the tile: two chains of
+       dependent operations instead of one (a max is the same in any order) */
+    RVEC max[2] = {RV_SET1(-INFINITY), RV_SET1(-INFINITY)};
     /* the sum of the scores is NaN when one is (or when inf meets -inf:
        then the scores are looked at one by one) */
-    RVEC total = RV_SET1(0);
+    RVEC total[2] = {RV_SET1(0), RV_SET1(0)};
     int nan = 0;
     if (!direct) {
         if (p->softcap > 0)
@@ -222,16 +242,18 @@ static REAL TILED(finish_scores)(const attnref_params *p, const TILED(unit_rows)
                 if (allowed[t * ms3] == 0) s[t] = -INFINITY;
         }
     }
+    _Static_assert(TILE_KEYS % (2 * RW) == 0, "a key tile is an even number of vectors");
     for (int t = 0; t < TILE_KEYS; t += RW) {
+        const int odd = t / RW % 2;
         RVEC x = direct && sd != NULL ? TILED(from_scores)(sd + t) : RV_LOAD(s + t);
         if (!whole) x = TILED(keep_range)(x, t, lo, hi);
-        RV_STORE(s + t, x);
-        max = RV_MAX(x, max);
-        total = RV_ADD(total, x);
+        if (!final) RV_STORE(s + t, x);
+        max[odd] = RV_MAX(x, max[odd]);
+        total[odd] = RV_ADD(total[odd], x);
     }
-    if (TILED(any_nan)(total))
+    if (TILED(any_nan)(RV_ADD(total[0], total[1])))
         for (int t = 0; t < TILE_KEYS; t += RW) nan |= TILED(any_nan)(RV_LOAD(s + t));
-    return nan ? (REAL)NAN : TILED(hmax)(max);
+    return nan ? (REAL)NAN : TILED(hmax)(RV_MAX(max[0], max[1]));
 }
 
 /* pass 3 for row r: weights p = exp(s - m_new) in place, l and acc rescaled */

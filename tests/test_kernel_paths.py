@@ -21,6 +21,9 @@ DEFAULT_THREADS = kernel.get_num_threads()
 # csrc/simd.h: "tests/test_kernel_paths.py states and checks the bound, 2 ulp"
 MAX_ULP = 2.0
 FLOAT_LIMITS = {np.float32: (-87.33654, 88.72283), np.float64: (-708.3964, 709.7827)}
+# csrc/internal.h's LOG_FLT_MIN and LOG_DBL_MIN: every path's softmax weighs a
+# key whose s - m is below it exactly 0
+FLUSH_BELOW = {np.float32: np.float32(-87.33654475), np.float64: np.float64(-708.39641853226408)}
 
 
 def ulp_errors(x):
@@ -57,6 +60,29 @@ def test_exp_special_values(code_path, dtype):
     # below the smallest normal result the vector paths flush to 0 (stated in simd.h)
     tiny = kernel.exp(np.array([lo - 0.5], dtype))[0]
     assert tiny == 0.0 or (code_path == "portable" and 0 < tiny < np.finfo(dtype).tiny)
+
+
+@needs_kernel
+@pytest.mark.parametrize("scores", ["fast", "exact"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_weights_are_the_kernel_exp_bit_for_bit(code_path, dtype, scores):
+    """The softmax weighs a key exp(s - m) by its own cheaper exp for
+    arguments <= 0 (csrc/simd_exp.h, TILED(vexp_weight): the same bits as
+    TILED(vexp) there). Row i scores 0 and x_i <= 0 against two keys of values
+    0 and 1, so its output is w / (1 + w) with w its weight exp(x_i); w must
+    be kernel.exp(x_i), bit for bit, down to the smallest normal result (the
+    flush bound, where 2^n is built from its exponent field), and 0 below it."""
+    lo = FLUSH_BELOW[dtype]
+    rng = np.random.default_rng(11)
+    x = np.concatenate([np.linspace(lo - 1, lo + 1, 3000), rng.uniform(lo, 0, 3000),
+                        rng.uniform(-1, 0, 1000), [0.0, -0.0, lo]]).astype(dtype)
+    query = x.reshape(1, 1, -1, 1)
+    key = np.array([0.0, 1.0], dtype).reshape(1, 1, 2, 1)
+    value = np.array([0.0, 1.0], dtype).reshape(1, 1, 2, 1)
+    output = sdpa(query, key, value, scale=1.0, backend="c", scores=scores)[0, 0, :, 0]
+    weight = np.where(x < lo, dtype(0), kernel.exp(x))
+    expected = weight / (dtype(1) + weight)
+    assert np.array_equal(output, expected), (code_path, x[np.argmax(output != expected)])
 
 
 @needs_kernel

@@ -51,11 +51,12 @@ typedef struct {
     int64_t Ep, Evp;
     REAL *kt, *vt, *kp;          /* the key block */
     REAL *acc_k, *acc_v, *acc_q; /* BWD_KEYS x Ep, BWD_KEYS x Evp, BWD_QBLOCK x Ep */
-    REAL *qr, *dor, *orow;       /* BWD_ROWS x Ep, BWD_ROWS x Evp, Evp */
+    REAL *qr, *dor, *orow;       /* BWD_QBLOCK x Ep, BWD_QBLOCK x Evp, Evp */
     REAL *sc, *dp, *fac, *pw, *da;   /* BWD_ROWS x BWD_KEYS */
-    REAL m[BWD_ROWS], linv[BWD_ROWS], d[BWD_ROWS];
-    int active[BWD_ROWS];
-    int rows;                      /* the loaded rows, nr */
+    REAL m[BWD_QBLOCK], linv[BWD_QBLOCK], d[BWD_QBLOCK];
+    int active[BWD_QBLOCK];
+    int64_t i0;                    /* the loaded rows: [i0, i0 + rows) of (b, h) */
+    int rows;
     int keys[BWD_KEYS], weighed;   /* the keys some row weighs (bwd_weights) */
 } TILED(bwd_work);
 
@@ -125,13 +126,16 @@ static int TILED(bwd_stats)(const TILED(bwd_work) *w, int64_t b, int64_t h, int6
     return !(isinf(*m) && *m < 0);
 }
 
-/* Loads rows [i0, i0 + nr) of (b, h): q (and, unless `stats_only`, dO, the
-   statistics and D); a missing or fully masked row is 0 and inactive. */
+/* Loads rows [i0, i0 + nr) of (b, h), nr <= BWD_QBLOCK, once for all the
+   key blocks they see: q (and, unless `stats_only`, dO, the statistics and
+   D); a fully masked row is 0 and inactive, and so are the rows after nr
+   up to a whole row block. */
 static void TILED(bwd_load_rows)(TILED(bwd_work) *w, int64_t b, int64_t h, int64_t i0, int nr,
-                            int stats_only)
+                                 int stats_only)
 {
     const attnref_params *p = w->c->p;
-    for (int r = 0; r < BWD_ROWS; r++) {
+    const int padded = (nr + BWD_ROWS - 1) / BWD_ROWS * BWD_ROWS;
+    for (int r = 0; r < padded; r++) {
         REAL *qr = w->qr + r * w->Ep, *dor = w->dor + r * w->Evp;
         int active = r < nr;
         if (active && !stats_only)
@@ -155,6 +159,7 @@ static void TILED(bwd_load_rows)(TILED(bwd_work) *w, int64_t b, int64_t h, int64
             sum = RV_FMA(RV_LOAD(dor + e), RV_LOAD(w->orow + e), sum);
         w->d[r] = TILED(hsum)(sum);
     }
+    w->i0 = i0;
     w->rows = nr;
 }
 
@@ -195,25 +200,33 @@ static void TILED(bwd_gemm)(const REAL *a, int64_t lda, const REAL *bt, int64_t 
         }
 }
 
-/* Whether some row of the block is active. */
-static int TILED(bwd_any_active)(const TILED(bwd_work) *w)
+/* The row block of the loaded rows from row `first`: its rows' count. */
+static int TILED(bwd_block_rows)(const TILED(bwd_work) *w, int first)
+{
+    return w->rows - first < BWD_ROWS ? w->rows - first : BWD_ROWS;
+}
+
+/* Whether some row of the row block `first` is active. */
+static int TILED(bwd_any_active)(const TILED(bwd_work) *w, int first)
 {
     int any = 0;
-    for (int r = 0; r < BWD_ROWS; r++) any |= w->active[r];
+    for (int r = 0; r < BWD_ROWS; r++) any |= w->active[first + r];
     return any;
 }
 
-/* The scores of the row block against keys [j0, j0 + nk): sc (-inf where
-   hidden: band, bool mask, padding) and, with softcap, fac = dt/ds. */
-static void TILED(bwd_scores)(TILED(bwd_work) *w, int64_t b, int64_t h, int64_t i0,
-                              int64_t j0, int nk)
+/* The scores of the row block `first` against keys [j0, j0 + nk): sc (-inf
+   where hidden: band, bool mask, padding) and, with softcap, fac = dt/ds. */
+static void TILED(bwd_scores)(TILED(bwd_work) *w, int64_t b, int64_t h, int first, int64_t j0,
+                              int nk)
 {
     const attnref_params *p = w->c->p;
     const REAL scale = (REAL)p->scale, cap = (REAL)p->softcap;
-    TILED(bwd_gemm)(w->qr, w->Ep, w->kt, p->E, w->sc, w->rows);
+    const int64_t i0 = w->i0 + first;
+    TILED(bwd_gemm)(w->qr + first * w->Ep, w->Ep, w->kt, p->E, w->sc,
+                    TILED(bwd_block_rows)(w, first));
     for (int r = 0; r < BWD_ROWS; r++) {
         REAL *sc = w->sc + r * BWD_KEYS, *fac = w->fac + r * BWD_KEYS;
-        if (!w->active[r]) {   /* padding or a fully masked row: mask not read */
+        if (!w->active[first + r]) {   /* padding or a fully masked row: mask not read */
             for (int j = 0; j < BWD_KEYS; j++) sc[j] = -INFINITY;
             continue;
         }
@@ -264,24 +277,26 @@ static int TILED(bwd_weighed)(const REAL *weight, int nk, int *keys)
     return n;
 }
 
-/* pw = p and da (see the top) of the row block from sc and fac; dp from dO V^T. */
-static void TILED(bwd_weights)(TILED(bwd_work) *w)
+/* pw = p and da (see the top) of the row block `first` from sc and fac; dp
+   from dO V^T. */
+static void TILED(bwd_weights)(TILED(bwd_work) *w, int first)
 {
     const attnref_params *p = w->c->p;
     const REAL scale = (REAL)p->scale;
-    TILED(bwd_gemm)(w->dor, w->Evp, w->vt, p->Ev, w->dp, w->rows);
+    TILED(bwd_gemm)(w->dor + first * w->Evp, w->Evp, w->vt, p->Ev, w->dp,
+                    TILED(bwd_block_rows)(w, first));
     for (int r = 0; r < BWD_ROWS; r++) {
         REAL *pw = w->pw + r * BWD_KEYS, *da = w->da + r * BWD_KEYS;
         const REAL *sc = w->sc + r * BWD_KEYS, *dp = w->dp + r * BWD_KEYS;
         const REAL *fac = w->fac + r * BWD_KEYS;
-        if (!w->active[r]) {
+        if (!w->active[first + r]) {
             for (int j = 0; j < BWD_KEYS; j++) pw[j] = da[j] = 0;
             continue;
         }
-        const RVEC m = RV_SET1(w->m[r]), linv = RV_SET1(w->linv[r]);
+        const RVEC m = RV_SET1(w->m[first + r]), linv = RV_SET1(w->linv[first + r]);
         for (int j = 0; j < BWD_KEYS; j += RW)
             RV_STORE(pw + j, RV_MUL(TILED(vexp)(RV_SUB(RV_LOAD(sc + j), m)), linv));
-        const REAL d = w->d[r];
+        const REAL d = w->d[first + r];
         for (int j = 0; j < BWD_KEYS; j++) {
             pw[j] = sc[j] == -INFINITY ? 0 : pw[j];   /* hidden, even on a NaN row */
             da[j] = pw[j] == 0 ? 0 : scale * (pw[j] * (dp[j] - d));
@@ -406,71 +421,29 @@ static void TILED(bwd_row_range)(const attnref_params *p, int64_t j0, int64_t j1
     if (*i_end < *i_begin) *i_end = *i_begin;
 }
 
-/* BWD_PASS_STATS: m and l of the rows of unit (b, h, row block). */
-static void TILED(bwd_unit_stats)(TILED(bwd_work) *w, int64_t b, int64_t h, int64_t i0,
-                                  int64_t i1)
-{
-    const attnref_params *p = w->c->p;
-    const int64_t kvh = h / p->kv_group;
-    REAL *stats = (REAL *)w->c->stats + 2 * ((b * p->H + h) * p->L);
-    int64_t kb0, kb1;
-    TILED(bwd_key_blocks)(p, i0, i1, &kb0, &kb1);
-    for (int64_t i = i0; i < i1; i++) {
-        stats[2 * i] = -INFINITY;
-        stats[2 * i + 1] = 0;
-    }
-    for (int sweep = 0; sweep < 2; sweep++)
-        for (int64_t kb = kb0; kb < kb1; kb++) {
-            const int64_t j0 = kb * BWD_KEYS;
-            const int nk = (int)(p->S - j0 < BWD_KEYS ? p->S - j0 : BWD_KEYS);
-            TILED(bwd_keys)(w, b, kvh, j0, nk, 0);
-            for (int64_t r0 = i0; r0 < i1; r0 += BWD_ROWS) {
-                const int nr = (int)(i1 - r0 < BWD_ROWS ? i1 - r0 : BWD_ROWS);
-                TILED(bwd_load_rows)(w, b, h, r0, nr, 1);
-                TILED(bwd_scores)(w, b, h, r0, j0, nk);
-                for (int r = 0; r < nr; r++) {
-                    REAL *row = stats + 2 * (r0 + r);
-                    const REAL *sc = w->sc + r * BWD_KEYS;
-                    if (sweep == 0) {
-                        for (int j = 0; j < nk; j++)
-                            row[0] = isnan(sc[j]) || isnan(row[0]) ? (REAL)NAN
-                                     : sc[j] > row[0] ? sc[j] : row[0];
-                    } else if (!(isinf(row[0]) && row[0] < 0)) {
-                        const RVEC m = RV_SET1(row[0]);
-                        REAL *pw = w->pw;
-                        for (int j = 0; j < BWD_KEYS; j += RW)
-                            RV_STORE(pw + j, TILED(vexp)(RV_SUB(RV_LOAD(sc + j), m)));
-                        for (int j = 0; j < nk; j++) row[1] += pw[j];
-                    }
-                }
-            }
-        }
-}
-
-/* dmask of the row block's rows against keys [j0, j0 + nk), when asked. */
-static void TILED(bwd_store_dmask)(const TILED(bwd_work) *w, int64_t b, int64_t h, int64_t i0,
-                                   int nr, int64_t j0, int nk)
+/* dmask of the row block `first` against keys [j0, j0 + nk), when asked. */
+static void TILED(bwd_store_dmask)(const TILED(bwd_work) *w, int64_t b, int64_t h, int first,
+                                   int64_t j0, int nk)
 {
     const attnref_params *p = w->c->p;
     if (!w->c->dmask) return;
-    for (int r = 0; r < nr; r++) {
-        if (!w->active[r]) continue;
-        REAL *row = (REAL *)w->c->dmask + ((b * p->H + h) * p->L + i0 + r) * p->S + j0;
+    for (int r = 0; r < TILED(bwd_block_rows)(w, first); r++) {
+        if (!w->active[first + r]) continue;
+        REAL *row = (REAL *)w->c->dmask + ((b * p->H + h) * p->L + w->i0 + first + r) * p->S + j0;
         const REAL *pw = w->pw + r * BWD_KEYS, *dp = w->dp + r * BWD_KEYS;
         for (int j = 0; j < nk; j++)
-            row[j] = pw[j] == 0 ? 0 : pw[j] * (dp[j] - w->d[r]);
+            row[j] = pw[j] == 0 ? 0 : pw[j] * (dp[j] - w->d[first + r]);
     }
 }
 
-/* dq of rows [i0, i1) of (b, h) from acc_q (0 or NaN on a fully masked row;
-   so is the row of dmask under ATTNREF_ROWS_NAN). */
-static void TILED(bwd_store_dq)(const TILED(bwd_work) *w, int64_t b, int64_t h, int64_t i0,
-                                int64_t i1)
+/* dq of the loaded rows of (b, h) from acc_q (0 or NaN on a fully masked
+   row; so is the row of dmask under ATTNREF_ROWS_NAN). */
+static void TILED(bwd_store_dq)(const TILED(bwd_work) *w, int64_t b, int64_t h)
 {
     const attnref_params *p = w->c->p;
-    for (int64_t i = i0; i < i1; i++) {
+    for (int64_t i = w->i0; i < w->i0 + w->rows; i++) {
         REAL *dq = (REAL *)w->c->dq + ((b * p->H + h) * p->L + i) * p->E, m, linv;
-        const REAL *acc = w->acc_q + (i - i0) * w->Ep;
+        const REAL *acc = w->acc_q + (i - w->i0) * w->Ep;
         const int active = TILED(bwd_stats)(w, b, h, i, &m, &linv);
         for (int64_t e = 0; e < p->E; e++)
             dq[e] = active ? acc[e]
@@ -481,130 +454,179 @@ static void TILED(bwd_store_dq)(const TILED(bwd_work) *w, int64_t b, int64_t h, 
     }
 }
 
-/* BWD_PASS_DQ: dq of the rows of unit (b, h, row block). */
-static void TILED(bwd_unit_dq)(TILED(bwd_work) *w, int64_t b, int64_t h, int64_t i0, int64_t i1)
+/* BWD_SUM_MAX or BWD_SUM_EXP of the row block `first` from its scores
+   against nk keys, into the (m, l) of `stats`. */
+static void TILED(bwd_sum_stats)(TILED(bwd_work) *w, int64_t b, int64_t h, int first, int nk,
+                                 int sums)
+{
+    const attnref_params *p = w->c->p;
+    REAL *stats = (REAL *)w->c->stats + 2 * ((b * p->H + h) * p->L + w->i0 + first);
+    for (int r = 0; r < TILED(bwd_block_rows)(w, first); r++) {
+        REAL *row = stats + 2 * r;
+        const REAL *sc = w->sc + r * BWD_KEYS;
+        if (sums == BWD_SUM_MAX) {
+            for (int j = 0; j < nk; j++)
+                row[0] = isnan(sc[j]) || isnan(row[0]) ? (REAL)NAN
+                         : sc[j] > row[0] ? sc[j] : row[0];
+        } else if (!(isinf(row[0]) && row[0] < 0)) {
+            const RVEC m = RV_SET1(row[0]);
+            REAL *pw = w->pw;
+            for (int j = 0; j < BWD_KEYS; j += RW)
+                RV_STORE(pw + j, TILED(vexp)(RV_SUB(RV_LOAD(sc + j), m)));
+            for (int j = 0; j < nk; j++) row[1] += pw[j];
+        }
+    }
+}
+
+/* The row block `first` of the loaded rows of (b, h) against the packed
+   key block [j0, j0 + nk): the `sums` of its scores, skipped when no row
+   of it sees a key of the block (every weight would be 0). */
+static void TILED(bwd_block)(TILED(bwd_work) *w, int64_t b, int64_t h, int first, int64_t j0,
+                             int nk, int sums)
+{
+    const int nr = TILED(bwd_block_rows)(w, first);
+    int64_t kb0, kb1;
+    TILED(bwd_key_blocks)(w->c->p, w->i0 + first, w->i0 + first + nr, &kb0, &kb1);
+    if (j0 / BWD_KEYS < kb0 || j0 / BWD_KEYS >= kb1 || !TILED(bwd_any_active)(w, first)) return;
+    TILED(bwd_scores)(w, b, h, first, j0, nk);
+    if (sums & (BWD_SUM_MAX | BWD_SUM_EXP)) {
+        TILED(bwd_sum_stats)(w, b, h, first, nk, sums);
+        return;
+    }
+    TILED(bwd_weights)(w, first);
+    if (sums & BWD_SUM_DKDV) {
+        TILED(bwd_update_keys)(w->acc_v, w->pw, w->dor + first * w->Evp, w->Evp, w->keys,
+                               w->weighed, nr);
+        TILED(bwd_update_keys)(w->acc_k, w->da, w->qr + first * w->Ep, w->Ep, w->keys,
+                               w->weighed, nr);
+    }
+    if (sums & BWD_SUM_DQ) {
+        TILED(bwd_store_dmask)(w, b, h, first, j0, nk);
+        TILED(bwd_update_rows)(w->acc_q + first * w->Ep, w->da, w->kp, w->Ep, w->keys,
+                               w->weighed, nr);
+    }
+}
+
+/* dk and dv of keys [j0, j0 + nk) of (b, kvh): the sums so far from the
+   outputs into acc_k and acc_v (padding 0), or, with `store`, back. */
+static void TILED(bwd_key_sums)(TILED(bwd_work) *w, int64_t b, int64_t kvh, int64_t j0, int nk,
+                                int store)
+{
+    const attnref_params *p = w->c->p;
+    const int64_t first = (b * (p->H / p->kv_group) + kvh) * p->S + j0;
+    REAL *dk = (REAL *)w->c->dk + first * p->E, *dv = (REAL *)w->c->dv + first * p->Ev;
+    for (int j = 0; j < nk; j++) {
+        REAL *acc_k = w->acc_k + j * w->Ep, *acc_v = w->acc_v + j * w->Evp;
+        if (store) {
+            memcpy(dk + j * p->E, acc_k, (size_t)p->E * sizeof(REAL));
+            memcpy(dv + j * p->Ev, acc_v, (size_t)p->Ev * sizeof(REAL));
+            continue;
+        }
+        memcpy(acc_k, dk + j * p->E, (size_t)p->E * sizeof(REAL));
+        memset(acc_k + p->E, 0, (size_t)(w->Ep - p->E) * sizeof(REAL));
+        memcpy(acc_v, dv + j * p->Ev, (size_t)p->Ev * sizeof(REAL));
+        memset(acc_v + p->Ev, 0, (size_t)(w->Evp - p->Ev) * sizeof(REAL));
+    }
+}
+
+/* The walk every pass takes: rows [i0, i1) of (b, h) (at most BWD_QBLOCK,
+   loaded once) against the key blocks of [kb_lo, kb_hi) in their band, in
+   ascending order, and each key block against the row blocks in ascending
+   order: the `sums` asked. dk and dv are summed in the outputs, key block
+   by key block; dq in acc_q, then stored. */
+static void TILED(bwd_walk)(TILED(bwd_work) *w, int64_t b, int64_t h, int64_t i0, int64_t i1,
+                            int64_t kb_lo, int64_t kb_hi, int sums)
 {
     const attnref_params *p = w->c->p;
     const int64_t kvh = h / p->kv_group;
     int64_t kb0, kb1;
     TILED(bwd_key_blocks)(p, i0, i1, &kb0, &kb1);
-    memset(w->acc_q, 0, (size_t)(BWD_QBLOCK * w->Ep) * sizeof(REAL));
+    if (kb0 < kb_lo) kb0 = kb_lo;
+    if (kb1 > kb_hi) kb1 = kb_hi;
+    TILED(bwd_load_rows)(w, b, h, i0, (int)(i1 - i0), (sums & (BWD_SUM_MAX | BWD_SUM_EXP)) != 0);
+    if (sums & BWD_SUM_DQ)
+        memset(w->acc_q, 0, (size_t)(BWD_QBLOCK * w->Ep) * sizeof(REAL));
     for (int64_t kb = kb0; kb < kb1; kb++) {
         const int64_t j0 = kb * BWD_KEYS;
         const int nk = (int)(p->S - j0 < BWD_KEYS ? p->S - j0 : BWD_KEYS);
-        TILED(bwd_keys)(w, b, kvh, j0, nk, 1);
-        for (int64_t r0 = i0; r0 < i1; r0 += BWD_ROWS) {
-            const int nr = (int)(i1 - r0 < BWD_ROWS ? i1 - r0 : BWD_ROWS);
-            TILED(bwd_load_rows)(w, b, h, r0, nr, 0);
-            if (!TILED(bwd_any_active)(w)) continue;
-            TILED(bwd_scores)(w, b, h, r0, j0, nk);
-            TILED(bwd_weights)(w);
-            TILED(bwd_store_dmask)(w, b, h, r0, nr, j0, nk);
-            TILED(bwd_update_rows)(w->acc_q + (r0 - i0) * w->Ep, w->da, w->kp, w->Ep, w->keys,
-                                           w->weighed, nr);
-        }
+        TILED(bwd_keys)(w, b, kvh, j0, nk, (sums & BWD_SUM_DQ) != 0);
+        if (sums & BWD_SUM_DKDV) TILED(bwd_key_sums)(w, b, kvh, j0, nk, 0);
+        for (int first = 0; first < w->rows; first += BWD_ROWS)
+            TILED(bwd_block)(w, b, h, first, j0, nk, sums);
+        if (sums & BWD_SUM_DKDV) TILED(bwd_key_sums)(w, b, kvh, j0, nk, 1);
     }
-    TILED(bwd_store_dq)(w, b, h, i0, i1);
+    if (sums & BWD_SUM_DQ) TILED(bwd_store_dq)(w, b, h);
 }
 
-/* BWD_PASS_DKDV: dk and dv of the keys of unit (b, kv head, key block). */
-static void TILED(bwd_unit_dkdv)(TILED(bwd_work) *w, int64_t b, int64_t kvh, int64_t j0, int nk)
+/* Whether head h of batch b has a fully masked row under ATTNREF_ROWS_NAN:
+   its NaN weights reach every key of its kv head. */
+static int TILED(bwd_nan_rows)(const TILED(bwd_work) *w, int64_t b, int64_t h)
 {
     const attnref_params *p = w->c->p;
-    const int64_t Hkv = p->H / p->kv_group;
-    int nan_rows = 0;
-    memset(w->acc_k, 0, (size_t)(BWD_KEYS * w->Ep) * sizeof(REAL));
-    memset(w->acc_v, 0, (size_t)(BWD_KEYS * w->Evp) * sizeof(REAL));
-    TILED(bwd_keys)(w, b, kvh, j0, nk, 0);
+    for (int64_t i = 0; i < p->L && p->masked_rows == ATTNREF_ROWS_NAN; i++) {
+        REAL m, linv;
+        if (!TILED(bwd_stats)(w, b, h, i, &m, &linv)) return 1;
+    }
+    return 0;
+}
+
+/* dk and dv of keys [j0, j0 + nk) of (b, kvh) set to NaN. */
+static void TILED(bwd_nan_keys)(const TILED(bwd_work) *w, int64_t b, int64_t kvh, int64_t j0,
+                                int64_t nk)
+{
+    const attnref_params *p = w->c->p;
+    const int64_t first = (b * (p->H / p->kv_group) + kvh) * p->S + j0;
+    for (int64_t x = 0; x < nk * p->E; x++) ((REAL *)w->c->dk)[first * p->E + x] = (REAL)NAN;
+    for (int64_t x = 0; x < nk * p->Ev; x++) ((REAL *)w->c->dv)[first * p->Ev + x] = (REAL)NAN;
+}
+
+/* BWD_PASS_STATS: m and l of the rows [i0, i1) of (b, h), two walks. */
+static void TILED(bwd_unit_stats)(TILED(bwd_work) *w, int64_t b, int64_t h, int64_t i0,
+                                  int64_t i1)
+{
+    const attnref_params *p = w->c->p;
+    REAL *stats = (REAL *)w->c->stats + 2 * ((b * p->H + h) * p->L);
+    for (int64_t i = i0; i < i1; i++) {
+        stats[2 * i] = -INFINITY;
+        stats[2 * i + 1] = 0;
+    }
+    TILED(bwd_walk)(w, b, h, i0, i1, 0, INT64_MAX, BWD_SUM_MAX);
+    TILED(bwd_walk)(w, b, h, i0, i1, 0, INT64_MAX, BWD_SUM_EXP);
+}
+
+/* BWD_PASS_DKDV: dk and dv of key block kb of (b, kv head): the walks of
+   its query heads' rows that see it, in ascending order. */
+static void TILED(bwd_unit_dkdv)(TILED(bwd_work) *w, int64_t b, int64_t kvh, int64_t kb)
+{
+    const attnref_params *p = w->c->p;
+    const int64_t j0 = kb * BWD_KEYS, nk = p->S - j0 < BWD_KEYS ? p->S - j0 : BWD_KEYS;
     int64_t i_begin, i_end;
+    int nan_rows = 0;
     TILED(bwd_row_range)(p, j0, j0 + nk, &i_begin, &i_end);
-    for (int64_t g = 0; g < p->kv_group; g++) {
-        const int64_t h = kvh * p->kv_group + g;
-        /* a fully masked row's NaN weights reach every key of its head */
-        for (int64_t i = 0; i < p->L && p->masked_rows == ATTNREF_ROWS_NAN && !nan_rows; i++) {
-            REAL m, linv;
-            nan_rows = !TILED(bwd_stats)(w, b, h, i, &m, &linv);
-        }
-        for (int64_t r0 = i_begin; r0 < i_end; r0 += BWD_ROWS) {
-            const int nr = (int)(i_end - r0 < BWD_ROWS ? i_end - r0 : BWD_ROWS);
-            TILED(bwd_load_rows)(w, b, h, r0, nr, 0);
-            if (!TILED(bwd_any_active)(w)) continue;
-            TILED(bwd_scores)(w, b, h, r0, j0, nk);
-            TILED(bwd_weights)(w);
-            TILED(bwd_update_keys)(w->acc_v, w->pw, w->dor, w->Evp, w->keys, w->weighed, nr);
-            TILED(bwd_update_keys)(w->acc_k, w->da, w->qr, w->Ep, w->keys, w->weighed, nr);
-        }
+    for (int64_t h = kvh * p->kv_group; h < (kvh + 1) * p->kv_group; h++) {
+        nan_rows = nan_rows || TILED(bwd_nan_rows)(w, b, h);
+        for (int64_t i0 = i_begin; i0 < i_end; i0 += BWD_QBLOCK)
+            TILED(bwd_walk)(w, b, h, i0, i_end - i0 < BWD_QBLOCK ? i_end : i0 + BWD_QBLOCK, kb,
+                            kb + 1, BWD_SUM_DKDV);
     }
-    for (int j = 0; j < nk; j++) {
-        const int64_t key = (b * Hkv + kvh) * p->S + j0 + j;
-        REAL *dk = (REAL *)w->c->dk + key * p->E, *dv = (REAL *)w->c->dv + key * p->Ev;
-        for (int64_t e = 0; e < p->E; e++)
-            dk[e] = nan_rows ? (REAL)NAN : w->acc_k[j * w->Ep + e];
-        for (int64_t e = 0; e < p->Ev; e++)
-            dv[e] = nan_rows ? (REAL)NAN : w->acc_v[j * w->Evp + e];
-    }
+    if (nan_rows) TILED(bwd_nan_keys)(w, b, kvh, j0, nk);
 }
 
 /* BWD_PASS_FUSED: dq, dk and dv of unit (b, kv head), in one sweep over
-   its query heads, their row blocks and each block's key blocks (every
-   product computed once: 5 per score instead of the two passes' 7). dk and
-   dv are summed in the outputs, block by block, in ascending row order. */
+   its query heads and their blocks of BWD_QBLOCK rows, each a walk over
+   its key blocks (every product computed once: 5 per score instead of the
+   two passes' 7). */
 static void TILED(bwd_unit_fused)(TILED(bwd_work) *w, int64_t b, int64_t kvh)
 {
     const attnref_params *p = w->c->p;
-    const int64_t Hkv = p->H / p->kv_group;
-    REAL *dk = (REAL *)w->c->dk + (b * Hkv + kvh) * p->S * p->E;
-    REAL *dv = (REAL *)w->c->dv + (b * Hkv + kvh) * p->S * p->Ev;
     int nan_rows = 0;
-    for (int64_t g = 0; g < p->kv_group; g++) {
-        const int64_t h = kvh * p->kv_group + g;
-        for (int64_t i0 = 0; i0 < p->L; i0 += BWD_QBLOCK) {
-            const int64_t i1 = i0 + BWD_QBLOCK < p->L ? i0 + BWD_QBLOCK : p->L;
-            int64_t kb0, kb1;
-            TILED(bwd_key_blocks)(p, i0, i1, &kb0, &kb1);
-            memset(w->acc_q, 0, (size_t)(BWD_QBLOCK * w->Ep) * sizeof(REAL));
-            for (int64_t kb = kb0; kb < kb1; kb++) {
-                const int64_t j0 = kb * BWD_KEYS;
-                const int nk = (int)(p->S - j0 < BWD_KEYS ? p->S - j0 : BWD_KEYS);
-                TILED(bwd_keys)(w, b, kvh, j0, nk, 1);
-                for (int j = 0; j < nk; j++) {   /* the keys' sums so far */
-                    memcpy(w->acc_k + j * w->Ep, dk + (j0 + j) * p->E, (size_t)p->E * sizeof(REAL));
-                    memset(w->acc_k + j * w->Ep + p->E, 0, (size_t)(w->Ep - p->E) * sizeof(REAL));
-                    memcpy(w->acc_v + j * w->Evp, dv + (j0 + j) * p->Ev,
-                           (size_t)p->Ev * sizeof(REAL));
-                    memset(w->acc_v + j * w->Evp + p->Ev, 0,
-                           (size_t)(w->Evp - p->Ev) * sizeof(REAL));
-                }
-                for (int64_t r0 = i0; r0 < i1; r0 += BWD_ROWS) {
-                    const int nr = (int)(i1 - r0 < BWD_ROWS ? i1 - r0 : BWD_ROWS);
-                    TILED(bwd_load_rows)(w, b, h, r0, nr, 0);
-                    if (!TILED(bwd_any_active)(w)) continue;
-                    TILED(bwd_scores)(w, b, h, r0, j0, nk);
-                    TILED(bwd_weights)(w);
-                    TILED(bwd_store_dmask)(w, b, h, r0, nr, j0, nk);
-                    TILED(bwd_update_keys)(w->acc_v, w->pw, w->dor, w->Evp, w->keys, w->weighed, nr);
-                    TILED(bwd_update_keys)(w->acc_k, w->da, w->qr, w->Ep, w->keys, w->weighed, nr);
-                    TILED(bwd_update_rows)(w->acc_q + (r0 - i0) * w->Ep, w->da, w->kp, w->Ep, w->keys,
-                                           w->weighed, nr);
-                }
-                for (int j = 0; j < nk; j++) {
-                    memcpy(dk + (j0 + j) * p->E, w->acc_k + j * w->Ep, (size_t)p->E * sizeof(REAL));
-                    memcpy(dv + (j0 + j) * p->Ev, w->acc_v + j * w->Evp,
-                           (size_t)p->Ev * sizeof(REAL));
-                }
-            }
-            TILED(bwd_store_dq)(w, b, h, i0, i1);
-        }
-        /* a fully masked row's NaN weights reach every key of its head */
-        for (int64_t i = 0; i < p->L && p->masked_rows == ATTNREF_ROWS_NAN && !nan_rows; i++) {
-            REAL m, linv;
-            nan_rows = !TILED(bwd_stats)(w, b, h, i, &m, &linv);
-        }
+    for (int64_t h = kvh * p->kv_group; h < (kvh + 1) * p->kv_group; h++) {
+        for (int64_t i0 = 0; i0 < p->L; i0 += BWD_QBLOCK)
+            TILED(bwd_walk)(w, b, h, i0, p->L - i0 < BWD_QBLOCK ? p->L : i0 + BWD_QBLOCK, 0,
+                            INT64_MAX, BWD_SUM_DQ | BWD_SUM_DKDV);
+        nan_rows = nan_rows || TILED(bwd_nan_rows)(w, b, h);
     }
-    if (nan_rows) {
-        for (int64_t x = 0; x < p->S * p->E; x++) dk[x] = (REAL)NAN;
-        for (int64_t x = 0; x < p->S * p->Ev; x++) dv[x] = (REAL)NAN;
-    }
+    if (nan_rows) TILED(bwd_nan_keys)(w, b, kvh, 0, p->S);
 }
 
 /* A worker: its scratch, then units from job->next until job->row_end. */
@@ -621,7 +643,7 @@ INTERNAL int TILED(bwd_rows)(const sdpa_job *job)
     const size_t sizes[10] = {
         (size_t)(p->E * BWD_KEYS), (size_t)(w.Evp * BWD_KEYS), (size_t)(BWD_KEYS * w.Ep),
         (size_t)(BWD_KEYS * w.Ep), (size_t)(BWD_KEYS * w.Evp), (size_t)(BWD_QBLOCK * w.Ep),
-        (size_t)(BWD_ROWS * w.Ep), (size_t)(BWD_ROWS * w.Evp), (size_t)w.Evp,
+        (size_t)(BWD_QBLOCK * w.Ep), (size_t)(BWD_QBLOCK * w.Evp), (size_t)w.Evp,
         5 * BWD_ROWS * BWD_KEYS};
     REAL **parts[9] = {&w.kt, &w.vt, &w.kp, &w.acc_k, &w.acc_v, &w.acc_q, &w.qr, &w.dor,
                        &w.orow};
@@ -647,16 +669,14 @@ INTERNAL int TILED(bwd_rows)(const sdpa_job *job)
         if (c->pass == BWD_PASS_FUSED) {
             TILED(bwd_unit_fused)(&w, unit / Hkv, unit % Hkv);
         } else if (c->pass == BWD_PASS_DKDV) {
-            const int64_t kb = unit % kblocks, kvh = unit / kblocks % Hkv, b = unit / kblocks / Hkv;
-            const int64_t j0 = kb * BWD_KEYS;
-            TILED(bwd_unit_dkdv)(&w, b, kvh, j0, (int)(p->S - j0 < BWD_KEYS ? p->S - j0 : BWD_KEYS));
+            TILED(bwd_unit_dkdv)(&w, unit / kblocks / Hkv, unit / kblocks % Hkv, unit % kblocks);
         } else {
             const int64_t qb = unit % qblocks, h = unit / qblocks % p->H, b = unit / qblocks / p->H;
             const int64_t i0 = qb * BWD_QBLOCK, i1 = i0 + BWD_QBLOCK < p->L ? i0 + BWD_QBLOCK : p->L;
             if (c->pass == BWD_PASS_STATS)
                 TILED(bwd_unit_stats)(&w, b, h, i0, i1);
             else
-                TILED(bwd_unit_dq)(&w, b, h, i0, i1);
+                TILED(bwd_walk)(&w, b, h, i0, i1, 0, INT64_MAX, BWD_SUM_DQ);
         }
     }
     free(memory);

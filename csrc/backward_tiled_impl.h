@@ -39,8 +39,12 @@
 
 #if REAL_IS_DOUBLE
 #define BWD_TANH tanh
+#define BWD_REAL_MAX DBL_MAX
+#define BWD_REAL_TRUE_MIN 4.9406564584124654e-324   /* the least subnormal */
 #else
 #define BWD_TANH tanhf
+#define BWD_REAL_MAX FLT_MAX
+#define BWD_REAL_TRUE_MIN 1.40129846e-45f
 #endif
 
 #define BWD_PAD(n) (((n) + RW - 1) / RW * RW)
@@ -282,7 +286,6 @@ static int TILED(bwd_weighed)(const REAL *weight, int nk, int *keys)
 static void TILED(bwd_weights)(TILED(bwd_work) *w, int first)
 {
     const attnref_params *p = w->c->p;
-    const REAL scale = (REAL)p->scale;
     TILED(bwd_gemm)(w->dor + first * w->Evp, w->Evp, w->vt, p->Ev, w->dp,
                     TILED(bwd_block_rows)(w, first));
     for (int r = 0; r < BWD_ROWS; r++) {
@@ -294,15 +297,19 @@ static void TILED(bwd_weights)(TILED(bwd_work) *w, int first)
             continue;
         }
         const RVEC m = RV_SET1(w->m[first + r]), linv = RV_SET1(w->linv[first + r]);
-        for (int j = 0; j < BWD_KEYS; j += RW)
-            RV_STORE(pw + j, RV_MUL(TILED(vexp)(RV_SUB(RV_LOAD(sc + j), m)), linv));
-        const REAL d = w->d[first + r];
-        for (int j = 0; j < BWD_KEYS; j++) {
-            pw[j] = sc[j] == -INFINITY ? 0 : pw[j];   /* hidden, even on a NaN row */
-            da[j] = pw[j] == 0 ? 0 : scale * (pw[j] * (dp[j] - d));
+        const RVEC d = RV_SET1(w->d[first + r]), scale = RV_SET1((REAL)p->scale);
+        for (int j = 0; j < BWD_KEYS; j += RW) {
+            /* a hidden key (s = -inf) weighs 0, even on a NaN row; a NaN
+               weight stays NaN, and da is 0 wherever p is (a hidden key's
+               softcap factor may be NaN) */
+            const RVEC s = RV_LOAD(sc + j);
+            const RVEC pj = TILED(exp_special)(RV_MUL(TILED(vexp)(RV_SUB(s, m)), linv), s,
+                                               -BWD_REAL_MAX, INFINITY);
+            RVEC dj = RV_MUL(scale, RV_MUL(pj, RV_SUB(RV_LOAD(dp + j), d)));
+            if (p->softcap > 0) dj = RV_MUL(dj, RV_LOAD(fac + j));
+            RV_STORE(pw + j, pj);
+            RV_STORE(da + j, TILED(exp_special)(dj, pj, BWD_REAL_TRUE_MIN, INFINITY));
         }
-        if (p->softcap > 0)   /* a hidden key's factor may be NaN: its da stays 0 */
-            for (int j = 0; j < BWD_KEYS; j++) da[j] = pw[j] == 0 ? 0 : da[j] * fac[j];
     }
     w->weighed = TILED(bwd_weighed)(w->pw, BWD_KEYS, w->keys);
 }
@@ -687,3 +694,5 @@ INTERNAL int TILED(bwd_rows)(const sdpa_job *job)
 #undef BWD_VECS
 #undef BWD_GROUP
 #undef BWD_TANH
+#undef BWD_REAL_MAX
+#undef BWD_REAL_TRUE_MIN

@@ -55,6 +55,8 @@ typedef struct {
     int64_t Ep, Evp;
     REAL *kt, *vt, *kp;          /* the key block */
     REAL *acc_k, *acc_v, *acc_q; /* BWD_KEYS x Ep, BWD_KEYS x Evp, BWD_QBLOCK x Ep */
+    const REAL *k_rows;          /* the key block's k rows for dq: kp, or k itself */
+    REAL *sum_k, *sum_v;         /* its dk, dv sums: acc_k, acc_v, or the outputs */
     REAL *qr, *dor, *orow;       /* BWD_QBLOCK x Ep, BWD_QBLOCK x Evp, Evp */
     REAL *sc, *dp, *fac, *pw, *da;   /* BWD_ROWS x BWD_KEYS */
     REAL m[BWD_QBLOCK], linv[BWD_QBLOCK], d[BWD_QBLOCK];
@@ -96,7 +98,8 @@ static void TILED(bwd_transpose)(REAL *out, const void *base, const int64_t *str
     }
 }
 
-/* Packs keys [j0, j0 + nk) of (b, kvh): kt and vt, and kp when `rows`. */
+/* Packs keys [j0, j0 + nk) of (b, kvh): kt and vt, and, when `rows`, the
+   k rows dq reads (k itself when its rows are whole vectors, else kp). */
 static void TILED(bwd_keys)(TILED(bwd_work) *w, int64_t b, int64_t kvh, int64_t j0, int nk,
                             int rows)
 {
@@ -107,11 +110,14 @@ static void TILED(bwd_keys)(TILED(bwd_work) *w, int64_t b, int64_t kvh, int64_t 
     }
     TILED(bwd_transpose)(w->kt, w->c->k, p->k_stride, b, kvh, j0, nk, p->E);
     TILED(bwd_transpose)(w->vt, w->c->v, p->v_stride, b, kvh, j0, nk, p->Ev);
-    for (int j = 0; j < nk && rows; j++) {
+    w->k_rows = TILED(bwd_at)(w->c->k, p->k_stride, b, kvh, j0);
+    if (!rows || (p->E == w->Ep && p->k_stride[2] == p->E)) return;
+    for (int j = 0; j < nk; j++) {
         memcpy(w->kp + j * w->Ep, TILED(bwd_at)(w->c->k, p->k_stride, b, kvh, j0 + j),
                (size_t)p->E * sizeof(REAL));
         memset(w->kp + j * w->Ep + p->E, 0, (size_t)(w->Ep - p->E) * sizeof(REAL));
     }
+    w->k_rows = w->kp;
 }
 
 /* Row i's statistics (m, 1 / l); 0 when the row has no visible key. */
@@ -298,17 +304,21 @@ static void TILED(bwd_weights)(TILED(bwd_work) *w, int first)
         }
         const RVEC m = RV_SET1(w->m[first + r]), linv = RV_SET1(w->linv[first + r]);
         const RVEC d = RV_SET1(w->d[first + r]), scale = RV_SET1((REAL)p->scale);
+        const int finite_m = isfinite(w->m[first + r]);
         for (int j = 0; j < BWD_KEYS; j += RW) {
-            /* a hidden key (s = -inf) weighs 0, even on a NaN row; a NaN
-               weight stays NaN, and da is 0 wherever p is (a hidden key's
-               softcap factor may be NaN) */
+            /* a hidden key (s = -inf) weighs 0, even on a NaN row (with a
+               finite m, exp(s - m) is 0 already); a NaN weight stays NaN */
             const RVEC s = RV_LOAD(sc + j);
-            const RVEC pj = TILED(exp_special)(RV_MUL(TILED(vexp)(RV_SUB(s, m)), linv), s,
-                                               -BWD_REAL_MAX, INFINITY);
+            RVEC pj = RV_MUL(TILED(vexp)(RV_SUB(s, m)), linv);
+            if (!finite_m) pj = TILED(exp_special)(pj, s, -BWD_REAL_MAX, INFINITY);
             RVEC dj = RV_MUL(scale, RV_MUL(pj, RV_SUB(RV_LOAD(dp + j), d)));
             if (p->softcap > 0) dj = RV_MUL(dj, RV_LOAD(fac + j));
+            /* da is 0 wherever p is: a NaN from 0 (dp - D) (a hidden key's
+               v may hold inf) or from a hidden key's softcap factor is
+               replaced (a 0 of either sign adds nothing to a sum) */
+            if (TILED(any_nan)(dj)) dj = TILED(exp_special)(dj, pj, BWD_REAL_TRUE_MIN, INFINITY);
             RV_STORE(pw + j, pj);
-            RV_STORE(da + j, TILED(exp_special)(dj, pj, BWD_REAL_TRUE_MIN, INFINITY));
+            RV_STORE(da + j, dj);
         }
     }
     w->weighed = TILED(bwd_weighed)(w->pw, BWD_KEYS, w->keys);
@@ -502,26 +512,35 @@ static void TILED(bwd_block)(TILED(bwd_work) *w, int64_t b, int64_t h, int first
     }
     TILED(bwd_weights)(w, first);
     if (sums & BWD_SUM_DKDV) {
-        TILED(bwd_update_keys)(w->acc_v, w->pw, w->dor + first * w->Evp, w->Evp, w->keys,
+        TILED(bwd_update_keys)(w->sum_v, w->pw, w->dor + first * w->Evp, w->Evp, w->keys,
                                w->weighed, nr);
-        TILED(bwd_update_keys)(w->acc_k, w->da, w->qr + first * w->Ep, w->Ep, w->keys,
+        TILED(bwd_update_keys)(w->sum_k, w->da, w->qr + first * w->Ep, w->Ep, w->keys,
                                w->weighed, nr);
     }
     if (sums & BWD_SUM_DQ) {
         TILED(bwd_store_dmask)(w, b, h, first, j0, nk);
-        TILED(bwd_update_rows)(w->acc_q + first * w->Ep, w->da, w->kp, w->Ep, w->keys,
+        TILED(bwd_update_rows)(w->acc_q + first * w->Ep, w->da, w->k_rows, w->Ep, w->keys,
                                w->weighed, nr);
     }
 }
 
-/* dk and dv of keys [j0, j0 + nk) of (b, kvh): the sums so far from the
-   outputs into acc_k and acc_v (padding 0), or, with `store`, back. */
+/* dk and dv of keys [j0, j0 + nk) of (b, kvh): where their sums are held,
+   sum_k and sum_v. The outputs themselves when their rows are whole
+   vectors; else acc_k and acc_v, the sums so far copied from the outputs
+   (padding 0) and, with `store`, back. */
 static void TILED(bwd_key_sums)(TILED(bwd_work) *w, int64_t b, int64_t kvh, int64_t j0, int nk,
                                 int store)
 {
     const attnref_params *p = w->c->p;
     const int64_t first = (b * (p->H / p->kv_group) + kvh) * p->S + j0;
     REAL *dk = (REAL *)w->c->dk + first * p->E, *dv = (REAL *)w->c->dv + first * p->Ev;
+    if (p->E == w->Ep && p->Ev == w->Evp) {
+        w->sum_k = dk;
+        w->sum_v = dv;
+        return;
+    }
+    w->sum_k = w->acc_k;
+    w->sum_v = w->acc_v;
     for (int j = 0; j < nk; j++) {
         REAL *acc_k = w->acc_k + j * w->Ep, *acc_v = w->acc_v + j * w->Evp;
         if (store) {

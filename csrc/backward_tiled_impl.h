@@ -13,26 +13,39 @@
  *           pass that owns dq)
  * Every sum is carried in REAL (float32 sums in float: each is a dot product
  * or a sum over rows or keys with the error of a float GEMM, the error the
- * NumPy float32 reference has too); D_i is recomputed per block rather than
- * stored.
+ * NumPy float32 reference has too); D_i is recomputed per query block
+ * rather than stored.
  *
  *   key block   BWD_KEYS keys of one (b, kv head), packed transposed
  *               (kt: E x BWD_KEYS, vt: Ev x BWD_KEYS, padded keys 0) and, for
- *               dq, as rows padded to Ep (kp)
- *   row block   BWD_ROWS query rows, q and dO copied into rows padded to Ep
- *               and Evp (rows of masked or missing positions are 0)
+ *               dq, k's rows (in place when they are whole vectors, else
+ *               copied into rows padded to Ep, kp)
+ *   query block up to BWD_QBLOCK query rows, loaded once per walk: q and dO
+ *               copied into rows padded to Ep and Evp, D, m and 1 / l (rows
+ *               of masked or missing positions are 0)
+ *   row block   BWD_ROWS rows of the query block: scores, weights (sc, dp,
+ *               fac, pw, da: BWD_ROWS x BWD_KEYS) against one key block
  *   register block  4 rows (or keys) x BWD_VECS vectors of accumulators
  *               (AVX-512: 4, its 32 registers; else 2): scores and dp are 4
  *               rows x BWD_VECS vectors of keys summed over E or Ev; dv and
  *               dk are 4 keys x BWD_VECS vectors of E held across the
  *               BWD_ROWS rows of a row block; dq is 4 rows x BWD_VECS
  *               vectors held across the key block's keys
+ *   the walk    (bwd_walk) a query block against its band's key blocks in
+ *               ascending order, each against the row blocks in ascending
+ *               order, summing what the pass asks (BWD_SUM_*): dk and dv in
+ *               the outputs (or, when their rows are not whole vectors, in
+ *               acc_k and acc_v copied in and out per key block), dq in acc_q
+ *   BWD_PASS_FUSED unit = (b, kv head): the walks of its query heads' query
+ *               blocks in ascending order, summing dq, dk and dv
  *   BWD_PASS_DKDV  unit = a key block: dk, dv summed over the kv head's query
- *               heads and the band's rows, row blocks in ascending order
- *   BWD_PASS_DQ    unit = (b, h, BWD_QBLOCK rows): dq summed over the band's
- *               key blocks in ascending order
- *   BWD_PASS_STATS unit as for dq: m_i (first sweep) and l_i (second)
- * Key blocks outside a row block's band are never visited.
+ *               heads and the band's rows, by walks of that key block only
+ *   BWD_PASS_DQ    unit = (b, h, BWD_QBLOCK rows): one walk summing dq
+ *   BWD_PASS_STATS unit as for dq: m_i (first walk) and l_i (second)
+ * Every sum runs in ascending order of rows (or keys, or E), whatever the
+ * schedule, so the passes give the same bits as each other.
+ * Key blocks outside a query block's band are never visited, nor row
+ * blocks outside a key block's.
  */
 
 #include "simd_exp.h"

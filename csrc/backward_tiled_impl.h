@@ -186,41 +186,64 @@ static void TILED(bwd_load_rows)(TILED(bwd_work) *w, int64_t b, int64_t h, int64
     w->rows = nr;
 }
 
-/* Vectors per register block: AVX-512 has 32 registers, 4 rows (or keys)
-   x 4 vectors of accumulators + 4 operands + a broadcast; the others 16,
-   4 x 2 + 2 + 1. */
+/* Register blocks: BWD_GROUP rows (or keys) x up to BWD_VECS vectors of
+   accumulators, with the vectors' operands and a broadcast beside them:
+   AVX-512 4 x 4 + 4 + 1 of its 32 registers; AVX2 4 x 3 + 3 + 1 of its 16
+   (12 accumulators: an FMA's latency, 4, times its two ports is 8, so 8
+   leave no slack); NEON 4 x 2 + 2 + 1. A width that is not whole blocks
+   ends with a block of 2 vectors, then 1 (bwd_vector_blocks). */
 #if defined(SIMD_AVX512)
 #define BWD_VECS 4
+#elif defined(SIMD_AVX2)
+#define BWD_VECS 3
 #else
 #define BWD_VECS 2
 #endif
 #define BWD_GROUP 4   /* rows (or keys) per register block */
-_Static_assert(BWD_KEYS % (BWD_VECS * RW) == 0, "a key block is whole register blocks");
 _Static_assert(BWD_ROWS % BWD_GROUP == 0, "a row block is whole groups of rows");
 
+/* Runs `block(e, V)` over [0, width) (a multiple of RW) in register blocks
+   of V = BWD_VECS vectors, then 2, then 1: V a constant at each call, so a
+   block's accumulators live in registers. */
+#define BWD_VECTOR_BLOCKS(width, block) \
+    do { \
+        int64_t e_ = 0; \
+        for (; e_ + BWD_VECS * RW <= (width); e_ += BWD_VECS * RW) block(e_, BWD_VECS); \
+        for (; e_ + 2 * RW <= (width); e_ += 2 * RW) block(e_, 2); \
+        for (; e_ < (width); e_ += RW) block(e_, 1); \
+    } while (0)
+
+/* The register block of bwd_gemm: out[t][e + j] for t < BWD_GROUP and V
+   vectors of keys from e. */
+ALWAYS_INLINE void TILED(bwd_gemm_block)(const REAL *a, int64_t lda, const REAL *bt, int64_t n,
+                                         REAL *out, int64_t e0, const int V)
+{
+    RVEC c[BWD_GROUP][BWD_VECS];
+    for (int t = 0; t < BWD_GROUP; t++)
+        for (int v = 0; v < V; v++) c[t][v] = RV_SET1(0);
+    for (int64_t e = 0; e < n; e++) {
+        RVEC x[BWD_VECS];
+        for (int v = 0; v < V; v++) x[v] = RV_LOAD(bt + e * BWD_KEYS + e0 + v * RW);
+        for (int t = 0; t < BWD_GROUP; t++) {
+            const RVEC s = RV_SET1(a[t * lda + e]);
+            for (int v = 0; v < V; v++) c[t][v] = RV_FMA(s, x[v], c[t][v]);
+        }
+    }
+    for (int t = 0; t < BWD_GROUP; t++)
+        for (int v = 0; v < V; v++) RV_STORE(out + t * BWD_KEYS + e0 + v * RW, c[t][v]);
+}
+
 /* out[r][j] = sum_{e < n} a[r][e] bt[e][j]: rows r < nr rounded up to a
-   group, BWD_KEYS keys; register blocks of BWD_GROUP rows x BWD_VECS
-   vectors, summed over e in ascending order. */
+   group, BWD_KEYS keys, summed over e in ascending order. */
 static void TILED(bwd_gemm)(const REAL *a, int64_t lda, const REAL *bt, int64_t n, REAL *out,
                             int nr)
 {
-    for (int r0 = 0; r0 < nr; r0 += BWD_GROUP)
-        for (int jv = 0; jv < BWD_KEYS; jv += BWD_VECS * RW) {
-            RVEC c[BWD_GROUP][BWD_VECS];
-            for (int t = 0; t < BWD_GROUP; t++)
-                for (int v = 0; v < BWD_VECS; v++) c[t][v] = RV_SET1(0);
-            for (int64_t e = 0; e < n; e++) {
-                RVEC x[BWD_VECS];
-                for (int v = 0; v < BWD_VECS; v++) x[v] = RV_LOAD(bt + e * BWD_KEYS + jv + v * RW);
-                for (int t = 0; t < BWD_GROUP; t++) {
-                    const RVEC s = RV_SET1(a[(r0 + t) * lda + e]);
-                    for (int v = 0; v < BWD_VECS; v++) c[t][v] = RV_FMA(s, x[v], c[t][v]);
-                }
-            }
-            for (int t = 0; t < BWD_GROUP; t++)
-                for (int v = 0; v < BWD_VECS; v++)
-                    RV_STORE(out + (r0 + t) * BWD_KEYS + jv + v * RW, c[t][v]);
-        }
+    for (int r0 = 0; r0 < nr; r0 += BWD_GROUP) {
+#define BWD_GEMM_BLOCK(e, V) \
+        TILED(bwd_gemm_block)(a + r0 * lda, lda, bt, n, out + r0 * BWD_KEYS, e, V)
+        BWD_VECTOR_BLOCKS(BWD_KEYS, BWD_GEMM_BLOCK);
+#undef BWD_GEMM_BLOCK
+    }
 }
 
 /* The row block of the loaded rows from row `first`: its rows' count. */
@@ -337,9 +360,30 @@ static void TILED(bwd_weights)(TILED(bwd_work) *w, int first)
     w->weighed = TILED(bwd_weighed)(w->pw, BWD_KEYS, w->keys);
 }
 
+/* The register block of bwd_update_keys: keys `at` (their acc rows, their
+   weights' columns wt) at V vectors from e, across the rows r < nr. */
+ALWAYS_INLINE void TILED(bwd_keys_block)(REAL *const *at, const REAL *const *wt,
+                                         const REAL *rows, int64_t n, int nr, int64_t e,
+                                         const int V)
+{
+    RVEC c[BWD_GROUP][BWD_VECS];
+    for (int t = 0; t < BWD_GROUP; t++)
+        for (int v = 0; v < V; v++) c[t][v] = RV_LOAD(at[t] + e + v * RW);
+    for (int r = 0; r < nr; r++) {
+        RVEC x[BWD_VECS];
+        for (int v = 0; v < V; v++) x[v] = RV_LOAD(rows + r * n + e + v * RW);
+        for (int t = 0; t < BWD_GROUP; t++) {
+            const RVEC s = RV_SET1(wt[t][r * BWD_KEYS]);
+            for (int v = 0; v < V; v++) c[t][v] = RV_FMA(s, x[v], c[t][v]);
+        }
+    }
+    for (int t = 0; t < BWD_GROUP; t++)
+        for (int v = 0; v < V; v++) RV_STORE(at[t] + e + v * RW, c[t][v]);
+}
+
 /* acc[j][:] += sum_{r < nr} weight[r][j] rows[r][:] for the weighed keys
-   (width n, a multiple of RW): register blocks of BWD_GROUP keys x
-   BWD_VECS vectors of acc held across the rows, summed in ascending r. */
+   (width n, a multiple of RW): register blocks of BWD_GROUP keys held
+   across the rows, summed in ascending r. */
 static void TILED(bwd_update_keys)(REAL *acc, const REAL *weight, const REAL *rows, int64_t n,
                                    const int *keys, int count, int nr)
 {
@@ -351,32 +395,9 @@ static void TILED(bwd_update_keys)(REAL *acc, const REAL *weight, const REAL *ro
             at[t] = acc + keys[u + t] * n;
             wt[t] = weight + keys[u + t];
         }
-        int64_t e = 0;
-        for (; e + BWD_VECS * RW <= n; e += BWD_VECS * RW) {
-            RVEC c[BWD_GROUP][BWD_VECS];
-            for (int t = 0; t < BWD_GROUP; t++)
-                for (int v = 0; v < BWD_VECS; v++) c[t][v] = RV_LOAD(at[t] + e + v * RW);
-            for (int r = 0; r < nr; r++) {
-                RVEC x[BWD_VECS];
-                for (int v = 0; v < BWD_VECS; v++) x[v] = RV_LOAD(rows + r * n + e + v * RW);
-                for (int t = 0; t < BWD_GROUP; t++) {
-                    const RVEC s = RV_SET1(wt[t][r * BWD_KEYS]);
-                    for (int v = 0; v < BWD_VECS; v++) c[t][v] = RV_FMA(s, x[v], c[t][v]);
-                }
-            }
-            for (int t = 0; t < BWD_GROUP; t++)
-                for (int v = 0; v < BWD_VECS; v++) RV_STORE(at[t] + e + v * RW, c[t][v]);
-        }
-        for (; e < n; e += RW) {
-            RVEC c[BWD_GROUP];
-            for (int t = 0; t < BWD_GROUP; t++) c[t] = RV_LOAD(at[t] + e);
-            for (int r = 0; r < nr; r++) {
-                const RVEC x = RV_LOAD(rows + r * n + e);
-                for (int t = 0; t < BWD_GROUP; t++)
-                    c[t] = RV_FMA(RV_SET1(wt[t][r * BWD_KEYS]), x, c[t]);
-            }
-            for (int t = 0; t < BWD_GROUP; t++) RV_STORE(at[t] + e, c[t]);
-        }
+#define BWD_KEYS_BLOCK(e, V) TILED(bwd_keys_block)(at, wt, rows, n, nr, e, V)
+        BWD_VECTOR_BLOCKS(n, BWD_KEYS_BLOCK);
+#undef BWD_KEYS_BLOCK
     }
     for (; u < count; u++) {
         REAL *at = acc + keys[u] * n;
@@ -390,42 +411,38 @@ static void TILED(bwd_update_keys)(REAL *acc, const REAL *weight, const REAL *ro
     }
 }
 
+/* The register block of bwd_update_rows: acc rows t < BWD_GROUP (rows of
+   Ep) at V vectors from e, across the weighed keys. */
+ALWAYS_INLINE void TILED(bwd_rows_block)(REAL *a, const REAL *d, const REAL *kp, int64_t Ep,
+                                         const int *keys, int count, int64_t e, const int V)
+{
+    RVEC c[BWD_GROUP][BWD_VECS];
+    for (int t = 0; t < BWD_GROUP; t++)
+        for (int v = 0; v < V; v++) c[t][v] = RV_LOAD(a + t * Ep + e + v * RW);
+    for (int u = 0; u < count; u++) {
+        const int j = keys[u];
+        RVEC k[BWD_VECS];
+        for (int v = 0; v < V; v++) k[v] = RV_LOAD(kp + j * Ep + e + v * RW);
+        for (int t = 0; t < BWD_GROUP; t++) {
+            const RVEC s = RV_SET1(d[t * BWD_KEYS + j]);
+            for (int v = 0; v < V; v++) c[t][v] = RV_FMA(s, k[v], c[t][v]);
+        }
+    }
+    for (int t = 0; t < BWD_GROUP; t++)
+        for (int v = 0; v < V; v++) RV_STORE(a + t * Ep + e + v * RW, c[t][v]);
+}
+
 /* acc[r][:] += sum_j da[r][j] kp[j][:] for rows r < nr (rounded up to a
    group; acc rows of Ep) over the weighed keys, in ascending order:
-   register blocks of BWD_GROUP rows x BWD_VECS vectors. */
+   register blocks of BWD_GROUP rows held across the keys. */
 static void TILED(bwd_update_rows)(REAL *acc, const REAL *da, const REAL *kp, int64_t Ep,
                                    const int *keys, int count, int nr)
 {
     for (int r0 = 0; r0 < nr; r0 += BWD_GROUP) {
-        REAL *a = acc + r0 * Ep;
-        const REAL *d = da + r0 * BWD_KEYS;
-        int64_t e = 0;
-        for (; e + BWD_VECS * RW <= Ep; e += BWD_VECS * RW) {
-            RVEC c[BWD_GROUP][BWD_VECS];
-            for (int t = 0; t < BWD_GROUP; t++)
-                for (int v = 0; v < BWD_VECS; v++) c[t][v] = RV_LOAD(a + t * Ep + e + v * RW);
-            for (int u = 0; u < count; u++) {
-                const int j = keys[u];
-                RVEC k[BWD_VECS];
-                for (int v = 0; v < BWD_VECS; v++) k[v] = RV_LOAD(kp + j * Ep + e + v * RW);
-                for (int t = 0; t < BWD_GROUP; t++) {
-                    const RVEC s = RV_SET1(d[t * BWD_KEYS + j]);
-                    for (int v = 0; v < BWD_VECS; v++) c[t][v] = RV_FMA(s, k[v], c[t][v]);
-                }
-            }
-            for (int t = 0; t < BWD_GROUP; t++)
-                for (int v = 0; v < BWD_VECS; v++) RV_STORE(a + t * Ep + e + v * RW, c[t][v]);
-        }
-        for (; e < Ep; e += RW) {
-            RVEC c[BWD_GROUP];
-            for (int t = 0; t < BWD_GROUP; t++) c[t] = RV_LOAD(a + t * Ep + e);
-            for (int u = 0; u < count; u++) {
-                const int j = keys[u];
-                const RVEC k = RV_LOAD(kp + j * Ep + e);
-                for (int t = 0; t < BWD_GROUP; t++) c[t] = RV_FMA(RV_SET1(d[t * BWD_KEYS + j]), k, c[t]);
-            }
-            for (int t = 0; t < BWD_GROUP; t++) RV_STORE(a + t * Ep + e, c[t]);
-        }
+#define BWD_ROWS_BLOCK(e, V) \
+        TILED(bwd_rows_block)(acc + r0 * Ep, da + r0 * BWD_KEYS, kp, Ep, keys, count, e, V)
+        BWD_VECTOR_BLOCKS(Ep, BWD_ROWS_BLOCK);
+#undef BWD_ROWS_BLOCK
     }
 }
 
@@ -725,6 +742,7 @@ INTERNAL int TILED(bwd_rows)(const sdpa_job *job)
 #undef BWD_PAD
 #undef BWD_VECS
 #undef BWD_GROUP
+#undef BWD_VECTOR_BLOCKS
 #undef BWD_TANH
 #undef BWD_REAL_MAX
 #undef BWD_REAL_TRUE_MIN

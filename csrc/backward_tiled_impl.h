@@ -26,11 +26,12 @@
  *   row block   BWD_ROWS rows of the query block: scores, weights (sc, dp,
  *               fac, pw, da: BWD_ROWS x BWD_KEYS) against one key block
  *   register block  4 rows (or keys) x BWD_VECS vectors of accumulators
- *               (AVX-512: 4, its 32 registers; else 2): scores and dp are 4
- *               rows x BWD_VECS vectors of keys summed over E or Ev; dv and
- *               dk are 4 keys x BWD_VECS vectors of E held across the
- *               BWD_ROWS rows of a row block; dq is 4 rows x BWD_VECS
- *               vectors held across the key block's keys
+ *               (AVX-512 4 of its 32 registers, AVX2 3 of 16, NEON 2): scores
+ *               and dp are 4 rows x BWD_VECS vectors of keys summed over E or
+ *               Ev, and dq 4 rows x BWD_VECS vectors of E held across the key
+ *               block's keys (one kernel, bwd_rows_block); dv and dk are 4
+ *               keys x BWD_VECS vectors of E held across the BWD_ROWS rows
+ *               of a row block (bwd_keys_block)
  *   the walk    (bwd_walk) a query block against its band's key blocks in
  *               ascending order, each against the row blocks in ascending
  *               order, summing what the pass asks (BWD_SUM_*): dk and dv in
@@ -213,24 +214,45 @@ _Static_assert(BWD_ROWS % BWD_GROUP == 0, "a row block is whole groups of rows")
         for (; e_ < (width); e_ += RW) block(e_, 1); \
     } while (0)
 
-/* The register block of bwd_gemm: out[t][e + j] for t < BWD_GROUP and V
-   vectors of keys from e. */
-ALWAYS_INLINE void TILED(bwd_gemm_block)(const REAL *a, int64_t lda, const REAL *bt, int64_t n,
-                                         REAL *out, int64_t e0, const int V)
+/* The register block of bwd_gemm and bwd_update_rows: for t < BWD_GROUP
+   and V vectors,
+     c[t][:] = c0[t][:] + sum_{s < count} a[t][i_s] b[i_s][:]
+   summed in ascending s, with i_s = keys[s] (or s without keys); rows of
+   c, a, b c_rows, a_rows, b_rows apart; c0 = 0 when `zero`, else c. */
+ALWAYS_INLINE void TILED(bwd_rows_block)(REAL *c, int64_t c_rows, int zero, const REAL *a,
+                                         int64_t a_rows, const REAL *b, int64_t b_rows,
+                                         const int *keys, int64_t count, const int V)
 {
-    RVEC c[BWD_GROUP][BWD_VECS];
+    RVEC acc[BWD_GROUP][BWD_VECS];
     for (int t = 0; t < BWD_GROUP; t++)
-        for (int v = 0; v < V; v++) c[t][v] = RV_SET1(0);
-    for (int64_t e = 0; e < n; e++) {
+        for (int v = 0; v < V; v++) acc[t][v] = zero ? RV_SET1(0) : RV_LOAD(c + t * c_rows + v * RW);
+    for (int64_t s = 0; s < count; s++) {
+        const int64_t i = keys ? keys[s] : s;
         RVEC x[BWD_VECS];
-        for (int v = 0; v < V; v++) x[v] = RV_LOAD(bt + e * BWD_KEYS + e0 + v * RW);
+        for (int v = 0; v < V; v++) x[v] = RV_LOAD(b + i * b_rows + v * RW);
         for (int t = 0; t < BWD_GROUP; t++) {
-            const RVEC s = RV_SET1(a[t * lda + e]);
-            for (int v = 0; v < V; v++) c[t][v] = RV_FMA(s, x[v], c[t][v]);
+            const RVEC scalar = RV_SET1(a[t * a_rows + i]);
+            for (int v = 0; v < V; v++) acc[t][v] = RV_FMA(scalar, x[v], acc[t][v]);
         }
     }
     for (int t = 0; t < BWD_GROUP; t++)
-        for (int v = 0; v < V; v++) RV_STORE(out + t * BWD_KEYS + e0 + v * RW, c[t][v]);
+        for (int v = 0; v < V; v++) RV_STORE(c + t * c_rows + v * RW, acc[t][v]);
+}
+
+/* bwd_rows_block over rows r < nr of c (rounded up to a group) and width
+   REALs (a multiple of RW): the products whose register blocks are rows. */
+ALWAYS_INLINE void TILED(bwd_rows_product)(REAL *c, int64_t c_rows, int zero, const REAL *a,
+                                           int64_t a_rows, const REAL *b, int64_t b_rows,
+                                           const int *keys, int64_t count, int nr,
+                                           int64_t width)
+{
+    for (int r0 = 0; r0 < nr; r0 += BWD_GROUP) {
+#define BWD_ROWS_BLOCK(e, V) \
+        TILED(bwd_rows_block)(c + r0 * c_rows + e, c_rows, zero, a + r0 * a_rows, a_rows, \
+                              b + e, b_rows, keys, count, V)
+        BWD_VECTOR_BLOCKS(width, BWD_ROWS_BLOCK);
+#undef BWD_ROWS_BLOCK
+    }
 }
 
 /* out[r][j] = sum_{e < n} a[r][e] bt[e][j]: rows r < nr rounded up to a
@@ -238,12 +260,7 @@ ALWAYS_INLINE void TILED(bwd_gemm_block)(const REAL *a, int64_t lda, const REAL 
 static void TILED(bwd_gemm)(const REAL *a, int64_t lda, const REAL *bt, int64_t n, REAL *out,
                             int nr)
 {
-    for (int r0 = 0; r0 < nr; r0 += BWD_GROUP) {
-#define BWD_GEMM_BLOCK(e, V) \
-        TILED(bwd_gemm_block)(a + r0 * lda, lda, bt, n, out + r0 * BWD_KEYS, e, V)
-        BWD_VECTOR_BLOCKS(BWD_KEYS, BWD_GEMM_BLOCK);
-#undef BWD_GEMM_BLOCK
-    }
+    TILED(bwd_rows_product)(out, BWD_KEYS, 1, a, lda, bt, BWD_KEYS, NULL, n, nr, BWD_KEYS);
 }
 
 /* The row block of the loaded rows from row `first`: its rows' count. */
@@ -411,39 +428,12 @@ static void TILED(bwd_update_keys)(REAL *acc, const REAL *weight, const REAL *ro
     }
 }
 
-/* The register block of bwd_update_rows: acc rows t < BWD_GROUP (rows of
-   Ep) at V vectors from e, across the weighed keys. */
-ALWAYS_INLINE void TILED(bwd_rows_block)(REAL *a, const REAL *d, const REAL *kp, int64_t Ep,
-                                         const int *keys, int count, int64_t e, const int V)
-{
-    RVEC c[BWD_GROUP][BWD_VECS];
-    for (int t = 0; t < BWD_GROUP; t++)
-        for (int v = 0; v < V; v++) c[t][v] = RV_LOAD(a + t * Ep + e + v * RW);
-    for (int u = 0; u < count; u++) {
-        const int j = keys[u];
-        RVEC k[BWD_VECS];
-        for (int v = 0; v < V; v++) k[v] = RV_LOAD(kp + j * Ep + e + v * RW);
-        for (int t = 0; t < BWD_GROUP; t++) {
-            const RVEC s = RV_SET1(d[t * BWD_KEYS + j]);
-            for (int v = 0; v < V; v++) c[t][v] = RV_FMA(s, k[v], c[t][v]);
-        }
-    }
-    for (int t = 0; t < BWD_GROUP; t++)
-        for (int v = 0; v < V; v++) RV_STORE(a + t * Ep + e + v * RW, c[t][v]);
-}
-
 /* acc[r][:] += sum_j da[r][j] kp[j][:] for rows r < nr (rounded up to a
-   group; acc rows of Ep) over the weighed keys, in ascending order:
-   register blocks of BWD_GROUP rows held across the keys. */
+   group; acc rows of Ep) over the weighed keys, in ascending order. */
 static void TILED(bwd_update_rows)(REAL *acc, const REAL *da, const REAL *kp, int64_t Ep,
                                    const int *keys, int count, int nr)
 {
-    for (int r0 = 0; r0 < nr; r0 += BWD_GROUP) {
-#define BWD_ROWS_BLOCK(e, V) \
-        TILED(bwd_rows_block)(acc + r0 * Ep, da + r0 * BWD_KEYS, kp, Ep, keys, count, e, V)
-        BWD_VECTOR_BLOCKS(Ep, BWD_ROWS_BLOCK);
-#undef BWD_ROWS_BLOCK
-    }
+    TILED(bwd_rows_product)(acc, Ep, 0, da, BWD_KEYS, kp, Ep, keys, count, nr, Ep);
 }
 
 /* Key blocks [*kb_begin, *kb_end) the rows [i0, i1) can see. */

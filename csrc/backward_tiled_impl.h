@@ -192,7 +192,7 @@ static void TILED(bwd_load_rows)(TILED(bwd_work) *w, int64_t b, int64_t h, int64
    AVX-512 4 x 4 + 4 + 1 of its 32 registers; AVX2 4 x 3 + 3 + 1 of its 16
    (12 accumulators: an FMA's latency, 4, times its two ports is 8, so 8
    leave no slack); NEON 4 x 2 + 2 + 1. A width that is not whole blocks
-   ends with a block of 2 vectors, then 1 (bwd_vector_blocks). */
+   ends with a block of 2 vectors, then 1 (BWD_VECTOR_BLOCKS). */
 #if defined(SIMD_AVX512)
 #define BWD_VECS 4
 #elif defined(SIMD_AVX2)

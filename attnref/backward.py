@@ -311,7 +311,8 @@ def sum_to_shape(array, shape):
     """``array`` summed over the dims it has beyond ``shape`` (leading) and
     the dims where ``shape`` has 1: the gradient of ``numpy.broadcast_to``."""
     shape = tuple(shape)
-    array = array.sum(axis=tuple(range(array.ndim - len(shape))))
+    if array.ndim > len(shape):   # (a sum over no axes would copy the array)
+        array = array.sum(axis=tuple(range(array.ndim - len(shape))))
     axes = tuple(axis for axis, size in enumerate(shape) if size == 1 and array.shape[axis] != 1)
     return array.sum(axis=axes, keepdims=True) if axes else array
 

@@ -22,12 +22,17 @@
 
 enum { BWD_PASS_STATS = 1, BWD_PASS_DQ = 2, BWD_PASS_DKDV = 3, BWD_PASS_FUSED = 4 };
 
+/* What the tiled path's walk (backward_tiled_impl.h, bwd_walk) sums: the
+   rows' statistics, max m (first sweep) or l = sum exp(s - m) (second),
+   without the forward's lse; dq (and dmask); dk and dv. */
+enum { BWD_SUM_MAX = 1, BWD_SUM_EXP = 2, BWD_SUM_DQ = 4, BWD_SUM_DKDV = 8 };
+
 /* Tiled backward: query rows per row block (the rows a dk, dv register
    block is held across; a multiple of 4), keys per block (a multiple of
-   four times every vector width), query rows per dq unit (a multiple of
-   BWD_ROWS). Scratch per worker
-   is O(BWD_KEYS (E + Ev) + BWD_QBLOCK E). */
-#define BWD_ROWS 16
+   four times every vector width), query rows per query block (loaded once
+   per walk over its key blocks) and per dq unit (a multiple of BWD_ROWS).
+   Scratch per worker is O(BWD_KEYS (E + Ev) + BWD_QBLOCK (E + Ev)). */
+#define BWD_ROWS 32
 #define BWD_KEYS 64
 #define BWD_QBLOCK 128
 /* (b, kv head) pairs from which the tiled path fuses dq with dk, dv: 5

@@ -11,6 +11,7 @@
 
 #if ATTNREF_TILED || ATTNREF_NEON
 
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>

@@ -13,34 +13,52 @@
  *           pass that owns dq)
  * Every sum is carried in REAL (float32 sums in float: each is a dot product
  * or a sum over rows or keys with the error of a float GEMM, the error the
- * NumPy float32 reference has too); D_i is recomputed per block rather than
- * stored.
+ * NumPy float32 reference has too); D_i is recomputed per query block
+ * rather than stored.
  *
  *   key block   BWD_KEYS keys of one (b, kv head), packed transposed
  *               (kt: E x BWD_KEYS, vt: Ev x BWD_KEYS, padded keys 0) and, for
- *               dq, as rows padded to Ep (kp)
- *   row block   BWD_ROWS query rows, q and dO copied into rows padded to Ep
- *               and Evp (rows of masked or missing positions are 0)
+ *               dq, k's rows (in place when they are whole vectors, else
+ *               copied into rows padded to Ep, kp)
+ *   query block up to BWD_QBLOCK query rows, loaded once per walk: q and dO
+ *               copied into rows padded to Ep and Evp, D, m and 1 / l (rows
+ *               of masked or missing positions are 0)
+ *   row block   BWD_ROWS rows of the query block: scores, weights (sc, dp,
+ *               fac, pw, da: BWD_ROWS x BWD_KEYS) against one key block
  *   register block  4 rows (or keys) x BWD_VECS vectors of accumulators
- *               (AVX-512: 4, its 32 registers; else 2): scores and dp are 4
- *               rows x BWD_VECS vectors of keys summed over E or Ev; dv and
- *               dk are 4 keys x BWD_VECS vectors of E held across the
- *               BWD_ROWS rows of a row block; dq is 4 rows x BWD_VECS
- *               vectors held across the key block's keys
+ *               (AVX-512 4 of its 32 registers, AVX2 3 of 16, NEON 2): scores
+ *               and dp are 4 rows x BWD_VECS vectors of keys summed over E or
+ *               Ev, and dq 4 rows x BWD_VECS vectors of E held across the key
+ *               block's keys (one kernel, bwd_rows_block); dv and dk are 4
+ *               keys x BWD_VECS vectors of E held across the BWD_ROWS rows
+ *               of a row block (bwd_keys_block)
+ *   the walk    (bwd_walk) a query block against its band's key blocks in
+ *               ascending order, each against the row blocks in ascending
+ *               order, summing what the pass asks (BWD_SUM_*): dk and dv in
+ *               the outputs (or, when their rows are not whole vectors, in
+ *               acc_k and acc_v copied in and out per key block), dq in acc_q
+ *   BWD_PASS_FUSED unit = (b, kv head): the walks of its query heads' query
+ *               blocks in ascending order, summing dq, dk and dv
  *   BWD_PASS_DKDV  unit = a key block: dk, dv summed over the kv head's query
- *               heads and the band's rows, row blocks in ascending order
- *   BWD_PASS_DQ    unit = (b, h, BWD_QBLOCK rows): dq summed over the band's
- *               key blocks in ascending order
- *   BWD_PASS_STATS unit as for dq: m_i (first sweep) and l_i (second)
- * Key blocks outside a row block's band are never visited.
+ *               heads and the band's rows, by walks of that key block only
+ *   BWD_PASS_DQ    unit = (b, h, BWD_QBLOCK rows): one walk summing dq
+ *   BWD_PASS_STATS unit as for dq: m_i (first walk) and l_i (second)
+ * Every sum runs in ascending order of rows (or keys, or E), whatever the
+ * schedule, so the passes give the same bits as each other.
+ * Key blocks outside a query block's band are never visited, nor row
+ * blocks outside a key block's.
  */
 
 #include "simd_exp.h"
 
 #if REAL_IS_DOUBLE
 #define BWD_TANH tanh
+#define BWD_REAL_MAX DBL_MAX
+#define BWD_REAL_TRUE_MIN 4.9406564584124654e-324   /* the least subnormal */
 #else
 #define BWD_TANH tanhf
+#define BWD_REAL_MAX FLT_MAX
+#define BWD_REAL_TRUE_MIN 1.40129846e-45f
 #endif
 
 #define BWD_PAD(n) (((n) + RW - 1) / RW * RW)
@@ -51,11 +69,14 @@ typedef struct {
     int64_t Ep, Evp;
     REAL *kt, *vt, *kp;          /* the key block */
     REAL *acc_k, *acc_v, *acc_q; /* BWD_KEYS x Ep, BWD_KEYS x Evp, BWD_QBLOCK x Ep */
-    REAL *qr, *dor, *orow;       /* BWD_ROWS x Ep, BWD_ROWS x Evp, Evp */
+    const REAL *k_rows;          /* the key block's k rows for dq: kp, or k itself */
+    REAL *sum_k, *sum_v;         /* its dk, dv sums: acc_k, acc_v, or the outputs */
+    REAL *qr, *dor, *orow;       /* BWD_QBLOCK x Ep, BWD_QBLOCK x Evp, Evp */
     REAL *sc, *dp, *fac, *pw, *da;   /* BWD_ROWS x BWD_KEYS */
-    REAL m[BWD_ROWS], linv[BWD_ROWS], d[BWD_ROWS];
-    int active[BWD_ROWS];
-    int rows;                      /* the loaded rows, nr */
+    REAL m[BWD_QBLOCK], linv[BWD_QBLOCK], d[BWD_QBLOCK];
+    int active[BWD_QBLOCK];
+    int64_t i0;                    /* the loaded rows: [i0, i0 + rows) of (b, h) */
+    int rows;
     int keys[BWD_KEYS], weighed;   /* the keys some row weighs (bwd_weights) */
 } TILED(bwd_work);
 
@@ -91,7 +112,8 @@ static void TILED(bwd_transpose)(REAL *out, const void *base, const int64_t *str
     }
 }
 
-/* Packs keys [j0, j0 + nk) of (b, kvh): kt and vt, and kp when `rows`. */
+/* Packs keys [j0, j0 + nk) of (b, kvh): kt and vt, and, when `rows`, the
+   k rows dq reads (k itself when its rows are whole vectors, else kp). */
 static void TILED(bwd_keys)(TILED(bwd_work) *w, int64_t b, int64_t kvh, int64_t j0, int nk,
                             int rows)
 {
@@ -102,11 +124,14 @@ static void TILED(bwd_keys)(TILED(bwd_work) *w, int64_t b, int64_t kvh, int64_t 
     }
     TILED(bwd_transpose)(w->kt, w->c->k, p->k_stride, b, kvh, j0, nk, p->E);
     TILED(bwd_transpose)(w->vt, w->c->v, p->v_stride, b, kvh, j0, nk, p->Ev);
-    for (int j = 0; j < nk && rows; j++) {
+    w->k_rows = TILED(bwd_at)(w->c->k, p->k_stride, b, kvh, j0);
+    if (!rows || (p->E == w->Ep && p->k_stride[2] == p->E)) return;
+    for (int j = 0; j < nk; j++) {
         memcpy(w->kp + j * w->Ep, TILED(bwd_at)(w->c->k, p->k_stride, b, kvh, j0 + j),
                (size_t)p->E * sizeof(REAL));
         memset(w->kp + j * w->Ep + p->E, 0, (size_t)(w->Ep - p->E) * sizeof(REAL));
     }
+    w->k_rows = w->kp;
 }
 
 /* Row i's statistics (m, 1 / l); 0 when the row has no visible key. */
@@ -125,13 +150,16 @@ static int TILED(bwd_stats)(const TILED(bwd_work) *w, int64_t b, int64_t h, int6
     return !(isinf(*m) && *m < 0);
 }
 
-/* Loads rows [i0, i0 + nr) of (b, h): q (and, unless `stats_only`, dO, the
-   statistics and D); a missing or fully masked row is 0 and inactive. */
+/* Loads rows [i0, i0 + nr) of (b, h), nr <= BWD_QBLOCK, once for all the
+   key blocks they see: q (and, unless `stats_only`, dO, the statistics and
+   D); a fully masked row is 0 and inactive, and so are the rows after nr
+   up to a whole row block. */
 static void TILED(bwd_load_rows)(TILED(bwd_work) *w, int64_t b, int64_t h, int64_t i0, int nr,
-                            int stats_only)
+                                 int stats_only)
 {
     const attnref_params *p = w->c->p;
-    for (int r = 0; r < BWD_ROWS; r++) {
+    const int padded = (nr + BWD_ROWS - 1) / BWD_ROWS * BWD_ROWS;
+    for (int r = 0; r < padded; r++) {
         REAL *qr = w->qr + r * w->Ep, *dor = w->dor + r * w->Evp;
         int active = r < nr;
         if (active && !stats_only)
@@ -155,65 +183,113 @@ static void TILED(bwd_load_rows)(TILED(bwd_work) *w, int64_t b, int64_t h, int64
             sum = RV_FMA(RV_LOAD(dor + e), RV_LOAD(w->orow + e), sum);
         w->d[r] = TILED(hsum)(sum);
     }
+    w->i0 = i0;
     w->rows = nr;
 }
 
-/* Vectors per register block: AVX-512 has 32 registers, 4 rows (or keys)
-   x 4 vectors of accumulators + 4 operands + a broadcast; the others 16,
-   4 x 2 + 2 + 1. */
+/* Register blocks: BWD_GROUP rows (or keys) x up to BWD_VECS vectors of
+   accumulators, with the vectors' operands and a broadcast beside them:
+   AVX-512 4 x 4 + 4 + 1 of its 32 registers; AVX2 4 x 3 + 3 + 1 of its 16
+   (12 accumulators: an FMA's latency, 4, times its two ports is 8, so 8
+   leave no slack); NEON 4 x 2 + 2 + 1. A width that is not whole blocks
+   ends with a block of 2 vectors, then 1 (BWD_VECTOR_BLOCKS). */
 #if defined(SIMD_AVX512)
 #define BWD_VECS 4
+#elif defined(SIMD_AVX2)
+#define BWD_VECS 3
 #else
 #define BWD_VECS 2
 #endif
 #define BWD_GROUP 4   /* rows (or keys) per register block */
-_Static_assert(BWD_KEYS % (BWD_VECS * RW) == 0, "a key block is whole register blocks");
 _Static_assert(BWD_ROWS % BWD_GROUP == 0, "a row block is whole groups of rows");
 
+/* Runs `block(e, V)` over [0, width) (a multiple of RW) in register blocks
+   of V = BWD_VECS vectors, then 2, then 1: V a constant at each call, so a
+   block's accumulators live in registers. */
+#define BWD_VECTOR_BLOCKS(width, block) \
+    do { \
+        int64_t e_ = 0; \
+        for (; e_ + BWD_VECS * RW <= (width); e_ += BWD_VECS * RW) block(e_, BWD_VECS); \
+        for (; e_ + 2 * RW <= (width); e_ += 2 * RW) block(e_, 2); \
+        for (; e_ < (width); e_ += RW) block(e_, 1); \
+    } while (0)
+
+/* The register block of bwd_gemm and bwd_update_rows: for t < BWD_GROUP
+   and V vectors,
+     c[t][:] = c0[t][:] + sum_{s < count} a[t][i_s] b[i_s][:]
+   summed in ascending s, with i_s = keys[s] (or s without keys); rows of
+   c, a, b c_rows, a_rows, b_rows apart; c0 = 0 when `zero`, else c. */
+ALWAYS_INLINE void TILED(bwd_rows_block)(REAL *c, int64_t c_rows, int zero, const REAL *a,
+                                         int64_t a_rows, const REAL *b, int64_t b_rows,
+                                         const int *keys, int64_t count, const int V)
+{
+    RVEC acc[BWD_GROUP][BWD_VECS];
+    for (int t = 0; t < BWD_GROUP; t++)
+        for (int v = 0; v < V; v++) acc[t][v] = zero ? RV_SET1(0) : RV_LOAD(c + t * c_rows + v * RW);
+    for (int64_t s = 0; s < count; s++) {
+        const int64_t i = keys ? keys[s] : s;
+        RVEC x[BWD_VECS];
+        for (int v = 0; v < V; v++) x[v] = RV_LOAD(b + i * b_rows + v * RW);
+        for (int t = 0; t < BWD_GROUP; t++) {
+            const RVEC scalar = RV_SET1(a[t * a_rows + i]);
+            for (int v = 0; v < V; v++) acc[t][v] = RV_FMA(scalar, x[v], acc[t][v]);
+        }
+    }
+    for (int t = 0; t < BWD_GROUP; t++)
+        for (int v = 0; v < V; v++) RV_STORE(c + t * c_rows + v * RW, acc[t][v]);
+}
+
+/* bwd_rows_block over rows r < nr of c (rounded up to a group) and width
+   REALs (a multiple of RW): the products whose register blocks are rows. */
+ALWAYS_INLINE void TILED(bwd_rows_product)(REAL *c, int64_t c_rows, int zero, const REAL *a,
+                                           int64_t a_rows, const REAL *b, int64_t b_rows,
+                                           const int *keys, int64_t count, int nr,
+                                           int64_t width)
+{
+    for (int r0 = 0; r0 < nr; r0 += BWD_GROUP) {
+#define BWD_ROWS_BLOCK(e, V) \
+        TILED(bwd_rows_block)(c + r0 * c_rows + e, c_rows, zero, a + r0 * a_rows, a_rows, \
+                              b + e, b_rows, keys, count, V)
+        BWD_VECTOR_BLOCKS(width, BWD_ROWS_BLOCK);
+#undef BWD_ROWS_BLOCK
+    }
+}
+
 /* out[r][j] = sum_{e < n} a[r][e] bt[e][j]: rows r < nr rounded up to a
-   group, BWD_KEYS keys; register blocks of BWD_GROUP rows x BWD_VECS
-   vectors, summed over e in ascending order. */
+   group, BWD_KEYS keys, summed over e in ascending order. */
 static void TILED(bwd_gemm)(const REAL *a, int64_t lda, const REAL *bt, int64_t n, REAL *out,
                             int nr)
 {
-    for (int r0 = 0; r0 < nr; r0 += BWD_GROUP)
-        for (int jv = 0; jv < BWD_KEYS; jv += BWD_VECS * RW) {
-            RVEC c[BWD_GROUP][BWD_VECS];
-            for (int t = 0; t < BWD_GROUP; t++)
-                for (int v = 0; v < BWD_VECS; v++) c[t][v] = RV_SET1(0);
-            for (int64_t e = 0; e < n; e++) {
-                RVEC x[BWD_VECS];
-                for (int v = 0; v < BWD_VECS; v++) x[v] = RV_LOAD(bt + e * BWD_KEYS + jv + v * RW);
-                for (int t = 0; t < BWD_GROUP; t++) {
-                    const RVEC s = RV_SET1(a[(r0 + t) * lda + e]);
-                    for (int v = 0; v < BWD_VECS; v++) c[t][v] = RV_FMA(s, x[v], c[t][v]);
-                }
-            }
-            for (int t = 0; t < BWD_GROUP; t++)
-                for (int v = 0; v < BWD_VECS; v++)
-                    RV_STORE(out + (r0 + t) * BWD_KEYS + jv + v * RW, c[t][v]);
-        }
+    TILED(bwd_rows_product)(out, BWD_KEYS, 1, a, lda, bt, BWD_KEYS, NULL, n, nr, BWD_KEYS);
 }
 
-/* Whether some row of the block is active. */
-static int TILED(bwd_any_active)(const TILED(bwd_work) *w)
+/* The row block of the loaded rows from row `first`: its rows' count. */
+static int TILED(bwd_block_rows)(const TILED(bwd_work) *w, int first)
+{
+    return w->rows - first < BWD_ROWS ? w->rows - first : BWD_ROWS;
+}
+
+/* Whether some row of the row block `first` is active. */
+static int TILED(bwd_any_active)(const TILED(bwd_work) *w, int first)
 {
     int any = 0;
-    for (int r = 0; r < BWD_ROWS; r++) any |= w->active[r];
+    for (int r = 0; r < BWD_ROWS; r++) any |= w->active[first + r];
     return any;
 }
 
-/* The scores of the row block against keys [j0, j0 + nk): sc (-inf where
-   hidden: band, bool mask, padding) and, with softcap, fac = dt/ds. */
-static void TILED(bwd_scores)(TILED(bwd_work) *w, int64_t b, int64_t h, int64_t i0,
-                              int64_t j0, int nk)
+/* The scores of the row block `first` against keys [j0, j0 + nk): sc (-inf
+   where hidden: band, bool mask, padding) and, with softcap, fac = dt/ds. */
+static void TILED(bwd_scores)(TILED(bwd_work) *w, int64_t b, int64_t h, int first, int64_t j0,
+                              int nk)
 {
     const attnref_params *p = w->c->p;
     const REAL scale = (REAL)p->scale, cap = (REAL)p->softcap;
-    TILED(bwd_gemm)(w->qr, w->Ep, w->kt, p->E, w->sc, w->rows);
+    const int64_t i0 = w->i0 + first;
+    TILED(bwd_gemm)(w->qr + first * w->Ep, w->Ep, w->kt, p->E, w->sc,
+                    TILED(bwd_block_rows)(w, first));
     for (int r = 0; r < BWD_ROWS; r++) {
         REAL *sc = w->sc + r * BWD_KEYS, *fac = w->fac + r * BWD_KEYS;
-        if (!w->active[r]) {   /* padding or a fully masked row: mask not read */
+        if (!w->active[first + r]) {   /* padding or a fully masked row: mask not read */
             for (int j = 0; j < BWD_KEYS; j++) sc[j] = -INFINITY;
             continue;
         }
@@ -264,37 +340,67 @@ static int TILED(bwd_weighed)(const REAL *weight, int nk, int *keys)
     return n;
 }
 
-/* pw = p and da (see the top) of the row block from sc and fac; dp from dO V^T. */
-static void TILED(bwd_weights)(TILED(bwd_work) *w)
+/* pw = p and da (see the top) of the row block `first` from sc and fac; dp
+   from dO V^T. */
+static void TILED(bwd_weights)(TILED(bwd_work) *w, int first)
 {
     const attnref_params *p = w->c->p;
-    const REAL scale = (REAL)p->scale;
-    TILED(bwd_gemm)(w->dor, w->Evp, w->vt, p->Ev, w->dp, w->rows);
+    TILED(bwd_gemm)(w->dor + first * w->Evp, w->Evp, w->vt, p->Ev, w->dp,
+                    TILED(bwd_block_rows)(w, first));
     for (int r = 0; r < BWD_ROWS; r++) {
         REAL *pw = w->pw + r * BWD_KEYS, *da = w->da + r * BWD_KEYS;
         const REAL *sc = w->sc + r * BWD_KEYS, *dp = w->dp + r * BWD_KEYS;
         const REAL *fac = w->fac + r * BWD_KEYS;
-        if (!w->active[r]) {
+        if (!w->active[first + r]) {
             for (int j = 0; j < BWD_KEYS; j++) pw[j] = da[j] = 0;
             continue;
         }
-        const RVEC m = RV_SET1(w->m[r]), linv = RV_SET1(w->linv[r]);
-        for (int j = 0; j < BWD_KEYS; j += RW)
-            RV_STORE(pw + j, RV_MUL(TILED(vexp)(RV_SUB(RV_LOAD(sc + j), m)), linv));
-        const REAL d = w->d[r];
-        for (int j = 0; j < BWD_KEYS; j++) {
-            pw[j] = sc[j] == -INFINITY ? 0 : pw[j];   /* hidden, even on a NaN row */
-            da[j] = pw[j] == 0 ? 0 : scale * (pw[j] * (dp[j] - d));
+        const RVEC m = RV_SET1(w->m[first + r]), linv = RV_SET1(w->linv[first + r]);
+        const RVEC d = RV_SET1(w->d[first + r]), scale = RV_SET1((REAL)p->scale);
+        const int finite_m = isfinite(w->m[first + r]);
+        for (int j = 0; j < BWD_KEYS; j += RW) {
+            /* a hidden key (s = -inf) weighs 0, even on a NaN row (with a
+               finite m, exp(s - m) is 0 already); a NaN weight stays NaN */
+            const RVEC s = RV_LOAD(sc + j);
+            RVEC pj = RV_MUL(TILED(vexp)(RV_SUB(s, m)), linv);
+            if (!finite_m) pj = TILED(exp_special)(pj, s, -BWD_REAL_MAX, INFINITY);
+            RVEC dj = RV_MUL(scale, RV_MUL(pj, RV_SUB(RV_LOAD(dp + j), d)));
+            if (p->softcap > 0) dj = RV_MUL(dj, RV_LOAD(fac + j));
+            /* da is 0 wherever p is: a NaN from 0 (dp - D) (a hidden key's
+               v may hold inf) or from a hidden key's softcap factor is
+               replaced (a 0 of either sign adds nothing to a sum) */
+            if (TILED(any_nan)(dj)) dj = TILED(exp_special)(dj, pj, BWD_REAL_TRUE_MIN, INFINITY);
+            RV_STORE(pw + j, pj);
+            RV_STORE(da + j, dj);
         }
-        if (p->softcap > 0)   /* a hidden key's factor may be NaN: its da stays 0 */
-            for (int j = 0; j < BWD_KEYS; j++) da[j] = pw[j] == 0 ? 0 : da[j] * fac[j];
     }
     w->weighed = TILED(bwd_weighed)(w->pw, BWD_KEYS, w->keys);
 }
 
+/* The register block of bwd_update_keys: keys `at` (their acc rows, their
+   weights' columns wt) at V vectors from e, across the rows r < nr. */
+ALWAYS_INLINE void TILED(bwd_keys_block)(REAL *const *at, const REAL *const *wt,
+                                         const REAL *rows, int64_t n, int nr, int64_t e,
+                                         const int V)
+{
+    RVEC c[BWD_GROUP][BWD_VECS];
+    for (int t = 0; t < BWD_GROUP; t++)
+        for (int v = 0; v < V; v++) c[t][v] = RV_LOAD(at[t] + e + v * RW);
+    for (int r = 0; r < nr; r++) {
+        RVEC x[BWD_VECS];
+        for (int v = 0; v < V; v++) x[v] = RV_LOAD(rows + r * n + e + v * RW);
+        for (int t = 0; t < BWD_GROUP; t++) {
+            const RVEC s = RV_SET1(wt[t][r * BWD_KEYS]);
+            for (int v = 0; v < V; v++) c[t][v] = RV_FMA(s, x[v], c[t][v]);
+        }
+    }
+    for (int t = 0; t < BWD_GROUP; t++)
+        for (int v = 0; v < V; v++) RV_STORE(at[t] + e + v * RW, c[t][v]);
+}
+
 /* acc[j][:] += sum_{r < nr} weight[r][j] rows[r][:] for the weighed keys
-   (width n, a multiple of RW): register blocks of BWD_GROUP keys x
-   BWD_VECS vectors of acc held across the rows, summed in ascending r. */
+   (width n, a multiple of RW): register blocks of BWD_GROUP keys held
+   across the rows, summed in ascending r. */
 static void TILED(bwd_update_keys)(REAL *acc, const REAL *weight, const REAL *rows, int64_t n,
                                    const int *keys, int count, int nr)
 {
@@ -306,32 +412,9 @@ static void TILED(bwd_update_keys)(REAL *acc, const REAL *weight, const REAL *ro
             at[t] = acc + keys[u + t] * n;
             wt[t] = weight + keys[u + t];
         }
-        int64_t e = 0;
-        for (; e + BWD_VECS * RW <= n; e += BWD_VECS * RW) {
-            RVEC c[BWD_GROUP][BWD_VECS];
-            for (int t = 0; t < BWD_GROUP; t++)
-                for (int v = 0; v < BWD_VECS; v++) c[t][v] = RV_LOAD(at[t] + e + v * RW);
-            for (int r = 0; r < nr; r++) {
-                RVEC x[BWD_VECS];
-                for (int v = 0; v < BWD_VECS; v++) x[v] = RV_LOAD(rows + r * n + e + v * RW);
-                for (int t = 0; t < BWD_GROUP; t++) {
-                    const RVEC s = RV_SET1(wt[t][r * BWD_KEYS]);
-                    for (int v = 0; v < BWD_VECS; v++) c[t][v] = RV_FMA(s, x[v], c[t][v]);
-                }
-            }
-            for (int t = 0; t < BWD_GROUP; t++)
-                for (int v = 0; v < BWD_VECS; v++) RV_STORE(at[t] + e + v * RW, c[t][v]);
-        }
-        for (; e < n; e += RW) {
-            RVEC c[BWD_GROUP];
-            for (int t = 0; t < BWD_GROUP; t++) c[t] = RV_LOAD(at[t] + e);
-            for (int r = 0; r < nr; r++) {
-                const RVEC x = RV_LOAD(rows + r * n + e);
-                for (int t = 0; t < BWD_GROUP; t++)
-                    c[t] = RV_FMA(RV_SET1(wt[t][r * BWD_KEYS]), x, c[t]);
-            }
-            for (int t = 0; t < BWD_GROUP; t++) RV_STORE(at[t] + e, c[t]);
-        }
+#define BWD_KEYS_BLOCK(e, V) TILED(bwd_keys_block)(at, wt, rows, n, nr, e, V)
+        BWD_VECTOR_BLOCKS(n, BWD_KEYS_BLOCK);
+#undef BWD_KEYS_BLOCK
     }
     for (; u < count; u++) {
         REAL *at = acc + keys[u] * n;
@@ -346,42 +429,11 @@ static void TILED(bwd_update_keys)(REAL *acc, const REAL *weight, const REAL *ro
 }
 
 /* acc[r][:] += sum_j da[r][j] kp[j][:] for rows r < nr (rounded up to a
-   group; acc rows of Ep) over the weighed keys, in ascending order:
-   register blocks of BWD_GROUP rows x BWD_VECS vectors. */
+   group; acc rows of Ep) over the weighed keys, in ascending order. */
 static void TILED(bwd_update_rows)(REAL *acc, const REAL *da, const REAL *kp, int64_t Ep,
                                    const int *keys, int count, int nr)
 {
-    for (int r0 = 0; r0 < nr; r0 += BWD_GROUP) {
-        REAL *a = acc + r0 * Ep;
-        const REAL *d = da + r0 * BWD_KEYS;
-        int64_t e = 0;
-        for (; e + BWD_VECS * RW <= Ep; e += BWD_VECS * RW) {
-            RVEC c[BWD_GROUP][BWD_VECS];
-            for (int t = 0; t < BWD_GROUP; t++)
-                for (int v = 0; v < BWD_VECS; v++) c[t][v] = RV_LOAD(a + t * Ep + e + v * RW);
-            for (int u = 0; u < count; u++) {
-                const int j = keys[u];
-                RVEC k[BWD_VECS];
-                for (int v = 0; v < BWD_VECS; v++) k[v] = RV_LOAD(kp + j * Ep + e + v * RW);
-                for (int t = 0; t < BWD_GROUP; t++) {
-                    const RVEC s = RV_SET1(d[t * BWD_KEYS + j]);
-                    for (int v = 0; v < BWD_VECS; v++) c[t][v] = RV_FMA(s, k[v], c[t][v]);
-                }
-            }
-            for (int t = 0; t < BWD_GROUP; t++)
-                for (int v = 0; v < BWD_VECS; v++) RV_STORE(a + t * Ep + e + v * RW, c[t][v]);
-        }
-        for (; e < Ep; e += RW) {
-            RVEC c[BWD_GROUP];
-            for (int t = 0; t < BWD_GROUP; t++) c[t] = RV_LOAD(a + t * Ep + e);
-            for (int u = 0; u < count; u++) {
-                const int j = keys[u];
-                const RVEC k = RV_LOAD(kp + j * Ep + e);
-                for (int t = 0; t < BWD_GROUP; t++) c[t] = RV_FMA(RV_SET1(d[t * BWD_KEYS + j]), k, c[t]);
-            }
-            for (int t = 0; t < BWD_GROUP; t++) RV_STORE(a + t * Ep + e, c[t]);
-        }
-    }
+    TILED(bwd_rows_product)(acc, Ep, 0, da, BWD_KEYS, kp, Ep, keys, count, nr, Ep);
 }
 
 /* Key blocks [*kb_begin, *kb_end) the rows [i0, i1) can see. */
@@ -406,71 +458,29 @@ static void TILED(bwd_row_range)(const attnref_params *p, int64_t j0, int64_t j1
     if (*i_end < *i_begin) *i_end = *i_begin;
 }
 
-/* BWD_PASS_STATS: m and l of the rows of unit (b, h, row block). */
-static void TILED(bwd_unit_stats)(TILED(bwd_work) *w, int64_t b, int64_t h, int64_t i0,
-                                  int64_t i1)
-{
-    const attnref_params *p = w->c->p;
-    const int64_t kvh = h / p->kv_group;
-    REAL *stats = (REAL *)w->c->stats + 2 * ((b * p->H + h) * p->L);
-    int64_t kb0, kb1;
-    TILED(bwd_key_blocks)(p, i0, i1, &kb0, &kb1);
-    for (int64_t i = i0; i < i1; i++) {
-        stats[2 * i] = -INFINITY;
-        stats[2 * i + 1] = 0;
-    }
-    for (int sweep = 0; sweep < 2; sweep++)
-        for (int64_t kb = kb0; kb < kb1; kb++) {
-            const int64_t j0 = kb * BWD_KEYS;
-            const int nk = (int)(p->S - j0 < BWD_KEYS ? p->S - j0 : BWD_KEYS);
-            TILED(bwd_keys)(w, b, kvh, j0, nk, 0);
-            for (int64_t r0 = i0; r0 < i1; r0 += BWD_ROWS) {
-                const int nr = (int)(i1 - r0 < BWD_ROWS ? i1 - r0 : BWD_ROWS);
-                TILED(bwd_load_rows)(w, b, h, r0, nr, 1);
-                TILED(bwd_scores)(w, b, h, r0, j0, nk);
-                for (int r = 0; r < nr; r++) {
-                    REAL *row = stats + 2 * (r0 + r);
-                    const REAL *sc = w->sc + r * BWD_KEYS;
-                    if (sweep == 0) {
-                        for (int j = 0; j < nk; j++)
-                            row[0] = isnan(sc[j]) || isnan(row[0]) ? (REAL)NAN
-                                     : sc[j] > row[0] ? sc[j] : row[0];
-                    } else if (!(isinf(row[0]) && row[0] < 0)) {
-                        const RVEC m = RV_SET1(row[0]);
-                        REAL *pw = w->pw;
-                        for (int j = 0; j < BWD_KEYS; j += RW)
-                            RV_STORE(pw + j, TILED(vexp)(RV_SUB(RV_LOAD(sc + j), m)));
-                        for (int j = 0; j < nk; j++) row[1] += pw[j];
-                    }
-                }
-            }
-        }
-}
-
-/* dmask of the row block's rows against keys [j0, j0 + nk), when asked. */
-static void TILED(bwd_store_dmask)(const TILED(bwd_work) *w, int64_t b, int64_t h, int64_t i0,
-                                   int nr, int64_t j0, int nk)
+/* dmask of the row block `first` against keys [j0, j0 + nk), when asked. */
+static void TILED(bwd_store_dmask)(const TILED(bwd_work) *w, int64_t b, int64_t h, int first,
+                                   int64_t j0, int nk)
 {
     const attnref_params *p = w->c->p;
     if (!w->c->dmask) return;
-    for (int r = 0; r < nr; r++) {
-        if (!w->active[r]) continue;
-        REAL *row = (REAL *)w->c->dmask + ((b * p->H + h) * p->L + i0 + r) * p->S + j0;
+    for (int r = 0; r < TILED(bwd_block_rows)(w, first); r++) {
+        if (!w->active[first + r]) continue;
+        REAL *row = (REAL *)w->c->dmask + ((b * p->H + h) * p->L + w->i0 + first + r) * p->S + j0;
         const REAL *pw = w->pw + r * BWD_KEYS, *dp = w->dp + r * BWD_KEYS;
         for (int j = 0; j < nk; j++)
-            row[j] = pw[j] == 0 ? 0 : pw[j] * (dp[j] - w->d[r]);
+            row[j] = pw[j] == 0 ? 0 : pw[j] * (dp[j] - w->d[first + r]);
     }
 }
 
-/* dq of rows [i0, i1) of (b, h) from acc_q (0 or NaN on a fully masked row;
-   so is the row of dmask under ATTNREF_ROWS_NAN). */
-static void TILED(bwd_store_dq)(const TILED(bwd_work) *w, int64_t b, int64_t h, int64_t i0,
-                                int64_t i1)
+/* dq of the loaded rows of (b, h) from acc_q (0 or NaN on a fully masked
+   row; so is the row of dmask under ATTNREF_ROWS_NAN). */
+static void TILED(bwd_store_dq)(const TILED(bwd_work) *w, int64_t b, int64_t h)
 {
     const attnref_params *p = w->c->p;
-    for (int64_t i = i0; i < i1; i++) {
+    for (int64_t i = w->i0; i < w->i0 + w->rows; i++) {
         REAL *dq = (REAL *)w->c->dq + ((b * p->H + h) * p->L + i) * p->E, m, linv;
-        const REAL *acc = w->acc_q + (i - i0) * w->Ep;
+        const REAL *acc = w->acc_q + (i - w->i0) * w->Ep;
         const int active = TILED(bwd_stats)(w, b, h, i, &m, &linv);
         for (int64_t e = 0; e < p->E; e++)
             dq[e] = active ? acc[e]
@@ -481,130 +491,188 @@ static void TILED(bwd_store_dq)(const TILED(bwd_work) *w, int64_t b, int64_t h, 
     }
 }
 
-/* BWD_PASS_DQ: dq of the rows of unit (b, h, row block). */
-static void TILED(bwd_unit_dq)(TILED(bwd_work) *w, int64_t b, int64_t h, int64_t i0, int64_t i1)
+/* BWD_SUM_MAX or BWD_SUM_EXP of the row block `first` from its scores
+   against nk keys, into the (m, l) of `stats`. */
+static void TILED(bwd_sum_stats)(TILED(bwd_work) *w, int64_t b, int64_t h, int first, int nk,
+                                 int sums)
+{
+    const attnref_params *p = w->c->p;
+    REAL *stats = (REAL *)w->c->stats + 2 * ((b * p->H + h) * p->L + w->i0 + first);
+    for (int r = 0; r < TILED(bwd_block_rows)(w, first); r++) {
+        REAL *row = stats + 2 * r;
+        const REAL *sc = w->sc + r * BWD_KEYS;
+        if (sums == BWD_SUM_MAX) {
+            for (int j = 0; j < nk; j++)
+                row[0] = isnan(sc[j]) || isnan(row[0]) ? (REAL)NAN
+                         : sc[j] > row[0] ? sc[j] : row[0];
+        } else if (!(isinf(row[0]) && row[0] < 0)) {
+            const RVEC m = RV_SET1(row[0]);
+            REAL *pw = w->pw;
+            for (int j = 0; j < BWD_KEYS; j += RW)
+                RV_STORE(pw + j, TILED(vexp)(RV_SUB(RV_LOAD(sc + j), m)));
+            for (int j = 0; j < nk; j++) row[1] += pw[j];
+        }
+    }
+}
+
+/* The row block `first` of the loaded rows of (b, h) against the packed
+   key block [j0, j0 + nk): the `sums` of its scores, skipped when no row
+   of it sees a key of the block (every weight would be 0). */
+static void TILED(bwd_block)(TILED(bwd_work) *w, int64_t b, int64_t h, int first, int64_t j0,
+                             int nk, int sums)
+{
+    const int nr = TILED(bwd_block_rows)(w, first);
+    int64_t kb0, kb1;
+    TILED(bwd_key_blocks)(w->c->p, w->i0 + first, w->i0 + first + nr, &kb0, &kb1);
+    if (j0 / BWD_KEYS < kb0 || j0 / BWD_KEYS >= kb1 || !TILED(bwd_any_active)(w, first)) return;
+    TILED(bwd_scores)(w, b, h, first, j0, nk);
+    if (sums & (BWD_SUM_MAX | BWD_SUM_EXP)) {
+        TILED(bwd_sum_stats)(w, b, h, first, nk, sums);
+        return;
+    }
+    TILED(bwd_weights)(w, first);
+    if (sums & BWD_SUM_DKDV) {
+        TILED(bwd_update_keys)(w->sum_v, w->pw, w->dor + first * w->Evp, w->Evp, w->keys,
+                               w->weighed, nr);
+        TILED(bwd_update_keys)(w->sum_k, w->da, w->qr + first * w->Ep, w->Ep, w->keys,
+                               w->weighed, nr);
+    }
+    if (sums & BWD_SUM_DQ) {
+        TILED(bwd_store_dmask)(w, b, h, first, j0, nk);
+        TILED(bwd_update_rows)(w->acc_q + first * w->Ep, w->da, w->k_rows, w->Ep, w->keys,
+                               w->weighed, nr);
+    }
+}
+
+/* dk and dv of keys [j0, j0 + nk) of (b, kvh): where their sums are held,
+   sum_k and sum_v. The outputs themselves when their rows are whole
+   vectors; else acc_k and acc_v, the sums so far copied from the outputs
+   (padding 0) and, with `store`, back. */
+static void TILED(bwd_key_sums)(TILED(bwd_work) *w, int64_t b, int64_t kvh, int64_t j0, int nk,
+                                int store)
+{
+    const attnref_params *p = w->c->p;
+    const int64_t first = (b * (p->H / p->kv_group) + kvh) * p->S + j0;
+    REAL *dk = (REAL *)w->c->dk + first * p->E, *dv = (REAL *)w->c->dv + first * p->Ev;
+    if (p->E == w->Ep && p->Ev == w->Evp) {
+        w->sum_k = dk;
+        w->sum_v = dv;
+        return;
+    }
+    w->sum_k = w->acc_k;
+    w->sum_v = w->acc_v;
+    for (int j = 0; j < nk; j++) {
+        REAL *acc_k = w->acc_k + j * w->Ep, *acc_v = w->acc_v + j * w->Evp;
+        if (store) {
+            memcpy(dk + j * p->E, acc_k, (size_t)p->E * sizeof(REAL));
+            memcpy(dv + j * p->Ev, acc_v, (size_t)p->Ev * sizeof(REAL));
+            continue;
+        }
+        memcpy(acc_k, dk + j * p->E, (size_t)p->E * sizeof(REAL));
+        memset(acc_k + p->E, 0, (size_t)(w->Ep - p->E) * sizeof(REAL));
+        memcpy(acc_v, dv + j * p->Ev, (size_t)p->Ev * sizeof(REAL));
+        memset(acc_v + p->Ev, 0, (size_t)(w->Evp - p->Ev) * sizeof(REAL));
+    }
+}
+
+/* The walk every pass takes: rows [i0, i1) of (b, h) (at most BWD_QBLOCK,
+   loaded once) against the key blocks of [kb_lo, kb_hi) in their band, in
+   ascending order, and each key block against the row blocks in ascending
+   order: the `sums` asked. dk and dv are summed in the outputs, key block
+   by key block; dq in acc_q, then stored. */
+static void TILED(bwd_walk)(TILED(bwd_work) *w, int64_t b, int64_t h, int64_t i0, int64_t i1,
+                            int64_t kb_lo, int64_t kb_hi, int sums)
 {
     const attnref_params *p = w->c->p;
     const int64_t kvh = h / p->kv_group;
     int64_t kb0, kb1;
     TILED(bwd_key_blocks)(p, i0, i1, &kb0, &kb1);
-    memset(w->acc_q, 0, (size_t)(BWD_QBLOCK * w->Ep) * sizeof(REAL));
+    if (kb0 < kb_lo) kb0 = kb_lo;
+    if (kb1 > kb_hi) kb1 = kb_hi;
+    TILED(bwd_load_rows)(w, b, h, i0, (int)(i1 - i0), (sums & (BWD_SUM_MAX | BWD_SUM_EXP)) != 0);
+    if (sums & BWD_SUM_DQ)
+        memset(w->acc_q, 0, (size_t)(BWD_QBLOCK * w->Ep) * sizeof(REAL));
     for (int64_t kb = kb0; kb < kb1; kb++) {
         const int64_t j0 = kb * BWD_KEYS;
         const int nk = (int)(p->S - j0 < BWD_KEYS ? p->S - j0 : BWD_KEYS);
-        TILED(bwd_keys)(w, b, kvh, j0, nk, 1);
-        for (int64_t r0 = i0; r0 < i1; r0 += BWD_ROWS) {
-            const int nr = (int)(i1 - r0 < BWD_ROWS ? i1 - r0 : BWD_ROWS);
-            TILED(bwd_load_rows)(w, b, h, r0, nr, 0);
-            if (!TILED(bwd_any_active)(w)) continue;
-            TILED(bwd_scores)(w, b, h, r0, j0, nk);
-            TILED(bwd_weights)(w);
-            TILED(bwd_store_dmask)(w, b, h, r0, nr, j0, nk);
-            TILED(bwd_update_rows)(w->acc_q + (r0 - i0) * w->Ep, w->da, w->kp, w->Ep, w->keys,
-                                           w->weighed, nr);
-        }
+        TILED(bwd_keys)(w, b, kvh, j0, nk, (sums & BWD_SUM_DQ) != 0);
+        if (sums & BWD_SUM_DKDV) TILED(bwd_key_sums)(w, b, kvh, j0, nk, 0);
+        for (int first = 0; first < w->rows; first += BWD_ROWS)
+            TILED(bwd_block)(w, b, h, first, j0, nk, sums);
+        if (sums & BWD_SUM_DKDV) TILED(bwd_key_sums)(w, b, kvh, j0, nk, 1);
     }
-    TILED(bwd_store_dq)(w, b, h, i0, i1);
+    if (sums & BWD_SUM_DQ) TILED(bwd_store_dq)(w, b, h);
 }
 
-/* BWD_PASS_DKDV: dk and dv of the keys of unit (b, kv head, key block). */
-static void TILED(bwd_unit_dkdv)(TILED(bwd_work) *w, int64_t b, int64_t kvh, int64_t j0, int nk)
+/* Whether head h of batch b has a fully masked row under ATTNREF_ROWS_NAN:
+   its NaN weights reach every key of its kv head. */
+static int TILED(bwd_nan_rows)(const TILED(bwd_work) *w, int64_t b, int64_t h)
 {
     const attnref_params *p = w->c->p;
-    const int64_t Hkv = p->H / p->kv_group;
-    int nan_rows = 0;
-    memset(w->acc_k, 0, (size_t)(BWD_KEYS * w->Ep) * sizeof(REAL));
-    memset(w->acc_v, 0, (size_t)(BWD_KEYS * w->Evp) * sizeof(REAL));
-    TILED(bwd_keys)(w, b, kvh, j0, nk, 0);
+    for (int64_t i = 0; i < p->L && p->masked_rows == ATTNREF_ROWS_NAN; i++) {
+        REAL m, linv;
+        if (!TILED(bwd_stats)(w, b, h, i, &m, &linv)) return 1;
+    }
+    return 0;
+}
+
+/* dk and dv of keys [j0, j0 + nk) of (b, kvh) set to NaN. */
+static void TILED(bwd_nan_keys)(const TILED(bwd_work) *w, int64_t b, int64_t kvh, int64_t j0,
+                                int64_t nk)
+{
+    const attnref_params *p = w->c->p;
+    const int64_t first = (b * (p->H / p->kv_group) + kvh) * p->S + j0;
+    for (int64_t x = 0; x < nk * p->E; x++) ((REAL *)w->c->dk)[first * p->E + x] = (REAL)NAN;
+    for (int64_t x = 0; x < nk * p->Ev; x++) ((REAL *)w->c->dv)[first * p->Ev + x] = (REAL)NAN;
+}
+
+/* BWD_PASS_STATS: m and l of the rows [i0, i1) of (b, h), two walks. */
+static void TILED(bwd_unit_stats)(TILED(bwd_work) *w, int64_t b, int64_t h, int64_t i0,
+                                  int64_t i1)
+{
+    const attnref_params *p = w->c->p;
+    REAL *stats = (REAL *)w->c->stats + 2 * ((b * p->H + h) * p->L);
+    for (int64_t i = i0; i < i1; i++) {
+        stats[2 * i] = -INFINITY;
+        stats[2 * i + 1] = 0;
+    }
+    TILED(bwd_walk)(w, b, h, i0, i1, 0, INT64_MAX, BWD_SUM_MAX);
+    TILED(bwd_walk)(w, b, h, i0, i1, 0, INT64_MAX, BWD_SUM_EXP);
+}
+
+/* BWD_PASS_DKDV: dk and dv of key block kb of (b, kv head): the walks of
+   its query heads' rows that see it, in ascending order. */
+static void TILED(bwd_unit_dkdv)(TILED(bwd_work) *w, int64_t b, int64_t kvh, int64_t kb)
+{
+    const attnref_params *p = w->c->p;
+    const int64_t j0 = kb * BWD_KEYS, nk = p->S - j0 < BWD_KEYS ? p->S - j0 : BWD_KEYS;
     int64_t i_begin, i_end;
+    int nan_rows = 0;
     TILED(bwd_row_range)(p, j0, j0 + nk, &i_begin, &i_end);
-    for (int64_t g = 0; g < p->kv_group; g++) {
-        const int64_t h = kvh * p->kv_group + g;
-        /* a fully masked row's NaN weights reach every key of its head */
-        for (int64_t i = 0; i < p->L && p->masked_rows == ATTNREF_ROWS_NAN && !nan_rows; i++) {
-            REAL m, linv;
-            nan_rows = !TILED(bwd_stats)(w, b, h, i, &m, &linv);
-        }
-        for (int64_t r0 = i_begin; r0 < i_end; r0 += BWD_ROWS) {
-            const int nr = (int)(i_end - r0 < BWD_ROWS ? i_end - r0 : BWD_ROWS);
-            TILED(bwd_load_rows)(w, b, h, r0, nr, 0);
-            if (!TILED(bwd_any_active)(w)) continue;
-            TILED(bwd_scores)(w, b, h, r0, j0, nk);
-            TILED(bwd_weights)(w);
-            TILED(bwd_update_keys)(w->acc_v, w->pw, w->dor, w->Evp, w->keys, w->weighed, nr);
-            TILED(bwd_update_keys)(w->acc_k, w->da, w->qr, w->Ep, w->keys, w->weighed, nr);
-        }
+    for (int64_t h = kvh * p->kv_group; h < (kvh + 1) * p->kv_group; h++) {
+        nan_rows = nan_rows || TILED(bwd_nan_rows)(w, b, h);
+        for (int64_t i0 = i_begin; i0 < i_end; i0 += BWD_QBLOCK)
+            TILED(bwd_walk)(w, b, h, i0, i_end - i0 < BWD_QBLOCK ? i_end : i0 + BWD_QBLOCK, kb,
+                            kb + 1, BWD_SUM_DKDV);
     }
-    for (int j = 0; j < nk; j++) {
-        const int64_t key = (b * Hkv + kvh) * p->S + j0 + j;
-        REAL *dk = (REAL *)w->c->dk + key * p->E, *dv = (REAL *)w->c->dv + key * p->Ev;
-        for (int64_t e = 0; e < p->E; e++)
-            dk[e] = nan_rows ? (REAL)NAN : w->acc_k[j * w->Ep + e];
-        for (int64_t e = 0; e < p->Ev; e++)
-            dv[e] = nan_rows ? (REAL)NAN : w->acc_v[j * w->Evp + e];
-    }
+    if (nan_rows) TILED(bwd_nan_keys)(w, b, kvh, j0, nk);
 }
 
 /* BWD_PASS_FUSED: dq, dk and dv of unit (b, kv head), in one sweep over
-   its query heads, their row blocks and each block's key blocks (every
-   product computed once: 5 per score instead of the two passes' 7). dk and
-   dv are summed in the outputs, block by block, in ascending row order. */
+   its query heads and their blocks of BWD_QBLOCK rows, each a walk over
+   its key blocks (every product computed once: 5 per score instead of the
+   two passes' 7). */
 static void TILED(bwd_unit_fused)(TILED(bwd_work) *w, int64_t b, int64_t kvh)
 {
     const attnref_params *p = w->c->p;
-    const int64_t Hkv = p->H / p->kv_group;
-    REAL *dk = (REAL *)w->c->dk + (b * Hkv + kvh) * p->S * p->E;
-    REAL *dv = (REAL *)w->c->dv + (b * Hkv + kvh) * p->S * p->Ev;
     int nan_rows = 0;
-    for (int64_t g = 0; g < p->kv_group; g++) {
-        const int64_t h = kvh * p->kv_group + g;
-        for (int64_t i0 = 0; i0 < p->L; i0 += BWD_QBLOCK) {
-            const int64_t i1 = i0 + BWD_QBLOCK < p->L ? i0 + BWD_QBLOCK : p->L;
-            int64_t kb0, kb1;
-            TILED(bwd_key_blocks)(p, i0, i1, &kb0, &kb1);
-            memset(w->acc_q, 0, (size_t)(BWD_QBLOCK * w->Ep) * sizeof(REAL));
-            for (int64_t kb = kb0; kb < kb1; kb++) {
-                const int64_t j0 = kb * BWD_KEYS;
-                const int nk = (int)(p->S - j0 < BWD_KEYS ? p->S - j0 : BWD_KEYS);
-                TILED(bwd_keys)(w, b, kvh, j0, nk, 1);
-                for (int j = 0; j < nk; j++) {   /* the keys' sums so far */
-                    memcpy(w->acc_k + j * w->Ep, dk + (j0 + j) * p->E, (size_t)p->E * sizeof(REAL));
-                    memset(w->acc_k + j * w->Ep + p->E, 0, (size_t)(w->Ep - p->E) * sizeof(REAL));
-                    memcpy(w->acc_v + j * w->Evp, dv + (j0 + j) * p->Ev,
-                           (size_t)p->Ev * sizeof(REAL));
-                    memset(w->acc_v + j * w->Evp + p->Ev, 0,
-                           (size_t)(w->Evp - p->Ev) * sizeof(REAL));
-                }
-                for (int64_t r0 = i0; r0 < i1; r0 += BWD_ROWS) {
-                    const int nr = (int)(i1 - r0 < BWD_ROWS ? i1 - r0 : BWD_ROWS);
-                    TILED(bwd_load_rows)(w, b, h, r0, nr, 0);
-                    if (!TILED(bwd_any_active)(w)) continue;
-                    TILED(bwd_scores)(w, b, h, r0, j0, nk);
-                    TILED(bwd_weights)(w);
-                    TILED(bwd_store_dmask)(w, b, h, r0, nr, j0, nk);
-                    TILED(bwd_update_keys)(w->acc_v, w->pw, w->dor, w->Evp, w->keys, w->weighed, nr);
-                    TILED(bwd_update_keys)(w->acc_k, w->da, w->qr, w->Ep, w->keys, w->weighed, nr);
-                    TILED(bwd_update_rows)(w->acc_q + (r0 - i0) * w->Ep, w->da, w->kp, w->Ep, w->keys,
-                                           w->weighed, nr);
-                }
-                for (int j = 0; j < nk; j++) {
-                    memcpy(dk + (j0 + j) * p->E, w->acc_k + j * w->Ep, (size_t)p->E * sizeof(REAL));
-                    memcpy(dv + (j0 + j) * p->Ev, w->acc_v + j * w->Evp,
-                           (size_t)p->Ev * sizeof(REAL));
-                }
-            }
-            TILED(bwd_store_dq)(w, b, h, i0, i1);
-        }
-        /* a fully masked row's NaN weights reach every key of its head */
-        for (int64_t i = 0; i < p->L && p->masked_rows == ATTNREF_ROWS_NAN && !nan_rows; i++) {
-            REAL m, linv;
-            nan_rows = !TILED(bwd_stats)(w, b, h, i, &m, &linv);
-        }
+    for (int64_t h = kvh * p->kv_group; h < (kvh + 1) * p->kv_group; h++) {
+        for (int64_t i0 = 0; i0 < p->L; i0 += BWD_QBLOCK)
+            TILED(bwd_walk)(w, b, h, i0, p->L - i0 < BWD_QBLOCK ? p->L : i0 + BWD_QBLOCK, 0,
+                            INT64_MAX, BWD_SUM_DQ | BWD_SUM_DKDV);
+        nan_rows = nan_rows || TILED(bwd_nan_rows)(w, b, h);
     }
-    if (nan_rows) {
-        for (int64_t x = 0; x < p->S * p->E; x++) dk[x] = (REAL)NAN;
-        for (int64_t x = 0; x < p->S * p->Ev; x++) dv[x] = (REAL)NAN;
-    }
+    if (nan_rows) TILED(bwd_nan_keys)(w, b, kvh, 0, p->S);
 }
 
 /* A worker: its scratch, then units from job->next until job->row_end. */
@@ -621,7 +689,7 @@ INTERNAL int TILED(bwd_rows)(const sdpa_job *job)
     const size_t sizes[10] = {
         (size_t)(p->E * BWD_KEYS), (size_t)(w.Evp * BWD_KEYS), (size_t)(BWD_KEYS * w.Ep),
         (size_t)(BWD_KEYS * w.Ep), (size_t)(BWD_KEYS * w.Evp), (size_t)(BWD_QBLOCK * w.Ep),
-        (size_t)(BWD_ROWS * w.Ep), (size_t)(BWD_ROWS * w.Evp), (size_t)w.Evp,
+        (size_t)(BWD_QBLOCK * w.Ep), (size_t)(BWD_QBLOCK * w.Evp), (size_t)w.Evp,
         5 * BWD_ROWS * BWD_KEYS};
     REAL **parts[9] = {&w.kt, &w.vt, &w.kp, &w.acc_k, &w.acc_v, &w.acc_q, &w.qr, &w.dor,
                        &w.orow};
@@ -647,16 +715,14 @@ INTERNAL int TILED(bwd_rows)(const sdpa_job *job)
         if (c->pass == BWD_PASS_FUSED) {
             TILED(bwd_unit_fused)(&w, unit / Hkv, unit % Hkv);
         } else if (c->pass == BWD_PASS_DKDV) {
-            const int64_t kb = unit % kblocks, kvh = unit / kblocks % Hkv, b = unit / kblocks / Hkv;
-            const int64_t j0 = kb * BWD_KEYS;
-            TILED(bwd_unit_dkdv)(&w, b, kvh, j0, (int)(p->S - j0 < BWD_KEYS ? p->S - j0 : BWD_KEYS));
+            TILED(bwd_unit_dkdv)(&w, unit / kblocks / Hkv, unit / kblocks % Hkv, unit % kblocks);
         } else {
             const int64_t qb = unit % qblocks, h = unit / qblocks % p->H, b = unit / qblocks / p->H;
             const int64_t i0 = qb * BWD_QBLOCK, i1 = i0 + BWD_QBLOCK < p->L ? i0 + BWD_QBLOCK : p->L;
             if (c->pass == BWD_PASS_STATS)
                 TILED(bwd_unit_stats)(&w, b, h, i0, i1);
             else
-                TILED(bwd_unit_dq)(&w, b, h, i0, i1);
+                TILED(bwd_walk)(&w, b, h, i0, i1, 0, INT64_MAX, BWD_SUM_DQ);
         }
     }
     free(memory);
@@ -666,4 +732,7 @@ INTERNAL int TILED(bwd_rows)(const sdpa_job *job)
 #undef BWD_PAD
 #undef BWD_VECS
 #undef BWD_GROUP
+#undef BWD_VECTOR_BLOCKS
 #undef BWD_TANH
+#undef BWD_REAL_MAX
+#undef BWD_REAL_TRUE_MIN

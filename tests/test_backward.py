@@ -400,7 +400,7 @@ def test_scores_backward_checks_the_grad_shape():
 @st.composite
 def block_calls(draw):
     """Calls of the lengths that cross the SIMD backward's blocks
-    (csrc/backward.h: BWD_ROWS 16 rows, BWD_KEYS 64 keys, BWD_QBLOCK 128
+    (csrc/backward.h: BWD_ROWS 32 rows, BWD_KEYS 64 keys, BWD_QBLOCK 128
     rows), with B x Hkv below and at BWD_FUSED_UNITS (8: the two passes, and
     the fused one): ``(args, kwargs, grad_out)`` in float64 as :func:`calls`
     draws them."""

@@ -432,9 +432,10 @@ def attention_backward(call, grad_out, out, lse=None, *, threads=None, mask_grad
         mask_shape = batch + (call.L, call.S)
         arrays["mask"] = (dense(call.mask, mask_shape, np.bool_).view(np.uint8)
                           if call.mask.dtype == bool else dense(call.mask, mask_shape))
-    dq = np.zeros(batch + (call.L, call.E), dtype)
-    dk = np.zeros(kv_batch + (call.S, call.E), dtype)
-    dv = np.zeros(kv_batch + (call.S, call.Ev), dtype)
+    # C zeroes the gradients before it sums into them
+    dq = np.empty(batch + (call.L, call.E), dtype)
+    dk = np.empty(kv_batch + (call.S, call.E), dtype)
+    dv = np.empty(kv_batch + (call.S, call.Ev), dtype)
     params = _new_params(call, B, H, G, call.mask, threads, _path)
     params.q_stride = [H * call.L * call.E, call.L * call.E, call.E]
     params.k_stride = [Hkv * call.S * call.E, call.S * call.E, call.E]
@@ -444,7 +445,7 @@ def attention_backward(call, grad_out, out, lse=None, *, threads=None, mask_grad
     params.mask_stride = [H * call.L * call.S, call.L * call.S, call.S, 1]
     pointers = {name: _pointer(array, "uint8_t" if array.dtype == np.uint8 else c_type,
                                writable=False) for name, array in arrays.items()}
-    dmask = np.zeros(batch + (call.L, call.S), dtype) if mask_grad else None
+    dmask = np.empty(batch + (call.L, call.S), dtype) if mask_grad else None
     outputs = [_pointer(array, c_type, writable=True) for array in (dq, dk, dv)]
     run = getattr(_lib, entry.replace("sdpa", "sdpa_backward"))
     _raise_for(run(params, *outputs, pointers["grad_out"], pointers["out"],

@@ -52,7 +52,8 @@ def for_row_blocks(work, rows, row_bytes):
     consecutive blocks are split into one run per thread, the calling thread
     taking the first: ``work`` must then write disjoint rows and only call
     NumPy (no nested :func:`for_row_blocks`). Returns when every block is
-    done; an exception from any block is raised after all have finished.
+    done. A block that raises ends its thread's run; the exception is
+    raised once every thread has stopped, so no block still writes.
     """
     if rows <= 0:
         return

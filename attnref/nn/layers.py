@@ -114,7 +114,13 @@ def stack_outputs(*linears):
            or (linear.bias is not None and linear.bias.dtype != first.dtype)
            for linear in linears):
         return None
-    weight = product_layout(np.concatenate([linear.weight for linear in linears]))  # (sum of out, in)
+    columns = np.empty((first.shape[1], sum(linear.out_features for linear in linears)),
+                       first.dtype)                                    # (in, sum of out)
+    start = 0
+    for linear in linears:                # written in place: no second stacked copy
+        columns[:, start:start + linear.out_features] = linear.weight.T
+        start += linear.out_features
+    weight = columns.T                                                 # (sum of out, in)
     bias = None
     if any(linear.bias is not None for linear in linears):
         bias = np.concatenate([np.zeros(linear.out_features, first.dtype)

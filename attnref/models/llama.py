@@ -34,6 +34,7 @@ import numpy as np
 
 from ..nn import (Embedding, GatedFeedForward, Linear, LlamaBlock, LlamaStack,
                   MultiHeadAttention, RMSNorm, Rotary, Trace, interleaved_to_rotate_half)
+from ..nn.layers import product_layout
 from .bpe import ByteLevelBPE
 from .gguf import read_gguf
 from .output import ModelOutput
@@ -244,12 +245,12 @@ class LlamaModel:
             block = {part: weight(f"blk.{index}.{part}.weight")
                      for part in ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
                                   "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")}
-            attention = MultiHeadAttention(
+            attention = MultiHeadAttention(   # Q|K|V and gate|up are stacked in product_layout
                 Linear(block["attn_q"]), Linear(block["attn_k"]), Linear(block["attn_v"]),
-                Linear(block["attn_output"]), config.num_heads, config.num_kv_heads,
-                rotary=rotary)
+                Linear(product_layout(block["attn_output"])), config.num_heads,
+                config.num_kv_heads, rotary=rotary)
             feed_forward = GatedFeedForward(Linear(block["ffn_gate"]), Linear(block["ffn_up"]),
-                                            Linear(block["ffn_down"]))
+                                            Linear(product_layout(block["ffn_down"])))
             blocks.append(LlamaBlock(attention, RMSNorm(block["attn_norm"], config.rms_eps),
                                      feed_forward, RMSNorm(block["ffn_norm"], config.rms_eps)))
         stack = LlamaStack(blocks, RMSNorm(weight("output_norm.weight"), config.rms_eps))

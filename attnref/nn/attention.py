@@ -177,7 +177,8 @@ class MultiHeadAttention:
         mode.
 
         Self attention projects Q, K and V with one matrix product
-        (``w_qkv``); the heads are views of it.
+        (``w_qkv``); the heads are views of it, and ``rotary`` turns the
+        query and key heads in place.
         """
         if cache is not None and context is not None:
             raise ValueError("cache is for self attention; it cannot be used with a context")
@@ -193,8 +194,9 @@ class MultiHeadAttention:
         query = split_heads(query, self.num_heads)                # (..., Hq, L, E)
         key = split_heads(key, self.num_kv_heads)                 # (..., Hkv, S, E)
         value = split_heads(value, self.num_kv_heads)             # (..., Hkv, S, Ev)
-        if self.rotary is not None:
-            query, key = self.rotary(query, offset), self.rotary(key, offset)
+        if self.rotary is not None:      # the projections are new arrays: turn them in place
+            self.rotary(query, offset, out=query)
+            self.rotary(key, offset, out=key)
         if cache is not None:
             key, value = cache.extend(key, value)                  # (..., Hkv, offset + L, E)
         result = scaled_dot_product_attention(

@@ -34,6 +34,8 @@ import numbers
 
 import numpy as np
 
+from .rows import for_row_blocks
+
 __all__ = ["Rotary", "rotary_angles", "apply_rotary", "rotate_half_to_interleaved",
            "interleaved_to_rotate_half"]
 
@@ -81,22 +83,45 @@ def apply_rotary(x, angles, *, interleaved=False):
     if x.ndim < 2 or x.shape[-1] % 2 or angles.shape != (x.shape[-2], x.shape[-1] // 2):
         raise ValueError(f"apply_rotary needs x (..., T, E) with E even and angles (T, E/2), "
                          f"got x {x.shape} and angles {angles.shape}")
-    return _turn(x, np.cos(angles).astype(x.dtype), np.sin(angles).astype(x.dtype),
-                 interleaved)
+    return _turn(x, _tables(angles, x.dtype, interleaved), interleaved, np.empty_like(x))
 
 
-def _turn(x, cos, sin, interleaved):
-    """``x`` (..., T, E) turned pair by pair by the angles whose ``cos`` and
-    ``sin`` (T, E/2) are given, in ``x``'s dtype."""
-    if interleaved:
-        first, second = x[..., 0::2], x[..., 1::2]                              # (..., T, E/2)
-    else:
-        first, second = np.split(x, 2, axis=-1)                                 # (..., T, E/2)
-    turned_first = first * cos - second * sin
-    turned_second = second * cos + first * sin
-    if not interleaved:
-        return np.concatenate([turned_first, turned_second], axis=-1)
-    return np.stack([turned_first, turned_second], axis=-1).reshape(x.shape)
+def _pairs(x, interleaved):
+    """A view of ``x`` (..., E) with each rotation pair on an axis of its own:
+    ``(..., E/2, 2)`` interleaved, ``(..., 2, E/2)`` rotate-half (splitting
+    the last axis never needs a copy, whatever ``x``'s strides)."""
+    half = x.shape[-1] // 2
+    return x.reshape(x.shape[:-1] + ((half, 2) if interleaved else (2, half)))
+
+
+def _tables(angles, dtype, interleaved):
+    """``(cos, sin)``, each ``(T, E)`` in ``dtype``, for angles ``(T, E/2)``:
+    the cosine of each coordinate's pair angle, and its sine negated on the
+    pair's first coordinate (the one the rotation subtracts from)."""
+    cos, sin = np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)    # (T, E/2)
+    axis = -1 if interleaved else -2
+    full = angles.shape[:-1] + (2 * angles.shape[-1],)
+    return (np.stack([cos, cos], axis).reshape(full),
+            np.stack([-sin, sin], axis).reshape(full))
+
+
+def _turn(x, tables, interleaved, out):
+    r"""``x`` (..., T, E) turned pair by pair into ``out`` (``x`` itself allowed),
+    with the ``(cos, sin)`` tables of :func:`_tables`, in ``x``'s dtype.
+
+    With :math:`(a, b)` a pair and :math:`\bar x` each coordinate's partner
+    (``b`` at ``a``, ``a`` at ``b``): :math:`y = x \cos\theta + \bar x
+    \cdot (\mp\sin\theta)`, i.e. :math:`y_a = a\cos - b\sin`,
+    :math:`y_b = b\cos + a\sin` (the module's rotation), rounded as those
+    two lines are. Three passes and one temporary; the partners are a view.
+    """
+    cos, sin = tables
+    partner = np.flip(_pairs(x, interleaved), axis=-1 if interleaved else -2)
+    turned = np.empty_like(x)                     # the sine terms, laid out as x
+    np.multiply(partner, _pairs(sin, interleaved), out=_pairs(turned, interleaved))
+    np.multiply(x, cos, out=out)
+    out += turned
+    return out
 
 
 def _check_rows(weight, num_heads):
@@ -155,25 +180,46 @@ class Rotary:
     def __init__(self, head_dim, *, base=10000.0, interleaved=False):
         self.head_dim, self.base = _check_head_dim(head_dim), _check_base(base)
         self.interleaved = bool(interleaved)
-        self._tables = (None, None, None)   # ((offset, T, dtype), cos, sin)
+        self._cached = (None, None)   # ((offset, T, dtype), (cos, sin) of _tables)
 
     def __repr__(self):
         return (f"Rotary({self.head_dim}, base={self.base:g}, "
                 f"interleaved={self.interleaved})")
 
-    def __call__(self, x, offset=0):
-        """``x`` (..., T, E) at positions ``offset .. offset + T - 1`` -> (..., T, E)."""
+    def __call__(self, x, offset=0, *, out=None):
+        """``x`` (..., T, E) at positions ``offset .. offset + T - 1`` -> (..., T, E).
+
+        ``out``: an array of ``x``'s shape and dtype to write the result
+        into, ``x`` itself included (the heads are then turned in place, as
+        a model does with the projections it has just computed). Without it
+        the result is a new array laid out as ``x``. The positions are
+        turned in blocks (:func:`attnref.nn.rows.for_row_blocks`).
+        """
         if np.shape(x)[-1] != self.head_dim:
             raise ValueError(f"Rotary for head_dim {self.head_dim} got heads of shape "
                              f"{np.shape(x)}")
         x = np.asarray(x)
         if x.ndim < 2:
             raise ValueError(f"Rotary needs heads (..., T, E), got shape {x.shape}")
+        if out is None:
+            out = np.empty_like(x)
+        elif not (isinstance(out, np.ndarray) and out.shape == x.shape and out.dtype == x.dtype
+                  and out.flags.writeable):
+            raise ValueError(f"out must be a writeable numpy array of shape {x.shape} and dtype "
+                             f"{x.dtype}, got {type(out).__name__} "
+                             f"{getattr(out, 'shape', '')} {getattr(out, 'dtype', '')}")
         key = (offset, x.shape[-2], x.dtype)
-        cached, cos, sin = self._tables
+        cached, tables = self._cached
         if cached != key:
             angles = rotary_angles(np.arange(offset, offset + x.shape[-2]), self.head_dim,
                                    base=self.base)                          # (T, E/2)
-            cos, sin = np.cos(angles).astype(x.dtype), np.sin(angles).astype(x.dtype)
-            self._tables = (key, cos, sin)
-        return _turn(x, cos, sin, self.interleaved)
+            tables = _tables(angles, x.dtype, self.interleaved)            # (T, E) each
+            self._cached = (key, tables)
+        cos, sin = tables
+
+        def turn(start, stop):
+            _turn(x[..., start:stop, :], (cos[start:stop], sin[start:stop]), self.interleaved,
+                  out[..., start:stop, :])
+
+        for_row_blocks(turn, x.shape[-2], x.size // max(1, x.shape[-2]) * x.itemsize)
+        return out

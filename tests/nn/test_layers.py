@@ -11,7 +11,7 @@ from hypothesis.extra.numpy import arrays
 from attnref.nn import (ACTIVATIONS, Embedding, FeedForward, GatedFeedForward, LayerNorm,
                         LearnedPositions, Linear, RMSNorm, gelu, gelu_tanh, relu, silu,
                         sinusoidal_positions)
-from attnref.nn.layers import stack_outputs
+from attnref.nn.layers import product_layout, stack_outputs
 
 finite = {"min_value": -8, "max_value": 8, "allow_nan": False, "allow_subnormal": False}
 
@@ -466,3 +466,39 @@ def test_gated_feed_forward_projects_gate_and_up_at_once(dtype):
     assert np.shares_memory(ffn.gate.weight, ffn.gate_up.weight)
     with pytest.raises(AttributeError):
         ffn.gate = ffn.up                # the stacked product would not see the change
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activations_write_into_out(name, dtype):
+    x = np.linspace(-6, 6, 13, dtype=dtype).reshape(1, 13)
+    expected = ACTIVATIONS[name](x)
+    out = np.full_like(x, np.nan)
+    assert ACTIVATIONS[name](x, out=out) is out
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_silu_in_place_and_past_the_exp_overflow(dtype):
+    """out=x turns x into silu(x), the entries whose exp(-x) overflows included
+    (x e^x there, not the -0 of x / inf)."""
+    x = np.array([-1000.0, -100.0, -2.0, 0.0, 3.0], dtype)
+    expected = silu(x)
+    assert expected[1] != 0 and np.signbit(expected[0])
+    in_place = x.copy()
+    assert silu(in_place, out=in_place) is in_place
+    np.testing.assert_array_equal(in_place, expected)
+    with pytest.raises(ValueError, match=r"silu out must be a numpy array of shape \(5,\) and "
+                                         r"dtype float\d\d, got ndarray \(4,\)"):
+        silu(x, out=np.empty(4, dtype))
+
+
+def test_product_layout_keeps_the_values_and_makes_the_transpose_c_contiguous(dtype):
+    rng = np.random.default_rng(27)
+    weight = rng.standard_normal((6, 4)).astype(dtype)                          # (out, in)
+    stored = product_layout(weight)
+    np.testing.assert_array_equal(stored, weight)
+    assert stored.T.flags.c_contiguous and product_layout(stored) is stored
+    x = rng.standard_normal((3, 4)).astype(dtype)
+    np.testing.assert_allclose(Linear(stored)(x), Linear(weight)(x), rtol=1e-6)
+    stacked, _ = stack_outputs(Linear(weight[:2]), Linear(weight[2:]))
+    assert stacked.weight.T.flags.c_contiguous
+    np.testing.assert_array_equal(stacked.weight, weight)

@@ -144,3 +144,24 @@ def test_permutation_rejects_bad_shapes():
         interleaved_to_rotate_half(np.zeros(8), 0)
     with pytest.raises(ValueError, match="weight must be"):
         interleaved_to_rotate_half(np.zeros((2, 2, 2)), 1)
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_rotary_turns_in_place_and_into_out(interleaved):
+    """out=x turns the heads where they are, also as a strided view of a
+    (T, H, E) projection (how MultiHeadAttention calls it)."""
+    rng = np.random.default_rng(6)
+    rotary = Rotary(8, interleaved=interleaved)
+    projected = rng.standard_normal((5, 3 * 8))                                  # (T, H*E)
+    heads = split_heads(projected, 3)                                            # (H, T, E) view
+    expected = rotary(heads.copy(), 2)
+    assert rotary(heads, 2, out=heads) is heads
+    np.testing.assert_array_equal(heads, expected)
+    np.testing.assert_array_equal(split_heads(projected, 3), expected)
+    out = np.empty_like(expected)
+    assert rotary(expected, 1, out=out) is out
+    np.testing.assert_array_equal(out, rotary(expected, 1))
+    with pytest.raises(ValueError, match=r"out must be a writeable numpy array of shape "
+                                         r"\(3, 5, 8\) and dtype float64, got ndarray "
+                                         r"\(3, 5, 8\) float32"):
+        rotary(expected, out=out.astype(np.float32))

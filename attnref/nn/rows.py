@@ -1,0 +1,80 @@
+"""Element-wise work cut into blocks of rows: each block sized for the core's
+cache, and large arrays spread over several threads.
+
+A NumPy ufunc runs on one core over the whole array: a chain of passes
+(SiLU's negate, exp, add and divide, the rotary embedding's products)
+streams a ``(T, F)`` array through memory once per pass. Run on blocks of
+about :data:`BLOCK_BYTES` per row range, the chain keeps each block in the
+L2 cache from one pass to the next. NumPy releases the GIL inside each
+ufunc loop, so the blocks of a large array also run on several threads at
+once -- as torch runs its element-wise kernels on its intra-op pool -- here
+as many as the C kernel uses (:func:`attnref.kernel.get_num_threads`).
+The result does not depend on the blocking: every row is computed by the
+same operations whichever block holds it.
+"""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from .. import kernel
+
+__all__ = ["for_row_blocks", "BLOCK_BYTES", "PARALLEL_BYTES"]
+
+#: Bytes of one operand's rows per block (a few operands fit in a 1-2 MiB L2).
+BLOCK_BYTES = 1 << 18
+#: Arrays of at least this many bytes per operand are shared among threads;
+#: below it a thread's hand-off costs more than its half of the work saves.
+PARALLEL_BYTES = 1 << 20
+
+_pool_lock = threading.Lock()
+_pool = None           # (workers, ThreadPoolExecutor), made on first use
+
+
+def _workers(count):
+    """A thread pool of ``count`` threads (shared; remade when the count changes)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != count:
+            if _pool is not None:
+                _pool[1].shutdown(wait=False)
+            _pool = (count, ThreadPoolExecutor(count, thread_name_prefix="attnref-rows"))
+        return _pool[1]
+
+
+def for_row_blocks(work, rows, row_bytes):
+    """Call ``work(start, stop)`` once for each block of rows ``start:stop``;
+    the blocks cover ``range(rows)`` without overlap.
+
+    ``row_bytes`` is the size of one row of the largest operand; blocks hold
+    about :data:`BLOCK_BYTES` of it (at least one row). When ``rows *
+    row_bytes >= PARALLEL_BYTES`` and the kernel's thread count is above 1,
+    consecutive blocks are split into one run per thread, the calling thread
+    taking the first: ``work`` must then write disjoint rows and only call
+    NumPy (no nested :func:`for_row_blocks`). Returns when every block is
+    done. A block that raises ends its thread's run; the exception is
+    raised once every thread has stopped, so no block still writes.
+    """
+    if rows <= 0:
+        return
+    block = max(1, BLOCK_BYTES // max(1, row_bytes))
+    starts = range(0, rows, block)
+    threads = min(kernel.get_num_threads(), len(starts))
+    if threads == 1 or rows * row_bytes < PARALLEL_BYTES:
+        _run(work, starts, block, rows)
+        return
+    runs = [starts[len(starts) * index // threads:len(starts) * (index + 1) // threads]
+            for index in range(threads)]
+    futures = [_workers(threads - 1).submit(_run, work, run, block, rows) for run in runs[1:]]
+    try:
+        _run(work, runs[0], block, rows)
+    finally:
+        errors = [future.exception() for future in futures]   # waits for each
+    for error in errors:
+        if error is not None:
+            raise error
+
+
+def _run(work, starts, block, rows):
+    for start in starts:
+        work(start, min(start + block, rows))

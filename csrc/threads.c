@@ -8,9 +8,7 @@
 #include "internal.h"
 
 #include <pthread.h>
-#include <sched.h>
 #include <stdlib.h>
-#include <time.h>
 
 static void *run_job(void *arg)
 {
@@ -53,41 +51,13 @@ static int run_fresh_threads(sdpa_job *jobs, int64_t threads)
    which has none of the parent's workers, starts its own. */
 #define POOL_MAX 256
 
-/* How long a worker waiting for its next round, and a caller waiting for its
-   workers, stay awake before they sleep on a condition variable. A sleeping
-   thread leaves its CPU idle, and on a virtual machine an idle vCPU goes back
-   to the host: waking it can take milliseconds. On this project's Xeon VM a
-   long call in pieces (B=1, H=8, L=S=8192, D=128, 64 C calls of about 20 ms
-   a thread) took 2.0-3.4 s on 2 threads with sleeping workers and 1.4 s as
-   one C call. Awake, a thread yields its CPU to any other runnable thread
-   (sched_yield); OpenMP runtimes spin in the same way (libgomp, by default,
-   for a few hundred thousand polls) before they sleep. */
-#define POOL_SPIN_NS 2000000
-
-static int64_t now_ns(void)
-{
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
-}
-
-/* Waits awake, for at most POOL_SPIN_NS, while (*word == value) is
-   `while_equal`; *word is written under pool.lock by atomic stores. */
-static void spin_while(const uint64_t *word, uint64_t value, int while_equal)
-{
-    const int64_t deadline = now_ns() + POOL_SPIN_NS;
-    while ((__atomic_load_n(word, __ATOMIC_ACQUIRE) == value) == while_equal
-           && now_ns() < deadline)
-        sched_yield();
-}
-
 static struct {
     pthread_mutex_t lock;       /* guards every field below */
     pthread_cond_t work, done;  /* a round was dispatched / its workers finished */
     sdpa_job *jobs;             /* this round's jobs; worker w takes jobs[1 + w] */
     int64_t count;              /* workers this round */
-    uint64_t pending;           /* of those, still running (atomic stores) */
-    uint64_t round;             /* rounds dispatched (atomic stores) */
+    int64_t pending;            /* of those, still running */
+    uint64_t round;
     int64_t workers;            /* started so far */
     uint64_t born[POOL_MAX];    /* the round before worker w's first */
 } pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER,
@@ -104,11 +74,6 @@ static void *pool_worker(void *arg)
        after that round was dispatched */
     seen = pool.born[w];
     for (;;) {
-        if (pool.round == seen) {
-            pthread_mutex_unlock(&pool.lock);
-            spin_while(&pool.round, seen, 1);
-            pthread_mutex_lock(&pool.lock);
-        }
         while (pool.round == seen) pthread_cond_wait(&pool.work, &pool.lock);
         seen = pool.round;
         if (w < pool.count) {
@@ -116,8 +81,7 @@ static void *pool_worker(void *arg)
             pthread_mutex_unlock(&pool.lock);
             run_job(job);
             pthread_mutex_lock(&pool.lock);
-            if (__atomic_sub_fetch(&pool.pending, 1, __ATOMIC_RELEASE) == 0)
-                pthread_cond_signal(&pool.done);
+            if (--pool.pending == 0) pthread_cond_signal(&pool.done);
         }
     }
     return NULL;
@@ -168,15 +132,13 @@ static int run_threads(sdpa_job *jobs, int64_t threads)
         return run_fresh_threads(jobs, threads);
     }
     pool.jobs = jobs;
-    pool.count = threads - 1;
-    __atomic_store_n(&pool.pending, (uint64_t)(threads - 1), __ATOMIC_RELEASE);
-    __atomic_store_n(&pool.round, pool.round + 1, __ATOMIC_RELEASE);
+    pool.count = pool.pending = threads - 1;
+    pool.round++;
     pthread_cond_broadcast(&pool.work);
     pthread_mutex_unlock(&pool.lock);
 
     run_job(&jobs[0]);
 
-    spin_while(&pool.pending, 0, 0);
     pthread_mutex_lock(&pool.lock);
     while (pool.pending > 0) pthread_cond_wait(&pool.done, &pool.lock);
     pool.count = 0;

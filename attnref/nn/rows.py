@@ -14,6 +14,7 @@ same operations whichever block holds it.
 """
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -40,6 +41,18 @@ def _workers(count):
                 _pool[1].shutdown(wait=False)
             _pool = (count, ThreadPoolExecutor(count, thread_name_prefix="attnref-rows"))
         return _pool[1]
+
+
+def _forget_pool_in_child():
+    """A forked child has none of its parent's threads (a task given to the
+    parent's pool would never run there) and may hold the lock as it was:
+    it starts over."""
+    global _pool, _pool_lock
+    _pool_lock = threading.Lock()
+    _pool = None
+
+
+os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
 def for_row_blocks(work, rows, row_bytes):

@@ -1,7 +1,10 @@
 """attnref.nn.rows: blocks cover every row once, on one thread or several,
 errors come back, and the modules that use it give the same bits whether
 their rows run in blocks, on threads, or all at once."""
+import os
+import signal
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -100,3 +103,22 @@ def test_modules_give_the_same_bits_in_blocks_on_threads_and_whole(monkeypatch):
     monkeypatch.setattr(rows, "PARALLEL_BYTES", 1 << 40)
     for blocked, whole in zip(in_blocks, run_modules(0)):
         np.testing.assert_array_equal(blocked, whole)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_runs_its_blocks_on_threads_of_its_own(threaded):
+    names = {thread for _, _, thread in blocks_of(1000, 4096)}
+    assert len(names) == 2                                # the parent's pool now exists
+    child = os.fork()
+    if child == 0:                  # the child: exit 0 once its blocks have all run
+        os._exit(0 if sorted(blocks_of(1000, 4096))[-1][1] == 1000 else 1)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        pid, status = os.waitpid(child, os.WNOHANG)
+        if pid:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.01)
+    os.kill(child, signal.SIGKILL)
+    os.waitpid(child, 0)
+    pytest.fail("the forked child's blocks never ran (its pool's threads are the parent's)")

@@ -95,16 +95,21 @@ def test_gradients_equal_central_differences_of_the_float64_forward(backend, cal
         np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-7, err_msg=name)
 
 
-@settings(max_examples=40)
-@given(calls(float_mask=False), st.sampled_from([np.nan, np.inf, 1e30]))
-def test_keys_no_query_sees_get_exactly_zero_gradients_whatever_they_hold(backend, call, garbage):
+def hiding_the_last_key(call):
+    """``call``'s operands (copies) and options with the last key hidden from
+    every query row by a bool mask (the call's own mask, if any, kept)."""
     (query, key, value), kwargs, grad_out = call
     S = key.shape[-2]
     mask = np.ones((query.shape[-2], S), bool) if kwargs["attn_mask"] is None else \
         np.broadcast_to(kwargs["attn_mask"], query.shape[:-1] + (S,)).copy()
-    mask[..., -1] = False                               # the last key is hidden everywhere
-    kwargs["attn_mask"] = mask
-    key, value = key.copy(), value.copy()
+    mask[..., -1] = False
+    return (query.copy(), key.copy(), value.copy()), {**kwargs, "attn_mask": mask}, grad_out
+
+
+@settings(max_examples=40)
+@given(calls(float_mask=False), st.sampled_from([np.nan, np.inf, 1e30]))
+def test_keys_no_query_sees_get_exactly_zero_gradients_whatever_they_hold(backend, call, garbage):
+    (query, key, value), kwargs, grad_out = hiding_the_last_key(call)
     key[..., -1, :] = garbage
     value[..., -1, :] = garbage
     grads = backward(backend, grad_out, query, key, value, **kwargs)
@@ -117,13 +122,7 @@ def test_keys_no_query_sees_get_exactly_zero_gradients_whatever_they_hold(backen
 def test_a_non_finite_query_row_reaches_no_key_it_does_not_see(backend, call, garbage):
     # the policy's "a key of weight 0 takes no part", from the query side: the
     # row's scores are all NaN, and softmax alone would weigh its hidden keys NaN
-    (query, key, value), kwargs, grad_out = call
-    S = key.shape[-2]
-    mask = np.ones((query.shape[-2], S), bool) if kwargs["attn_mask"] is None else \
-        np.broadcast_to(kwargs["attn_mask"], query.shape[:-1] + (S,)).copy()
-    mask[..., -1] = False                               # the last key is hidden everywhere
-    kwargs["attn_mask"] = mask
-    query = query.copy()
+    (query, key, value), kwargs, grad_out = hiding_the_last_key(call)
     query[..., 0, :] = garbage
     grads = backward(backend, grad_out, query, key, value, **kwargs)
     assert np.all(grads.dk[..., -1, :] == 0) and np.all(grads.dv[..., -1, :] == 0)

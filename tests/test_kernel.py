@@ -323,6 +323,9 @@ import numpy as np
 from attnref import kernel, scaled_dot_product_attention as sdpa
 from attnref._validation import sdpa_call
 kernel.set_code_path({path!r})
+# Ctrl-C raises KeyboardInterrupt even when this process inherited SIGINT
+# ignored (a shell's background job does), as a terminal's user gets it
+signal.signal(signal.SIGINT, signal.default_int_handler)
 query = np.ones((1, 4, 16384, 64), np.float32)      # ~5 s on one avx512 thread
 call = sdpa_call(query, query, query)
 out = np.full(call.output_shape, 7.0, np.float32)

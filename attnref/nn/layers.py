@@ -15,6 +15,7 @@ import numbers
 
 import numpy as np
 
+from .products import matmul
 from .rows import for_row_blocks
 
 __all__ = [
@@ -89,9 +90,10 @@ class Linear:
         return self.weight.shape[0]
 
     def __call__(self, x):
-        """(..., in) -> (..., out)."""
+        """(..., in) -> (..., out), the product on attnref's threads
+        (:func:`attnref.nn.products.matmul`)."""
         x = _check_input("Linear", x, self.in_features, self.weight.dtype)
-        y = x @ self.weight.T
+        y = matmul(x, self.weight.T)
         return y if self.bias is None else y + self.bias
 
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 from .. import kernel
 
-__all__ = ["for_row_blocks", "BLOCK_BYTES", "PARALLEL_BYTES"]
+__all__ = ["for_row_blocks", "run_on_threads", "BLOCK_BYTES", "PARALLEL_BYTES"]
 
 #: Bytes of one operand's rows per block (a few operands fit in a 1-2 MiB L2).
 BLOCK_BYTES = 1 << 18
@@ -29,30 +30,31 @@ BLOCK_BYTES = 1 << 18
 PARALLEL_BYTES = 1 << 20
 
 _pool_lock = threading.Lock()
-_pool = None           # (workers, ThreadPoolExecutor), made on first use
+_pools = {}            # {workers: ThreadPoolExecutor}, each made on first use
 
 
 def _workers(count):
-    """A thread pool of ``count`` threads (shared; remade when the count changes)."""
-    global _pool
+    """The shared pool of ``count`` threads. A pool is kept for each count
+    asked for (they are few, and idle threads cost nothing), so a caller
+    never submits to a pool that another caller, asking for a new count,
+    has shut down."""
     with _pool_lock:
-        if _pool is None or _pool[0] != count:
-            if _pool is not None:
-                _pool[1].shutdown(wait=False)
-            _pool = (count, ThreadPoolExecutor(count, thread_name_prefix="attnref-rows"))
-        return _pool[1]
+        if count not in _pools:
+            _pools[count] = ThreadPoolExecutor(count, thread_name_prefix="attnref-rows")
+        return _pools[count]
 
 
 def _forget_pool_in_child():
     """A forked child has none of its parent's threads (a task given to the
-    parent's pool would never run there) and may hold the lock as it was:
+    parent's pools would never run there) and may hold the lock as it was:
     it starts over."""
-    global _pool, _pool_lock
+    global _pools, _pool_lock
     _pool_lock = threading.Lock()
-    _pool = None
+    _pools = {}
 
 
-os.register_at_fork(after_in_child=_forget_pool_in_child)
+if hasattr(os, "register_at_fork"):     # POSIX
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
 def for_row_blocks(work, rows, row_bytes):
@@ -78,9 +80,23 @@ def for_row_blocks(work, rows, row_bytes):
         return
     runs = [starts[len(starts) * index // threads:len(starts) * (index + 1) // threads]
             for index in range(threads)]
-    futures = [_workers(threads - 1).submit(_run, work, run, block, rows) for run in runs[1:]]
+    run_on_threads([partial(_run, work, run, block, rows) for run in runs])
+
+
+def run_on_threads(tasks):
+    """Call every one of ``tasks`` (callables of no argument) at once: the
+    first on the calling thread, the others on a shared pool of
+    ``len(tasks) - 1`` threads. Returns when all are done; a task that
+    raises does not stop the others, and its exception is raised once every
+    task has stopped (so none still writes). The tasks must only call code
+    that releases the GIL (NumPy) to run in parallel, and must not call
+    :func:`run_on_threads` themselves."""
+    if len(tasks) == 1:
+        tasks[0]()
+        return
+    futures = [_workers(len(tasks) - 1).submit(task) for task in tasks[1:]]
     try:
-        _run(work, runs[0], block, rows)
+        tasks[0]()
     finally:
         errors = [future.exception() for future in futures]   # waits for each
     for error in errors:

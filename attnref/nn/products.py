@@ -1,0 +1,192 @@
+"""The layers' matrix products, on attnref's threads rather than the BLAS's own.
+
+NumPy hands ``x @ w`` to its BLAS, which runs a large product on a thread
+pool of its own. OpenBLAS's workers then keep spinning on their cores for
+a while (about 0.1 s by default) before they sleep, waiting for the next
+product. A transformer layer alternates products with the attention kernel
+and element-wise passes, which run on attnref's threads
+(:func:`attnref.kernel.get_num_threads`, :mod:`attnref.nn.rows`): with as
+many threads as cores, those then share their cores with spinning BLAS
+workers. Measured on 2 cores (Intel Xeon, SmolLM2-135M's attention on a
+1,024-token prompt, 2 threads): 5.6 ms alone, 11.4 ms right after a NumPy
+product.
+
+So :func:`matmul` does what torch does with its one intra-op pool: while it
+runs, the BLAS is held to one thread (its workers stay asleep), and a large
+product of many rows is cut into one part per attnref thread, each part
+one BLAS call on :func:`attnref.nn.rows.run_on_threads`. Each output
+element is still one BLAS dot product over the whole inner dimension.
+
+The BLAS's thread count is set through OpenBLAS's own
+``openblas_set_num_threads`` (found in the library NumPy loaded), which is
+process-wide: a product another thread runs meanwhile also gets one
+thread; the count found is put back when the last of attnref's products in
+flight ends. With a BLAS other than OpenBLAS (MKL, Apple's Accelerate) the
+products are plain ``x @ w``, as before.
+"""
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+import threading
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from .. import kernel
+from .rows import run_on_threads
+
+__all__ = ["matmul", "blas_thread_control", "PARALLEL_MULTIPLY_ADDS"]
+
+#: Products of at least this many multiply-adds are split among threads
+#: (about 50 us on one core: a hand-off to another thread costs 20-50 us).
+PARALLEL_MULTIPLY_ADDS = 1 << 22
+#: ... when they have at least this many rows per thread.
+MIN_BAND_ROWS = 16
+#: Columns are cut at multiples of this (a cache line of float32).
+COLUMN_ALIGN = 16
+
+# (get, set) of the OpenBLAS thread count, in the names each build exports
+_THREAD_FUNCTIONS = (
+    ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
+    ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
+    ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
+    ("openblas_get_num_threads", "openblas_set_num_threads"),
+)
+
+_hold_lock = threading.Lock()
+_holders = 0            # attnref products in flight
+_found_threads = 1      # the BLAS's thread count when the first of them began
+_control = None         # (get, set), or () when there is none; found on first use
+
+
+def _openblas_files():
+    """Paths of the OpenBLAS libraries loaded in this process (Linux: the
+    memory map), else of those shipped inside NumPy's wheel."""
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        paths = []
+        for line in maps.read_text().splitlines():
+            path = line.split(maxsplit=5)[-1] if line.count(" ") >= 5 else ""
+            if "openblas" in os.path.basename(path).lower() and path not in paths:
+                paths.append(path)
+        return paths
+    package = Path(np.__file__).resolve().parent
+    folders = (package.parent / "numpy.libs", package / ".dylibs")
+    return [str(path) for folder in folders if folder.is_dir()
+            for path in sorted(folder.iterdir()) if "openblas" in path.name.lower()]
+
+
+def blas_thread_control():
+    """``(get, set)``: functions reading and setting the thread count of the
+    OpenBLAS that NumPy uses, or None when NumPy's BLAS is not an OpenBLAS
+    this can find."""
+    global _control
+    if _control is None:
+        _control = ()
+        for path in _openblas_files():
+            try:
+                library = ctypes.CDLL(path)
+            except OSError:
+                continue
+            for get_name, set_name in _THREAD_FUNCTIONS:
+                get, set_ = getattr(library, get_name, None), getattr(library, set_name, None)
+                if get is not None and set_ is not None:
+                    get.restype, get.argtypes = ctypes.c_int, []
+                    set_.restype, set_.argtypes = None, [ctypes.c_int]
+                    if get() >= 1:
+                        _control = (get, set_)
+                        break
+            if _control:
+                break
+    return _control or None
+
+
+class _BlasOnOneThread:
+    """Holds the BLAS to one thread from the first of attnref's products in
+    flight to the end of the last one."""
+
+    def __init__(self, control):
+        self.get, self.set = control
+
+    def __enter__(self):
+        global _holders, _found_threads
+        with _hold_lock:
+            if _holders == 0:
+                _found_threads = self.get()
+                if _found_threads != 1:
+                    self.set(1)
+            _holders += 1
+
+    def __exit__(self, *exc_info):
+        global _holders
+        with _hold_lock:
+            _holders -= 1
+            if _holders == 0 and _found_threads != 1:
+                self.set(_found_threads)
+
+
+def _forget_holders_in_child():
+    """A forked child has none of its parent's threads, so none of their
+    products in flight; its BLAS count is the one the fork copied."""
+    global _hold_lock, _holders
+    _hold_lock = threading.Lock()
+    _holders = 0
+
+
+if hasattr(os, "register_at_fork"):     # POSIX
+    os.register_at_fork(after_in_child=_forget_holders_in_child)
+
+
+def _bounds(total, parts, align):
+    """``parts + 1`` increasing cut points of ``range(total)``, inner ones
+    at multiples of ``align`` when ``total`` allows."""
+    step = max(align, (total // parts + align - 1) // align * align)
+    return [0] + [min(total, step * index) for index in range(1, parts)] + [total]
+
+
+def matmul(x, weight):
+    """``x @ weight``; a large product of many rows on attnref's threads.
+
+    Parameters
+    ----------
+    x : ndarray, shape (..., K)
+    weight : ndarray, shape (K, N)
+        Any strides (a transposed ``(N, K)`` weight is read as it is).
+
+    Returns
+    -------
+    ndarray, shape (..., N)
+        ``np.matmul(x, weight)``, each element one BLAS dot product over K.
+        A product of at least :data:`PARALLEL_MULTIPLY_ADDS` multiply-adds
+        and ``MIN_BAND_ROWS`` rows per thread is cut into one part per
+        thread of :func:`attnref.kernel.get_num_threads`, with the BLAS held
+        to one thread: bands of columns when the weight is the larger
+        operand (each part then packs only its columns of the weight), else
+        bands of rows. Any other product -- or every product, when NumPy's
+        BLAS is not an OpenBLAS -- is plain ``x @ weight`` on the BLAS's own
+        threads: a decoding step's products of one row are reads of their
+        weight, which the BLAS's threads share at a lower cost than a
+        hand-off to Python threads.
+    """
+    K, N = weight.shape
+    rows = math.prod(x.shape[:-1])
+    threads = kernel.get_num_threads()
+    if (threads == 1 or rows < threads * MIN_BAND_ROWS or rows * K * N < PARALLEL_MULTIPLY_ADDS
+            or blas_thread_control() is None):
+        return np.matmul(x, weight)
+    out = np.empty(x.shape[:-1] + (N,), np.result_type(x, weight))
+    x_rows, out_rows = x.reshape(rows, K), out.reshape(rows, N)
+    if N > rows:
+        cuts = _bounds(N, threads, COLUMN_ALIGN)
+        tasks = [partial(np.matmul, x_rows, weight[:, start:stop], out=out_rows[:, start:stop])
+                 for start, stop in zip(cuts, cuts[1:]) if stop > start]
+    else:
+        cuts = _bounds(rows, threads, 1)
+        tasks = [partial(np.matmul, x_rows[start:stop], weight, out=out_rows[start:stop])
+                 for start, stop in zip(cuts, cuts[1:]) if stop > start]
+    with _BlasOnOneThread(blas_thread_control()):
+        run_on_threads(tasks)
+    return out

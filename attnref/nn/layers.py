@@ -270,12 +270,25 @@ class RMSNorm:
 _erf = np.frompyfunc(math.erf, 1, 1)
 
 
-def _into(value, out):
-    """``value``, or ``out`` holding it (the activations' ``out=`` argument)."""
+def _float_input(name, x, out):
+    """``x`` as an array, and the array to write ``name``'s result into:
+    ``out`` when given (it must have ``x``'s shape and the result dtype),
+    else a new one. The result dtype is ``x``'s when it is floating, else
+    float64 (an integer input is not truncated back to integers)."""
+    x = np.asarray(x)
+    dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.dtype(np.float64)
     if out is None:
-        return value
-    np.copyto(out, value)
-    return out
+        return x, np.empty(x.shape, dtype)
+    if not (isinstance(out, np.ndarray) and out.shape == x.shape and out.dtype == dtype):
+        raise ValueError(f"{name} out must be a numpy array of shape {x.shape} and dtype "
+                         f"{dtype}, got {type(out).__name__} {getattr(out, 'shape', '')} "
+                         f"{getattr(out, 'dtype', '')}")
+    return x, out
+
+
+def _result(out, x):
+    """A 0-d result as the scalar NumPy gives for a 0-d input, else ``out``."""
+    return out[()] if x.ndim == 0 else out
 
 
 def gelu(x, *, out=None):
@@ -284,21 +297,43 @@ def gelu(x, *, out=None):
     NumPy has no ``erf``; this evaluates the C library's ``erf`` (through
     :func:`math.erf`) element by element in float64, so it is exact to the
     input dtype at the price of speed (about 0.1 s per million elements).
-    BERT's ``hidden_act="gelu"``. ``out``: an array to write the result into.
+    BERT's ``hidden_act="gelu"``. Integer input computes in float64.
+    ``out``: an array of ``x``'s shape and that dtype to write the result
+    into (``x`` itself included); else a new array.
     """
-    x = np.asarray(x)
-    # np.asarray, not .astype: on a 0-d input the ufunc returns a Python float
-    phi = 0.5 * (1.0 + np.asarray(_erf(x.astype(np.float64) / math.sqrt(2.0)), np.float64))
-    return _into((x * phi).astype(x.dtype), out)
+    x, result = _float_input("gelu", x, out)
+    wide = x.astype(np.float64)
+    # np.asarray: on a 0-d input the ufunc returns a Python float
+    product = np.asarray(_erf(wide / math.sqrt(2.0)), np.float64)
+    product += 1
+    product *= 0.5                                                # Phi(x)
+    product *= wide
+    np.copyto(result, product, casting="same_kind")
+    return _result(result, x)
 
 
 def gelu_tanh(x, *, out=None):
     r"""Tanh approximation of GELU (Hendrycks & Gimpel 2016; GPT-2, ``gelu_new``):
-    :math:`\tfrac12 x (1 + \tanh(\sqrt{2/\pi}(x + 0.044715 x^3)))`. ``out``: an
-    array to write the result into."""
-    x = np.asarray(x)
-    inner = x.dtype.type(math.sqrt(2.0 / math.pi)) * (x + x.dtype.type(0.044715) * x * x * x)
-    return _into(x.dtype.type(0.5) * x * (1 + np.tanh(inner)), out)
+    :math:`\tfrac12 x (1 + \tanh(\sqrt{2/\pi}(x + 0.044715 x^3)))`.
+
+    Evaluated in ``x``'s dtype (float64 for integer input) in one temporary:
+    the cube and the tanh's argument are built in it, then ``out = 0.5 x``
+    times it, the same roundings in the same order as the formula written
+    out. ``out``: an array of ``x``'s shape and that dtype to write the
+    result into (``x`` itself included); else a new array.
+    """
+    x, result = _float_input("gelu_tanh", x, out)
+    real = result.dtype.type
+    inner = np.multiply(real(0.044715), x, out=np.empty(x.shape, result.dtype))  # 0.044715 x
+    inner *= x
+    inner *= x                                                    # 0.044715 x^3
+    inner += x
+    inner *= real(math.sqrt(2.0 / math.pi))
+    np.tanh(inner, out=inner)
+    inner += 1
+    np.multiply(real(0.5), x, out=result)       # x is read for the last time: out may be x
+    result *= inner
+    return _result(result, x)
 
 
 def relu(x, *, out=None):
@@ -322,14 +357,8 @@ def silu(x, *, out=None):
     float64. ``out``: an array of ``x``'s shape and that dtype to write the
     result into (``x`` itself included); else a new array.
     """
-    x = np.asarray(x)
-    dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.dtype(np.float64)
-    if out is None:
-        out = np.empty(x.shape, dtype)
-    elif not (isinstance(out, np.ndarray) and out.shape == x.shape and out.dtype == dtype):
-        raise ValueError(f"silu out must be a numpy array of shape {x.shape} and dtype {dtype}, "
-                         f"got {type(out).__name__} {getattr(out, 'shape', '')} "
-                         f"{getattr(out, 'dtype', '')}")
+    x, out = _float_input("silu", x, out)
+    dtype = out.dtype
     # the denominator goes into out unless out may overlap x, which the division still reads
     denominator = np.empty(x.shape, dtype) if np.may_share_memory(x, out) else out
     np.negative(x, out=denominator)

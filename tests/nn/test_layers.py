@@ -294,6 +294,37 @@ def test_activation_table():
     assert ACTIVATIONS["gelu_tanh"] is gelu_tanh and ACTIVATIONS["gelu_new"] is gelu_tanh
 
 
+@pytest.mark.parametrize("activation, by_hand", [(gelu, gelu_by_hand),
+                                                 (gelu_tanh, gelu_tanh_by_hand)])
+def test_gelus_widen_integers_instead_of_truncating(activation, by_hand, assert_close):
+    x = np.array([-3, -1, 0, 1, 2, 5])
+    out = activation(x)
+    assert out.dtype == np.float64
+    assert_close(out, elementwise(by_hand, x.astype(np.float64)))
+
+
+@pytest.mark.parametrize("activation", [gelu, gelu_tanh])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gelus_write_into_out_and_into_their_input(activation, dtype):
+    x = np.linspace(-5, 5, 64, dtype=dtype).reshape(8, 8)
+    expected = activation(x)
+    out = np.full_like(x, np.nan)
+    assert activation(x, out=out) is out and np.array_equal(out, expected)
+    same = x.copy()
+    assert activation(same, out=same) is same and np.array_equal(same, expected)
+    with pytest.raises(ValueError, match="out must be a numpy array of shape"):
+        activation(x, out=np.empty(x.shape, np.float16))
+
+
+def test_gelu_tanh_rounds_as_its_formula_written_out():
+    """One temporary and in-place passes, the same roundings as
+    ``0.5 x (1 + tanh(c1 (x + c2 x x x)))`` evaluated left to right."""
+    x = np.random.default_rng(3).standard_normal(1000).astype(np.float32) * 4
+    c1, c2 = np.float32(math.sqrt(2.0 / math.pi)), np.float32(0.044715)
+    written_out = np.float32(0.5) * x * (1 + np.tanh(c1 * (x + c2 * x * x * x)))
+    assert np.array_equal(gelu_tanh(x), written_out)
+
+
 # ---------------------------------------------------------------- FeedForward
 
 @pytest.mark.parametrize("activation, by_hand", [

@@ -63,8 +63,12 @@ _control = None         # (get, set), or () when there is none; found on first u
 
 
 def _openblas_files():
-    """Paths of the OpenBLAS libraries loaded in this process (Linux: the
-    memory map), else of those shipped inside NumPy's wheel."""
+    """Paths of the OpenBLAS libraries NumPy may use, those shipped inside
+    NumPy's wheel first (another package may have loaded an OpenBLAS of its
+    own): on Linux every one loaded in this process (the memory map), else
+    those in NumPy's library folders."""
+    package = Path(np.__file__).resolve().parent
+    folders = (package.parent / "numpy.libs", package / ".dylibs")
     maps = Path("/proc/self/maps")
     if maps.exists():
         paths = []
@@ -72,11 +76,11 @@ def _openblas_files():
             path = line.split(maxsplit=5)[-1] if line.count(" ") >= 5 else ""
             if "openblas" in os.path.basename(path).lower() and path not in paths:
                 paths.append(path)
-        return paths
-    package = Path(np.__file__).resolve().parent
-    folders = (package.parent / "numpy.libs", package / ".dylibs")
-    return [str(path) for folder in folders if folder.is_dir()
-            for path in sorted(folder.iterdir()) if "openblas" in path.name.lower()]
+    else:
+        paths = [str(path) for folder in folders if folder.is_dir()
+                 for path in sorted(folder.iterdir()) if "openblas" in path.name.lower()]
+    return sorted(paths, key=lambda path: not any(path.startswith(str(folder))
+                                                  for folder in folders))
 
 
 def blas_thread_control():

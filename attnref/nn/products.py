@@ -134,8 +134,12 @@ class _BlasOnOneThread:
 
 def _forget_holders_in_child():
     """A forked child has none of its parent's threads, so none of their
-    products in flight; its BLAS count is the one the fork copied."""
+    products in flight: it starts with no holders, and the BLAS thread count
+    the parent had before them (a fork in the middle of a product would
+    otherwise leave the child's BLAS on one thread for good)."""
     global _hold_lock, _holders
+    if _holders and _control:
+        _control[1](_found_threads)
     _hold_lock = threading.Lock()
     _holders = 0
 

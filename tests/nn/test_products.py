@@ -1,6 +1,7 @@
 """attnref.nn.products: the split products equal NumPy's, are cut as the
 docstring says, hold the BLAS to one thread only while they run, and fall
 back to plain ``x @ w`` without an OpenBLAS to hold."""
+import os
 import threading
 
 import numpy as np
@@ -207,3 +208,25 @@ def test_linear_runs_its_product_through_matmul(two_threads, monkeypatch):
     actual = linear(x)
     assert seen == [2]
     assert_product(actual, x, linear.weight.T)
+
+
+@needs_openblas
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_during_a_product_gets_the_parents_count_back(monkeypatch):
+    """The state a fork in the middle of a product leaves: one holder, the
+    BLAS on one thread. The child starts with the count found before."""
+    get, set_ = products.blas_thread_control()
+    found = get()
+    set_(2)
+    monkeypatch.setattr(products, "_holders", 1)
+    monkeypatch.setattr(products, "_found_threads", 2)
+    set_(1)
+    try:
+        pid = os.fork()
+        if pid == 0:                                  # the child: report, and leave at once
+            os._exit(0 if get() == 2 and products._holders == 0 else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert get() == 1                             # the parent's product is still in flight
+    finally:
+        set_(found)

@@ -38,13 +38,18 @@ import numpy as np
 from .. import kernel
 from .rows import run_on_threads
 
-__all__ = ["matmul", "blas_thread_control", "PARALLEL_MULTIPLY_ADDS"]
+__all__ = ["matmul", "blas_thread_control", "PARALLEL_MULTIPLY_ADDS", "MIN_BAND_ROWS"]
 
 #: Products of at least this many multiply-adds are split among threads
 #: (about 50 us on one core: a hand-off to another thread costs 20-50 us).
 PARALLEL_MULTIPLY_ADDS = 1 << 22
-#: ... when they have at least this many rows per thread.
-MIN_BAND_ROWS = 16
+#: ... when they have at least this many rows per thread. Below it
+#: OpenBLAS's own threads cost less than a hand-off to a Python thread per
+#: product (36-120 us): SmolLM2's 128-token prompt was 2-5% slower split on
+#: 2 threads, its 1,024-token prompt 1-10% faster (benchmarks/RESULTS.md).
+#: Every product of a forward pass has the same rows, so a pass never mixes
+#: the two (which measured slower than either).
+MIN_BAND_ROWS = 128
 #: Columns are cut at multiples of this (a cache line of float32).
 COLUMN_ALIGN = 16
 
@@ -169,7 +174,7 @@ def matmul(x, weight):
     ndarray, shape (..., N)
         ``np.matmul(x, weight)``, each element one BLAS dot product over K.
         A product of at least :data:`PARALLEL_MULTIPLY_ADDS` multiply-adds
-        and ``MIN_BAND_ROWS`` rows per thread is cut into one part per
+        and :data:`MIN_BAND_ROWS` rows per thread is cut into one part per
         thread of :func:`attnref.kernel.get_num_threads`, with the BLAS held
         to one thread: bands of columns when the weight is the larger
         operand (each part then packs only its columns of the weight), else

@@ -52,10 +52,10 @@ def parts_of(monkeypatch):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape, parts", [
     ((300, 64, 256), 2),          # many rows, narrow weight: bands of rows
-    ((40, 200, 700), 2),          # the weight larger than x: bands of columns
+    ((260, 200, 700), 2),         # the weight larger than x: bands of columns
     ((2, 150, 64, 300), 2),       # leading dims
-    ((20, 64, 40), 0),            # too small: plain, no parts
-    ((3, 512, 4096), 0),          # a decoding step: too few rows, plain
+    ((255, 16, 40), 0),           # fewer than MIN_BAND_ROWS rows a thread: plain
+    ((3, 512, 4096), 0),          # a decoding step: plain
 ])
 def test_split_products_equal_numpy(shape, parts, dtype, two_threads, monkeypatch):
     monkeypatch.setattr(products, "PARALLEL_MULTIPLY_ADDS", 1 << 16)
@@ -75,7 +75,7 @@ def test_one_thread_never_splits(monkeypatch):
     threads = attnref.kernel.get_num_threads()
     attnref.kernel.set_num_threads(1)
     try:
-        x = np.ones((64, 8), np.float32)
+        x = np.ones((256, 8), np.float32)
         assert_product(products.matmul(x, np.ones((8, 4), np.float32)), x,
                        np.ones((8, 4), np.float32))
     finally:
@@ -94,7 +94,7 @@ def test_column_cuts_fall_on_cache_lines(two_threads, monkeypatch):
         real(tasks)
 
     monkeypatch.setattr(products, "run_on_threads", recording)
-    x = np.ones((32, 8), np.float32)
+    x = np.ones((256, 8), np.float32)
     weight = np.ones((8, 1000), np.float32)
     assert_product(products.matmul(x, weight), x, weight)
     assert sum(widths) == 1000 and widths[0] % products.COLUMN_ALIGN == 0
@@ -115,7 +115,7 @@ def test_the_blas_is_held_to_one_thread_only_while_products_run(two_threads, mon
     monkeypatch.setattr(products, "run_on_threads", recording)
     monkeypatch.setattr(products, "PARALLEL_MULTIPLY_ADDS", 1)
     try:
-        x = np.ones((64, 16), np.float32)
+        x = np.ones((256, 16), np.float32)
         products.matmul(x, np.ones((16, 8), np.float32))
         assert during == [1] and get() == 2
     finally:
@@ -135,7 +135,7 @@ def test_a_failing_part_restores_the_blas_and_raises(two_threads, monkeypatch):
     monkeypatch.setattr(products, "PARALLEL_MULTIPLY_ADDS", 1)
     try:
         with pytest.raises(MemoryError, match="a part failed"):
-            products.matmul(np.ones((64, 16), np.float32), np.ones((16, 8), np.float32))
+            products.matmul(np.ones((256, 16), np.float32), np.ones((16, 8), np.float32))
         assert get() == 2
     finally:
         set_(found)
@@ -162,7 +162,7 @@ def test_overlapping_products_on_several_threads_restore_the_count_once(two_thre
         counts.append(get())
 
     monkeypatch.setattr(products, "run_on_threads", held_open)
-    x, weight = np.ones((64, 16), np.float32), np.ones((16, 8), np.float32)
+    x, weight = np.ones((256, 16), np.float32), np.ones((16, 8), np.float32)
     try:
         worker = threading.Thread(target=products.matmul, args=(x, weight))
         worker.start()
@@ -182,7 +182,7 @@ def test_without_an_openblas_products_are_plain(two_threads, monkeypatch):
     monkeypatch.setattr(products, "PARALLEL_MULTIPLY_ADDS", 1)
     seen = parts_of(monkeypatch)
     assert products.blas_thread_control() is None
-    x = np.arange(64 * 8, dtype=np.float64).reshape(64, 8)
+    x = np.arange(256 * 8, dtype=np.float64).reshape(256, 8)
     weight = np.arange(8 * 3, dtype=np.float64).reshape(8, 3)
     assert np.array_equal(products.matmul(x, weight), x @ weight)
     assert seen == []
@@ -204,7 +204,7 @@ def test_linear_runs_its_product_through_matmul(two_threads, monkeypatch):
     seen = parts_of(monkeypatch)
     rng = np.random.default_rng(1)
     linear = Linear(rng.standard_normal((48, 16)).astype(np.float32))
-    x = rng.standard_normal((40, 16)).astype(np.float32)
+    x = rng.standard_normal((256, 16)).astype(np.float32)
     actual = linear(x)
     assert seen == [2]
     assert_product(actual, x, linear.weight.T)

@@ -85,6 +85,20 @@ def load(implementation, attention, threads):
     return model.eval(), torch
 
 
+def parse_in_clean_environment(parser, argv, script):
+    """``parser``'s arguments (a usage error: one line, exit 2), once this
+    process runs with :func:`clean_environment` of their ``threads``: else
+    ``script`` is executed again with it, in place of this process."""
+    parser.error = lambda message: parser.exit(  # one line, not argparse's usage block
+        2, f"{parser.prog}: error: {message} (see '{parser.prog} --help')\n")
+    arguments = parser.parse_args(argv)
+    environment = clean_environment(arguments.threads)
+    if environment != dict(os.environ):
+        # OpenBLAS reads these once, when NumPy loads: run again with them set
+        os.execve(sys.executable, [sys.executable, script, *sys.argv[1:]], environment)
+    return arguments
+
+
 def clean_environment(threads):
     """``os.environ`` with NumPy's BLAS set to ``threads`` threads and the
     OpenBLAS core overrides (machine.OPENBLAS_CORE_VARIABLES) removed."""
@@ -182,13 +196,7 @@ def main(argv=None):
     parser.add_argument("--json", metavar="PATH", help="also write the timings as JSON")
     parser.add_argument("--memory-worker", nargs=2, metavar=("IMPLEMENTATION", "PROMPTS"),
                         help=argparse.SUPPRESS)
-    parser.error = lambda message: parser.exit(  # one line, not argparse's usage block
-        2, f"{parser.prog}: error: {message} (see '{parser.prog} --help')\n")
-    arguments = parser.parse_args(argv)
-    environment = clean_environment(arguments.threads)
-    if environment != dict(os.environ):
-        # OpenBLAS reads these once, when NumPy loads: run again with them set
-        os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], environment)
+    arguments = parse_in_clean_environment(parser, argv, __file__)
     if arguments.memory_worker:
         memory_worker(*arguments.memory_worker, arguments.attention, arguments.threads)
         return 0

@@ -28,7 +28,6 @@ The "fifth round" rows of benchmarks/RESULTS.md come from::
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -36,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import machine  # noqa: E402  (benchmarks/machine.py, beside this script)
-from bench_decoder import clean_environment, positive_int, prompt_ids  # noqa: E402
+from bench_decoder import parse_in_clean_environment, positive_int, prompt_ids  # noqa: E402
 from attnref.probe import usable_cores  # noqa: E402  (machine.py put attnref on the path)
 
 import numpy as np  # noqa: E402
@@ -103,13 +102,7 @@ def main(argv=None):
                         help="timed rounds per measurement (median; default 8)")
     parser.add_argument("--threads", type=positive_int, default=usable_cores(),
                         help="threads for attnref and OpenBLAS (default: every usable core)")
-    parser.error = lambda message: parser.exit(  # one line, not argparse's usage block
-        2, f"{parser.prog}: error: {message} (see '{parser.prog} --help')\n")
-    args = parser.parse_args(argv)
-
-    environment = clean_environment(args.threads)
-    if environment != dict(os.environ):
-        os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], environment)
+    args = parse_in_clean_environment(parser, argv, __file__)
 
     import attnref
     from attnref.models import find_smollm2, load_gguf

@@ -41,7 +41,7 @@ from .rows import run_on_threads
 __all__ = ["matmul", "blas_thread_control", "PARALLEL_MULTIPLY_ADDS", "MIN_BAND_ROWS"]
 
 #: Products of at least this many multiply-adds are split among threads
-#: (about 50 us on one core: a hand-off to another thread costs 20-50 us).
+#: (about 50 us on one core; a hand-off to a Python thread measured 36-120 us).
 PARALLEL_MULTIPLY_ADDS = 1 << 22
 #: ... when they have at least this many rows per thread. Below it
 #: OpenBLAS's own threads cost less than a hand-off to a Python thread per

@@ -30,6 +30,7 @@ import ctypes
 import math
 import os
 import threading
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -113,28 +114,26 @@ def blas_thread_control():
     return _control or None
 
 
-class _BlasOnOneThread:
-    """Holds the BLAS to one thread from the first of attnref's products in
-    flight to the end of the last one."""
-
-    def __init__(self, control):
-        self.get, self.set = control
-
-    def __enter__(self):
-        global _holders, _found_threads
-        with _hold_lock:
-            if _holders == 0:
-                _found_threads = self.get()
-                if _found_threads != 1:
-                    self.set(1)
-            _holders += 1
-
-    def __exit__(self, *exc_info):
-        global _holders
+@contextmanager
+def _blas_on_one_thread():
+    """Holds the BLAS (found by :func:`blas_thread_control`) to one thread
+    from the first of attnref's products in flight to the end of the last
+    one."""
+    global _holders, _found_threads
+    get, set_ = _control
+    with _hold_lock:
+        if _holders == 0:
+            _found_threads = get()
+            if _found_threads != 1:
+                set_(1)
+        _holders += 1
+    try:
+        yield
+    finally:
         with _hold_lock:
             _holders -= 1
             if _holders == 0 and _found_threads != 1:
-                self.set(_found_threads)
+                set_(_found_threads)
 
 
 def _forget_holders_in_child():
@@ -192,14 +191,15 @@ def matmul(x, weight):
         return np.matmul(x, weight)
     out = np.empty(x.shape[:-1] + (N,), np.result_type(x, weight))
     x_rows, out_rows = x.reshape(rows, K), out.reshape(rows, N)
-    if N > rows:
-        cuts = _bounds(N, threads, COLUMN_ALIGN)
-        tasks = [partial(np.matmul, x_rows, weight[:, start:stop], out=out_rows[:, start:stop])
-                 for start, stop in zip(cuts, cuts[1:]) if stop > start]
-    else:
-        cuts = _bounds(rows, threads, 1)
-        tasks = [partial(np.matmul, x_rows[start:stop], weight, out=out_rows[start:stop])
-                 for start, stop in zip(cuts, cuts[1:]) if stop > start]
-    with _BlasOnOneThread(blas_thread_control()):
+    by_columns = N > rows
+    cuts = _bounds(N, threads, COLUMN_ALIGN) if by_columns else _bounds(rows, threads, 1)
+    tasks = []
+    for start, stop in zip(cuts, cuts[1:]):
+        band = slice(start, stop)
+        if stop > start:
+            tasks.append(partial(np.matmul, x_rows, weight[:, band], out=out_rows[:, band])
+                         if by_columns else
+                         partial(np.matmul, x_rows[band], weight, out=out_rows[band]))
+    with _blas_on_one_thread():
         run_on_threads(tasks)
     return out

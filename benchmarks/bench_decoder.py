@@ -15,6 +15,10 @@ so a change in machine load hits both), on SmolLM2-135M-Instruct
   and runs every task once (``VmHWM``, which, unlike ``ru_maxrss``, does not
   carry over the high-water mark of the parent the process was forked from).
 
+``--isa avx2`` holds both sides to AVX2 (what an AVX2-only CPU, e.g. AMD Zen 3,
+runs) with the settings of ``machine.ISA_ENVIRONMENT``, ``--isa avx512`` to
+AVX-512; the default lets each pick.
+
 transformers runs with the attention ``--attention`` names: ``sdpa`` (its
 default, what its users get) or ``eager`` (the explicit softmax(QK^T)V that
 the verification test compares weights with). Both sides use ``--threads``
@@ -31,6 +35,7 @@ The SmolLM2 tables of benchmarks/RESULTS.md come from::
 
     python benchmarks/bench_decoder.py --repeats 5                      # sdpa
     python benchmarks/bench_decoder.py --repeats 5 --attention eager
+    python benchmarks/bench_decoder.py --repeats 5 --isa avx2          # an AVX2-only CPU's case
 """
 from __future__ import annotations
 
@@ -87,12 +92,15 @@ def load(implementation, attention, threads):
 
 def parse_in_clean_environment(parser, argv, script):
     """``parser``'s arguments (a usage error: one line, exit 2), once this
-    process runs with :func:`clean_environment` of their ``threads``: else
-    ``script`` is executed again with it, in place of this process."""
+    process runs with :func:`clean_environment` of their ``threads`` and,
+    when the parser has an ``--isa``, that instruction set's settings
+    (:data:`machine.ISA_ENVIRONMENT`): else ``script`` is executed again with
+    them, in place of this process."""
     parser.error = lambda message: parser.exit(  # one line, not argparse's usage block
         2, f"{parser.prog}: error: {message} (see '{parser.prog} --help')\n")
     arguments = parser.parse_args(argv)
-    environment = clean_environment(arguments.threads)
+    environment = machine.with_isa(clean_environment(arguments.threads),
+                                   getattr(arguments, "isa", "native"))
     if environment != dict(os.environ):
         # OpenBLAS reads these once, when NumPy loads: run again with them set
         os.execve(sys.executable, [sys.executable, script, *sys.argv[1:]], environment)
@@ -159,7 +167,7 @@ def peak_memory(implementation, prompts_file, arguments):
     running every task once with ``implementation``."""
     result = subprocess.run([sys.executable, __file__, "--memory-worker", implementation,
                              prompts_file, "--attention", arguments.attention,
-                             "--threads", str(arguments.threads)],
+                             "--threads", str(arguments.threads), "--isa", arguments.isa],
                             stdout=subprocess.PIPE, text=True, check=True)
     return float(result.stdout.strip())
 
@@ -171,6 +179,18 @@ def memory_worker(implementation, prompts_file, attention, threads):
     for run in runs(implementation, model, torch, prompts).values():
         run()
     print(status_kib("VmHWM") / 1024)
+
+
+def isa_held(isa, attnref, torch):
+    """What ``--isa`` held each side to, and what did not obey it."""
+    if isa == "native":
+        return "native (each side picks its own instruction set)"
+    held = ", ".join(f"{name}={value}" for name, value in machine.ISA_ENVIRONMENT[isa].items())
+    ran = {"attnref kernel": attnref.kernel.get_code_path() if attnref.kernel.available()
+           else "unavailable", "torch": torch.backends.cpu.get_cpu_capability()}
+    disobeyed = [f"{side} ran {path}" for side, path in ran.items()
+                 if path.lower() != isa]
+    return f"{isa} ({held})" + (f"; NOT HELD: {', '.join(disobeyed)}" if disobeyed else "")
 
 
 def positive_int(text):
@@ -193,6 +213,10 @@ def main(argv=None):
     parser.add_argument("--threads", type=positive_int, default=usable_cores(),
                         help="threads of torch, OpenBLAS and attnref's kernel (default: the "
                              "usable cores, %(default)s here)")
+    parser.add_argument("--isa", choices=tuple(machine.ISA_ENVIRONMENT), default="native",
+                        help="hold both sides to one instruction set: attnref's kernel, "
+                             "NumPy's OpenBLAS (avx2: Haswell kernels), torch's ATen, MKL and "
+                             "oneDNN (default native: each picks its own)")
     parser.add_argument("--json", metavar="PATH", help="also write the timings as JSON")
     parser.add_argument("--memory-worker", nargs=2, metavar=("IMPLEMENTATION", "PROMPTS"),
                         help=argparse.SUPPRESS)
@@ -206,6 +230,7 @@ def main(argv=None):
     prompts = {length: prompt_ids(ours, length) for length in {*PROMPTS, GENERATION_PROMPT}}
     details = machine.details(attnref, torch)
     details["transformers"] = f"attention {arguments.attention}"
+    details["held to"] = isa_held(arguments.isa, attnref, torch)
     for label, text in details.items():
         print(f"{label:>15}: {text}")
     medians = measure({"attnref": runs("attnref", ours, None, prompts),

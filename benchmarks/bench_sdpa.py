@@ -71,6 +71,7 @@ from attnref._validation import sdpa_call
 
 import machine
 import memory
+from machine import ISA_ENVIRONMENT, ISA_VARIABLES, TORCH_CAPABILITY
 
 DTYPES = ("float32", "float64")
 SIZES = (512, 1024, 2048, 4096, 8192)
@@ -89,19 +90,6 @@ MEMORY_LIMIT = 64 * 2**20  # issue 6: the C kernel beyond inputs and output
 PLOT_DTYPE = "float32"
 CONTENDERS = ("c", "numpy", "torch")
 
-#: The variables that hold each side to an instruction set (see the docstring).
-ISA_ENVIRONMENT = {
-    "avx2": {"ATTNREF_KERNEL_PATH": "avx2", "ATEN_CPU_CAPABILITY": "avx2",
-             "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
-             "OPENBLAS_CORETYPE": "Haswell"},
-    "avx512": {"ATTNREF_KERNEL_PATH": "avx512", "ATEN_CPU_CAPABILITY": "avx512",
-               "MKL_ENABLE_INSTRUCTIONS": "AVX512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"},
-    "native": {},
-}
-ISA_VARIABLES = ("ATTNREF_KERNEL_PATH", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS",
-                 "ONEDNN_MAX_CPU_ISA")
-# what torch.backends.cpu.get_cpu_capability() says when it obeys
-TORCH_CAPABILITY = {"avx2": "AVX2", "avx512": "AVX512"}
 
 
 STARTED = time.perf_counter()
@@ -274,10 +262,7 @@ def isa_notes(isa, torch):
 
 def isa_environment(isa):
     """This process's environment with ``isa``'s settings (native: none)."""
-    environment = {name: value for name, value in os.environ.items()
-                   if name not in ISA_VARIABLES}
-    environment.update(ISA_ENVIRONMENT[isa])
-    return environment
+    return machine.with_isa(os.environ, isa)
 
 
 def run_isa(isa, argv, script=__file__):

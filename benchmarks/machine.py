@@ -27,6 +27,29 @@ BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THR
 # OpenBLAS kernel, so a NumPy timing must say whether they were set.
 OPENBLAS_CORE_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 SIMD_FLAGS = ("avx512f", "avx512vl", "avx512bw", "avx512_bf16", "avx2", "fma")
+#: The variables that hold each side to an instruction set: attnref's code path,
+#: torch's ATen kernels, MKL's and oneDNN's GEMMs, and (avx2) NumPy's OpenBLAS.
+#: They must be set before torch and NumPy load (benchmarks run a process per ISA).
+ISA_ENVIRONMENT = {
+    "avx2": {"ATTNREF_KERNEL_PATH": "avx2", "ATEN_CPU_CAPABILITY": "avx2",
+             "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+             "OPENBLAS_CORETYPE": "Haswell"},
+    "avx512": {"ATTNREF_KERNEL_PATH": "avx512", "ATEN_CPU_CAPABILITY": "avx512",
+               "MKL_ENABLE_INSTRUCTIONS": "AVX512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"},
+    "native": {},
+}
+ISA_VARIABLES = ("ATTNREF_KERNEL_PATH", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS",
+                 "ONEDNN_MAX_CPU_ISA")
+# what torch.backends.cpu.get_cpu_capability() says when it obeys
+TORCH_CAPABILITY = {"avx2": "AVX2", "avx512": "AVX512"}
+
+
+def with_isa(environment, isa):
+    """``environment`` (a mapping) with ``isa``'s settings of
+    :data:`ISA_ENVIRONMENT` and none of another's (native: none at all)."""
+    held = {name: value for name, value in environment.items() if name not in ISA_VARIABLES}
+    held.update(ISA_ENVIRONMENT[isa])
+    return held
 
 
 def cpu_model():

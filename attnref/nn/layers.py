@@ -286,9 +286,10 @@ def _float_input(name, x, out):
     return x, out
 
 
-def _result(out, x):
-    """A 0-d result as the scalar NumPy gives for a 0-d input, else ``out``."""
-    return out[()] if x.ndim == 0 else out
+def _result(result, x, out):
+    """What a ufunc returns: ``out`` when given, else the scalar of a 0-d
+    ``result`` for a 0-d ``x``, else ``result``."""
+    return out if out is not None else result[()] if x.ndim == 0 else result
 
 
 def gelu(x, *, out=None):
@@ -299,7 +300,8 @@ def gelu(x, *, out=None):
     input dtype at the price of speed (about 0.1 s per million elements).
     BERT's ``hidden_act="gelu"``. Integer input computes in float64.
     ``out``: an array of ``x``'s shape and that dtype to write the result
-    into (``x`` itself included); else a new array.
+    into (``x`` itself included, and returned); else a new array, or for a
+    0-d input the NumPy scalar a ufunc gives.
     """
     x, result = _float_input("gelu", x, out)
     wide = x.astype(np.float64)
@@ -309,7 +311,7 @@ def gelu(x, *, out=None):
     product *= 0.5                                                # Phi(x)
     product *= wide
     np.copyto(result, product, casting="same_kind")
-    return _result(result, x)
+    return _result(result, x, out)
 
 
 def gelu_tanh(x, *, out=None):
@@ -320,7 +322,8 @@ def gelu_tanh(x, *, out=None):
     the cube and the tanh's argument are built in it, then ``out = 0.5 x``
     times it, the same roundings in the same order as the formula written
     out. ``out``: an array of ``x``'s shape and that dtype to write the
-    result into (``x`` itself included); else a new array.
+    result into (``x`` itself included, and returned); else a new array, or
+    for a 0-d input the NumPy scalar a ufunc gives.
     """
     x, result = _float_input("gelu_tanh", x, out)
     real = result.dtype.type
@@ -333,7 +336,7 @@ def gelu_tanh(x, *, out=None):
     inner += 1
     np.multiply(real(0.5), x, out=result)       # x is read for the last time: out may be x
     result *= inner
-    return _result(result, x)
+    return _result(result, x, out)
 
 
 def relu(x, *, out=None):
@@ -355,12 +358,13 @@ def silu(x, *, out=None):
     still be a normal float: when ``exp`` reports an overflow, those few
     entries are computed in that form instead. Integer input computes in
     float64. ``out``: an array of ``x``'s shape and that dtype to write the
-    result into (``x`` itself included); else a new array.
+    result into (``x`` itself included, and returned); else a new array, or
+    for a 0-d input the NumPy scalar a ufunc gives.
     """
-    x, out = _float_input("silu", x, out)
-    dtype = out.dtype
-    # the denominator goes into out unless out may overlap x, which the division still reads
-    denominator = np.empty(x.shape, dtype) if np.may_share_memory(x, out) else out
+    x, result = _float_input("silu", x, out)
+    dtype = result.dtype
+    # the denominator goes into result unless it may overlap x, which the division still reads
+    denominator = np.empty(x.shape, dtype) if np.may_share_memory(x, result) else result
     np.negative(x, out=denominator)
     try:
         with np.errstate(over="raise"):   # NumPy finishes the pass, then raises
@@ -371,10 +375,10 @@ def silu(x, *, out=None):
         far = x < overflow
         near_zero = x[far] * np.exp(x[far].astype(dtype))
     denominator += 1
-    np.divide(x, denominator, out=out)
+    np.divide(x, denominator, out=result)
     if far is not None:
-        out[far] = near_zero
-    return out
+        result[far] = near_zero
+    return _result(result, x, out)
 
 
 ACTIVATIONS = {"gelu": gelu, "gelu_tanh": gelu_tanh, "gelu_new": gelu_tanh, "relu": relu,

@@ -533,3 +533,18 @@ def test_product_layout_keeps_the_values_and_makes_the_transpose_c_contiguous(dt
     stacked, _ = stack_outputs(Linear(weight[:2]), Linear(weight[2:]))
     assert stacked.weight.T.flags.c_contiguous
     np.testing.assert_array_equal(stacked.weight, weight)
+
+
+@pytest.mark.parametrize("activation", [gelu, gelu_tanh, silu, relu])
+@pytest.mark.parametrize("value", [np.float32(-1.5), np.float64(0.75), np.array(2.0), 3])
+def test_activations_return_what_a_ufunc_returns(activation, value):
+    """A 0-d input gives a NumPy scalar of the result dtype (float64 for an
+    integer, relu keeping it), equal to the one-element array's; ``out=``
+    is filled and returned as it is."""
+    as_array = np.asarray(value)
+    result = activation(value)
+    expected = activation(as_array.reshape(1))
+    assert isinstance(result, np.generic) and result.dtype == expected.dtype
+    assert result == expected[0]
+    out = np.zeros((), expected.dtype)
+    assert activation(as_array, out=out) is out and out == expected[0]

@@ -27,7 +27,8 @@ OpenBLAS (``OPENBLAS_NUM_THREADS``, read when NumPy loads) and attnref's C
 kernel. The script re-executes itself once with that environment and with
 ``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` removed (set on some machines,
 they pick a slower OpenBLAS kernel), so the command line needs no ``env``
-prefix. Medians of ``--repeats`` runs, ratios from the same run; progress
+prefix. Medians of ``--repeats`` runs, ratios from the same run (with the
+range of the ratio within each repeat, where the two ran back to back); progress
 goes to stderr, the table to stdout. Needs torch, transformers, gguf and
 accelerate (transformers' GGUF loader).
 
@@ -144,9 +145,9 @@ def tokens_of(task):
 
 
 def measure(tasks, repeats):
-    """Median seconds per task and implementation (``tasks`` is
-    ``{implementation: {task: callable}}``), the implementations alternating
-    within each repeat; one untimed warm-up run each."""
+    """Seconds of each run, ``{task: {implementation: [repeats]}}`` (``tasks``
+    is ``{implementation: {task: callable}}``), the implementations
+    alternating within each repeat; one untimed warm-up run each."""
     names = list(tasks)
     seconds = {task: {name: [] for name in names} for task in tasks[names[0]]}
     for task in seconds:
@@ -158,8 +159,7 @@ def measure(tasks, repeats):
                 tasks[name][task]()
                 seconds[task][name].append(time.perf_counter() - start)
             print(f"  {task}: run {repeat + 1}/{repeats}", file=sys.stderr, flush=True)
-    return {task: {name: statistics.median(times) for name, times in by_name.items()}
-            for task, by_name in seconds.items()}
+    return seconds
 
 
 def peak_memory(implementation, prompts_file, arguments):
@@ -233,18 +233,23 @@ def main(argv=None):
     details["held to"] = isa_held(arguments.isa, attnref, torch)
     for label, text in details.items():
         print(f"{label:>15}: {text}")
-    medians = measure({"attnref": runs("attnref", ours, None, prompts),
+    seconds = measure({"attnref": runs("attnref", ours, None, prompts),
                        "transformers": runs("transformers", theirs, torch, prompts)},
                       arguments.repeats)
-    print(f"\n{'task':<14} {'attnref tok/s':>14} {'transformers tok/s':>19} {'ratio':>6}")
+    print(f"\n{'task':<14} {'attnref tok/s':>14} {'transformers tok/s':>19} {'ratio':>6}  "
+          f"per repeat")
     rows = []
-    for task, by_name in medians.items():
-        rate = {name: tokens_of(task) / value for name, value in by_name.items()}
+    for task, by_name in seconds.items():
+        rate = {name: tokens_of(task) / statistics.median(times)
+                for name, times in by_name.items()}
         ratio = rate["attnref"] / rate["transformers"]
+        # the two ran back to back in each repeat: their ratio there is one paired sample
+        paired = sorted(theirs_ / ours_ for ours_, theirs_ in zip(by_name["attnref"],
+                                                                  by_name["transformers"]))
         print(f"{task:<14} {rate['attnref']:>14.1f} {rate['transformers']:>19.1f} "
-              f"{ratio:>5.2f}x")
+              f"{ratio:>5.2f}x  {paired[0]:.2f}-{paired[-1]:.2f}x")
         rows.append({"task": task, "seconds": by_name, "tokens_per_second": rate,
-                     "ratio": ratio})
+                     "ratio": ratio, "ratio_per_repeat": paired})
     del ours, theirs
     print("peak memory: a fresh process per implementation", file=sys.stderr)
     with tempfile.TemporaryDirectory() as scratch:

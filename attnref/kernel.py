@@ -17,7 +17,11 @@ A long call runs as several C calls over bounded pieces of its rows (about
 :data:`CHUNK_WORK` multiply-adds per thread each, split where the tiled
 paths' units split, so the bits are those of one call), with the GIL
 released in each: Ctrl-C (KeyboardInterrupt) stops it between two pieces,
-well within a second.
+well within a second. A long backward call is cut the same way, into runs
+of whole (batch entry, kv head) pairs (a pair's gradients need all its rows
+and keys), so Ctrl-C waits at most one run: of about the same work, or of
+one pair, or of ``attnref_backward_fused_pairs`` pairs when the call has
+that many (then each run fuses its passes as the whole call would).
 
 Environment:
 ``ATTNREF_NUM_THREADS``: default thread count (else ``os.cpu_count()``).
@@ -403,7 +407,9 @@ def attention_backward(call, grad_out, out, lse=None, *, threads=None, mask_grad
     in the compute dtype; ``lse`` (``batch + (L,)``), when given, makes the
     weights ``exp(s - lse)``, else they come from each row's maximum and sum.
     Operands are passed as dense copies of their broadcast shapes; the result
-    is bit-identical for any thread count. With ``mask_grad``, a fourth
+    is bit-identical for any thread count, and whether or not a long call
+    is cut into runs of (batch entry, kv head) pairs (:func:`_pair_runs`;
+    KeyboardInterrupt stops it between two). With ``mask_grad``, a fourth
     array: the gradient of the scores after softcap, dense
     ``batch + (L, S)`` (the caller reduces it to the mask's shape); else None.
     """
@@ -436,23 +442,59 @@ def attention_backward(call, grad_out, out, lse=None, *, threads=None, mask_grad
     dq = np.empty(batch + (call.L, call.E), dtype)
     dk = np.empty(kv_batch + (call.S, call.E), dtype)
     dv = np.empty(kv_batch + (call.S, call.Ev), dtype)
-    params = _new_params(call, B, H, G, call.mask, threads, _path)
+    path = _path
+    params = _new_params(call, B, H, G, call.mask, threads, path)
     params.q_stride = [H * call.L * call.E, call.L * call.E, call.E]
     params.k_stride = [Hkv * call.S * call.E, call.S * call.E, call.E]
     params.v_stride = [Hkv * call.S * call.Ev, call.S * call.Ev, call.Ev]
     params.out_stride = [H * call.L * call.Ev, call.L * call.Ev, call.Ev]
     params.lse_stride = [H * call.L, call.L, 1]
     params.mask_stride = [H * call.L * call.S, call.L * call.S, call.S, 1]
-    pointers = {name: _pointer(array, "uint8_t" if array.dtype == np.uint8 else c_type,
-                               writable=False) for name, array in arrays.items()}
     dmask = np.empty(batch + (call.L, call.S), dtype) if mask_grad else None
-    outputs = [_pointer(array, c_type, writable=True) for array in (dq, dk, dv)]
+    arrays.update(dq=dq, dk=dk, dv=dv)
+    if dmask is not None:
+        arrays["dmask"] = dmask
+    pointers = {name: _pointer(array, "uint8_t" if array.dtype == np.uint8 else c_type,
+                               writable=name in ("dq", "dk", "dv", "dmask"))
+                for name, array in arrays.items()}
     run = getattr(_lib, entry.replace("sdpa", "sdpa_backward"))
-    _raise_for(run(params, *outputs, pointers["grad_out"], pointers["out"],
-                   pointers.get("lse", _ffi.NULL), pointers["q"], pointers["k"], pointers["v"],
-                   pointers.get("mask", _ffi.NULL),
-                   _ffi.NULL if dmask is None else _pointer(dmask, c_type, writable=True)))
+    # Every operand is dense [pair, ...] with pair = (batch entry, kv head), the
+    # G query heads of a kv head adjacent: a run of pairs is a call of its own.
+    # KeyboardInterrupt arrives between two C calls (each releases the GIL).
+    pairs = B * Hkv
+    per_pair = {name: array.size // pairs if pairs else 0 for name, array in arrays.items()}
+    pair_work = 3 * G * call.L * (call.S * (call.E + call.Ev) + 1)
+    for first, last in _pair_runs(pairs, pair_work, threads, path):
+        params.B, params.H = 1, (last - first) * G
+        at = {name: pointer + first * per_pair[name] for name, pointer in pointers.items()}
+        _raise_for(run(params, at["dq"], at["dk"], at["dv"], at["grad_out"], at["out"],
+                       at.get("lse", _ffi.NULL), at["q"], at["k"], at["v"],
+                       at.get("mask", _ffi.NULL), at.get("dmask", _ffi.NULL)))
     return dq, dk, dv, dmask
+
+
+def _pair_runs(pairs, pair_work, threads, path):
+    """The ``(first, last)`` runs of a backward call's ``pairs`` (batch
+    entry, kv head) that its C calls cover, each of about
+    :data:`CHUNK_WORK` multiply-adds per thread (``pair_work`` per pair,
+    about three forwards': the backward's five to seven products per score
+    against two).
+
+    When the whole call has at least ``attnref_backward_fused_pairs`` pairs,
+    so does every run (the last joins the one before if shorter): each C
+    call then takes the passes the whole call would, and the bits are one
+    call's. A run is never less than one pair, so a call of few pairs stays
+    one C call.
+    """
+    work = CHUNK_WORK // 32 if path == _lib.ATTNREF_PATH_PORTABLE else CHUNK_WORK
+    step = max(1, work * threads // max(1, pair_work))
+    fused = _lib.attnref_backward_fused_pairs(path)
+    if fused and pairs >= fused:
+        step = max(step, fused)
+    starts = list(range(0, pairs, step))
+    if len(starts) > 1 and fused and pairs >= fused and pairs - starts[-1] < fused:
+        starts.pop()
+    return list(zip(starts, starts[1:] + [pairs]))
 
 
 def _new_params(call, B, H, kv_group, mask, threads, path):

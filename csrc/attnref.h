@@ -133,6 +133,7 @@ int attnref_exp_f32(float *out, const float *x, int64_t n);    /* the path's exp
 int attnref_exp_f64(double *out, const double *x, int64_t n);
 int64_t attnref_band_unbounded(void);    /* value of ATTNREF_BAND_UNBOUNDED */
 int64_t attnref_row_block(int64_t kv_group, int path); /* see attnref.c */
+int64_t attnref_backward_fused_pairs(int path);        /* see backward.c */
 /* CFFI_END */
 
 /* Large enough for "no bound", small enough that i + diag_offset + bound

@@ -81,6 +81,19 @@ static rows_fn bwd_tiled_worker(int path, int is_double)
     }
 }
 
+/* The (batch entry, kv head) pairs from which a backward call on `path`
+   (ATTNREF_PATH_AUTO: the one in use) fuses its dq and dk, dv passes; 0 when
+   that path never does. kernel.py cuts a long call into calls of whole
+   pairs, each with at least this many when the whole call has them, so each
+   runs the passes the whole call would: the same bits. */
+int64_t attnref_backward_fused_pairs(int path)
+{
+    attnref_params p;
+    memset(&p, 0, sizeof p);
+    p.path = path;
+    return bwd_tiled_worker(bwd_path(&p), 0) != NULL ? BWD_FUSED_UNITS : 0;
+}
+
 static int bwd(const attnref_params *p, int is_double, void *dq, void *dk, void *dv,
                const void *grad_out, const void *out, const void *lse, const void *q,
                const void *k, const void *v, const void *mask, void *dmask)

@@ -2,6 +2,10 @@
 forward, masking, GQA, lse-combined halves, scale folding, mask gradients,
 and the forward's argument checks."""
 import doctest
+import json
+import os
+import subprocess
+import sys
 import functools
 import re
 
@@ -520,3 +524,95 @@ def test_the_c_backward_is_bit_identical_for_any_thread_count_and_repeat(code_pa
     for index, other in enumerate(results[2:], 2):
         for first, again in zip(results[index % 2][:3], other[:3]):
             assert first.tobytes() == again.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B, Hkv, G", [(1, 3, 2), (3, 3, 1), (2, 8, 1), (4, 5, 2)])
+def test_a_c_backward_cut_into_runs_of_pairs_gives_the_same_bits(code_path, monkeypatch,
+                                                                 dtype, B, Hkv, G):
+    """With CHUNK_WORK = 1 a backward call runs as one C call per (batch
+    entry, kv head) pair, or per run of attnref_backward_fused_pairs pairs
+    (8: B x Hkv = 3, 9, 16, 20 cover one call, runs of one pair, and runs
+    of 8 with a longer last one): the gradients, with and without the lse,
+    and the mask's gradient, are the one call's."""
+    from attnref._validation import sdpa_call
+    rng = np.random.default_rng(B * 100 + Hkv * 10 + G)
+    L, S, E = 70, 75, 16
+    query = rng.standard_normal((B, Hkv * G, L, E)).astype(dtype)
+    key, value = (rng.standard_normal((B, Hkv, S, E)).astype(dtype) for _ in range(2))
+    mask = rng.standard_normal((L, S)).astype(dtype)
+    grad_out = rng.standard_normal((B, Hkv * G, L, E)).astype(dtype)
+    call = sdpa_call(query, key, value, attn_mask=mask, is_causal=False, enable_gqa=G > 1,
+                     return_lse=True)
+    out, lse = attnref.kernel.attention(call)
+    whole = [attnref.kernel.attention_backward(call, grad_out, out, saved, mask_grad=True)
+             for saved in (lse, None)]
+    runs = attnref.kernel._pair_runs(B * Hkv, 1, 2, attnref.kernel._path)
+    with monkeypatch.context() as patch:
+        patch.setattr(attnref.kernel, "CHUNK_WORK", 1)
+        cut = [attnref.kernel.attention_backward(call, grad_out, out, saved, mask_grad=True)
+               for saved in (lse, None)]
+        assert attnref.kernel._pair_runs(B * Hkv, 1, 2, attnref.kernel._path) != runs \
+            or B * Hkv in (3, 9)
+    for one, several in zip(whole, cut):
+        for expected, got in zip(one, several):
+            assert expected.tobytes() == got.tobytes()
+
+
+@pytest.mark.parametrize("pairs", [1, 3, 7, 8, 9, 15, 16, 17, 40])
+@pytest.mark.parametrize("fused", [0, 8])
+def test_pair_runs_cover_the_pairs_in_runs_the_fused_rule_keeps(monkeypatch, pairs, fused):
+    monkeypatch.setattr(attnref.kernel, "CHUNK_WORK", 1)
+    monkeypatch.setattr(attnref.kernel, "_lib", type("Lib", (), {
+        "ATTNREF_PATH_PORTABLE": attnref.kernel._lib.ATTNREF_PATH_PORTABLE,
+        "attnref_backward_fused_pairs": staticmethod(lambda path: fused)}))
+    runs = attnref.kernel._pair_runs(pairs, 10, 2, attnref.kernel._path)
+    assert runs[0][0] == 0 and runs[-1][1] == pairs
+    assert all(end == start for (_, end), (start, _) in zip(runs, runs[1:]))
+    lengths = [last - first for first, last in runs]
+    if fused and pairs >= fused:
+        assert min(lengths) >= fused and max(lengths) < 2 * fused
+    else:
+        assert lengths == [1] * pairs
+
+
+BACKWARD_INTERRUPT_SCRIPT = """
+import json, os, signal, threading, time
+import numpy as np
+from attnref import kernel
+from attnref._validation import sdpa_call
+kernel.set_code_path({path!r})
+signal.signal(signal.SIGINT, signal.default_int_handler)
+query = np.ones((1, 32, {n}, 64), np.float32)   # 32 (batch, kv head) pairs
+call = sdpa_call(query, query, query, return_lse=True)
+# any out and lse make the same work (no forward: the test times the backward alone)
+out, lse = np.zeros(call.output_shape, np.float32), np.zeros(call.lse_shape, np.float32)
+{patch}sent = []
+def interrupt():
+    sent.append(time.perf_counter())
+    os.kill(os.getpid(), signal.SIGINT)
+threading.Timer(0.5, interrupt).start()
+started = time.perf_counter()
+try:
+    kernel.attention_backward(call, query, out, lse, threads=1)
+    outcome = "finished"
+except KeyboardInterrupt:
+    outcome = "interrupted"
+print(json.dumps({{"outcome": outcome, "latency": time.perf_counter() - sent[0] if sent else None,
+                   "seconds": time.perf_counter() - started}}))
+"""
+
+
+@pytest.mark.parametrize("path, n", [("portable", 1024), ("avx2", 4096), ("avx512", 4096)])
+def test_ctrl_c_stops_a_long_backward_between_runs_of_pairs(path, n):
+    """32 pairs: runs of one pair on the portable path, of 8 (fused) on the
+    SIMD ones; the whole call takes several seconds, a run well under one."""
+    if not attnref.kernel.available() or path not in attnref.kernel.supported_code_paths():
+        pytest.skip(f"code path {path} is not supported here")
+    run = subprocess.run([sys.executable, "-c", BACKWARD_INTERRUPT_SCRIPT.format(path=path, n=n, patch="")],
+                         capture_output=True, text=True, timeout=300,
+                         cwd=os.path.dirname(os.path.dirname(attnref.__file__)))
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["outcome"] == "interrupted", report
+    assert report["latency"] < 2.0, report

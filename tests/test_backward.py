@@ -583,7 +583,7 @@ from attnref import kernel
 from attnref._validation import sdpa_call
 kernel.set_code_path({path!r})
 signal.signal(signal.SIGINT, signal.default_int_handler)
-query = np.ones((1, 32, {n}, 64), np.float32)   # 32 (batch, kv head) pairs
+query = np.ones(({batch}, 32, {n}, {dim}), np.float32)   # {batch} x 32 (batch, kv head) pairs
 call = sdpa_call(query, query, query, return_lse=True)
 # any out and lse make the same work (no forward: the test times the backward alone)
 out, lse = np.zeros(call.output_shape, np.float32), np.zeros(call.lse_shape, np.float32)
@@ -591,7 +591,7 @@ out, lse = np.zeros(call.output_shape, np.float32), np.zeros(call.lse_shape, np.
 def interrupt():
     sent.append(time.perf_counter())
     os.kill(os.getpid(), signal.SIGINT)
-threading.Timer(0.5, interrupt).start()
+threading.Timer(0.3, interrupt).start()
 started = time.perf_counter()
 try:
     kernel.attention_backward(call, query, out, lse, threads=1)
@@ -603,16 +603,23 @@ print(json.dumps({{"outcome": outcome, "latency": time.perf_counter() - sent[0] 
 """
 
 
-@pytest.mark.parametrize("path, n", [("portable", 1024), ("avx2", 4096), ("avx512", 4096)])
-def test_ctrl_c_stops_a_long_backward_between_runs_of_pairs(path, n):
-    """32 pairs: runs of one pair on the portable path, of 8 (fused) on the
-    SIMD ones; the whole call takes several seconds, a run well under one."""
+@pytest.mark.parametrize("path, batch, n, dim", [("portable", 1, 1024, 64),
+                                                 ("avx2", 4, 2048, 32), ("avx512", 4, 2048, 32)])
+def test_ctrl_c_stops_a_long_backward_between_runs_of_pairs(path, batch, n, dim):
+    """Runs of one pair on the portable path (32 pairs), of 8 (fused) on the
+    SIMD ones (128 pairs). On this project's Xeon, as one C call these take
+    1.4 s (avx512), 3.6 s (avx2) and 11 s (portable); cut into runs, Ctrl-C
+    took 0.04-0.11 s. Not under the sanitizers, whose 10-30x slowdown
+    stretches a run past the bound (that run looks for memory errors, not
+    for latency)."""
     if not attnref.kernel.available() or path not in attnref.kernel.supported_code_paths():
         pytest.skip(f"code path {path} is not supported here")
-    run = subprocess.run([sys.executable, "-c", BACKWARD_INTERRUPT_SCRIPT.format(path=path, n=n, patch="")],
-                         capture_output=True, text=True, timeout=300,
-                         cwd=os.path.dirname(os.path.dirname(attnref.__file__)))
+    if "-fsanitize" in attnref.kernel.info()["build"]["flags"]:
+        pytest.skip("a sanitized build: the latency bound is for a normal one")
+    script = BACKWARD_INTERRUPT_SCRIPT.format(path=path, batch=batch, n=n, dim=dim, patch="")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300, cwd=os.path.dirname(os.path.dirname(attnref.__file__)))
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
     assert report["outcome"] == "interrupted", report
-    assert report["latency"] < 2.0, report
+    assert report["latency"] < 1.0, report

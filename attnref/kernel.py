@@ -483,8 +483,9 @@ def _pair_runs(pairs, pair_work, threads, path):
     When the whole call has at least ``attnref_backward_fused_pairs`` pairs,
     so does every run (the last joins the one before if shorter): each C
     call then takes the passes the whole call would, and the bits are one
-    call's. A run is never less than one pair, so a call of few pairs stays
-    one C call.
+    call's. A run is at least one pair, so a call of one pair (or, with the
+    fused passes, of fewer than twice their pairs) is one C call however
+    long it takes.
     """
     work = CHUNK_WORK // 32 if path == _lib.ATTNREF_PATH_PORTABLE else CHUNK_WORK
     step = max(1, work * threads // max(1, pair_work))

@@ -490,10 +490,11 @@ def _pair_runs(pairs, pair_work, threads, path):
     work = CHUNK_WORK // 32 if path == _lib.ATTNREF_PATH_PORTABLE else CHUNK_WORK
     step = max(1, work * threads // max(1, pair_work))
     fused = _lib.attnref_backward_fused_pairs(path)
-    if fused and pairs >= fused:
+    keep_fused = 0 < fused <= pairs      # the whole call fuses: so must every run
+    if keep_fused:
         step = max(step, fused)
     starts = list(range(0, pairs, step))
-    if len(starts) > 1 and fused and pairs >= fused and pairs - starts[-1] < fused:
+    if keep_fused and len(starts) > 1 and pairs - starts[-1] < fused:
         starts.pop()
     return list(zip(starts, starts[1:] + [pairs]))
 

@@ -89,8 +89,9 @@ def products(contender, rows, threads):
             for name, (x, weight) in operands.items()}
 
 
-def worker(contender, rows, threads, repeats):
-    """Median seconds per shape, as JSON on stdout."""
+def worker(contender, rows, threads, repeats, isa):
+    """Median seconds per shape, and what did not obey ``isa``
+    (:func:`machine.isa_disobeyed`), as JSON on stdout."""
     seconds = {}
     for name, product in products(contender, rows, threads).items():
         product()
@@ -100,7 +101,10 @@ def worker(contender, rows, threads, repeats):
             product()
             times.append(time.perf_counter() - start)
         seconds[name] = statistics.median(times)
-    print(json.dumps(seconds))
+    import attnref
+    torch = sys.modules.get("torch")    # imported by products() for torch only
+    print(json.dumps({"seconds": seconds,
+                      "notes": machine.isa_disobeyed(isa, attnref, torch)}))
 
 
 def torch_installed():
@@ -129,7 +133,7 @@ def main(argv=None):
     arguments = parse_in_clean_environment(parser, argv, __file__)
     if arguments.worker:
         contender, rows = arguments.worker
-        worker(contender, int(rows), arguments.threads, arguments.repeats)
+        worker(contender, int(rows), arguments.threads, arguments.repeats, arguments.isa)
         return 0
     contenders = [name for name in CONTENDERS if name != "torch" or torch_installed()]
     import attnref
@@ -145,7 +149,10 @@ def main(argv=None):
                     [sys.executable, __file__, "--worker", name, str(rows), "--threads",
                      str(arguments.threads), "--repeats", str(arguments.repeats),
                      "--isa", arguments.isa], stdout=subprocess.PIPE, text=True, check=True)
-                seconds = json.loads(finished.stdout)
+                report = json.loads(finished.stdout)
+                seconds = report["seconds"]
+                for note in report["notes"]:
+                    say(f"NOT HELD to {arguments.isa}: {note}")
                 for shape, flops in multiply_adds(rows).items():
                     rates[name][shape].append(2 * flops / sum(
                         seconds[part] for part in LAYER) / 1e9 if shape == "layer"

@@ -186,11 +186,8 @@ def isa_held(isa, attnref, torch):
     if isa == "native":
         return "native (each side picks its own instruction set)"
     held = ", ".join(f"{name}={value}" for name, value in machine.ISA_ENVIRONMENT[isa].items())
-    ran = {"attnref kernel": attnref.kernel.get_code_path() if attnref.kernel.available()
-           else "unavailable", "torch": torch.backends.cpu.get_cpu_capability()}
-    disobeyed = [f"{side} ran {path}" for side, path in ran.items()
-                 if path.lower() != isa]
-    return f"{isa} ({held})" + (f"; NOT HELD: {', '.join(disobeyed)}" if disobeyed else "")
+    disobeyed = machine.isa_disobeyed(isa, attnref, torch)
+    return f"{isa} ({held})" + (f"; NOT HELD: {'; '.join(disobeyed)}" if disobeyed else "")
 
 
 def positive_int(text):

@@ -71,7 +71,7 @@ from attnref._validation import sdpa_call
 
 import machine
 import memory
-from machine import ISA_ENVIRONMENT, ISA_VARIABLES, TORCH_CAPABILITY
+from machine import ISA_ENVIRONMENT, ISA_VARIABLES
 
 DTYPES = ("float32", "float64")
 SIZES = (512, 1024, 2048, 4096, 8192)
@@ -242,14 +242,7 @@ def worker(arguments):
 
 def isa_notes(isa, torch):
     """What did not obey the ISA's settings, if anything."""
-    notes = []
-    capability = torch.backends.cpu.get_cpu_capability() if torch is not None else None
-    if capability and isa in TORCH_CAPABILITY and capability != TORCH_CAPABILITY[isa]:
-        notes.append(f"torch ran with CPU capability {capability}, not "
-                     f"{TORCH_CAPABILITY[isa]}: ATEN_CPU_CAPABILITY was not obeyed")
-    if attnref.kernel.available() and isa in TORCH_CAPABILITY \
-            and attnref.kernel.get_code_path() != isa:
-        notes.append(f"attnref's kernel ran {attnref.kernel.get_code_path()}, not {isa}")
+    notes = machine.isa_disobeyed(isa, attnref, torch)
     if importlib.util.find_spec("threadpoolctl") is None:
         notes.append("threadpoolctl is not installed, so NumPy's BLAS keeps the threads it chose "
                      f"when NumPy loaded ({machine.blas_threads() or 'all cores'}) whatever the "

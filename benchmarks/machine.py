@@ -52,6 +52,23 @@ def with_isa(environment, isa):
     return held
 
 
+def isa_disobeyed(isa, attnref, torch=None):
+    """What did not run the instruction set ``isa`` held it to (a line each):
+    attnref's kernel path and, when given, torch's CPU capability. Nothing
+    for native."""
+    if isa not in TORCH_CAPABILITY:
+        return []
+    notes = []
+    if torch is not None:
+        capability = torch.backends.cpu.get_cpu_capability()
+        if capability != TORCH_CAPABILITY[isa]:
+            notes.append(f"torch ran with CPU capability {capability}, not "
+                         f"{TORCH_CAPABILITY[isa]}: ATEN_CPU_CAPABILITY was not obeyed")
+    if attnref.kernel.available() and attnref.kernel.get_code_path() != isa:
+        notes.append(f"attnref's kernel ran {attnref.kernel.get_code_path()}, not {isa}")
+    return notes
+
+
 def cpu_model():
     """The CPU's marketing name, family and model from /proc/cpuinfo, else what
     platform knows."""

@@ -38,21 +38,14 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_decoder import positive_int  # noqa: E402  (benchmarks/, beside this script)
+
 NAMES = ("base", "new")
 
 
 def progress(message):
     print(message, file=sys.stderr, flush=True)
-
-
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def checkout(text):

@@ -11,6 +11,7 @@
 #undef KEY_PANEL
 #undef VALUE_PANEL
 #undef VALUE_PAD
+#undef PANEL_WIDTH
 #undef DVEC
 #undef DW
 #undef DV_LOAD

@@ -11,10 +11,11 @@
  *   key tile  = TILE_KEYS keys, packed once per unit into panels that the
  *               micro-kernels stream through: K transposed (tiled_scores.h:
  *               in double for exact scores, in REAL for fast ones); V
- *               zero-padded to Evp (a multiple of VALUE_PANEL) as
- *               (Evp / VALUE_PANEL, TILE_KEYS, VALUE_PANEL). Rows of a panel
- *               are contiguous: no cache-set conflicts between them, whatever
- *               E or Ev
+ *               zero-padded to Evp (whole vectors) in panels of VALUE_PANEL
+ *               dims, the last one narrower when Evp is not a multiple of
+ *               VALUE_PANEL: panel c0 is (TILE_KEYS, its width) at
+ *               vt + c0 TILE_KEYS. Rows of a panel are contiguous: no
+ *               cache-set conflicts between them, whatever E or Ev
  *   pass 1    scores, a register block of rows x keys per micro-kernel,
  *             exact (summed in double or by Dot2, rounded once, as in the
  *             portable kernel) or fast (plain REAL sums): tiled_scores.h
@@ -49,57 +50,73 @@
     } while (0)
 _Static_assert(VALUE_MR <= 8 && SCORE_MR <= 8, "ROW_BLOCKS covers blocks of at most 8 rows");
 #define VALUE_PANEL (VALUE_NV * RW)
-#define VALUE_PAD(Ev) (((Ev) + VALUE_PANEL - 1) / VALUE_PANEL * VALUE_PANEL)
+/* Ev rounded up to whole vectors (not to whole panels: a head of 80 or 96
+   dims on AVX-512 sums 80 or 96, not 128) */
+#define VALUE_PAD(Ev) (((Ev) + RW - 1) / RW * RW)
+/* dims in the panel that starts at dim c0 (a multiple of VALUE_PANEL) */
+#define PANEL_WIDTH(c0, Evp) ((Evp) - (c0) < VALUE_PANEL ? (int)((Evp) - (c0)) : VALUE_PANEL)
+_Static_assert(VALUE_NV == 2 || VALUE_NV == 4, "values() has a case for each narrow panel");
 
 #include "simd_exp.h"
 #include "tiled_scores.h"
 
 /* pass 4 micro-kernel: acc[r][c] += sum_{j < n} p[r][j] vt[j][c] for
-   r < mr (<= VALUE_MR), c < VALUE_PANEL. The tile's sum starts from 0 and is
+   r < mr (<= VALUE_MR), c < nv RW (nv <= VALUE_NV vectors: a constant at
+   each call, so that the sums stay in registers). The tile's sum starts from 0 and is
    added to acc once (as the portable path's block_acc): a row's weighted
    values are summed in two levels, n terms per tile, then S / TILE_KEYS
    tiles, so the rounding error grows with TILE_KEYS + S / TILE_KEYS rather
    than with S (long rows).
-   p (mr, TILE_KEYS); vt one value panel (TILE_KEYS, VALUE_PANEL); acc (mr, Evp). */
+   p (mr, TILE_KEYS); vt one value panel (TILE_KEYS, nv RW); acc (mr, Evp). */
 ALWAYS_INLINE void TILED(value_block)(REAL *acc, const REAL *p, const REAL *vt,
-                                      int64_t Evp, int n, int mr)
+                                      int64_t Evp, int n, int mr, int nv)
 {
     RVEC sum[VALUE_MR][VALUE_NV];
     for (int r = 0; r < mr; r++)
-        for (int v = 0; v < VALUE_NV; v++) sum[r][v] = RV_SET1(0);
+        for (int v = 0; v < nv; v++) sum[r][v] = RV_SET1(0);
     for (int64_t j = 0; j < n; j++) {
         RVEC value[VALUE_NV];
-        for (int v = 0; v < VALUE_NV; v++) value[v] = RV_LOAD(vt + j * VALUE_PANEL + v * RW);
+        for (int v = 0; v < nv; v++) value[v] = RV_LOAD(vt + j * nv * RW + v * RW);
         for (int r = 0; r < mr; r++) {
             const RVEC weight = RV_SET1(p[r * TILE_KEYS + j]);
-            for (int v = 0; v < VALUE_NV; v++) sum[r][v] = RV_FMA(weight, value[v], sum[r][v]);
+            for (int v = 0; v < nv; v++) sum[r][v] = RV_FMA(weight, value[v], sum[r][v]);
         }
     }
     for (int r = 0; r < mr; r++)
-        for (int v = 0; v < VALUE_NV; v++)
+        for (int v = 0; v < nv; v++)
             RV_STORE(acc + r * Evp + v * RW, RV_ADD(RV_LOAD(acc + r * Evp + v * RW), sum[r][v]));
 }
 
-/* pass 4 for `rows` rows, n keys, all Evp value dims */
+/* pass 4 for `rows` rows, n keys, all Evp value dims: the panels of
+   VALUE_NV vectors, then the narrower last one, if any */
 static void TILED(values)(REAL *acc, const REAL *p, const REAL *vt, int64_t Evp, int n,
                           int rows)
 {
-    for (int64_t c = 0; c < Evp; c += VALUE_PANEL) {
-        const REAL *panel = vt + c * TILE_KEYS;
-#define VALUE_ROWS(r, mr) TILED(value_block)(acc + (r) * Evp + c, p + (r) * TILE_KEYS, panel, \
-                                             Evp, n, mr)
+    int64_t c = 0;
+#define VALUE_ROWS(r, mr) TILED(value_block)(acc + (r) * Evp + c, p + (r) * TILE_KEYS, \
+                                             vt + c * TILE_KEYS, Evp, n, mr, nv)
+    for (; c + VALUE_PANEL <= Evp; c += VALUE_PANEL) {
+        enum { nv = VALUE_NV };
         ROW_BLOCKS(rows, VALUE_MR, VALUE_ROWS);
-#undef VALUE_ROWS
     }
+    switch ((Evp - c) / RW) {
+    case 0: break;
+    case 1: { enum { nv = 1 }; ROW_BLOCKS(rows, VALUE_MR, VALUE_ROWS); break; }
+#if VALUE_NV == 4
+    case 2: { enum { nv = 2 }; ROW_BLOCKS(rows, VALUE_MR, VALUE_ROWS); break; }
+    default: { enum { nv = 3 }; ROW_BLOCKS(rows, VALUE_MR, VALUE_ROWS); break; }
+#endif
+    }
+#undef VALUE_ROWS
 }
 
-/* One panel row of pack_values: row t of the panel <- the VALUE_PANEL
-   values of key t from dim c0 (value), zero-padded from Ev; x * 0 (0 for
-   finite x, NaN for inf or NaN) added to sums, one per vector. */
+/* One panel row of pack_values: row t of the panel <- the `width` values
+   of key t from dim c0 (value), zero-padded from Ev; x * 0 (0 for finite
+   x, NaN for inf or NaN) added to sums, one per vector. */
 ALWAYS_INLINE void TILED(pack_value_row)(REAL *row, const REAL *value, int64_t c0, int64_t Ev,
-                                         RVEC sums[VALUE_NV])
+                                         int width, RVEC sums[VALUE_NV])
 {
-    for (int c = 0; c < VALUE_PANEL; c += RW) {
+    for (int c = 0; c < width; c += RW) {
         RVEC x;
         if (c0 + c + RW <= Ev) {
             x = RV_LOAD(value + c);
@@ -113,8 +130,8 @@ ALWAYS_INLINE void TILED(pack_value_row)(REAL *row, const REAL *value, int64_t c
     }
 }
 
-/* vt (Evp / VALUE_PANEL, TILE_KEYS, VALUE_PANEL) <- values 0 .. n-1 of v
-   (rows vs2 apart), each zero-padded from Ev to Evp. Returns whether every
+/* vt (panels of TILE_KEYS x their width, see the top) <- values 0 .. n-1
+   of v (rows vs2 apart), each zero-padded from Ev to Evp. Returns whether every
    value is finite: the finiteness sums are kept apart for even and odd keys
    and per vector of a panel row, 2 VALUE_NV independent chains of additions
    rather than one (a chain costs an addition's latency per vector). */
@@ -125,13 +142,15 @@ static int TILED(pack_values)(REAL *vt, const REAL *v, int64_t vs2, int n, int64
     for (int u = 0; u < VALUE_NV; u++) even[u] = odd[u] = RV_SET1(0);
     for (int64_t c0 = 0; c0 < Evp; c0 += VALUE_PANEL) {
         REAL *panel = vt + c0 * TILE_KEYS;
+        const int width = PANEL_WIDTH(c0, Evp);
         int t = 0;
         for (; t + 2 <= n; t += 2) {
-            TILED(pack_value_row)(panel + t * VALUE_PANEL, v + t * vs2 + c0, c0, Ev, even);
-            TILED(pack_value_row)(panel + (t + 1) * VALUE_PANEL, v + (t + 1) * vs2 + c0, c0, Ev,
-                                  odd);
+            TILED(pack_value_row)(panel + t * width, v + t * vs2 + c0, c0, Ev, width, even);
+            TILED(pack_value_row)(panel + (t + 1) * width, v + (t + 1) * vs2 + c0, c0, Ev,
+                                  width, odd);
         }
-        if (t < n) TILED(pack_value_row)(panel + t * VALUE_PANEL, v + t * vs2 + c0, c0, Ev, even);
+        if (t < n)
+            TILED(pack_value_row)(panel + t * width, v + t * vs2 + c0, c0, Ev, width, even);
     }
     for (int u = 0; u < VALUE_NV; u++) all = RV_ADD(all, RV_ADD(even[u], odd[u]));
     return TILED(hsum)(all) == 0;
@@ -155,7 +174,7 @@ typedef struct {
     double *kt;    /* (TILE_KEYS / KEY_PANEL, E, KEY_PANEL) keys of the tile, in double */
     REAL *qr;      /* fast scores: (TILE_ROWS, E) queries, in qd's memory */
     REAL *kr;      /* fast scores: (TILE_KEYS / RW, E, RW) keys of the tile, in kt's */
-    REAL *vt;      /* (Evp / VALUE_PANEL, TILE_KEYS, VALUE_PANEL) values, zero-padded */
+    REAL *vt;      /* (TILE_KEYS, Evp) values in panels, zero-padded (see the top) */
     double *sd;    /* (TILE_ROWS, TILE_KEYS) scaled scores in double */
     REAL *p;       /* (TILE_ROWS, TILE_KEYS) scores, then weights */
     REAL *acc;     /* (TILE_ROWS, Evp) weighted sums of values */
@@ -407,13 +426,14 @@ static void TILED(unit)(const sdpa_job *job, TILED(scratch) *w, int64_t u)
                so visible keys give the same bits. */
             for (int r = r0; r < r1; r++)
                 for (int64_t c = 0; c < Evp; c += RW) {
-                    const REAL *panel = w->vt + c / VALUE_PANEL * TILE_KEYS * VALUE_PANEL
-                                        + c % VALUE_PANEL;
+                    const int64_t c0 = c / VALUE_PANEL * VALUE_PANEL;
+                    const int width = PANEL_WIDTH(c0, Evp);
+                    const REAL *panel = w->vt + c0 * TILE_KEYS + (c - c0);
                     RVEC sum = RV_SET1(0);
                     for (int t = 0; t < n; t++)
                         if (w->p[r * TILE_KEYS + t] != 0)
                             sum = RV_FMA(RV_SET1(w->p[r * TILE_KEYS + t]),
-                                         RV_LOAD(panel + t * VALUE_PANEL), sum);
+                                         RV_LOAD(panel + t * width), sum);
                     RV_STORE(w->acc + r * Evp + c, RV_ADD(RV_LOAD(w->acc + r * Evp + c), sum));
                 }
         }

@@ -555,17 +555,20 @@ def _plan(call, arrays, threads, path):
     work = CHUNK_WORK // 32 if path == _lib.ATTNREF_PATH_PORTABLE else CHUNK_WORK
     block = _lib.attnref_row_block(call.kv_group, path)
     spans = _spans(B, H, call.L, call.S * (call.E + call.Ev) + 1, max(1, work) * threads,
-                   call.kv_group, block)
+                   call.kv_group, block, threads)
     if len(_PLANS) >= _PLANS_LIMIT:
         _PLANS.clear()
     _PLANS[key] = plan = params, loops, spans, strides
     return plan
 
 
-def _spans(B, H, L, row_work, work, kv_group, block):
+def _spans(B, H, L, row_work, work, kv_group, block, threads):
     """The ``(b0, b1, h0, h1, i0, i1)`` ranges of batch entries, heads and
     positions of a call's C calls, each of about ``work`` multiply-adds
-    (``row_work`` per row) or one unit of the tiled paths.
+    (``row_work`` per row) at most, but at least ``threads`` tiled units
+    when the call has them (a C call shares its units among its threads:
+    fewer would leave threads idle, as a long row's unit alone can exceed
+    ``work``).
 
     Splits keep the tiled units whole, so every row sees the same key tiles
     in the same order and the result is bit-identical to one C call: whole
@@ -573,19 +576,23 @@ def _spans(B, H, L, row_work, work, kv_group, block):
     reads kv head ``h // kv_group``), then positions at multiples of
     ``block`` (``attnref_row_block``: a tiled unit's positions, 1 on the
     portable path), no piece shorter than that block (so each piece takes
-    the code path the whole call takes).
+    the code path the whole call takes). Pieces of one level are as even as
+    whole items make them: as many as the budget needs, the items spread
+    over them (8 heads that fit 7 to a call are 4 + 4, not 7 + 1, which
+    would leave a thread idle through the second call).
     """
     rows = max(1, work // row_work)
     if B * H * L <= rows:
         return [(0, B, 0, H, 0, L)]
     if H * L <= rows:
-        step = rows // (H * L)
+        step = _even_step(B, rows // (H * L))
         return [(b, min(B, b + step), 0, H, 0, L) for b in range(0, B, step)]
+    groups, units = H // kv_group, -(-L // block)      # per batch entry, per kv group
     if kv_group * L <= rows:
-        step = rows // (kv_group * L) * kv_group
+        step = _even_step(groups, rows // (kv_group * L), -(-threads // units)) * kv_group
         return [(b, b + 1, h, min(H, h + step), 0, L)
                 for b in range(B) for h in range(0, H, step)]
-    step = max(1, rows // (kv_group * block)) * block
+    step = _even_step(units, rows // (kv_group * block), threads) * block
     starts = list(range(0, L, step))
     if len(starts) > 1 and L - starts[-1] < block:
         # a piece shorter than a block would be a call with few rows per kv
@@ -594,6 +601,14 @@ def _spans(B, H, L, row_work, work, kv_group, block):
     ends = starts[1:] + [L]
     return [(b, b + 1, h, h + kv_group, i, end)
             for b in range(B) for h in range(0, H, kv_group) for i, end in zip(starts, ends)]
+
+
+def _even_step(count, most, least=1):
+    """Items per piece when ``count`` items go at most ``most`` to a piece
+    (as many pieces as that takes, all but the last of one size) and at
+    least ``least`` (which wins)."""
+    pieces = -(-count // max(1, most))
+    return min(count, max(-(-count // pieces), least))
 
 
 def _pieces(params, spans, strides, kv_group):

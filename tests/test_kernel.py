@@ -301,20 +301,60 @@ def test_empty_outputs_return_before_any_work():
 def test_a_call_split_into_pieces_gives_the_same_bits(code_path, monkeypatch, case, dtype,
                                                       scores):
     """With CHUNK_WORK = 1 every C call covers one batch entry, one kv group
-    of heads and one tiled unit of positions: the result is the one call's."""
+    of heads and as few tiled units of positions as its threads allow (one
+    on one thread, two on two): the result is the one call's."""
     low = case.astype(dtype)
     call = sdpa_call(low.query, low.key, low.value, return_lse=True, scores=scores,
                      **low.options)
     whole, whole_lse = kernel.attention(call, threads=2)
     with monkeypatch.context() as patch:
         patch.setattr(kernel, "CHUNK_WORK", 1)
-        pieces, pieces_lse = kernel.attention(call, threads=2)
+        results = [kernel.attention(call, threads=threads) for threads in (1, 2)]
         out, lse = np.zeros_like(whole), np.zeros_like(whole_lse)
         kernel.attention(call, threads=2, out=out, lse_out=lse)
-    for result in (pieces, out):
-        assert np.array_equal(result, whole, equal_nan=True)
-    for result in (pieces_lse, lse):
-        assert np.array_equal(result, whole_lse, equal_nan=True)
+    for pieces, pieces_lse in results + [(out, lse)]:
+        assert np.array_equal(pieces, whole, equal_nan=True)
+        assert np.array_equal(pieces_lse, whole_lse, equal_nan=True)
+
+
+@given(st.integers(1, 3), st.integers(1, 4), st.sampled_from([1, 2, 3]), st.integers(1, 700),
+       st.integers(1, 5000), st.integers(1, 10**6), st.sampled_from([1, 64, 256]),
+       st.integers(1, 4))
+def test_spans_cover_the_call_in_pieces_of_whole_units(B, groups, kv_group, L, row_work,
+                                                       work, block, threads):
+    """kernel._spans: every row once; whole batch entries, kv groups or units;
+    no piece shorter than a unit; each C call within the work budget unless
+    one item fewer would leave one of its threads without a unit."""
+    H = groups * kv_group
+    spans = kernel._spans(B, H, L, row_work, work, kv_group, block, threads)
+    seen = np.zeros((B, H, L), int)
+    group_units = -(-L // block)                     # the units of one kv group
+    tail = L % block != 0                            # its last unit is short
+    for b0, b1, h0, h1, i0, i1 in spans:
+        seen[b0:b1, h0:h1, i0:i1] += 1
+        units = (b1 - b0) * (h1 - h0) // kv_group * -(-(i1 - i0) // block)
+        assert h0 % kv_group == 0 and h1 % kv_group == 0
+        assert i0 % block == 0 and (i1 == L or i1 % block == 0)
+        assert i1 - i0 >= min(block, L)
+        # over the budget only to give each thread a unit: one item (a
+        # unit, or a kv group of them) fewer would leave a thread without
+        # (a short last unit merged into the piece before it counts as one)
+        item = 1 + (i1 == L and tail) if (i0, i1) != (0, L) else group_units
+        assert ((b1 - b0) * (h1 - h0) * (i1 - i0) * row_work <= work
+                or ((b0, b1) != (0, B) or B == 1) and units - item < threads)
+    assert (seen == 1).all()
+
+
+def test_spans_spread_heads_evenly():
+    """8 heads of which a call's budget holds 7: two calls of 4 heads (7 + 1
+    would leave a thread idle through the second), and a long unit alone
+    over the budget still shares a call with another, for two threads."""
+    assert [(h0, h1) for _, _, h0, h1, _, _ in
+            kernel._spans(1, 8, 256, 4096 * 256, 7 * 256 * 4096 * 256, 1, 256, 2)] == [(0, 4),
+                                                                                       (4, 8)]
+    assert [(i0, i1) for *_, i0, i1 in
+            kernel._spans(1, 1, 2048, 2**20, 2**20, 1, 256, 2)] == [
+        (0, 512), (512, 1024), (1024, 1536), (1536, 2048)]
 
 
 INTERRUPT_SCRIPT = """

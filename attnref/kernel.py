@@ -579,7 +579,11 @@ def _spans(B, H, L, row_work, work, kv_group, block, threads):
     the code path the whole call takes). Pieces of one level are as even as
     whole items make them: as many as the budget needs, the items spread
     over them (8 heads that fit 7 to a call are 4 + 4, not 7 + 1, which
-    would leave a thread idle through the second call).
+    would leave a thread idle through the second call). Pieces of positions
+    hold a multiple of ``threads`` units, rounded up over the budget: a
+    call's threads take its units from a shared counter, so 3 equal units on
+    2 threads take as long as 4 (a 2-thread call of 8 heads, L = S = 8192,
+    D = 128, was cut into pieces of 3 units).
     """
     rows = max(1, work // row_work)
     if B * H * L <= rows:
@@ -592,7 +596,7 @@ def _spans(B, H, L, row_work, work, kv_group, block, threads):
         step = _even_step(groups, rows // (kv_group * L), -(-threads // units)) * kv_group
         return [(b, b + 1, h, min(H, h + step), 0, L)
                 for b in range(B) for h in range(0, H, step)]
-    step = _even_step(units, rows // (kv_group * block), threads) * block
+    step = _even_step(units, rows // (kv_group * block), threads, multiple=threads) * block
     starts = list(range(0, L, step))
     if len(starts) > 1 and L - starts[-1] < block:
         # a piece shorter than a block would be a call with few rows per kv
@@ -603,12 +607,14 @@ def _spans(B, H, L, row_work, work, kv_group, block, threads):
             for b in range(B) for h in range(0, H, kv_group) for i, end in zip(starts, ends)]
 
 
-def _even_step(count, most, least=1):
+def _even_step(count, most, least=1, multiple=1):
     """Items per piece when ``count`` items go at most ``most`` to a piece
-    (as many pieces as that takes, all but the last of one size) and at
-    least ``least`` (which wins)."""
+    (as many pieces as that takes, all but the last of one size), at least
+    ``least`` and rounded up to a multiple of ``multiple`` (both win over
+    ``most``)."""
     pieces = -(-count // max(1, most))
-    return min(count, max(-(-count // pieces), least))
+    step = max(-(-count // pieces), least)
+    return min(count, -(-step // multiple) * multiple)
 
 
 def _pieces(params, spans, strides, kv_group):

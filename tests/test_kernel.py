@@ -323,8 +323,10 @@ def test_a_call_split_into_pieces_gives_the_same_bits(code_path, monkeypatch, ca
 def test_spans_cover_the_call_in_pieces_of_whole_units(B, groups, kv_group, L, row_work,
                                                        work, block, threads):
     """kernel._spans: every row once; whole batch entries, kv groups or units;
-    no piece shorter than a unit; each C call within the work budget unless
-    one item fewer would leave one of its threads without a unit."""
+    no piece shorter than a unit; each C call of whole kv groups within the
+    work budget unless one item fewer would leave one of its threads without
+    a unit; a piece of positions within the budget's units rounded up to a
+    multiple of the threads."""
     H = groups * kv_group
     spans = kernel._spans(B, H, L, row_work, work, kv_group, block, threads)
     seen = np.zeros((B, H, L), int)
@@ -336,12 +338,15 @@ def test_spans_cover_the_call_in_pieces_of_whole_units(B, groups, kv_group, L, r
         assert h0 % kv_group == 0 and h1 % kv_group == 0
         assert i0 % block == 0 and (i1 == L or i1 % block == 0)
         assert i1 - i0 >= min(block, L)
-        # over the budget only to give each thread a unit: one item (a
-        # unit, or a kv group of them) fewer would leave a thread without
-        # (a short last unit merged into the piece before it counts as one)
-        item = 1 + (i1 == L and tail) if (i0, i1) != (0, L) else group_units
-        assert ((b1 - b0) * (h1 - h0) * (i1 - i0) * row_work <= work
-                or ((b0, b1) != (0, B) or B == 1) and units - item < threads)
+        if (i0, i1) != (0, L):
+            # a short last unit merged into the piece before it counts as none
+            budget = max(1, max(1, work // row_work) // (kv_group * block))
+            assert units - (i1 == L and tail) <= -(-budget // threads) * threads
+        else:
+            # over the budget only to give each thread a unit: one kv group
+            # of units fewer would leave a thread without
+            assert ((b1 - b0) * (h1 - h0) * L * row_work <= work
+                    or ((b0, b1) != (0, B) or B == 1) and units - group_units < threads)
     assert (seen == 1).all()
 
 
@@ -355,6 +360,18 @@ def test_spans_spread_heads_evenly():
     assert [(i0, i1) for *_, i0, i1 in
             kernel._spans(1, 1, 2048, 2**20, 2**20, 1, 256, 2)] == [
         (0, 512), (512, 1024), (1024, 1536), (1536, 2048)]
+
+
+def test_spans_of_positions_hold_units_for_every_thread_alike():
+    """A budget of 3 units (N = 8192, D = 128 on 2 threads) gives pieces of
+    4 units, 2 a thread; 3 would leave one thread idle a third of the time."""
+    row_work = 8192 * 256 + 1
+    spans = kernel._spans(1, 1, 8192, row_work, 3 * 256 * row_work, 1, 256, 2)
+    assert {i1 - i0 for *_, i0, i1 in spans} == {4 * 256}
+    spans = kernel._spans(1, 1, 8192, row_work, 3 * 256 * row_work, 1, 256, 4)
+    assert {i1 - i0 for *_, i0, i1 in spans} == {4 * 256}
+    spans = kernel._spans(1, 1, 8192, row_work, 5 * 256 * row_work, 1, 256, 4)
+    assert {i1 - i0 for *_, i0, i1 in spans} == {8 * 256}
 
 
 INTERRUPT_SCRIPT = """

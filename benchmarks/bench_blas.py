@@ -48,7 +48,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import machine  # noqa: E402  (benchmarks/machine.py, beside this script)
 from bench_decoder import parse_in_clean_environment, positive_int  # noqa: E402
-from attnref.probe import usable_cores  # noqa: E402  (machine.py put attnref on the path)
+import attnref  # noqa: E402  (machine.py put attnref on the path)
+from attnref.nn.products import matmul  # noqa: E402
+from attnref.probe import usable_cores  # noqa: E402
 
 #: SmolLM2-135M's products: name -> (K, N)
 SHAPES = {"q|k|v": (576, 960), "o": (576, 576), "gate|up": (576, 3072), "down": (1536, 576),
@@ -81,8 +83,6 @@ def products(contender, rows, threads):
                     for name, (x, weight) in operands.items()}
         return {name: (lambda x=x, weight=weight: torch.nn.functional.linear(x, weight))
                 for name, (x, weight) in operands.items()}
-    import attnref
-    from attnref.nn.products import matmul
     attnref.kernel.set_num_threads(threads)
     multiply = matmul if contender == "attnref" else np.matmul
     return {name: (lambda x=x, weight=weight: multiply(x, weight.T))
@@ -101,7 +101,6 @@ def worker(contender, rows, threads, repeats, isa):
             product()
             times.append(time.perf_counter() - start)
         seconds[name] = statistics.median(times)
-    import attnref
     torch = sys.modules.get("torch")    # imported by products() for torch only
     print(json.dumps({"seconds": seconds,
                       "notes": machine.isa_disobeyed(isa, attnref, torch)}))
@@ -136,7 +135,6 @@ def main(argv=None):
         worker(contender, int(rows), arguments.threads, arguments.repeats, arguments.isa)
         return 0
     contenders = [name for name in CONTENDERS if name != "torch" or torch_installed()]
-    import attnref
     print(f"{machine.cpu_model()}; {arguments.threads} threads; held to {arguments.isa}; "
           f"numpy {np.__version__} ({machine.blas_library()}); attnref {attnref.__version__} "
           f"({machine.source_revision(attnref.__file__)})")

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import math
 import os
 import sys
 import warnings
@@ -579,21 +580,23 @@ def _spans(B, H, L, row_work, work, kv_group, block, threads):
     the code path the whole call takes). Pieces of one level are as even as
     whole items make them: as many as the budget needs, the items spread
     over them (8 heads that fit 7 to a call are 4 + 4, not 7 + 1, which
-    would leave a thread idle through the second call). Pieces of positions
-    hold a multiple of ``threads`` units, rounded up over the budget: a
-    call's threads take its units from a shared counter, so 3 equal units on
-    2 threads take as long as 4 (a 2-thread call of 8 heads, L = S = 8192,
-    D = 128, was cut into pieces of 3 units).
+    would leave a thread idle through the second call). Each piece holds
+    whole rounds of units, a multiple of ``threads`` of them, where its
+    items allow it, rounded up over the budget: a call's threads take its
+    units from a shared counter, so 3 equal units on 2 threads take as long
+    as 4 (a 2-thread call of 8 heads, L = S = 8192, D = 128, was cut into
+    pieces of 3 units; one of 32 heads, L = 1280, of 5 heads of 5 units).
     """
     rows = max(1, work // row_work)
     if B * H * L <= rows:
         return [(0, B, 0, H, 0, L)]
-    if H * L <= rows:
-        step = _even_step(B, rows // (H * L))
-        return [(b, min(B, b + step), 0, H, 0, L) for b in range(0, B, step)]
     groups, units = H // kv_group, -(-L // block)      # per batch entry, per kv group
+    if H * L <= rows:
+        step = _even_step(B, rows // (H * L), multiple=_rounds(groups * units, threads))
+        return [(b, min(B, b + step), 0, H, 0, L) for b in range(0, B, step)]
     if kv_group * L <= rows:
-        step = _even_step(groups, rows // (kv_group * L), -(-threads // units)) * kv_group
+        step = _even_step(groups, rows // (kv_group * L), -(-threads // units),
+                          multiple=_rounds(units, threads)) * kv_group
         return [(b, b + 1, h, min(H, h + step), 0, L)
                 for b in range(B) for h in range(0, H, step)]
     step = _even_step(units, rows // (kv_group * block), threads, multiple=threads) * block
@@ -605,6 +608,12 @@ def _spans(B, H, L, row_work, work, kv_group, block, threads):
     ends = starts[1:] + [L]
     return [(b, b + 1, h, h + kv_group, i, end)
             for b in range(B) for h in range(0, H, kv_group) for i, end in zip(starts, ends)]
+
+
+def _rounds(units, threads):
+    """The fewest items of ``units`` units each that make whole rounds of
+    ``threads`` units (one for every thread)."""
+    return threads // math.gcd(units, threads)
 
 
 def _even_step(count, most, least=1, multiple=1):

@@ -4,6 +4,7 @@ import concurrent.futures
 import dataclasses
 import itertools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -323,15 +324,20 @@ def test_a_call_split_into_pieces_gives_the_same_bits(code_path, monkeypatch, ca
 def test_spans_cover_the_call_in_pieces_of_whole_units(B, groups, kv_group, L, row_work,
                                                        work, block, threads):
     """kernel._spans: every row once; whole batch entries, kv groups or units;
-    no piece shorter than a unit; each C call of whole kv groups within the
-    work budget unless one item fewer would leave one of its threads without
-    a unit; a piece of positions within the budget's units rounded up to a
-    multiple of the threads."""
+    no piece shorter than a unit; a piece within the work budget's items
+    (or the fewest that give each thread a unit), rounded up to whole rounds
+    of units (a multiple of the threads) where its items allow."""
     H = groups * kv_group
     spans = kernel._spans(B, H, L, row_work, work, kv_group, block, threads)
     seen = np.zeros((B, H, L), int)
     group_units = -(-L // block)                     # the units of one kv group
     tail = L % block != 0                            # its last unit is short
+    budget_rows = max(1, work // row_work)
+
+    def whole_rounds(items, item_units):
+        """items rounded up to the fewest that make whole rounds of units"""
+        multiple = threads // math.gcd(item_units, threads)
+        return -(-items // multiple) * multiple
     for b0, b1, h0, h1, i0, i1 in spans:
         seen[b0:b1, h0:h1, i0:i1] += 1
         units = (b1 - b0) * (h1 - h0) // kv_group * -(-(i1 - i0) // block)
@@ -340,13 +346,16 @@ def test_spans_cover_the_call_in_pieces_of_whole_units(B, groups, kv_group, L, r
         assert i1 - i0 >= min(block, L)
         if (i0, i1) != (0, L):
             # a short last unit merged into the piece before it counts as none
-            budget = max(1, max(1, work // row_work) // (kv_group * block))
-            assert units - (i1 == L and tail) <= -(-budget // threads) * threads
-        else:
-            # over the budget only to give each thread a unit: one kv group
-            # of units fewer would leave a thread without
-            assert ((b1 - b0) * (h1 - h0) * L * row_work <= work
-                    or ((b0, b1) != (0, B) or B == 1) and units - group_units < threads)
+            budget = max(1, budget_rows // (kv_group * block))
+            assert units - (i1 == L and tail) <= whole_rounds(budget, 1)
+        elif B * H * L <= budget_rows:
+            assert len(spans) == 1
+        elif H * L <= budget_rows:                   # whole batch entries
+            assert b1 - b0 <= whole_rounds(max(1, budget_rows // (H * L)),
+                                           groups * group_units)
+        else:                                        # whole kv groups
+            fewest = max(1, budget_rows // (kv_group * L), -(-threads // group_units))
+            assert (h1 - h0) // kv_group <= whole_rounds(fewest, group_units)
     assert (seen == 1).all()
 
 
@@ -362,7 +371,7 @@ def test_spans_spread_heads_evenly():
         (0, 512), (512, 1024), (1024, 1536), (1536, 2048)]
 
 
-def test_spans_of_positions_hold_units_for_every_thread_alike():
+def test_spans_hold_whole_rounds_of_units():
     """A budget of 3 units (N = 8192, D = 128 on 2 threads) gives pieces of
     4 units, 2 a thread; 3 would leave one thread idle a third of the time."""
     row_work = 8192 * 256 + 1
@@ -372,6 +381,10 @@ def test_spans_of_positions_hold_units_for_every_thread_alike():
     assert {i1 - i0 for *_, i0, i1 in spans} == {4 * 256}
     spans = kernel._spans(1, 1, 8192, row_work, 5 * 256 * row_work, 1, 256, 4)
     assert {i1 - i0 for *_, i0, i1 in spans} == {8 * 256}
+    # 32 heads of 5 units, 5 heads to a budget: 6 heads (30 units) a piece
+    row_work = 1280 * 256 + 1
+    spans = kernel._spans(1, 32, 1280, row_work, 5 * 1280 * row_work, 1, 256, 2)
+    assert [h1 - h0 for _, _, h0, h1, _, _ in spans] == [6, 6, 6, 6, 6, 2]
 
 
 INTERRUPT_SCRIPT = """

@@ -592,14 +592,13 @@ def _spans(B, H, L, row_work, work, kv_group, block, threads):
         return [(0, B, 0, H, 0, L)]
     groups, units = H // kv_group, -(-L // block)      # per batch entry, per kv group
     if H * L <= rows:
-        step = _even_step(B, rows // (H * L), multiple=_rounds(groups * units, threads))
+        step = _even_step(B, rows // (H * L), _rounds(groups * units, threads))
         return [(b, min(B, b + step), 0, H, 0, L) for b in range(0, B, step)]
     if kv_group * L <= rows:
-        step = _even_step(groups, rows // (kv_group * L), -(-threads // units),
-                          multiple=_rounds(units, threads)) * kv_group
+        step = _even_step(groups, rows // (kv_group * L), _rounds(units, threads)) * kv_group
         return [(b, b + 1, h, min(H, h + step), 0, L)
                 for b in range(B) for h in range(0, H, step)]
-    step = _even_step(units, rows // (kv_group * block), threads, multiple=threads) * block
+    step = _even_step(units, rows // (kv_group * block), _rounds(1, threads)) * block
     starts = list(range(0, L, step))
     if len(starts) > 1 and L - starts[-1] < block:
         # a piece shorter than a block would be a call with few rows per kv
@@ -612,17 +611,17 @@ def _spans(B, H, L, row_work, work, kv_group, block, threads):
 
 def _rounds(units, threads):
     """The fewest items of ``units`` units each that make whole rounds of
-    ``threads`` units (one for every thread)."""
+    ``threads`` units (one for every thread): any multiple of it gives each
+    thread a unit at least."""
     return threads // math.gcd(units, threads)
 
 
-def _even_step(count, most, least=1, multiple=1):
+def _even_step(count, most, multiple):
     """Items per piece when ``count`` items go at most ``most`` to a piece
-    (as many pieces as that takes, all but the last of one size), at least
-    ``least`` and rounded up to a multiple of ``multiple`` (both win over
-    ``most``)."""
+    (as many pieces as that takes, all but the last of one size), rounded
+    up to a multiple of ``multiple`` (which wins over ``most``)."""
     pieces = -(-count // max(1, most))
-    step = max(-(-count // pieces), least)
+    step = -(-count // pieces)
     return min(count, -(-step // multiple) * multiple)
 
 

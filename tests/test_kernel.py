@@ -338,6 +338,7 @@ def test_spans_cover_the_call_in_pieces_of_whole_units(B, groups, kv_group, L, r
         """items rounded up to the fewest that make whole rounds of units"""
         multiple = threads // math.gcd(item_units, threads)
         return -(-items // multiple) * multiple
+
     for b0, b1, h0, h1, i0, i1 in spans:
         seen[b0:b1, h0:h1, i0:i1] += 1
         units = (b1 - b0) * (h1 - h0) // kv_group * -(-(i1 - i0) // block)

@@ -341,7 +341,9 @@ def attention(call, *, threads=None, out=None, lse_out=None):
     Returns
     -------
     (output, lse) : lse is None unless requested. A call whose output and
-    lse are empty returns at once, without entering C.
+    lse are empty returns at once, without entering C. Without ``out``, the
+    output is laid out as the query orders heads and positions
+    (:func:`_empty_in_rows_order`).
     """
     reason = unsupported_reason(call)
     if reason is not None:
@@ -356,7 +358,8 @@ def attention(call, *, threads=None, out=None, lse_out=None):
         arrays["mask"] = (_aligned(call.mask, np.bool_).view(np.uint8)
                           if call.mask.dtype == bool else _aligned(call.mask, dtype))
     inputs = list(arrays.values())
-    arrays["out"] = _output("out", out, call.output_shape, dtype, inputs)
+    arrays["out"] = (_output("out", out, call.output_shape, dtype, inputs) if out is not None
+                     else _empty_in_rows_order(call.output_shape, dtype, arrays["q"]))
     if lse_out is not None or call.return_lse:
         arrays["lse"] = _output("lse_out", lse_out, call.lse_shape, dtype,
                                 inputs + [arrays["out"]])
@@ -680,8 +683,23 @@ def _pointer(array, c_type, writable):
     return _ffi.cast(c_type + " *", array.ctypes.data)
 
 
+def _empty_in_rows_order(shape, dtype, query):
+    """A new output ``batch + (L, Ev)`` laid out as ``query`` orders its heads
+    and positions: when ``query``'s head axis steps less than its position
+    axis (the heads are views of one projection, ``(..., L, H*E)``), the
+    output is ``(..., L, H, Ev)`` in memory, its heads put back in front by
+    a view, so merging the heads again (``(..., L, H*Ev)``) needs no copy,
+    as torch's CPU attention allocates its output. The C kernel writes any
+    strides; the values do not depend on the layout."""
+    if len(shape) < 3 or query.ndim < 3 or query.shape[-3] == 1 or query.shape[-2] == 1:
+        return np.empty(shape, dtype)
+    if abs(query.strides[-3]) >= abs(query.strides[-2]):
+        return np.empty(shape, dtype)
+    return np.empty(shape[:-3] + (shape[-2], shape[-3], shape[-1]), dtype).swapaxes(-3, -2)
+
+
 def _output(name, array, shape, dtype, inputs):
-    """Validate a caller's output buffer, or allocate one."""
+    """Validate a caller's output buffer, or allocate one (C-contiguous)."""
     if array is None:
         return np.empty(shape, dtype)
     if not isinstance(array, np.ndarray):

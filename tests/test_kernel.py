@@ -138,6 +138,30 @@ def test_caller_buffers(code_path, rng):
         kernel.attention(call, out=[0.0])
 
 
+
+@needs_kernel
+@pytest.mark.parametrize("chunk_work", [None, 1])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_output_follows_a_query_whose_heads_are_views_of_one_projection(
+        code_path, rng, monkeypatch, chunk_work, dtype):
+    """Heads cut from one (B, L, H*E) projection step less than positions:
+    the output is (B, L, H, Ev) in memory, so merging its heads back into
+    (B, L, H*Ev) is a view, and its values are the bits of the same call on
+    contiguous operands (one C call or many pieces)."""
+    B, L, H, Hkv, E = 2, 37, 6, 2, 16
+    projected = rng.standard_normal((B, L, (H + 2 * Hkv) * E)).astype(dtype)
+    heads = [np.moveaxis(part.reshape(B, L, -1, E), -2, -3)
+             for part in np.split(projected, [H * E, (H + Hkv) * E], axis=-1)]
+    if chunk_work is not None:
+        monkeypatch.setattr(kernel, "CHUNK_WORK", chunk_work)
+    output = sdpa(*heads, is_causal=True, enable_gqa=True, backend="c")
+    contiguous = sdpa(*map(np.ascontiguousarray, heads), is_causal=True, enable_gqa=True,
+                      backend="c")
+    assert output.shape == (B, H, L, E) and contiguous.flags.c_contiguous
+    assert np.moveaxis(output, -3, -2).flags.c_contiguous        # (B, L, H, Ev) in memory
+    assert np.array_equal(output, contiguous)
+    merged = np.moveaxis(output, -3, -2).reshape(B, L, H * E)
+    assert np.shares_memory(merged, output)
 @needs_kernel
 def test_c_error_codes_become_exceptions():
     lib, ffi = kernel._lib, kernel._ffi

@@ -39,7 +39,9 @@ def split_heads(x, num_heads):
 
 
 def merge_heads(x):
-    """(..., H, T, E) -> (..., T, H*E)."""
+    """(..., H, T, E) -> (..., T, H*E): a view when ``x`` is ``(..., T, H, E)``
+    in memory (the C kernel's output for query heads cut from one
+    projection, see :func:`attnref.kernel.attention`), else a copy."""
     *lead, H, T, E = x.shape
     return np.moveaxis(x, -3, -2).reshape(*lead, T, H * E)
 

@@ -190,6 +190,15 @@ def isa_held(isa, attnref, torch):
     return f"{isa} ({held})" + (f"; NOT HELD: {'; '.join(disobeyed)}" if disobeyed else "")
 
 
+def add_prompt_options(parser):
+    """``--tokens`` (one prompt's length) and ``--threads``, for the scripts
+    that time one prompt pass of attnref's SmolLM2."""
+    parser.add_argument("--tokens", type=positive_int, default=1024,
+                        help="prompt tokens (default 1024)")
+    parser.add_argument("--threads", type=positive_int, default=usable_cores(),
+                        help="threads for attnref and OpenBLAS (default: every usable core)")
+
+
 def positive_int(text):
     value = int(text)
     if value < 1:

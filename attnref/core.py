@@ -192,6 +192,10 @@ def scaled_dot_product_attention(
     output : (..., L, Ev)
         Alone, or as ``AttentionResult(output, weights, lse)`` when
         ``return_weights`` or ``return_lse`` is set (unrequested fields None).
+        From the C kernel, laid out in memory as the query orders its heads
+        and positions (``(..., L, H, Ev)`` when the query heads are views of
+        one ``(..., L, H*E)`` projection, so that merging them back is a
+        view); the values do not depend on the layout.
 
     Examples
     --------

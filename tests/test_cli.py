@@ -793,9 +793,14 @@ def test_check_backward_lists_hazards_and_fails_on_them_only_under_strict(capsys
 
 
 def test_check_backward_names_the_torch_version(capsys):
+    """The quick suite passes on torch 2.13 but for huge_scores:dv, whose
+    verdict depends on the CPU (tests/testing/test_vjp_adapters.py,
+    TORCH_2_13_SCORE_ROUNDING): then the exit status is 1 and it is the one
+    failing row."""
     torch = pytest.importorskip("torch")
     status, out, _ = run(capsys, "check", "torch", "--backward", "--suite", "quick")
-    assert status == 0
+    failing = {line.split()[0] for line in out.splitlines()[1:] if " FAIL " in line}
+    assert (status, failing) in ((0, set()), (1, {"huge_scores:dv"}))
     assert out.startswith(f"torch (torch {torch.__version__}): suite 'quick'")
 
 

@@ -9,7 +9,7 @@ import pytest
 from attnref import kernel, scaled_dot_product_attention_backward
 from attnref.testing import CAPABILITIES, PROFILES
 from attnref.testing import vjp_adapters
-from attnref.testing.backward import check_backward
+from attnref.testing.backward import case_inputs_backward, check_backward
 from attnref.testing.vjp_adapters import VJP_ADAPTERS, attnref_numpy_vjp, jax_vjp, torch_autograd
 
 
@@ -98,6 +98,35 @@ TORCH_2_13_FAILURES = {
     "float32": rows("finfo_min_rows"),
     "float64": rows("finfo_min_rows") | {"long_rows_huge_scores:dv"},
 }
+# Rows whose verdict depends on the CPU: torch's flash backward rebuilds the
+# weights as exp(s - lse) from scores it computes again, and where those
+# round as the forward's did (Intel Xeon, family 6 model 207) the largest
+# weight of a near one-hot row is exactly 1; where they do not (AMD EPYC
+# Zen 4, family 25 model 17, whatever ATEN_CPU_CAPABILITY or MKL_CBWR say)
+# every weight is off by about eps |s| and dv by that times |dO|: float32
+# huge_scores:dv 1.6e-3 against a bound of 2.7e-6 (docs/torch-2.13-backward.md).
+TORCH_2_13_SCORE_ROUNDING = {
+    "float16": set(),
+    "float32": {"huge_scores:dv", "scale_override:dv"},
+    "float64": {"huge_scores:dv"},
+}
+
+
+def score_rounding_allowance(name, dtype):
+    """What weights off by one rounding of each score can do to dv:
+    ``4 u max|s| max|dO| max_j sum_i P_ij`` (u the dtype's unit roundoff,
+    s the scaled scores, P the exact weights), for the ``name`` row of the
+    standard suite."""
+    (query, key, _, grad_out), kwargs = case_inputs_backward("standard", name.split(":")[0],
+                                                             dtype=dtype)
+    query, key = query.astype(np.float64), key.astype(np.float64)
+    scale = kwargs["scale"] if kwargs["scale"] is not None else query.shape[-1] ** -0.5
+    scores = scale * query @ key.swapaxes(-1, -2)                   # (B, H, L, S)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    unit_roundoff = np.finfo(dtype).eps / 2
+    return (4 * unit_roundoff * np.abs(scores).max() * np.abs(grad_out).max()
+            * weights.sum(-2).max())
 TORCH_2_13_HAZARDS = rows("nan_behind_mask")
 TORCH_2_13_SKIPS = rows("softcap", "softcap_masked", "causal_window")
 
@@ -110,7 +139,10 @@ def test_torch_2_13_backward_verdicts_are_as_recorded(dtype):
     adapter = VJP_ADAPTERS["torch"]
     report = check_backward(adapter.fn, dtype=dtype, capabilities=adapter.capabilities,
                             progress=False)
-    assert {result.name for result in report.failures} == TORCH_2_13_FAILURES[dtype]
+    failures = {result.name: result for result in report.failures}
+    assert set(failures) - TORCH_2_13_SCORE_ROUNDING[dtype] == TORCH_2_13_FAILURES[dtype]
+    for name in set(failures) & TORCH_2_13_SCORE_ROUNDING[dtype]:
+        assert failures[name].error <= score_rounding_allowance(name, dtype)
     assert {result.name for result in report.hazards} == TORCH_2_13_HAZARDS
     assert {result.hazard for result in report.hazards} == {"hidden_nonfinite"}
     assert {result.name for result in report.results

@@ -138,7 +138,6 @@ def test_caller_buffers(code_path, rng):
         kernel.attention(call, out=[0.0])
 
 
-
 @needs_kernel
 @pytest.mark.parametrize("chunk_work", [None, 1])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -162,6 +161,8 @@ def test_output_follows_a_query_whose_heads_are_views_of_one_projection(
     assert np.array_equal(output, contiguous)
     merged = np.moveaxis(output, -3, -2).reshape(B, L, H * E)
     assert np.shares_memory(merged, output)
+
+
 @needs_kernel
 def test_c_error_codes_become_exceptions():
     lib, ffi = kernel._lib, kernel._ffi

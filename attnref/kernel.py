@@ -691,9 +691,8 @@ def _empty_in_rows_order(shape, dtype, query):
     a view, so merging the heads again (``(..., L, H*Ev)``) needs no copy,
     as torch's CPU attention allocates its output. The C kernel writes any
     strides; the values do not depend on the layout."""
-    if len(shape) < 3 or query.ndim < 3 or query.shape[-3] == 1 or query.shape[-2] == 1:
-        return np.empty(shape, dtype)
-    if abs(query.strides[-3]) >= abs(query.strides[-2]):
+    if (query.ndim < 3 or query.shape[-3] == 1 or query.shape[-2] == 1
+            or abs(query.strides[-3]) >= abs(query.strides[-2])):
         return np.empty(shape, dtype)
     return np.empty(shape[:-3] + (shape[-2], shape[-3], shape[-1]), dtype).swapaxes(-3, -2)
 

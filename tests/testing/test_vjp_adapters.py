@@ -6,7 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from attnref import kernel, scaled_dot_product_attention_backward
+from attnref import (attention_scores, attention_weights, kernel,
+                     scaled_dot_product_attention_backward)
 from attnref.testing import CAPABILITIES, PROFILES
 from attnref.testing import vjp_adapters
 from attnref.testing.backward import case_inputs_backward, check_backward
@@ -122,10 +123,9 @@ def score_rounding_allowance(name, dtype):
     (query, key, _, grad_out), kwargs = case_inputs_backward("standard", name.split(":")[0],
                                                              dtype=dtype)
     query, key = query.astype(np.float64), key.astype(np.float64)
-    scale = kwargs["scale"] if kwargs["scale"] is not None else query.shape[-1] ** -0.5
-    scores = scale * query @ key.swapaxes(-1, -2)                   # (B, H, L, S)
-    weights = np.exp(scores - scores.max(-1, keepdims=True))
-    weights /= weights.sum(-1, keepdims=True)
+    scores = attention_scores(query, key, kwargs["scale"])           # (B, H, L, S)
+    weights = attention_weights(query, key, kwargs["attn_mask"], kwargs["is_causal"],
+                                kwargs["scale"], kwargs["enable_gqa"])
     unit_roundoff = np.finfo(dtype).eps / 2
     return (4 * unit_roundoff * np.abs(scores).max() * np.abs(grad_out).max()
             * weights.sum(-2).max())

@@ -269,12 +269,6 @@ ALWAYS_INLINE void TILED(decode_score_block)(double *sd, const double *q,
 }
 #endif
 
-/* The cache lines of x[0 .. n) on their way to L2 */
-ALWAYS_INLINE void TILED(decode_prefetch)(const REAL *x, int64_t n)
-{
-    for (int64_t c = 0; c < n; c += 64 / sizeof(REAL)) __builtin_prefetch(x + c, 0, 2);
-}
-
 /* pass 1, ATTNREF_SCORES_FAST, rows r0 .. r0 + mr - 1 and keys t < n of a
    block (k its first key, keys ks2 apart): scaled scores s (rows,
    TILE_KEYS) in REAL. Columns from n up to a multiple of the micro-kernel's
@@ -290,7 +284,7 @@ ALWAYS_INLINE void TILED(decode_fast_rows)(const attnref_params *p, const TILED(
         const REAL *key[DECODE_SUMS];
         for (int u = 0; u < keys; u++) {
             key[u] = k + (t0 + u < n ? t0 + u : n - 1) * ks2;
-            if (t0 + u < next) TILED(decode_prefetch)(k_next + (t0 + u) * ks2, p->E);
+            if (t0 + u < next) TILED(prefetch)(k_next + (t0 + u) * ks2, p->E);
         }
         TILED(decode_fast_block)(s + r0 * TILE_KEYS + t0, rows->q + r0, key, p->E,
                                  (REAL)p->scale, mr);
@@ -321,7 +315,7 @@ static void TILED(decode_scores_exact)(const attnref_params *p, const TILED(unit
         int r = 0;
         for (int u = 0; u < DW; u++) {
             key[u] = k + (t0 + u < n ? t0 + u : n - 1) * ks2;
-            if (t0 + u < next) TILED(decode_prefetch)(k_next + (t0 + u) * ks2, E);
+            if (t0 + u < next) TILED(prefetch)(k_next + (t0 + u) * ks2, E);
         }
 #if REAL_IS_DOUBLE
         (void)qd;
@@ -364,7 +358,7 @@ ALWAYS_INLINE void TILED(decode_value_block)(REAL *acc, const REAL *p, const REA
         for (int c = 0; c < nv; c++) sum[r][c] = RV_SET1(0);
     for (int t = 0; t < n; t++) {
         RVEC value[DECODE_VALUE_NV];
-        if (t < next) TILED(decode_prefetch)(v_next + t * vs2, width);
+        if (t < next) TILED(prefetch)(v_next + t * vs2, width);
         for (int c = 0; c < nv; c++)
             value[c] = TILED(decode_load)(v + t * vs2 + c * RW, width - c * RW);
         for (int r = 0; r < mr; r++) {

@@ -118,12 +118,16 @@ static void TILED(scores_exact)(double *sd, const double *qd, const double *kt, 
 
 /* kt (TILE_KEYS / KEY_PANEL, E, KEY_PANEL) <- keys 0 .. n-1 of k (rows ks2
    apart), transposed to double; keys n .. TILE_KEYS-1 are 0. DW x DW blocks
-   go through registers. */
-static void TILED(pack_keys_exact)(double *kt, const REAL *k, int64_t ks2, int n, int64_t E)
+   go through registers. The first `next` rows of k_next (the next tile's)
+   are prefetched, each block of DW of them before the block of this tile
+   at its place. */
+static void TILED(pack_keys_exact)(double *kt, const REAL *k, int64_t ks2, int n, int64_t E,
+                                   const REAL *k_next, int next)
 {
     for (int t0 = 0; t0 < TILE_KEYS; t0 += DW) {
         double *panel = kt + t0 / KEY_PANEL * E * KEY_PANEL + t0 % KEY_PANEL;
         int64_t d = 0;
+        for (int u = t0; u < t0 + DW && u < next; u++) TILED(prefetch)(k_next + u * ks2, E);
         if (t0 + DW <= n)
             for (; d + DW <= E; d += DW) {
                 DVEC block[DW];
@@ -176,12 +180,15 @@ static void TILED(scores_fast)(REAL *s, const REAL *q, const REAL *kr, int64_t E
 
 /* kr (TILE_KEYS / RW, E, RW) <- keys 0 .. n-1 of k (rows ks2 apart),
    transposed, in REAL; keys n .. TILE_KEYS-1 are 0. RW x RW blocks go
-   through registers. */
-static void TILED(pack_keys_fast)(REAL *kr, const REAL *k, int64_t ks2, int n, int64_t E)
+   through registers. The first `next` rows of k_next are prefetched, as in
+   pack_keys_exact. */
+static void TILED(pack_keys_fast)(REAL *kr, const REAL *k, int64_t ks2, int n, int64_t E,
+                                  const REAL *k_next, int next)
 {
     for (int t0 = 0; t0 < TILE_KEYS; t0 += RW) {
         REAL *panel = kr + t0 * E;
         int64_t d = 0;
+        for (int u = t0; u < t0 + RW && u < next; u++) TILED(prefetch)(k_next + u * ks2, E);
         if (t0 + RW <= n)
             for (; d + RW <= E; d += RW) {
                 RVEC block[RW];

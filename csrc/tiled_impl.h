@@ -254,12 +254,20 @@ static inline int TILED(sees)(const TILED(unit_rows) *rows, int r, int64_t j0, i
     return j0 < rows->j_end[r] && j0 + n > rows->j_begin[r];
 }
 
+/* n keys rounded up to whole vectors of RW */
+static inline int TILED(whole_vectors)(int n)
+{
+    return (n + RW - 1) / RW * RW;
+}
+
 /* pass 2 for row r over the tile [j0, j0 + n): softcap, bias, band and mask;
    invisible keys get -inf. The scaled scores are sd (exact) or, when sd is
-   NULL, s itself (fast). Returns the tile's max score (NaN when a visible
-   score is NaN). */
-static REAL TILED(finish_scores)(const attnref_params *p, const TILED(unit_rows) *rows,
-                                 int r, int64_t j0, int n, const double *sd, REAL *s)
+   NULL, s itself (fast), keys 0 .. n-1 rounded up to whole vectors (the
+   columns past them may hold anything: they are set to -inf). Returns the
+   tile's max score (NaN when a visible score is NaN). */
+ALWAYS_INLINE REAL TILED(finish_scores)(const attnref_params *p,
+                                        const TILED(unit_rows) *rows, int r, int64_t j0, int n,
+                                        const double *sd, REAL *s)
 {
     /* the visible band within the tile, as tile offsets in [0, n] */
     const int lo = (int)(rows->j_begin[r] - j0 < 0 ? 0 : rows->j_begin[r] - j0);
@@ -268,6 +276,8 @@ static REAL TILED(finish_scores)(const attnref_params *p, const TILED(unit_rows)
     const int direct = p->softcap == 0 && p->mask_kind == ATTNREF_MASK_NONE;
     /* the whole tile is visible: no key to set to -inf */
     const int whole = lo == 0 && hi == TILE_KEYS;
+    /* the keys 0 .. n-1 in whole vectors: pass 3 stops there too */
+    const int width = TILED(whole_vectors)(n);
     /* the scores in s are final as they are (fast scores, no softcap, mask
        or band edge): read, not written back */
     const int final = direct && sd == NULL && whole;
@@ -280,10 +290,10 @@ static REAL TILED(finish_scores)(const attnref_params *p, const TILED(unit_rows)
     int nan = 0;
     if (!direct) {
         if (p->softcap > 0)
-            for (int t = 0; t < TILE_KEYS; t++)
+            for (int t = 0; t < width; t++)
                 s[t] = (REAL)(p->softcap * tanh((sd != NULL ? sd[t] : s[t]) / p->softcap));
         else if (sd != NULL)
-            for (int t = 0; t < TILE_KEYS; t++) s[t] = (REAL)sd[t];
+            for (int t = 0; t < width; t++) s[t] = (REAL)sd[t];
         if (p->mask_kind == ATTNREF_MASK_BIAS) {
             const REAL *bias = (const REAL *)rows->mask[r] + j0 * ms3;
             for (int t = 0; t < n; t++) s[t] += bias[t * ms3];
@@ -294,7 +304,7 @@ static REAL TILED(finish_scores)(const attnref_params *p, const TILED(unit_rows)
         }
     }
     _Static_assert(TILE_KEYS % (2 * RW) == 0, "a key tile is an even number of vectors");
-    for (int t = 0; t < TILE_KEYS; t += RW) {
+    for (int t = 0; t < width; t += RW) {
         const int odd = t / RW % 2;
         RVEC x = direct && sd != NULL ? TILED(from_scores)(sd + t) : RV_LOAD(s + t);
         if (!whole) x = TILED(keep_range)(x, t, lo, hi);
@@ -303,13 +313,14 @@ static REAL TILED(finish_scores)(const attnref_params *p, const TILED(unit_rows)
         total[odd] = RV_ADD(total[odd], x);
     }
     if (TILED(any_nan)(RV_ADD(total[0], total[1])))
-        for (int t = 0; t < TILE_KEYS; t += RW) nan |= TILED(any_nan)(RV_LOAD(s + t));
+        for (int t = 0; t < width; t += RW) nan |= TILED(any_nan)(RV_LOAD(s + t));
     return nan ? (REAL)NAN : TILED(hmax)(RV_MAX(max[0], max[1]));
 }
 
-/* pass 3 for row r: weights p = exp(s - m_new) in place, l and acc rescaled */
-static void TILED(softmax_step)(TILED(unit_rows) *rows, int r, REAL tile_max, REAL *s,
-                                REAL *acc, int64_t Evp)
+/* pass 3 for row r: weights p = exp(s - m_new) in place for keys 0 .. n-1
+   (in whole vectors, as pass 2), l and acc rescaled */
+ALWAYS_INLINE void TILED(softmax_step)(TILED(unit_rows) *rows, int r, REAL tile_max, REAL *s,
+                                       int n, REAL *acc, int64_t Evp)
 {
     const REAL m = rows->m[r], m_new = tile_max > m ? tile_max : m;
     /* 1 while the max holds; 0 on the first visible tile (m = -inf) */
@@ -319,7 +330,7 @@ static void TILED(softmax_step)(TILED(unit_rows) *rows, int r, REAL tile_max, RE
     /* l is kept as RW partial sums (summed once, in pass 5), each the sum
        of its tile sums (two levels, as the weighted values in value_block) */
     RVEC sum = RV_SET1(0);
-    for (int t = 0; t < TILE_KEYS; t += RW) {
+    for (int t = 0; t < TILED(whole_vectors)(n); t += RW) {
         const RVEC weight = TILED(vexp_weight)(RV_SUB(RV_LOAD(s + t), shift));
         RV_STORE(s + t, weight);
         sum = RV_ADD(sum, weight);
@@ -335,33 +346,46 @@ static void TILED(softmax_step)(TILED(unit_rows) *rows, int r, REAL tile_max, RE
     rows->m[r] = m_new;
 }
 
+/* passes 2 and 3 for row r over the tile [j0, j0 + n) (see weigh_tile) */
+ALWAYS_INLINE void TILED(weigh_row)(const attnref_params *p, TILED(unit_rows) *rows, int r,
+                                    int64_t j0, int n, const double *sd, REAL *s, REAL *acc,
+                                    int64_t Evp)
+{
+    REAL tile_max;
+    if (rows->nan[r] || !TILED(sees)(rows, r, j0, n)) {
+        for (int t = 0; t < TILE_KEYS; t++) s[t] = 0;
+        return;
+    }
+    tile_max = TILED(finish_scores)(p, rows, r, j0, n, sd, s);
+    if (tile_max != tile_max) {
+        rows->nan[r] = 1;
+        for (int t = 0; t < TILE_KEYS; t++) s[t] = 0;
+    } else if (tile_max == -INFINITY) {
+        /* no visible key of this tile scores above -inf: it adds nothing */
+        for (int t = 0; t < TILE_KEYS; t++) s[t] = 0;
+    } else {
+        TILED(softmax_step)(rows, r, tile_max, s, n, acc, Evp);
+    }
+}
+
 /* passes 2 and 3 for every row of a unit over the tile [j0, j0 + n): the
    weights of its keys into weights (TILE_ROWS, TILE_KEYS), 0 for keys that
    add nothing, from the scores sd (TILE_ROWS, TILE_KEYS), and each row's m,
    l and acc (rows Evp apart) brought up to date; sd NULL: the scaled scores
    are already in weights (fast scores). decode_impl.h weighs its key blocks
-   with it too. */
+   with it too. A whole tile is weighed with n the constant TILE_KEYS, so
+   that the loops over its vectors unroll (a variable n cost 3-4%). */
 static void TILED(weigh_tile)(const attnref_params *p, TILED(unit_rows) *rows, int64_t j0,
                               int n, const double *sd, REAL *weights, REAL *acc, int64_t Evp)
 {
     for (int r = 0; r < rows->rows; r++) {
-        REAL *s = weights + r * TILE_KEYS;
-        REAL tile_max;
-        if (rows->nan[r] || !TILED(sees)(rows, r, j0, n)) {
-            for (int t = 0; t < TILE_KEYS; t++) s[t] = 0;
-            continue;
-        }
-        tile_max = TILED(finish_scores)(p, rows, r, j0, n,
-                                        sd != NULL ? sd + r * TILE_KEYS : NULL, s);
-        if (tile_max != tile_max) {
-            rows->nan[r] = 1;
-            for (int t = 0; t < TILE_KEYS; t++) s[t] = 0;
-        } else if (tile_max == -INFINITY) {
-            /* no visible key of this tile scores above -inf: it adds nothing */
-            for (int t = 0; t < TILE_KEYS; t++) s[t] = 0;
-        } else {
-            TILED(softmax_step)(rows, r, tile_max, s, acc + r * Evp, Evp);
-        }
+        const double *row_sd = sd != NULL ? sd + r * TILE_KEYS : NULL;
+        if (n == TILE_KEYS)
+            TILED(weigh_row)(p, rows, r, j0, TILE_KEYS, row_sd, weights + r * TILE_KEYS,
+                             acc + r * Evp, Evp);
+        else
+            TILED(weigh_row)(p, rows, r, j0, n, row_sd, weights + r * TILE_KEYS, acc + r * Evp,
+                             Evp);
     }
 }
 
@@ -445,10 +469,10 @@ static void TILED(unit)(const sdpa_job *job, TILED(scratch) *w, int64_t u)
         /* pass 1: scores, into sd (exact) or straight into p (fast) */
         if (fast)
             TILED(scores_fast)(w->p + r0 * TILE_KEYS, w->qr + r0 * E, w->kr, E,
-                               (REAL)p->scale, r1 - r0);
+                               (REAL)p->scale, r1 - r0, n);
         else
             TILED(scores_exact)(w->sd + r0 * TILE_KEYS, w->qd + r0 * E, w->kt, E, p->scale,
-                                r1 - r0);
+                                r1 - r0, n);
 
         /* passes 2 and 3 */
         TILED(weigh_tile)(p, rows, j0, n, fast ? NULL : w->sd, w->p, w->acc, Evp);

@@ -103,11 +103,13 @@ ALWAYS_INLINE void TILED(score_block)(double *sd, const double *qd, const double
 }
 #endif
 
-/* pass 1, exact, for `rows` rows and the whole tile */
+/* pass 1, exact, for `rows` rows and the key panels that hold keys 0 .. n-1
+   (a tile's last panels, past n, are not computed: a short last tile of
+   keys costs what it holds) */
 static void TILED(scores_exact)(double *sd, const double *qd, const double *kt, int64_t E,
-                          double scale, int rows)
+                                double scale, int rows, int n)
 {
-    for (int c = 0; c < TILE_KEYS; c += KEY_PANEL) {
+    for (int c = 0; c < n; c += KEY_PANEL) {
         const double *panel = kt + c * E;
 #define SCORE_ROWS(r, mr) TILED(score_block)(sd + (r) * TILE_KEYS + c, qd + (r) * E, panel, E, \
                                              scale, mr)
@@ -117,14 +119,14 @@ static void TILED(scores_exact)(double *sd, const double *qd, const double *kt, 
 }
 
 /* kt (TILE_KEYS / KEY_PANEL, E, KEY_PANEL) <- keys 0 .. n-1 of k (rows ks2
-   apart), transposed to double; keys n .. TILE_KEYS-1 are 0. DW x DW blocks
-   go through registers. The first `next` rows of k_next (the next tile's)
+   apart), transposed to double; the keys from n to the end of their panel
+   are 0 (later panels are not packed). DW x DW blocks go through registers. The first `next` rows of k_next (the next tile's)
    are prefetched, each block of DW of them before the block of this tile
    at its place. */
 static void TILED(pack_keys_exact)(double *kt, const REAL *k, int64_t ks2, int n, int64_t E,
                                    const REAL *k_next, int next)
 {
-    for (int t0 = 0; t0 < TILE_KEYS; t0 += DW) {
+    for (int t0 = 0; t0 < (n + KEY_PANEL - 1) / KEY_PANEL * KEY_PANEL; t0 += DW) {
         double *panel = kt + t0 / KEY_PANEL * E * KEY_PANEL + t0 % KEY_PANEL;
         int64_t d = 0;
         for (int u = t0; u < t0 + DW && u < next; u++) TILED(prefetch)(k_next + u * ks2, E);
@@ -165,11 +167,12 @@ ALWAYS_INLINE void TILED(score_block_fast)(REAL *s, const REAL *q, const REAL *k
             RV_STORE(s + r * TILE_KEYS + v * RW, RV_MUL(acc[r][v], RV_SET1(scale)));
 }
 
-/* pass 1, fast, for `rows` rows and the whole tile */
+/* pass 1, fast, for `rows` rows and the micro-kernel blocks of keys that
+   hold keys 0 .. n-1 (as scores_exact) */
 static void TILED(scores_fast)(REAL *s, const REAL *q, const REAL *kr, int64_t E, REAL scale,
-                               int rows)
+                               int rows, int n)
 {
-    for (int c = 0; c < TILE_KEYS; c += SCORE_FAST_NV * RW) {
+    for (int c = 0; c < n; c += SCORE_FAST_NV * RW) {
         const REAL *panels = kr + c * E;
 #define SCORE_ROWS(r, mr) TILED(score_block_fast)(s + (r) * TILE_KEYS + c, q + (r) * E, panels, \
                                                   E, scale, mr)
@@ -179,13 +182,15 @@ static void TILED(scores_fast)(REAL *s, const REAL *q, const REAL *kr, int64_t E
 }
 
 /* kr (TILE_KEYS / RW, E, RW) <- keys 0 .. n-1 of k (rows ks2 apart),
-   transposed, in REAL; keys n .. TILE_KEYS-1 are 0. RW x RW blocks go
-   through registers. The first `next` rows of k_next are prefetched, as in
+   transposed, in REAL; the keys from n to the end of their micro-kernel
+   block are 0 (later blocks are not packed). RW x RW blocks go through
+   registers. The first `next` rows of k_next are prefetched, as in
    pack_keys_exact. */
 static void TILED(pack_keys_fast)(REAL *kr, const REAL *k, int64_t ks2, int n, int64_t E,
                                   const REAL *k_next, int next)
 {
-    for (int t0 = 0; t0 < TILE_KEYS; t0 += RW) {
+    const int block = SCORE_FAST_NV * RW;
+    for (int t0 = 0; t0 < (n + block - 1) / block * block; t0 += RW) {
         REAL *panel = kr + t0 * E;
         int64_t d = 0;
         for (int u = t0; u < t0 + RW && u < next; u++) TILED(prefetch)(k_next + u * ks2, E);

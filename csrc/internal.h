@@ -113,6 +113,12 @@ static inline int64_t add_saturated(int64_t a, int64_t b)
     return a + b;
 }
 
+/* n rounded up to a multiple of m (n >= 0, m > 0) */
+static inline int64_t round_up(int64_t n, int64_t m)
+{
+    return (n + m - 1) / m * m;
+}
+
 static inline int64_t clamp(int64_t x, int64_t lo, int64_t hi)
 {
     return x < lo ? lo : x > hi ? hi : x;

@@ -52,7 +52,7 @@ _Static_assert(VALUE_MR <= 8 && SCORE_MR <= 8, "ROW_BLOCKS covers blocks of at m
 #define VALUE_PANEL (VALUE_NV * RW)
 /* Ev rounded up to whole vectors (not to whole panels: a head of 80 or 96
    dims on AVX-512 sums 80 or 96, not 128) */
-#define VALUE_PAD(Ev) (((Ev) + RW - 1) / RW * RW)
+#define VALUE_PAD(Ev) round_up(Ev, RW)
 /* dims in the panel that starts at dim c0 (a multiple of VALUE_PANEL) */
 #define PANEL_WIDTH(c0, Evp) ((Evp) - (c0) < VALUE_PANEL ? (int)((Evp) - (c0)) : VALUE_PANEL)
 _Static_assert(VALUE_NV == 2 || VALUE_NV == 4, "values() has a case for each narrow panel");
@@ -254,12 +254,6 @@ static inline int TILED(sees)(const TILED(unit_rows) *rows, int r, int64_t j0, i
     return j0 < rows->j_end[r] && j0 + n > rows->j_begin[r];
 }
 
-/* n keys rounded up to whole vectors of RW */
-static inline int TILED(whole_vectors)(int n)
-{
-    return (n + RW - 1) / RW * RW;
-}
-
 /* pass 2 for row r over the tile [j0, j0 + n): softcap, bias, band and mask;
    invisible keys get -inf. The scaled scores are sd (exact) or, when sd is
    NULL, s itself (fast), keys 0 .. n-1 rounded up to whole vectors (the
@@ -276,8 +270,8 @@ ALWAYS_INLINE REAL TILED(finish_scores)(const attnref_params *p,
     const int direct = p->softcap == 0 && p->mask_kind == ATTNREF_MASK_NONE;
     /* the whole tile is visible: no key to set to -inf */
     const int whole = lo == 0 && hi == TILE_KEYS;
-    /* the keys 0 .. n-1 in whole vectors: pass 3 stops there too */
-    const int width = TILED(whole_vectors)(n);
+    /* the keys 0 .. n-1 in whole vectors */
+    const int width = (int)round_up(n, RW);
     /* the scores in s are final as they are (fast scores, no softcap, mask
        or band edge): read, not written back */
     const int final = direct && sd == NULL && whole;
@@ -317,10 +311,11 @@ ALWAYS_INLINE REAL TILED(finish_scores)(const attnref_params *p,
     return nan ? (REAL)NAN : TILED(hmax)(RV_MAX(max[0], max[1]));
 }
 
-/* pass 3 for row r: weights p = exp(s - m_new) in place for keys 0 .. n-1
-   (in whole vectors, as pass 2), l and acc rescaled */
+/* pass 3 for row r: weights p = exp(s - m_new) in place for the first
+   `width` scores (the tile's keys in whole vectors, as pass 2 left them), l
+   and acc rescaled */
 ALWAYS_INLINE void TILED(softmax_step)(TILED(unit_rows) *rows, int r, REAL tile_max, REAL *s,
-                                       int n, REAL *acc, int64_t Evp)
+                                       int width, REAL *acc, int64_t Evp)
 {
     const REAL m = rows->m[r], m_new = tile_max > m ? tile_max : m;
     /* 1 while the max holds; 0 on the first visible tile (m = -inf) */
@@ -330,7 +325,7 @@ ALWAYS_INLINE void TILED(softmax_step)(TILED(unit_rows) *rows, int r, REAL tile_
     /* l is kept as RW partial sums (summed once, in pass 5), each the sum
        of its tile sums (two levels, as the weighted values in value_block) */
     RVEC sum = RV_SET1(0);
-    for (int t = 0; t < TILED(whole_vectors)(n); t += RW) {
+    for (int t = 0; t < width; t += RW) {
         const RVEC weight = TILED(vexp_weight)(RV_SUB(RV_LOAD(s + t), shift));
         RV_STORE(s + t, weight);
         sum = RV_ADD(sum, weight);
@@ -364,7 +359,7 @@ ALWAYS_INLINE void TILED(weigh_row)(const attnref_params *p, TILED(unit_rows) *r
         /* no visible key of this tile scores above -inf: it adds nothing */
         for (int t = 0; t < TILE_KEYS; t++) s[t] = 0;
     } else {
-        TILED(softmax_step)(rows, r, tile_max, s, n, acc, Evp);
+        TILED(softmax_step)(rows, r, tile_max, s, (int)round_up(n, RW), acc, Evp);
     }
 }
 

@@ -120,13 +120,13 @@ static void TILED(scores_exact)(double *sd, const double *qd, const double *kt, 
 
 /* kt (TILE_KEYS / KEY_PANEL, E, KEY_PANEL) <- keys 0 .. n-1 of k (rows ks2
    apart), transposed to double; the keys from n to the end of their panel
-   are 0 (later panels are not packed). DW x DW blocks go through registers. The first `next` rows of k_next (the next tile's)
-   are prefetched, each block of DW of them before the block of this tile
-   at its place. */
+   are 0 (later panels are not packed). DW x DW blocks go through registers.
+   The first `next` rows of k_next (the next tile's) are prefetched, each
+   block of DW of them before the block of this tile at its place. */
 static void TILED(pack_keys_exact)(double *kt, const REAL *k, int64_t ks2, int n, int64_t E,
                                    const REAL *k_next, int next)
 {
-    for (int t0 = 0; t0 < (n + KEY_PANEL - 1) / KEY_PANEL * KEY_PANEL; t0 += DW) {
+    for (int t0 = 0; t0 < round_up(n, KEY_PANEL); t0 += DW) {
         double *panel = kt + t0 / KEY_PANEL * E * KEY_PANEL + t0 % KEY_PANEL;
         int64_t d = 0;
         for (int u = t0; u < t0 + DW && u < next; u++) TILED(prefetch)(k_next + u * ks2, E);
@@ -189,8 +189,7 @@ static void TILED(scores_fast)(REAL *s, const REAL *q, const REAL *kr, int64_t E
 static void TILED(pack_keys_fast)(REAL *kr, const REAL *k, int64_t ks2, int n, int64_t E,
                                   const REAL *k_next, int next)
 {
-    const int block = SCORE_FAST_NV * RW;
-    for (int t0 = 0; t0 < (n + block - 1) / block * block; t0 += RW) {
+    for (int t0 = 0; t0 < round_up(n, SCORE_FAST_NV * RW); t0 += RW) {
         REAL *panel = kr + t0 * E;
         int64_t d = 0;
         for (int u = t0; u < t0 + RW && u < next; u++) TILED(prefetch)(k_next + u * ks2, E);

@@ -37,7 +37,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import machine  # noqa: E402  (benchmarks/machine.py, beside this script)
-from ab_kernel import NAMES, checkout, load, progress  # noqa: E402  (beside this script)
+from ab_kernel import (NAMES, checkout, load, progress,  # noqa: E402  (beside this script)
+                       ratio_quartiles)
 from bench_decoder import (add_prompt_options, parse_in_clean_environment,  # noqa: E402
                            positive_int, prompt_ids)
 
@@ -82,7 +83,7 @@ def main(argv=None):
                 logits[name] = models[name].encode(ids, trace=False).logits
                 times[name].append(time.perf_counter() - start)
         ratios = [old / new for old, new in zip(times["base"], times["new"])]
-        low, _, high = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+        low, high = ratio_quartiles(ratios)
         same = (logits["base"] == logits["new"]).all()
         print(f"base: {arguments.base}\nnew:  {arguments.new}\nSmolLM2 encode, "
               f"{arguments.tokens} tokens, {arguments.threads} threads, {arguments.rounds} "

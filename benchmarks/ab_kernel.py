@@ -48,6 +48,13 @@ def progress(message):
     print(message, file=sys.stderr, flush=True)
 
 
+def ratio_quartiles(ratios):
+    """The first and third quartiles of per-round ratios (the one ratio
+    twice when there is one round)."""
+    low, _, high = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    return low, high
+
+
 def checkout(text):
     root = Path(text).resolve()
     for part in ("attnref/__init__.py", "csrc/attnref.h"):
@@ -154,7 +161,7 @@ def main(argv=None):
             N, D, is_causal, threads = case
             progress(f"ab_kernel: N={N} D={D} causal={is_causal} threads={threads}")
             same, times, ratios = run_case(packages, case, arguments)
-            low, _, high = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+            low, high = ratio_quartiles(ratios)
             print(f"| {N} | {D} | {'yes' if is_causal else 'no'} | {threads} | "
                   f"{'yes' if same else 'NO'} | "
                   + " | ".join(f"{min(times[name]) * 1e3:.1f} | "

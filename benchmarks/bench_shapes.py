@@ -34,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import machine  # noqa: E402  (benchmarks/, beside this script)
+from ab_kernel import progress, ratio_quartiles  # noqa: E402
 from bench_decoder import isa_held, parse_in_clean_environment, positive_int  # noqa: E402
 from attnref.probe import usable_cores  # noqa: E402  (machine.py put attnref on the path)
 
@@ -52,10 +53,6 @@ SHAPES = (
 )
 #: the largest B * Hq * L * S whose float64 reference is computed (512 MiB of scores)
 CHECK_MAX_SCORES = 1 << 26
-
-
-def progress(message):
-    print(message, file=sys.stderr, flush=True)
 
 
 def inputs(shape, rng):
@@ -97,10 +94,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=positive_int, default=usable_cores(),
                         help="threads for both (default: every usable core)")
     parser.add_argument("--rounds", type=positive_int, default=15,
-                        help="timed rounds per shape, 2 or more (default 15)")
+                        help="timed rounds per shape (default 15)")
     arguments = parse_in_clean_environment(parser, argv, __file__)
-    if arguments.rounds < 2:
-        parser.error(f"--rounds must be 2 or more for quartiles, got {arguments.rounds}")
     import attnref
     try:
         import torch
@@ -122,7 +117,7 @@ def main(argv=None):
         name, B, Hq, Hkv, L, S, D, causal = shape
         progress(f"[{number}/{len(SHAPES)}] {name}")
         times, ratios, errors = measure(shape, arguments.rounds, rng, torch)
-        low, _, high = statistics.quantiles(ratios, n=4)
+        low, high = ratio_quartiles(ratios)
         checked = {who: "not checked (too large)" if errors is None
                    else f"{errors[who][0]:.2g} / {errors[who][1]:.2g}" for who in ("c", "torch")}
         wrong |= errors is not None and errors["c"][0] > errors["c"][1]
